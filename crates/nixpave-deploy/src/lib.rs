@@ -1,0 +1,1 @@
+//! Parallel fleet rollout with magic rollback, health checks, rolling batches and keys.

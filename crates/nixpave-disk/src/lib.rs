@@ -1,0 +1,11 @@
+//! disko-compatible disk layouts.
+//!
+//! - `plan`: the plan format (operations with argv, guards and safety flags) shared by the
+//!   planner and the executor.
+//!
+//! The layout model and the planner are pure functions (layout + mode → plan); the executor
+//! runs a plan through a [`nixpave_remote::Transport`].
+
+pub mod plan;
+
+pub use plan::{Guard, Mode, Operation, Plan, StdinSource};

@@ -1,0 +1,1 @@
+//! Installing NixOS on a reachable Linux host: kexec, disks, install, reboot, verify.

@@ -1,0 +1,41 @@
+//! The `nixpave` command line: parses arguments, calls the library crates, renders results.
+
+mod cmd;
+mod exit;
+
+use clap::Parser;
+
+/// Turn any reachable Linux box into a NixOS server and keep a fleet of them deployed.
+#[derive(Debug, Parser)]
+#[command(name = "nixpave", version, about, propagate_version = true)]
+struct Cli {
+    /// More log output (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: cmd::Command,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("NIXPAVE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cmd::run(cli.command) {
+        Ok(code) => code,
+        Err(report) => {
+            eprintln!("{report:?}");
+            exit::code(exit::FAILED)
+        }
+    }
+}
