@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
-cargo build --release --locked -p nixpave
+cargo build --release -p nixpave
 bin=target/release/nixpave
 echo "==> nixpave disk plan examples/server.nix"
 "$bin" disk plan examples/server.nix

@@ -13,13 +13,13 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 
 step "cargo clippy -D warnings"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets -- -D warnings
 
 step "cargo build"
-cargo build --workspace --locked
+cargo build --workspace
 
 step "test suite (real loop devices, sshd, nix)"
-cargo test --workspace --locked -- --test-threads "${NIXPAVE_TEST_THREADS:-2}"
+cargo test --workspace -- --test-threads "${NIXPAVE_TEST_THREADS:-2}"
 
 if [ -f scripts/conformance.sh ]; then
   step "disko conformance"

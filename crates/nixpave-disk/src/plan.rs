@@ -61,10 +61,13 @@ impl std::str::FromStr for Mode {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Mode::ALL.into_iter().find(|m| m.as_str() == s).ok_or_else(|| {
-            let all: Vec<_> = Mode::ALL.iter().map(|m| m.as_str()).collect();
-            format!("unknown mode `{s}` (expected one of: {})", all.join(", "))
-        })
+        Mode::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| {
+                let all: Vec<_> = Mode::ALL.iter().map(|m| m.as_str()).collect();
+                format!("unknown mode `{s}` (expected one of: {})", all.join(", "))
+            })
     }
 }
 

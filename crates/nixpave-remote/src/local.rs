@@ -53,9 +53,13 @@ impl Transport for LocalTransport {
     ) -> Result<CommandOutput, TransportError> {
         tracing::debug!(command = %shell_join(argv), "run locally");
         let mut cmd = Self::command(argv)?;
-        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
         let mut child = cmd.spawn().map_err(|e| Self::spawn_error(argv, e))?;
         if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
             // A command that exits without reading its input is not an error of ours.
@@ -65,8 +69,14 @@ impl Transport for LocalTransport {
         let stderr = child.stderr.take();
         let (tx, rx) = std::sync::mpsc::channel::<(OutputStream, Vec<u8>)>();
         let readers: Vec<_> = [
-            (OutputStream::Stdout, stdout.map(|s| Box::new(s) as Box<dyn std::io::Read + Send>)),
-            (OutputStream::Stderr, stderr.map(|s| Box::new(s) as Box<dyn std::io::Read + Send>)),
+            (
+                OutputStream::Stdout,
+                stdout.map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            ),
+            (
+                OutputStream::Stderr,
+                stderr.map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            ),
         ]
         .into_iter()
         .filter_map(|(which, pipe)| pipe.map(|p| (which, p)))
@@ -109,7 +119,11 @@ impl Transport for LocalTransport {
         };
         let dir = spec.dest.parent().unwrap_or(Path::new("/"));
         std::fs::create_dir_all(dir).map_err(|e| io("creating the directory of", e))?;
-        let name = spec.dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = spec
+            .dest
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let tmp = dir.join(format!(".{name}.nixpave-{}", std::process::id()));
         let write = || -> std::io::Result<()> {
             let mut file = std::fs::OpenOptions::new()
@@ -175,7 +189,9 @@ mod tests {
 
     #[test]
     fn feeds_stdin() {
-        let out = LocalTransport.run(&argv(&["cat"]), Some(b"secret")).expect("cat runs");
+        let out = LocalTransport
+            .run(&argv(&["cat"]), Some(b"secret"))
+            .expect("cat runs");
         assert_eq!(out.stdout, b"secret");
     }
 
@@ -184,7 +200,14 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("nixpave-upload-{}", std::process::id()));
         let dest = dir.join("sub/key");
         LocalTransport
-            .upload(b"hello", &UploadSpec { dest: dest.clone(), mode: 0o600, owner: None })
+            .upload(
+                b"hello",
+                &UploadSpec {
+                    dest: dest.clone(),
+                    mode: 0o600,
+                    owner: None,
+                },
+            )
             .expect("upload works");
         assert_eq!(std::fs::read(&dest).expect("file exists"), b"hello");
         let mode = std::fs::metadata(&dest).expect("stat").permissions().mode() & 0o777;
@@ -194,7 +217,9 @@ mod tests {
 
     #[test]
     fn missing_program_is_a_spawn_error() {
-        let err = LocalTransport.run(&argv(&["/nonexistent/prog"]), None).unwrap_err();
+        let err = LocalTransport
+            .run(&argv(&["/nonexistent/prog"]), None)
+            .unwrap_err();
         assert!(matches!(err, TransportError::Spawn { .. }));
     }
 }

@@ -143,7 +143,10 @@ pub trait Transport: Send + Sync {
 
 /// Renders an argv as a shell-safe command line (for messages and for `ssh`).
 pub fn shell_join(argv: &[String]) -> String {
-    argv.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ")
+    argv.iter()
+        .map(|a| shell_quote(a))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Quotes one word for a POSIX shell; words made only of safe characters stay bare.

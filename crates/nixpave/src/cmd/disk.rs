@@ -1,4 +1,4 @@
-//! `nixpave disk …`: plan, apply and describe disko layouts.
+//! `nixpave disk plan` and `nixpave disk nixos-config`; `apply` lives in `disk_apply`.
 
 use std::process::ExitCode;
 
@@ -10,6 +10,8 @@ pub enum DiskCommand {
         /// Layout file (.nix or .json).
         config: std::path::PathBuf,
     },
+    /// Run a layout's plan on this machine (or a remote one).
+    Apply(super::disk_apply::ApplyArgs),
 }
 
 /// Runs a `nixpave disk` subcommand.
@@ -18,5 +20,6 @@ pub fn run(command: DiskCommand) -> miette::Result<ExitCode> {
         DiskCommand::Plan { config } => {
             miette::bail!("disk plan is not implemented yet ({})", config.display())
         }
+        DiskCommand::Apply(args) => super::disk_apply::run(args),
     }
 }

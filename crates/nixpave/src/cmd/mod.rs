@@ -2,7 +2,13 @@
 
 use std::process::ExitCode;
 
+pub mod deploy;
 pub mod disk;
+pub mod disk_apply;
+pub mod exec;
+pub mod facts;
+pub mod install;
+pub mod lab;
 
 /// The subcommands of `nixpave`.
 #[derive(Debug, clap::Subcommand)]
@@ -10,11 +16,38 @@ pub enum Command {
     /// Plan, apply and describe disko disk layouts.
     #[command(subcommand)]
     Disk(disk::DiskCommand),
+    /// Gather facts about hosts (OS, disks, kexec, nix) in one round trip.
+    Facts(facts::FactsArgs),
+    /// Run a command on many hosts in parallel.
+    Exec(exec::ExecArgs),
+    /// Disposable local hosts and VMs to try nixpave on.
+    #[command(subcommand)]
+    Lab(lab::LabCommand),
+    /// Deploy NixOS systems and profiles to a fleet, with magic rollback.
+    Deploy(deploy::DeployArgs),
+    /// Show what each host runs and how its last deploy ended.
+    Status(deploy::StatusArgs),
+    /// Activate the previous generation on hosts.
+    Rollback(deploy::RollbackArgs),
+    /// Install NixOS on a reachable Linux host (kexec, disks, install, reboot, verify).
+    Install(install::InstallArgs),
 }
 
 /// Runs one subcommand.
 pub fn run(command: Command) -> miette::Result<ExitCode> {
     match command {
         Command::Disk(c) => disk::run(c),
+        Command::Facts(a) => facts::run(a),
+        Command::Exec(a) => exec::run(a),
+        Command::Lab(c) => lab::run(c),
+        Command::Deploy(a) => deploy::run(a),
+        Command::Status(a) => deploy::status(a),
+        Command::Rollback(a) => deploy::rollback(a),
+        Command::Install(a) => install::run(a),
     }
+}
+
+/// Placeholder for commands whose implementation has not landed yet.
+pub(crate) fn not_yet(what: &str) -> miette::Result<ExitCode> {
+    miette::bail!("`nixpave {what}` is not implemented yet")
 }
