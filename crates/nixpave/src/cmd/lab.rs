@@ -1,4 +1,4 @@
-//! `nixpave lab …`: disposable local hosts and VMs.
+//! `nixpave lab …`: disposable local hosts; `lab vm` lives in `lab_vm`.
 
 use std::process::ExitCode;
 
@@ -7,9 +7,15 @@ use std::process::ExitCode;
 pub enum LabCommand {
     /// Create lab hosts.
     Up {},
+    /// qemu VMs.
+    #[command(subcommand)]
+    Vm(super::lab_vm::VmCommand),
 }
 
 /// Runs a `nixpave lab` subcommand.
-pub fn run(_command: LabCommand) -> miette::Result<ExitCode> {
-    super::not_yet("lab")
+pub fn run(command: LabCommand) -> miette::Result<ExitCode> {
+    match command {
+        LabCommand::Up {} => super::not_yet("lab up"),
+        LabCommand::Vm(c) => super::lab_vm::run(c),
+    }
 }

@@ -9,6 +9,7 @@ pub mod exec;
 pub mod facts;
 pub mod install;
 pub mod lab;
+pub mod lab_vm;
 
 /// The subcommands of `nixpave`.
 #[derive(Debug, clap::Subcommand)]

@@ -1,0 +1,2 @@
+//! The executor: probes a machine through a [`nixpave_remote::Transport`], evaluates guards and
+//! runs a [`crate::Plan`].
