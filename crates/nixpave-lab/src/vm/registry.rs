@@ -1,0 +1,188 @@
+//! Where VMs keep their state, the inventory entry each one writes, and listing them.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Vm, VmError};
+
+/// The root of VM state directories: `NIXPAVE_LAB_VM_DIR`, default `/var/lib/nixpave/lab-vms` (one directory per VM).
+pub fn state_root() -> PathBuf {
+    std::env::var_os("NIXPAVE_LAB_VM_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/nixpave/lab-vms"))
+}
+
+/// Accepts names usable as directory names, hostnames and ssh Host aliases.
+pub(crate) fn check_name(name: &str) -> Result<(), VmError> {
+    let ok = !name.is_empty()
+        && name.len() <= 40
+        && !name.starts_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(VmError::BadName(name.into()))
+    }
+}
+
+/// A VM's inventory file (`inventory.json` in its state directory): the same fields as the lab inventory of
+/// network-namespace hosts, so `nixpave` commands can reach a VM like any lab host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inventory {
+    /// The lab name (the VM's name).
+    pub name: String,
+    /// The hosts (exactly one for a VM).
+    pub hosts: Vec<InventoryHost>,
+}
+
+/// One host of an inventory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryHost {
+    /// Host name.
+    pub name: String,
+    /// Address to ssh to.
+    pub address: String,
+    /// Port to ssh to.
+    pub port: u16,
+    /// User to log in as.
+    pub user: String,
+    /// Private key file.
+    pub key: PathBuf,
+    /// known_hosts file holding the host's key.
+    pub known_hosts: PathBuf,
+}
+
+impl Inventory {
+    /// The inventory of one VM.
+    pub fn for_vm(name: &str, port: u16, key: &Path, known_hosts: &Path) -> Inventory {
+        Inventory {
+            name: name.into(),
+            hosts: vec![InventoryHost {
+                name: name.into(),
+                address: "127.0.0.1".into(),
+                port,
+                user: "root".into(),
+                key: key.to_path_buf(),
+                known_hosts: known_hosts.to_path_buf(),
+            }],
+        }
+    }
+
+    /// An ssh_config snippet with one `Host` block per host.
+    pub fn ssh_config(&self) -> String {
+        self.hosts
+            .iter()
+            .map(|h| {
+                format!(
+                    "Host {}\n  HostName {}\n  Port {}\n  User {}\n  IdentityFile {}\n  IdentitiesOnly yes\n  \
+                     UserKnownHostsFile {}\n  StrictHostKeyChecking yes\n",
+                    h.name,
+                    h.address,
+                    h.port,
+                    h.user,
+                    h.key.display(),
+                    h.known_hosts.display()
+                )
+            })
+            .collect()
+    }
+}
+
+/// Writes `inventory.json` and `ssh_config` into a VM's state directory.
+pub(crate) fn write_inventory(dir: &Path, inventory: &Inventory) -> Result<(), VmError> {
+    let json = serde_json::to_string_pretty(inventory).unwrap_or_default();
+    let path = dir.join("inventory.json");
+    std::fs::write(&path, json + "\n").map_err(|e| VmError::io("writing", &path, e))?;
+    let path = dir.join("ssh_config");
+    std::fs::write(&path, inventory.ssh_config()).map_err(|e| VmError::io("writing", &path, e))
+}
+
+/// Reads a VM's `inventory.json`.
+pub(crate) fn read_inventory(dir: &Path) -> Result<Inventory, VmError> {
+    let path = dir.join("inventory.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| VmError::io("reading", &path, e))?;
+    serde_json::from_str(&text).map_err(|e| {
+        VmError::io(
+            "parsing",
+            &path,
+            std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        )
+    })
+}
+
+/// What `lab vm status` shows about one VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VmStatus {
+    /// Name.
+    pub name: String,
+    /// Whether its qemu process runs.
+    pub running: bool,
+    /// qemu's pid.
+    pub pid: Option<u32>,
+    /// The loopback ssh port.
+    pub ssh_port: u16,
+    /// Its state directory.
+    pub dir: PathBuf,
+}
+
+/// Every VM with a state directory under [`state_root`], sorted by name.
+pub fn list() -> Vec<VmStatus> {
+    let root = state_root();
+    let mut names: Vec<String> = std::fs::read_dir(&root)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+        .into_iter()
+        .filter_map(|name| Vm::open(&name).ok())
+        .map(|vm| VmStatus {
+            name: vm.name().to_string(),
+            running: vm.is_running(),
+            pid: vm.pid(),
+            ssh_port: vm.ssh_port(),
+            dir: vm.dir().to_path_buf(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for good in ["t1", "vm-a_2", "x"] {
+            assert!(check_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "../x", "a b", "-x", "a/b", &"x".repeat(41)] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn inventory_round_trips_and_renders_ssh_config() {
+        let inv = Inventory::for_vm(
+            "t1",
+            40022,
+            Path::new("/v/t1/id_ed25519"),
+            Path::new("/v/t1/known_hosts"),
+        );
+        let json = serde_json::to_string(&inv).unwrap();
+        assert_eq!(serde_json::from_str::<Inventory>(&json).unwrap(), inv);
+        assert_eq!(
+            inv.ssh_config(),
+            "Host t1\n  HostName 127.0.0.1\n  Port 40022\n  User root\n  IdentityFile /v/t1/id_ed25519\n  \
+             IdentitiesOnly yes\n  UserKnownHostsFile /v/t1/known_hosts\n  StrictHostKeyChecking yes\n"
+        );
+    }
+}
