@@ -1,0 +1,33 @@
+//! Copying closures to other machines with `nix copy`.
+
+use crate::invoke::{experimental_args, run_nix, NixError, NixOptions};
+
+/// How to push a closure to a host.
+#[derive(Debug, Clone)]
+pub struct CopyTo {
+    /// Destination store, e.g. `ssh://root@10.0.0.2`.
+    pub store_uri: String,
+    /// Value for `NIX_SSHOPTS` (ssh options, e.g. the host's ControlPath so the copy reuses its master connection).
+    pub ssh_opts: String,
+    /// Let the target fetch what it can from its own substituters.
+    pub substitute_on_destination: bool,
+}
+
+/// Copies the closures of `paths` to the destination store with one `nix copy`.
+pub fn copy_closure(to: &CopyTo, paths: &[String], opts: &NixOptions) -> Result<(), NixError> {
+    let mut args = experimental_args();
+    args.extend(["copy", "--to"].map(String::from));
+    args.push(to.store_uri.clone());
+    if to.substitute_on_destination {
+        args.push("--substitute-on-destination".into());
+    }
+    args.extend(opts.extra_args.iter().cloned());
+    args.extend(paths.iter().cloned());
+    run_nix(
+        "nix",
+        &args,
+        opts,
+        &[("NIX_SSHOPTS".into(), to.ssh_opts.clone())],
+    )?;
+    Ok(())
+}

@@ -1,0 +1,94 @@
+//! Flake references and evaluating flakes (also with Debian's nix 2.8, which needs `path:` refs).
+
+use std::path::Path;
+
+use crate::invoke::{experimental_args, run_nix, NixError, NixOptions};
+
+/// A flake reference split from its `#fragment`, e.g. `./infra#web1.system`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlakeTarget {
+    /// The flake URL as nix understands it (`path:/abs/dir` for local directories).
+    pub flake: String,
+    /// The part after `#`, if any.
+    pub fragment: Option<String>,
+}
+
+impl FlakeTarget {
+    /// Parses `FLAKE[#FRAGMENT]`; a local directory becomes an absolute `path:` reference, because nix 2.8
+    /// cannot lock a bare path of a directory that is not a git checkout.
+    pub fn parse(text: &str) -> FlakeTarget {
+        let (flake, fragment) = match text.split_once('#') {
+            Some((f, frag)) => (f, Some(frag.to_string()).filter(|s| !s.is_empty())),
+            None => (text, None),
+        };
+        let flake = if flake.is_empty() { "." } else { flake };
+        let flake = if flake.contains(':') {
+            flake.to_string()
+        } else {
+            let path = Path::new(flake);
+            let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+            format!("path:{}", abs.display())
+        };
+        FlakeTarget { flake, fragment }
+    }
+}
+
+/// Quotes `text` as a nix string literal.
+pub fn nix_string(text: &str) -> String {
+    let mut out = String::from("\"");
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '$' => out.push_str("\\$"),
+            '\n' => out.push_str("\\n"),
+            _ => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Evaluates `(FUNCTION) flakeOutputs` to JSON in one `nix eval` call.
+///
+/// `function` is a nix lambda taking the flake's outputs. The flake is loaded with `builtins.getFlake`
+/// under `--impure`, which works with nix 2.8 for `path:` flakes without a lock file.
+pub fn eval_flake_json(
+    flake: &str,
+    function: &str,
+    opts: &NixOptions,
+) -> Result<serde_json::Value, NixError> {
+    let expr = format!(
+        "let flake = builtins.getFlake {}; in ({function}) flake",
+        nix_string(flake)
+    );
+    let mut args = experimental_args();
+    args.extend(["eval", "--impure", "--json", "--expr"].map(String::from));
+    args.push(expr);
+    args.extend(opts.extra_args.iter().cloned());
+    let out = run_nix("nix", &args, opts, &[])?;
+    serde_json::from_str(&out.stdout).map_err(|e| NixError::BadOutput {
+        command: format!("nix eval --json (flake {flake})"),
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_fragment_and_makes_paths_absolute() {
+        let t = FlakeTarget::parse("github:me/infra#web.system");
+        assert_eq!(t.flake, "github:me/infra");
+        assert_eq!(t.fragment.as_deref(), Some("web.system"));
+        let t = FlakeTarget::parse("/tmp#");
+        assert_eq!(t.flake, "path:/tmp");
+        assert_eq!(t.fragment, None);
+    }
+
+    #[test]
+    fn nix_strings_escape_interpolation() {
+        assert_eq!(nix_string("a\"b${c}\\"), "\"a\\\"b\\${c}\\\\\"");
+    }
+}
