@@ -2,11 +2,31 @@
 //!
 //! Everything that touches a host (the local machine or a remote one over SSH) goes through
 //! the [`Transport`] trait, so planners stay pure and executors do not care where they run.
+//!
+//! - [`LocalTransport`]: this machine.
+//! - [`SshTransport`]: the system OpenSSH client with one ControlMaster connection per host
+//!   (also used by `nix copy` through [`SshTransport::nix_sshopts`]).
+//! - [`Facts`]: what a host is (OS, disks, kexec, nix), gathered in one round trip.
+//! - [`parallel`]: run something on many hosts at once; [`cancel`]: Ctrl-C handling.
+//! - [`Target`] and [`Inventory`]: where hosts are and how to log in.
 
+pub mod cancel;
+mod facts;
+mod inventory;
 mod local;
+pub mod parallel;
+mod process;
+mod ssh;
+mod target;
 mod transport;
 
+pub use facts::{gather_facts, parse_facts, BlockDevice, Facts, FactsError, KexecFacts, OsInfo};
+pub use inventory::{
+    Inventory, InventoryError, InventoryHost, ResolveError, ResolvedHost, TargetResolver,
+};
 pub use local::LocalTransport;
+pub use ssh::{HostKeyPolicy, PasswordPrompt, Privilege, SshOptions, SshTransport};
+pub use target::{Target, TargetParseError};
 pub use transport::{
     shell_join, shell_quote, CommandOutput, OutputStream, Transport, TransportError, UploadSpec,
 };

@@ -111,6 +111,45 @@ pub enum TransportError {
         /// Host name as shown to the user.
         host: String,
     },
+    /// The host offered a key that differs from the one recorded in known_hosts: refused.
+    #[error(
+        "{host}: refusing to connect: the host key changed (possible man-in-the-middle)\n  \
+         expected: {expected}\n  offered:  {offered}\n  recorded in: {known_hosts}\n  \
+         if the host was legitimately reinstalled, remove its old entry (ssh-keygen -R HOST -f {known_hosts}) and retry"
+    )]
+    HostKeyMismatch {
+        /// Host name as shown to the user.
+        host: String,
+        /// Fingerprint(s) recorded in known_hosts for this host.
+        expected: String,
+        /// Fingerprint of the key the host offered.
+        offered: String,
+        /// The known_hosts file that holds the expected key.
+        known_hosts: String,
+    },
+    /// The host's key is not known yet and strict checking is on: refused.
+    #[error(
+        "{host}: refusing to connect: its host key ({offered}) is not in {known_hosts}; \
+         check it out of band, then retry with --accept-new-host-key to record it"
+    )]
+    HostKeyUnknown {
+        /// Host name as shown to the user.
+        host: String,
+        /// Fingerprint of the key the host offered, when ssh printed it.
+        offered: String,
+        /// The known_hosts file(s) that were searched.
+        known_hosts: String,
+    },
+}
+
+impl TransportError {
+    /// True when the failure is a refusal for safety (host key), not a broken connection.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            TransportError::HostKeyMismatch { .. } | TransportError::HostKeyUnknown { .. }
+        )
+    }
 }
 
 /// A machine that commands can be run on and files moved to and from.
@@ -139,7 +178,75 @@ pub trait Transport: Send + Sync {
 
     /// Reads a whole file from the host.
     fn read_file(&self, path: &std::path::Path) -> Result<Vec<u8>, TransportError>;
+
+    /// Runs a POSIX `sh` script (passed as `sh -c SCRIPT sh ARGS...`), feeding `stdin` (if any).
+    fn run_script(
+        &self,
+        script: &str,
+        args: &[String],
+        stdin: Option<&[u8]>,
+    ) -> Result<CommandOutput, TransportError> {
+        let mut argv = vec!["sh".to_string(), "-c".into(), script.into(), "sh".into()];
+        argv.extend(args.iter().cloned());
+        self.run(&argv, stdin)
+    }
+
+    /// Copies the local directory `source` to `spec.dest` on the host: the tree is unpacked next
+    /// to the destination, owned and moded (`spec.mode` applies to the top directory), then
+    /// renamed into place; an existing destination is replaced. Needs `tar` on both sides.
+    fn upload_dir(&self, source: &std::path::Path, spec: &UploadSpec) -> Result<(), TransportError> {
+        let tar = std::process::Command::new("tar")
+            .arg("-C")
+            .arg(source)
+            .args(["--numeric-owner", "-cf", "-", "."])
+            .output()
+            .map_err(|source| TransportError::Spawn {
+                host: "localhost".into(),
+                program: "tar".into(),
+                source,
+            })?;
+        if !tar.status.success() {
+            return Err(TransportError::Command {
+                host: "localhost".into(),
+                command: format!("tar -C {} -cf - .", source.display()),
+                status: tar.status.code(),
+                stderr: String::from_utf8_lossy(&tar.stderr).into_owned(),
+            });
+        }
+        let args = vec![
+            spec.dest.to_string_lossy().into_owned(),
+            format!("{:o}", spec.mode),
+            spec.owner.clone().unwrap_or_default(),
+        ];
+        let out = self.run_script(UPLOAD_DIR_SCRIPT, &args, Some(&tar.stdout))?;
+        if out.success() {
+            Ok(())
+        } else {
+            Err(TransportError::Command {
+                host: self.host().to_string(),
+                command: format!("unpack into {}", spec.dest.display()),
+                status: out.status,
+                stderr: out.stderr_tail(5),
+            })
+        }
+    }
 }
+
+/// Unpacks a tar stream from stdin next to `$1`, then swaps it into place (mode `$2`, owner `$3`).
+const UPLOAD_DIR_SCRIPT: &str = r#"set -eu
+dest=$1 mode=$2 owner=$3
+parent=$(dirname -- "$dest")
+mkdir -p -- "$parent"
+tmp=$(mktemp -d -- "$parent/.nixpave-upload.XXXXXX")
+trap 'rm -rf -- "$tmp"' EXIT
+tar -C "$tmp" --no-same-owner -xf -
+if [ -n "$owner" ]; then chown -R -- "$owner" "$tmp"; fi
+chmod -- "$mode" "$tmp"
+if [ -e "$dest" ]; then rm -rf -- "$dest.nixpave-old"; mv -- "$dest" "$dest.nixpave-old"; fi
+mv -- "$tmp" "$dest"
+trap - EXIT
+rm -rf -- "$dest.nixpave-old"
+"#;
 
 /// Renders an argv as a shell-safe command line (for messages and for `ssh`).
 pub fn shell_join(argv: &[String]) -> String {

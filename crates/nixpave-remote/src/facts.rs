@@ -1,0 +1,493 @@
+//! What a host is: OS, architecture, memory, kexec, disks, nix, systemd, privileges.
+//!
+//! Gathered by one shell script in one round trip ([`gather_facts`]); its output is parsed by
+//! a pure function ([`parse_facts`]) that is unit-tested without a machine.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::transport::{Transport, TransportError};
+
+/// The script run on the host (POSIX sh).
+const SCRIPT: &str = include_str!("facts.sh");
+
+/// Everything nixpave needs to know about a host before acting on it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Facts {
+    /// Operating system, from os-release.
+    pub os: OsInfo,
+    /// `uname -m`, e.g. `x86_64`.
+    pub arch: String,
+    /// `uname -r`.
+    pub kernel: String,
+    /// Total RAM in bytes.
+    pub memory_bytes: u64,
+    /// Whether this host can kexec into an installer, and why not.
+    pub kexec: KexecFacts,
+    /// Top-level block devices (disks, loop devices), partitions as children.
+    pub disks: Vec<BlockDevice>,
+    /// `nix --version` when nix is installed.
+    pub nix_version: Option<String>,
+    /// True when the host booted with systemd as init.
+    pub systemd: bool,
+    /// The login user commands ran as (after escalation).
+    pub user: String,
+    /// True when commands run as root.
+    pub is_root: bool,
+    /// Escalation tools present: `sudo`, `doas`, `run0`.
+    pub escalation_tools: Vec<String>,
+    /// Filesystem type of `/`.
+    pub root_fstype: String,
+    /// True on a `nixpave lab` host (it shares this machine's kernel: never kexec it).
+    pub lab_host: bool,
+}
+
+/// os-release, with the questions nixpave asks of it answered.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OsInfo {
+    /// `ID`, e.g. `debian`, `nixos`.
+    pub id: String,
+    /// `PRETTY_NAME`.
+    pub pretty_name: String,
+    /// `VERSION_ID`.
+    pub version_id: String,
+    /// `VARIANT_ID` (`installer` on newer NixOS installers).
+    pub variant_id: String,
+    /// True on NixOS.
+    pub is_nixos: bool,
+    /// True on a NixOS installer (live media), where kexec is not needed.
+    pub is_nixos_installer: bool,
+}
+
+/// Whether kexec into an installer can work on this host.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KexecFacts {
+    /// True when nothing visible prevents kexec.
+    pub possible: bool,
+    /// Reasons it is not possible (empty when possible).
+    pub blockers: Vec<String>,
+    /// `kernel.kexec_load_disabled`; `None` when the kernel has no kexec.
+    pub load_disabled: Option<bool>,
+    /// Container technology when the host is one (`docker`, `lxc`, …).
+    pub container: Option<String>,
+    /// True when booted with UEFI.
+    pub uefi: bool,
+    /// Secure Boot state, when the firmware shows it.
+    pub secure_boot: Option<bool>,
+}
+
+/// One block device from `lsblk --json --bytes`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockDevice {
+    /// Kernel name, e.g. `sda`.
+    pub name: String,
+    /// Device path, e.g. `/dev/sda`.
+    pub path: String,
+    /// `disk`, `part`, `loop`, `rom`, …
+    pub kind: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Model, when known.
+    pub model: Option<String>,
+    /// Serial number, when known.
+    pub serial: Option<String>,
+    /// Filesystem (or signature) type on the device.
+    pub fstype: Option<String>,
+    /// Filesystem label.
+    pub label: Option<String>,
+    /// Filesystem UUID.
+    pub uuid: Option<String>,
+    /// GPT partition label.
+    pub partlabel: Option<String>,
+    /// Where it is mounted.
+    pub mountpoints: Vec<String>,
+    /// Partition table type (`gpt`, `dos`).
+    pub pttype: Option<String>,
+    /// Removable device.
+    pub removable: bool,
+    /// Read-only device.
+    pub read_only: bool,
+    /// Partitions and holders.
+    pub children: Vec<BlockDevice>,
+}
+
+impl BlockDevice {
+    /// True when this device or anything below it is mounted.
+    pub fn in_use(&self) -> bool {
+        !self.mountpoints.is_empty() || self.children.iter().any(BlockDevice::in_use)
+    }
+}
+
+/// Why facts could not be gathered.
+#[derive(Debug, thiserror::Error)]
+pub enum FactsError {
+    /// The host could not be reached or the script could not run.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The script ran but its output was not understood.
+    #[error("{host}: cannot read the facts script's output: {reason}")]
+    Parse {
+        /// The host.
+        host: String,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// Runs the facts script on `transport` (one round trip) and parses its output.
+pub fn gather_facts(transport: &dyn Transport) -> Result<Facts, FactsError> {
+    let out = transport.run_script(SCRIPT, &[], None)?;
+    parse_facts(&out.stdout_str()).map_err(|reason| FactsError::Parse {
+        host: transport.host().to_string(),
+        reason: if out.success() {
+            reason
+        } else {
+            format!("{reason} (exit {:?}: {})", out.status, out.stderr_tail(3))
+        },
+    })
+}
+
+/// Parses the facts script's output. Pure.
+pub fn parse_facts(output: &str) -> Result<Facts, String> {
+    let (values, blocks) = split_output(output)?;
+    let get = |key: &str| values.get(key).map(String::as_str).unwrap_or_default();
+    let flag = |key: &str| get(key) == "1";
+    let os = parse_os_release(blocks.get("os-release").map(String::as_str).unwrap_or_default());
+    let os = OsInfo {
+        is_nixos_installer: os.is_nixos
+            && (os.variant_id == "installer" || flag("live_media")),
+        ..os
+    };
+    let container = Some(get("container").to_string()).filter(|c| !c.is_empty());
+    let load_disabled = values.get("kexec_load_disabled").map(|v| v.trim() != "0");
+    let secure_boot = values.get("secure_boot").map(|v| v.trim() == "1");
+    let lab_host = flag("lab_host");
+    let mut blockers = Vec::new();
+    match load_disabled {
+        None => blockers.push("the kernel has no kexec support".to_string()),
+        Some(true) => blockers.push("kernel.kexec_load_disabled is set".to_string()),
+        Some(false) => {}
+    }
+    if let Some(c) = &container {
+        blockers.push(format!("the host is a container ({c})"));
+    }
+    if secure_boot == Some(true) {
+        blockers.push("Secure Boot is on (unsigned kernels cannot be kexec'd)".to_string());
+    }
+    if lab_host {
+        blockers.push("this is a nixpave lab host sharing the machine's kernel".to_string());
+    }
+    let uid = get("uid");
+    let disks = match blocks.get("lsblk") {
+        Some(json) if !json.trim().is_empty() => parse_lsblk(json)?,
+        _ => Vec::new(),
+    };
+    Ok(Facts {
+        os,
+        arch: get("arch").to_string(),
+        kernel: get("kernel").to_string(),
+        memory_bytes: get("mem_total_kib").parse::<u64>().unwrap_or(0) * 1024,
+        kexec: KexecFacts {
+            possible: blockers.is_empty(),
+            blockers,
+            load_disabled,
+            container,
+            uefi: flag("uefi"),
+            secure_boot,
+        },
+        disks,
+        nix_version: values
+            .get("nix_version")
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty()),
+        systemd: flag("systemd_booted"),
+        user: get("user").to_string(),
+        is_root: uid == "0",
+        escalation_tools: ["sudo", "doas", "run0"]
+            .into_iter()
+            .filter(|t| flag(&format!("has_{t}")))
+            .map(String::from)
+            .collect(),
+        root_fstype: get("root_fstype").to_string(),
+        lab_host,
+    })
+}
+
+type Sections = (BTreeMap<String, String>, BTreeMap<String, String>);
+
+fn split_output(output: &str) -> Result<Sections, String> {
+    let mut values = BTreeMap::new();
+    let mut blocks = BTreeMap::new();
+    let mut current: Option<(String, String)> = None;
+    let mut done = false;
+    for line in output.lines() {
+        if let Some((name, body)) = &mut current {
+            if line.strip_prefix("@@end ") == Some(name.as_str()) {
+                if let Some((name, body)) = current.take() {
+                    blocks.insert(name, body);
+                }
+            } else {
+                body.push_str(line);
+                body.push('\n');
+            }
+        } else if let Some(name) = line.strip_prefix("@@begin ") {
+            current = Some((name.to_string(), String::new()));
+        } else if line == "@@done" {
+            done = true;
+        } else if let Some((key, value)) = line.split_once('=') {
+            values.insert(key.to_string(), value.to_string());
+        }
+    }
+    if !done {
+        return Err("the output is incomplete (no end marker)".into());
+    }
+    Ok((values, blocks))
+}
+
+fn parse_os_release(text: &str) -> OsInfo {
+    let mut fields = BTreeMap::new();
+    for line in text.lines() {
+        if let Some((key, value)) = line.split_once('=') {
+            let value = value.trim();
+            let value = value
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .or_else(|| value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+                .unwrap_or(value);
+            fields.insert(key.trim().to_string(), value.to_string());
+        }
+    }
+    let field = |k: &str| fields.get(k).cloned().unwrap_or_default();
+    OsInfo {
+        is_nixos: field("ID") == "nixos",
+        id: field("ID"),
+        pretty_name: field("PRETTY_NAME"),
+        version_id: field("VERSION_ID"),
+        variant_id: field("VARIANT_ID"),
+        is_nixos_installer: false,
+    }
+}
+
+/// lsblk's JSON: numbers may be numbers or strings depending on the version; `mountpoints`
+/// (2.37+) or `mountpoint` (older).
+#[derive(Deserialize)]
+struct LsblkOutput {
+    blockdevices: Vec<LsblkDevice>,
+}
+
+#[derive(Deserialize)]
+struct LsblkDevice {
+    name: String,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    size: Option<serde_json::Value>,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    serial: Option<String>,
+    #[serde(default)]
+    fstype: Option<String>,
+    #[serde(default)]
+    label: Option<String>,
+    #[serde(default)]
+    uuid: Option<String>,
+    #[serde(default)]
+    partlabel: Option<String>,
+    #[serde(default)]
+    mountpoints: Option<Vec<Option<String>>>,
+    #[serde(default)]
+    mountpoint: Option<String>,
+    #[serde(default)]
+    pttype: Option<String>,
+    #[serde(default)]
+    rm: Option<serde_json::Value>,
+    #[serde(default)]
+    ro: Option<serde_json::Value>,
+    #[serde(default)]
+    children: Vec<LsblkDevice>,
+}
+
+fn json_u64(v: &Option<serde_json::Value>) -> u64 {
+    match v {
+        Some(serde_json::Value::Number(n)) => n.as_u64().unwrap_or(0),
+        Some(serde_json::Value::String(s)) => s.trim().parse().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn json_bool(v: &Option<serde_json::Value>) -> bool {
+    match v {
+        Some(serde_json::Value::Bool(b)) => *b,
+        Some(serde_json::Value::Number(n)) => n.as_u64() == Some(1),
+        Some(serde_json::Value::String(s)) => s.trim() == "1",
+        _ => false,
+    }
+}
+
+fn non_empty(v: Option<String>) -> Option<String> {
+    v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+impl From<LsblkDevice> for BlockDevice {
+    fn from(d: LsblkDevice) -> Self {
+        let mut mountpoints: Vec<String> = d
+            .mountpoints
+            .unwrap_or_default()
+            .into_iter()
+            .flatten()
+            .collect();
+        if let Some(m) = d.mountpoint {
+            mountpoints.push(m);
+        }
+        BlockDevice {
+            path: d.path.unwrap_or_else(|| format!("/dev/{}", d.name)),
+            name: d.name,
+            kind: d.kind.unwrap_or_default(),
+            size: json_u64(&d.size),
+            model: non_empty(d.model),
+            serial: non_empty(d.serial),
+            fstype: non_empty(d.fstype),
+            label: non_empty(d.label),
+            uuid: non_empty(d.uuid),
+            partlabel: non_empty(d.partlabel),
+            mountpoints,
+            pttype: non_empty(d.pttype),
+            removable: json_bool(&d.rm),
+            read_only: json_bool(&d.ro),
+            children: d.children.into_iter().map(BlockDevice::from).collect(),
+        }
+    }
+}
+
+fn parse_lsblk(json: &str) -> Result<Vec<BlockDevice>, String> {
+    let parsed: LsblkOutput =
+        serde_json::from_str(json).map_err(|e| format!("lsblk JSON: {e}"))?;
+    Ok(parsed
+        .blockdevices
+        .into_iter()
+        .map(BlockDevice::from)
+        // Detached loop devices and empty drives are not disks.
+        .filter(|d| d.size > 0)
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEBIAN: &str = r#"arch=x86_64
+kernel=6.1.0-18-amd64
+uid=0
+user=root
+has_sudo=1
+has_doas=0
+has_run0=0
+has_nix=1
+nix_version=nix (Nix) 2.8.0
+systemd_booted=1
+mem_total_kib=2048000
+kexec_load_disabled=0
+uefi=1
+secure_boot=0
+container=
+lab_host=0
+live_media=0
+root_fstype=ext4
+@@begin os-release
+PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"
+ID=debian
+VERSION_ID="12"
+@@end os-release
+@@begin lsblk
+{
+   "blockdevices": [
+      {"name":"vda", "path":"/dev/vda", "type":"disk", "size":10737418240, "model":null, "serial":"abc123", "fstype":null, "label":null, "uuid":null, "partlabel":null, "mountpoints":[null], "rm":false, "ro":false, "pttype":"gpt",
+         "children": [
+            {"name":"vda1", "path":"/dev/vda1", "type":"part", "size":536870912, "model":null, "serial":null, "fstype":"vfat", "label":"EFI", "uuid":"AB-CD", "partlabel":"ESP", "mountpoints":["/boot"], "rm":false, "ro":false, "pttype":"gpt"},
+            {"name":"vda2", "path":"/dev/vda2", "type":"part", "size":10200547328, "model":null, "serial":null, "fstype":"ext4", "label":null, "uuid":"u-1", "partlabel":"root", "mountpoints":["/"], "rm":false, "ro":false, "pttype":"gpt"}
+         ]
+      },
+      {"name":"loop7", "path":"/dev/loop7", "type":"loop", "size":0, "mountpoints":[null]}
+   ]
+}
+@@end lsblk
+@@done
+"#;
+
+    #[test]
+    fn parses_a_debian_host() {
+        let f = parse_facts(DEBIAN).expect("parses");
+        assert_eq!(f.os.id, "debian");
+        assert_eq!(f.os.pretty_name, "Debian GNU/Linux 12 (bookworm)");
+        assert!(!f.os.is_nixos && !f.os.is_nixos_installer);
+        assert_eq!(f.arch, "x86_64");
+        assert_eq!(f.memory_bytes, 2048000 * 1024);
+        assert!(f.kexec.possible, "{:?}", f.kexec.blockers);
+        assert_eq!(f.kexec.secure_boot, Some(false));
+        assert!(f.kexec.uefi);
+        assert_eq!(f.nix_version.as_deref(), Some("nix (Nix) 2.8.0"));
+        assert!(f.systemd && f.is_root);
+        assert_eq!(f.escalation_tools, vec!["sudo"]);
+        assert_eq!(f.disks.len(), 1, "size-0 loop devices are dropped");
+        let vda = &f.disks[0];
+        assert_eq!((vda.path.as_str(), vda.size), ("/dev/vda", 10737418240));
+        assert_eq!(vda.serial.as_deref(), Some("abc123"));
+        assert!(vda.mountpoints.is_empty(), "null mountpoints are dropped");
+        assert_eq!(vda.children[0].fstype.as_deref(), Some("vfat"));
+        assert_eq!(vda.children[1].mountpoints, vec!["/"]);
+        assert!(vda.in_use());
+    }
+
+    #[test]
+    fn nixos_installer_in_a_container_cannot_kexec() {
+        let text = "uid=1000\nuser=nixos\ncontainer=lxc\nlive_media=1\n\
+                    @@begin os-release\nID=nixos\nVARIANT_ID=installer\n@@end os-release\n@@done\n";
+        let f = parse_facts(text).expect("parses");
+        assert!(f.os.is_nixos && f.os.is_nixos_installer);
+        assert!(!f.is_root);
+        assert!(!f.kexec.possible);
+        let blockers = f.kexec.blockers.join("; ");
+        assert!(blockers.contains("no kexec support"), "{blockers}");
+        assert!(blockers.contains("container (lxc)"), "{blockers}");
+        assert!(f.disks.is_empty() && f.nix_version.is_none());
+    }
+
+    #[test]
+    fn secure_boot_disabled_kexec_and_lab_hosts_are_blockers() {
+        let text = "kexec_load_disabled=1\nsecure_boot=1\nlab_host=1\n@@done\n";
+        let f = parse_facts(text).expect("parses");
+        assert_eq!(f.kexec.blockers.len(), 3, "{:?}", f.kexec.blockers);
+        assert_eq!(f.kexec.load_disabled, Some(true));
+    }
+
+    #[test]
+    fn old_lsblk_strings_and_single_mountpoint() {
+        let text = "@@begin lsblk\n{\"blockdevices\":[{\"name\":\"sda\",\"type\":\"disk\",\
+                    \"size\":\"1000\",\"rm\":\"1\",\"ro\":\"0\",\"mountpoint\":\"/mnt\"}]}\n\
+                    @@end lsblk\n@@done\n";
+        let f = parse_facts(text).expect("parses");
+        assert_eq!(f.disks[0].path, "/dev/sda");
+        assert_eq!(f.disks[0].size, 1000);
+        assert!(f.disks[0].removable && !f.disks[0].read_only);
+        assert_eq!(f.disks[0].mountpoints, vec!["/mnt"]);
+    }
+
+    #[test]
+    fn truncated_output_is_an_error() {
+        assert!(parse_facts("arch=x86_64\n").is_err());
+        let bad = "@@begin lsblk\n{not json\n@@end lsblk\n@@done\n";
+        assert!(parse_facts(bad).unwrap_err().contains("lsblk"));
+    }
+
+    #[test]
+    fn the_script_runs_here() {
+        let facts = gather_facts(&crate::LocalTransport).expect("facts of this machine");
+        assert!(!facts.arch.is_empty() && !facts.kernel.is_empty());
+        assert!(facts.memory_bytes > 0);
+        assert!(!facts.os.id.is_empty());
+    }
+}
