@@ -1,0 +1,381 @@
+//! The on-target activation agent (`agent.sh`) and the command lines that upload, start and query it.
+//!
+//! The agent is uploaded to the target's temp path (not through the nix store) and started detached from the
+//! ssh session: as a transient systemd unit when systemd is PID 1 in the same namespaces, else with
+//! `setsid nohup … &`. Dropping the connection or killing the deployer cannot stop it halfway.
+
+use nixpave_remote::shell_quote;
+
+use crate::inventory::Profile;
+
+/// The agent's source.
+pub const AGENT_SCRIPT: &str = include_str!("agent.sh");
+
+/// What the deploy asks of the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Goal {
+    /// Make it the current and boot configuration.
+    Switch,
+    /// Make it the boot configuration only.
+    Boot,
+    /// Activate without making it the profile's generation.
+    Test,
+    /// Show what would change; the profile is left untouched.
+    DryActivate,
+}
+
+impl Goal {
+    /// The word `switch-to-configuration` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Goal::Switch => "switch",
+            Goal::Boot => "boot",
+            Goal::Test => "test",
+            Goal::DryActivate => "dry-activate",
+        }
+    }
+}
+
+impl std::str::FromStr for Goal {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Goal, String> {
+        match s {
+            "switch" => Ok(Goal::Switch),
+            "boot" => Ok(Goal::Boot),
+            "test" => Ok(Goal::Test),
+            "dry-activate" => Ok(Goal::DryActivate),
+            _ => Err(format!(
+                "unknown goal {s:?} (switch, boot, test, dry-activate)"
+            )),
+        }
+    }
+}
+
+/// One activation the agent performs.
+#[derive(Debug, Clone)]
+pub struct Activation {
+    /// Profile name (names the status record).
+    pub name: String,
+    /// The nix profile, e.g. `/nix/var/nix/profiles/system`.
+    pub profile_path: String,
+    /// The store path to activate.
+    pub store_path: String,
+    /// What to do.
+    pub goal: Goal,
+    /// Seconds to wait for confirmation.
+    pub confirm_timeout: u64,
+    /// Seconds activation may take.
+    pub activation_timeout: u64,
+    /// Wait for confirmation, roll back without it.
+    pub magic_rollback: bool,
+    /// Roll back when activation fails.
+    pub auto_rollback: bool,
+    /// Directory of the status records.
+    pub state_dir: String,
+    /// Directory the agent is uploaded to.
+    pub temp_path: String,
+    /// Unique id of this deploy (alphanumeric).
+    pub id: String,
+}
+
+impl Activation {
+    /// The activation of `profile` to `goal` under deploy id `id`.
+    pub fn for_profile(profile: &Profile, goal: Goal, id: &str) -> Activation {
+        let s = &profile.settings;
+        Activation {
+            name: profile.name.clone(),
+            profile_path: profile.profile_path.clone(),
+            store_path: profile.path.out_path().to_string(),
+            goal,
+            confirm_timeout: s.confirm_timeout.max(1),
+            activation_timeout: s.activation_timeout.max(1),
+            magic_rollback: s.magic_rollback,
+            auto_rollback: s.auto_rollback,
+            state_dir: s.state_dir.clone(),
+            temp_path: s.temp_path.clone(),
+            id: id.to_string(),
+        }
+    }
+
+    /// Where the agent script lives on the target (named by its content, so hosts sharing /tmp agree).
+    pub fn agent_path(&self) -> String {
+        format!(
+            "{}/nixpave-agent-{:016x}.sh",
+            self.temp_path.trim_end_matches('/'),
+            fnv1a(AGENT_SCRIPT.as_bytes())
+        )
+    }
+
+    /// Arguments of `agent.sh run`.
+    pub fn run_args(&self) -> Vec<String> {
+        let flag = |b: bool| if b { "1" } else { "0" }.to_string();
+        [
+            "run",
+            "-n",
+            &self.name,
+            "-p",
+            &self.profile_path,
+            "-s",
+            &self.store_path,
+            "-g",
+            self.goal.as_str(),
+            "-c",
+            &self.confirm_timeout.to_string(),
+            "-a",
+            &self.activation_timeout.to_string(),
+            "-m",
+            &flag(self.magic_rollback),
+            "-r",
+            &flag(self.auto_rollback),
+            "-d",
+            &self.state_dir,
+            "-i",
+            &self.id,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    /// The transient systemd unit name.
+    pub fn unit_name(&self) -> String {
+        format!("nixpave-deploy-{}-{}", self.name, self.id)
+    }
+
+    /// The argv that starts the agent as a transient systemd unit (survives the ssh session).
+    pub fn systemd_run_argv(&self) -> Vec<String> {
+        let mut argv: Vec<String> = [
+            "systemd-run",
+            "--unit",
+            &self.unit_name(),
+            "--collect",
+            "--quiet",
+            "--description",
+            "nixpave deploy activation",
+            "sh",
+            &self.agent_path(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        argv.extend(self.run_args());
+        argv
+    }
+
+    /// The argv that starts the agent in a new session, immune to the ssh session's hangup.
+    pub fn setsid_argv(&self) -> Vec<String> {
+        let mut argv = vec![
+            "setsid".to_string(),
+            "nohup".to_string(),
+            "sh".to_string(),
+            self.agent_path(),
+        ];
+        argv.extend(self.run_args());
+        argv
+    }
+
+    fn wait_argv(&self, stage: &str, timeout: u64) -> Vec<String> {
+        [
+            "sh",
+            &self.agent_path(),
+            "wait",
+            "-n",
+            &self.name,
+            "-d",
+            &self.state_dir,
+            "-i",
+            &self.id,
+            "-w",
+            stage,
+            "-t",
+            &timeout.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    /// Seconds the agent needs at most before the record reaches "waiting-confirmation" or a final state.
+    pub fn ready_timeout(&self) -> u64 {
+        // Activation, plus a possible rollback (another activation), plus slack.
+        2 * self.activation_timeout + 10
+    }
+
+    /// Seconds until the record is final at the latest.
+    pub fn final_timeout(&self) -> u64 {
+        self.ready_timeout() + self.confirm_timeout
+    }
+
+    /// One shell script (run with the agent's source on stdin) that installs the agent, starts it detached
+    /// and waits until it asks for confirmation or finished: one round trip.
+    pub fn launch_script(&self) -> String {
+        let agent = shell_quote(&self.agent_path());
+        let q = |argv: Vec<String>| {
+            argv.iter()
+                .map(|a| shell_quote(a))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        format!(
+            "set -e\numask 077\nmkdir -p {temp} {state}\n\
+             cat > {agent}.$$ && mv -f {agent}.$$ {agent}\n\
+             # systemd-run only when systemd is PID 1 in our own mount and network namespaces.\n\
+             if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1 \\\n\
+                && [ \"$(readlink /proc/1/ns/mnt)\" = \"$(readlink /proc/self/ns/mnt)\" ] \\\n\
+                && [ \"$(readlink /proc/1/ns/net)\" = \"$(readlink /proc/self/ns/net)\" ]; then\n\
+               {systemd}\n\
+             else\n\
+               {setsid} </dev/null >/dev/null 2>&1 &\n\
+             fi\n\
+             exec {wait}\n",
+            temp = shell_quote(&self.temp_path),
+            state = shell_quote(&self.state_dir),
+            systemd = q(self.systemd_run_argv()),
+            setsid = q(self.setsid_argv()),
+            wait = q(self.wait_argv("ready", self.ready_timeout())),
+        )
+    }
+
+    /// Waits on the target until the record of this deploy is final, then prints it.
+    pub fn wait_final_argv(&self) -> Vec<String> {
+        self.wait_argv("final", self.final_timeout())
+    }
+
+    fn marker_argv(&self, suffix: &str) -> Vec<String> {
+        vec![
+            "sh".into(),
+            "-c".into(),
+            format!(
+                "printf %s {} > {}",
+                shell_quote(&self.id),
+                shell_quote(&format!("{}/{}.{suffix}", self.state_dir, self.name))
+            ),
+        ]
+    }
+
+    /// Creates the confirmation file (run over a NEW ssh connection: that it works is the proof).
+    pub fn confirm_argv(&self) -> Vec<String> {
+        self.marker_argv("confirm")
+    }
+
+    /// Tells the agent to roll back now (a health check failed).
+    pub fn reject_argv(&self) -> Vec<String> {
+        self.marker_argv("reject")
+    }
+}
+
+/// Script for `nixpave rollback`: installs the agent and runs its manual rollback (synchronously).
+pub fn manual_rollback_script(a: &Activation) -> String {
+    let agent = shell_quote(&a.agent_path());
+    format!(
+        "set -e\numask 077\nmkdir -p {temp}\ncat > {agent}.$$ && mv -f {agent}.$$ {agent}\n\
+         exec sh {agent} rollback -n {name} -p {profile} -g {goal} -a {act} -d {state} -i {id}\n",
+        temp = shell_quote(&a.temp_path),
+        name = shell_quote(&a.name),
+        profile = shell_quote(&a.profile_path),
+        goal = a.goal.as_str(),
+        act = a.activation_timeout,
+        state = shell_quote(&a.state_dir),
+        id = shell_quote(&a.id),
+    )
+}
+
+/// 64-bit FNV-1a: a stable, dependency-free content hash for the agent's file name.
+fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf29ce484222325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+    })
+}
+
+/// A fresh deploy id: time and process based, alphanumeric.
+pub fn new_deploy_id(salt: usize) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{:x}{:x}{salt:x}", nanos, std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn activation() -> Activation {
+        Activation {
+            name: "system".into(),
+            profile_path: "/nix/var/nix/profiles/system".into(),
+            store_path: "/nix/store/abc-sys".into(),
+            goal: Goal::Switch,
+            confirm_timeout: 30,
+            activation_timeout: 240,
+            magic_rollback: true,
+            auto_rollback: true,
+            state_dir: "/var/lib/nixpave/deploy".into(),
+            temp_path: "/tmp".into(),
+            id: "42".into(),
+        }
+    }
+
+    #[test]
+    fn systemd_run_command_is_a_collected_transient_unit() {
+        let argv = activation().systemd_run_argv();
+        let agent = activation().agent_path();
+        let mut expected: Vec<String> = [
+            "systemd-run",
+            "--unit",
+            "nixpave-deploy-system-42",
+            "--collect",
+            "--quiet",
+            "--description",
+            "nixpave deploy activation",
+            "sh",
+            &agent,
+            "run",
+            "-n",
+            "system",
+            "-p",
+            "/nix/var/nix/profiles/system",
+            "-s",
+            "/nix/store/abc-sys",
+            "-g",
+            "switch",
+            "-c",
+            "30",
+            "-a",
+            "240",
+            "-m",
+            "1",
+            "-r",
+            "1",
+            "-d",
+            "/var/lib/nixpave/deploy",
+            "-i",
+            "42",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(argv, expected);
+        expected.drain(..9);
+        assert_eq!(activation().run_args(), expected);
+        assert!(agent.starts_with("/tmp/nixpave-agent-") && agent.ends_with(".sh"));
+    }
+
+    #[test]
+    fn launch_script_detaches_and_waits() {
+        let script = activation().launch_script();
+        assert!(script.contains("systemd-run --unit nixpave-deploy-system-42 --collect"));
+        assert!(script.contains("setsid nohup sh /tmp/nixpave-agent-"));
+        assert!(script.contains("</dev/null >/dev/null 2>&1 &"));
+        assert!(script.contains(" wait -n system -d /var/lib/nixpave/deploy -i 42 -w ready -t 490"));
+    }
+
+    #[test]
+    fn goals_round_trip() {
+        for g in ["switch", "boot", "test", "dry-activate"] {
+            assert_eq!(g.parse::<Goal>().expect("goal").as_str(), g);
+        }
+        assert!("reboot".parse::<Goal>().is_err());
+    }
+}

@@ -1,0 +1,218 @@
+#!/bin/sh
+# nixpave activation agent: runs ON THE TARGET, detached from the ssh session that started it.
+#
+#   agent.sh run  -n NAME -p PROFILE -s STOREPATH -g GOAL -c CONFIRM_S -a ACTIVATE_S -m MAGIC -r AUTO -d STATEDIR -i ID
+#   agent.sh wait -n NAME -d STATEDIR -i ID -w ready|final -t TIMEOUT_S
+#   agent.sh rollback -n NAME -p PROFILE -g GOAL -a ACTIVATE_S -d STATEDIR -i ID
+#
+# `run` remembers the current generation, sets the profile, activates, and (magic rollback) waits for the
+# deployer's confirmation file. Without it, or when activation fails or hangs, it switches the profile back to
+# the previous generation and re-activates that. Generations are never deleted. Every step is recorded in
+# STATEDIR/NAME.json (one line of JSON) so the deployer can find out what happened even after losing the
+# connection; the agent's own output goes to STATEDIR/NAME.log.
+set -u
+
+MODE=${1:-}
+[ $# -gt 0 ] && shift
+NAME=system PROFILE= STOREPATH= GOAL=switch CONFIRM=30 ACTIVATE=240 MAGIC=1 AUTO=1 STATEDIR=/var/lib/nixpave/deploy
+ID= WAITFOR=final TIMEOUT=300
+while getopts n:p:s:g:c:a:m:r:d:i:w:t: opt; do
+  case $opt in
+    n) NAME=$OPTARG ;; p) PROFILE=$OPTARG ;; s) STOREPATH=$OPTARG ;; g) GOAL=$OPTARG ;;
+    c) CONFIRM=$OPTARG ;; a) ACTIVATE=$OPTARG ;; m) MAGIC=$OPTARG ;; r) AUTO=$OPTARG ;;
+    d) STATEDIR=$OPTARG ;; i) ID=$OPTARG ;; w) WAITFOR=$OPTARG ;; t) TIMEOUT=$OPTARG ;;
+    *) echo "nixpave-agent: bad option" >&2; exit 2 ;;
+  esac
+done
+
+STATUS=$STATEDIR/$NAME.json
+LOG=$STATEDIR/$NAME.log
+CONFIRM_FILE=$STATEDIR/$NAME.confirm
+REJECT_FILE=$STATEDIR/$NAME.reject
+PREV_PATH= PREV_GEN= NEW_GEN= FAILED_GEN= STARTED=$(date +%s)
+
+log() { echo "nixpave-agent: $*"; }
+
+# Generation number the profile symlink points at (PROFILE -> NAME-N-link), empty when there is none.
+generation_of() {
+  link=$(readlink "$1" 2>/dev/null) || return 0
+  echo "$link" | sed -n 's/.*-\([0-9][0-9]*\)-link$/\1/p'
+}
+
+json_or_null() { if [ -n "$1" ]; then echo "$1"; else echo null; fi; }
+
+# Writes the status record atomically (temp file + rename) so a reader never sees half a record.
+status() {
+  state=$1 reason=${2:-}
+  tmp=$STATUS.tmp.$$
+  printf '{"id":"%s","name":"%s","profile":"%s","path":"%s","goal":"%s","state":"%s","reason":"%s","previous_path":"%s","previous_generation":%s,"generation":%s,"failed_generation":%s,"started":%s,"updated":%s}\n' \
+    "$ID" "$NAME" "$PROFILE" "$STOREPATH" "$GOAL" "$state" "$reason" "$PREV_PATH" \
+    "$(json_or_null "$PREV_GEN")" "$(json_or_null "$NEW_GEN")" "$(json_or_null "$FAILED_GEN")" \
+    "$STARTED" "$(date +%s)" >"$tmp" && mv -f "$tmp" "$STATUS"
+  log "state=$state${reason:+ reason=$reason}"
+}
+
+# Activates store path $1 for goal $2 according to what it contains.
+activate() {
+  if [ -x "$1/bin/switch-to-configuration" ]; then
+    "$1/bin/switch-to-configuration" "$2"
+  elif [ -x "$1/deploy-rs-activate" ]; then
+    [ "$2" = dry-activate ] && { log "deploy-rs-activate has no dry-activate; skipped"; return 0; }
+    PROFILE=$PROFILE "$1/deploy-rs-activate"
+  elif [ -x "$1/activate" ]; then
+    [ "$2" = dry-activate ] && { log "activate has no dry-activate; skipped"; return 0; }
+    PROFILE=$PROFILE "$1/activate"
+  else
+    log "$1 has no bin/switch-to-configuration, deploy-rs-activate or activate: nothing to run"
+  fi
+}
+
+# Activates store path $1 for goal $2 in its own session (this script's `activate` mode), killing the whole
+# process group after $ACTIVATE seconds (exit 124).
+with_timeout() {
+  set -- sh "$0" activate -p "$PROFILE" -s "$1" -g "$2"
+  if command -v setsid >/dev/null 2>&1; then setsid "$@" & else "$@" & fi
+  pid=$!
+  ticks=0 limit=$((ACTIVATE * 5))
+  while kill -0 "$pid" 2>/dev/null; do
+    if [ "$ticks" -ge "$limit" ]; then
+      log "activation still running after ${ACTIVATE}s: killing it"
+      kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null
+      sleep 1
+      kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null
+      wait "$pid" 2>/dev/null
+      return 124
+    fi
+    sleep 0.2
+    ticks=$((ticks + 1))
+  done
+  wait "$pid"
+}
+
+# Switches the profile back to the previous generation (never deleting the failed one) and re-activates it.
+rollback() {
+  reason=$1
+  FAILED_GEN=$NEW_GEN
+  status rolling-back "$reason"
+  if [ -z "$PREV_PATH" ]; then
+    status failed "$reason-no-previous-generation"
+    return 1
+  fi
+  if [ "$GOAL" = switch ] || [ "$GOAL" = boot ]; then
+    if [ -n "$PREV_GEN" ]; then
+      nix-env -p "$PROFILE" --switch-generation "$PREV_GEN" || { status rollback-failed "$reason"; return 1; }
+    else
+      nix-env -p "$PROFILE" --set "$PREV_PATH" || { status rollback-failed "$reason"; return 1; }
+    fi
+  fi
+  NEW_GEN=$(generation_of "$PROFILE")
+  if with_timeout "$PREV_PATH" "$GOAL"; then
+    status rolled-back "$reason"
+  else
+    status rollback-failed "$reason"
+    return 1
+  fi
+}
+
+do_run() {
+  mkdir -p "$STATEDIR"
+  exec >>"$LOG" 2>&1
+  log "deploy $ID: $STOREPATH -> $PROFILE (goal $GOAL, confirm ${CONFIRM}s, activation ${ACTIVATE}s)"
+  rm -f "$CONFIRM_FILE" "$REJECT_FILE"
+  PREV_PATH=$(readlink -f "$PROFILE" 2>/dev/null || true)
+  PREV_GEN=$(generation_of "$PROFILE")
+  NEW_GEN=$PREV_GEN
+  status activating
+  if [ "$GOAL" = dry-activate ]; then
+    if with_timeout "$STOREPATH" dry-activate; then status dry-activated; else status failed activation-failed; fi
+    return 0
+  fi
+  if [ "$GOAL" = switch ] || [ "$GOAL" = boot ]; then
+    if [ "$PREV_PATH" != "$STOREPATH" ]; then
+      nix-env -p "$PROFILE" --set "$STOREPATH" || { status failed profile-set-failed; return 1; }
+    fi
+    NEW_GEN=$(generation_of "$PROFILE")
+  fi
+  with_timeout "$STOREPATH" "$GOAL"
+  rc=$?
+  if [ $rc -ne 0 ]; then
+    if [ $rc -eq 124 ]; then reason=activation-timeout; else reason=activation-failed; fi
+    if [ "$AUTO" = 1 ]; then rollback "$reason"; else status failed "$reason"; fi
+    return 0
+  fi
+  if [ "$MAGIC" != 1 ]; then
+    status confirmed
+    return 0
+  fi
+  status waiting-confirmation
+  ticks=0 limit=$((CONFIRM * 5))
+  while [ "$ticks" -lt "$limit" ]; do
+    if [ -f "$CONFIRM_FILE" ] && [ "$(cat "$CONFIRM_FILE" 2>/dev/null)" = "$ID" ]; then
+      status confirmed
+      return 0
+    fi
+    if [ -f "$REJECT_FILE" ] && [ "$(cat "$REJECT_FILE" 2>/dev/null)" = "$ID" ]; then
+      rollback health-check-failed
+      return 0
+    fi
+    sleep 0.2
+    ticks=$((ticks + 1))
+  done
+  rollback no-confirmation
+}
+
+state_of() { sed -n 's/.*"state":"\([^"]*\)".*/\1/p' "$STATUS" 2>/dev/null; }
+id_of() { sed -n 's/.*"id":"\([^"]*\)".*/\1/p' "$STATUS" 2>/dev/null; }
+
+# Blocks until this deploy's record reaches the wanted stage, then prints it.
+do_wait() {
+  ticks=0 limit=$((TIMEOUT * 5))
+  while :; do
+    if [ "$(id_of)" = "$ID" ]; then
+      case $WAITFOR:$(state_of) in
+        ready:waiting-confirmation | *:confirmed | *:rolled-back | *:failed | *:rollback-failed | *:dry-activated)
+          cat "$STATUS"
+          return 0 ;;
+      esac
+    fi
+    if [ "$ticks" -ge "$limit" ]; then
+      echo "nixpave-agent: no answer from deploy $ID after ${TIMEOUT}s; last record:" >&2
+      cat "$STATUS" >&2 2>/dev/null
+      return 3
+    fi
+    sleep 0.2
+    ticks=$((ticks + 1))
+  done
+}
+
+# Manual rollback (`nixpave rollback`): previous generation of the profile, re-activated.
+do_rollback() {
+  mkdir -p "$STATEDIR"
+  exec 3>&1 >>"$LOG" 2>&1
+  log "manual rollback $ID of $PROFILE"
+  PREV_GEN=$(generation_of "$PROFILE")
+  NEW_GEN=$PREV_GEN
+  STOREPATH=$(readlink -f "$PROFILE" 2>/dev/null || true)
+  target=$(nix-env -p "$PROFILE" --list-generations | awk -v cur="$PREV_GEN" '$1 < cur { g = $1 } END { print g }')
+  if [ -z "$target" ]; then
+    status failed no-previous-generation
+    cat "$STATUS" >&3
+    return 1
+  fi
+  status activating manual-rollback
+  FAILED_GEN=$PREV_GEN
+  nix-env -p "$PROFILE" --switch-generation "$target" || { status rollback-failed manual-rollback; cat "$STATUS" >&3; return 1; }
+  NEW_GEN=$target
+  PREV_PATH=$STOREPATH
+  STOREPATH=$(readlink -f "$PROFILE")
+  if with_timeout "$STOREPATH" "$GOAL"; then status rolled-back manual-rollback; else status rollback-failed manual-rollback; fi
+  cat "$STATUS" >&3
+}
+
+case $MODE in
+  run) do_run ;;
+  wait) do_wait ;;
+  rollback) do_rollback ;;
+  activate) activate "$STOREPATH" "$GOAL" ;;
+  *) echo "usage: agent.sh run|wait|rollback [options]" >&2; exit 2 ;;
+esac

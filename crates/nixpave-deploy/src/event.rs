@@ -1,0 +1,113 @@
+//! What a deploy reports while it runs (for progress lines and `--json`) and when it is done.
+
+use serde::Serialize;
+
+/// The step a host is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Opening the master connection.
+    Connect,
+    /// Reading the host's current state.
+    Probe,
+    /// Building or copying the closure.
+    Push,
+    /// Uploading keys.
+    Keys,
+    /// The agent is activating.
+    Activate,
+    /// Running health checks.
+    HealthCheck,
+    /// Confirming through a new connection.
+    Confirm,
+    /// Waiting for the agent's final record.
+    Wait,
+    /// Rebooting and waiting for the new boot.
+    Reboot,
+}
+
+/// How a host's deploy ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// Activated and confirmed.
+    Deployed,
+    /// Already on the wanted generation; nothing done.
+    Unchanged,
+    /// Dry activation ran; the profile is untouched.
+    DryActivated,
+    /// The host rolled back to the previous generation.
+    RolledBack,
+    /// Something failed (see the message).
+    Failed,
+    /// Not started (max failures reached, or a canary failed).
+    Skipped,
+}
+
+impl Outcome {
+    /// True for outcomes that count as success.
+    pub fn is_success(self) -> bool {
+        matches!(
+            self,
+            Outcome::Deployed | Outcome::Unchanged | Outcome::DryActivated
+        )
+    }
+}
+
+/// The result for one host.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostReport {
+    /// Node name.
+    pub host: String,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Wall time in milliseconds.
+    pub duration_ms: u64,
+    /// Generation of the (first) profile afterwards.
+    pub generation: Option<u64>,
+    /// Store path the (first) profile points at afterwards.
+    pub path: Option<String>,
+    /// Phase where it failed.
+    pub failed_phase: Option<Phase>,
+    /// What happened, in one sentence (why it failed or rolled back).
+    pub message: String,
+    /// Last log lines of the host (agent log, command output) when it did not succeed.
+    pub log_tail: Vec<String>,
+}
+
+/// Something that happened during a deploy.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    /// The host entered a phase.
+    Phase {
+        /// Node name.
+        host: String,
+        /// The phase.
+        phase: Phase,
+    },
+    /// A log line of the host.
+    Log {
+        /// Node name.
+        host: String,
+        /// The line.
+        line: String,
+    },
+    /// A wave of the rollout starts.
+    Wave {
+        /// Wave number, from 1.
+        number: usize,
+        /// Node names in it.
+        hosts: Vec<String>,
+        /// True for the canary wave.
+        canary: bool,
+    },
+    /// The host is done.
+    Finished {
+        /// Its report.
+        report: HostReport,
+    },
+}
+
+/// Receives events (from several threads).
+pub type EventSink<'a> = &'a (dyn Fn(Event) + Sync);

@@ -1,0 +1,161 @@
+//! Deploying a fleet: one build for everything, then hosts in waves, in parallel, streaming.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use crate::connection::Connector;
+use crate::event::{Event, EventSink, HostReport, Outcome};
+use crate::host::{deploy_host, DeployOptions};
+use crate::inventory::{Host, ProfilePath};
+use crate::rollout::{continue_after, may_start, plan_waves, RolloutSettings};
+
+/// The result of a fleet deploy.
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetReport {
+    /// One report per selected host, in inventory order.
+    pub hosts: Vec<HostReport>,
+    /// ssh handshakes made (master connections and fresh logins).
+    pub handshakes: usize,
+}
+
+impl FleetReport {
+    /// Hosts that did not succeed (failed, rolled back or skipped).
+    pub fn failed(&self) -> usize {
+        self.hosts
+            .iter()
+            .filter(|h| !h.outcome.is_success())
+            .count()
+    }
+
+    /// True when every host succeeded.
+    pub fn all_ok(&self) -> bool {
+        self.failed() == 0
+    }
+}
+
+/// Building the fleet's profiles failed.
+#[derive(Debug, thiserror::Error)]
+#[error("building the selected profiles failed")]
+pub struct BuildError(#[source] pub nixpave_nix::invoke::NixError);
+
+/// Builds every derivation of `hosts` with ONE `nix build` (skipped with `build_on_target`).
+pub fn build_all(hosts: &[Host], opts: &DeployOptions) -> Result<usize, BuildError> {
+    if opts.build_on_target {
+        return Ok(0);
+    }
+    let mut drvs: Vec<String> = hosts
+        .iter()
+        .filter(|h| !h.settings.remote_build)
+        .flat_map(|h| &h.profiles)
+        .filter_map(|p| match &p.path {
+            ProfilePath::Derivation { drv_path, .. } => Some(drv_path.clone()),
+            ProfilePath::Store(_) => None,
+        })
+        .collect();
+    drvs.sort();
+    drvs.dedup();
+    nixpave_nix::build::build_derivations(&drvs, &opts.nix).map_err(BuildError)?;
+    Ok(drvs.len())
+}
+
+/// Deploys `hosts` in waves with up to `rollout.parallelism()` hosts at once; hosts not started because of
+/// `max_failures` or a failed canary wave are reported as skipped.
+pub fn deploy_fleet(
+    hosts: &[Host],
+    connector: &dyn Connector,
+    opts: &DeployOptions,
+    rollout: &RolloutSettings,
+    emit: EventSink<'_>,
+) -> FleetReport {
+    run_waves(hosts, rollout, emit, &|host, salt| {
+        deploy_host(host, connector, opts, emit, salt)
+    })
+    .with_handshakes(connector.handshakes())
+}
+
+impl FleetReport {
+    fn with_handshakes(mut self, n: usize) -> FleetReport {
+        self.handshakes = n;
+        self
+    }
+}
+
+/// Runs `job` over the hosts following the rollout rules.
+pub fn run_waves(
+    hosts: &[Host],
+    rollout: &RolloutSettings,
+    emit: EventSink<'_>,
+    job: &(dyn Fn(&Host, usize) -> HostReport + Sync),
+) -> FleetReport {
+    let reports: Mutex<Vec<Option<HostReport>>> = Mutex::new(vec![None; hosts.len()]);
+    let failures = AtomicUsize::new(0);
+    let mut stop = false;
+    for (number, wave) in plan_waves(hosts.len(), rollout).iter().enumerate() {
+        if stop {
+            break;
+        }
+        emit(Event::Wave {
+            number: number + 1,
+            hosts: wave.hosts.iter().map(|i| hosts[*i].name.clone()).collect(),
+            canary: wave.canary,
+        });
+        let before = failures.load(Ordering::SeqCst);
+        let next = AtomicUsize::new(0);
+        let workers = rollout.parallelism().min(wave.hosts.len()).max(1);
+        std::thread::scope(|scope| {
+            for _ in 0..workers {
+                scope.spawn(|| loop {
+                    if !may_start(failures.load(Ordering::SeqCst), rollout) {
+                        return;
+                    }
+                    let slot = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(&index) = wave.hosts.get(slot) else {
+                        return;
+                    };
+                    let report = job(&hosts[index], index);
+                    if !report.outcome.is_success() {
+                        failures.fetch_add(1, Ordering::SeqCst);
+                    }
+                    emit(Event::Finished {
+                        report: report.clone(),
+                    });
+                    if let Ok(mut r) = reports.lock() {
+                        r[index] = Some(report);
+                    }
+                });
+            }
+        });
+        let total = failures.load(Ordering::SeqCst);
+        stop = !continue_after(wave, total - before, total, rollout);
+    }
+    let reports = reports.into_inner().unwrap_or_default();
+    let hosts = reports
+        .into_iter()
+        .zip(hosts)
+        .map(|(r, h)| {
+            r.unwrap_or_else(|| {
+                let report = HostReport {
+                    host: h.name.clone(),
+                    outcome: Outcome::Skipped,
+                    duration_ms: 0,
+                    generation: None,
+                    path: None,
+                    failed_phase: None,
+                    message: "not started: the rollout stopped (max failures or failed canary)"
+                        .into(),
+                    log_tail: Vec::new(),
+                };
+                emit(Event::Finished {
+                    report: report.clone(),
+                });
+                report
+            })
+        })
+        .collect();
+    FleetReport {
+        hosts,
+        handshakes: 0,
+    }
+}

@@ -1,0 +1,542 @@
+//! Deploying one host: probe, push, keys, activate through the agent, health checks, confirm, wait, reboot.
+
+use std::time::{Duration, Instant};
+
+use nixpave_nix::invoke::NixOptions;
+use nixpave_remote::{Transport, TransportError};
+
+use crate::agent::{manual_rollback_script, new_deploy_id, Activation, Goal, AGENT_SCRIPT};
+use crate::connection::{Connection, Connector};
+use crate::event::{Event, EventSink, HostReport, Outcome, Phase};
+use crate::health;
+use crate::inventory::{Host, Profile};
+use crate::keys::UploadAt;
+use crate::status::{probe, StatusRecord};
+
+/// How a deploy runs (command-line options).
+#[derive(Debug, Clone)]
+pub struct DeployOptions {
+    /// switch, boot, test or dry-activate.
+    pub goal: Goal,
+    /// Reboot after a successful `switch`/`boot` and wait for the new boot.
+    pub reboot: bool,
+    /// How long a reboot may take.
+    pub reboot_timeout: Duration,
+    /// Force `--substitute-on-destination` on or off (default: on unless `fastConnection`).
+    pub substitute_on_destination: Option<bool>,
+    /// Build on the target instead of locally (also per node through `remoteBuild`).
+    pub build_on_target: bool,
+    /// Redeploy even when the host already runs the wanted generation.
+    pub force: bool,
+    /// Options for local nix calls.
+    pub nix: NixOptions,
+}
+
+impl Default for DeployOptions {
+    fn default() -> Self {
+        DeployOptions {
+            goal: Goal::Switch,
+            reboot: false,
+            reboot_timeout: Duration::from_secs(600),
+            substitute_on_destination: None,
+            build_on_target: false,
+            force: false,
+            nix: NixOptions::default(),
+        }
+    }
+}
+
+struct Run<'a> {
+    host: &'a Host,
+    emit: EventSink<'a>,
+    started: Instant,
+    salt: usize,
+}
+
+/// Why a step failed.
+struct StepError {
+    phase: Phase,
+    message: String,
+    log_tail: Vec<String>,
+}
+
+impl StepError {
+    fn new(phase: Phase, message: impl Into<String>) -> StepError {
+        StepError {
+            phase,
+            message: message.into(),
+            log_tail: Vec::new(),
+        }
+    }
+}
+
+impl Run<'_> {
+    fn phase(&self, phase: Phase) {
+        (self.emit)(Event::Phase {
+            host: self.host.name.clone(),
+            phase,
+        });
+    }
+
+    fn log(&self, line: impl Into<String>) {
+        (self.emit)(Event::Log {
+            host: self.host.name.clone(),
+            line: line.into(),
+        });
+    }
+
+    fn report(&self, outcome: Outcome, message: String) -> HostReport {
+        HostReport {
+            host: self.host.name.clone(),
+            outcome,
+            duration_ms: self.started.elapsed().as_millis() as u64,
+            generation: None,
+            path: None,
+            failed_phase: None,
+            message,
+            log_tail: Vec::new(),
+        }
+    }
+}
+
+/// Deploys `host` and returns its report (never panics, never returns early without one).
+pub fn deploy_host(
+    host: &Host,
+    connector: &dyn Connector,
+    opts: &DeployOptions,
+    emit: EventSink<'_>,
+    salt: usize,
+) -> HostReport {
+    let run = Run {
+        host,
+        emit,
+        started: Instant::now(),
+        salt,
+    };
+    run.phase(Phase::Connect);
+    let conn = match connector.connect(host) {
+        Ok(c) => c,
+        Err(e) => {
+            let mut r = run.report(
+                Outcome::Failed,
+                format!("cannot connect to {}: {e}", host.hostname),
+            );
+            r.failed_phase = Some(Phase::Connect);
+            return r;
+        }
+    };
+    match deploy_connected(&run, conn.as_ref(), opts) {
+        Ok(report) => report,
+        Err(e) => {
+            let mut r = run.report(Outcome::Failed, e.message);
+            r.failed_phase = Some(e.phase);
+            r.log_tail = e.log_tail;
+            r
+        }
+    }
+}
+
+fn transport_err(phase: Phase) -> impl Fn(TransportError) -> StepError {
+    move |e| StepError::new(phase, e.to_string())
+}
+
+fn deploy_connected(
+    run: &Run<'_>,
+    conn: &dyn Connection,
+    opts: &DeployOptions,
+) -> Result<HostReport, StepError> {
+    let host = run.host;
+    let t = conn.transport();
+    run.phase(Phase::Probe);
+    let before = probe(t, &host.profiles, true).map_err(transport_err(Phase::Probe))?;
+
+    // A no-op: every profile already on the wanted path, confirmed by its last deploy.
+    let unchanged = opts.goal == Goal::Switch
+        && !opts.force
+        && !opts.reboot
+        && host.profiles.iter().zip(&before.profiles).all(|(p, s)| {
+            s.current.as_deref() == Some(p.path.out_path())
+                && s.last
+                    .as_ref()
+                    .is_some_and(|r| r.state == "confirmed" && r.path == p.path.out_path())
+        });
+    if unchanged {
+        let mut r = run.report(
+            Outcome::Unchanged,
+            "already on the wanted generation".into(),
+        );
+        r.generation = before.profiles.first().and_then(|p| p.generation);
+        r.path = before.profiles.first().and_then(|p| p.current.clone());
+        return Ok(r);
+    }
+
+    let missing: Vec<String> = host
+        .profiles
+        .iter()
+        .zip(&before.profiles)
+        .filter(|(_, s)| !s.wanted_present)
+        .map(|(p, _)| p.path.out_path().to_string())
+        .collect();
+    if !missing.is_empty() {
+        push(run, conn, opts, &missing)?;
+    }
+
+    upload_keys(run, t, UploadAt::PreActivation)?;
+
+    let mut last: Option<StatusRecord> = None;
+    for (i, profile) in host.profiles.iter().enumerate() {
+        let record = activate_profile(run, conn, profile, opts, i)?;
+        let done = record.state.as_str();
+        match done {
+            "confirmed" | "dry-activated" => last = Some(record),
+            _ => {
+                let outcome = if done == "rolled-back" {
+                    Outcome::RolledBack
+                } else {
+                    Outcome::Failed
+                };
+                let mut r = run.report(
+                    outcome,
+                    format!(
+                        "profile {}: {} ({})",
+                        profile.name,
+                        done,
+                        explain_reason(&record.reason)
+                    ),
+                );
+                r.failed_phase = Some(Phase::Activate);
+                r.generation = record.generation;
+                r.path =
+                    Some(record.previous_path.clone()).filter(|_| outcome == Outcome::RolledBack);
+                r.log_tail = agent_log_tail(t, profile);
+                return Ok(r);
+            }
+        }
+    }
+
+    upload_keys(run, t, UploadAt::PostActivation)?;
+
+    if opts.reboot && matches!(opts.goal, Goal::Switch | Goal::Boot) {
+        reboot_and_verify(
+            run,
+            t,
+            &before.boot_id,
+            host.profiles[0].path.out_path(),
+            opts,
+        )?;
+    }
+
+    let record = last.ok_or_else(|| StepError::new(Phase::Activate, "no profile was activated"))?;
+    let outcome = if record.state == "dry-activated" {
+        Outcome::DryActivated
+    } else {
+        Outcome::Deployed
+    };
+    let mut r = run.report(outcome, String::new());
+    r.generation = record.generation;
+    r.path = Some(record.path);
+    Ok(r)
+}
+
+fn explain_reason(reason: &str) -> String {
+    match reason {
+        "no-confirmation" => "no confirmation through a new connection in time".into(),
+        "activation-failed" => "activation failed".into(),
+        "activation-timeout" => "activation did not finish in time".into(),
+        "health-check-failed" => "a health check failed".into(),
+        "profile-set-failed" => "nix-env --set failed".into(),
+        other => other.to_string(),
+    }
+}
+
+fn push(
+    run: &Run<'_>,
+    conn: &dyn Connection,
+    opts: &DeployOptions,
+    paths: &[String],
+) -> Result<(), StepError> {
+    run.phase(Phase::Push);
+    let Some(mut to) = conn.copy_to() else {
+        return Ok(());
+    };
+    let host = run.host;
+    to.substitute_on_destination = opts
+        .substitute_on_destination
+        .unwrap_or(!host.settings.fast_connection);
+    let build_on_target = opts.build_on_target || host.settings.remote_build;
+    let result = if build_on_target {
+        let drvs: Vec<String> = host
+            .profiles
+            .iter()
+            .filter_map(|p| p.path.drv_path().map(String::from))
+            .collect();
+        nixpave_nix::build::build_on_store(
+            &to.store_uri.replacen("ssh://", "ssh-ng://", 1),
+            &drvs,
+            &to.ssh_opts,
+            &opts.nix,
+        )
+        .map(|_| ())
+    } else {
+        nixpave_nix::copy::copy_closure(&to, paths, &opts.nix)
+    };
+    result.map_err(|e| StepError::new(Phase::Push, e.to_string()))?;
+    run.log(format!("pushed {} path(s)", paths.len()));
+    Ok(())
+}
+
+fn upload_keys(run: &Run<'_>, t: &dyn Transport, when: UploadAt) -> Result<(), StepError> {
+    let keys: Vec<_> = run
+        .host
+        .keys
+        .iter()
+        .filter(|(_, k)| k.upload_at == when)
+        .collect();
+    if keys.is_empty() {
+        return Ok(());
+    }
+    run.phase(Phase::Keys);
+    for (name, key) in keys {
+        key.upload(name, t)
+            .map_err(|e| StepError::new(Phase::Keys, error_chain(&e)))?;
+    }
+    Ok(())
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn parse_record(stdout: &str) -> Option<StatusRecord> {
+    stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str::<StatusRecord>(l.trim()).ok())
+}
+
+fn activate_profile(
+    run: &Run<'_>,
+    conn: &dyn Connection,
+    profile: &Profile,
+    opts: &DeployOptions,
+    index: usize,
+) -> Result<StatusRecord, StepError> {
+    let t = conn.transport();
+    let id = new_deploy_id(run.salt * 16 + index);
+    let a = Activation::for_profile(profile, opts.goal, &id);
+    run.phase(Phase::Activate);
+    let launched = t.run(
+        &["sh".into(), "-c".into(), a.launch_script()],
+        Some(AGENT_SCRIPT.as_bytes()),
+    );
+    // A lost connection here does not stop the agent: find out what it did.
+    let ready = match launched {
+        Ok(out) if out.success() => parse_record(&out.stdout_str()),
+        Ok(out) => {
+            run.log(format!("starting the agent: {}", out.stderr_tail(3)));
+            None
+        }
+        Err(e) => {
+            run.log(format!("connection lost while activating: {e}"));
+            None
+        }
+    };
+    let Some(ready) = ready else {
+        return wait_final(run, t, &a, profile);
+    };
+    if ready.state != "waiting-confirmation" {
+        return Ok(ready);
+    }
+
+    run.phase(Phase::HealthCheck);
+    let failures = health::run_all(&run.host.health_checks, conn.address(), t);
+    if !failures.is_empty() {
+        for f in &failures {
+            run.log(format!("health check {} failed: {}", f.check, f.output));
+        }
+        let _ = t.run(&a.reject_argv(), None);
+        let mut record = wait_final(run, t, &a, profile)?;
+        if record.state == "rolled-back" {
+            record.reason = format!(
+                "health check failed: {}",
+                failures
+                    .iter()
+                    .map(|f| format!("{} ({} attempts): {}", f.check, f.attempts, f.output))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            );
+        }
+        return Ok(record);
+    }
+
+    run.phase(Phase::Confirm);
+    match conn.run_fresh_login(&a.confirm_argv()) {
+        Ok(out) if out.success() => {}
+        Ok(out) => run.log(format!(
+            "confirmation over a new connection failed: {}",
+            out.stderr_tail(3)
+        )),
+        Err(e) => run.log(format!("new ssh connection failed, not confirming: {e}")),
+    }
+    wait_final(run, t, &a, profile)
+}
+
+/// Waits (retrying over a lost connection) until the agent's record is final.
+fn wait_final(
+    run: &Run<'_>,
+    t: &dyn Transport,
+    a: &Activation,
+    profile: &Profile,
+) -> Result<StatusRecord, StepError> {
+    run.phase(Phase::Wait);
+    let deadline = Instant::now() + Duration::from_secs(a.final_timeout() + 30);
+    let mut last_error = String::new();
+    while Instant::now() < deadline {
+        match t.run(&a.wait_final_argv(), None) {
+            Ok(out) => {
+                if let Some(r) = parse_record(&out.stdout_str()).filter(|r| r.is_final()) {
+                    return Ok(r);
+                }
+                last_error = out.stderr_tail(5);
+            }
+            Err(e) => last_error = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    Err(StepError {
+        phase: Phase::Wait,
+        message: format!(
+            "no final status from the agent for profile {} within {} s: {last_error}",
+            profile.name,
+            a.final_timeout() + 30
+        ),
+        log_tail: agent_log_tail(t, profile),
+    })
+}
+
+fn agent_log_tail(t: &dyn Transport, profile: &Profile) -> Vec<String> {
+    let log = format!("{}/{}.log", profile.settings.state_dir, profile.name);
+    match t.run(&["tail".into(), "-n".into(), "15".into(), log], None) {
+        Ok(out) => out.stdout_str().lines().map(String::from).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+fn reboot_and_verify(
+    run: &Run<'_>,
+    t: &dyn Transport,
+    old_boot: &str,
+    wanted: &str,
+    opts: &DeployOptions,
+) -> Result<(), StepError> {
+    run.phase(Phase::Reboot);
+    // Detached so the command's own connection dropping is not an error.
+    let _ = t.run(
+        &[
+            "sh".into(),
+            "-c".into(),
+            "(sleep 1; systemctl reboot || reboot) </dev/null >/dev/null 2>&1 &".into(),
+        ],
+        None,
+    );
+    let deadline = Instant::now() + opts.reboot_timeout;
+    std::thread::sleep(Duration::from_secs(3));
+    while Instant::now() < deadline {
+        if let Ok(state) = probe(t, &run.host.profiles, false) {
+            if !state.boot_id.is_empty() && state.boot_id != old_boot {
+                return match state.current_system.as_deref() {
+                    Some(cur) if cur == wanted => Ok(()),
+                    other => Err(StepError::new(
+                        Phase::Reboot,
+                        format!(
+                            "rebooted, but /run/current-system is {} instead of {wanted}",
+                            other.unwrap_or("missing")
+                        ),
+                    )),
+                };
+            }
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    Err(StepError::new(
+        Phase::Reboot,
+        format!(
+            "host did not come back with a new boot id within {} s",
+            opts.reboot_timeout.as_secs()
+        ),
+    ))
+}
+
+/// Rolls `host` back to the previous generation of each profile (`nixpave rollback`).
+pub fn rollback_host(
+    host: &Host,
+    connector: &dyn Connector,
+    goal: Goal,
+    emit: EventSink<'_>,
+    salt: usize,
+) -> HostReport {
+    let run = Run {
+        host,
+        emit,
+        started: Instant::now(),
+        salt,
+    };
+    run.phase(Phase::Connect);
+    let conn = match connector.connect(host) {
+        Ok(c) => c,
+        Err(e) => {
+            let mut r = run.report(Outcome::Failed, format!("cannot connect: {e}"));
+            r.failed_phase = Some(Phase::Connect);
+            return r;
+        }
+    };
+    let t = conn.transport();
+    run.phase(Phase::Activate);
+    let mut last = None;
+    for (i, profile) in host.profiles.iter().enumerate() {
+        let a = Activation::for_profile(profile, goal, &new_deploy_id(salt * 16 + i));
+        let out = t.run(
+            &["sh".into(), "-c".into(), manual_rollback_script(&a)],
+            Some(AGENT_SCRIPT.as_bytes()),
+        );
+        let record = match out {
+            Ok(o) => parse_record(&o.stdout_str()),
+            Err(e) => {
+                let mut r = run.report(Outcome::Failed, e.to_string());
+                r.failed_phase = Some(Phase::Activate);
+                return r;
+            }
+        };
+        match record {
+            Some(r) if r.state == "rolled-back" => last = Some(r),
+            other => {
+                let mut r = run.report(
+                    Outcome::Failed,
+                    format!(
+                        "profile {}: {}",
+                        profile.name,
+                        other
+                            .map(|r| format!("{} ({})", r.state, r.reason))
+                            .unwrap_or_else(|| "no status from the agent".into())
+                    ),
+                );
+                r.failed_phase = Some(Phase::Activate);
+                r.log_tail = agent_log_tail(t, profile);
+                return r;
+            }
+        }
+    }
+    let mut r = run.report(Outcome::RolledBack, "rolled back by hand".into());
+    if let Some(rec) = last {
+        r.generation = rec.generation;
+        r.path = Some(rec.path);
+    }
+    r
+}

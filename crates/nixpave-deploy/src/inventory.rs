@@ -1,0 +1,322 @@
+//! The fleet description: deploy-rs's `deploy` schema (plus nixpave's `tags`, `healthChecks`, `keys` and
+//! `rollout`), read from one flake evaluation or from a plain JSON file, resolved into [`Host`]s.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::health::HealthCheck;
+use crate::keys::KeySpec;
+use crate::rollout::RolloutSettings;
+use crate::select::Selection;
+use crate::settings::{GeneralSettings, Settings};
+
+/// The inventory could not be read or is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryError {
+    /// The JSON does not follow the schema.
+    #[error("invalid inventory: {0}")]
+    Schema(String),
+    /// A node or profile is missing something it needs.
+    #[error("node `{node}`: {message}")]
+    Node {
+        /// The node's name.
+        node: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Evaluating the flake failed.
+    #[error("evaluating the fleet in {flake} failed")]
+    Eval {
+        /// The flake reference.
+        flake: String,
+        /// The nix error.
+        #[source]
+        source: nixpave_nix::invoke::NixError,
+    },
+    /// Reading a file failed.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// A profile's store path: built from a derivation or given directly.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(untagged)]
+pub enum ProfilePath {
+    /// A derivation evaluated from a flake (`drvPath` to build, `outPath` it produces).
+    Derivation {
+        /// The `.drv` to build.
+        #[serde(rename = "drvPath")]
+        drv_path: String,
+        /// The store path the build produces.
+        #[serde(rename = "outPath")]
+        out_path: String,
+    },
+    /// An existing store path (plain JSON inventories).
+    Store(String),
+}
+
+impl ProfilePath {
+    /// The store path the profile will point at.
+    pub fn out_path(&self) -> &str {
+        match self {
+            ProfilePath::Derivation { out_path, .. } => out_path,
+            ProfilePath::Store(p) => p,
+        }
+    }
+
+    /// The derivation to build, if any.
+    pub fn drv_path(&self) -> Option<&str> {
+        match self {
+            ProfilePath::Derivation { drv_path, .. } => Some(drv_path),
+            ProfilePath::Store(_) => None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawProfile {
+    path: Option<ProfilePath>,
+    profile_path: Option<String>,
+    #[serde(flatten)]
+    general: GeneralSettings,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawNode {
+    hostname: Option<String>,
+    #[serde(default)]
+    profiles: BTreeMap<String, RawProfile>,
+    #[serde(default)]
+    profiles_order: Vec<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    health_checks: Vec<HealthCheck>,
+    #[serde(default)]
+    keys: BTreeMap<String, KeySpec>,
+    #[serde(flatten)]
+    general: GeneralSettings,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawDeploy {
+    #[serde(default)]
+    nodes: BTreeMap<String, RawNode>,
+    #[serde(default)]
+    rollout: RolloutSettings,
+    #[serde(flatten)]
+    general: GeneralSettings,
+}
+
+/// One profile of one host, with its settings resolved.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Profile {
+    /// The profile's name (`system` for NixOS systems).
+    pub name: String,
+    /// What it should point at.
+    pub path: ProfilePath,
+    /// The nix profile on the target, e.g. `/nix/var/nix/profiles/system`.
+    pub profile_path: String,
+    /// Its resolved settings.
+    pub settings: Settings,
+}
+
+/// One host of the fleet.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Host {
+    /// The node's name in the inventory.
+    pub name: String,
+    /// Where ssh connects to.
+    pub hostname: String,
+    /// Tags for `@tag` selection.
+    pub tags: Vec<String>,
+    /// Profiles in activation order (`profilesOrder` first).
+    pub profiles: Vec<Profile>,
+    /// Node-level settings (ssh user and options).
+    pub settings: Settings,
+    /// Checks that must pass before the deploy is confirmed.
+    pub health_checks: Vec<HealthCheck>,
+    /// Secrets uploaded beside the deploy.
+    #[serde(skip)]
+    pub keys: Vec<(String, KeySpec)>,
+}
+
+/// A resolved fleet.
+#[derive(Debug, Clone, Default)]
+pub struct Inventory {
+    /// The hosts, sorted by name.
+    pub hosts: Vec<Host>,
+    /// Rollout settings from the inventory (the command line overrides them).
+    pub rollout: RolloutSettings,
+}
+
+/// Default nix profile path of a profile, as deploy-rs computes it.
+pub fn default_profile_path(profile: &str, user: &str) -> String {
+    match (profile, user) {
+        ("system", "root") => "/nix/var/nix/profiles/system".into(),
+        (name, user) => format!("/nix/var/nix/profiles/per-user/{user}/{name}"),
+    }
+}
+
+/// Characters the activation agent's status record and shell quoting can carry verbatim.
+fn safe_word(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./+@:=".contains(&b))
+}
+
+impl Inventory {
+    /// Resolves a `deploy`-shaped JSON value (as produced by [`eval_apply_function`] or written by hand),
+    /// keeping only the selected nodes and profiles.
+    pub fn from_json(
+        value: serde_json::Value,
+        selection: &Selection,
+    ) -> Result<Inventory, InventoryError> {
+        let raw: RawDeploy =
+            serde_json::from_value(value).map_err(|e| InventoryError::Schema(e.to_string()))?;
+        let mut hosts = Vec::new();
+        for (name, node) in raw.nodes {
+            if !selection.matches(&name, &node.tags) {
+                continue;
+            }
+            let node_err = |message: String| InventoryError::Node {
+                node: name.clone(),
+                message,
+            };
+            let hostname = node
+                .hostname
+                .clone()
+                .ok_or_else(|| node_err("has no `hostname`".into()))?;
+            let node_general = raw.general.layer(&node.general);
+            let mut order: Vec<String> = node.profiles_order.clone();
+            for p in node.profiles.keys() {
+                if !order.contains(p) {
+                    order.push(p.clone());
+                }
+            }
+            let mut profiles = Vec::new();
+            for pname in order {
+                if selection
+                    .profile
+                    .as_ref()
+                    .is_some_and(|only| *only != pname)
+                {
+                    continue;
+                }
+                let raw_profile = node.profiles.get(&pname).ok_or_else(|| {
+                    node_err(format!("`profilesOrder` names unknown profile `{pname}`"))
+                })?;
+                let settings = Settings::resolve(&node_general.layer(&raw_profile.general));
+                let path = raw_profile
+                    .path
+                    .clone()
+                    .ok_or_else(|| node_err(format!("profile `{pname}` has no `path`")))?;
+                let profile_path = raw_profile
+                    .profile_path
+                    .clone()
+                    .unwrap_or_else(|| default_profile_path(&pname, &settings.user));
+                for (what, word) in [("profile name", &pname), ("profilePath", &profile_path)] {
+                    if !safe_word(word) {
+                        return Err(node_err(format!(
+                            "{what} `{word}` has unsupported characters"
+                        )));
+                    }
+                }
+                profiles.push(Profile {
+                    name: pname,
+                    path,
+                    profile_path,
+                    settings,
+                });
+            }
+            if profiles.is_empty() {
+                if let Some(only) = &selection.profile {
+                    return Err(node_err(format!("has no profile `{only}`")));
+                }
+                return Err(node_err("has no profiles".into()));
+            }
+            hosts.push(Host {
+                settings: Settings::resolve(&node_general),
+                name,
+                hostname,
+                tags: node.tags,
+                profiles,
+                health_checks: node.health_checks,
+                keys: node.keys.into_iter().collect(),
+            });
+        }
+        Ok(Inventory {
+            hosts,
+            rollout: raw.rollout,
+        })
+    }
+
+    /// Reads a plain JSON inventory file (same schema, profile paths are store paths).
+    pub fn from_file(
+        path: &std::path::Path,
+        selection: &Selection,
+    ) -> Result<Inventory, InventoryError> {
+        let text = std::fs::read_to_string(path).map_err(|source| InventoryError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let value = serde_json::from_str(&text)
+            .map_err(|e| InventoryError::Schema(format!("{}: {e}", path.display())))?;
+        Self::from_json(value, selection)
+    }
+
+    /// Evaluates the selected nodes of a flake in ONE `nix eval` and resolves them.
+    pub fn from_flake(
+        flake: &str,
+        selection: &Selection,
+        opts: &nixpave_nix::invoke::NixOptions,
+    ) -> Result<Inventory, InventoryError> {
+        let function = eval_apply_function(selection);
+        let value =
+            nixpave_nix::flake::eval_flake_json(flake, &function, opts).map_err(|source| {
+                InventoryError::Eval {
+                    flake: flake.to_string(),
+                    source,
+                }
+            })?;
+        Self::from_json(value, selection)
+    }
+}
+
+/// The nix function (flake outputs → JSON) that extracts the selected nodes with their profiles' drvPath and
+/// outPath. Nodes without `profiles` get `nixosConfigurations.<n>.config.system.build.toplevel`; a flake without
+/// `deploy` deploys every `nixosConfigurations` entry to the host of the same name. Key files become plain
+/// strings (`toString`) so their contents are never copied into the store.
+pub fn eval_apply_function(selection: &Selection) -> String {
+    let selectors = nixpave_nix::flake::nix_string(&selection.to_nix_json().to_string());
+    format!(
+        r#"flake:
+let
+  sel = builtins.fromJSON {selectors};
+  confs = flake.nixosConfigurations or {{ }};
+  deploy = flake.deploy or {{ nodes = builtins.mapAttrs (n: _: {{ hostname = n; }}) confs; }};
+  selected = name: node: sel == [ ] || builtins.any (s:
+    (s.node == null || builtins.match s.node name != null)
+    && (s.tag == null || builtins.any (t: builtins.match s.tag t != null) (node.tags or [ ]))) sel;
+  pathInfo = p: if builtins.isAttrs p then {{ drvPath = p.drvPath; outPath = p.outPath; }} else toString p;
+  keyInfo = k: k // (if k ? keyFile then {{ keyFile = toString k.keyFile; }} else {{ }});
+  toplevel = name: (confs.${{name}} or (throw "node ${{name}} has no profiles and there is no nixosConfigurations.${{name}}")).config.system.build.toplevel;
+  nodeInfo = name: node: node // {{
+    profiles = if node ? profiles
+      then builtins.mapAttrs (_: p: p // {{ path = pathInfo p.path; }}) node.profiles
+      else {{ system = {{ path = pathInfo (toplevel name); }}; }};
+  }} // (if node ? keys then {{ keys = builtins.mapAttrs (_: keyInfo) node.keys; }} else {{ }});
+  names = builtins.filter (n: selected n deploy.nodes.${{n}}) (builtins.attrNames deploy.nodes);
+in (builtins.removeAttrs deploy [ "nodes" ]) // {{
+  nodes = builtins.listToAttrs (map (n: {{ name = n; value = nodeInfo n deploy.nodes.${{n}}; }}) names);
+}}"#
+    )
+}

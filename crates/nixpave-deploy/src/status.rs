@@ -1,0 +1,208 @@
+//! The status record the agent writes on the target, and the one-round-trip probe that reads a host's state.
+
+use serde::{Deserialize, Serialize};
+
+use nixpave_remote::{shell_quote, Transport, TransportError};
+
+use crate::inventory::Profile;
+
+/// The agent's record of the last deploy of one profile (`STATEDIR/NAME.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct StatusRecord {
+    /// Deploy id.
+    pub id: String,
+    /// Profile name.
+    pub name: String,
+    /// Profile path.
+    pub profile: String,
+    /// Store path deployed.
+    pub path: String,
+    /// Goal.
+    pub goal: String,
+    /// `activating`, `waiting-confirmation`, `confirmed`, `rolling-back`, `rolled-back`, `failed`,
+    /// `rollback-failed`, `dry-activated`.
+    pub state: String,
+    /// Why it rolled back or failed (`no-confirmation`, `activation-failed`, `activation-timeout`,
+    /// `health-check-failed`, `manual-rollback`, …).
+    pub reason: String,
+    /// What the profile pointed at before.
+    pub previous_path: String,
+    /// Generation before the deploy.
+    pub previous_generation: Option<u64>,
+    /// Generation the profile is on now.
+    pub generation: Option<u64>,
+    /// Generation that failed and was rolled back from (kept, never deleted).
+    pub failed_generation: Option<u64>,
+    /// Unix time the deploy started.
+    pub started: u64,
+    /// Unix time of the last update.
+    pub updated: u64,
+}
+
+impl StatusRecord {
+    /// True when the record is final (the agent is done).
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self.state.as_str(),
+            "confirmed" | "rolled-back" | "failed" | "rollback-failed" | "dry-activated"
+        )
+    }
+}
+
+/// What one round trip tells about one profile of a host.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ProfileState {
+    /// Profile name.
+    pub name: String,
+    /// What the profile resolves to now (`None`: no profile yet).
+    pub current: Option<String>,
+    /// Generation the profile points at.
+    pub generation: Option<u64>,
+    /// Whether the wanted store path is already valid in the host's store.
+    pub wanted_present: bool,
+    /// The last status record, if any.
+    pub last: Option<StatusRecord>,
+}
+
+/// What one round trip tells about a host.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct HostState {
+    /// `/proc/sys/kernel/random/boot_id`.
+    pub boot_id: String,
+    /// `/run/current-system`.
+    pub current_system: Option<String>,
+    /// `/run/booted-system`.
+    pub booted_system: Option<String>,
+    /// Per profile.
+    pub profiles: Vec<ProfileState>,
+}
+
+/// The shell script of [`probe`]: one line per fact, `KEY<TAB>PROFILE<TAB>VALUE`.
+pub fn probe_script(profiles: &[(&str, &str, Option<&str>, &str)]) -> String {
+    let mut s = String::from(
+        "r() { readlink -f \"$1\" 2>/dev/null || true; }\n\
+         printf 'boot\\t-\\t%s\\n' \"$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)\"\n\
+         printf 'current\\t-\\t%s\\n' \"$(r /run/current-system)\"\n\
+         printf 'booted\\t-\\t%s\\n' \"$(r /run/booted-system)\"\n",
+    );
+    for (name, profile_path, wanted, state_dir) in profiles {
+        let n = shell_quote(name);
+        let p = shell_quote(profile_path);
+        s.push_str(&format!(
+            "printf 'profile\\t%s\\t%s\\n' {n} \"$(r {p})\"\n\
+             printf 'link\\t%s\\t%s\\n' {n} \"$(readlink {p} 2>/dev/null)\"\n\
+             printf 'record\\t%s\\t%s\\n' {n} \"$(cat {rec} 2>/dev/null | head -n 1)\"\n",
+            rec = shell_quote(&format!("{state_dir}/{name}.json")),
+        ));
+        if let Some(w) = wanted {
+            s.push_str(&format!(
+                "if [ -e {w} ] && nix-store --check-validity {w} >/dev/null 2>&1; then \
+                 printf 'present\\t%s\\tyes\\n' {n}; fi\n",
+                w = shell_quote(w)
+            ));
+        }
+    }
+    s
+}
+
+/// Parses the output of [`probe_script`].
+pub fn parse_probe(stdout: &str, names: &[&str]) -> HostState {
+    let mut state = HostState {
+        profiles: names
+            .iter()
+            .map(|n| ProfileState {
+                name: n.to_string(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let some = |v: &str| Some(v.to_string()).filter(|v| !v.is_empty());
+    for line in stdout.lines() {
+        let mut parts = line.splitn(3, '\t');
+        let (Some(key), Some(name), Some(value)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        match key {
+            "boot" => state.boot_id = value.to_string(),
+            "current" => state.current_system = some(value),
+            "booted" => state.booted_system = some(value),
+            _ => {
+                let Some(p) = state.profiles.iter_mut().find(|p| p.name == name) else {
+                    continue;
+                };
+                match key {
+                    "profile" => p.current = some(value),
+                    "link" => p.generation = generation_of_link(value),
+                    "record" => p.last = serde_json::from_str(value).ok(),
+                    "present" => p.wanted_present = true,
+                    _ => {}
+                }
+            }
+        }
+    }
+    state
+}
+
+/// `system-12-link` → 12.
+pub fn generation_of_link(link: &str) -> Option<u64> {
+    link.strip_suffix("-link")?.rsplit('-').next()?.parse().ok()
+}
+
+/// Reads a host's state in one round trip. `wanted` gives per profile the store path about to be deployed.
+pub fn probe(
+    transport: &dyn Transport,
+    profiles: &[Profile],
+    with_wanted: bool,
+) -> Result<HostState, TransportError> {
+    let rows: Vec<(&str, &str, Option<&str>, &str)> = profiles
+        .iter()
+        .map(|p| {
+            (
+                p.name.as_str(),
+                p.profile_path.as_str(),
+                with_wanted.then(|| p.path.out_path()),
+                p.settings.state_dir.as_str(),
+            )
+        })
+        .collect();
+    let script = probe_script(&rows);
+    let out = transport.run(&["sh".into(), "-c".into(), script], None)?;
+    if !out.success() {
+        return Err(TransportError::Command {
+            host: transport.host().to_string(),
+            command: "probe (readlink, nix-store --check-validity, cat status)".into(),
+            status: out.status,
+            stderr: out.stderr_tail(5),
+        });
+    }
+    let names: Vec<&str> = profiles.iter().map(|p| p.name.as_str()).collect();
+    Ok(parse_probe(&out.stdout_str(), &names))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_probe_output() {
+        let out = "boot\t-\tb-1\ncurrent\t-\t/nix/store/x\nbooted\t-\t\n\
+                   profile\tsystem\t/nix/store/x\nlink\tsystem\tsystem-3-link\n\
+                   record\tsystem\t{\"id\":\"a\",\"name\":\"system\",\"profile\":\"/p\",\"path\":\"/nix/store/x\",\"goal\":\"switch\",\"state\":\"confirmed\",\"reason\":\"\",\"previous_path\":\"\",\"previous_generation\":null,\"generation\":3,\"failed_generation\":null,\"started\":1,\"updated\":2}\n\
+                   present\tsystem\tyes\n";
+        let st = parse_probe(out, &["system"]);
+        assert_eq!(st.boot_id, "b-1");
+        assert_eq!(st.booted_system, None);
+        let p = &st.profiles[0];
+        assert_eq!(p.generation, Some(3));
+        assert!(p.wanted_present);
+        assert_eq!(p.last.as_ref().map(|r| r.state.as_str()), Some("confirmed"));
+    }
+
+    #[test]
+    fn generation_numbers() {
+        assert_eq!(generation_of_link("system-12-link"), Some(12));
+        assert_eq!(generation_of_link("/nix/store/x"), None);
+    }
+}
