@@ -1,1 +1,26 @@
-//! Installing NixOS on a reachable Linux host: kexec, disks, install, reboot, verify.
+//! Installing NixOS on a reachable Linux host: preflight → kexec → disk → install → reboot →
+//! verify, resumable.
+//!
+//! - [`preflight::check`] (pure): facts + requirements → refusals with numbers.
+//! - [`state`]: the per-node state file and [`state::schedule`] (pure) that decides what a
+//!   `--resume` runs.
+//! - [`run::install_node`] / [`run::install_all`]: the orchestration over a [`session::Session`],
+//!   reporting [`events::Event`]s.
+//! - [`steps`], [`kexec`]: the commands of each phase.
+
+pub mod disk;
+pub mod events;
+pub mod facts;
+pub mod kexec;
+pub mod nix;
+pub mod phase;
+pub mod preflight;
+pub mod run;
+pub mod session;
+pub mod state;
+pub mod steps;
+
+pub use events::{Event, Reporter};
+pub use phase::{Phase, PhaseSet};
+pub use run::{install_all, install_node, InstallError, Installer, NodeSpec, Summary, Timeouts};
+pub use session::{LocalSession, Session, SshConfig, SshSession};

@@ -1,0 +1,69 @@
+//! The seam to the disk engine: the install applies a [`Plan`] through a [`DiskEngine`].
+//!
+//! The real engine is `nixpave_disk::exec` (guards, probes, safety checks); the CLI wires it in.
+//! [`SequentialEngine`] runs a plan's operations in order and serves until then and in tests.
+
+use nixpave_disk::{Plan, StdinSource};
+use nixpave_remote::{shell_join, Transport};
+
+/// Applies disk plans on a target.
+pub trait DiskEngine: Send + Sync {
+    /// Applies `plan` through `t`, reporting each operation's description to `progress`.
+    /// Returns an error message naming the failing operation and its stderr tail.
+    fn apply(
+        &self,
+        t: &dyn Transport,
+        plan: &Plan,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<(), String>;
+}
+
+/// Runs every operation of a plan in order, without evaluating guards (fit for a plan made for
+/// blank disks: destroy, format, mount). Secrets are read on the target and fed on stdin.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SequentialEngine;
+
+impl DiskEngine for SequentialEngine {
+    fn apply(
+        &self,
+        t: &dyn Transport,
+        plan: &Plan,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<(), String> {
+        for (i, op) in plan.operations.iter().enumerate() {
+            progress(&format!(
+                "({}/{}) {}",
+                i + 1,
+                plan.operations.len(),
+                op.description
+            ));
+            let stdin: Option<Vec<u8>> = match &op.stdin {
+                None => None,
+                Some(StdinSource::Text { text }) => Some(text.clone().into_bytes()),
+                Some(StdinSource::File { path }) => Some(
+                    t.read_file(std::path::Path::new(path))
+                        .map_err(|e| format!("{}: reading key file {path}: {e}", op.description))?,
+                ),
+                Some(StdinSource::Prompt { name, .. }) => {
+                    return Err(format!(
+                        "{}: needs the password `{name}` typed in; pass a key file with --disk-encryption-keys instead",
+                        op.description
+                    ))
+                }
+            };
+            let out = t
+                .run(&op.argv, stdin.as_deref())
+                .map_err(|e| format!("{}: {e}", op.description))?;
+            if !out.success() {
+                return Err(format!(
+                    "{} failed: `{}` exited with {:?}: {}",
+                    op.description,
+                    shell_join(&op.argv),
+                    out.status,
+                    out.stderr_tail(10)
+                ));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,366 @@
+//! Preflight: decide from facts alone whether an install can work, before anything is written.
+//!
+//! [`check`] is a pure function (facts + what the layout and installer need → refusals), so
+//! every refusal is unit-tested; each refusal says the numbers it compared.
+
+use serde::{Deserialize, Serialize};
+
+use crate::facts::TargetFacts;
+
+/// A disk the layout needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskNeed {
+    /// The layout's name for it (`disko.devices.disk.NAME`).
+    pub name: String,
+    /// The device it is mapped to (after `--disk NAME=DEVICE`).
+    pub device: String,
+    /// The least size the layout's fixed-size contents need, in bytes.
+    pub min_bytes: u64,
+}
+
+/// How much RAM the in-RAM installer needs, derived from its initrd size.
+///
+/// The compressed initrd is held in memory while the new kernel unpacks it, and the unpacked
+/// root lives in RAM too; the factor covers both, the headroom covers the running installer
+/// (sshd, nix, the disk tools) until /mnt exists. The defaults reproduce nixos-images'
+/// documented 1.5 GB for its ~430 MB initrd.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RamPolicy {
+    /// RAM per byte of compressed initrd.
+    pub initrd_factor: f64,
+    /// Fixed extra RAM in MiB.
+    pub headroom_mib: u64,
+}
+
+impl Default for RamPolicy {
+    fn default() -> Self {
+        RamPolicy {
+            initrd_factor: 2.5,
+            headroom_mib: 384,
+        }
+    }
+}
+
+impl RamPolicy {
+    /// RAM (KiB) needed for an initrd of `initrd_bytes`.
+    pub fn needed_kib(&self, initrd_bytes: u64) -> u64 {
+        (initrd_bytes as f64 * self.initrd_factor / 1024.0) as u64 + self.headroom_mib * 1024
+    }
+}
+
+/// Everything preflight compares the facts with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Requirements {
+    /// True when the kexec phase will run (selected and the target is not an installer yet).
+    pub kexec: bool,
+    /// Size of the installer's initrd in bytes (from the tarball), when known.
+    pub initrd_bytes: Option<u64>,
+    /// The RAM rule.
+    pub ram: RamPolicy,
+    /// CPU architectures the system closure and installer are built for (`uname -m` spelling).
+    pub arch: String,
+    /// Disks the layout needs (empty when the disk phase does not run).
+    pub disks: Vec<DiskNeed>,
+}
+
+/// One reason not to go on. Every variant carries the numbers it was decided on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Refusal {
+    /// Not a Linux kernel.
+    #[error("the target runs {kernel}, not Linux: kexec and the disk tools need Linux")]
+    NotLinux {
+        /// `uname -s`.
+        kernel: String,
+    },
+    /// A container cannot kexec or own disks.
+    #[error("the target is a {container} container: it cannot kexec or partition disks; run nixpave against the machine (or VM) itself")]
+    Container {
+        /// The container kind.
+        container: String,
+    },
+    /// kexec is disabled or absent in the running kernel.
+    #[error("kexec is unavailable: {why}; enable it (reboot with kexec allowed) or boot a NixOS installer and use --phases disk,install,reboot,verify")]
+    KexecUnavailable {
+        /// What was found.
+        why: String,
+    },
+    /// Commands do not run as root.
+    #[error("commands on the target do not run as root (uid ≠ 0): log in as root or use a user with passwordless sudo")]
+    NotRoot,
+    /// The installer tarball cannot be unpacked.
+    #[error("`tar` is missing on the target: it is needed to unpack the installer")]
+    NoTar,
+    /// Too little memory.
+    #[error(
+        "too little RAM for the installer: the target has {have_mib} MiB (MemTotal), the installer needs {need_mib} MiB \
+         ({initrd_mib} MiB initrd × {factor} + {headroom_mib} MiB headroom); swap does not survive kexec"
+    )]
+    TooLittleRam {
+        /// MemTotal in MiB.
+        have_mib: u64,
+        /// The requirement in MiB.
+        need_mib: u64,
+        /// Initrd size in MiB.
+        initrd_mib: u64,
+        /// The factor applied.
+        factor: String,
+        /// The headroom added.
+        headroom_mib: u64,
+    },
+    /// The architecture differs from the closure's, or is unknown.
+    #[error("the target's architecture is `{found}` but the system is built for `{expected}`")]
+    WrongArch {
+        /// `uname -m` on the target.
+        found: String,
+        /// What the system is built for.
+        expected: String,
+    },
+    /// A layout disk is not there.
+    #[error("disk `{name}` of the layout is {device}, which does not exist on the target (disks there: {present}); map it with --disk {name}=DEVICE")]
+    DiskMissing {
+        /// Layout disk name.
+        name: String,
+        /// The device path.
+        device: String,
+        /// The disks that exist, with sizes.
+        present: String,
+    },
+    /// A layout disk is smaller than its fixed-size contents.
+    #[error("disk `{name}` ({device}) has {have_mib} MiB but the layout needs at least {need_mib} MiB on it")]
+    DiskTooSmall {
+        /// Layout disk name.
+        name: String,
+        /// The device path.
+        device: String,
+        /// Its size in MiB.
+        have_mib: u64,
+        /// What the layout needs in MiB.
+        need_mib: u64,
+    },
+}
+
+const MIB: u64 = 1024 * 1024;
+
+/// Architectures nixpave knows how to install (`uname -m` spelling).
+pub const KNOWN_ARCHES: [&str; 4] = ["x86_64", "aarch64", "i686", "riscv64"];
+
+/// Maps a nix system double (`x86_64-linux`) to `uname -m` (`x86_64`).
+pub fn arch_of_system(system: &str) -> &str {
+    system.split('-').next().unwrap_or(system)
+}
+
+/// Checks the facts against the requirements; an empty result means "go" (pure).
+pub fn check(facts: &TargetFacts, req: &Requirements) -> Vec<Refusal> {
+    let mut out = Vec::new();
+    if facts.kernel != "Linux" {
+        out.push(Refusal::NotLinux {
+            kernel: if facts.kernel.is_empty() {
+                "an unknown kernel".into()
+            } else {
+                facts.kernel.clone()
+            },
+        });
+        return out;
+    }
+    if let Some(c) = &facts.container {
+        out.push(Refusal::Container {
+            container: c.clone(),
+        });
+    }
+    if !facts.is_root {
+        out.push(Refusal::NotRoot);
+    }
+    if !KNOWN_ARCHES.contains(&facts.arch.as_str()) || facts.arch != req.arch {
+        out.push(Refusal::WrongArch {
+            found: if facts.arch.is_empty() {
+                "unknown".into()
+            } else {
+                facts.arch.clone()
+            },
+            expected: req.arch.clone(),
+        });
+    }
+    if req.kexec {
+        match facts.kexec_load_disabled {
+            None => out.push(Refusal::KexecUnavailable {
+                why: "the kernel has no kexec support (/proc/sys/kernel/kexec_load_disabled is absent)".into(),
+            }),
+            Some(true) => out.push(Refusal::KexecUnavailable {
+                why: "kernel.kexec_load_disabled = 1 (it cannot be re-enabled without a reboot)".into(),
+            }),
+            Some(false) => {}
+        }
+        if !facts.has_tar {
+            out.push(Refusal::NoTar);
+        }
+        if let Some(initrd) = req.initrd_bytes {
+            let need = req.ram.needed_kib(initrd);
+            if facts.mem_total_kib < need {
+                out.push(Refusal::TooLittleRam {
+                    have_mib: facts.mem_total_kib / 1024,
+                    need_mib: need.div_ceil(1024),
+                    initrd_mib: initrd.div_ceil(MIB),
+                    factor: req.ram.initrd_factor.to_string(),
+                    headroom_mib: req.ram.headroom_mib,
+                });
+            }
+        }
+    }
+    for need in &req.disks {
+        match facts.disk_size(&need.device) {
+            None => out.push(Refusal::DiskMissing {
+                name: need.name.clone(),
+                device: need.device.clone(),
+                present: present_disks(facts),
+            }),
+            Some(size) if size < need.min_bytes => out.push(Refusal::DiskTooSmall {
+                name: need.name.clone(),
+                device: need.device.clone(),
+                have_mib: size / MIB,
+                need_mib: need.min_bytes.div_ceil(MIB),
+            }),
+            Some(_) => {}
+        }
+    }
+    out
+}
+
+fn present_disks(facts: &TargetFacts) -> String {
+    if facts.disks.is_empty() {
+        return "none".into();
+    }
+    facts
+        .disks
+        .iter()
+        .map(|d| format!("{} {} MiB", d.path, d.size_bytes / MIB))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::facts::BlockDevice;
+
+    fn vm(mem_mib: u64) -> TargetFacts {
+        TargetFacts {
+            kernel: "Linux".into(),
+            arch: "x86_64".into(),
+            os_id: "debian".into(),
+            root_fstype: "ext4".into(),
+            mem_total_kib: mem_mib * 1024,
+            kexec_load_disabled: Some(false),
+            has_tar: true,
+            is_root: true,
+            disks: vec![
+                BlockDevice {
+                    path: "/dev/vda".into(),
+                    size_bytes: 4096 * MIB,
+                },
+                BlockDevice {
+                    path: "/dev/vdb".into(),
+                    size_bytes: 1024 * MIB,
+                },
+            ],
+            ..Default::default()
+        }
+    }
+
+    fn req() -> Requirements {
+        Requirements {
+            kexec: true,
+            initrd_bytes: Some(188 * MIB),
+            ram: RamPolicy::default(),
+            arch: "x86_64".into(),
+            disks: vec![DiskNeed {
+                name: "main".into(),
+                device: "/dev/vdb".into(),
+                min_bytes: 600 * MIB,
+            }],
+        }
+    }
+
+    #[test]
+    fn a_good_target_passes() {
+        assert_eq!(check(&vm(2048), &req()), vec![]);
+    }
+
+    #[test]
+    fn too_little_ram_says_the_numbers() {
+        let r = check(&vm(512), &req());
+        assert_eq!(r.len(), 1);
+        let msg = r[0].to_string();
+        assert!(
+            msg.contains("512 MiB") && msg.contains("854 MiB") && msg.contains("188 MiB"),
+            "{msg}"
+        );
+        // The installer already running means no kexec and no RAM rule.
+        let mut no_kexec = req();
+        no_kexec.kexec = false;
+        assert_eq!(check(&vm(512), &no_kexec), vec![]);
+    }
+
+    #[test]
+    fn nixos_images_default_matches_its_documented_minimum() {
+        let need_mib = RamPolicy::default().needed_kib(430 * MIB) / 1024;
+        assert!((1400..=1600).contains(&need_mib), "{need_mib}");
+    }
+
+    #[test]
+    fn kexec_disabled_absent_and_container() {
+        let mut f = vm(2048);
+        f.kexec_load_disabled = Some(true);
+        f.container = Some("lxc".into());
+        let r = check(&f, &req());
+        assert!(matches!(r[0], Refusal::Container { .. }));
+        assert!(r[1].to_string().contains("kexec_load_disabled = 1"));
+        f.kexec_load_disabled = None;
+        f.container = None;
+        assert!(matches!(
+            check(&f, &req())[0],
+            Refusal::KexecUnavailable { .. }
+        ));
+    }
+
+    #[test]
+    fn missing_and_small_disks() {
+        let mut r = req();
+        r.disks.push(DiskNeed {
+            name: "data".into(),
+            device: "/dev/sdq".into(),
+            min_bytes: 1,
+        });
+        r.disks[0].min_bytes = 2048 * MIB;
+        let out = check(&vm(2048), &r);
+        assert_eq!(out.len(), 2);
+        assert!(out[0].to_string().contains("1024 MiB") && out[0].to_string().contains("2048 MiB"));
+        let missing = out[1].to_string();
+        assert!(
+            missing.contains("/dev/sdq") && missing.contains("/dev/vda 4096 MiB"),
+            "{missing}"
+        );
+    }
+
+    #[test]
+    fn not_linux_unknown_arch_not_root() {
+        let mut f = vm(2048);
+        f.kernel = "FreeBSD".into();
+        assert_eq!(check(&f, &req()).len(), 1);
+        let mut f = vm(2048);
+        f.arch = "sparc64".into();
+        f.is_root = false;
+        let r = check(&f, &req());
+        assert!(r.contains(&Refusal::NotRoot));
+        assert!(r
+            .iter()
+            .any(|x| matches!(x, Refusal::WrongArch { found, .. } if found == "sparc64")));
+        assert_eq!(arch_of_system("aarch64-linux"), "aarch64");
+    }
+
+    #[test]
+    fn refusals_serialise_with_their_numbers() {
+        let r = check(&vm(256), &req());
+        insta::assert_json_snapshot!("too_little_ram", r);
+    }
+}

@@ -1,0 +1,757 @@
+//! The orchestration: preflight, then the scheduled phases, recording state after each.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nixpave_disk::Plan;
+
+use crate::disk::DiskEngine;
+use crate::events::{Event, Reporter};
+use crate::facts::{self, TargetFacts};
+use crate::kexec::{self, TarballInfo};
+use crate::phase::{Phase, PhaseSet};
+use crate::preflight::{self, DiskNeed, RamPolicy, Refusal, Requirements};
+use crate::session::Session;
+use crate::state::{self, NodeState, ScheduleError, StateError, StateStore};
+use crate::steps::{self, Chown, CopySpec, EncryptionKey};
+
+/// Bounds of every wait (no wait is unbounded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// How long the old system may take to go away after `kexec/run`.
+    pub kexec_down: Duration,
+    /// How long the installer may take to answer ssh after kexec.
+    pub kexec_up: Duration,
+    /// How long the installer may take to go away after `reboot`.
+    pub reboot_down: Duration,
+    /// How long the installed system may take to answer ssh after the reboot.
+    pub verify_up: Duration,
+    /// Pause between probes.
+    pub poll: Duration,
+    /// Limit of one probe.
+    pub probe: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            kexec_down: Duration::from_secs(120),
+            kexec_up: Duration::from_secs(600),
+            reboot_down: Duration::from_secs(120),
+            verify_up: Duration::from_secs(600),
+            poll: Duration::from_secs(2),
+            probe: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The kexec phase's input.
+#[derive(Debug, Clone)]
+pub struct KexecSpec {
+    /// The tarball on this machine (already fetched).
+    pub tarball: TarballInfo,
+    /// Directory on the target where it is uploaded and unpacked.
+    pub remote_dir: String,
+}
+
+/// The disk phase's input.
+#[derive(Debug, Clone)]
+pub struct DiskSpec {
+    /// The plan the disk phase applies (destroy, format, mount).
+    pub plan: Plan,
+    /// The plan that only mounts (used when a resumed install finds nothing mounted).
+    pub mount_plan: Option<Plan>,
+    /// The disks the layout needs, for preflight.
+    pub needs: Vec<DiskNeed>,
+    /// Disk-encryption keys written to the installer's RAM before the plan runs.
+    pub keys: Vec<EncryptionKey>,
+}
+
+/// Everything needed to install one node.
+pub struct NodeSpec {
+    /// Node name.
+    pub node: String,
+    /// How to reach it.
+    pub session: Box<dyn Session>,
+    /// The system closure (built locally).
+    pub toplevel: String,
+    /// `uname -m` the closure is built for.
+    pub arch: String,
+    /// The selected phases.
+    pub phases: PhaseSet,
+    /// Continue from the state file.
+    pub resume: bool,
+    /// The installer, when the kexec phase may run.
+    pub kexec: Option<KexecSpec>,
+    /// The disk layout, when the disk phase may run.
+    pub disk: Option<DiskSpec>,
+    /// Where the new system's root is mounted on the target (`/mnt`).
+    pub root: PathBuf,
+    /// `--extra-files DIR`.
+    pub extra_files: Option<PathBuf>,
+    /// `--chown PATH UID:GID` pairs.
+    pub chown: Vec<Chown>,
+    /// `--copy-host-keys`.
+    pub copy_host_keys: bool,
+    /// `--substitute-on-destination`.
+    pub substitute_on_destination: bool,
+    /// `--build-on target`: the derivation to realise on the target instead of copying outputs.
+    pub build_on_target: Option<String>,
+    /// Every wait's bound.
+    pub timeouts: Timeouts,
+    /// The RAM rule for the installer.
+    pub ram: RamPolicy,
+}
+
+/// Shared by all nodes of one run.
+pub struct Installer<'a> {
+    /// Where per-node state is kept.
+    pub state: StateStore,
+    /// Where events go.
+    pub reporter: &'a dyn Reporter,
+    /// The disk engine.
+    pub disk_engine: &'a dyn DiskEngine,
+    /// Asked before a plan that wipes disks runs; `false` refuses.
+    pub confirm: &'a (dyn Fn(&str, &Plan) -> bool + Sync),
+}
+
+/// The outcome of a finished install.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    /// Node name.
+    pub node: String,
+    /// Seconds per phase that ran.
+    pub timings: Vec<(Phase, f64)>,
+    /// Phases that were skipped (done before, or not needed).
+    pub skipped: Vec<Phase>,
+    /// Total seconds, preflight included.
+    pub total_seconds: f64,
+}
+
+/// What kind of failure, for exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Bad input; nothing changed.
+    Usage,
+    /// Refused for safety; nothing changed.
+    Refused,
+    /// An operation failed.
+    Failed,
+}
+
+/// An install that did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    /// Preflight refused.
+    #[error("{node}: preflight refused, nothing was written:\n  - {}", refusals.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("\n  - "))]
+    Refused {
+        /// Node name.
+        node: String,
+        /// Every reason.
+        refusals: Vec<Refusal>,
+    },
+    /// The destroy confirmation was not given.
+    #[error("{node}: the disk plan wipes disks and was not confirmed; nothing was written (answer the prompt, or pass --yes-wipe-all-disks when there is no terminal)")]
+    NotConfirmed {
+        /// Node name.
+        node: String,
+    },
+    /// Wrong or missing input.
+    #[error("{node}: {message}")]
+    Input {
+        /// Node name.
+        node: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Deciding what to resume failed.
+    #[error(transparent)]
+    Schedule(#[from] ScheduleError),
+    /// The state file could not be read or written.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A phase failed.
+    #[error("{node} [{phase}] failed: {message}\n  left behind: {left}\n  next: {next}")]
+    Phase {
+        /// Node name.
+        node: String,
+        /// The phase.
+        phase: Phase,
+        /// What failed and why.
+        message: String,
+        /// The state the target is in.
+        left: String,
+        /// What to do.
+        next: String,
+    },
+}
+
+impl InstallError {
+    /// The class of failure, for the exit code.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            InstallError::Refused { .. } | InstallError::NotConfirmed { .. } => {
+                FailureKind::Refused
+            }
+            InstallError::Input { .. } | InstallError::Schedule(_) => FailureKind::Usage,
+            InstallError::State(_) | InstallError::Phase { .. } => FailureKind::Failed,
+        }
+    }
+}
+
+fn left_behind(phase: Phase, root: &std::path::Path) -> String {
+    match phase {
+        Phase::Preflight => "nothing was written".into(),
+        Phase::Kexec => {
+            "the disks are untouched; the target runs its old system, or is booting the installer"
+                .into()
+        }
+        Phase::Disk => {
+            "the installer runs in RAM; the disks may be partly partitioned or formatted".into()
+        }
+        Phase::Install => format!(
+            "the disks are formatted and mounted at {}; the system may be partly copied",
+            root.display()
+        ),
+        Phase::Reboot => "the system is installed; the target may be rebooting".into(),
+        Phase::Verify => "the system is installed and the target was rebooted".into(),
+    }
+}
+
+/// Context of one node's run.
+struct Ctx<'a, 'b> {
+    spec: &'b NodeSpec,
+    inst: &'b Installer<'a>,
+}
+
+impl Ctx<'_, '_> {
+    fn emit(&self, e: Event) {
+        self.inst.reporter.report(&e);
+    }
+
+    fn progress(&self, phase: Phase, message: impl Into<String>) {
+        self.emit(Event::Progress {
+            node: self.spec.node.clone(),
+            phase,
+            message: message.into(),
+        });
+    }
+
+    /// Probes until ssh answers (`want_up`) or stops answering, within `limit`.
+    fn wait_ssh(&self, phase: Phase, want_up: bool, limit: Duration) -> Result<Duration, String> {
+        let start = Instant::now();
+        let mut last = String::new();
+        let mut announced = Instant::now() - Duration::from_secs(3600);
+        loop {
+            let r = self.spec.session.probe(self.spec.timeouts.probe);
+            match (&r, want_up) {
+                (Ok(()), true) | (Err(_), false) => return Ok(start.elapsed()),
+                (Err(e), true) => last = e.clone(),
+                (Ok(()), false) => {}
+            }
+            if want_up
+                && (last.contains("IDENTIFICATION HAS CHANGED")
+                    || last.contains("Host key verification failed"))
+            {
+                return Err(format!(
+                    "ssh answers but with a different host key: {last}\n  the installed system has new host keys; \
+                     install with --copy-host-keys (or remove the old key from known_hosts after checking it)"
+                ));
+            }
+            if start.elapsed() >= limit {
+                return Err(if want_up {
+                    format!(
+                        "ssh did not come back within {} s (last error: {}); check the machine's console",
+                        limit.as_secs(),
+                        if last.is_empty() { "none" } else { last.trim() }
+                    )
+                } else {
+                    format!("the target still answers ssh after {} s", limit.as_secs())
+                });
+            }
+            if announced.elapsed() >= Duration::from_secs(15) {
+                self.progress(
+                    phase,
+                    format!(
+                        "waiting for ssh to {} ({} s / {} s)",
+                        if want_up { "come back" } else { "go away" },
+                        start.elapsed().as_secs(),
+                        limit.as_secs()
+                    ),
+                );
+                announced = Instant::now();
+            }
+            std::thread::sleep(self.spec.timeouts.poll);
+        }
+    }
+
+    fn kexec(&self) -> Result<(), String> {
+        let spec = self.spec;
+        let k = spec
+            .kexec
+            .as_ref()
+            .ok_or("the kexec phase needs an installer tarball (--kexec TARBALL|URL)")?;
+        let t = spec.session.transport();
+        let remote_tar = format!("{}/installer.tar", k.remote_dir);
+        let total = k.tarball.size_bytes;
+        let mut last_pct = u64::MAX;
+        let sent = kexec::upload(t, &k.tarball.path, &remote_tar, &mut |done, total| {
+            let pct = if total == 0 { 100 } else { done * 100 / total };
+            if pct / 10 != last_pct / 10 || done == total {
+                last_pct = pct;
+                self.emit(Event::Transfer {
+                    node: spec.node.clone(),
+                    phase: Phase::Kexec,
+                    what: "installer upload".into(),
+                    done,
+                    total,
+                });
+            }
+        })
+        .map_err(|e| format!("uploading the installer ({total} bytes): {e}"))?;
+        if !sent {
+            self.progress(
+                Phase::Kexec,
+                "the installer is already on the target (same sha256), not sent again",
+            );
+        }
+        steps::run(
+            t,
+            "starting kexec/run",
+            vec![
+                "sh".into(),
+                "-c".into(),
+                kexec::launch_script(&k.remote_dir, &remote_tar),
+            ],
+            None,
+        )
+        .map_err(|e| e.to_string())?;
+        self.progress(
+            Phase::Kexec,
+            "kexec/run started; waiting for the old system to go away",
+        );
+        let start = Instant::now();
+        loop {
+            if spec.session.probe(spec.timeouts.probe).is_err() {
+                break;
+            }
+            if let Ok(out) = t.run(
+                &[
+                    "sh".into(),
+                    "-c".into(),
+                    kexec::status_script(&k.remote_dir),
+                ],
+                None,
+            ) {
+                let text = out.stdout_str();
+                if let Some(rc) = kexec::parse_status(&text) {
+                    if rc != 0 {
+                        return Err(format!("kexec/run exited with {rc}; the target still runs its old system:\n{text}"));
+                    }
+                }
+            }
+            if start.elapsed() >= spec.timeouts.kexec_down {
+                let log = t
+                    .run(
+                        &[
+                            "sh".into(),
+                            "-c".into(),
+                            kexec::status_script(&k.remote_dir),
+                        ],
+                        None,
+                    )
+                    .map(|o| o.stdout_str())
+                    .unwrap_or_default();
+                return Err(format!(
+                    "the target still runs its old system {} s after kexec/run:\n{log}",
+                    spec.timeouts.kexec_down.as_secs()
+                ));
+            }
+            std::thread::sleep(spec.timeouts.poll);
+        }
+        spec.session.reset();
+        self.progress(
+            Phase::Kexec,
+            "old system gone; waiting for the installer's ssh",
+        );
+        let up = self.wait_ssh(Phase::Kexec, true, spec.timeouts.kexec_up)?;
+        spec.session.reset();
+        let facts = facts::gather(spec.session.transport(), &[]).map_err(|e| e.to_string())?;
+        if !facts.is_installer() && !steps::is_ram_fs(&facts.root_fstype) {
+            return Err(format!(
+                "the target came back ({} s) but does not run the installer (os-release ID={}, / is {}): kexec failed and it rebooted into its old system",
+                up.as_secs(),
+                facts.os_id,
+                facts.root_fstype
+            ));
+        }
+        self.progress(
+            Phase::Kexec,
+            format!(
+                "installer up after {} s ({} MiB RAM)",
+                up.as_secs(),
+                facts.mem_total_kib / 1024
+            ),
+        );
+        Ok(())
+    }
+
+    fn disk(&self) -> Result<(), String> {
+        let spec = self.spec;
+        let d = spec
+            .disk
+            .as_ref()
+            .ok_or("the disk phase needs a layout (the flake's config.disko.devices or --disk-config FILE)")?;
+        let t = spec.session.transport();
+        if !d.keys.is_empty() {
+            let landed = steps::upload_keys(t, &d.keys).map_err(|e| e.to_string())?;
+            for (path, fs) in landed {
+                if steps::is_ram_fs(&fs) {
+                    self.progress(
+                        Phase::Disk,
+                        format!("key {} written (mode 0600, in RAM)", path.display()),
+                    );
+                } else {
+                    self.progress(
+                        Phase::Disk,
+                        format!("warning: key {} is on a {fs} filesystem, not in RAM; prefer /tmp or /run on the installer", path.display()),
+                    );
+                }
+            }
+        }
+        spec.session.reset();
+        self.inst
+            .disk_engine
+            .apply(t, &d.plan, &mut |m| self.progress(Phase::Disk, m))
+    }
+
+    fn install(&self) -> Result<(), String> {
+        let spec = self.spec;
+        let t = spec.session.transport();
+        let root = &spec.root;
+        if !steps::is_mounted(t, root).map_err(|e| e.to_string())? {
+            match spec.disk.as_ref().and_then(|d| d.mount_plan.as_ref()) {
+                Some(mount) => {
+                    self.progress(Phase::Install, format!("nothing mounted at {}; mounting the layout", root.display()));
+                    self.inst
+                        .disk_engine
+                        .apply(t, mount, &mut |m| self.progress(Phase::Install, m))?;
+                }
+                None => {
+                    return Err(format!(
+                        "nothing is mounted at {} on the target; run the disk phase first (--phases disk,install,…)",
+                        root.display()
+                    ))
+                }
+            }
+        }
+        let copy = CopySpec {
+            store_url: spec.session.store_url(root),
+            env: spec.session.nix_env(),
+            substitute_on_destination: spec.substitute_on_destination,
+            nix_args: Vec::new(),
+        };
+        match &spec.build_on_target {
+            None => {
+                self.progress(
+                    Phase::Install,
+                    format!("copying {} into {}", spec.toplevel, copy.store_url),
+                );
+                steps::copy_closure(&copy, &spec.toplevel).map_err(|e| e.to_string())?;
+            }
+            Some(drv) => {
+                self.progress(
+                    Phase::Install,
+                    format!("copying {drv} and building it on the target"),
+                );
+                let mut drv_copy = copy.clone();
+                drv_copy.nix_args.push("--derivation".into());
+                steps::copy_closure(&drv_copy, drv).map_err(|e| e.to_string())?;
+                steps::run(
+                    t,
+                    "building the system on the target",
+                    vec![
+                        "nix-store".into(),
+                        "--store".into(),
+                        root.display().to_string(),
+                        "--realise".into(),
+                        drv.clone(),
+                    ],
+                    None,
+                )
+                .map_err(|e| e.to_string())?;
+            }
+        }
+        self.progress(Phase::Install, "setting the system profile");
+        steps::set_profile(t, root, &spec.toplevel).map_err(|e| e.to_string())?;
+        if let Some(dir) = &spec.extra_files {
+            let n = steps::copy_extra_files(t, dir, root).map_err(|e| e.to_string())?;
+            self.progress(
+                Phase::Install,
+                format!("copied {n} extra entries from {}", dir.display()),
+            );
+        }
+        steps::chown(t, root, &spec.chown).map_err(|e| e.to_string())?;
+        if spec.copy_host_keys {
+            steps::copy_host_keys(t, root).map_err(|e| e.to_string())?;
+            self.progress(Phase::Install, "copied the ssh host keys");
+        }
+        self.progress(Phase::Install, "installing the bootloader");
+        let out = steps::install_bootloader(t, root).map_err(|e| e.to_string())?;
+        for line in out.lines().take(20) {
+            self.progress(Phase::Install, line.to_string());
+        }
+        Ok(())
+    }
+
+    fn reboot(&self) -> Result<(), String> {
+        let spec = self.spec;
+        steps::start_reboot(spec.session.transport(), &spec.root).map_err(|e| e.to_string())?;
+        self.progress(Phase::Reboot, "unmounted; rebooting");
+        self.wait_ssh(Phase::Reboot, false, spec.timeouts.reboot_down)?;
+        spec.session.reset();
+        Ok(())
+    }
+
+    fn verify(&self) -> Result<(), String> {
+        let spec = self.spec;
+        let up = self.wait_ssh(Phase::Verify, true, spec.timeouts.verify_up)?;
+        spec.session.reset();
+        let current = steps::current_system(spec.session.transport()).map_err(|e| e.to_string())?;
+        if current != spec.toplevel {
+            return Err(format!(
+                "the target booted {current}, not the installed {}: the bootloader did not pick the new system",
+                spec.toplevel
+            ));
+        }
+        self.progress(
+            Phase::Verify,
+            format!("{current} is running (ssh back after {} s)", up.as_secs()),
+        );
+        Ok(())
+    }
+
+    fn run_phase(&self, phase: Phase) -> Result<(), String> {
+        match phase {
+            Phase::Preflight => Ok(()),
+            Phase::Kexec => self.kexec(),
+            Phase::Disk => self.disk(),
+            Phase::Install => self.install(),
+            Phase::Reboot => self.reboot(),
+            Phase::Verify => self.verify(),
+        }
+    }
+
+    fn preflight(&self, schedule: &[Phase]) -> Result<(TargetFacts, bool), InstallError> {
+        let spec = self.spec;
+        let node = spec.node.clone();
+        let devices: Vec<String> = spec
+            .disk
+            .as_ref()
+            .map(|d| d.needs.iter().map(|n| n.device.clone()).collect())
+            .unwrap_or_default();
+        let facts =
+            facts::gather(spec.session.transport(), &devices).map_err(|e| InstallError::Phase {
+                node: node.clone(),
+                phase: Phase::Preflight,
+                message: format!("gathering facts: {e}"),
+                left: left_behind(Phase::Preflight, &spec.root),
+                next: "check that `ssh` to the target works with the same options".into(),
+            })?;
+        let kexec_needed = schedule.contains(&Phase::Kexec) && !facts.is_installer();
+        if kexec_needed && spec.kexec.is_none() {
+            return Err(InstallError::Input {
+                node,
+                message: "the target is not a NixOS installer and no installer tarball was given: pass --kexec TARBALL|URL, or leave kexec out of --phases".into(),
+            });
+        }
+        let disk_runs = schedule.contains(&Phase::Disk);
+        if disk_runs && spec.disk.is_none() {
+            return Err(InstallError::Input {
+                node,
+                message: "the disk phase needs a layout: the flake's config.disko.devices or --disk-config FILE".into(),
+            });
+        }
+        let req = Requirements {
+            kexec: kexec_needed,
+            initrd_bytes: spec.kexec.as_ref().map(|k| k.tarball.initrd_bytes),
+            ram: spec.ram,
+            arch: spec.arch.clone(),
+            disks: if disk_runs {
+                spec.disk
+                    .as_ref()
+                    .map(|d| d.needs.clone())
+                    .unwrap_or_default()
+            } else {
+                Vec::new()
+            },
+        };
+        let refusals = preflight::check(&facts, &req);
+        if !refusals.is_empty() {
+            self.emit(Event::Refused {
+                node: node.clone(),
+                refusals: refusals.clone(),
+            });
+            return Err(InstallError::Refused { node, refusals });
+        }
+        if disk_runs {
+            if let Some(d) = &spec.disk {
+                if d.plan.operations.iter().any(|o| o.destructive)
+                    && !(self.inst.confirm)(&node, &d.plan)
+                {
+                    return Err(InstallError::NotConfirmed { node });
+                }
+            }
+        }
+        Ok((facts, kexec_needed))
+    }
+}
+
+/// Installs one node: preflight, then the scheduled phases; state is saved around every phase.
+pub fn install_node(spec: &NodeSpec, inst: &Installer<'_>) -> Result<Summary, InstallError> {
+    let started = Instant::now();
+    let node = spec.node.clone();
+    let ctx = Ctx { spec, inst };
+    let previous = inst.state.load(&node)?;
+    let schedule = state::schedule(
+        &spec.phases,
+        previous.as_ref(),
+        spec.resume,
+        &node,
+        Some(&spec.toplevel),
+        &inst.state.path(&node),
+    )?;
+    let mut skipped: Vec<Phase> = spec
+        .phases
+        .phases()
+        .iter()
+        .copied()
+        .filter(|p| !schedule.contains(p))
+        .collect();
+    for p in &skipped {
+        ctx.emit(Event::PhaseSkipped {
+            node: node.clone(),
+            phase: *p,
+            reason: "finished in an earlier run".into(),
+        });
+    }
+
+    ctx.emit(Event::PhaseStarted {
+        node: node.clone(),
+        phase: Phase::Preflight,
+    });
+    let t0 = Instant::now();
+    let (_facts, kexec_needed) = ctx.preflight(&schedule)?;
+    let mut timings = vec![(Phase::Preflight, t0.elapsed().as_secs_f64())];
+    ctx.emit(Event::PhaseFinished {
+        node: node.clone(),
+        phase: Phase::Preflight,
+        seconds: timings[0].1,
+    });
+
+    let mut st = match (spec.resume, previous) {
+        (true, Some(prev)) => prev,
+        _ => NodeState::new(&node, spec.session.transport().host()),
+    };
+    if !st.is_done(Phase::Install) {
+        st.toplevel = Some(spec.toplevel.clone());
+    }
+    if let Some(d) = &spec.disk {
+        if schedule.contains(&Phase::Disk) {
+            st.disk_plan = serde_json::to_value(&d.plan).ok();
+        }
+    }
+    inst.state.save(&st)?;
+
+    for phase in schedule {
+        if phase == Phase::Kexec && !kexec_needed {
+            ctx.emit(Event::PhaseSkipped {
+                node: node.clone(),
+                phase,
+                reason: "the target already runs a NixOS installer".into(),
+            });
+            st.finish(phase, 0.0);
+            inst.state.save(&st)?;
+            skipped.push(phase);
+            continue;
+        }
+        ctx.emit(Event::PhaseStarted {
+            node: node.clone(),
+            phase,
+        });
+        st.start(phase);
+        inst.state.save(&st)?;
+        let t = Instant::now();
+        let result = ctx.run_phase(phase);
+        let secs = t.elapsed().as_secs_f64();
+        match result {
+            Ok(()) => {
+                st.finish(phase, secs);
+                inst.state.save(&st)?;
+                timings.push((phase, secs));
+                ctx.emit(Event::PhaseFinished {
+                    node: node.clone(),
+                    phase,
+                    seconds: secs,
+                });
+            }
+            Err(message) => {
+                st.fail(phase, secs, &message);
+                inst.state.save(&st)?;
+                ctx.emit(Event::Failed {
+                    node: node.clone(),
+                    phase,
+                    error: message.clone(),
+                });
+                return Err(InstallError::Phase {
+                    node: node.clone(),
+                    phase,
+                    message,
+                    left: left_behind(phase, &spec.root),
+                    next: format!(
+                        "fix the cause, then `nixpave install {node} --resume` (finished phases are skipped; state in {})",
+                        inst.state.path(&node).display()
+                    ),
+                });
+            }
+        }
+    }
+    let total_seconds = started.elapsed().as_secs_f64();
+    ctx.emit(Event::Finished {
+        node: node.clone(),
+        timings: timings.clone(),
+        total_seconds,
+    });
+    Ok(Summary {
+        node,
+        timings,
+        skipped,
+        total_seconds,
+    })
+}
+
+/// Installs several nodes in parallel (one thread each); results in the order of `specs`.
+pub fn install_all(specs: &[NodeSpec], inst: &Installer<'_>) -> Vec<Result<Summary, InstallError>> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = specs
+            .iter()
+            .map(|spec| s.spawn(move || install_node(spec, inst)))
+            .collect();
+        handles
+            .into_iter()
+            .zip(specs)
+            .map(|(h, spec)| {
+                h.join().unwrap_or_else(|_| {
+                    Err(InstallError::Phase {
+                        node: spec.node.clone(),
+                        phase: Phase::Preflight,
+                        message: "internal error: the install thread panicked".into(),
+                        left: "unknown; see the state file".into(),
+                        next: "report a bug; `--resume` continues from the last finished phase"
+                            .into(),
+                    })
+                })
+            })
+            .collect()
+    })
+}

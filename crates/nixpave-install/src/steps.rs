@@ -1,0 +1,419 @@
+//! The commands of the disk, install and reboot phases, each a small function over a
+//! [`Transport`]. Argument vectors only: nothing secret is ever put into an argv.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use nixpave_remote::{
+    shell_join, shell_quote, CommandOutput, Transport, TransportError, UploadSpec,
+};
+
+/// A step failed: what, the command, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// The transport could not run the command.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The command ran and failed.
+    #[error("{what}: `{command}` exited with {status:?}: {stderr}")]
+    Failed {
+        /// What the step was doing.
+        what: String,
+        /// The command line (never contains secrets).
+        command: String,
+        /// Exit status.
+        status: Option<i32>,
+        /// Tail of stderr.
+        stderr: String,
+    },
+    /// A local file could not be read.
+    #[error("{what}: {source}")]
+    Local {
+        /// What was being read.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+fn check(what: &str, argv: &[String], out: CommandOutput) -> Result<CommandOutput, StepError> {
+    if out.success() {
+        Ok(out)
+    } else {
+        Err(StepError::Failed {
+            what: what.to_string(),
+            command: shell_join(argv),
+            status: out.status,
+            stderr: out.stderr_tail(15),
+        })
+    }
+}
+
+/// Runs `argv` on the target and fails unless it exits 0.
+pub fn run(
+    t: &dyn Transport,
+    what: &str,
+    argv: Vec<String>,
+    stdin: Option<&[u8]>,
+) -> Result<CommandOutput, StepError> {
+    let out = t.run(&argv, stdin)?;
+    check(what, &argv, out)
+}
+
+fn sh(script: String, args: &[&str]) -> Vec<String> {
+    let mut v = vec!["sh".to_string(), "-c".into(), script, "nixpave".into()];
+    v.extend(args.iter().map(|s| s.to_string()));
+    v
+}
+
+/// A disk-encryption key: where it must be on the installer, and the local file it comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncryptionKey {
+    /// Absolute path on the installer (should be in RAM, e.g. under /tmp or /run).
+    pub remote: PathBuf,
+    /// The local file.
+    pub local: PathBuf,
+}
+
+/// Writes the keys to the target with mode 0600 (owner root); the contents travel on stdin.
+/// Returns the filesystem type each key landed on, so the caller can warn when it is not RAM.
+pub fn upload_keys(
+    t: &dyn Transport,
+    keys: &[EncryptionKey],
+) -> Result<Vec<(PathBuf, String)>, StepError> {
+    let mut landed = Vec::new();
+    for key in keys {
+        let contents = std::fs::read(&key.local).map_err(|source| StepError::Local {
+            what: format!("reading disk-encryption key {}", key.local.display()),
+            source,
+        })?;
+        let parent = key
+            .remote
+            .parent()
+            .unwrap_or(Path::new("/"))
+            .display()
+            .to_string();
+        run(
+            t,
+            "creating the key's directory",
+            vec![
+                "mkdir".into(),
+                "-p".into(),
+                "-m".into(),
+                "0700".into(),
+                parent,
+            ],
+            None,
+        )?;
+        t.upload(
+            &contents,
+            &UploadSpec {
+                dest: key.remote.clone(),
+                mode: 0o600,
+                owner: Some("0:0".into()),
+            },
+        )?;
+        let fs = run(
+            t,
+            "checking where the key landed",
+            vec![
+                "stat".into(),
+                "-f".into(),
+                "-c".into(),
+                "%T".into(),
+                key.remote.display().to_string(),
+            ],
+            None,
+        )?;
+        landed.push((key.remote.clone(), fs.stdout_str().trim().to_string()));
+    }
+    Ok(landed)
+}
+
+/// True for filesystems that live in RAM (`stat -f -c %T` spelling).
+pub fn is_ram_fs(fs: &str) -> bool {
+    matches!(fs, "tmpfs" | "ramfs" | "rootfs")
+}
+
+/// True when something is mounted at `root` on the target.
+pub fn is_mounted(t: &dyn Transport, root: &Path) -> Result<bool, StepError> {
+    let out = t.run(
+        &["mountpoint".into(), "-q".into(), root.display().to_string()],
+        None,
+    )?;
+    Ok(out.success())
+}
+
+/// How the closure gets into the target's /mnt store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopySpec {
+    /// The store URL (from [`crate::session::Session::store_url`]).
+    pub store_url: String,
+    /// Environment for nix (`NIX_SSHOPTS`).
+    pub env: Vec<(String, String)>,
+    /// Let the target fetch what it can from its substituters.
+    pub substitute_on_destination: bool,
+    /// Extra `nix` options (e.g. `--option` pairs) in argv form.
+    pub nix_args: Vec<String>,
+}
+
+/// The local `nix copy` argv (pure).
+pub fn copy_argv(spec: &CopySpec, path: &str) -> Vec<String> {
+    let mut v: Vec<String> = vec![
+        "nix".into(),
+        "--extra-experimental-features".into(),
+        "nix-command".into(),
+        "copy".into(),
+        "--no-check-sigs".into(),
+        "--to".into(),
+        spec.store_url.clone(),
+    ];
+    if spec.substitute_on_destination {
+        v.push("--substitute-on-destination".into());
+    }
+    v.extend(spec.nix_args.iter().cloned());
+    v.push(path.into());
+    v
+}
+
+/// Copies a closure from this machine's store to the target (runs `nix copy` locally).
+pub fn copy_closure(spec: &CopySpec, path: &str) -> Result<(), StepError> {
+    let argv = copy_argv(spec, path);
+    let out = Command::new(&argv[0])
+        .args(&argv[1..])
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .map_err(|source| StepError::Local {
+            what: "running nix copy".into(),
+            source,
+        })?;
+    check(
+        "copying the system closure",
+        &argv,
+        CommandOutput {
+            status: out.status.code(),
+            stdout: out.stdout,
+            stderr: out.stderr,
+        },
+    )
+    .map(|_| ())
+}
+
+/// The system profile path inside `root`.
+pub fn profile_path(root: &Path) -> PathBuf {
+    root.join("nix/var/nix/profiles/system")
+}
+
+/// Points the system profile in `root` at `toplevel` (a new generation; re-running is harmless).
+pub fn set_profile(t: &dyn Transport, root: &Path, toplevel: &str) -> Result<(), StepError> {
+    let argv = vec![
+        "nix-env".into(),
+        "--store".into(),
+        root.display().to_string(),
+        "-p".into(),
+        profile_path(root).display().to_string(),
+        "--set".into(),
+        toplevel.into(),
+    ];
+    run(t, "setting the system profile", argv, None).map(|_| ())
+}
+
+/// The script that installs the bootloader the way nixos-install does: /dev, /proc, /sys and a
+/// fresh /run inside `root`, the activation script (its failure tolerated, as nixos-enter does),
+/// then `switch-to-configuration boot` with `NIXOS_INSTALL_BOOTLOADER=1`; mounts are undone on exit.
+pub const BOOTLOADER_SCRIPT: &str = r#"
+set -eu
+root=$1
+sys=/nix/var/nix/profiles/system
+[ -x "$root$sys/bin/switch-to-configuration" ] || { echo "$root$sys/bin/switch-to-configuration is missing or not executable: the system closure does not look like a NixOS system" >&2; exit 2; }
+mkdir -p "$root/dev" "$root/proc" "$root/sys" "$root/run" "$root/tmp" "$root/etc"
+chmod 1777 "$root/tmp"
+cleanup() {
+  for m in run sys proc dev; do umount -R "$root/$m" 2>/dev/null || umount -Rl "$root/$m" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+mount --rbind /dev "$root/dev"
+mount -t proc proc "$root/proc"
+mount --rbind /sys "$root/sys"
+mount -t tmpfs -o mode=755 tmpfs "$root/run"
+ln -sfn "$(readlink "$root$sys")" "$root/run/current-system" 2>/dev/null || true
+[ -f /etc/resolv.conf ] && cp -L /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null || true
+if [ -x "$root$sys/activate" ]; then
+  IN_NIXOS_ENTER=1 chroot "$root" "$sys/activate" >&2 || echo "activation script reported errors (ignored, as nixos-install does)" >&2
+fi
+NIXOS_INSTALL_BOOTLOADER=1 chroot "$root" "$sys/bin/switch-to-configuration" boot
+"#;
+
+/// Installs the bootloader by running the system's own `switch-to-configuration boot` in `root`.
+pub fn install_bootloader(t: &dyn Transport, root: &Path) -> Result<String, StepError> {
+    let out = run(
+        t,
+        "installing the bootloader (switch-to-configuration boot in a chroot)",
+        sh(BOOTLOADER_SCRIPT.into(), &[&root.display().to_string()]),
+        None,
+    )?;
+    Ok(out.stdout_str())
+}
+
+/// The top-level entries of an extra-files directory, sorted (so `.` itself is never in the
+/// archive and the mode of the target's root stays as it is).
+pub fn extra_entries(dir: &Path) -> Result<Vec<String>, StepError> {
+    let rd = std::fs::read_dir(dir).map_err(|source| StepError::Local {
+        what: format!("reading --extra-files directory {}", dir.display()),
+        source,
+    })?;
+    let mut names = Vec::new();
+    for e in rd {
+        let e = e.map_err(|source| StepError::Local {
+            what: format!("reading --extra-files directory {}", dir.display()),
+            source,
+        })?;
+        names.push(e.file_name().to_string_lossy().into_owned());
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Copies the contents of `dir` into `root` keeping modes; everything is owned by root
+/// (`--no-same-owner`) until [`chown`] says otherwise.
+pub fn copy_extra_files(t: &dyn Transport, dir: &Path, root: &Path) -> Result<usize, StepError> {
+    let entries = extra_entries(dir)?;
+    if entries.is_empty() {
+        return Ok(0);
+    }
+    let mut tar = Command::new("tar");
+    tar.arg("-C")
+        .arg(dir)
+        .args(["--numeric-owner", "-cpf", "-", "--"])
+        .args(&entries);
+    let out = tar.output().map_err(|source| StepError::Local {
+        what: "running tar for --extra-files".into(),
+        source,
+    })?;
+    if !out.status.success() {
+        return Err(StepError::Failed {
+            what: format!("packing --extra-files {}", dir.display()),
+            command: "tar -cpf - …".into(),
+            status: out.status.code(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    let root_s = root.display().to_string();
+    run(
+        t,
+        "unpacking --extra-files",
+        vec![
+            "tar".into(),
+            "-C".into(),
+            root_s,
+            "-xpf".into(),
+            "-".into(),
+            "--no-same-owner".into(),
+        ],
+        Some(&out.stdout),
+    )?;
+    Ok(entries.len())
+}
+
+/// A `--chown PATH UID:GID` pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chown {
+    /// Absolute path in the installed system.
+    pub path: String,
+    /// `UID:GID` (numeric or names known to the installer).
+    pub owner: String,
+}
+
+/// Applies the `--chown` pairs (recursively) inside `root`.
+pub fn chown(t: &dyn Transport, root: &Path, pairs: &[Chown]) -> Result<(), StepError> {
+    for c in pairs {
+        let target = root.join(c.path.trim_start_matches('/'));
+        run(
+            t,
+            &format!("--chown {} {}", c.path, c.owner),
+            vec![
+                "chown".into(),
+                "-R".into(),
+                c.owner.clone(),
+                target.display().to_string(),
+            ],
+            None,
+        )?;
+    }
+    Ok(())
+}
+
+/// Copies the installer's ssh host keys into `root` so the installed system keeps them.
+pub fn copy_host_keys(t: &dyn Transport, root: &Path) -> Result<(), StepError> {
+    let script = "set -e; mkdir -p -m 0755 \"$1/etc/ssh\"; for k in /etc/ssh/ssh_host_*; do [ -e \"$k\" ] && cp -p \"$k\" \"$1/etc/ssh/\"; done; chmod 600 \"$1\"/etc/ssh/ssh_host_*_key";
+    run(
+        t,
+        "copying the ssh host keys",
+        sh(script.into(), &[&root.display().to_string()]),
+        None,
+    )
+    .map(|_| ())
+}
+
+/// The reboot script: unmount `root`, turn swap off, export ZFS pools, then reboot detached.
+pub const REBOOT_SCRIPT: &str = r#"
+set -eu
+root=$1
+sync
+if mountpoint -q "$root"; then umount -R "$root"; fi
+swapoff -a 2>/dev/null || true
+if command -v zpool >/dev/null 2>&1 && [ -n "$(zpool list -H -o name 2>/dev/null)" ]; then zpool export -a; fi
+setsid nohup sh -c 'sleep 1; reboot || reboot -f' > /dev/null 2>&1 < /dev/null &
+"#;
+
+/// Unmounts everything, exports pools and starts a detached reboot.
+pub fn start_reboot(t: &dyn Transport, root: &Path) -> Result<(), StepError> {
+    run(
+        t,
+        "unmounting and rebooting",
+        sh(REBOOT_SCRIPT.into(), &[&root.display().to_string()]),
+        None,
+    )
+    .map(|_| ())
+}
+
+/// Reads where `/run/current-system` points.
+pub fn current_system(t: &dyn Transport) -> Result<String, StepError> {
+    let out = run(
+        t,
+        "reading /run/current-system",
+        vec!["readlink".into(), "-f".into(), "/run/current-system".into()],
+        None,
+    )?;
+    Ok(out.stdout_str().trim().to_string())
+}
+
+/// Quotes for messages.
+pub fn quoted(p: &Path) -> String {
+    shell_quote(&p.display().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_argv_shapes() {
+        let spec = CopySpec {
+            store_url: "ssh://root@h?remote-store=/mnt".into(),
+            env: vec![],
+            substitute_on_destination: true,
+            nix_args: vec![],
+        };
+        assert_eq!(
+            shell_join(&copy_argv(&spec, "/nix/store/x-sys")),
+            "nix --extra-experimental-features nix-command copy --no-check-sigs --to 'ssh://root@h?remote-store=/mnt' --substitute-on-destination /nix/store/x-sys"
+        );
+    }
+
+    #[test]
+    fn ram_filesystems() {
+        assert!(is_ram_fs("tmpfs") && is_ram_fs("rootfs"));
+        assert!(!is_ram_fs("ext2/ext3") && !is_ram_fs("xfs"));
+    }
+}
