@@ -1,0 +1,279 @@
+//! The whole per-host pipeline and the activation agent, run against this machine with a temp profile and
+//! state directory (real nix builds, real nix-env profiles, the real detached agent).
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use nixpave_deploy::{
+    deploy_host, rollback_host, Connection, Connector, DeployOptions, Goal, Host, LocalConnector,
+    Outcome,
+};
+use nixpave_remote::{CommandOutput, LocalTransport, Transport, TransportError};
+
+struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    fn new() -> Sandbox {
+        nix_conf_dir();
+        Sandbox {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+    fn profile(&self) -> std::path::PathBuf {
+        self.dir.path().join("profiles/system")
+    }
+    fn host(&self, path: &str, extra: serde_json::Value) -> Host {
+        std::fs::create_dir_all(self.dir.path().join("profiles")).expect("profiles dir");
+        let mut node = serde_json::json!({
+            "hostname": "localhost",
+            "stateDir": self.dir.path().join("state"),
+            "tempPath": self.dir.path().join("tmp"),
+            "confirmTimeout": 3,
+            "activationTimeout": 3,
+            "profiles": { "system": { "path": path, "profilePath": self.profile() } }
+        });
+        if let (Some(n), Some(e)) = (node.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                n.insert(k.clone(), v.clone());
+            }
+        }
+        inventory(serde_json::json!({ "local": node }))
+            .hosts
+            .remove(0)
+    }
+}
+
+fn deploy(host: &Host, goal: Goal) -> nixpave_deploy::HostReport {
+    deploy_with(host, goal, &LocalConnector::default())
+}
+
+fn deploy_with(host: &Host, goal: Goal, connector: &dyn Connector) -> nixpave_deploy::HostReport {
+    let events = Events::default();
+    let opts = DeployOptions {
+        goal,
+        ..Default::default()
+    };
+    let sink = events.sink();
+    deploy_host(host, connector, &opts, &sink, 1)
+}
+
+#[test]
+fn deploys_then_noop_then_failed_activation_rolls_back() {
+    let sb = Sandbox::new();
+    let good = build_system(&[("tag", &unique("good"))]);
+    let report = deploy(&sb.host(&good, serde_json::json!({})), Goal::Switch);
+    assert_eq!(report.outcome, Outcome::Deployed, "{report:?}");
+    assert_eq!(resolve(&sb.profile()).as_deref(), Some(good.as_str()));
+    assert_eq!(report.generation, Some(1));
+
+    let t0 = Instant::now();
+    let again = deploy(&sb.host(&good, serde_json::json!({})), Goal::Switch);
+    assert_eq!(again.outcome, Outcome::Unchanged, "{again:?}");
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    assert_eq!(generation_count(&sb.profile()), 1);
+
+    let bad = build_system(&[("tag", &unique("bad")), ("fail", "true")]);
+    let report = deploy(&sb.host(&bad, serde_json::json!({})), Goal::Switch);
+    assert_eq!(report.outcome, Outcome::RolledBack, "{report:?}");
+    assert!(
+        report.message.contains("activation failed"),
+        "{}",
+        report.message
+    );
+    assert!(
+        report
+            .log_tail
+            .iter()
+            .any(|l| l.contains("activation failed on purpose")),
+        "{:?}",
+        report.log_tail
+    );
+    assert_eq!(resolve(&sb.profile()).as_deref(), Some(good.as_str()));
+    // The failed generation is kept, not deleted.
+    assert_eq!(generation_count(&sb.profile()), 2);
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(sb.dir.path().join("state/system.json")).expect("record"),
+    )
+    .expect("json");
+    assert_eq!(record["state"], "rolled-back");
+    assert_eq!(record["failed_generation"], 2);
+    assert_eq!(record["generation"], 1);
+
+    // Manual rollback goes to the generation before the current one: none before 1 here.
+    let events = Events::default();
+    let manual = rollback_host(
+        &sb.host(&good, serde_json::json!({})),
+        &LocalConnector::default(),
+        Goal::Switch,
+        &events.sink(),
+        2,
+    );
+    assert_eq!(manual.outcome, Outcome::Failed, "{manual:?}");
+    assert!(
+        manual.message.contains("no-previous-generation"),
+        "{}",
+        manual.message
+    );
+}
+
+#[test]
+fn hanging_activation_times_out_and_rolls_back() {
+    let sb = Sandbox::new();
+    let good = build_system(&[("tag", &unique("good"))]);
+    assert_eq!(
+        deploy(&sb.host(&good, serde_json::json!({})), Goal::Switch).outcome,
+        Outcome::Deployed
+    );
+    let hang = build_system(&[("tag", &unique("hang")), ("hang", "true")]);
+    let t0 = Instant::now();
+    let report = deploy(&sb.host(&hang, serde_json::json!({})), Goal::Switch);
+    assert_eq!(report.outcome, Outcome::RolledBack, "{report:?}");
+    assert!(
+        report.message.contains("did not finish in time"),
+        "{}",
+        report.message
+    );
+    assert!(t0.elapsed() < Duration::from_secs(20));
+    assert_eq!(resolve(&sb.profile()).as_deref(), Some(good.as_str()));
+}
+
+/// A connection whose fresh logins fail: what the deployer sees when new ssh logins are broken.
+struct NoNewLogins;
+struct NoNewLoginsConn;
+impl Connection for NoNewLoginsConn {
+    fn transport(&self) -> &dyn Transport {
+        &LocalTransport
+    }
+    fn run_fresh_login(&self, _argv: &[String]) -> Result<CommandOutput, TransportError> {
+        Err(TransportError::Connection {
+            host: "localhost".into(),
+            message: "connection refused".into(),
+        })
+    }
+    fn copy_to(&self) -> Option<nixpave_nix::copy::CopyTo> {
+        None
+    }
+    fn address(&self) -> &str {
+        "127.0.0.1"
+    }
+}
+impl Connector for NoNewLogins {
+    fn connect(&self, _host: &Host) -> Result<Box<dyn Connection>, TransportError> {
+        Ok(Box::new(NoNewLoginsConn))
+    }
+}
+
+#[test]
+fn no_confirmation_rolls_back_by_itself() {
+    let sb = Sandbox::new();
+    let good = build_system(&[("tag", &unique("good"))]);
+    assert_eq!(
+        deploy(&sb.host(&good, serde_json::json!({})), Goal::Switch).outcome,
+        Outcome::Deployed
+    );
+    let next = build_system(&[("tag", &unique("next"))]);
+    let report = deploy_with(
+        &sb.host(&next, serde_json::json!({})),
+        Goal::Switch,
+        &NoNewLogins,
+    );
+    assert_eq!(report.outcome, Outcome::RolledBack, "{report:?}");
+    assert!(
+        report.message.contains("no confirmation"),
+        "{}",
+        report.message
+    );
+    assert_eq!(resolve(&sb.profile()).as_deref(), Some(good.as_str()));
+}
+
+#[test]
+fn failing_health_check_rolls_back_with_its_output() {
+    let sb = Sandbox::new();
+    let good = build_system(&[("tag", &unique("good"))]);
+    assert_eq!(
+        deploy(&sb.host(&good, serde_json::json!({})), Goal::Switch).outcome,
+        Outcome::Deployed
+    );
+    let next = build_system(&[("tag", &unique("next"))]);
+    let checks = serde_json::json!({ "healthChecks": [
+        { "type": "command", "command": "echo service-is-sad; exit 1", "retries": 2, "interval": 0.1 }
+    ]});
+    let t0 = Instant::now();
+    let report = deploy(&sb.host(&next, checks), Goal::Switch);
+    assert_eq!(report.outcome, Outcome::RolledBack, "{report:?}");
+    assert!(
+        report.message.contains("service-is-sad"),
+        "{}",
+        report.message
+    );
+    // Rejected at once, not after the confirm timeout.
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    assert_eq!(resolve(&sb.profile()).as_deref(), Some(good.as_str()));
+}
+
+#[test]
+fn dry_activate_leaves_the_profile_untouched() {
+    let sb = Sandbox::new();
+    let good = build_system(&[("tag", &unique("good"))]);
+    assert_eq!(
+        deploy(&sb.host(&good, serde_json::json!({})), Goal::Switch).outcome,
+        Outcome::Deployed
+    );
+    let next = build_system(&[("tag", &unique("next"))]);
+    let report = deploy(&sb.host(&next, serde_json::json!({})), Goal::DryActivate);
+    assert_eq!(report.outcome, Outcome::DryActivated, "{report:?}");
+    assert_eq!(resolve(&sb.profile()).as_deref(), Some(good.as_str()));
+    assert_eq!(generation_count(&sb.profile()), 1);
+    let log = std::fs::read_to_string(sb.dir.path().join("state/system.log")).expect("log");
+    assert!(log.contains("would activate"), "{log}");
+}
+
+#[test]
+fn manual_rollback_returns_to_the_previous_generation() {
+    let sb = Sandbox::new();
+    let one = build_system(&[("tag", &unique("one"))]);
+    let two = build_system(&[("tag", &unique("two"))]);
+    assert_eq!(
+        deploy(&sb.host(&one, serde_json::json!({})), Goal::Switch).outcome,
+        Outcome::Deployed
+    );
+    assert_eq!(
+        deploy(&sb.host(&two, serde_json::json!({})), Goal::Switch).outcome,
+        Outcome::Deployed
+    );
+    let events = Events::default();
+    let r = rollback_host(
+        &sb.host(&two, serde_json::json!({})),
+        &LocalConnector::default(),
+        Goal::Switch,
+        &events.sink(),
+        3,
+    );
+    assert_eq!(r.outcome, Outcome::RolledBack, "{r:?}");
+    assert_eq!(resolve(&sb.profile()).as_deref(), Some(one.as_str()));
+    assert_eq!(generation_count(&sb.profile()), 2);
+}
+
+#[test]
+fn activates_deploy_rs_and_home_manager_style_paths() {
+    for kind in ["deploy-rs", "activate"] {
+        let sb = Sandbox::new();
+        let p = build_system(&[("tag", &unique(kind)), ("kind", kind)]);
+        let report = deploy(&sb.host(&p, serde_json::json!({})), Goal::Switch);
+        assert_eq!(report.outcome, Outcome::Deployed, "{kind}: {report:?}");
+        let log = std::fs::read_to_string(sb.dir.path().join("state/system.log")).expect("log");
+        assert!(log.contains("test system"), "{kind}: {log}");
+        assert!(Path::new(&p)
+            .join(if kind == "deploy-rs" {
+                "deploy-rs-activate"
+            } else {
+                "activate"
+            })
+            .exists());
+    }
+}
