@@ -51,10 +51,10 @@ pub enum ProfilePath {
     /// A derivation evaluated from a flake (`drvPath` to build, `outPath` it produces).
     Derivation {
         /// The `.drv` to build.
-        #[serde(rename = "drvPath")]
+        #[serde(rename = "drv", alias = "drvPath")]
         drv_path: String,
         /// The store path the build produces.
-        #[serde(rename = "outPath")]
+        #[serde(rename = "out")]
         out_path: String,
     },
     /// An existing store path (plain JSON inventories).
@@ -306,7 +306,8 @@ let
   selected = name: node: sel == [ ] || builtins.any (s:
     (s.node == null || builtins.match s.node name != null)
     && (s.tag == null || builtins.any (t: builtins.match s.tag t != null) (node.tags or [ ]))) sel;
-  pathInfo = p: if builtins.isAttrs p then {{ drvPath = p.drvPath; outPath = p.outPath; }} else toString p;
+  # toJSON turns any set with an outPath into that string: use other names.
+  pathInfo = p: if builtins.isAttrs p then {{ drv = p.drvPath; out = p.outPath; }} else toString p;
   keyInfo = k: k // (if k ? keyFile then {{ keyFile = toString k.keyFile; }} else {{ }});
   toplevel = name: (confs.${{name}} or (throw "node ${{name}} has no profiles and there is no nixosConfigurations.${{name}}")).config.system.build.toplevel;
   nodeInfo = name: node: node // {{

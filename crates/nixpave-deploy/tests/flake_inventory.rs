@@ -1,0 +1,85 @@
+//! Reading a deploy-rs-style flake with no inputs through Debian's nix 2.8, in one evaluation.
+
+mod common;
+
+use common::*;
+use nixpave_deploy::inventory::ProfilePath;
+use nixpave_deploy::{DeployOptions, Inventory, Selection};
+use nixpave_nix::flake::FlakeTarget;
+use nixpave_nix::invoke::NixOptions;
+
+fn eval(selection: &Selection) -> Inventory {
+    nix_conf_dir();
+    let flake = FlakeTarget::parse(&fixtures().display().to_string());
+    Inventory::from_flake(&flake.flake, selection, &NixOptions::default()).expect("evaluates")
+}
+
+#[test]
+fn reads_deploy_nodes_with_deploy_rs_precedence() {
+    let inv = eval(&Selection::default());
+    let names: Vec<&str> = inv.hosts.iter().map(|h| h.name.as_str()).collect();
+    assert_eq!(names, ["alpha", "beta", "gamma"]);
+    let alpha = &inv.hosts[0];
+    assert_eq!(alpha.hostname, "10.0.0.1");
+    assert_eq!(alpha.tags, ["web", "eu"]);
+    // profilesOrder first, then the rest.
+    let profiles: Vec<&str> = alpha.profiles.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(profiles, ["system", "app"]);
+    let system = &alpha.profiles[0];
+    assert_eq!(system.settings.confirm_timeout, 5, "profile level wins");
+    assert_eq!(alpha.profiles[1].settings.confirm_timeout, 10, "node level");
+    assert_eq!(
+        inv.hosts[1].profiles[0].settings.confirm_timeout, 20,
+        "top level"
+    );
+    assert_eq!(
+        system.settings.ssh_opts,
+        ["-o", "ConnectTimeout=5", "-p", "2222"]
+    );
+    assert_eq!(system.profile_path, "/nix/var/nix/profiles/system");
+    assert_eq!(
+        alpha.profiles[1].profile_path,
+        "/nix/var/nix/profiles/per-user/app/app"
+    );
+    assert!(!inv.hosts[1].profiles[0].settings.magic_rollback);
+    match &system.path {
+        ProfilePath::Derivation { drv_path, out_path } => {
+            assert!(drv_path.ends_with(".drv") && out_path.contains("nixpave-test-system-alpha"));
+        }
+        other => panic!("expected a derivation, got {other:?}"),
+    }
+    assert_eq!(alpha.health_checks.len(), 1);
+    assert_eq!(alpha.keys[0].0, "token");
+    assert_eq!(alpha.keys[0].1.permissions.as_deref(), Some("0640"));
+    // gamma has no profiles: its nixosConfigurations toplevel becomes the system profile.
+    let gamma = &inv.hosts[2];
+    assert!(gamma.profiles[0]
+        .path
+        .out_path()
+        .contains("nixpave-test-system-gamma"));
+}
+
+#[test]
+fn selects_by_tag_glob_and_fragment_inside_the_evaluation() {
+    let inv = eval(&Selection::parse_on(&["@web".into()]));
+    let names: Vec<&str> = inv.hosts.iter().map(|h| h.name.as_str()).collect();
+    assert_eq!(names, ["alpha", "gamma"]);
+    let inv = eval(&Selection::parse_on(&["b*".into()]));
+    assert_eq!(inv.hosts.len(), 1);
+    let inv = eval(&Selection::default().with_fragment("alpha.app"));
+    assert_eq!(inv.hosts.len(), 1);
+    assert_eq!(inv.hosts[0].profiles.len(), 1);
+    assert_eq!(inv.hosts[0].profiles[0].name, "app");
+}
+
+#[test]
+fn builds_every_selected_profile_with_one_nix_build() {
+    let inv = eval(&Selection::parse_on(&["beta".into(), "gamma".into()]));
+    let built = nixpave_deploy::build_all(&inv.hosts, &DeployOptions::default()).expect("builds");
+    assert_eq!(built, 2);
+    for h in &inv.hosts {
+        assert!(std::path::Path::new(h.profiles[0].path.out_path())
+            .join("bin/switch-to-configuration")
+            .exists());
+    }
+}
