@@ -1,0 +1,631 @@
+//! What the machine's block devices, mounts and swaps look like right now.
+//!
+//! The tree comes from `lsblk` (the kernel's view through sysfs); signatures (filesystem type,
+//! labels, partition names) come from `blkid -p`, which reads the devices themselves, because
+//! `lsblk` only knows them from udev's database — absent or stale on installers and on hosts
+//! without a udev daemon. Mounts and swaps are read from `/proc`. Parsers are pure functions.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use nixpave_remote::Transport;
+use serde::{Deserialize, Serialize};
+
+use super::error::ApplyError;
+use super::run_probe;
+
+/// Columns asked from `lsblk` (all exist in util-linux 2.37+).
+const LSBLK_COLUMNS: &str =
+    "NAME,KNAME,PATH,SIZE,TYPE,MODEL,SERIAL,WWN,TRAN,MOUNTPOINTS,START,PKNAME,RO,FSTYPE,LABEL,UUID,PARTLABEL,PARTUUID,PARTTYPE,PTTYPE";
+
+/// One block device as the kernel and its on-disk signatures describe it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BlockDevice {
+    /// Device name as lsblk prints it (`sda1`, `loop0p2`, `cryptroot`).
+    pub name: String,
+    /// Kernel name (`dm-0` for device-mapper devices).
+    pub kname: String,
+    /// Device node (`/dev/sda1`, `/dev/mapper/cryptroot`).
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// lsblk type: `disk`, `part`, `loop`, `crypt`, `lvm`, `raid1`, `md`, `rom`, …
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Disk model, when the kernel knows it.
+    pub model: Option<String>,
+    /// Disk serial number, when the kernel knows it.
+    pub serial: Option<String>,
+    /// World wide name, when the kernel knows it.
+    pub wwn: Option<String>,
+    /// Transport (`sata`, `nvme`, `virtio`, …), when the kernel knows it.
+    pub tran: Option<String>,
+    /// Start of a partition in 512-byte sectors.
+    pub start: Option<u64>,
+    /// Partition number (from the partition table, or the trailing digits of the name).
+    pub partn: Option<u32>,
+    /// Filesystem or volume signature type (`ext4`, `swap`, `crypto_LUKS`, `LVM2_member`, …).
+    pub fstype: Option<String>,
+    /// Filesystem label.
+    pub label: Option<String>,
+    /// Filesystem UUID.
+    pub uuid: Option<String>,
+    /// GPT partition name.
+    pub partlabel: Option<String>,
+    /// Partition UUID (GPT) or `PTUUID-NN` (msdos).
+    pub partuuid: Option<String>,
+    /// Partition type (GPT type GUID or msdos `0xNN`).
+    pub parttype: Option<String>,
+    /// Partition table type on a whole device (`gpt`, `dos`).
+    pub pttype: Option<String>,
+    /// Where the device is mounted (several for btrfs subvolumes and bind mounts).
+    pub mountpoints: Vec<String>,
+    /// Devices stacked on this one (partitions, device-mapper, md).
+    pub children: Vec<BlockDevice>,
+}
+
+impl BlockDevice {
+    /// This device and every device stacked on it, depth first (parents before children).
+    pub fn walk(&self) -> Vec<&BlockDevice> {
+        let mut out = vec![self];
+        for child in &self.children {
+            out.extend(child.walk());
+        }
+        out
+    }
+
+    /// True for a whole device that can carry a partition table.
+    pub fn is_whole(&self) -> bool {
+        self.kind != "part"
+    }
+}
+
+/// One mounted filesystem (a line of `/proc/self/mountinfo`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    /// Mount source (`/dev/sda1`, `tmpfs`, `none`).
+    pub source: String,
+    /// Mount target (absolute path).
+    pub target: String,
+    /// Filesystem type.
+    pub fstype: String,
+    /// `major:minor` of the mounted device (anonymous for btrfs).
+    pub majmin: String,
+    /// Path inside the filesystem that is mounted (`/@nix` for a btrfs subvolume).
+    pub root: String,
+}
+
+/// One active swap area (a line of `/proc/swaps`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Swap {
+    /// Device or file path.
+    pub path: String,
+    /// `partition` or `file`.
+    pub kind: String,
+}
+
+/// Everything the executor knows about a machine's storage at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Facts {
+    /// Top-level block devices with their children.
+    pub devices: Vec<BlockDevice>,
+    /// Mounted filesystems, in mount order.
+    pub mounts: Vec<Mount>,
+    /// Active swap areas.
+    pub swaps: Vec<Swap>,
+}
+
+impl Facts {
+    /// Every block device (top-level and stacked), depth first. A device stacked on several
+    /// parents (md, LVM over two PVs) appears once per parent.
+    pub fn all(&self) -> Vec<&BlockDevice> {
+        self.devices.iter().flat_map(|d| d.walk()).collect()
+    }
+
+    /// The device whose node is `path` (`/dev/sda1`, `/dev/mapper/x` or `/dev/dm-0`).
+    pub fn find(&self, path: &str) -> Option<&BlockDevice> {
+        self.all()
+            .into_iter()
+            .find(|d| d.path == path || format!("/dev/{}", d.kname) == path)
+    }
+
+    /// The top-level device that `path` is, or is stacked on (the first one for md/LVM that
+    /// span several disks; see [`Facts::disks_under`] for all of them).
+    pub fn top_level_of(&self, path: &str) -> Option<&BlockDevice> {
+        self.disks_under(path).into_iter().next()
+    }
+
+    /// Every top-level device that `path` is, or is stacked on.
+    pub fn disks_under(&self, path: &str) -> Vec<&BlockDevice> {
+        let Some(target) = self.find(path) else {
+            return Vec::new();
+        };
+        self.devices
+            .iter()
+            .filter(|top| top.walk().iter().any(|d| d.kname == target.kname))
+            .collect()
+    }
+
+    /// Mounts whose source is `device` (compared through the kernel name, so `/dev/dm-0` and
+    /// `/dev/mapper/x` are the same device).
+    pub fn mounts_of(&self, device: &BlockDevice) -> Vec<&Mount> {
+        self.mounts
+            .iter()
+            .filter(|m| self.same_device(&m.source, device))
+            .collect()
+    }
+
+    /// True when `source` (a path) names `device`.
+    pub fn same_device(&self, source: &str, device: &BlockDevice) -> bool {
+        source == device.path
+            || source == format!("/dev/{}", device.kname)
+            || self.find(source).is_some_and(|d| d.kname == device.kname)
+    }
+
+    /// Active swap areas on `device` itself.
+    pub fn swaps_of(&self, device: &BlockDevice) -> Vec<&Swap> {
+        self.swaps
+            .iter()
+            .filter(|s| self.same_device(&s.path, device))
+            .collect()
+    }
+
+    /// The mount that holds `path` (the longest mount target that is a prefix of it).
+    pub fn mount_containing(&self, path: &str) -> Option<&Mount> {
+        self.mounts
+            .iter()
+            .filter(|m| path_is_under(path, &m.target))
+            .max_by_key(|m| m.target.len())
+    }
+}
+
+/// Probes the machine: `lsblk`, `blkid -p` on every device, `/proc/self/mountinfo`, `/proc/swaps`.
+/// Read-only.
+pub fn probe(transport: &dyn Transport) -> Result<Facts, ApplyError> {
+    let lsblk = run_probe(
+        transport,
+        &[
+            "lsblk",
+            "--json",
+            "--bytes",
+            "--tree",
+            "--output",
+            LSBLK_COLUMNS,
+        ],
+    )?;
+    if !lsblk.success() {
+        return Err(ApplyError::Probe {
+            host: transport.host().to_string(),
+            command: format!("lsblk --json --bytes --output {LSBLK_COLUMNS}"),
+            status: lsblk.status,
+            stderr: lsblk.stderr_tail(5),
+        });
+    }
+    let mut devices = parse_lsblk(&lsblk.stdout_str()).map_err(|e| ApplyError::Probe {
+        host: transport.host().to_string(),
+        command: "lsblk --json".into(),
+        status: lsblk.status,
+        stderr: format!("unexpected output: {e}"),
+    })?;
+    let mut paths: Vec<String> = devices
+        .iter()
+        .flat_map(|d| d.walk())
+        .filter(|d| d.kind != "rom")
+        .map(|d| d.path.clone())
+        .collect();
+    paths.sort();
+    paths.dedup();
+    if !paths.is_empty() {
+        let mut argv = vec![
+            "blkid".to_string(),
+            "-p".into(),
+            "-o".into(),
+            "export".into(),
+        ];
+        argv.extend(paths);
+        // blkid exits 2 when some device carries no signature: not an error here.
+        let out = transport.run(&argv, None)?;
+        let infos = parse_blkid_export(&out.stdout_str());
+        for device in &mut devices {
+            merge_blkid(device, &infos);
+        }
+    }
+    let mountinfo = transport.read_file(Path::new("/proc/self/mountinfo"))?;
+    let swaps = transport.read_file(Path::new("/proc/swaps"))?;
+    let mounts = parse_mountinfo(&String::from_utf8_lossy(&mountinfo));
+    for device in &mut devices {
+        attach_mountpoints(device, &mounts);
+    }
+    Ok(Facts {
+        devices,
+        mounts,
+        swaps: parse_swaps(&String::from_utf8_lossy(&swaps)),
+    })
+}
+
+/// The lsblk JSON shape (only the columns we ask for).
+#[derive(Deserialize)]
+struct LsblkOutput {
+    blockdevices: Vec<LsblkDevice>,
+}
+
+#[derive(Deserialize)]
+struct LsblkDevice {
+    name: String,
+    kname: Option<String>,
+    path: Option<String>,
+    size: Option<serde_json::Value>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    model: Option<String>,
+    serial: Option<String>,
+    wwn: Option<String>,
+    tran: Option<String>,
+    start: Option<serde_json::Value>,
+    #[serde(default)]
+    mountpoints: Vec<Option<String>>,
+    mountpoint: Option<String>,
+    fstype: Option<String>,
+    label: Option<String>,
+    uuid: Option<String>,
+    partlabel: Option<String>,
+    partuuid: Option<String>,
+    parttype: Option<String>,
+    pttype: Option<String>,
+    partn: Option<serde_json::Value>,
+    #[serde(default)]
+    children: Vec<LsblkDevice>,
+}
+
+/// Numbers come as JSON numbers from `--bytes --json`, as strings from older util-linux.
+fn json_u64(value: &Option<serde_json::Value>) -> Option<u64> {
+    match value.as_ref()? {
+        serde_json::Value::Number(n) => n.as_u64(),
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn non_empty(value: Option<String>) -> Option<String> {
+    value
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+/// Trailing digits of a partition's kernel name (`nvme0n1p3` → 3, `sda12` → 12).
+fn trailing_number(name: &str) -> Option<u32> {
+    let digits: String = name
+        .chars()
+        .rev()
+        .take_while(|c| c.is_ascii_digit())
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    digits.parse().ok()
+}
+
+impl From<LsblkDevice> for BlockDevice {
+    fn from(d: LsblkDevice) -> Self {
+        let kind = d.kind.unwrap_or_default();
+        let kname = d.kname.unwrap_or_else(|| d.name.clone());
+        let partn = json_u64(&d.partn)
+            .and_then(|n| u32::try_from(n).ok())
+            .or_else(|| (kind == "part").then(|| trailing_number(&kname)).flatten());
+        let mut mountpoints: Vec<String> = d.mountpoints.into_iter().flatten().collect();
+        if let Some(mp) = d.mountpoint {
+            if !mountpoints.contains(&mp) {
+                mountpoints.push(mp);
+            }
+        }
+        BlockDevice {
+            path: d.path.unwrap_or_else(|| format!("/dev/{}", d.name)),
+            name: d.name,
+            kname,
+            size: json_u64(&d.size).unwrap_or(0),
+            kind,
+            model: non_empty(d.model),
+            serial: non_empty(d.serial),
+            wwn: non_empty(d.wwn),
+            tran: non_empty(d.tran),
+            start: json_u64(&d.start),
+            partn,
+            fstype: non_empty(d.fstype),
+            label: non_empty(d.label),
+            uuid: non_empty(d.uuid),
+            partlabel: non_empty(d.partlabel),
+            partuuid: non_empty(d.partuuid),
+            parttype: non_empty(d.parttype),
+            pttype: non_empty(d.pttype),
+            mountpoints,
+            children: d.children.into_iter().map(BlockDevice::from).collect(),
+        }
+    }
+}
+
+/// Parses `lsblk --json --bytes --output …` into a device tree.
+pub fn parse_lsblk(json: &str) -> Result<Vec<BlockDevice>, serde_json::Error> {
+    let out: LsblkOutput = serde_json::from_str(json)?;
+    Ok(out
+        .blockdevices
+        .into_iter()
+        .map(BlockDevice::from)
+        .collect())
+}
+
+/// Parses `blkid -p -o export DEV…`: one block of `KEY=value` lines per device, blank-line
+/// separated, values backslash-escaped. Returns `DEVNAME` → properties.
+pub fn parse_blkid_export(text: &str) -> BTreeMap<String, BTreeMap<String, String>> {
+    let mut all = BTreeMap::new();
+    let mut current: BTreeMap<String, String> = BTreeMap::new();
+    let mut flush = |current: &mut BTreeMap<String, String>| {
+        if let Some(dev) = current.get("DEVNAME").cloned() {
+            all.insert(dev, std::mem::take(current));
+        }
+        current.clear();
+    };
+    for line in text.lines() {
+        if line.trim().is_empty() {
+            flush(&mut current);
+            continue;
+        }
+        if let Some((key, value)) = line.split_once('=') {
+            current.insert(key.to_string(), unescape_backslashes(value));
+        }
+    }
+    flush(&mut current);
+    all
+}
+
+/// Undoes blkid's shell-style escaping (`name\ with\ space`).
+fn unescape_backslashes(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            if let Some(next) = chars.next() {
+                out.push(next);
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Fills signature fields from blkid's low-level probe; blkid wins over lsblk (udev's cache).
+fn merge_blkid(device: &mut BlockDevice, infos: &BTreeMap<String, BTreeMap<String, String>>) {
+    let info = infos
+        .get(&device.path)
+        .or_else(|| infos.get(&format!("/dev/{}", device.kname)));
+    match info {
+        Some(info) => {
+            let get = |k: &str| info.get(k).cloned().filter(|v| !v.is_empty());
+            device.fstype = get("TYPE");
+            device.label = get("LABEL");
+            device.uuid = get("UUID");
+            device.pttype = get("PTTYPE");
+            if device.kind == "part" {
+                device.partlabel = get("PART_ENTRY_NAME");
+                device.partuuid = get("PART_ENTRY_UUID").or(device.partuuid.take());
+                device.parttype = get("PART_ENTRY_TYPE").or(device.parttype.take());
+                if let Some(n) = get("PART_ENTRY_NUMBER").and_then(|n| n.parse().ok()) {
+                    device.partn = Some(n);
+                }
+            }
+        }
+        None => {
+            // blkid found no signature at all: the device is blank, whatever udev remembers.
+            device.fstype = None;
+            device.label = None;
+            device.uuid = None;
+            device.pttype = None;
+        }
+    }
+    for child in &mut device.children {
+        merge_blkid(child, infos);
+    }
+}
+
+/// Sets `mountpoints` from the mount table (lsblk reads the same table, but may have run
+/// a moment earlier).
+fn attach_mountpoints(device: &mut BlockDevice, mounts: &[Mount]) {
+    let mut targets: Vec<String> = mounts
+        .iter()
+        .filter(|m| m.source == device.path || m.source == format!("/dev/{}", device.kname))
+        .map(|m| m.target.clone())
+        .collect();
+    if !targets.is_empty() {
+        for mp in &device.mountpoints {
+            if !targets.contains(mp) {
+                targets.push(mp.clone());
+            }
+        }
+        device.mountpoints = targets;
+    }
+    for child in &mut device.children {
+        attach_mountpoints(child, mounts);
+    }
+}
+
+/// Undoes the octal escapes of `/proc` tables (`\040` is a space).
+pub fn unescape_octal(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escape = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        if let Some(digits) = escape {
+            let value = digits
+                .iter()
+                .fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
+            if let Ok(byte) = u8::try_from(value) {
+                out.push(byte);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Parses `/proc/self/mountinfo`.
+pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
+    text.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let left: Vec<&str> = left.split(' ').collect();
+            let right: Vec<&str> = right.split(' ').collect();
+            if left.len() < 5 || right.len() < 2 {
+                return None;
+            }
+            Some(Mount {
+                majmin: left[2].to_string(),
+                root: unescape_octal(left[3]),
+                target: unescape_octal(left[4]),
+                fstype: right[0].to_string(),
+                source: unescape_octal(right[1]),
+            })
+        })
+        .collect()
+}
+
+/// Parses `/proc/swaps`.
+pub fn parse_swaps(text: &str) -> Vec<Swap> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let path = unescape_octal(fields.next()?);
+            let kind = fields.next().unwrap_or("").to_string();
+            Some(Swap { path, kind })
+        })
+        .collect()
+}
+
+/// Normalises a mount path: no trailing slash, no doubled slashes (`/mnt//boot/` → `/mnt/boot`).
+pub fn normalize_path(path: &str) -> String {
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    format!("/{}", parts.join("/"))
+}
+
+/// True when `path` is `base` or lies below it (component-wise, after normalising both).
+pub fn path_is_under(path: &str, base: &str) -> bool {
+    let path = normalize_path(path);
+    let base = normalize_path(base);
+    base == "/" || path == base || path.starts_with(&format!("{base}/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LSBLK: &str = r#"{
+   "blockdevices": [
+      {"name": "vda", "kname": "vda", "path": "/dev/vda", "size": 21474836480, "type": "disk",
+       "model": "QEMU HARDDISK   ", "serial": "abc123", "wwn": null, "tran": "virtio",
+       "mountpoints": [null], "start": null, "pkname": null, "ro": false, "fstype": null,
+       "label": null, "uuid": null, "partlabel": null, "partuuid": null, "parttype": null, "pttype": "gpt",
+       "children": [
+          {"name": "vda1", "kname": "vda1", "path": "/dev/vda1", "size": 536870912, "type": "part",
+           "model": null, "serial": null, "wwn": null, "tran": null, "mountpoints": ["/boot"], "start": 2048,
+           "pkname": "vda", "ro": false, "fstype": "vfat", "label": null, "uuid": "1234-ABCD",
+           "partlabel": "disk-main-ESP", "partuuid": "a8dd98ec-f66e-4d76-8d73-b198cae749e2",
+           "parttype": "c12a7328-f81f-11d2-ba4b-00a0c93ec93b", "pttype": "gpt"},
+          {"name": "vda2", "kname": "vda2", "path": "/dev/vda2", "size": "20936916992", "type": "part",
+           "mountpoints": [null], "start": 1050624, "pkname": "vda", "fstype": "crypto_LUKS",
+           "children": [
+              {"name": "crypted", "kname": "dm-0", "path": "/dev/mapper/crypted", "size": 20920139776,
+               "type": "crypt", "mountpoints": ["/", "/nix"], "fstype": "btrfs"}
+           ]}
+       ]},
+      {"name": "loop3", "kname": "loop3", "path": "/dev/loop3", "size": 1073741824, "type": "loop",
+       "mountpoints": [null]}
+   ]
+}"#;
+
+    #[test]
+    fn parses_lsblk_tree() {
+        let devices = parse_lsblk(LSBLK).expect("valid lsblk json");
+        assert_eq!(devices.len(), 2);
+        let vda = &devices[0];
+        assert_eq!(vda.model.as_deref(), Some("QEMU HARDDISK"));
+        assert_eq!(vda.size, 21474836480);
+        assert_eq!(vda.children.len(), 2);
+        assert_eq!(vda.children[0].partn, Some(1));
+        assert_eq!(vda.children[0].mountpoints, vec!["/boot".to_string()]);
+        assert_eq!(vda.children[1].size, 20936916992, "string sizes parse too");
+        let crypt = &vda.children[1].children[0];
+        assert_eq!(crypt.kname, "dm-0");
+        assert_eq!(crypt.partn, None, "only partitions get numbers");
+        let facts = Facts {
+            devices,
+            ..Facts::default()
+        };
+        assert_eq!(
+            facts.find("/dev/dm-0").map(|d| d.path.as_str()),
+            Some("/dev/mapper/crypted")
+        );
+        assert_eq!(
+            facts
+                .top_level_of("/dev/mapper/crypted")
+                .map(|d| d.path.as_str()),
+            Some("/dev/vda")
+        );
+        assert!(facts.top_level_of("/dev/nope").is_none());
+    }
+
+    #[test]
+    fn blkid_export_unescapes_and_overrides_udev() {
+        let text = "DEVNAME=/dev/vda2\nUUID=11\nTYPE=ext4\nPART_ENTRY_NAME=name\\ with\\ space\nPART_ENTRY_NUMBER=2\n\nDEVNAME=/dev/vda\nPTTYPE=gpt\n";
+        let infos = parse_blkid_export(text);
+        assert_eq!(infos["/dev/vda2"]["PART_ENTRY_NAME"], "name with space");
+        let mut devices = parse_lsblk(LSBLK).expect("valid lsblk json");
+        merge_blkid(&mut devices[0], &infos);
+        let vda = &devices[0];
+        assert_eq!(vda.pttype.as_deref(), Some("gpt"));
+        // vda1 got no blkid block: blkid saw nothing, so udev's stale memory is dropped.
+        assert_eq!(vda.children[0].fstype, None);
+        assert_eq!(vda.children[1].fstype.as_deref(), Some("ext4"));
+        assert_eq!(
+            vda.children[1].partlabel.as_deref(),
+            Some("name with space")
+        );
+    }
+
+    #[test]
+    fn parses_mountinfo_with_escapes() {
+        let text = "22 27 0:21 / /proc rw,relatime - proc proc rw\n\
+                    95 27 0:45 /@nix /mnt/my\\040dir rw,relatime shared:1 - btrfs /dev/loop3p2 rw,subvol=/@nix\n";
+        let mounts = parse_mountinfo(text);
+        assert_eq!(mounts.len(), 2);
+        assert_eq!(mounts[1].target, "/mnt/my dir");
+        assert_eq!(mounts[1].root, "/@nix");
+        assert_eq!(mounts[1].source, "/dev/loop3p2");
+        assert_eq!(mounts[1].fstype, "btrfs");
+    }
+
+    #[test]
+    fn parses_swaps() {
+        let text = "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n/dev/loop3p3                            partition\t1048572\t\t0\t\t-2\n/mnt/swap\\040file file 1024 0 -3\n";
+        let swaps = parse_swaps(text);
+        assert_eq!(swaps.len(), 2);
+        assert_eq!(swaps[0].path, "/dev/loop3p3");
+        assert_eq!(swaps[0].kind, "partition");
+        assert_eq!(swaps[1].path, "/mnt/swap file");
+    }
+
+    #[test]
+    fn paths_compare_by_component() {
+        assert!(path_is_under("/mnt/boot", "/mnt/"));
+        assert!(path_is_under("/mnt", "/mnt"));
+        assert!(!path_is_under("/mnt2", "/mnt"));
+        assert!(path_is_under("/anything", "/"));
+        assert_eq!(normalize_path("/mnt//boot/"), "/mnt/boot");
+        assert_eq!(normalize_path("/"), "/");
+    }
+}
