@@ -16,6 +16,7 @@ pub mod keys;
 pub mod rollout;
 pub mod select;
 pub mod settings;
+pub mod ssh;
 pub mod status;
 
 pub use agent::Goal;
@@ -26,6 +27,7 @@ pub use host::{deploy_host, rollback_host, DeployOptions};
 pub use inventory::{Host, Inventory, InventoryError, Profile};
 pub use rollout::{Batch, RolloutSettings};
 pub use select::Selection;
+pub use ssh::SshConnector;
 
 /// The last `n` lines of `text`.
 pub(crate) fn tail_lines(text: &str, n: usize) -> String {
