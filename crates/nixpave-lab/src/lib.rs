@@ -1,2 +1,8 @@
 //! Disposable local hosts (network namespaces with their own sshd and /nix) and qemu VMs for trying and testing nixpave.
+//!
+//! - [`hosts`]: `nixpave lab up/down/status` — namespace hosts with sshd and a private nix store.
+//! - [`testing`]: a guard for tests, [`testing::Lab::up`], that tears the lab down on drop.
+//! - [`vm`]: qemu VMs.
+pub mod hosts;
+pub mod testing;
 pub mod vm;

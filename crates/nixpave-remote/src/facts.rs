@@ -153,10 +153,14 @@ pub fn parse_facts(output: &str) -> Result<Facts, String> {
     let (values, blocks) = split_output(output)?;
     let get = |key: &str| values.get(key).map(String::as_str).unwrap_or_default();
     let flag = |key: &str| get(key) == "1";
-    let os = parse_os_release(blocks.get("os-release").map(String::as_str).unwrap_or_default());
+    let os = parse_os_release(
+        blocks
+            .get("os-release")
+            .map(String::as_str)
+            .unwrap_or_default(),
+    );
     let os = OsInfo {
-        is_nixos_installer: os.is_nixos
-            && (os.variant_id == "installer" || flag("live_media")),
+        is_nixos_installer: os.is_nixos && (os.variant_id == "installer" || flag("live_media")),
         ..os
     };
     let container = Some(get("container").to_string()).filter(|c| !c.is_empty());
@@ -364,8 +368,7 @@ impl From<LsblkDevice> for BlockDevice {
 }
 
 fn parse_lsblk(json: &str) -> Result<Vec<BlockDevice>, String> {
-    let parsed: LsblkOutput =
-        serde_json::from_str(json).map_err(|e| format!("lsblk JSON: {e}"))?;
+    let parsed: LsblkOutput = serde_json::from_str(json).map_err(|e| format!("lsblk JSON: {e}"))?;
     Ok(parsed
         .blockdevices
         .into_iter()

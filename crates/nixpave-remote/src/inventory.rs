@@ -167,9 +167,16 @@ impl TargetResolver {
     /// Resolves all `words`, keeping their order and dropping duplicates.
     pub fn resolve(&self, words: &[String]) -> Result<Vec<ResolvedHost>, ResolveError> {
         let mut hosts: Vec<ResolvedHost> = Vec::new();
-        for word in words.iter().flat_map(|w| w.split(',')).filter(|w| !w.is_empty()) {
+        for word in words
+            .iter()
+            .flat_map(|w| w.split(','))
+            .filter(|w| !w.is_empty())
+        {
             for host in self.resolve_word(word)? {
-                if !hosts.iter().any(|h| h.name == host.name && h.target == host.target) {
+                if !hosts
+                    .iter()
+                    .any(|h| h.name == host.name && h.target == host.target)
+                {
                     hosts.push(host);
                 }
             }
@@ -183,7 +190,11 @@ impl TargetResolver {
     fn resolve_word(&self, word: &str) -> Result<Vec<ResolvedHost>, ResolveError> {
         if let Some(inventory) = &self.inventory {
             if word == "all" {
-                return Ok(inventory.hosts.iter().map(ResolvedHost::from_inventory).collect());
+                return Ok(inventory
+                    .hosts
+                    .iter()
+                    .map(ResolvedHost::from_inventory)
+                    .collect());
             }
             if let Some(host) = inventory.get(word) {
                 return Ok(vec![ResolvedHost::from_inventory(host)]);
@@ -221,7 +232,11 @@ impl TargetResolver {
         let inventory = Inventory::load(&path)?;
         match host {
             None => Ok(Some(
-                inventory.hosts.iter().map(ResolvedHost::from_inventory).collect(),
+                inventory
+                    .hosts
+                    .iter()
+                    .map(ResolvedHost::from_inventory)
+                    .collect(),
             )),
             Some(name) => match inventory.get(name) {
                 Some(h) => Ok(Some(vec![ResolvedHost::from_inventory(h)])),
@@ -283,18 +298,25 @@ mod tests {
         let all = r.resolve(&words(&["lab"])).expect("lab");
         assert_eq!(all.len(), 2);
         assert_eq!(all[1].target.host, "10.77.5.11");
-        assert_eq!(all[0].known_hosts.as_deref(), Some(Path::new("/lab/known_hosts")));
+        assert_eq!(
+            all[0].known_hosts.as_deref(),
+            Some(Path::new("/lab/known_hosts"))
+        );
         let one = r.resolve(&words(&["lab:host2"])).expect("lab:host2");
         assert_eq!(one.len(), 1);
         assert_eq!(one[0].name, "host2");
-        let plain = r.resolve(&words(&["alice@example.org:2222"])).expect("plain");
+        let plain = r
+            .resolve(&words(&["alice@example.org:2222"]))
+            .expect("plain");
         assert_eq!(plain[0].target.port, Some(2222));
         assert_eq!(plain[0].name, "alice@example.org:2222");
         // host:port is never taken for a lab host.
         let port = r.resolve(&words(&["lab:22"])).expect("port");
         assert_eq!(port[0].target.host, "lab");
         // Lists and duplicates.
-        let list = r.resolve(&words(&["lab:host1,lab", "lab:host2"])).expect("list");
+        let list = r
+            .resolve(&words(&["lab:host1,lab", "lab:host2"]))
+            .expect("list");
         assert_eq!(list.len(), 2);
     }
 
@@ -306,7 +328,10 @@ mod tests {
             lab_dir: Some(dir.path().to_path_buf()),
         };
         let err = r.resolve(&words(&["lab:host9"])).unwrap_err().to_string();
-        assert!(err.contains("host9") && err.contains("host1, host2"), "{err}");
+        assert!(
+            err.contains("host9") && err.contains("host1, host2"),
+            "{err}"
+        );
         assert!(matches!(r.resolve(&[]), Err(ResolveError::Empty)));
     }
 
@@ -319,7 +344,10 @@ mod tests {
             lab_dir: None,
         };
         assert_eq!(r.resolve(&words(&["all"])).expect("all").len(), 2);
-        assert_eq!(r.resolve(&words(&["db"])).expect("db")[0].target.host, "10.0.0.2");
+        assert_eq!(
+            r.resolve(&words(&["db"])).expect("db")[0].target.host,
+            "10.0.0.2"
+        );
     }
 
     #[test]

@@ -63,7 +63,9 @@ mod tests {
     fn zero_means_all_at_once() {
         let items = [(); 6];
         let started = Instant::now();
-        let out = for_each(&items, 0, |_, _| std::thread::sleep(Duration::from_millis(100)));
+        let out = for_each(&items, 0, |_, _| {
+            std::thread::sleep(Duration::from_millis(100))
+        });
         assert_eq!(out.len(), 6);
         assert!(started.elapsed() < Duration::from_millis(500));
     }

@@ -61,11 +61,17 @@ pub(crate) fn run_child(
         let pipes: [(OutputStream, Option<Box<dyn Read + Send>>); 2] = [
             (
                 OutputStream::Stdout,
-                child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
+                child
+                    .stdout
+                    .take()
+                    .map(|p| Box::new(p) as Box<dyn Read + Send>),
             ),
             (
                 OutputStream::Stderr,
-                child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
+                child
+                    .stderr
+                    .take()
+                    .map(|p| Box::new(p) as Box<dyn Read + Send>),
             ),
         ];
         for (which, pipe) in pipes {

@@ -102,7 +102,10 @@ impl std::fmt::Debug for SshOptions {
             .field("ssh_config", &self.ssh_config)
             .field("connect_timeout", &self.connect_timeout)
             .field("privilege", &self.privilege)
-            .field("sudo_password", &self.sudo_password.as_ref().map(|_| "<prompt>"))
+            .field(
+                "sudo_password",
+                &self.sudo_password.as_ref().map(|_| "<prompt>"),
+            )
             .field("command_timeout", &self.command_timeout)
             .field("extra_options", &self.extra_options)
             .finish()
@@ -291,7 +294,10 @@ impl SshTransport {
                 stdin: stdin.as_deref(),
                 timeout: Some(
                     self.options.connect_timeout * 2
-                        + self.options.command_timeout.unwrap_or(Duration::from_secs(60)),
+                        + self
+                            .options
+                            .command_timeout
+                            .unwrap_or(Duration::from_secs(60)),
                 ),
                 cancellable: true,
             },
@@ -315,9 +321,18 @@ impl SshTransport {
             args.push(kv);
         };
         opt("BatchMode=yes".into());
-        opt(format!("ConnectTimeout={}", o.connect_timeout.as_secs().max(1)));
-        opt(format!("ServerAliveInterval={}", o.keepalive_interval.as_secs().max(1)));
-        opt(format!("ServerAliveCountMax={}", o.keepalive_count_max.max(1)));
+        opt(format!(
+            "ConnectTimeout={}",
+            o.connect_timeout.as_secs().max(1)
+        ));
+        opt(format!(
+            "ServerAliveInterval={}",
+            o.keepalive_interval.as_secs().max(1)
+        ));
+        opt(format!(
+            "ServerAliveCountMax={}",
+            o.keepalive_count_max.max(1)
+        ));
         opt(format!(
             "StrictHostKeyChecking={}",
             match o.host_key_policy {
@@ -458,10 +473,11 @@ impl SshTransport {
                 offered: self
                     .scan_fingerprint()
                     .unwrap_or_else(|| "fingerprint unavailable".into()),
-                known_hosts: self.options.known_hosts.as_ref().map_or_else(
-                    || "~/.ssh/known_hosts".into(),
-                    |p| p.display().to_string(),
-                ),
+                known_hosts: self
+                    .options
+                    .known_hosts
+                    .as_ref()
+                    .map_or_else(|| "~/.ssh/known_hosts".into(), |p| p.display().to_string()),
             };
         }
         let tail = last_lines(stderr, 5);

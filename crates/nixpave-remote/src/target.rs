@@ -59,7 +59,7 @@ impl FromStr for Target {
         let rest = input.strip_prefix("ssh://").unwrap_or(input);
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         let (user, hostport) = match rest.rsplit_once('@') {
-            Some((user, _)) if user.is_empty() => return Err(err("empty user name")),
+            Some(("", _)) => return Err(err("empty user name")),
             Some((user, hp)) => (Some(user.to_string()), hp),
             None => (None, rest),
         };
@@ -73,14 +73,20 @@ impl FromStr for Target {
                     let port = after
                         .strip_prefix(':')
                         .ok_or_else(|| err("unexpected text after `]`"))?;
-                    (addr.to_string(), Some(parse_port(port).ok_or_else(|| err("bad port"))?))
+                    (
+                        addr.to_string(),
+                        Some(parse_port(port).ok_or_else(|| err("bad port"))?),
+                    )
                 }
             }
         } else if hostport.matches(':').count() > 1 {
             // A bare IPv6 address has no port.
             (hostport.to_string(), None)
         } else if let Some((host, port)) = hostport.split_once(':') {
-            (host.to_string(), Some(parse_port(port).ok_or_else(|| err("bad port"))?))
+            (
+                host.to_string(),
+                Some(parse_port(port).ok_or_else(|| err("bad port"))?),
+            )
         } else {
             (hostport.to_string(), None)
         };
@@ -147,7 +153,16 @@ mod tests {
 
     #[test]
     fn rejects_what_ssh_would_misread() {
-        for s in ["", "@h", "-oProxyCommand=x", "h:0", "h:99999", "h:x", "[::1", "u@h h"] {
+        for s in [
+            "",
+            "@h",
+            "-oProxyCommand=x",
+            "h:0",
+            "h:99999",
+            "h:x",
+            "[::1",
+            "u@h h",
+        ] {
             assert!(s.parse::<Target>().is_err(), "{s} should be rejected");
         }
     }

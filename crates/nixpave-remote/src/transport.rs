@@ -194,7 +194,11 @@ pub trait Transport: Send + Sync {
     /// Copies the local directory `source` to `spec.dest` on the host: the tree is unpacked next
     /// to the destination, owned and moded (`spec.mode` applies to the top directory), then
     /// renamed into place; an existing destination is replaced. Needs `tar` on both sides.
-    fn upload_dir(&self, source: &std::path::Path, spec: &UploadSpec) -> Result<(), TransportError> {
+    fn upload_dir(
+        &self,
+        source: &std::path::Path,
+        spec: &UploadSpec,
+    ) -> Result<(), TransportError> {
         let tar = std::process::Command::new("tar")
             .arg("-C")
             .arg(source)

@@ -1,0 +1,188 @@
+//! Contents of the files a lab writes (pure functions of the lab state).
+
+use std::fmt::Write as _;
+
+use nixpave_remote::{Inventory, InventoryHost};
+
+use super::state::{HostState, LabState};
+
+/// `sshd_config` of a lab host: root login by key only, verbose log (so tests can count
+/// handshakes), enough sessions for many multiplexed commands.
+pub fn sshd_config(host: &HostState) -> String {
+    format!(
+        "# nixpave lab host {name}\n\
+         Port {port}\n\
+         ListenAddress {address}\n\
+         HostKey /etc/ssh/ssh_host_ed25519_key\n\
+         AuthorizedKeysFile /root/.ssh/authorized_keys\n\
+         PermitRootLogin prohibit-password\n\
+         PasswordAuthentication no\n\
+         KbdInteractiveAuthentication no\n\
+         UsePAM no\n\
+         StrictModes no\n\
+         LogLevel VERBOSE\n\
+         MaxSessions 100\n\
+         MaxStartups 100:30:200\n\
+         PidFile {pid}\n\
+         SetEnv NIX_CONF_DIR={root}/etc-nix\n\
+         Subsystem sftp internal-sftp\n",
+        name = host.name,
+        port = host.port,
+        address = host.address,
+        pid = host.pid_file().display(),
+        root = host.root.display(),
+    )
+}
+
+/// `nix.conf` for nix 2.8 without a build-users group, binary cache or sandbox.
+pub fn nix_conf() -> &'static str {
+    "build-users-group =\n\
+     substituters =\n\
+     sandbox = false\n\
+     experimental-features = nix-command flakes\n"
+}
+
+/// The inventory other nixpave commands read.
+pub fn inventory(state: &LabState) -> Inventory {
+    Inventory {
+        hosts: state
+            .hosts
+            .iter()
+            .map(|h| InventoryHost {
+                name: h.name.clone(),
+                host: h.address.clone(),
+                port: Some(h.port),
+                user: Some("root".into()),
+                identity_file: Some(state.identity_file.clone()),
+                known_hosts: Some(state.known_hosts.clone()),
+            })
+            .collect(),
+    }
+}
+
+/// The inventory as JSON, with the lab's extra fields (netns, disks) next to the standard ones.
+pub fn inventory_json(state: &LabState) -> serde_json::Value {
+    let hosts: Vec<serde_json::Value> = inventory(state)
+        .hosts
+        .into_iter()
+        .zip(&state.hosts)
+        .map(|(entry, host)| {
+            let mut value = serde_json::to_value(entry).unwrap_or_default();
+            if let Some(map) = value.as_object_mut() {
+                map.insert("netns".into(), host.netns.clone().into());
+                map.insert(
+                    "disks".into(),
+                    host.disks.iter().map(|d| d.device.clone()).collect(),
+                );
+            }
+            value
+        })
+        .collect();
+    serde_json::json!({ "lab": state.name, "hosts": hosts })
+}
+
+/// An ssh_config snippet (`ssh -F FILE host1`, or `Include FILE` from ~/.ssh/config).
+pub fn ssh_config(state: &LabState) -> String {
+    let mut out = format!("# nixpave lab {}\n", state.name);
+    for h in &state.hosts {
+        let _ = write!(
+            out,
+            "Host {name} {lab}-{name}\n  HostName {addr}\n  Port {port}\n  User root\n  \
+             IdentityFile {key}\n  IdentitiesOnly yes\n  UserKnownHostsFile {known}\n  \
+             StrictHostKeyChecking yes\n",
+            name = h.name,
+            lab = state.name,
+            addr = h.address,
+            port = h.port,
+            key = state.identity_file.display(),
+            known = state.known_hosts.display(),
+        );
+    }
+    out
+}
+
+/// One known_hosts line (`address key-type key`) for a host's public key file contents.
+pub fn known_hosts_line(host: &HostState, public_key: &str) -> String {
+    let mut words = public_key.split_whitespace();
+    let kind = words.next().unwrap_or_default();
+    let key = words.next().unwrap_or_default();
+    let pattern = if host.port == 22 {
+        host.address.clone()
+    } else {
+        format!("[{}]:{}", host.address, host.port)
+    };
+    format!("{pattern} {kind} {key}\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hosts::state::LoopDisk;
+
+    fn state() -> LabState {
+        LabState {
+            name: "demo".into(),
+            dir: "/var/lib/nixpave/lab/demo".into(),
+            subnet: 42,
+            bridge: Some("nplab42br".into()),
+            identity_file: "/var/lib/nixpave/lab/demo/id_ed25519".into(),
+            known_hosts: "/var/lib/nixpave/lab/demo/known_hosts".into(),
+            hosts: vec![HostState {
+                name: "host1".into(),
+                netns: "nplab42-host1".into(),
+                veth: "nplab42v1".into(),
+                address: "10.77.42.11".into(),
+                port: 22,
+                root: "/var/lib/nixpave/lab/demo/hosts/host1".into(),
+                sshd_pid: Some(1234),
+                disks: vec![LoopDisk {
+                    device: "/dev/loop9".into(),
+                    file: "/var/lib/nixpave/lab/demo/hosts/host1/disk1.img".into(),
+                    size: 1 << 30,
+                }],
+            }],
+        }
+    }
+
+    #[test]
+    fn sshd_config_is_key_only_and_verbose() {
+        let text = sshd_config(&state().hosts[0]);
+        for line in [
+            "ListenAddress 10.77.42.11",
+            "PasswordAuthentication no",
+            "LogLevel VERBOSE",
+            "PidFile /var/lib/nixpave/lab/demo/hosts/host1/sshd.pid",
+            "SetEnv NIX_CONF_DIR=/var/lib/nixpave/lab/demo/hosts/host1/etc-nix",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing `{line}` in\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn inventory_has_lab_extras_and_parses_as_an_inventory() {
+        let json = inventory_json(&state());
+        assert_eq!(json["hosts"][0]["disks"][0], "/dev/loop9");
+        let parsed: Inventory = serde_json::from_value(json).expect("standard inventory");
+        assert_eq!(parsed, inventory(&state()));
+        assert_eq!(parsed.hosts[0].host, "10.77.42.11");
+    }
+
+    #[test]
+    fn ssh_config_and_known_hosts() {
+        let cfg = ssh_config(&state());
+        assert!(
+            cfg.contains("Host host1 demo-host1\n  HostName 10.77.42.11\n"),
+            "{cfg}"
+        );
+        let mut host = state().hosts[0].clone();
+        assert_eq!(
+            known_hosts_line(&host, "ssh-ed25519 AAAAC3 root@x\n"),
+            "10.77.42.11 ssh-ed25519 AAAAC3\n"
+        );
+        host.port = 2222;
+        assert!(known_hosts_line(&host, "ssh-ed25519 K").starts_with("[10.77.42.11]:2222 "));
+    }
+}

@@ -1,0 +1,206 @@
+//! Lab hosts: each a network namespace on a private bridge with its own mount namespace
+//! (private `/nix`, `/etc/ssh`, `/root`, `/tmp`), running sshd and Debian's nix with its own
+//! store. `up` writes an inventory that nixpave commands accept; `down` removes everything.
+//!
+//! Addresses come from `10.77.N.0/24` (N in 10..=250, one subnet per lab), on a bridge the lab
+//! creates; nothing is routed out of it.
+
+mod error;
+mod files;
+mod state;
+pub(crate) mod sys;
+mod teardown;
+mod up;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use error::LabError;
+pub use files::{inventory, ssh_config};
+pub use state::{HostState, LabState, LoopDisk};
+pub use sys::parse_size;
+pub use teardown::down;
+pub use up::up;
+
+/// Name of the lab used when none is given (`nixpave exec lab -- …`).
+pub const DEFAULT_LAB_NAME: &str = "lab";
+
+/// Directory holding the labs: `NIXPAVE_LAB_DIR`, else `/var/lib/nixpave/lab`.
+pub fn default_lab_dir() -> PathBuf {
+    std::env::var_os("NIXPAVE_LAB_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/nixpave/lab"))
+}
+
+/// Directories every lab host replaces with a private one.
+const PRIVATE_DIRS: &[&str] = &["/tmp", "/root", "/nix", "/etc/ssh"];
+
+/// What `lab up` should create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabSpec {
+    /// Lab name (`[a-z0-9-]`, at most 32 characters); its state lives in `dir/name`.
+    pub name: String,
+    /// Number of hosts (1–200), named `host1`, `host2`, …
+    pub hosts: usize,
+    /// Loop-device disks per host.
+    pub disks: usize,
+    /// Size of each disk in bytes.
+    pub disk_size: u64,
+    /// Directory holding labs (see [`default_lab_dir`]).
+    pub dir: PathBuf,
+}
+
+impl LabSpec {
+    /// One host called `name`, no disks, in the default lab directory.
+    pub fn new(name: impl Into<String>) -> Self {
+        LabSpec {
+            name: name.into(),
+            hosts: 1,
+            disks: 0,
+            disk_size: 1 << 30,
+            dir: default_lab_dir(),
+        }
+    }
+
+    /// The lab's own state directory.
+    pub fn lab_dir(&self) -> PathBuf {
+        self.dir.join(&self.name)
+    }
+
+    /// Checks the name and counts.
+    pub fn validate(&self) -> Result<(), LabError> {
+        validate_name(&self.name)?;
+        if !(1..=200).contains(&self.hosts) {
+            return Err(LabError::Spec(format!(
+                "--hosts must be between 1 and 200, not {}",
+                self.hosts
+            )));
+        }
+        if !self.dir.is_absolute() {
+            return Err(LabError::Spec(format!(
+                "the lab directory {} must be an absolute path",
+                self.dir.display()
+            )));
+        }
+        // Hosts get private copies of these directories, so state kept there would be
+        // invisible to the host's own sshd and nix.
+        let real = self.dir.canonicalize().unwrap_or_else(|_| self.dir.clone());
+        if let Some(hidden) = PRIVATE_DIRS.iter().find(|d| real.starts_with(d)) {
+            return Err(LabError::Spec(format!(
+                "the lab directory {} is under {hidden}, which lab hosts replace with their own; \
+                 use another directory (e.g. /var/lib/nixpave/lab)",
+                self.dir.display()
+            )));
+        }
+        if self.disks > 8 {
+            return Err(LabError::Spec("at most 8 disks per host".into()));
+        }
+        if self.disks > 0 && self.disk_size < (1 << 20) {
+            return Err(LabError::Spec("disks must be at least 1M".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Checks a lab name: it becomes part of file names and ssh_config host aliases.
+pub fn validate_name(name: &str) -> Result<(), LabError> {
+    let ok = !name.is_empty()
+        && name.len() <= 32
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(LabError::Spec(format!(
+            "lab name `{name}` must be 1–32 characters of a-z, 0-9 and `-`"
+        )))
+    }
+}
+
+/// The state of lab `name` in `dir`.
+pub fn load(dir: &Path, name: &str) -> Result<LabState, LabError> {
+    validate_name(name)?;
+    LabState::load(&dir.join(name))?.ok_or_else(|| LabError::NotFound {
+        name: name.to_string(),
+        dir: dir.to_path_buf(),
+    })
+}
+
+/// How one host of a running lab is doing.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HostStatus {
+    /// Host name.
+    pub name: String,
+    /// Its address.
+    pub address: String,
+    /// True when its sshd process runs.
+    pub sshd_running: bool,
+    /// True when its ssh port accepts TCP connections.
+    pub reachable: bool,
+    /// Its loop disks.
+    pub disks: Vec<String>,
+}
+
+/// Checks every host of a lab (process alive, port open).
+pub fn status(state: &LabState) -> Vec<HostStatus> {
+    state
+        .hosts
+        .iter()
+        .map(|h| HostStatus {
+            name: h.name.clone(),
+            address: h.address.clone(),
+            sshd_running: h.sshd_pid.is_some_and(sys::alive),
+            reachable: port_open(&h.address, h.port, Duration::from_millis(500)),
+            disks: h.disks.iter().map(|d| d.device.clone()).collect(),
+        })
+        .collect()
+}
+
+/// Runs `argv` as root inside a lab host (its network and mount namespaces), without ssh.
+pub fn run_inside(host: &HostState, argv: &[&str]) -> Result<std::process::Output, LabError> {
+    let pid = host
+        .sshd_pid
+        .filter(|p| sys::alive(*p))
+        .ok_or_else(|| LabError::Spec(format!("lab host {} is not running", host.name)))?;
+    let pid = pid.to_string();
+    std::process::Command::new(sys::tool("nsenter"))
+        .args(["--target", &pid, "--net", "--mount", "--"])
+        .args(argv)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(LabError::io("running nsenter for", &host.root))
+}
+
+/// True when `address:port` accepts a TCP connection within `timeout`.
+pub(crate) fn port_open(address: &str, port: u16, timeout: Duration) -> bool {
+    format!("{address}:{port}")
+        .parse::<std::net::SocketAddr>()
+        .is_ok_and(|addr| std::net::TcpStream::connect_timeout(&addr, timeout).is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_counts_are_checked() {
+        assert!(validate_name("lab").is_ok());
+        assert!(validate_name("t-123").is_ok());
+        for bad in ["", "Lab", "a/b", "-x", "a b", &"x".repeat(33)] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+        let mut spec = LabSpec::new("lab");
+        assert!(spec.validate().is_ok());
+        spec.hosts = 0;
+        assert!(spec.validate().is_err());
+        spec.hosts = 1;
+        spec.dir = "/tmp/labs".into();
+        let err = spec.validate().unwrap_err().to_string();
+        assert!(err.contains("under /tmp"), "{err}");
+        spec.dir = "relative".into();
+        assert!(spec.validate().is_err());
+    }
+}

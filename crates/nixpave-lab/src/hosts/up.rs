@@ -1,0 +1,360 @@
+//! `lab up`: bridge, then every host in parallel, then the inventory.
+
+use std::fs::File;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use nixpave_remote::shell_quote;
+
+use super::error::LabError;
+use super::state::{HostState, LabState, LoopDisk, SharedState};
+use super::{files, sys, LabSpec};
+
+/// How long a host's sshd may take to accept connections.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Creates the lab described by `spec`; on failure removes what was created and returns why.
+pub fn up(spec: &LabSpec) -> Result<LabState, LabError> {
+    spec.validate()?;
+    sys::require_root()?;
+    sys::require_tools()?;
+    let dir = spec.lab_dir();
+    if LabState::load(&dir)?.is_some() {
+        return Err(LabError::Exists {
+            name: spec.name.clone(),
+            dir,
+        });
+    }
+    create_private_dir(&dir)?;
+    let state = LabState {
+        name: spec.name.clone(),
+        identity_file: dir.join("id_ed25519"),
+        known_hosts: dir.join("known_hosts"),
+        dir: dir.clone(),
+        ..LabState::default()
+    };
+    state.save()?;
+    let shared = SharedState::new(state);
+    match build(spec, &shared) {
+        Ok(state) => Ok(state),
+        Err(err) => {
+            tracing::warn!(lab = %spec.name, error = %err, "lab up failed; removing what was created");
+            if let Err(cleanup) = super::down(&dir) {
+                tracing::warn!(lab = %spec.name, error = %cleanup, "cleanup after failed lab up");
+            }
+            Err(err)
+        }
+    }
+}
+
+fn build(spec: &LabSpec, shared: &SharedState) -> Result<LabState, LabError> {
+    let dir = spec.lab_dir();
+    std::fs::create_dir_all("/run/sshd").map_err(LabError::io("creating", "/run/sshd"))?;
+    let key = dir.join("id_ed25519");
+    sys::run(
+        "creating the lab ssh key",
+        "ssh-keygen",
+        &[
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            &format!("nixpave-lab-{}", spec.name),
+            "-f",
+            &path_str(&key),
+        ],
+    )?;
+    let public_key = read(&dir.join("id_ed25519.pub"))?;
+    let subnet = create_bridge(shared)?;
+    let hosts: Vec<HostState> = (1..=spec.hosts)
+        .map(|i| HostState {
+            name: format!("host{i}"),
+            netns: format!("nplab{subnet}-host{i}"),
+            veth: format!("nplab{subnet}v{i}"),
+            address: format!("10.77.{subnet}.{}", 10 + i),
+            port: 22,
+            root: dir.join("hosts").join(format!("host{i}")),
+            sshd_pid: None,
+            disks: Vec::new(),
+        })
+        .collect();
+    // Recorded before anything of theirs exists, so a failed `up` cleans them up.
+    shared.update(|s| s.hosts = hosts.clone())?;
+    let results: Vec<Result<(), LabError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = hosts
+            .iter()
+            .enumerate()
+            .map(|(index, host)| {
+                let public_key = &public_key;
+                scope.spawn(move || bring_up_host(spec, shared, index, host, public_key))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(LabError::Spec("a host setup thread panicked".into())))
+            })
+            .collect()
+    });
+    results.into_iter().collect::<Result<Vec<()>, LabError>>()?;
+    let state = shared.snapshot();
+    let mut known = String::new();
+    for host in &state.hosts {
+        let key = read(&host.root.join("etc-ssh/ssh_host_ed25519_key.pub"))?;
+        known.push_str(&files::known_hosts_line(host, &key));
+    }
+    write(&state.known_hosts, &known, 0o644)?;
+    let inventory = serde_json::to_string_pretty(&files::inventory_json(&state))
+        .map_err(|e| LabError::Spec(e.to_string()))?;
+    write(&dir.join("inventory.json"), &inventory, 0o644)?;
+    write(&dir.join("ssh_config"), &files::ssh_config(&state), 0o644)?;
+    Ok(state)
+}
+
+/// Picks a free `10.77.N.0/24` and creates the lab's bridge on it, under a machine-wide lock
+/// so concurrent `lab up`s (parallel test binaries) never pick the same one.
+fn create_bridge(shared: &SharedState) -> Result<u8, LabError> {
+    let lock_path = Path::new("/run/nixpave-lab.lock");
+    let lock = File::create(lock_path).map_err(LabError::io("creating", lock_path))?;
+    lock.lock().map_err(LabError::io("locking", lock_path))?;
+    let addresses = sys::run("listing addresses", "ip", &["-o", "-4", "addr", "show"])?;
+    let links = sys::run("listing links", "ip", &["-o", "link", "show"])?;
+    let subnet = (10u8..=250)
+        .find(|n| {
+            !addresses.contains(&format!(" 10.77.{n}."))
+                && !links.contains(&format!(" nplab{n}br:"))
+                && !links.contains(&format!(" nplab{n}br@"))
+        })
+        .ok_or(LabError::NoSubnet)?;
+    let bridge = format!("nplab{subnet}br");
+    shared.update(|s| {
+        s.subnet = subnet;
+        s.bridge = Some(bridge.clone());
+    })?;
+    sys::run(
+        "creating the lab bridge",
+        "ip",
+        &["link", "add", &bridge, "type", "bridge"],
+    )?;
+    sys::run(
+        "addressing the lab bridge",
+        "ip",
+        &[
+            "addr",
+            "add",
+            &format!("10.77.{subnet}.1/24"),
+            "dev",
+            &bridge,
+        ],
+    )?;
+    sys::run(
+        "starting the lab bridge",
+        "ip",
+        &["link", "set", &bridge, "up"],
+    )?;
+    drop(lock);
+    Ok(subnet)
+}
+
+fn bring_up_host(
+    spec: &LabSpec,
+    shared: &SharedState,
+    index: usize,
+    host: &HostState,
+    public_key: &str,
+) -> Result<(), LabError> {
+    let root = &host.root;
+    for sub in ["nix", "etc-ssh", "etc-nix", "root/.ssh", "tmp"] {
+        create_private_dir(&root.join(sub))?;
+    }
+    set_mode(&root.join("tmp"), 0o1777)?;
+    set_mode(&root.join("nix"), 0o755)?;
+    set_mode(&root.join("etc-ssh"), 0o755)?;
+    set_mode(&root.join("etc-nix"), 0o755)?;
+    sys::run(
+        &format!("creating the host key of {}", host.name),
+        "ssh-keygen",
+        &[
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            &host.name,
+            "-f",
+            &path_str(&root.join("etc-ssh/ssh_host_ed25519_key")),
+        ],
+    )?;
+    write(
+        &root.join("etc-ssh/sshd_config"),
+        &files::sshd_config(host),
+        0o644,
+    )?;
+    // Tells `nixpave facts` (and install preflight) that this "machine" shares our kernel.
+    write(
+        &root.join("etc-ssh/nixpave-lab-host"),
+        &format!("{}\n", spec.name),
+        0o644,
+    )?;
+    write(&root.join("etc-nix/nix.conf"), files::nix_conf(), 0o644)?;
+    write(&root.join("root/.ssh/authorized_keys"), public_key, 0o600)?;
+    create_netns(shared, host)?;
+    let disks = create_disks(spec, root)?;
+    shared.update(|s| s.hosts[index].disks = disks)?;
+    let pid = start_sshd(spec, host)?;
+    shared.update(|s| s.hosts[index].sshd_pid = Some(pid))?;
+    Ok(())
+}
+
+fn create_netns(shared: &SharedState, host: &HostState) -> Result<(), LabError> {
+    let bridge = shared.snapshot().bridge.unwrap_or_default();
+    let what = format!("creating the network of {}", host.name);
+    let ns = host.netns.as_str();
+    sys::run(&what, "ip", &["netns", "add", ns])?;
+    sys::run(
+        &what,
+        "ip",
+        &[
+            "link", "add", &host.veth, "type", "veth", "peer", "name", "eth0", "netns", ns,
+        ],
+    )?;
+    sys::run(
+        &what,
+        "ip",
+        &["link", "set", &host.veth, "master", &bridge, "up"],
+    )?;
+    sys::run(
+        &what,
+        "ip",
+        &[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{}/24", host.address),
+            "dev",
+            "eth0",
+        ],
+    )?;
+    sys::run(&what, "ip", &["-n", ns, "link", "set", "eth0", "up"])?;
+    sys::run(&what, "ip", &["-n", ns, "link", "set", "lo", "up"])?;
+    Ok(())
+}
+
+fn create_disks(spec: &LabSpec, root: &Path) -> Result<Vec<LoopDisk>, LabError> {
+    let mut disks = Vec::new();
+    for n in 1..=spec.disks {
+        let file = root.join(format!("disk{n}.img"));
+        let image = File::create(&file).map_err(LabError::io("creating", &file))?;
+        image
+            .set_len(spec.disk_size)
+            .map_err(LabError::io("sizing", &file))?;
+        let device = sys::run(
+            "attaching a loop disk",
+            "losetup",
+            &["-f", "--show", &path_str(&file)],
+        )?;
+        disks.push(LoopDisk {
+            device: device.trim().to_string(),
+            file,
+            size: spec.disk_size,
+        });
+    }
+    Ok(disks)
+}
+
+/// Starts sshd in the host's namespaces, detached from us (its own session), and waits until
+/// it accepts connections. Returns its pid.
+fn start_sshd(spec: &LabSpec, host: &HostState) -> Result<i32, LabError> {
+    let root = path_str(&host.root);
+    let q = |sub: &str| shell_quote(&format!("{root}/{sub}"));
+    // `ip netns exec`, `unshare` and `sh` all exec, so the pid sshd writes is the launcher's.
+    let script = format!(
+        "set -e\n\
+         mount --bind {nix} /nix\n\
+         mount --bind {etc_ssh} /etc/ssh\n\
+         mount --bind {home} /root\n\
+         mount --bind {tmp} /tmp\n\
+         NIX_CONF_DIR={etc_nix} nix-store --init\n\
+         exec {sshd} -D -e -f /etc/ssh/sshd_config\n",
+        nix = q("nix"),
+        etc_ssh = q("etc-ssh"),
+        home = q("root"),
+        tmp = q("tmp"),
+        etc_nix = q("etc-nix"),
+        sshd = shell_quote(&path_str(&sys::tool("sshd"))),
+    );
+    let log = host.sshd_log();
+    let out = File::create(&log).map_err(LabError::io("creating", &log))?;
+    let err = out.try_clone().map_err(LabError::io("opening", &log))?;
+    let status = std::process::Command::new(sys::tool("setsid"))
+        .arg("-f")
+        .arg(sys::tool("ip"))
+        .args(["netns", "exec", &host.netns])
+        .arg(sys::tool("unshare"))
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .status()
+        .map_err(LabError::io("starting sshd for", &host.root))?;
+    if !status.success() {
+        return Err(not_ready(spec, host, 0));
+    }
+    let started = Instant::now();
+    loop {
+        let pid = std::fs::read_to_string(host.pid_file())
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok());
+        if let Some(pid) = pid {
+            if super::port_open(&host.address, host.port, Duration::from_millis(200)) {
+                return Ok(pid);
+            }
+        }
+        if started.elapsed() > READY_TIMEOUT {
+            return Err(not_ready(spec, host, READY_TIMEOUT.as_secs()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn not_ready(spec: &LabSpec, host: &HostState, seconds: u64) -> LabError {
+    LabError::HostNotReady {
+        lab: spec.name.clone(),
+        host: host.name.clone(),
+        seconds,
+        log_tail: sys::tail(
+            &std::fs::read_to_string(host.sshd_log()).unwrap_or_default(),
+            8,
+        ),
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), LabError> {
+    std::fs::create_dir_all(dir).map_err(LabError::io("creating", dir))?;
+    set_mode(dir, 0o700)
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), LabError> {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(LabError::io("setting the mode of", path))
+}
+
+fn write(path: &Path, contents: &str, mode: u32) -> Result<(), LabError> {
+    std::fs::write(path, contents).map_err(LabError::io("writing", path))?;
+    set_mode(path, mode)
+}
+
+fn read(path: &Path) -> Result<String, LabError> {
+    std::fs::read_to_string(path).map_err(LabError::io("reading", path))
+}
+
+fn path_str(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
