@@ -95,6 +95,10 @@ rollback() {
   FAILED_GEN=$NEW_GEN
   status rolling-back "$reason"
   if [ -z "$PREV_PATH" ]; then
+    # First deploy to this profile: there was no profile before, so there is none after either (the failed
+    # generation's link stays, it is only unreferenced by the profile).
+    if [ "$GOAL" = switch ] || [ "$GOAL" = boot ]; then rm -f "$PROFILE"; fi
+    NEW_GEN=
     status failed "$reason-no-previous-generation"
     return 1
   fi
@@ -119,7 +123,7 @@ do_run() {
   exec >>"$LOG" 2>&1
   log "deploy $ID: $STOREPATH -> $PROFILE (goal $GOAL, confirm ${CONFIRM}s, activation ${ACTIVATE}s)"
   rm -f "$CONFIRM_FILE" "$REJECT_FILE"
-  PREV_PATH=$(readlink -f "$PROFILE" 2>/dev/null || true)
+  PREV_PATH=$([ -e "$PROFILE" ] && readlink -f "$PROFILE" 2>/dev/null || true)
   PREV_GEN=$(generation_of "$PROFILE")
   NEW_GEN=$PREV_GEN
   status activating
@@ -192,7 +196,7 @@ do_rollback() {
   log "manual rollback $ID of $PROFILE"
   PREV_GEN=$(generation_of "$PROFILE")
   NEW_GEN=$PREV_GEN
-  STOREPATH=$(readlink -f "$PROFILE" 2>/dev/null || true)
+  STOREPATH=$([ -e "$PROFILE" ] && readlink -f "$PROFILE" 2>/dev/null || true)
   target=$(nix-env -p "$PROFILE" --list-generations | awk -v cur="$PREV_GEN" '$1 < cur { g = $1 } END { print g }')
   if [ -z "$target" ]; then
     status failed no-previous-generation

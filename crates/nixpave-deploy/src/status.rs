@@ -80,7 +80,7 @@ pub struct HostState {
 /// The shell script of [`probe`]: one line per fact, `KEY<TAB>PROFILE<TAB>VALUE`.
 pub fn probe_script(profiles: &[(&str, &str, Option<&str>, &str)]) -> String {
     let mut s = String::from(
-        "r() { readlink -f \"$1\" 2>/dev/null || true; }\n\
+        "r() { [ -e \"$1\" ] && readlink -f \"$1\" 2>/dev/null || true; }\n\
          printf 'boot\\t-\\t%s\\n' \"$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)\"\n\
          printf 'current\\t-\\t%s\\n' \"$(r /run/current-system)\"\n\
          printf 'booted\\t-\\t%s\\n' \"$(r /run/booted-system)\"\n",
