@@ -1,0 +1,552 @@
+//! SshTransport against real lab hosts: commands, streaming, stdin, uploads, reads, facts,
+//! host keys, timeouts, one handshake per host, and `nix copy` through the master connection.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nixpave_lab::testing::{Lab, LabOptions};
+use nixpave_remote::{
+    gather_facts, HostKeyPolicy, OutputStream, SshOptions, SshTransport, Target, Transport,
+    TransportError, UploadSpec,
+};
+
+fn argv(words: &[&str]) -> Vec<String> {
+    words.iter().map(|w| w.to_string()).collect()
+}
+
+fn sh(t: &dyn Transport, script: &str) -> String {
+    let out = t.run(&argv(&["sh", "-c", script]), None).expect("runs");
+    assert!(out.success(), "`{script}` failed: {}", out.stderr_tail(5));
+    out.stdout_str()
+}
+
+#[test]
+fn runs_streams_and_reports_exit_codes_and_stdin() {
+    let lab = Lab::up(1).expect("lab up");
+    let ssh = lab.host(0).connect().expect("connect");
+    assert_eq!(ssh.host(), "host1");
+
+    let mut lines = Vec::new();
+    let out = ssh
+        .run_streaming(
+            &argv(&["sh", "-c", "echo one; echo two >&2; echo three; exit 7"]),
+            None,
+            &mut |stream, line| lines.push((stream, line.to_string())),
+        )
+        .expect("runs");
+    assert_eq!(out.status, Some(7));
+    assert_eq!(out.stdout_str(), "one\nthree\n");
+    assert_eq!(out.stderr_tail(1), "two");
+    assert!(lines.contains(&(OutputStream::Stdout, "one".into())));
+    assert!(lines.contains(&(OutputStream::Stderr, "two".into())));
+
+    // Every word arrives intact, whatever the remote shell would make of it.
+    let tricky = [
+        "a b",
+        "it's",
+        "$HOME",
+        "`id`",
+        "*",
+        "",
+        "new\nline",
+        ";echo pwned",
+    ];
+    let mut words = argv(&["printf", "[%s]\\n"]);
+    words.extend(tricky.iter().map(|s| s.to_string()));
+    let out = ssh.run(&words, None).expect("printf");
+    let expected: String = tricky.iter().map(|w| format!("[{w}]\n")).collect();
+    assert_eq!(out.stdout_str(), expected);
+
+    // stdin, including binary data.
+    let data: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
+    let out = ssh
+        .run(&argv(&["sha256sum"]), Some(&data))
+        .expect("sha256sum");
+    let local = std::process::Command::new("sh")
+        .args(["-c", "head -c 0 /dev/null; cat | sha256sum"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().expect("stdin").write_all(&data)?;
+            c.wait_with_output()
+        })
+        .expect("local sha256sum");
+    assert_eq!(out.stdout, local.stdout);
+
+    // A command ssh cannot find is the command's failure (127), not a transport error.
+    let out = ssh
+        .run(&argv(&["/nonexistent/tool"]), None)
+        .expect("ssh ran");
+    assert_eq!(out.status, Some(127));
+    // Remote exit 255 with a live master is the command's status.
+    let out = ssh
+        .run(&argv(&["sh", "-c", "exit 255"]), None)
+        .expect("ssh ran");
+    assert_eq!(out.status, Some(255));
+}
+
+#[test]
+fn uploads_atomically_with_modes_and_owners_and_reads_back() {
+    let lab = Lab::up(1).expect("lab up");
+    let ssh = lab.host(0).connect().expect("connect");
+    let secret = b"top secret\n";
+    ssh.upload(
+        secret,
+        &UploadSpec {
+            dest: "/etc/nixpave-test/deep/secret".into(),
+            mode: 0o600,
+            owner: Some("root:root".into()),
+        },
+    )
+    .expect("upload");
+    ssh.upload(
+        b"shared",
+        &UploadSpec {
+            dest: "/tmp/shared file".into(),
+            mode: 0o644,
+            owner: Some("nobody:nogroup".into()),
+        },
+    )
+    .expect("upload with owner");
+    let stat = sh(
+        &ssh,
+        "stat -c '%a %U:%G %n' /etc/nixpave-test/deep/secret '/tmp/shared file'; \
+         ls -A /etc/nixpave-test/deep /tmp | grep -c nixpave-upload || true",
+    );
+    assert!(
+        stat.contains("600 root:root /etc/nixpave-test/deep/secret"),
+        "{stat}"
+    );
+    assert!(
+        stat.contains("644 nobody:nogroup /tmp/shared file"),
+        "{stat}"
+    );
+    assert!(stat.ends_with("0\n"), "no temp files left: {stat}");
+    assert_eq!(
+        ssh.read_file("/etc/nixpave-test/deep/secret".as_ref())
+            .expect("read"),
+        secret
+    );
+    // The host's /etc is this machine's /etc (only /etc/ssh is private): clean up.
+    sh(&ssh, "rm -rf /etc/nixpave-test");
+
+    // Replacing a file keeps readers consistent: the new content, the new mode.
+    ssh.upload(
+        b"v2",
+        &UploadSpec {
+            dest: "/tmp/shared file".into(),
+            mode: 0o400,
+            owner: None,
+        },
+    )
+    .expect("replace");
+    assert_eq!(
+        ssh.read_file("/tmp/shared file".as_ref()).expect("read"),
+        b"v2"
+    );
+    assert!(sh(&ssh, "stat -c %a '/tmp/shared file'").starts_with("400"));
+
+    // A failed upload (unknown owner) names the host and leaves nothing behind.
+    let err = ssh
+        .upload(
+            b"x",
+            &UploadSpec {
+                dest: "/tmp/owned".into(),
+                mode: 0o644,
+                owner: Some("no-such-user-xyz".into()),
+            },
+        )
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("host1") && text.contains("/tmp/owned"),
+        "{text}"
+    );
+    assert_eq!(
+        sh(&ssh, "ls -A /tmp | grep -c nixpave-upload || true"),
+        "0\n"
+    );
+
+    let err = ssh.read_file("/nonexistent".as_ref()).unwrap_err();
+    assert!(err.to_string().contains("No such file"), "{err}");
+
+    // Directories: contents, owner and mode; an existing destination is replaced.
+    let src = tempfile_dir();
+    std::fs::create_dir_all(src.join("sub")).expect("mkdir");
+    std::fs::write(src.join("a.txt"), "A").expect("write");
+    std::fs::write(src.join("sub/b.txt"), "B").expect("write");
+    let spec = UploadSpec {
+        dest: "/tmp/tree".into(),
+        mode: 0o750,
+        owner: Some("nobody:nogroup".into()),
+    };
+    ssh.upload_dir(&src, &spec).expect("upload dir");
+    std::fs::remove_file(src.join("a.txt")).expect("rm");
+    ssh.upload_dir(&src, &spec).expect("upload dir again");
+    let tree = sh(
+        &ssh,
+        "cd /tmp/tree && stat -c '%a %U' . && find . -type f | sort && cat sub/b.txt",
+    );
+    assert_eq!(tree, "750 nobody\n./sub/b.txt\nB");
+    let _ = std::fs::remove_dir_all(src);
+}
+
+fn tempfile_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("nixpave-tree-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    dir
+}
+
+#[test]
+fn facts_of_a_lab_host_show_its_disks_nix_and_no_kexec() {
+    let lab = Lab::with(LabOptions {
+        hosts: 1,
+        disks: 2,
+        disk_size: 64 << 20,
+    })
+    .expect("lab up");
+    let host = lab.host(0);
+    let ssh = host.connect().expect("connect");
+    let before = host.accepted_logins();
+    let facts = gather_facts(&ssh).expect("facts");
+    assert_eq!(host.accepted_logins(), before, "facts reuse the master");
+    assert!(facts.is_root && facts.user == "root");
+    assert_eq!(facts.arch, std::env::consts::ARCH);
+    assert!(
+        facts
+            .nix_version
+            .as_deref()
+            .is_some_and(|v| v.contains("2.")),
+        "{facts:?}"
+    );
+    assert!(facts.lab_host);
+    assert!(
+        !facts.kexec.possible,
+        "never kexec a lab host (it is this machine)"
+    );
+    assert!(facts.memory_bytes > 1 << 30);
+    for disk in host.disks() {
+        let found = facts
+            .disks
+            .iter()
+            .find(|d| d.path == disk)
+            .unwrap_or_else(|| panic!("{disk} not in facts: {:?}", facts.disks));
+        assert_eq!(found.size, 64 << 20);
+        assert_eq!(found.kind, "loop");
+    }
+}
+
+#[test]
+fn changed_host_key_is_refused_with_both_fingerprints() {
+    let lab = Lab::up(1).expect("lab up");
+    let host = lab.host(0);
+    // A known_hosts that records a different key for the host's address.
+    let dir = lab.dir().join("mitm");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let key = dir.join("other");
+    let ok = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status()
+        .expect("ssh-keygen");
+    assert!(ok.success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).expect("pub");
+    let known = dir.join("known_hosts");
+    let mut words = public.split_whitespace();
+    let line = format!(
+        "{} {} {}\n",
+        host.address(),
+        words.next().expect("type"),
+        words.next().expect("key")
+    );
+    std::fs::write(&known, line).expect("write");
+    let fingerprint = |file: &std::path::Path| {
+        let out = std::process::Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(file)
+            .output()
+            .expect("ssh-keygen -l");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .nth(1)
+            .expect("fingerprint")
+            .to_string()
+    };
+    let expected = fingerprint(&key.with_extension("pub"));
+    let offered = fingerprint(&host.state().root.join("etc-ssh/ssh_host_ed25519_key.pub"));
+
+    for policy in [HostKeyPolicy::Strict, HostKeyPolicy::AcceptNew] {
+        let options = SshOptions {
+            known_hosts: Some(known.clone()),
+            host_key_policy: policy,
+            ..host.ssh_options()
+        };
+        let err = SshTransport::connect(&host.target(), options).unwrap_err();
+        match &err {
+            TransportError::HostKeyMismatch {
+                expected: e,
+                offered: o,
+                ..
+            } => {
+                assert_eq!(e, &expected);
+                assert_eq!(o, &offered);
+            }
+            other => panic!("expected a host key refusal, got {other:?}"),
+        }
+        assert!(err.is_refusal());
+        let text = err.to_string();
+        assert!(
+            text.contains(&expected) && text.contains(&offered),
+            "{text}"
+        );
+    }
+    assert_eq!(host.accepted_logins(), 0, "nothing logged in");
+}
+
+#[test]
+fn unknown_host_key_needs_accept_new_which_records_it() {
+    let lab = Lab::up(1).expect("lab up");
+    let host = lab.host(0);
+    let known = lab.dir().join("fresh_known_hosts");
+    std::fs::write(&known, "").expect("write");
+    let strict = SshOptions {
+        known_hosts: Some(known.clone()),
+        ..host.ssh_options()
+    };
+    let err = SshTransport::connect(&host.target(), strict.clone()).unwrap_err();
+    assert!(
+        matches!(err, TransportError::HostKeyUnknown { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("--accept-new-host-key"), "{err}");
+    assert!(
+        err.to_string().contains("SHA256:"),
+        "offered key shown: {err}"
+    );
+
+    let accept = SshOptions {
+        host_key_policy: HostKeyPolicy::AcceptNew,
+        ..strict.clone()
+    };
+    let ssh = SshTransport::connect(&host.target(), accept).expect("first contact");
+    assert!(sh(&ssh, "echo ok").contains("ok"));
+    drop(ssh);
+    // (Debian hashes known_hosts entries, so look the host up rather than grep for it.)
+    let found = std::process::Command::new("ssh-keygen")
+        .args(["-F", host.address(), "-f"])
+        .arg(&known)
+        .output()
+        .expect("ssh-keygen -F");
+    assert!(
+        found.status.success(),
+        "host recorded in {}",
+        known.display()
+    );
+    // From now on strict checking accepts it.
+    SshTransport::connect(&host.target(), strict).expect("known now");
+}
+
+#[test]
+fn unreachable_hosts_fail_within_the_timeout() {
+    let lab = Lab::up(1).expect("lab up");
+    let host = lab.host(0);
+    let options = SshOptions {
+        connect_timeout: Duration::from_secs(3),
+        ..host.ssh_options()
+    };
+
+    // An address in the lab subnet that nobody answers for: packets go nowhere.
+    let silent = Target {
+        host: format!("10.77.{}.250", lab.state().subnet),
+        ..host.target()
+    };
+    let started = Instant::now();
+    let err = SshTransport::connect(&silent, options.clone()).unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_secs(10), "took {elapsed:?}");
+    assert!(matches!(err, TransportError::Connection { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("10.77.") || text.contains("host1"), "{text}");
+    assert!(
+        text.contains("timed out") || text.contains("No route"),
+        "{text}"
+    );
+
+    // A host whose sshd is stopped: refused at once.
+    host.stop_sshd();
+    let started = Instant::now();
+    let err = SshTransport::connect(&host.target(), options).unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(err.to_string().contains("Connection refused"), "{err}");
+    assert!(err.to_string().contains("is sshd running"), "{err}");
+}
+
+#[test]
+fn a_connection_that_dies_mid_command_fails_by_keepalive() {
+    let lab = Lab::up(1).expect("lab up");
+    let host = lab.host(0);
+    let options = SshOptions {
+        keepalive_interval: Duration::from_secs(1),
+        keepalive_count_max: 2,
+        ..host.ssh_options()
+    };
+    let ssh = SshTransport::connect(&host.target(), options).expect("connect");
+    let netns = host.state().netns.clone();
+    let cutter = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        std::process::Command::new("ip")
+            .args(["-n", &netns, "link", "set", "eth0", "down"])
+            .status()
+    });
+    let started = Instant::now();
+    let result = ssh.run(&argv(&["sleep", "60"]), None);
+    let elapsed = started.elapsed();
+    assert!(cutter.join().expect("thread").expect("ip").success());
+    let err = result.unwrap_err();
+    assert!(matches!(err, TransportError::Connection { .. }), "{err:?}");
+    assert!(elapsed < Duration::from_secs(15), "took {elapsed:?}");
+}
+
+#[test]
+fn one_handshake_per_host_carries_commands_uploads_and_nix_copy() {
+    let lab = Lab::up(1).expect("lab up");
+    let host = lab.host(0);
+    let ssh = host.connect().expect("connect");
+    assert_eq!(host.accepted_logins(), 1);
+    for i in 0..10 {
+        sh(&ssh, &format!("echo {i}"));
+    }
+    // Several commands at once through the same master.
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| sh(&ssh, "sleep 0.2"));
+        }
+    });
+    let spec = UploadSpec {
+        dest: "/tmp/f".into(),
+        mode: 0o644,
+        owner: None,
+    };
+    ssh.upload(b"x", &spec).expect("upload");
+    ssh.read_file("/tmp/f".as_ref()).expect("read");
+    gather_facts(&ssh).expect("facts");
+
+    // `nix copy` of a fresh tiny derivation through the master (NIX_SSHOPTS).
+    let conf = lab.dir().join("local-nix");
+    std::fs::create_dir_all(&conf).expect("mkdir");
+    std::fs::write(
+        conf.join("nix.conf"),
+        "build-users-group =\nsubstituters =\nsandbox = false\nexperimental-features = nix-command\n",
+    )
+    .expect("nix.conf");
+    let expr = format!(
+        "builtins.derivation {{ name = \"np-copy-test\"; system = \"{}-linux\"; builder = \"/bin/sh\"; \
+         args = [ \"-c\" \"echo {} > $out\" ]; }}",
+        std::env::consts::ARCH,
+        lab.name()
+    );
+    let build = std::process::Command::new("nix-build")
+        .args(["--no-out-link", "-E", &expr])
+        .env("NIX_CONF_DIR", &conf)
+        .output()
+        .expect("nix-build");
+    assert!(
+        build.status.success(),
+        "{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let path = String::from_utf8_lossy(&build.stdout).trim().to_string();
+    let copy = std::process::Command::new("nix")
+        .args([
+            "--extra-experimental-features",
+            "nix-command",
+            "copy",
+            "--to",
+        ])
+        .arg(ssh.ssh_store_uri())
+        .arg(&path)
+        .envs(ssh.nix_env())
+        .env("NIX_CONF_DIR", &conf)
+        .output()
+        .expect("nix copy");
+    assert!(
+        copy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&copy.stderr)
+    );
+    assert_eq!(host.accepted_logins(), 1, "{}", host.sshd_log());
+
+    // The path is in the lab host's own store; removing it here leaves it there.
+    let delete = std::process::Command::new("nix-store")
+        .args(["--delete", &path])
+        .env("NIX_CONF_DIR", &conf)
+        .output()
+        .expect("nix-store --delete");
+    assert!(
+        delete.status.success(),
+        "{}",
+        String::from_utf8_lossy(&delete.stderr)
+    );
+    let here = std::process::Command::new("nix-store")
+        .args(["--check-validity", &path])
+        .env("NIX_CONF_DIR", &conf)
+        .output()
+        .expect("check here");
+    assert!(!here.status.success(), "not in this machine's store");
+    let there = host
+        .run_inside(&["nix-store", "--check-validity", &path])
+        .expect("nsenter");
+    assert!(
+        there.status.success(),
+        "{}",
+        String::from_utf8_lossy(&there.stderr)
+    );
+    let content = host.run_inside(&["cat", &path]).expect("cat");
+    assert_eq!(String::from_utf8_lossy(&content.stdout).trim(), lab.name());
+
+    // A proof-of-login check opens a brand-new connection, on purpose.
+    let fresh = ssh.run_fresh_login(&argv(&["true"])).expect("fresh login");
+    assert!(fresh.success());
+    assert_eq!(host.accepted_logins(), 2);
+    sh(&ssh, "true");
+    assert_eq!(host.accepted_logins(), 2);
+}
+
+#[test]
+fn dropping_the_transport_closes_the_master() {
+    let lab = Lab::up(1).expect("lab up");
+    let ssh = lab.host(0).connect().expect("connect");
+    let socket = ssh.control_path().to_path_buf();
+    assert!(socket.exists());
+    let pattern = socket.display().to_string();
+    drop(ssh);
+    assert!(!socket.exists());
+    let ps = std::process::Command::new("pgrep")
+        .args(["-f", &pattern])
+        .output()
+        .expect("pgrep");
+    assert!(
+        ps.stdout.is_empty(),
+        "master still running: {}",
+        String::from_utf8_lossy(&ps.stdout)
+    );
+}
+
+#[test]
+fn a_vanished_master_is_reopened() {
+    let lab = Lab::up(1).expect("lab up");
+    let host = lab.host(0);
+    let ssh = host.connect().expect("connect");
+    let stop = std::process::Command::new("ssh")
+        .arg("-S")
+        .arg(ssh.control_path())
+        .args(["-O", "exit", "x"])
+        .output()
+        .expect("ssh -O exit");
+    assert!(stop.status.success());
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(sh(&ssh, "echo again").contains("again"));
+    assert_eq!(host.accepted_logins(), 2);
+}
