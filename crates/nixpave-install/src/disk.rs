@@ -67,3 +67,33 @@ impl DiskEngine for SequentialEngine {
         Ok(())
     }
 }
+
+/// The disk engine of `nixpave_disk`: probes, safety refusals, guards (idempotent re-runs),
+/// partition rescans. The install's own preflight has already asked for the wipe confirmation,
+/// so the plan runs confirmed.
+#[derive(Debug, Clone)]
+pub struct ExecEngine {
+    /// Where the layout mounts (`/mnt`).
+    pub root_mountpoint: String,
+}
+
+impl DiskEngine for ExecEngine {
+    fn apply(
+        &self,
+        t: &dyn Transport,
+        plan: &Plan,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<(), String> {
+        use nixpave_disk::exec;
+        let options = exec::ApplyOptions::new(&self.root_mountpoint);
+        let pre = exec::preflight(t, plan, &options).map_err(|e| e.to_string())?;
+        let mut on_progress = |p: &exec::Progress| {
+            if !matches!(p.state, exec::StepState::Running) {
+                progress(&p.render());
+            }
+        };
+        exec::execute(t, plan, &pre, &options, true, &mut on_progress)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}

@@ -37,6 +37,8 @@ pub struct TargetFacts {
     pub has_kexec_binary: bool,
     /// True when `tar` is available (needed to unpack the installer tarball).
     pub has_tar: bool,
+    /// True when `/etc/nixpave-installer` exists (nixpave's test installer has no os-release variant).
+    pub installer_marker: bool,
     /// True when commands run as uid 0.
     pub is_root: bool,
     /// Whole disks.
@@ -48,7 +50,7 @@ pub struct TargetFacts {
 impl TargetFacts {
     /// True when the target already runs a NixOS installer (so kexec is not needed).
     pub fn is_installer(&self) -> bool {
-        self.variant_id == "installer" || self.os_id == "nixpave-installer"
+        self.variant_id == "installer" || self.installer_marker
     }
 
     /// The size of a disk given by any path that resolves to it.
@@ -87,6 +89,7 @@ echo "mem_total_kib=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)"
 if [ -r /proc/sys/kernel/kexec_load_disabled ]; then echo "kexec_load_disabled=$(cat /proc/sys/kernel/kexec_load_disabled)"; fi
 command -v kexec >/dev/null 2>&1 && echo "has_kexec_binary=1"
 command -v tar >/dev/null 2>&1 && echo "has_tar=1"
+[ -e /etc/nixpave-installer ] && echo "installer_marker=1"
 echo "uid=$(id -u)"
 for d in /sys/block/*; do
   n=${d##*/}
@@ -118,6 +121,7 @@ pub fn parse_facts(output: &str) -> TargetFacts {
             "kexec_load_disabled" => f.kexec_load_disabled = Some(value != "0"),
             "has_kexec_binary" => f.has_kexec_binary = true,
             "has_tar" => f.has_tar = true,
+            "installer_marker" => f.installer_marker = true,
             "uid" => f.is_root = value == "0",
             "disk" => {
                 if let Some((path, size)) = value.split_once(' ') {

@@ -23,4 +23,4 @@ pub mod steps;
 pub use events::{Event, Reporter};
 pub use phase::{Phase, PhaseSet};
 pub use run::{install_all, install_node, InstallError, Installer, NodeSpec, Summary, Timeouts};
-pub use session::{LocalSession, Session, SshConfig, SshSession};
+pub use session::{LocalSession, RemoteSession, Session};

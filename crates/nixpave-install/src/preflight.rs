@@ -53,6 +53,8 @@ impl RamPolicy {
 pub struct Requirements {
     /// True when the kexec phase will run (selected and the target is not an installer yet).
     pub kexec: bool,
+    /// True when the disk phase will run.
+    pub disk: bool,
     /// Size of the installer's initrd in bytes (from the tarball), when known.
     pub initrd_bytes: Option<u64>,
     /// The RAM rule.
@@ -163,7 +165,8 @@ pub fn check(facts: &TargetFacts, req: &Requirements) -> Vec<Refusal> {
         });
         return out;
     }
-    if let Some(c) = &facts.container {
+    // A container can still receive a closure into a mounted root; it cannot kexec or own disks.
+    if let (Some(c), true) = (&facts.container, req.kexec || req.disk) {
         out.push(Refusal::Container {
             container: c.clone(),
         });
@@ -270,6 +273,7 @@ mod tests {
     fn req() -> Requirements {
         Requirements {
             kexec: true,
+            disk: true,
             initrd_bytes: Some(188 * MIB),
             ram: RamPolicy::default(),
             arch: "x86_64".into(),

@@ -574,6 +574,7 @@ impl Ctx<'_, '_> {
         }
         let req = Requirements {
             kexec: kexec_needed,
+            disk: disk_runs,
             initrd_bytes: spec.kexec.as_ref().map(|k| k.tarball.initrd_bytes),
             ram: spec.ram,
             arch: spec.arch.clone(),

@@ -1,19 +1,14 @@
 //! How the installer reaches its target: a [`Transport`] plus what an install needs beyond
 //! running commands (a nix store URL for `nix copy`, liveness probes across kexec and reboot).
 //!
-//! [`SshSession`] is a small OpenSSH client kept here until `nixpave_remote::SshTransport` is
-//! wired in; it uses a ControlMaster socket that `nix copy` shares via `NIX_SSHOPTS`, and never
-//! turns host-key checking off (the installer keeps the host keys across kexec).
+//! [`RemoteSession`] wraps `nixpave_remote::SshTransport`; `nix copy` shares its master
+//! connection through `NIX_SSHOPTS`, and host-key checking stays on (the installer keeps the
+//! host keys across kexec).
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
-use nixpave_remote::{
-    shell_join, shell_quote, CommandOutput, LocalTransport, OutputStream, Transport,
-    TransportError, UploadSpec,
-};
+use nixpave_remote::{LocalTransport, SshTransport, Transport};
 
 /// A target as the install phases need it.
 pub trait Session: Send + Sync {
@@ -62,262 +57,81 @@ impl Session for LocalSession {
     fn reset(&self) {}
 }
 
-/// How to reach a host over OpenSSH.
-#[derive(Debug, Clone)]
-pub struct SshConfig {
-    /// `user@host` or `host` (the user defaults to root).
-    pub destination: String,
-    /// TCP port.
-    pub port: Option<u16>,
-    /// Private key file (`-i`).
-    pub identity: Option<PathBuf>,
-    /// Extra `-o key=value` options (e.g. `UserKnownHostsFile=…`).
-    pub options: Vec<String>,
-    /// Directory for the ControlMaster socket.
-    pub control_dir: PathBuf,
-}
-
-/// An OpenSSH session with a ControlMaster connection shared with `nix copy`.
+/// A remote target over [`SshTransport`] (one ControlMaster connection, restarted by the
+/// transport after kexec and reboot; strict host keys: the installer keeps them).
 #[derive(Debug)]
-pub struct SshSession {
-    config: SshConfig,
-    host: String,
+pub struct RemoteSession {
+    ssh: SshTransport,
 }
 
-impl SshSession {
-    /// A session; no connection is made until the first command.
-    pub fn new(mut config: SshConfig) -> Self {
-        if !config.destination.contains('@') {
-            config.destination = format!("root@{}", config.destination);
-        }
-        let host = config.destination.clone();
-        SshSession { config, host }
+impl RemoteSession {
+    /// Wraps a connected transport.
+    pub fn new(ssh: SshTransport) -> Self {
+        RemoteSession { ssh }
     }
 
-    /// The options every ssh call gets (also exported as `NIX_SSHOPTS`; no spaces inside words).
-    pub fn ssh_options(&self, master: bool) -> Vec<String> {
-        let mut o: Vec<String> = Vec::new();
-        if let Some(p) = self.config.port {
-            o.extend(["-p".into(), p.to_string()]);
-        }
-        if let Some(i) = &self.config.identity {
-            o.extend([
-                "-i".into(),
-                i.display().to_string(),
-                "-o".into(),
-                "IdentitiesOnly=yes".into(),
-            ]);
-        }
-        for opt in [
-            "BatchMode=yes",
-            "ConnectTimeout=10",
-            "ServerAliveInterval=5",
-            "ServerAliveCountMax=3",
-            "LogLevel=ERROR",
-        ] {
-            o.extend(["-o".into(), opt.into()]);
-        }
-        if master {
-            o.extend([
-                "-o".into(),
-                "ControlMaster=auto".into(),
-                "-o".into(),
-                format!("ControlPath={}/%C", self.config.control_dir.display()),
-                "-o".into(),
-                "ControlPersist=120".into(),
-            ]);
-        } else {
-            o.extend(["-o".into(), "ControlPath=none".into()]);
-        }
-        for opt in &self.config.options {
-            o.extend(["-o".into(), opt.clone()]);
-        }
-        o
-    }
-
-    fn ssh_command(&self, remote: &str, master: bool) -> Command {
-        let _ = std::fs::create_dir_all(&self.config.control_dir);
-        let mut cmd = Command::new("ssh");
-        cmd.args(self.ssh_options(master))
-            .arg(&self.config.destination)
-            .arg("--")
-            .arg(remote);
-        cmd
-    }
-
-    fn connection_or_output(&self, out: CommandOutput) -> Result<CommandOutput, TransportError> {
-        // ssh itself exits 255 when it cannot connect or the connection breaks.
-        if out.status == Some(255) {
-            return Err(TransportError::Connection {
-                host: self.host.clone(),
-                message: out.stderr_tail(5),
-            });
-        }
-        Ok(out)
+    /// The underlying transport.
+    pub fn ssh(&self) -> &SshTransport {
+        &self.ssh
     }
 }
 
-impl Transport for SshSession {
-    fn host(&self) -> &str {
-        &self.host
+/// Adds `remote-store=ROOT` to a nix store URI that may already carry query parameters (pure).
+pub fn with_remote_store(uri: &str, root: &Path) -> String {
+    if root == Path::new("/") {
+        return uri.to_string();
     }
-
-    fn run(&self, argv: &[String], stdin: Option<&[u8]>) -> Result<CommandOutput, TransportError> {
-        self.run_streaming(argv, stdin, &mut |_, _| {})
-    }
-
-    fn run_streaming(
-        &self,
-        argv: &[String],
-        stdin: Option<&[u8]>,
-        on_line: &mut dyn FnMut(OutputStream, &str),
-    ) -> Result<CommandOutput, TransportError> {
-        let remote = shell_join(argv);
-        tracing::debug!(host = %self.host, command = %remote, "ssh");
-        let mut cmd = self.ssh_command(&remote, true);
-        cmd.stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(|source| TransportError::Spawn {
-            host: self.host.clone(),
-            program: "ssh".into(),
-            source,
-        })?;
-        let writer = match (stdin, child.stdin.take()) {
-            (Some(data), Some(mut pipe)) => {
-                let data = data.to_vec();
-                Some(std::thread::spawn(move || {
-                    let _ = pipe.write_all(&data);
-                }))
-            }
-            _ => None,
-        };
-        let out = child
-            .wait_with_output()
-            .map_err(|source| TransportError::Io {
-                host: self.host.clone(),
-                what: "waiting for ssh".into(),
-                source,
-            })?;
-        if let Some(w) = writer {
-            let _ = w.join();
-        }
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            on_line(OutputStream::Stdout, line);
-        }
-        for line in String::from_utf8_lossy(&out.stderr).lines() {
-            on_line(OutputStream::Stderr, line);
-        }
-        self.connection_or_output(CommandOutput {
-            status: out.status.code(),
-            stdout: out.stdout,
-            stderr: out.stderr,
-        })
-    }
-
-    fn upload(&self, contents: &[u8], spec: &UploadSpec) -> Result<(), TransportError> {
-        let dest = spec.dest.display().to_string();
-        let owner = spec.owner.clone().unwrap_or_else(|| "0:0".into());
-        let script = format!(
-            "set -e; umask 077; d={}; mkdir -p \"$(dirname \"$d\")\"; t=\"$d.nixpave-tmp.$$\"; cat > \"$t\"; \
-             chown {} \"$t\"; chmod {:o} \"$t\"; mv -f \"$t\" \"$d\"",
-            shell_quote(&dest),
-            shell_quote(&owner),
-            spec.mode
-        );
-        let argv = vec!["sh".to_string(), "-c".into(), script];
-        let out = self.run(&argv, Some(contents))?;
-        if !out.success() {
-            return Err(TransportError::Command {
-                host: self.host.clone(),
-                command: format!("upload to {dest}"),
-                status: out.status,
-                stderr: out.stderr_tail(5),
-            });
-        }
-        Ok(())
-    }
-
-    fn read_file(&self, path: &Path) -> Result<Vec<u8>, TransportError> {
-        let argv = vec!["cat".to_string(), path.display().to_string()];
-        let out = self.run(&argv, None)?;
-        if !out.success() {
-            return Err(TransportError::Command {
-                host: self.host.clone(),
-                command: shell_join(&argv),
-                status: out.status,
-                stderr: out.stderr_tail(5),
-            });
-        }
-        Ok(out.stdout)
-    }
+    let sep = if uri.contains('?') { '&' } else { '?' };
+    format!("{uri}{sep}remote-store={}", root.display())
 }
 
-impl Session for SshSession {
+impl Session for RemoteSession {
     fn transport(&self) -> &dyn Transport {
-        self
+        &self.ssh
     }
 
     fn store_url(&self, root: &Path) -> String {
         // The legacy ssh:// store (nix-store --serve) needs no signatures and accepts a chroot store.
-        if root == Path::new("/") {
-            format!("ssh://{}", self.config.destination)
-        } else {
-            format!(
-                "ssh://{}?remote-store={}",
-                self.config.destination,
-                root.display()
-            )
-        }
+        with_remote_store(&self.ssh.ssh_store_uri(), root)
     }
 
     fn nix_env(&self) -> Vec<(String, String)> {
-        vec![("NIX_SSHOPTS".into(), self.ssh_options(true).join(" "))]
+        self.ssh.nix_env()
     }
 
-    fn probe(&self, timeout: Duration) -> Result<(), String> {
-        let secs = timeout.as_secs().max(1);
-        let mut cmd = Command::new("timeout");
-        cmd.arg(format!("{secs}s"))
-            .arg("ssh")
-            .args(self.ssh_options(false))
-            .args(["-o".to_string(), format!("ConnectTimeout={secs}")])
-            .arg(&self.config.destination)
-            .arg("--")
-            .arg("true")
-            .stdin(Stdio::null());
-        match cmd.output() {
-            Ok(o) if o.status.success() => Ok(()),
-            Ok(o) => {
-                let err = String::from_utf8_lossy(&o.stderr).trim().to_string();
-                Err(if err.is_empty() {
-                    format!("ssh exited with {:?}", o.status.code())
-                } else {
-                    err
-                })
-            }
-            Err(e) => Err(format!("cannot run ssh: {e}")),
+    fn probe(&self, _timeout: Duration) -> Result<(), String> {
+        // A brand-new login (not the master), so a dead master cannot fake liveness.
+        match self.ssh.run_fresh_login(&["true".to_string()]) {
+            Ok(out) if out.success() => Ok(()),
+            Ok(out) => Err(format!(
+                "`true` exited with {:?}: {}",
+                out.status,
+                out.stderr_tail(3)
+            )),
+            Err(e) => Err(e.to_string()),
         }
     }
 
-    fn reset(&self) {
-        let _ = Command::new("ssh")
-            .args(self.ssh_options(true))
-            .args(["-O", "exit"])
-            .arg(&self.config.destination)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
+    fn reset(&self) {}
 }
 
-impl Drop for SshSession {
-    fn drop(&mut self) {
-        self.reset();
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_store_parameter_is_appended() {
+        assert_eq!(
+            with_remote_store("ssh://root@h", Path::new("/mnt")),
+            "ssh://root@h?remote-store=/mnt"
+        );
+        assert_eq!(
+            with_remote_store(
+                "ssh://u@h?remote-program=sudo%20-n%20nix-store",
+                Path::new("/mnt")
+            ),
+            "ssh://u@h?remote-program=sudo%20-n%20nix-store&remote-store=/mnt"
+        );
+        assert_eq!(with_remote_store("ssh://h", Path::new("/")), "ssh://h");
     }
 }

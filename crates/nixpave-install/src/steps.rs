@@ -363,7 +363,9 @@ sync
 if mountpoint -q "$root"; then umount -R "$root"; fi
 swapoff -a 2>/dev/null || true
 if command -v zpool >/dev/null 2>&1 && [ -n "$(zpool list -H -o name 2>/dev/null)" ]; then zpool export -a; fi
-setsid nohup sh -c 'sleep 1; reboot || reboot -f' > /dev/null 2>&1 < /dev/null &
+# Detached, so this ssh session ends cleanly first; fall back to a forced reboot where there is no init.
+export PATH=/usr/local/sbin:/usr/sbin:/sbin:$PATH
+setsid nohup sh -c 'sleep 1; reboot || reboot -f || busybox reboot -f || echo b > /proc/sysrq-trigger' > /dev/null 2>&1 < /dev/null &
 "#;
 
 /// Unmounts everything, exports pools and starts a detached reboot.
