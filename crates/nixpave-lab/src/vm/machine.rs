@@ -123,6 +123,13 @@ impl Vm {
         registry::check_name(&spec.name)?;
         let root = spec.state_root.clone().unwrap_or_else(registry::state_root);
         let dir = root.join(&spec.name);
+        if dir.exists() && !registry::is_vm_dir(&dir) {
+            // Someone else's directory (a network-namespace lab of that name): never touch it.
+            return Err(VmError::Exists {
+                name: spec.name.clone(),
+                dir,
+            });
+        }
         if dir.exists() {
             let stale = Vm::adopt(&dir, &spec.name);
             if stale.is_running() {
@@ -150,6 +157,13 @@ impl Vm {
             images: Some(images.clone()),
             owned: true,
         };
+        let marker = dir.join(registry::MARKER);
+        let record = serde_json::json!({
+            "name": spec.name, "disks": spec.disks, "disk_size": spec.disk_size,
+            "memory_mib": spec.memory_mib, "cpus": spec.cpus, "images": images.dir,
+        });
+        std::fs::write(&marker, format!("{record:#}\n"))
+            .map_err(|e| VmError::io("writing", &marker, e))?;
         let layout = vm.prepare_files(spec, &images)?;
         vm.port = vm.launch(layout, spec.accel.unwrap_or_else(Accel::detect))?;
         progress(&format!(
@@ -176,7 +190,7 @@ impl Vm {
     pub fn open(name: &str) -> Result<Vm, VmError> {
         registry::check_name(name)?;
         let dir = registry::state_root().join(name);
-        if !dir.is_dir() {
+        if !registry::is_vm_dir(&dir) {
             return Err(VmError::NotFound {
                 name: name.into(),
                 dir: registry::state_root(),
@@ -527,6 +541,9 @@ impl Vm {
     pub fn destroy(mut self) -> Result<(), VmError> {
         self.kill();
         self.owned = false;
+        if !registry::is_vm_dir(&self.dir) {
+            return Ok(());
+        }
         match std::fs::remove_dir_all(&self.dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -560,7 +577,9 @@ impl Drop for Vm {
     fn drop(&mut self) {
         if self.owned {
             self.kill();
-            let _ = std::fs::remove_dir_all(&self.dir);
+            if registry::is_vm_dir(&self.dir) {
+                let _ = std::fs::remove_dir_all(&self.dir);
+            }
         }
     }
 }

@@ -6,12 +6,23 @@ use serde::{Deserialize, Serialize};
 
 use super::{Vm, VmError};
 
-/// The root of VM state directories: `NIXPAVE_LAB_VM_DIR`, default `/var/lib/nixpave/lab-vms` (one directory per VM).
+/// The root of VM state directories: `NIXPAVE_LAB_VM_DIR`, else the lab directory (`NIXPAVE_LAB_DIR`, default
+/// `/var/lib/nixpave/lab`), one directory per VM beside the network-namespace labs, so a VM's `inventory.json`
+/// resolves like a lab's (`nixpave exec NAME -- …`). VM directories are marked by a `vm.json` file.
 pub fn state_root() -> PathBuf {
-    std::env::var_os("NIXPAVE_LAB_VM_DIR")
-        .filter(|v| !v.is_empty())
+    ["NIXPAVE_LAB_VM_DIR", "NIXPAVE_LAB_DIR"]
+        .iter()
+        .find_map(|var| std::env::var_os(var).filter(|v| !v.is_empty()))
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/lib/nixpave/lab-vms"))
+        .unwrap_or_else(|| PathBuf::from("/var/lib/nixpave/lab"))
+}
+
+/// The file that marks a directory under [`state_root`] as a VM's (and records how it was started).
+pub(crate) const MARKER: &str = "vm.json";
+
+/// Whether `dir` is a VM's state directory (and not a network-namespace lab's).
+pub(crate) fn is_vm_dir(dir: &Path) -> bool {
+    dir.join(MARKER).is_file()
 }
 
 /// Accepts names usable as directory names, hostnames and ssh Host aliases.
@@ -29,12 +40,10 @@ pub(crate) fn check_name(name: &str) -> Result<(), VmError> {
     }
 }
 
-/// A VM's inventory file (`inventory.json` in its state directory): the same fields as the lab inventory of
-/// network-namespace hosts, so `nixpave` commands can reach a VM like any lab host.
+/// A VM's inventory file (`inventory.json` in its state directory): the format of `nixpave_remote::Inventory`
+/// (the lab's), so `nixpave` commands reach a VM like any lab host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inventory {
-    /// The lab name (the VM's name).
-    pub name: String,
     /// The hosts (exactly one for a VM).
     pub hosts: Vec<InventoryHost>,
 }
@@ -45,13 +54,13 @@ pub struct InventoryHost {
     /// Host name.
     pub name: String,
     /// Address to ssh to.
-    pub address: String,
+    pub host: String,
     /// Port to ssh to.
     pub port: u16,
     /// User to log in as.
     pub user: String,
     /// Private key file.
-    pub key: PathBuf,
+    pub identity_file: PathBuf,
     /// known_hosts file holding the host's key.
     pub known_hosts: PathBuf,
 }
@@ -60,13 +69,12 @@ impl Inventory {
     /// The inventory of one VM.
     pub fn for_vm(name: &str, port: u16, key: &Path, known_hosts: &Path) -> Inventory {
         Inventory {
-            name: name.into(),
             hosts: vec![InventoryHost {
                 name: name.into(),
-                address: "127.0.0.1".into(),
+                host: "127.0.0.1".into(),
                 port,
                 user: "root".into(),
-                key: key.to_path_buf(),
+                identity_file: key.to_path_buf(),
                 known_hosts: known_hosts.to_path_buf(),
             }],
         }
@@ -81,10 +89,10 @@ impl Inventory {
                     "Host {}\n  HostName {}\n  Port {}\n  User {}\n  IdentityFile {}\n  IdentitiesOnly yes\n  \
                      UserKnownHostsFile {}\n  StrictHostKeyChecking yes\n",
                     h.name,
-                    h.address,
+                    h.host,
                     h.port,
                     h.user,
-                    h.key.display(),
+                    h.identity_file.display(),
                     h.known_hosts.display()
                 )
             })
@@ -136,7 +144,7 @@ pub fn list() -> Vec<VmStatus> {
         .map(|entries| {
             entries
                 .filter_map(Result::ok)
-                .filter(|e| e.path().is_dir())
+                .filter(|e| is_vm_dir(&e.path()))
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .collect()
         })
