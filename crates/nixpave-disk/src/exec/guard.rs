@@ -178,31 +178,6 @@ pub fn evaluate(guard: &Guard, session: &mut Session<'_>) -> Result<Verdict, App
                 Verdict::Skip(format!("no importable zpool named {pool}"))
             })
         }
-        // Added by disk-core with the two guard variants (plan.rs); disk-exec may refine.
-        Guard::KeyAvailable { dataset } => {
-            let out =
-                session.probe_cmd(&["zfs", "get", "-H", "-o", "value", "keystatus", dataset])?;
-            let available =
-                out.is_some_and(|o| o.success() && o.stdout_str().trim() == "available");
-            Ok(if available {
-                Verdict::Run
-            } else {
-                Verdict::Skip(format!("the key of {dataset} is not loaded"))
-            })
-        }
-        Guard::PoolImportable { pool } => {
-            let out = session.probe_cmd(&["zpool", "import"])?;
-            let listed = out.is_some_and(|o| {
-                o.stdout_str()
-                    .lines()
-                    .any(|l| l.trim() == format!("pool: {pool}"))
-            });
-            Ok(if listed {
-                Verdict::Run
-            } else {
-                Verdict::Skip(format!("no importable pool named {pool}"))
-            })
-        }
     }
 }
 

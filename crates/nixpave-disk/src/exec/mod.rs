@@ -78,6 +78,9 @@ pub struct ApplyOptions {
     pub rescan_timeout: Duration,
     /// The layout's disks (device paths), in addition to those the plan's operations name.
     pub disks: Vec<String>,
+    /// Swap devices or files that belong to the layout even though this plan does not turn them
+    /// on or off (a `destroy` plan): active swap on them does not make the disk refused.
+    pub own_swaps: Vec<String>,
 }
 
 impl ApplyOptions {
@@ -88,6 +91,7 @@ impl ApplyOptions {
             dry_run: false,
             rescan_timeout: Duration::from_secs(10),
             disks: Vec::new(),
+            own_swaps: Vec::new(),
         }
     }
 }
@@ -178,18 +182,16 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// One line for humans, e.g. `[3/12] create partition 1 … done`.
+    /// One line for humans, e.g. `[3/12] create partition 1 (ESP) on /dev/vda: $ sgdisk …`.
     pub fn render(&self) -> String {
         let head = format!("[{}/{}] {}", self.index, self.total, self.description);
         match &self.state {
-            StepState::Running => format!("{head}\n       $ {}", self.command),
+            StepState::Running => format!("{head}: $ {}", self.command),
             StepState::Done => format!("{head}: done"),
             StepState::Skipped { reason } => format!("{head}: skipped ({reason})"),
-            StepState::WouldRun { note: None } => {
-                format!("{head}: would run\n       $ {}", self.command)
-            }
+            StepState::WouldRun { note: None } => format!("{head}: would run $ {}", self.command),
             StepState::WouldRun { note: Some(n) } => {
-                format!("{head}: would run ({n})\n       $ {}", self.command)
+                format!("{head}: would run ({n}) $ {}", self.command)
             }
             StepState::WouldSkip { reason } => format!("{head}: would skip ({reason})"),
             StepState::Failed => format!("{head}: FAILED"),
@@ -233,7 +235,14 @@ pub fn preflight(
     } else {
         Vec::new()
     };
-    let reasons = safety::refusals(&disks, &facts, plan, &scope, &options.root_mountpoint);
+    let reasons = safety::refusals(
+        &disks,
+        &facts,
+        plan,
+        &scope,
+        &options.root_mountpoint,
+        &options.own_swaps,
+    );
     if !reasons.is_empty() {
         return Err(ApplyError::Refused {
             host: transport.host().to_string(),

@@ -185,8 +185,8 @@ pub fn touched_disks<'f>(
 }
 
 /// Devices the plan itself turns swap on or off for (its own swap may be active on a re-run).
-fn plan_swaps(plan: &Plan, facts: &Facts, scope: &[String]) -> Vec<String> {
-    let mut swaps = Vec::new();
+fn plan_swaps(plan: &Plan, facts: &Facts, scope: &[String], extra: &[String]) -> Vec<String> {
+    let mut swaps = extra.to_vec();
     for op in &plan.operations {
         let program = op.argv.first().map(|p| p.rsplit('/').next().unwrap_or(p));
         if matches!(program, Some("swapon" | "swapoff" | "mkswap")) {
@@ -207,16 +207,17 @@ fn plan_swaps(plan: &Plan, facts: &Facts, scope: &[String]) -> Vec<String> {
 }
 
 /// Why touching `disks` would be unsafe: a filesystem mounted outside `root_mountpoint` (or
-/// the running root `/`), or swap that the plan does not manage.
+/// the running root `/`), or swap that neither the plan nor `own_swaps` manages.
 pub fn refusals(
     disks: &[&BlockDevice],
     facts: &Facts,
     plan: &Plan,
     scope: &[String],
     root_mountpoint: &str,
+    own_swaps: &[String],
 ) -> Vec<Refusal> {
     let root = normalize_path(root_mountpoint);
-    let ours = plan_swaps(plan, facts, scope);
+    let ours = plan_swaps(plan, facts, scope, own_swaps);
     let mut out = Vec::new();
     for disk in disks {
         for device in disk.walk() {
@@ -346,7 +347,7 @@ mod tests {
         )]);
         let scope = plan_scope(&p, &f, &[]);
         let disks = touched_disks(&p, &f, &scope, &[]);
-        let reasons = refusals(&disks, &f, &p, &scope, "/mnt");
+        let reasons = refusals(&disks, &f, &p, &scope, "/mnt", &[]);
         assert_eq!(reasons.len(), 2, "{reasons:?}");
         assert!(reasons[0]
             .reason
@@ -367,9 +368,9 @@ mod tests {
         ]);
         let scope = plan_scope(&p, &f, &[]);
         let disks = touched_disks(&p, &f, &scope, &[]);
-        assert!(refusals(&disks, &f, &p, &scope, "/mnt/").is_empty());
+        assert!(refusals(&disks, &f, &p, &scope, "/mnt/", &[]).is_empty());
         // With "/" as root mountpoint every mount is the running system's.
-        assert_eq!(refusals(&disks, &f, &p, &scope, "/").len(), 1);
+        assert_eq!(refusals(&disks, &f, &p, &scope, "/", &[]).len(), 1);
     }
 
     #[test]
@@ -382,7 +383,7 @@ mod tests {
         )]);
         let scope = plan_scope(&p, &f, &[]);
         let disks = touched_disks(&p, &f, &scope, &[]);
-        let reasons = refusals(&disks, &f, &p, &scope, "/");
+        let reasons = refusals(&disks, &f, &p, &scope, "/", &[]);
         assert_eq!(reasons.len(), 1);
         assert!(reasons[0].reason.contains("running system's root"));
     }

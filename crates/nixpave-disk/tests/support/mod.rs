@@ -1,0 +1,242 @@
+//! Test support: real loop-device disks in a scratch directory, cleaned up even on panic.
+//!
+//! Everything is named uniquely (pid + counter) and only what this module created is touched:
+//! other tests on the same machine use loop devices too.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// Runs a command and returns its stdout; panics with its stderr when it fails.
+pub fn sh(argv: &[&str]) -> String {
+    let out = Command::new(argv[0])
+        .args(&argv[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {argv:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{argv:?} failed ({:?}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command, ignoring failures (cleanup).
+fn quiet(argv: &[&str]) {
+    let _ = Command::new(argv[0]).args(&argv[1..]).output();
+}
+
+/// True when this process can create loop devices (root on a kernel with loop support).
+pub fn loop_devices_available() -> bool {
+    Command::new("losetup")
+        .arg("-f")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+        && nix_is_root()
+}
+
+fn nix_is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// A scratch directory with loop disks and a root mountpoint inside it.
+pub struct Scratch {
+    /// The directory (removed on drop).
+    pub dir: PathBuf,
+    /// Loop devices attached for this scratch, e.g. `/dev/loop7`.
+    pub disks: Vec<String>,
+    images: Vec<PathBuf>,
+}
+
+impl Scratch {
+    /// A new, empty scratch directory under /tmp.
+    pub fn new(tag: &str) -> Scratch {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("nixpave-{tag}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create scratch dir");
+        Scratch {
+            dir,
+            disks: Vec::new(),
+            images: Vec::new(),
+        }
+    }
+
+    /// The root mountpoint for layouts (created).
+    pub fn root(&self) -> String {
+        let root = self.dir.join("root");
+        std::fs::create_dir_all(&root).expect("create root mountpoint");
+        root.to_string_lossy().into_owned()
+    }
+
+    /// Attaches a new sparse disk of `mib` MiB and returns its device path.
+    pub fn disk(&mut self, mib: u64) -> String {
+        let image = self.dir.join(format!("disk{}.img", self.images.len()));
+        let file = std::fs::File::create(&image).expect("create image");
+        file.set_len(mib * 1024 * 1024).expect("size image");
+        drop(file);
+        let dev = sh(&[
+            "losetup",
+            "-f",
+            "--show",
+            image.to_str().expect("utf-8 path"),
+        ])
+        .trim()
+        .to_string();
+        self.images.push(image);
+        self.disks.push(dev.clone());
+        dev
+    }
+
+    /// SHA-256 of the backing file of disk `i` (what a dry run must leave unchanged).
+    pub fn checksum(&self, i: usize) -> String {
+        quiet(&["sync"]);
+        sh(&["sha256sum", self.images[i].to_str().expect("utf-8 path")])
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Mount targets below the scratch directory, deepest first.
+    pub fn mounts_below(&self) -> Vec<String> {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let base = self.dir.to_string_lossy().into_owned();
+        let mut targets: Vec<String> = info
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .map(|t| t.replace("\\040", " "))
+            .filter(|t| Path::new(t).starts_with(&base))
+            .collect();
+        targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
+        targets
+    }
+
+    /// Active swap areas that belong to this scratch (its disks or files below it).
+    fn swaps(&self) -> Vec<String> {
+        let swaps = std::fs::read_to_string("/proc/swaps").unwrap_or_default();
+        let base = self.dir.to_string_lossy().into_owned();
+        swaps
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().next())
+            .map(|p| p.replace("\\040", " "))
+            .filter(|p| {
+                p.starts_with(&base)
+                    || self
+                        .disks
+                        .iter()
+                        .any(|d| p == d || p.starts_with(&format!("{d}p")))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        for swap in self.swaps() {
+            quiet(&["swapoff", &swap]);
+        }
+        for target in self.mounts_below() {
+            quiet(&["umount", "-l", &target]);
+        }
+        for dev in &self.disks {
+            quiet(&["partx", "-d", dev]);
+            quiet(&["losetup", "-d", dev]);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `sgdisk -p`-style facts of one partition, read with `partx` and `blkid -p`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Part {
+    /// Partition number.
+    pub number: u32,
+    /// Start in 512-byte sectors.
+    pub start: u64,
+    /// Length in 512-byte sectors.
+    pub sectors: u64,
+    /// GPT name (empty for msdos).
+    pub name: String,
+    /// Type GUID (gpt) or `0xNN` (msdos).
+    pub parttype: String,
+}
+
+/// The partitions in the on-disk table of `dev`.
+pub fn partitions(dev: &str) -> Vec<Part> {
+    let out = sh(&["partx", "-P", "-g", "-o", "NR,START,SECTORS,NAME,TYPE", dev]);
+    out.lines()
+        .map(|line| {
+            let field = |key: &str| {
+                let pat = format!("{key}=\"");
+                line.find(&pat)
+                    .map(|i| {
+                        let rest = &line[i + pat.len()..];
+                        rest[..rest.find('"').unwrap_or(rest.len())].to_string()
+                    })
+                    .unwrap_or_default()
+            };
+            Part {
+                number: field("NR").parse().expect("NR"),
+                start: field("START").parse().expect("START"),
+                sectors: field("SECTORS").parse().expect("SECTORS"),
+                name: field("NAME").replace("\\x20", " "),
+                parttype: field("TYPE"),
+            }
+        })
+        .collect()
+}
+
+/// `blkid -p -s TYPE -o value DEV`, empty when there is no signature.
+pub fn fstype(dev: &str) -> String {
+    let out = Command::new("blkid")
+        .args(["-p", "-s", "TYPE", "-o", "value", dev])
+        .output()
+        .expect("run blkid");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The source mounted at `target` (`findmnt -n -o SOURCE`), if any.
+pub fn mounted_source(target: &str) -> Option<String> {
+    let out = Command::new("findmnt")
+        .args(["-n", "-o", "SOURCE", "--mountpoint", target])
+        .output()
+        .expect("run findmnt");
+    let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (!s.is_empty()).then_some(s)
+}
+
+/// True when `dev` has no signature at all (`blkid -p` finds nothing) and no partitions.
+pub fn is_blank(dev: &str) -> bool {
+    let out = Command::new("blkid")
+        .args(["-p", "-o", "export", dev])
+        .output()
+        .expect("run blkid");
+    out.status.code() == Some(2) && out.stdout.is_empty()
+}
+
+/// Kernel partition nodes of `dev` that exist now (`/dev/loop7p1`, …).
+pub fn partition_nodes(dev: &str) -> Vec<String> {
+    let name = dev.trim_start_matches("/dev/");
+    let mut nodes: Vec<String> = std::fs::read_dir(format!("/sys/class/block/{name}"))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(name) && n.len() > name.len())
+                .map(|n| format!("/dev/{n}"))
+                .collect()
+        })
+        .unwrap_or_default();
+    nodes.sort();
+    nodes
+}
