@@ -225,4 +225,15 @@ pub enum Guard {
         /// Dataset name.
         dataset: String,
     },
+    /// The ZFS key of the dataset is loaded (`zfs get keystatus` says `available`).
+    KeyAvailable {
+        /// Dataset name.
+        dataset: String,
+    },
+    /// A ZFS pool of this name is not imported but can be imported (`zpool import` lists it),
+    /// e.g. left by an earlier install: `format` imports it instead of re-creating it.
+    PoolImportable {
+        /// Pool name.
+        pool: String,
+    },
 }

@@ -187,20 +187,26 @@ pub fn eval_file(path: &Path, args: &[NixArg]) -> Result<serde_json::Value, Eval
         source,
     })?;
     let file = nix_string(&abs.to_string_lossy());
-    // Auto-called function: nix-instantiate passes --arg/--argstr values as `args`.
+    // The arguments are spelled into the expression (nix-instantiate only auto-calls the
+    // top-level function when --arg is given, and a layout may not accept extra names).
+    let mut passed = String::new();
+    for arg in args {
+        match arg {
+            NixArg::Expr { name, expr } => {
+                passed.push_str(&format!("{} = ({expr}\n); ", nix_string(name)))
+            }
+            NixArg::Str { name, value } => {
+                passed.push_str(&format!("{} = {}; ", nix_string(name), nix_string(value)))
+            }
+        }
+    }
     let expr = format!(
-        "args@{{ ... }}: let f = import (/. + {file}); lib = {lib}; resolve = {RESOLVE}; \
+        "let f = import (/. + {file}); lib = {lib}; resolve = {RESOLVE}; args = {{ {passed}}}; \
          in resolve (if builtins.isFunction f then f ({{ inherit lib; }} // args) else f)",
         lib = lib_expr()
     );
     let mut cmd = Command::new("nix-instantiate");
     cmd.args(["--eval", "--strict", "--json", "--expr", &expr]);
-    for arg in args {
-        match arg {
-            NixArg::Expr { name, expr } => cmd.args(["--arg", name, expr]),
-            NixArg::Str { name, value } => cmd.args(["--argstr", name, value]),
-        };
-    }
     run_json(cmd, &abs.display().to_string())
 }
 
@@ -312,7 +318,11 @@ fn run_json(mut cmd: Command, what: &str) -> Result<serde_json::Value, EvalError
     let stderr = err_t.join().unwrap_or_default();
     if !status.success() {
         let text = String::from_utf8_lossy(&stderr);
-        let lines: Vec<&str> = text.lines().collect();
+        // this machine-level warning says nothing about the evaluation
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.contains("build-users-group"))
+            .collect();
         let tail = lines[lines.len().saturating_sub(30)..].join("\n");
         return Err(EvalError::Nix {
             what: what.to_string(),

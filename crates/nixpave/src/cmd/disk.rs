@@ -1,25 +1,196 @@
 //! `nixpave disk plan` and `nixpave disk nixos-config`; `apply` lives in `disk_apply`.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+use nixpave_disk::{LayoutSource, LoadError, LoadOptions, Mode, PlanOptions};
+use nixpave_nix::NixArg;
+
+use crate::exit;
 
 /// `nixpave disk` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum DiskCommand {
     /// Show what a layout would do, without touching any disk.
-    Plan {
-        /// Layout file (.nix or .json).
-        config: std::path::PathBuf,
-    },
+    Plan(PlanArgs),
+    /// Print the NixOS configuration fragment the layout implies (fileSystems, swapDevices, boot…).
+    NixosConfig(NixosConfigArgs),
     /// Run a layout's plan on this machine (or a remote one).
     Apply(super::disk_apply::ApplyArgs),
+}
+
+/// Where the layout comes from (shared by `plan` and `nixos-config`).
+#[derive(Debug, clap::Args)]
+pub struct LayoutArgs {
+    /// Layout file: a disko `.nix` file (attrset or function) or `.json`.
+    #[arg(required_unless_present = "flake", conflicts_with = "flake")]
+    pub config: Option<PathBuf>,
+    /// Read the layout from a flake: `diskoConfigurations.NAME` or
+    /// `nixosConfigurations.NAME.config.disko.devices`.
+    #[arg(long, value_name = "REF#NAME")]
+    pub flake: Option<String>,
+    /// Pass `NAME = EXPR` (a Nix expression) to a function-valued layout file.
+    #[arg(long = "arg", num_args = 2, value_names = ["NAME", "EXPR"], action = clap::ArgAction::Append)]
+    pub arg: Vec<String>,
+    /// Pass `NAME = "VALUE"` (a string) to a function-valued layout file.
+    #[arg(long = "argstr", num_args = 2, value_names = ["NAME", "VALUE"], action = clap::ArgAction::Append)]
+    pub argstr: Vec<String>,
+    /// Use DEVICE for the layout's disk NAME (repeatable), e.g. `--disk main=/dev/vdb`.
+    #[arg(long = "disk", value_name = "NAME=DEVICE", action = clap::ArgAction::Append)]
+    pub disk: Vec<String>,
+}
+
+/// Arguments of `nixpave disk plan`.
+#[derive(Debug, clap::Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    layout: LayoutArgs,
+    /// What to plan: format, mount, unmount, destroy, format,mount, destroy,format,mount.
+    #[arg(long, short, default_value = "format,mount")]
+    mode: String,
+    /// Where the target system gets mounted.
+    #[arg(long, default_value = "/mnt", value_name = "DIR")]
+    root_mountpoint: String,
+    /// Print the plan as JSON.
+    #[arg(long, conflicts_with = "script")]
+    json: bool,
+    /// Print the plan as a standalone bash script.
+    #[arg(long)]
+    script: bool,
+}
+
+/// Arguments of `nixpave disk nixos-config`.
+#[derive(Debug, clap::Args)]
+pub struct NixosConfigArgs {
+    #[command(flatten)]
+    layout: LayoutArgs,
+    /// Print JSON instead of Nix.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Runs a `nixpave disk` subcommand.
 pub fn run(command: DiskCommand) -> miette::Result<ExitCode> {
     match command {
-        DiskCommand::Plan { config } => {
-            miette::bail!("disk plan is not implemented yet ({})", config.display())
-        }
+        DiskCommand::Plan(args) => plan(args),
+        DiskCommand::NixosConfig(args) => nixos_config(args),
         DiskCommand::Apply(args) => super::disk_apply::run(args),
     }
+}
+
+/// Prints a bad-input error and returns exit code 2.
+fn usage_error(message: impl std::fmt::Display, help: Option<String>) -> ExitCode {
+    let report = match help {
+        Some(h) => miette::miette!(help = h, "{message}"),
+        None => miette::miette!("{message}"),
+    };
+    eprintln!("{report:?}");
+    exit::code(exit::USAGE)
+}
+
+/// Turns `--arg`/`--argstr`/`--disk` into load options; `Err` is a message for exit code 2.
+pub fn load_options(args: &LayoutArgs) -> Result<(LayoutSource, LoadOptions), String> {
+    let source = match (&args.config, &args.flake) {
+        (_, Some(f)) => LayoutSource::flake(f)?,
+        (Some(c), None) => LayoutSource::File(c.clone()),
+        (None, None) => return Err("give a layout file or --flake REF#NAME".into()),
+    };
+    let mut nix_args = Vec::new();
+    for pair in args.arg.chunks(2) {
+        if let [name, expr] = pair {
+            nix_args.push(NixArg::Expr {
+                name: name.clone(),
+                expr: expr.clone(),
+            });
+        }
+    }
+    for pair in args.argstr.chunks(2) {
+        if let [name, value] = pair {
+            nix_args.push(NixArg::Str {
+                name: name.clone(),
+                value: value.clone(),
+            });
+        }
+    }
+    let mut disk_overrides = Vec::new();
+    for d in &args.disk {
+        match d.split_once('=') {
+            Some((n, dev)) if !n.is_empty() && dev.starts_with('/') => {
+                disk_overrides.push((n.to_string(), dev.to_string()))
+            }
+            _ => return Err(format!("--disk `{d}`: expected NAME=/dev/DEVICE")),
+        }
+    }
+    Ok((
+        source,
+        LoadOptions {
+            args: nix_args,
+            disk_overrides,
+        },
+    ))
+}
+
+/// Loads the layout, printing errors; `Err(code)` is the exit code to return.
+pub fn load(args: &LayoutArgs) -> Result<nixpave_disk::Layout, ExitCode> {
+    let (source, options) = load_options(args).map_err(|m| usage_error(m, None))?;
+    nixpave_disk::load_layout(&source, &options).map_err(|e| match &e {
+        LoadError::Eval(nixpave_nix::EvalError::Spawn { .. }) => {
+            eprintln!("{:?}", miette::miette!(help = "install nix (scripts/install-deps.sh does)", "{e}"));
+            exit::code(exit::FAILED)
+        }
+        LoadError::Eval(_) => usage_error(
+            "the layout could not be evaluated",
+            Some(e.to_string()),
+        ),
+        LoadError::Layout { .. } => usage_error(
+            format!("invalid layout: {e}"),
+            Some("nothing was changed; fix the layout and run again".into()),
+        ),
+        _ => usage_error(e, None),
+    })
+}
+
+fn plan(args: PlanArgs) -> miette::Result<ExitCode> {
+    let mode: Mode = match args.mode.parse() {
+        Ok(m) => m,
+        Err(e) => return Ok(usage_error(e, None)),
+    };
+    let layout = match load(&args.layout) {
+        Ok(l) => l,
+        Err(code) => return Ok(code),
+    };
+    let options = PlanOptions {
+        root_mountpoint: args.root_mountpoint.clone(),
+        ..PlanOptions::default()
+    };
+    let plan = match nixpave_disk::plan(&layout, mode, &options) {
+        Ok(p) => p,
+        Err(e) => return Ok(usage_error(format!("cannot plan: {e}"), None)),
+    };
+    if args.json {
+        let text = serde_json::to_string_pretty(&plan)
+            .map_err(|e| miette::miette!("cannot serialise the plan: {e}"))?;
+        println!("{text}");
+    } else if args.script {
+        print!("{}", nixpave_disk::render::script(&plan));
+    } else {
+        print!("{}", nixpave_disk::render::human(&plan));
+    }
+    Ok(exit::code(exit::OK))
+}
+
+fn nixos_config(args: NixosConfigArgs) -> miette::Result<ExitCode> {
+    let layout = match load(&args.layout) {
+        Ok(l) => l,
+        Err(code) => return Ok(code),
+    };
+    let value = nixpave_disk::nixos_config(&layout);
+    if args.json {
+        let text = serde_json::to_string_pretty(&value)
+            .map_err(|e| miette::miette!("cannot serialise the configuration: {e}"))?;
+        println!("{text}");
+    } else {
+        print!("{}", nixpave_disk::nixos::to_nix(&value));
+    }
+    Ok(exit::code(exit::OK))
 }
