@@ -13,6 +13,7 @@ pub mod health;
 pub mod host;
 pub mod inventory;
 pub mod keys;
+pub mod overrides;
 pub mod rollout;
 pub mod select;
 pub mod settings;

@@ -206,3 +206,64 @@ mod tests {
         assert_eq!(generation_of_link("/nix/store/x"), None);
     }
 }
+
+/// One row of `nixpave status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostStatus {
+    /// Node name.
+    pub host: String,
+    /// Why the host could not be read (`None`: reachable).
+    pub error: Option<String>,
+    /// Boot id and running/booted systems.
+    pub state: Option<HostState>,
+    /// Per profile: current path, generation, last deploy record, and the path the inventory wants.
+    pub profiles: Vec<ProfileStatus>,
+}
+
+/// One profile in `nixpave status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProfileStatus {
+    /// Profile name.
+    pub name: String,
+    /// What the profile points at.
+    pub current: Option<String>,
+    /// Its generation.
+    pub generation: Option<u64>,
+    /// What the inventory wants it to point at.
+    pub wanted: String,
+    /// The last deploy's record.
+    pub last: Option<StatusRecord>,
+}
+
+/// Reads the state of `host` in one round trip (after connecting).
+pub fn host_status(host: &crate::inventory::Host, connector: &dyn crate::Connector) -> HostStatus {
+    let read = || -> Result<HostState, TransportError> {
+        let conn = connector.connect(host)?;
+        probe(conn.transport(), &host.profiles, false)
+    };
+    match read() {
+        Ok(state) => HostStatus {
+            host: host.name.clone(),
+            error: None,
+            profiles: host
+                .profiles
+                .iter()
+                .zip(&state.profiles)
+                .map(|(p, s)| ProfileStatus {
+                    name: p.name.clone(),
+                    current: s.current.clone(),
+                    generation: s.generation,
+                    wanted: p.path.out_path().to_string(),
+                    last: s.last.clone(),
+                })
+                .collect(),
+            state: Some(state),
+        },
+        Err(e) => HostStatus {
+            host: host.name.clone(),
+            error: Some(e.to_string()),
+            state: None,
+            profiles: Vec::new(),
+        },
+    }
+}

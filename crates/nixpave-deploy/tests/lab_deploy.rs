@@ -189,7 +189,7 @@ fn activation_failure_hang_and_health_check_roll_back() {
         by(1).message
     );
     assert_eq!(by(2).outcome, Outcome::RolledBack, "{:?}", by(2));
-    assert!(by(2).message.contains(&format!("tcp")), "{}", by(2).message);
+    assert!(by(2).message.contains("tcp"), "{}", by(2).message);
     assert!(by(2).message.contains("refused"), "{}", by(2).message);
     for h in lab.hosts() {
         assert_eq!(
@@ -276,7 +276,12 @@ fn batches_stop_after_the_first_failing_wave() {
     // host1 had no previous generation: nothing to roll back to, its profile is removed again.
     assert_eq!(
         outcomes,
-        [Outcome::Failed, Outcome::Deployed, Outcome::Skipped, Outcome::Skipped]
+        [
+            Outcome::Failed,
+            Outcome::Deployed,
+            Outcome::Skipped,
+            Outcome::Skipped
+        ]
     );
     assert!(
         report.hosts[0].message.contains("no-previous-generation"),

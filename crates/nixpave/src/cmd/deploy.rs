@@ -1,30 +1,640 @@
-//! `nixpave deploy`, `nixpave status`, `nixpave rollback`.
+//! `nixpave deploy`, `nixpave status`, `nixpave rollback`: argument parsing and rendering only; the work is in
+//! `nixpave_deploy`.
 
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use miette::{miette, IntoDiagnostic};
+use nixpave_deploy::event::EventSink;
+use nixpave_deploy::settings::GeneralSettings;
+use nixpave_deploy::{
+    Event, FleetReport, Goal, HostReport, Inventory, Outcome, RolloutSettings, Selection,
+    SshConnector,
+};
+use nixpave_nix::flake::FlakeTarget;
+use nixpave_nix::invoke::NixOptions;
+use nixpave_remote::{HostKeyPolicy, InventoryHost, SshOptions};
+
+use crate::exit;
+
+/// Where the fleet and its connection details come from (shared by deploy, status and rollback).
+#[derive(Debug, clap::Args)]
+pub struct FleetArgs {
+    /// Flake with a deploy-rs `deploy` output or `nixosConfigurations`, optionally `FLAKE#node[.profile]`.
+    #[arg(default_value = ".")]
+    pub flake: String,
+    /// Hosts to act on: names, globs (`web-*`) and `@tag`s, comma separated; default all.
+    #[arg(long = "on", value_name = "SELECTORS")]
+    pub on: Vec<String>,
+    /// A JSON inventory: deploy-rs-shaped (`{"nodes": …}`, store paths instead of derivations) replaces the
+    /// flake; a nixpave host inventory (`{"hosts": […]}`) gives addresses, ports and keys of node hostnames.
+    #[arg(long, value_name = "FILE")]
+    pub inventory: Option<PathBuf>,
+    /// Take connection details from lab LAB (`nixpave lab up`): node hostnames are lab host names.
+    #[arg(long, value_name = "LAB")]
+    pub lab: Option<String>,
+    /// Private key for ssh.
+    #[arg(long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// Record unknown host keys on first contact (changed keys are still refused).
+    #[arg(long)]
+    pub accept_new_host_key: bool,
+    /// ssh connect timeout in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub connect_timeout: u64,
+    /// Directory of the status records on the targets.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<String>,
+    /// Machine-readable output: JSON events (one per line) and a final JSON report.
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// Arguments of `nixpave deploy`.
 #[derive(Debug, clap::Args)]
-pub struct DeployArgs {}
+pub struct DeployArgs {
+    #[command(flatten)]
+    fleet: FleetArgs,
+    /// What to do with the new system: switch, boot, test or dry-activate.
+    #[arg(long, default_value = "switch")]
+    goal: Goal,
+    /// Reboot after switch/boot and check that the host comes back on the new system.
+    #[arg(long)]
+    reboot: bool,
+    /// Seconds a reboot may take.
+    #[arg(long, default_value_t = 600)]
+    reboot_timeout: u64,
+    /// Hosts deployed at the same time.
+    #[arg(long)]
+    parallel: Option<usize>,
+    /// Rolling waves of N hosts or P% of the hosts.
+    #[arg(long, value_name = "N|P%")]
+    batch: Option<nixpave_deploy::Batch>,
+    /// Stop starting new hosts after N failures (the rest are reported as skipped).
+    #[arg(long, value_name = "N")]
+    max_failures: Option<usize>,
+    /// Deploy N hosts first and continue only if they all succeed.
+    #[arg(long, value_name = "N")]
+    canary: Option<usize>,
+    /// Let targets fetch paths from their own substituters.
+    #[arg(long, overrides_with = "no_substitute_on_destination")]
+    substitute_on_destination: bool,
+    /// Push everything from here.
+    #[arg(long)]
+    no_substitute_on_destination: bool,
+    /// Build on the targets instead of locally.
+    #[arg(long)]
+    build_on_target: bool,
+    /// Redeploy hosts that already run the wanted generation.
+    #[arg(long)]
+    force: bool,
+    /// Seconds targets wait for confirmation (overrides the inventory).
+    #[arg(long)]
+    confirm_timeout: Option<u64>,
+    /// Seconds an activation may take (overrides the inventory).
+    #[arg(long)]
+    activation_timeout: Option<u64>,
+    /// Turn magic rollback off (no waiting for confirmation).
+    #[arg(long)]
+    no_magic_rollback: bool,
+    /// Turn auto rollback off (a failed activation stays).
+    #[arg(long)]
+    no_auto_rollback: bool,
+    /// Evaluate and build, show the plan, change nothing on any host.
+    #[arg(long)]
+    dry_run: bool,
+}
 
 /// Arguments of `nixpave status`.
 #[derive(Debug, clap::Args)]
-pub struct StatusArgs {}
+pub struct StatusArgs {
+    #[command(flatten)]
+    fleet: FleetArgs,
+}
 
 /// Arguments of `nixpave rollback`.
 #[derive(Debug, clap::Args)]
-pub struct RollbackArgs {}
+pub struct RollbackArgs {
+    #[command(flatten)]
+    fleet: FleetArgs,
+    /// How to activate the previous generation: switch or boot.
+    #[arg(long, default_value = "switch")]
+    goal: Goal,
+    /// Hosts rolled back at the same time.
+    #[arg(long, default_value_t = 10)]
+    parallel: usize,
+}
+
+/// Private state directory for lab hosts (they share the deployer's /var, not its /nix).
+const LAB_STATE_DIR: &str = "/nix/var/nixpave/deploy";
+
+struct Fleet {
+    inventory: Inventory,
+    connector: SshConnector,
+}
+
+fn usage(message: String) -> miette::Report {
+    miette!(code = "nixpave::usage", "{message}")
+}
+
+/// Loads the selected hosts and how to reach them. Errors in the inventory are usage errors (exit 2).
+fn load_fleet(args: &FleetArgs, nix: &NixOptions) -> Result<Fleet, (u8, miette::Report)> {
+    let target = FlakeTarget::parse(&args.flake);
+    let mut selection = Selection::parse_on(&args.on);
+    if let Some(fragment) = &target.fragment {
+        selection = selection.with_fragment(fragment);
+    }
+    let mut known: Vec<InventoryHost> = Vec::new();
+    let mut deploy_json = None;
+    if let Some(path) = &args.inventory {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            (
+                exit::USAGE,
+                usage(format!("reading {}: {e}", path.display())),
+            )
+        })?;
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| (exit::USAGE, usage(format!("{}: {e}", path.display()))))?;
+        if value.get("nodes").is_some() {
+            deploy_json = Some(value);
+        } else {
+            let inv: nixpave_remote::Inventory = serde_json::from_value(value)
+                .map_err(|e| (exit::USAGE, usage(format!("{}: {e}", path.display()))))?;
+            known.extend(inv.hosts);
+        }
+    }
+    if let Some(lab) = &args.lab {
+        let path = nixpave_lab::hosts::default_lab_dir()
+            .join(lab)
+            .join("inventory.json");
+        let inv = nixpave_remote::Inventory::load(&path).map_err(|e| {
+            (
+                exit::USAGE,
+                usage(format!("lab {lab}: {e} (is it up? `nixpave lab up {lab}`)")),
+            )
+        })?;
+        known.extend(inv.hosts);
+    }
+    let mut inventory = match deploy_json {
+        Some(v) => Inventory::from_json(v, &selection),
+        None => Inventory::from_flake(&target.flake, &selection, nix),
+    }
+    .map_err(|e| {
+        let code = match e {
+            nixpave_deploy::InventoryError::Eval { .. } => exit::FAILED,
+            _ => exit::USAGE,
+        };
+        (code, miette::Report::msg(error_chain(&e)))
+    })?;
+    if inventory.hosts.is_empty() {
+        return Err((
+            exit::USAGE,
+            usage("no host matches the selection (check --on and FLAKE#node)".into()),
+        ));
+    }
+    if args.lab.is_some() {
+        nixpave_deploy::overrides::use_private_state_dir(&mut inventory.hosts, LAB_STATE_DIR);
+    }
+    if let Some(dir) = &args.state_dir {
+        nixpave_deploy::overrides::apply_overrides(
+            &mut inventory.hosts,
+            &GeneralSettings {
+                state_dir: Some(dir.clone()),
+                ..Default::default()
+            },
+        );
+    }
+    let base = SshOptions {
+        identity_file: args.identity.clone(),
+        host_key_policy: if args.accept_new_host_key {
+            HostKeyPolicy::AcceptNew
+        } else {
+            HostKeyPolicy::Strict
+        },
+        connect_timeout: Duration::from_secs(args.connect_timeout.max(1)),
+        ..SshOptions::default()
+    };
+    Ok(Fleet {
+        inventory,
+        connector: SshConnector::new(base, known),
+    })
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(":\n  ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn fail(code: u8, report: miette::Report) -> miette::Result<ExitCode> {
+    eprintln!("{report:?}");
+    Ok(exit::code(code))
+}
 
 /// Runs `nixpave deploy`.
-pub fn run(_args: DeployArgs) -> miette::Result<ExitCode> {
-    super::not_yet("deploy")
+pub fn run(args: DeployArgs) -> miette::Result<ExitCode> {
+    let nix = NixOptions::default();
+    let mut fleet = match load_fleet(&args.fleet, &nix) {
+        Ok(f) => f,
+        Err((code, report)) => return fail(code, report),
+    };
+    let overrides = GeneralSettings {
+        confirm_timeout: args.confirm_timeout,
+        activation_timeout: args.activation_timeout,
+        magic_rollback: args.no_magic_rollback.then_some(false),
+        auto_rollback: args.no_auto_rollback.then_some(false),
+        ..Default::default()
+    };
+    nixpave_deploy::overrides::apply_overrides(&mut fleet.inventory.hosts, &overrides);
+    let rollout = fleet.inventory.rollout.overridden_by(&RolloutSettings {
+        parallel: args.parallel,
+        batch: args.batch,
+        max_failures: args.max_failures,
+        canary: args.canary,
+    });
+    let opts = nixpave_deploy::DeployOptions {
+        goal: args.goal,
+        reboot: args.reboot,
+        reboot_timeout: Duration::from_secs(args.reboot_timeout),
+        substitute_on_destination: if args.substitute_on_destination {
+            Some(true)
+        } else if args.no_substitute_on_destination {
+            Some(false)
+        } else {
+            None
+        },
+        build_on_target: args.build_on_target,
+        force: args.force,
+        nix,
+    };
+    let hosts = &fleet.inventory.hosts;
+    if !args.fleet.json {
+        eprintln!(
+            "building {} profile(s) of {} host(s)…",
+            hosts.iter().map(|h| h.profiles.len()).sum::<usize>(),
+            hosts.len()
+        );
+    }
+    if let Err(e) = nixpave_deploy::build_all(hosts, &opts) {
+        return fail(exit::FAILED, miette::Report::msg(error_chain(&e)));
+    }
+    if args.dry_run {
+        print_plan(&fleet.inventory, &rollout, &opts, args.fleet.json)?;
+        return Ok(exit::code(exit::OK));
+    }
+    let renderer = Renderer::new(args.fleet.json, hosts.iter().map(|h| h.name.clone()));
+    let sink = |e: Event| renderer.event(e);
+    let report = nixpave_deploy::deploy_fleet(hosts, &fleet.connector, &opts, &rollout, &sink);
+    renderer.finish(&report)?;
+    Ok(exit::code(fleet_exit(&report)))
+}
+
+fn fleet_exit(report: &FleetReport) -> u8 {
+    let failed = report.failed();
+    if failed == 0 {
+        exit::OK
+    } else if failed == report.hosts.len() {
+        exit::FAILED
+    } else {
+        exit::PARTIAL
+    }
+}
+
+fn print_plan(
+    inventory: &Inventory,
+    rollout: &RolloutSettings,
+    opts: &nixpave_deploy::DeployOptions,
+    json: bool,
+) -> miette::Result<()> {
+    let waves = nixpave_deploy::rollout::plan_waves(inventory.hosts.len(), rollout);
+    if json {
+        let plan = serde_json::json!({
+            "goal": opts.goal,
+            "hosts": inventory.hosts,
+            "waves": waves,
+            "parallel": rollout.parallelism(),
+        });
+        println!("{}", serde_json::to_string_pretty(&plan).into_diagnostic()?);
+        return Ok(());
+    }
+    println!(
+        "plan (dry run, nothing changed): goal {}, {} host(s) at a time",
+        opts.goal.as_str(),
+        rollout.parallelism()
+    );
+    for (i, wave) in waves.iter().enumerate() {
+        println!(
+            "wave {}{}:",
+            i + 1,
+            if wave.canary { " (canary)" } else { "" }
+        );
+        for &h in &wave.hosts {
+            let host = &inventory.hosts[h];
+            for p in &host.profiles {
+                println!(
+                    "  {:<16} {:<8} {} -> {}",
+                    host.name,
+                    p.name,
+                    p.profile_path,
+                    p.path.out_path()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Progress while running (indicatif lines on a terminal, plain lines otherwise, JSON lines with --json) and
+/// the final table.
+struct Renderer {
+    json: bool,
+    started: Instant,
+    bars: HashMap<String, indicatif::ProgressBar>,
+    multi: Option<indicatif::MultiProgress>,
+    phases: Mutex<HashMap<String, String>>,
+}
+
+impl Renderer {
+    fn new(json: bool, hosts: impl Iterator<Item = String>) -> Renderer {
+        let tty = std::io::stderr().is_terminal() && !json;
+        let multi = tty.then(indicatif::MultiProgress::new);
+        let mut bars = HashMap::new();
+        if let Some(m) = &multi {
+            let style = indicatif::ProgressStyle::with_template(
+                "{spinner} {prefix:<16} {elapsed:>4} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
+            for h in hosts {
+                let bar = m.add(indicatif::ProgressBar::new_spinner());
+                bar.set_style(style.clone());
+                bar.set_prefix(h.clone());
+                bar.set_message("waiting");
+                bar.enable_steady_tick(Duration::from_millis(200));
+                bars.insert(h, bar);
+            }
+        }
+        Renderer {
+            json,
+            started: Instant::now(),
+            bars,
+            multi,
+            phases: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn event(&self, e: Event) {
+        if self.json {
+            if let Ok(line) = serde_json::to_string(&e) {
+                println!("{line}");
+            }
+            return;
+        }
+        let (host, text) = match &e {
+            Event::Phase { host, phase } => {
+                let name = serde_json::to_value(phase)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default();
+                if let Ok(mut p) = self.phases.lock() {
+                    p.insert(host.clone(), name.clone());
+                }
+                (host.clone(), name)
+            }
+            Event::Log { host, line } => {
+                let phase = self
+                    .phases
+                    .lock()
+                    .ok()
+                    .and_then(|p| p.get(host).cloned())
+                    .unwrap_or_default();
+                (host.clone(), format!("{phase}: {line}"))
+            }
+            Event::Wave {
+                number,
+                hosts,
+                canary,
+            } => {
+                let line = format!(
+                    "wave {number}{}: {}",
+                    if *canary { " (canary)" } else { "" },
+                    hosts.join(", ")
+                );
+                match &self.multi {
+                    Some(m) => {
+                        let _ = m.println(line);
+                    }
+                    None => eprintln!("{line}"),
+                }
+                return;
+            }
+            Event::Finished { report } => (report.host.clone(), outcome_word(report).to_string()),
+        };
+        match self.bars.get(&host) {
+            Some(bar) => {
+                if let Event::Finished { .. } = e {
+                    bar.finish_with_message(text);
+                } else {
+                    bar.set_message(text);
+                }
+            }
+            None => eprintln!(
+                "[{:>5.1}s] {host}: {text}",
+                self.started.elapsed().as_secs_f64()
+            ),
+        }
+    }
+
+    fn finish(&self, report: &FleetReport) -> miette::Result<()> {
+        if self.json {
+            let summary = serde_json::json!({
+                "event": "report",
+                "hosts": report.hosts,
+                "failed": report.failed(),
+                "ssh_handshakes": report.handshakes,
+            });
+            println!("{}", serde_json::to_string(&summary).into_diagnostic()?);
+            return Ok(());
+        }
+        if let Some(m) = &self.multi {
+            let _ = m.clear();
+        }
+        println!(
+            "{:<16} {:<13} {:>8}  {:<10} detail",
+            "HOST", "RESULT", "TIME", "GENERATION"
+        );
+        for h in &report.hosts {
+            println!(
+                "{:<16} {:<13} {:>7.1}s  {:<10} {}",
+                h.host,
+                outcome_word(h),
+                h.duration_ms as f64 / 1000.0,
+                h.generation.map(|g| g.to_string()).unwrap_or("-".into()),
+                h.message
+            );
+        }
+        for h in report.hosts.iter().filter(|h| {
+            !h.outcome.is_success() && h.outcome != Outcome::Skipped && !h.log_tail.is_empty()
+        }) {
+            println!("\n--- {}: last log lines ---", h.host);
+            for l in &h.log_tail {
+                println!("  {l}");
+            }
+        }
+        let failed = report.failed();
+        println!(
+            "\n{} of {} host(s) succeeded{}",
+            report.hosts.len() - failed,
+            report.hosts.len(),
+            if failed > 0 {
+                format!(
+                    "; not succeeded: {}",
+                    report
+                        .hosts
+                        .iter()
+                        .filter(|h| !h.outcome.is_success())
+                        .map(|h| h.host.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            } else {
+                String::new()
+            }
+        );
+        Ok(())
+    }
+}
+
+fn outcome_word(r: &HostReport) -> &'static str {
+    match r.outcome {
+        Outcome::Deployed => "deployed",
+        Outcome::Unchanged => "unchanged",
+        Outcome::DryActivated => "dry-activated",
+        Outcome::RolledBack => "rolled-back",
+        Outcome::Failed => "FAILED",
+        Outcome::Skipped => "skipped",
+    }
 }
 
 /// Runs `nixpave status`.
-pub fn status(_args: StatusArgs) -> miette::Result<ExitCode> {
-    super::not_yet("status")
+pub fn status(args: StatusArgs) -> miette::Result<ExitCode> {
+    let fleet = match load_fleet(&args.fleet, &NixOptions::default()) {
+        Ok(f) => f,
+        Err((code, report)) => return fail(code, report),
+    };
+    let hosts = &fleet.inventory.hosts;
+    // One thread per host, at most 10 at a time.
+    let mut rows = Vec::with_capacity(hosts.len());
+    for chunk in hosts.chunks(10) {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = chunk
+                .iter()
+                .map(|host| {
+                    scope.spawn(|| nixpave_deploy::status::host_status(host, &fleet.connector))
+                })
+                .collect();
+            for h in handles {
+                if let Ok(row) = h.join() {
+                    rows.push(row);
+                }
+            }
+        });
+    }
+    if args.fleet.json {
+        println!("{}", serde_json::to_string_pretty(&rows).into_diagnostic()?);
+    } else {
+        println!(
+            "{:<16} {:<10} {:<8} {:<4} {:<24} current system",
+            "HOST", "REACHABLE", "PROFILE", "GEN", "LAST DEPLOY"
+        );
+        for r in &rows {
+            if let Some(e) = &r.error {
+                println!("{:<16} {:<10} {e}", r.host, "no");
+                continue;
+            }
+            for p in &r.profiles {
+                let last = p
+                    .last
+                    .as_ref()
+                    .map(|l| {
+                        if l.reason.is_empty() {
+                            l.state.clone()
+                        } else {
+                            format!("{} ({})", l.state, l.reason)
+                        }
+                    })
+                    .unwrap_or_else(|| "-".into());
+                println!(
+                    "{:<16} {:<10} {:<8} {:<4} {:<24} {}",
+                    r.host,
+                    "yes",
+                    p.name,
+                    p.generation.map(|g| g.to_string()).unwrap_or("-".into()),
+                    last,
+                    p.current.as_deref().unwrap_or("-")
+                );
+            }
+            if r.state
+                .as_ref()
+                .is_some_and(|s| s.booted_system != s.current_system)
+            {
+                println!(
+                    "{:<16} booted system differs from current: {}",
+                    "",
+                    r.state
+                        .as_ref()
+                        .and_then(|s| s.booted_system.clone())
+                        .unwrap_or("-".into())
+                );
+            }
+        }
+    }
+    let unreachable = rows.iter().filter(|r| r.error.is_some()).count();
+    Ok(exit::code(if unreachable == 0 {
+        exit::OK
+    } else if unreachable == rows.len() {
+        exit::FAILED
+    } else {
+        exit::PARTIAL
+    }))
 }
 
 /// Runs `nixpave rollback`.
-pub fn rollback(_args: RollbackArgs) -> miette::Result<ExitCode> {
-    super::not_yet("rollback")
+pub fn rollback(args: RollbackArgs) -> miette::Result<ExitCode> {
+    let fleet = match load_fleet(&args.fleet, &NixOptions::default()) {
+        Ok(f) => f,
+        Err((code, report)) => return fail(code, report),
+    };
+    let hosts = &fleet.inventory.hosts;
+    let renderer = Renderer::new(args.fleet.json, hosts.iter().map(|h| h.name.clone()));
+    let sink = |e: Event| renderer.event(e);
+    let sink: EventSink<'_> = &sink;
+    let rollout = RolloutSettings {
+        parallel: Some(args.parallel),
+        ..Default::default()
+    };
+    let report = nixpave_deploy::fleet::run_waves(hosts, &rollout, sink, &|host, salt| {
+        nixpave_deploy::rollback_host(host, &fleet.connector, args.goal, sink, salt)
+    });
+    renderer.finish(&report)?;
+    let failed = report
+        .hosts
+        .iter()
+        .filter(|h| h.outcome != Outcome::RolledBack)
+        .count();
+    Ok(exit::code(if failed == 0 {
+        exit::OK
+    } else if failed == report.hosts.len() {
+        exit::FAILED
+    } else {
+        exit::PARTIAL
+    }))
 }

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Deploy benchmark on lab hosts (network namespaces with their own sshd and /nix):
+# for 1, 5 and 20 hosts, with --parallel 1 and the default (10), deploy a fresh closure and then a no-op.
+# Prints wall times and ssh handshakes per host (from the deploy's JSON report). Needs root.
+#
+#   bench/deploy.sh            # all sizes
+#   SIZES="1 5" bench/deploy.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SIZES=${SIZES:-"1 5 20"}
+NIXPAVE=${NIXPAVE:-}
+if [ -z "$NIXPAVE" ]; then
+  cargo build --release -p nixpave >&2
+  NIXPAVE=${CARGO_TARGET_DIR:-target}/release/nixpave
+fi
+# Not under /tmp: lab hosts get a private /tmp.
+mkdir -p /var/tmp
+WORK=$(mktemp -d /var/tmp/nixpave-bench.XXXXXX)
+export NIXPAVE_LAB_DIR=$WORK/labs
+export NIX_CONF_DIR=$WORK/nixconf
+mkdir -p "$NIX_CONF_DIR" "$NIXPAVE_LAB_DIR"
+printf 'experimental-features = nix-command flakes\nbuild-users-group =\nsubstituters =\nsandbox = false\n' \
+  > "$NIX_CONF_DIR/nix.conf"
+LABS=()
+cleanup() {
+  for lab in "${LABS[@]}"; do "$NIXPAVE" lab down --name "$lab" >/dev/null 2>&1 || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# A flake with N nodes host1..hostN, all on one tiny test system tagged TAG.
+write_flake() { # DIR N TAG
+  mkdir -p "$1"
+  cp crates/nixpave-deploy/tests/fixtures/system.nix "$1/system.nix"
+  cat > "$1/flake.nix" <<NIX
+{ outputs = { self }: let sys = import ./system.nix { tag = "$3"; }; in {
+  deploy.nodes = builtins.listToAttrs (map (i: {
+    name = "host\${toString i}";
+    value = { hostname = "host\${toString i}"; profiles.system.path = sys; };
+  }) (builtins.genList (i: i + 1) $2));
+}; }
+NIX
+}
+
+now() { date +%s.%N; }
+run() { # LABEL N PARALLEL FLAKE LAB
+  local t0 t1 report
+  t0=$(now)
+  report=$("$NIXPAVE" deploy "path:$4" --lab "$5" --parallel "$3" --json | tail -n 1)
+  t1=$(now)
+  local failed hs outcomes
+  failed=$(echo "$report" | jq .failed)
+  hs=$(echo "$report" | jq .ssh_handshakes)
+  outcomes=$(echo "$report" | jq -r '[.hosts[].outcome] | group_by(.) | map("\(.[0])=\(length)") | join(",")')
+  printf '%-8s hosts=%-3s parallel=%-3s wall=%6.2fs  handshakes/host=%s  %s  failed=%s\n' \
+    "$1" "$2" "$3" "$(echo "$t1 - $t0" | bc)" "$(echo "scale=1; $hs / $2" | bc)" "$outcomes" "$failed"
+}
+
+for n in $SIZES; do
+  lab=bench$n
+  LABS+=("$lab")
+  "$NIXPAVE" lab up --name "$lab" --hosts "$n" >/dev/null
+  for par in 1 10; do
+    flake=$WORK/flake-$n-$par
+    write_flake "$flake" "$n" "bench-$n-$par-$(date +%s%N)"
+    run fresh "$n" "$par" "$flake" "$lab"
+    run no-op "$n" "$par" "$flake" "$lab"
+  done
+  "$NIXPAVE" lab down --name "$lab" >/dev/null
+done
