@@ -22,5 +22,8 @@ pub mod steps;
 
 pub use events::{Event, Reporter};
 pub use phase::{Phase, PhaseSet};
-pub use run::{install_all, install_node, InstallError, Installer, NodeSpec, Summary, Timeouts};
+pub use run::{
+    install_all, install_node, preflight_node, FailureKind, InstallError, Installer, NodeSpec,
+    Summary, Timeouts,
+};
 pub use session::{LocalSession, RemoteSession, Session};

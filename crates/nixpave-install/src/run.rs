@@ -296,7 +296,7 @@ impl Ctx<'_, '_> {
         let total = k.tarball.size_bytes;
         let mut last_pct = u64::MAX;
         let sent = kexec::upload(t, &k.tarball.path, &remote_tar, &mut |done, total| {
-            let pct = if total == 0 { 100 } else { done * 100 / total };
+            let pct = (done * 100).checked_div(total).unwrap_or(100);
             if pct / 10 != last_pct / 10 || done == total {
                 last_pct = pct;
                 self.emit(Event::Transfer {
@@ -755,4 +755,27 @@ pub fn install_all(specs: &[NodeSpec], inst: &Installer<'_>) -> Vec<Result<Summa
             })
             .collect()
     })
+}
+
+/// Preflight alone, for `--dry-run`: gathers facts and checks them against what the selected
+/// phases need. Writes nothing (no state file either); the wipe confirmation is not asked.
+pub fn preflight_node(spec: &NodeSpec, inst: &Installer<'_>) -> Result<TargetFacts, InstallError> {
+    let previous = inst.state.load(&spec.node)?;
+    let schedule = state::schedule(
+        &spec.phases,
+        previous.as_ref(),
+        spec.resume,
+        &spec.node,
+        Some(&spec.toplevel),
+        &inst.state.path(&spec.node),
+    )?;
+    let no_confirm = |_: &str, _: &Plan| true;
+    let dry = Installer {
+        state: inst.state.clone(),
+        reporter: inst.reporter,
+        disk_engine: inst.disk_engine,
+        confirm: &no_confirm,
+    };
+    let ctx = Ctx { spec, inst: &dry };
+    ctx.preflight(&schedule).map(|(facts, _)| facts)
 }

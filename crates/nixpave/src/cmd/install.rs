@@ -1,12 +1,582 @@
-//! `nixpave install`.
+//! `nixpave install`: preflight → kexec → disk → install → reboot → verify, resumable.
+//!
+//! Only argument parsing, input gathering (build, layout, tarball) and rendering live here; the
+//! work is `nixpave_install`.
 
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use nixpave_disk::{LayoutSource, LoadOptions, Mode, Plan, PlanOptions};
+use nixpave_install::events::{render_line, Event};
+use nixpave_install::kexec::{self, KexecSource};
+use nixpave_install::phase::PhaseSet;
+use nixpave_install::preflight::{arch_of_system, DiskNeed};
+use nixpave_install::run::{DiskSpec, KexecSpec, NodeSpec, Timeouts};
+use nixpave_install::state::StateStore;
+use nixpave_install::steps::{Chown, EncryptionKey};
+use nixpave_install::{FailureKind, InstallError, Installer, RemoteSession, Reporter};
+use nixpave_remote::{HostKeyPolicy, SshOptions, SshTransport, Target};
+
+use crate::exit;
 
 /// Arguments of `nixpave install`.
 #[derive(Debug, clap::Args)]
-pub struct InstallArgs {}
+pub struct InstallArgs {
+    /// The node(s) to install: `nixosConfigurations` names; several (comma-separated) install in parallel.
+    #[arg(value_delimiter = ',', required = true, num_args = 1)]
+    nodes: Vec<String>,
+    /// The flake holding the nodes' configurations.
+    #[arg(default_value = ".")]
+    flake: String,
+    /// Where to install: USER@HOST[:PORT] (one node), or NODE=USER@HOST[:PORT] (repeat per node).
+    /// Defaults to the flake's `deploy.nodes.NODE.hostname`.
+    #[arg(long, value_name = "USER@HOST")]
+    target: Vec<String>,
+    /// The installer: a nixos-images kexec tarball (path or URL; URLs are cached locally).
+    #[arg(long, value_name = "TARBALL|URL")]
+    kexec: Option<String>,
+    /// The phases to run (preflight always runs).
+    #[arg(long, default_value = "kexec,disk,install,reboot,verify", value_parser = parse_phases)]
+    phases: PhaseSet,
+    /// Use DEVICE for the layout's disk NAME.
+    #[arg(long, value_name = "NAME=DEVICE")]
+    disk: Vec<String>,
+    /// Read the layout from this file (.nix or .json) instead of the node's `config.disko.devices`.
+    #[arg(long, value_name = "FILE")]
+    disk_config: Option<PathBuf>,
+    /// Copy this directory's contents into the new system's root (modes kept, owned by root).
+    #[arg(long, value_name = "DIR")]
+    extra_files: Option<PathBuf>,
+    /// Change the owner of PATH (recursively) in the new system; repeatable.
+    #[arg(long, num_args = 2, value_names = ["PATH", "UID:GID"], action = clap::ArgAction::Append)]
+    chown: Vec<String>,
+    /// Write the local file LOCAL to REMOTE in the installer's RAM (mode 0600) before the disk
+    /// phase; repeatable. Contents travel on stdin, never in an argv or a log.
+    #[arg(long, num_args = 2, value_names = ["REMOTE", "LOCAL"], action = clap::ArgAction::Append)]
+    disk_encryption_keys: Vec<String>,
+    /// Copy the installer's ssh host keys into the new system (keeps known_hosts valid).
+    #[arg(long)]
+    copy_host_keys: bool,
+    /// Build the system here (`local`) or on the target (`target`).
+    #[arg(long, default_value = "local", value_parser = ["local", "target"])]
+    build_on: String,
+    /// Let the target fetch store paths from its own substituters.
+    #[arg(long)]
+    substitute_on_destination: bool,
+    /// Install this prebuilt system closure instead of building the flake's toplevel.
+    #[arg(long, value_name = "STORE_PATH")]
+    system: Option<String>,
+    /// Continue from the last finished phase of an earlier run.
+    #[arg(long)]
+    resume: bool,
+    /// Confirm wiping the layout's disks without asking (needed when there is no terminal).
+    #[arg(long)]
+    yes_wipe_all_disks: bool,
+    /// Preflight only: gather facts, show the plan and any refusal; write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print events as JSON lines on stdout.
+    #[arg(long)]
+    json: bool,
+    /// SSH private key.
+    #[arg(long, short = 'i', value_name = "FILE")]
+    identity: Option<PathBuf>,
+    /// known_hosts file.
+    #[arg(long, value_name = "FILE")]
+    known_hosts: Option<PathBuf>,
+    /// Record an unknown host key on first contact (a changed key is still refused).
+    #[arg(long)]
+    accept_new_host_key: bool,
+    /// Where per-node state files live (default: $NIXPAVE_STATE_DIR or ~/.local/state/nixpave/install).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Seconds to wait for the installer's ssh after kexec.
+    #[arg(long, default_value_t = 600)]
+    kexec_timeout: u64,
+    /// Seconds to wait for the installed system's ssh after the reboot.
+    #[arg(long, default_value_t = 600)]
+    reboot_timeout: u64,
+}
+
+fn parse_phases(s: &str) -> Result<PhaseSet, String> {
+    PhaseSet::parse(s).map_err(|e| e.to_string())
+}
+
+/// An error with the exit code it maps to.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+fn usage(message: impl Into<String>) -> Failure {
+    Failure {
+        code: exit::USAGE,
+        message: message.into(),
+    }
+}
+
+fn failed(message: impl Into<String>) -> Failure {
+    Failure {
+        code: exit::FAILED,
+        message: message.into(),
+    }
+}
+
+/// Pairs of a `num_args = 2` option.
+fn pairs(values: &[String]) -> Vec<(String, String)> {
+    values
+        .chunks(2)
+        .filter(|c| c.len() == 2)
+        .map(|c| (c[0].clone(), c[1].clone()))
+        .collect()
+}
+
+/// `NAME=DEVICE` list (pure).
+fn disk_overrides(values: &[String]) -> Result<Vec<(String, String)>, Failure> {
+    values
+        .iter()
+        .map(|v| match v.split_once('=') {
+            Some((n, d)) if !n.is_empty() && d.starts_with('/') => {
+                Ok((n.to_string(), d.to_string()))
+            }
+            _ => Err(usage(format!("--disk {v}: expected NAME=/dev/DEVICE"))),
+        })
+        .collect()
+}
+
+/// The target of each node from `--target` (pure): one bare target for a single node, else
+/// `NODE=TARGET` pairs. Nodes without one are `None` (looked up in the flake).
+fn targets_for(nodes: &[String], targets: &[String]) -> Result<Vec<Option<String>>, Failure> {
+    let bare: Vec<&String> = targets.iter().filter(|t| !t.contains('=')).collect();
+    if !bare.is_empty() && (nodes.len() > 1 || bare.len() > 1) {
+        return Err(usage(
+            "with several nodes, give targets as --target NODE=USER@HOST (one per node)",
+        ));
+    }
+    let mut out = Vec::new();
+    for node in nodes {
+        let named = targets
+            .iter()
+            .filter_map(|t| t.split_once('='))
+            .find(|(n, _)| n == node)
+            .map(|(_, t)| t.to_string());
+        out.push(named.or_else(|| bare.first().map(|t| t.to_string())));
+    }
+    for t in targets.iter().filter_map(|t| t.split_once('=')) {
+        if !nodes.iter().any(|n| n == t.0) {
+            return Err(usage(format!(
+                "--target {}={}: {} is not one of the nodes",
+                t.0, t.1, t.0
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// Reads `deploy.nodes.NODE.hostname` from the flake.
+fn flake_hostname(flake: &str, node: &str) -> Result<String, Failure> {
+    let out = std::process::Command::new("nix")
+        .args([
+            "--extra-experimental-features",
+            "nix-command flakes",
+            "eval",
+            "--raw",
+        ])
+        .arg(format!("{flake}#deploy.nodes.\"{node}\".hostname"))
+        .output()
+        .map_err(|e| failed(format!("cannot run nix: {e}")))?;
+    if !out.status.success() {
+        return Err(usage(format!(
+            "{node}: no --target given and the flake has no deploy.nodes.{node}.hostname"
+        )));
+    }
+    Ok(format!(
+        "root@{}",
+        String::from_utf8_lossy(&out.stdout).trim()
+    ))
+}
+
+/// Prints events as lines (stderr) or JSON lines (stdout).
+struct Printer {
+    json: bool,
+    out: Mutex<()>,
+}
+
+impl Reporter for Printer {
+    fn report(&self, event: &Event) {
+        let _guard = self.out.lock();
+        if self.json {
+            if let Ok(line) = serde_json::to_string(event) {
+                println!("{line}");
+            }
+        } else {
+            eprintln!("{}", render_line(event));
+        }
+    }
+}
+
+fn render_plan(node: &str, plan: &Plan) -> String {
+    let mut s = format!(
+        "{node}: disk plan ({} steps; ! = destroys data):\n",
+        plan.operations.len()
+    );
+    for op in &plan.operations {
+        s.push_str(&format!(
+            "  {} {}\n",
+            if op.destructive { "!" } else { " " },
+            op.description
+        ));
+    }
+    s
+}
+
+/// Asks on the terminal; one node at a time.
+fn ask_wipe(node: &str, plan: &Plan, lock: &Mutex<()>) -> bool {
+    let _g = lock.lock();
+    eprint!("{}", render_plan(node, plan));
+    eprint!("Type `{node}` to wipe these disks and install: ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    if std::io::stdin().lock().read_line(&mut answer).is_err() {
+        return false;
+    }
+    answer.trim() == node
+}
+
+struct Prepared {
+    spec: NodeSpec,
+}
+
+fn prepare(
+    args: &InstallArgs,
+    node: &str,
+    target: Option<String>,
+    kexec: Option<&KexecSpec>,
+) -> Result<Prepared, Failure> {
+    let target = match target {
+        Some(t) => t,
+        None => flake_hostname(&args.flake, node)?,
+    };
+    let target: Target = target
+        .parse()
+        .map_err(|e: nixpave_remote::TargetParseError| usage(e.to_string()))?;
+    let (toplevel, arch, drv) = match &args.system {
+        Some(path) => (path.clone(), std::env::consts::ARCH.to_string(), None),
+        None => {
+            let built = nixpave_install::nix::build_toplevel(&args.flake, node)
+                .map_err(|e| failed(format!("{node}: building the system: {e}")))?;
+            let drv = (args.build_on == "target").then(|| built.drv.clone());
+            (
+                built.toplevel,
+                arch_of_system(&built.system).to_string(),
+                drv,
+            )
+        }
+    };
+    let disk = if args.phases.contains(nixpave_install::Phase::Disk)
+        || args.phases.contains(nixpave_install::Phase::Install)
+    {
+        let source = match &args.disk_config {
+            Some(f) => LayoutSource::File(f.clone()),
+            None => LayoutSource::Flake {
+                flake_ref: args.flake.clone(),
+                name: node.to_string(),
+            },
+        };
+        let options = LoadOptions {
+            args: Vec::new(),
+            disk_overrides: disk_overrides(&args.disk)?,
+        };
+        match nixpave_disk::load_layout(&source, &options) {
+            Ok(layout) => {
+                let plan_options = PlanOptions::default();
+                let plan = nixpave_disk::plan(&layout, Mode::DestroyFormatMount, &plan_options)
+                    .map_err(|e| usage(format!("{node}: {e}")))?;
+                let mount = nixpave_disk::plan(&layout, Mode::Mount, &plan_options).ok();
+                let keys = pairs(&args.disk_encryption_keys)
+                    .into_iter()
+                    .map(|(remote, local)| EncryptionKey {
+                        remote: remote.into(),
+                        local: local.into(),
+                    })
+                    .collect();
+                Some(DiskSpec {
+                    plan,
+                    mount_plan: mount,
+                    needs: layout
+                        .disks()
+                        .into_iter()
+                        .map(|d| DiskNeed {
+                            name: d.name,
+                            device: d.device,
+                            min_bytes: 0,
+                        })
+                        .collect(),
+                    keys,
+                })
+            }
+            Err(e) if args.phases.contains(nixpave_install::Phase::Disk) => {
+                return Err(usage(format!("{node}: loading the disk layout: {e}")))
+            }
+            Err(_) => None,
+        }
+    } else {
+        None
+    };
+    let options = SshOptions {
+        name: Some(node.to_string()),
+        identity_file: args.identity.clone(),
+        known_hosts: args.known_hosts.clone(),
+        host_key_policy: if args.accept_new_host_key {
+            HostKeyPolicy::AcceptNew
+        } else {
+            HostKeyPolicy::Strict
+        },
+        ..SshOptions::default()
+    };
+    let ssh = SshTransport::connect(&target, options).map_err(|e| Failure {
+        code: if e.is_refusal() {
+            exit::REFUSED
+        } else {
+            exit::FAILED
+        },
+        message: format!("{node}: {e}"),
+    })?;
+    Ok(Prepared {
+        spec: NodeSpec {
+            node: node.to_string(),
+            session: Box::new(RemoteSession::new(ssh)),
+            toplevel,
+            arch,
+            phases: args.phases.clone(),
+            resume: args.resume,
+            kexec: kexec.cloned(),
+            disk,
+            root: PathBuf::from("/mnt"),
+            extra_files: args.extra_files.clone(),
+            chown: pairs(&args.chown)
+                .into_iter()
+                .map(|(path, owner)| Chown { path, owner })
+                .collect(),
+            copy_host_keys: args.copy_host_keys,
+            substitute_on_destination: args.substitute_on_destination,
+            build_on_target: drv,
+            timeouts: Timeouts {
+                kexec_up: Duration::from_secs(args.kexec_timeout),
+                verify_up: Duration::from_secs(args.reboot_timeout),
+                ..Timeouts::default()
+            },
+            ram: Default::default(),
+        },
+    })
+}
+
+fn exit_code_of(kind: FailureKind) -> u8 {
+    match kind {
+        FailureKind::Usage => exit::USAGE,
+        FailureKind::Refused => exit::REFUSED,
+        FailureKind::Failed => exit::FAILED,
+    }
+}
+
+fn run_inner(args: InstallArgs) -> Result<u8, Failure> {
+    if let Some(dir) = &args.extra_files {
+        if !dir.is_dir() {
+            return Err(usage(format!(
+                "--extra-files {}: not a directory",
+                dir.display()
+            )));
+        }
+    }
+    for (_, local) in pairs(&args.disk_encryption_keys) {
+        if std::fs::metadata(&local).is_err() {
+            return Err(usage(format!(
+                "--disk-encryption-keys …: cannot read {local}"
+            )));
+        }
+    }
+    for (path, owner) in pairs(&args.chown) {
+        if !path.starts_with('/') || !owner.contains(':') {
+            return Err(usage(format!(
+                "--chown {path} {owner}: expected an absolute PATH and UID:GID"
+            )));
+        }
+    }
+    let targets = targets_for(&args.nodes, &args.target)?;
+    let kexec_spec = match &args.kexec {
+        Some(src) => {
+            let local = kexec::fetch(&KexecSource::parse(src), &kexec::default_cache_dir())
+                .map_err(|e| usage(e.to_string()))?;
+            let tarball = kexec::inspect(&local).map_err(|e| usage(e.to_string()))?;
+            Some(KexecSpec {
+                tarball,
+                remote_dir: "/root/nixpave-kexec".into(),
+            })
+        }
+        None => None,
+    };
+    let mut specs = Vec::new();
+    for (node, target) in args.nodes.iter().zip(targets) {
+        specs.push(prepare(&args, node, target, kexec_spec.as_ref())?.spec);
+    }
+    let printer = Printer {
+        json: args.json,
+        out: Mutex::new(()),
+    };
+    let ask_lock = Mutex::new(());
+    let interactive = std::io::stdin().is_terminal();
+    let yes = args.yes_wipe_all_disks;
+    let json = args.json;
+    let confirm = move |node: &str, plan: &Plan| -> bool {
+        if yes {
+            if !json {
+                eprint!("{}", render_plan(node, plan));
+            }
+            return true;
+        }
+        interactive && ask_wipe(node, plan, &ask_lock)
+    };
+    let engine = nixpave_install::disk::ExecEngine {
+        root_mountpoint: "/mnt".into(),
+    };
+    let installer = Installer {
+        state: StateStore::new(
+            args.state_dir
+                .clone()
+                .unwrap_or_else(StateStore::default_dir),
+        ),
+        reporter: &printer,
+        disk_engine: &engine,
+        confirm: &confirm,
+    };
+    if args.dry_run {
+        let mut worst = exit::OK;
+        for spec in &specs {
+            match nixpave_install::preflight_node(spec, &installer) {
+                Ok(facts) => {
+                    eprintln!(
+                        "{}: preflight passed ({} {}, {} MiB RAM, installer: {})",
+                        spec.node,
+                        facts.os_id,
+                        facts.arch,
+                        facts.mem_total_kib / 1024,
+                        facts.is_installer()
+                    );
+                    if let Some(d) = &spec.disk {
+                        eprint!("{}", render_plan(&spec.node, &d.plan));
+                    }
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    worst = worst.max(exit_code_of(e.kind()));
+                }
+            }
+        }
+        eprintln!("dry run: nothing was written");
+        return Ok(worst);
+    }
+    let results = nixpave_install::install_all(&specs, &installer);
+    let failures: Vec<&InstallError> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    for e in &failures {
+        if !matches!(e, InstallError::Refused { .. }) || args.json {
+            eprintln!("{e}");
+        }
+    }
+    Ok(match (failures.len(), results.len()) {
+        (0, _) => exit::OK,
+        (f, n) if f < n => exit::PARTIAL,
+        _ => failures
+            .iter()
+            .map(|e| exit_code_of(e.kind()))
+            .max()
+            .unwrap_or(exit::FAILED),
+    })
+}
 
 /// Runs `nixpave install`.
-pub fn run(_args: InstallArgs) -> miette::Result<ExitCode> {
-    super::not_yet("install")
+pub fn run(args: InstallArgs) -> miette::Result<ExitCode> {
+    match run_inner(args) {
+        Ok(code) => Ok(exit::code(code)),
+        Err(f) => {
+            eprintln!("error: {}", f.message);
+            Ok(exit::code(f.code))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_single_and_per_node() {
+        let one = targets_for(&["a".into()], &["root@h".into()]).ok().unwrap();
+        assert_eq!(one, vec![Some("root@h".to_string())]);
+        let two = targets_for(&["a".into(), "b".into()], &["b=root@hb".into()])
+            .ok()
+            .unwrap();
+        assert_eq!(two, vec![None, Some("root@hb".to_string())]);
+        assert!(targets_for(&["a".into(), "b".into()], &["root@h".into()]).is_err());
+        assert!(targets_for(&["a".into()], &["c=root@h".into()]).is_err());
+    }
+
+    #[test]
+    fn disk_overrides_and_pairs() {
+        assert_eq!(
+            disk_overrides(&["main=/dev/vdb".into()]).ok().unwrap(),
+            vec![("main".to_string(), "/dev/vdb".to_string())]
+        );
+        assert!(disk_overrides(&["main".into()]).is_err());
+        assert!(disk_overrides(&["main=vdb".into()]).is_err());
+        assert_eq!(
+            pairs(&["/a".into(), "1:2".into(), "/b".into(), "3:4".into()]),
+            vec![("/a".into(), "1:2".into()), ("/b".into(), "3:4".into())]
+        );
+    }
+
+    #[test]
+    fn parses_the_documented_command_line() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: InstallArgs,
+        }
+        let cli = Cli::try_parse_from([
+            "install",
+            "web1,web2",
+            "path:/f",
+            "--target",
+            "web1=root@10.0.0.1",
+            "--phases",
+            "disk,install",
+            "--chown",
+            "/home/a",
+            "1000:100",
+            "--disk-encryption-keys",
+            "/tmp/k",
+            "./k",
+            "--disk",
+            "main=/dev/vda",
+            "--copy-host-keys",
+            "--resume",
+            "--build-on",
+            "target",
+        ])
+        .ok()
+        .unwrap();
+        assert_eq!(cli.args.nodes, vec!["web1", "web2"]);
+        assert_eq!(cli.args.flake, "path:/f");
+        assert_eq!(cli.args.phases.to_string(), "disk,install");
+        assert_eq!(
+            pairs(&cli.args.chown),
+            vec![("/home/a".into(), "1000:100".into())]
+        );
+        assert!(cli.args.resume && cli.args.copy_host_keys);
+        assert!(Cli::try_parse_from(["install", "a", "--phases", "format"]).is_err());
+        assert!(Cli::try_parse_from(["install", "a", "--build-on", "moon"]).is_err());
+    }
 }

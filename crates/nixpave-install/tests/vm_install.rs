@@ -1,0 +1,488 @@
+//! End to end in lab VMs (slow, `#[ignore]`d; run by `scripts/test-install.sh`):
+//! any Linux → kexec into the test installer → real disk layouts (LUKS on LVM; mdadm raid1)
+//! → the test system with GRUB → reboot from its own disk → verify. Plus preflight refusals.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use nixpave_disk::{Mode, Plan};
+use nixpave_install::kexec;
+use nixpave_install::phase::{Phase, PhaseSet};
+use nixpave_install::preflight::{DiskNeed, Refusal};
+use nixpave_install::run::{DiskSpec, Installer, KexecSpec, NodeSpec, Timeouts};
+use nixpave_install::state::StateStore;
+use nixpave_install::steps::EncryptionKey;
+use nixpave_install::{install_node, InstallError, RemoteSession};
+use nixpave_lab::vm::{Vm, VmSpec};
+use nixpave_remote::{HostKeyPolicy, Privilege, SshOptions, SshTransport, Target};
+
+fn start_vm(name: &str, memory_mib: u64, disks: u32) -> Vm {
+    let spec = VmSpec::new(format!("{name}-{}", std::process::id() % 10000))
+        .disks(disks)
+        .disk_size(2 << 30)
+        .memory_mib(memory_mib)
+        .boot_timeout(Duration::from_secs(400));
+    Vm::start_with_progress(&spec, &mut |l| eprintln!("vm: {l}")).expect("lab VM starts")
+}
+
+fn session(vm: &Vm) -> RemoteSession {
+    let target = Target {
+        user: Some("root".into()),
+        host: "127.0.0.1".into(),
+        port: Some(vm.ssh_port()),
+    };
+    let options = SshOptions {
+        identity_file: Some(vm.key()),
+        known_hosts: Some(vm.known_hosts()),
+        host_key_policy: HostKeyPolicy::Strict,
+        privilege: Privilege::None,
+        ..SshOptions::default()
+    };
+    RemoteSession::new(SshTransport::connect(&target, options).expect("ssh to the VM"))
+}
+
+/// Builds the test system from what the guest itself runs (kernel, stage 1, sshd, GRUB).
+fn test_system(vm: &Vm, conf: &Path, work: &Path, tag: &str) -> String {
+    let script = std::fs::read(fixtures().join("harvest.sh")).unwrap();
+    let out = vm.ssh("sh -s", Some(&script)).unwrap();
+    assert!(
+        out.success(),
+        "harvest failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let harvest = work.join("harvest.tar.gz");
+    std::fs::write(&harvest, &out.stdout).unwrap();
+    nix_build(
+        conf,
+        &fixtures().join("system.nix"),
+        &[
+            ("busybox", "/bin/busybox"),
+            ("device", "/dev/vda"),
+            ("tag", tag),
+        ],
+        &[("harvest", &harvest)],
+    )
+}
+
+/// vda: BIOS boot partition + ext4 root (the label the guest's stage 1 looks for).
+fn root_disk_ops() -> Vec<nixpave_disk::Operation> {
+    vec![
+        op(&["sgdisk", "--zap-all", "/dev/vda"], "wipe /dev/vda", true),
+        op(
+            &[
+                "sgdisk",
+                "-n1:0:+1M",
+                "-t1:EF02",
+                "-c1:bios",
+                "-n2:0:0",
+                "-t2:8300",
+                "-c2:root",
+                "/dev/vda",
+            ],
+            "partition /dev/vda (bios boot, root)",
+            true,
+        ),
+        op(&["partx", "-u", "/dev/vda"], "re-read /dev/vda", false),
+        op(&["udevadm", "settle", "-t", "10"], "wait for udev", false),
+        op(
+            &["mkfs.ext4", "-q", "-F", "-L", "nixpave-root", "/dev/vda2"],
+            "format root",
+            true,
+        ),
+    ]
+}
+
+fn mount_root_ops() -> Vec<nixpave_disk::Operation> {
+    vec![op(&["mount", "/dev/vda2", "/mnt"], "mount root", false)]
+}
+
+fn luks_on_lvm_plan(key: &str) -> (Plan, Plan) {
+    let mut ops = root_disk_ops();
+    ops.extend([
+        op(&["wipefs", "-a", "/dev/vdb"], "wipe /dev/vdb", true),
+        op(
+            &["pvcreate", "-ff", "-y", "/dev/vdb"],
+            "LVM PV on /dev/vdb",
+            true,
+        ),
+        op(&["vgcreate", "vgdata", "/dev/vdb"], "VG vgdata", true),
+        op(
+            &["lvcreate", "-y", "-L", "256M", "-n", "secret", "vgdata"],
+            "LV vgdata/secret",
+            true,
+        ),
+        op(
+            &[
+                "cryptsetup",
+                "luksFormat",
+                "--batch-mode",
+                "--type",
+                "luks2",
+                "--pbkdf",
+                "pbkdf2",
+                "--pbkdf-force-iterations",
+                "1000",
+                "--key-file",
+                key,
+                "/dev/vgdata/secret",
+            ],
+            "LUKS on vgdata/secret",
+            true,
+        ),
+        op(
+            &[
+                "cryptsetup",
+                "open",
+                "--key-file",
+                key,
+                "/dev/vgdata/secret",
+                "cryptdata",
+            ],
+            "open cryptdata",
+            false,
+        ),
+        op(
+            &[
+                "mkfs.ext4",
+                "-q",
+                "-F",
+                "-L",
+                "data",
+                "/dev/mapper/cryptdata",
+            ],
+            "format data",
+            true,
+        ),
+    ]);
+    ops.extend(mount_root_ops());
+    ops.extend([
+        op(&["mkdir", "-p", "/mnt/data"], "mountpoint /mnt/data", false),
+        op(
+            &["mount", "/dev/mapper/cryptdata", "/mnt/data"],
+            "mount data",
+            false,
+        ),
+    ]);
+    (
+        plan(Mode::DestroyFormatMount, ops),
+        plan(Mode::Mount, mount_root_ops()),
+    )
+}
+
+fn raid1_plan() -> (Plan, Plan) {
+    let mut ops = root_disk_ops();
+    ops.extend([
+        op(&["wipefs", "-a", "/dev/vdb"], "wipe /dev/vdb", true),
+        op(&["wipefs", "-a", "/dev/vdc"], "wipe /dev/vdc", true),
+        op(
+            &[
+                "mdadm",
+                "--create",
+                "/dev/md/data",
+                "--run",
+                "--level=1",
+                "--raid-devices=2",
+                "--metadata=1.2",
+                "--assume-clean",
+                "/dev/vdb",
+                "/dev/vdc",
+            ],
+            "raid1 over vdb, vdc",
+            true,
+        ),
+        op(
+            &["mkfs.ext4", "-q", "-F", "-L", "raid", "/dev/md/data"],
+            "format raid",
+            true,
+        ),
+    ]);
+    ops.extend(mount_root_ops());
+    ops.extend([
+        op(&["mkdir", "-p", "/mnt/data"], "mountpoint /mnt/data", false),
+        op(&["mount", "/dev/md/data", "/mnt/data"], "mount raid", false),
+    ]);
+    (
+        plan(Mode::DestroyFormatMount, ops),
+        plan(Mode::Mount, mount_root_ops()),
+    )
+}
+
+fn tarball(vm: &Vm) -> KexecSpec {
+    let path = vm.images().expect("the VM has images").installer_tarball();
+    KexecSpec {
+        tarball: kexec::inspect(&path).unwrap(),
+        remote_dir: "/root/nixpave-kexec".into(),
+    }
+}
+
+fn needs(disks: &[&str]) -> Vec<DiskNeed> {
+    disks
+        .iter()
+        .map(|d| DiskNeed {
+            name: d.trim_start_matches("/dev/").into(),
+            device: d.to_string(),
+            min_bytes: 512 << 20,
+        })
+        .collect()
+}
+
+struct Run {
+    _conf: tempfile::TempDir,
+    work: tempfile::TempDir,
+    toplevel: String,
+}
+
+fn prepare(vm: &Vm, tag: &str) -> Run {
+    let conf = nix_conf_dir();
+    std::env::set_var("NIX_CONF_DIR", conf.path());
+    let work = tempfile::tempdir().unwrap();
+    let toplevel = test_system(vm, conf.path(), work.path(), tag);
+    Run {
+        _conf: conf,
+        work,
+        toplevel,
+    }
+}
+
+fn node_spec(vm: &Vm, run: &Run, phases: &str, disk: Option<DiskSpec>) -> NodeSpec {
+    NodeSpec {
+        node: vm.name().to_string(),
+        session: Box::new(session(vm)),
+        toplevel: run.toplevel.clone(),
+        arch: "x86_64".into(),
+        phases: PhaseSet::parse(phases).unwrap(),
+        resume: false,
+        kexec: Some(tarball(vm)),
+        disk,
+        root: PathBuf::from("/mnt"),
+        extra_files: None,
+        chown: Vec::new(),
+        copy_host_keys: true,
+        substitute_on_destination: false,
+        build_on_target: None,
+        timeouts: Timeouts {
+            kexec_up: Duration::from_secs(400),
+            verify_up: Duration::from_secs(400),
+            ..Timeouts::default()
+        },
+        ram: Default::default(),
+    }
+}
+
+fn installer<'a>(
+    rec: &'a Recorder,
+    state: &Path,
+    engine: &'a dyn nixpave_install::disk::DiskEngine,
+) -> Installer<'a> {
+    Installer {
+        state: StateStore::new(state),
+        reporter: rec,
+        disk_engine: engine,
+        confirm: &|_, _| true,
+    }
+}
+
+/// The extra files every installed test system needs: root's authorized key for sshd.
+fn extra_files(vm: &Vm, work: &Path) -> PathBuf {
+    let dir = work.join("extra");
+    let keys = dir.join("etc/ssh/authorized_keys.d");
+    std::fs::create_dir_all(&keys).unwrap();
+    let public = std::fs::read(vm.key().with_extension("pub")).unwrap();
+    std::fs::write(keys.join("root"), public).unwrap();
+    std::fs::set_permissions(keys.join("root"), std::fs::Permissions::from_mode(0o444)).unwrap();
+    std::fs::write(dir.join("etc/motd-secret"), "m").unwrap();
+    std::fs::set_permissions(
+        dir.join("etc/motd-secret"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    dir
+}
+
+fn print_timings(rec: &Recorder, label: &str) {
+    for e in rec.events.lock().unwrap().iter() {
+        if let nixpave_install::Event::Finished {
+            timings,
+            total_seconds,
+            ..
+        } = e
+        {
+            eprintln!("TIMINGS {label}: {timings:?} total {total_seconds:.1} s");
+        }
+    }
+}
+
+#[test]
+#[ignore = "boots qemu VMs (minutes under TCG); run scripts/test-install.sh"]
+fn e2e_luks_on_lvm_kexec_install_reboot_verify() {
+    let vm = start_vm("inst-luks", 2048, 2);
+    let run = prepare(&vm, "luks");
+    let secret = "luks-secret-5521-horse";
+    let key_local = run.work.path().join("data.key");
+    std::fs::write(&key_local, secret).unwrap();
+    let (p, mount) = luks_on_lvm_plan("/tmp/data.key");
+    let disk = DiskSpec {
+        plan: p,
+        mount_plan: Some(mount),
+        needs: needs(&["/dev/vda", "/dev/vdb"]),
+        keys: vec![EncryptionKey {
+            remote: "/tmp/data.key".into(),
+            local: key_local,
+        }],
+    };
+    let mut spec = node_spec(&vm, &run, "kexec,disk,install", Some(disk));
+    spec.extra_files = Some(extra_files(&vm, run.work.path()));
+    let rec = Recorder::default();
+    let state = run.work.path().join("state");
+    let engine = nixpave_install::disk::ExecEngine {
+        root_mountpoint: "/mnt".into(),
+    };
+    let inst = installer(&rec, &state, &engine);
+    let first = install_node(&spec, &inst);
+    if let Err(e) = &first {
+        eprintln!("console:\n{}", vm.console_tail(40));
+        panic!("{e}");
+    }
+    // In the installer: the key is 0600 in RAM, the data volume is LUKS on LVM, extra files kept their modes.
+    let t = spec.session.transport();
+    let sh = |c: &str| {
+        let o = t.run(&["sh".into(), "-c".into(), c.into()], None).unwrap();
+        assert!(o.success(), "{c}: {}", o.stderr_tail(5));
+        o.stdout_str()
+    };
+    assert_eq!(sh("stat -c '%a %u' /tmp/data.key").trim(), "600 0");
+    assert_eq!(sh("stat -f -c %T /tmp/data.key").trim(), "tmpfs");
+    assert!(
+        sh("lsblk -no TYPE /dev/mapper/cryptdata; cryptsetup status cryptdata").contains("LUKS2")
+    );
+    assert!(sh("lvs --noheadings -o lv_name vgdata").contains("secret"));
+    assert_eq!(
+        sh("stat -c %a /mnt/etc/motd-secret /mnt/etc/ssh/authorized_keys.d/root"),
+        "600\n444\n"
+    );
+    assert!(sh("ls /mnt/boot/grub/").contains("i386-pc"));
+    assert!(!rec.json().contains(secret));
+    assert!(
+        !std::fs::read_to_string(StateStore::new(&state).path(vm.name()))
+            .unwrap()
+            .contains(secret)
+    );
+
+    // Reboot and verify as a second run (resume continues after install).
+    let mut spec2 = node_spec(&vm, &run, "kexec,disk,install,reboot,verify", None);
+    spec2.resume = true;
+    drop(spec);
+    let summary = match install_node(&spec2, &inst) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("console:\n{}", vm.console_tail(60));
+            panic!("{e}");
+        }
+    };
+    assert_eq!(
+        summary.skipped,
+        vec![Phase::Kexec, Phase::Disk, Phase::Install]
+    );
+    assert!(vm
+        .console_tail(200)
+        .contains("nixpave-test-system: sshd up"));
+    print_timings(&rec, "luks-on-lvm");
+}
+
+#[test]
+#[ignore = "boots qemu VMs (minutes under TCG); run scripts/test-install.sh"]
+fn e2e_mdadm_raid1_in_one_run() {
+    let vm = start_vm("inst-raid", 2048, 2);
+    let run = prepare(&vm, "raid");
+    let (p, mount) = raid1_plan();
+    let disk = DiskSpec {
+        plan: p,
+        mount_plan: Some(mount),
+        needs: needs(&["/dev/vda", "/dev/vdb", "/dev/vdc"]),
+        keys: Vec::new(),
+    };
+    let mut spec = node_spec(&vm, &run, "kexec,disk,install,reboot,verify", Some(disk));
+    spec.extra_files = Some(extra_files(&vm, run.work.path()));
+    let rec = Recorder::default();
+    let engine = nixpave_install::disk::ExecEngine {
+        root_mountpoint: "/mnt".into(),
+    };
+    let state = run.work.path().join("state");
+    match install_node(&spec, &installer(&rec, &state, &engine)) {
+        Ok(s) => assert_eq!(s.timings.last().unwrap().0, Phase::Verify),
+        Err(e) => {
+            eprintln!("console:\n{}", vm.console_tail(60));
+            panic!("{e}");
+        }
+    }
+    print_timings(&rec, "raid1");
+}
+
+fn disk_sum(vm: &Vm) -> String {
+    vm.ssh_ok("sha256sum /dev/vdb | cut -c1-64").unwrap()
+}
+
+#[test]
+#[ignore = "boots qemu VMs (minutes under TCG); run scripts/test-install.sh"]
+fn preflight_refusals_in_a_vm_write_nothing() {
+    // 640 MiB: enough for the guest, too little for the installer (needs initrd × 2.5 + 384 MiB).
+    let vm = start_vm("inst-pre", 640, 1);
+    let run = prepare(&vm, "pre");
+    let before = disk_sum(&vm);
+    let (p, _) = raid1_plan();
+    let disk = || DiskSpec {
+        plan: p.clone(),
+        mount_plan: None,
+        needs: needs(&["/dev/vda", "/dev/vdb"]),
+        keys: Vec::new(),
+    };
+    let engine = nixpave_install::disk::SequentialEngine;
+    let rec = Recorder::default();
+    let state = run.work.path().join("state");
+    let inst = installer(&rec, &state, &engine);
+    let refusals = |spec: &NodeSpec| match install_node(spec, &inst) {
+        Err(InstallError::Refused { refusals, .. }) => refusals,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+
+    let r = refusals(&node_spec(&vm, &run, "kexec,disk,install", Some(disk())));
+    assert!(
+        r.iter().any(|x| matches!(x, Refusal::TooLittleRam { .. })),
+        "{r:?}"
+    );
+    eprintln!("{}", r[0]);
+
+    let mut missing = disk();
+    missing.needs.push(DiskNeed {
+        name: "data2".into(),
+        device: "/dev/vdz".into(),
+        min_bytes: 1,
+    });
+    let mut spec = node_spec(&vm, &run, "kexec,disk,install", Some(missing));
+    spec.ram.headroom_mib = 0;
+    spec.ram.initrd_factor = 0.0;
+    let r = refusals(&spec);
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert!(r[0].to_string().contains("/dev/vdz"));
+
+    vm.ssh_ok("sysctl -w kernel.kexec_load_disabled=1").unwrap();
+    let mut spec = node_spec(&vm, &run, "kexec,disk,install", Some(disk()));
+    spec.ram.headroom_mib = 0;
+    spec.ram.initrd_factor = 0.0;
+    let r = refusals(&spec);
+    assert!(matches!(r[0], Refusal::KexecUnavailable { .. }), "{r:?}");
+
+    assert_eq!(disk_sum(&vm), before, "a refused install changed the disk");
+    assert_eq!(
+        vm.ssh_ok("ls /root/nixpave-kexec 2>/dev/null | wc -l")
+            .unwrap()
+            .trim(),
+        "0"
+    );
+    let s = spec.session.transport().host().to_string();
+    assert!(!s.is_empty());
+}
