@@ -423,10 +423,24 @@ fn wait_final(
 
 fn agent_log_tail(t: &dyn Transport, profile: &Profile) -> Vec<String> {
     let log = format!("{}/{}.log", profile.settings.state_dir, profile.name);
-    match t.run(&["tail".into(), "-n".into(), "15".into(), log], None) {
-        Ok(out) => out.stdout_str().lines().map(String::from).collect(),
+    match t.run(&["tail".into(), "-n".into(), "60".into(), log], None) {
+        Ok(out) => last_deploy_lines(&out.stdout_str(), 15),
         Err(_) => Vec::new(),
     }
+}
+
+/// The lines of the agent log that belong to its last run (it appends across deploys), at most `max`.
+fn last_deploy_lines(log: &str, max: usize) -> Vec<String> {
+    let lines: Vec<&str> = log.lines().collect();
+    let start = lines
+        .iter()
+        .rposition(|l| {
+            l.starts_with("nixpave-agent: deploy ")
+                || l.starts_with("nixpave-agent: manual rollback")
+        })
+        .unwrap_or(0);
+    let from = start.max(lines.len().saturating_sub(max));
+    lines[from..].iter().map(|l| l.to_string()).collect()
 }
 
 fn reboot_and_verify(
@@ -539,4 +553,19 @@ pub fn rollback_host(
         r.path = Some(rec.path);
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_tail_starts_at_the_last_run() {
+        let log = "nixpave-agent: deploy a: x\nold\nnixpave-agent: deploy b: y\nnew 1\nnew 2\n";
+        assert_eq!(
+            last_deploy_lines(log, 15),
+            ["nixpave-agent: deploy b: y", "new 1", "new 2"]
+        );
+        assert_eq!(last_deploy_lines(log, 2), ["new 1", "new 2"]);
+    }
 }

@@ -66,7 +66,20 @@ pub fn eval_flake_json(
     args.extend(["eval", "--impure", "--json", "--expr"].map(String::from));
     args.push(expr);
     args.extend(opts.extra_args.iter().cloned());
-    let out = run_nix("nix", &args, opts, &[])?;
+    let shown = format!("nix eval --impure --json (fleet of flake {flake})");
+    // The generated expression is long and says nothing to the user: show a short command instead.
+    let out = run_nix("nix", &args, opts, &[]).map_err(|e| match e {
+        NixError::Failed { status, stderr, .. } => NixError::Failed {
+            command: shown.clone(),
+            status,
+            stderr,
+        },
+        NixError::Spawn { source, .. } => NixError::Spawn {
+            command: shown.clone(),
+            source,
+        },
+        other => other,
+    })?;
     serde_json::from_str(&out.stdout).map_err(|e| NixError::BadOutput {
         command: format!("nix eval --json (flake {flake})"),
         message: e.to_string(),

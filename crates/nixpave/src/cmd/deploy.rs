@@ -294,7 +294,7 @@ pub fn run(args: DeployArgs) -> miette::Result<ExitCode> {
     let renderer = Renderer::new(args.fleet.json, hosts.iter().map(|h| h.name.clone()));
     let sink = |e: Event| renderer.event(e);
     let report = nixpave_deploy::deploy_fleet(hosts, &fleet.connector, &opts, &rollout, &sink);
-    renderer.finish(&report)?;
+    renderer.finish(&report, |h| h.outcome.is_success())?;
     Ok(exit::code(fleet_exit(&report)))
 }
 
@@ -453,12 +453,12 @@ impl Renderer {
         }
     }
 
-    fn finish(&self, report: &FleetReport) -> miette::Result<()> {
+    fn finish(&self, report: &FleetReport, ok: fn(&HostReport) -> bool) -> miette::Result<()> {
         if self.json {
             let summary = serde_json::json!({
                 "event": "report",
                 "hosts": report.hosts,
-                "failed": report.failed(),
+                "failed": report.hosts.iter().filter(|h| !ok(h)).count(),
                 "ssh_handshakes": report.handshakes,
             });
             println!("{}", serde_json::to_string(&summary).into_diagnostic()?);
@@ -481,15 +481,17 @@ impl Renderer {
                 h.message
             );
         }
-        for h in report.hosts.iter().filter(|h| {
-            !h.outcome.is_success() && h.outcome != Outcome::Skipped && !h.log_tail.is_empty()
-        }) {
+        for h in report
+            .hosts
+            .iter()
+            .filter(|h| !ok(h) && h.outcome != Outcome::Skipped && !h.log_tail.is_empty())
+        {
             println!("\n--- {}: last log lines ---", h.host);
             for l in &h.log_tail {
                 println!("  {l}");
             }
         }
-        let failed = report.failed();
+        let failed = report.hosts.iter().filter(|h| !ok(h)).count();
         println!(
             "\n{} of {} host(s) succeeded{}",
             report.hosts.len() - failed,
@@ -500,7 +502,7 @@ impl Renderer {
                     report
                         .hosts
                         .iter()
-                        .filter(|h| !h.outcome.is_success())
+                        .filter(|h| !ok(h))
                         .map(|h| h.host.as_str())
                         .collect::<Vec<_>>()
                         .join(", ")
@@ -624,7 +626,7 @@ pub fn rollback(args: RollbackArgs) -> miette::Result<ExitCode> {
     let report = nixpave_deploy::fleet::run_waves(hosts, &rollout, sink, &|host, salt| {
         nixpave_deploy::rollback_host(host, &fleet.connector, args.goal, sink, salt)
     });
-    renderer.finish(&report)?;
+    renderer.finish(&report, |h| h.outcome == Outcome::RolledBack)?;
     let failed = report
         .hosts
         .iter()
