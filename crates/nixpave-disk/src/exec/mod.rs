@@ -331,7 +331,11 @@ pub fn execute_with_prompt(
             command: shell_join(&op.argv),
             state: StepState::Running,
         };
+        // A dry run of a wiping plan cannot probe the state after the wipe: every step after
+        // the deactivation would run on blank disks.
+        let after_wipe = options.dry_run && preflight.wipes && i >= preflight.deactivation.len();
         let verdict = match &op.guard {
+            Some(_) if after_wipe => Verdict::Missing("on the wiped disks".into()),
             Some(g) => guard::evaluate(g, &mut session)?,
             None => Verdict::Run,
         };
@@ -358,13 +362,18 @@ pub fn execute_with_prompt(
                 })
             }
         };
-        let (argv, device, unresolved) = resolve_op(&mut session, op, index)?;
+        let ResolvedOp {
+            argv,
+            device,
+            unresolved,
+            note: missing,
+        } = resolve_op(&mut session, op, index)?;
         progress.command = shell_join(&argv);
         if options.dry_run {
             report.ran += 1;
             report.commands.push(argv);
             progress.state = StepState::WouldRun {
-                note: note.or(unresolved),
+                note: note.or(missing),
             };
             on_progress(&progress);
             continue;
@@ -438,14 +447,24 @@ fn guard_subject(op: &Operation) -> String {
     }
 }
 
-/// Resolves udev-style paths in the argv and the device. Returns the argv, the resolved device
-/// and, if some path could not be resolved, why.
+/// An operation's argv and device after path resolution.
+struct ResolvedOp {
+    argv: Vec<String>,
+    device: String,
+    /// Why some path could not be resolved (an error in a real run).
+    unresolved: Option<String>,
+    /// The same, short, for a dry run (an earlier step would create the device).
+    note: Option<String>,
+}
+
+/// Resolves udev-style paths in the argv and the device.
 fn resolve_op(
     session: &mut Session<'_>,
     op: &Operation,
     index: usize,
-) -> Result<(Vec<String>, String, Option<String>), ApplyError> {
+) -> Result<ResolvedOp, ApplyError> {
     let mut unresolved = None;
+    let mut missing_note = None;
     let mut resolve_word = |session: &mut Session<'_>, word: &str| -> Result<String, ApplyError> {
         if !resolve::is_udev_path(word) {
             return Ok(word.to_string());
@@ -455,6 +474,7 @@ fn resolve_op(
             Resolution::Verbatim => word.to_string(),
             Resolution::Missing { reason } => {
                 unresolved.get_or_insert(format!("{word}: {reason}"));
+                missing_note.get_or_insert(format!("{word} does not exist yet"));
                 word.to_string()
             }
             Resolution::Ambiguous { candidates } => {
@@ -477,7 +497,12 @@ fn resolve_op(
         argv.push(resolve_word(session, word)?);
     }
     let device = resolve_word(session, &op.device)?;
-    Ok((argv, device, unresolved))
+    Ok(ResolvedOp {
+        argv,
+        device,
+        unresolved,
+        note: missing_note,
+    })
 }
 
 /// The bytes to feed on standard input.
