@@ -264,23 +264,33 @@ fn push(
         .substitute_on_destination
         .unwrap_or(!host.settings.fast_connection);
     let build_on_target = opts.build_on_target || host.settings.remote_build;
-    let result = if build_on_target {
+    if build_on_target {
+        // Ship the derivations (not their outputs), then realise them on the host.
         let drvs: Vec<String> = host
             .profiles
             .iter()
             .filter_map(|p| p.path.drv_path().map(String::from))
             .collect();
-        nixpave_nix::build::build_on_store(
-            &to.store_uri.replacen("ssh://", "ssh-ng://", 1),
-            &drvs,
-            &to.ssh_opts,
-            &opts.nix,
-        )
-        .map(|_| ())
-    } else {
-        nixpave_nix::copy::copy_closure(&to, paths, &opts.nix)
-    };
-    result.map_err(|e| StepError::new(Phase::Push, e.to_string()))?;
+        nixpave_nix::copy::copy_derivations(&to, &drvs, &opts.nix)
+            .map_err(|e| StepError::new(Phase::Push, e.to_string()))?;
+        let mut argv = vec!["nix-store".to_string(), "--realise".to_string()];
+        argv.extend(drvs);
+        let out = conn
+            .transport()
+            .run_streaming(&argv, None, &mut |_, line| run.log(line.to_string()))
+            .map_err(transport_err(Phase::Push))?;
+        if !out.success() {
+            return Err(StepError {
+                phase: Phase::Push,
+                message: format!("building on the host failed (exit {:?})", out.status),
+                log_tail: out.stderr_tail(15).lines().map(String::from).collect(),
+            });
+        }
+        run.log("built on the host");
+        return Ok(());
+    }
+    nixpave_nix::copy::copy_closure(&to, paths, &opts.nix)
+        .map_err(|e| StepError::new(Phase::Push, e.to_string()))?;
     run.log(format!("pushed {} path(s)", paths.len()));
     Ok(())
 }

@@ -83,3 +83,54 @@ fn builds_every_selected_profile_with_one_nix_build() {
             .exists());
     }
 }
+
+#[test]
+fn plain_nixos_configurations_without_deploy_output() {
+    nix_conf_dir();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(fixtures().join("system.nix"), dir.path().join("system.nix")).expect("copy");
+    std::fs::write(
+        dir.path().join("flake.nix"),
+        r#"{ outputs = { self }: {
+  nixosConfigurations.web1.config.system.build.toplevel = import ./system.nix { tag = "web1"; };
+  nixosConfigurations.web2.config.system.build.toplevel = import ./system.nix { tag = "web2"; };
+}; }"#,
+    )
+    .expect("flake");
+    let flake = FlakeTarget::parse(&format!("{}#web2", dir.path().display()));
+    let selection = Selection::default().with_fragment(flake.fragment.as_deref().unwrap_or(""));
+    let inv =
+        Inventory::from_flake(&flake.flake, &selection, &NixOptions::default()).expect("evaluates");
+    assert_eq!(inv.hosts.len(), 1);
+    assert_eq!(inv.hosts[0].hostname, "web2");
+    assert_eq!(inv.hosts[0].profiles[0].name, "system");
+    assert!(inv.hosts[0].profiles[0]
+        .path
+        .out_path()
+        .ends_with("nixpave-test-system-web2"));
+}
+
+#[test]
+fn key_text_and_key_file_paths_come_through_the_evaluation_as_strings() {
+    nix_conf_dir();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(fixtures().join("system.nix"), dir.path().join("system.nix")).expect("copy");
+    std::fs::write(
+        dir.path().join("flake.nix"),
+        r#"{ outputs = { self }: {
+  deploy.nodes.k = { hostname = "k"; profiles.system.path = import ./system.nix { };
+    keys.a = { text = "nixpave-secret-text-7f3a"; };
+    keys.b = { keyFile = "/etc/nixpave-does-not-matter"; uploadAt = "post-activation"; }; };
+}; }"#,
+    )
+    .expect("flake");
+    let flake = FlakeTarget::parse(&dir.path().display().to_string());
+    let inv = Inventory::from_flake(&flake.flake, &Selection::default(), &NixOptions::default())
+        .expect("evaluates");
+    let keys = &inv.hosts[0].keys;
+    assert_eq!(keys[0].1.text.as_deref(), Some("nixpave-secret-text-7f3a"));
+    assert_eq!(
+        keys[1].1.key_file.as_deref(),
+        Some("/etc/nixpave-does-not-matter")
+    );
+}

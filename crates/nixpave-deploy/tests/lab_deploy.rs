@@ -404,3 +404,45 @@ fn killed_deployer_still_rolls_back() {
     assert!(inside(h, &format!("cat {STATE_DIR}/system.json"))
         .contains("\"reason\":\"no-confirmation\""));
 }
+
+#[test]
+fn build_on_target_builds_there_not_here() {
+    let lab = Lab::up(1).expect("lab up");
+    let conn = connector(&lab);
+    nix_conf_dir();
+    let tag = unique("remote");
+    let drv = std::process::Command::new("nix-instantiate")
+        .arg(fixtures().join("system.nix"))
+        .args(["--argstr", "tag", &tag])
+        .output()
+        .expect("nix-instantiate");
+    let drv = String::from_utf8_lossy(&drv.stdout).trim().to_string();
+    let out = std::process::Command::new("nix-store")
+        .args(["-q", "--outputs", &drv])
+        .output()
+        .expect("nix-store -q");
+    let out = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        drv.ends_with(".drv") && out.starts_with("/nix/store/"),
+        "{drv} {out}"
+    );
+    let h = lab.host(0);
+    let nodes = serde_json::json!({ h.name(): {
+        "hostname": h.name(), "stateDir": STATE_DIR, "confirmTimeout": 4,
+        "profiles": { "system": { "path": { "drv": drv, "out": out } } } } });
+    let host = inventory(nodes).hosts.remove(0);
+    let events = Events::default();
+    let sink = events.sink();
+    let opts = DeployOptions {
+        build_on_target: true,
+        ..Default::default()
+    };
+    let report = deploy_host(&host, &conn, &opts, &sink, 0);
+    assert_eq!(report.outcome, Outcome::Deployed, "{report:?}");
+    assert_eq!(profile_of(h), out);
+    let here = std::process::Command::new("nix-store")
+        .args(["--check-validity", &out])
+        .output()
+        .expect("nix-store");
+    assert!(!here.status.success(), "{out} was built locally");
+}

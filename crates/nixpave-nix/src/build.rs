@@ -49,38 +49,6 @@ pub fn parse_build_json(stdout: &str) -> Result<BTreeMap<String, String>, NixErr
         .collect()
 }
 
-/// Realises `drv_paths` on a remote machine (`--build-on-target`): `nix build --store ssh-ng://…` builds
-/// there after copying the derivations.
-pub fn build_on_store(
-    store_uri: &str,
-    drv_paths: &[String],
-    ssh_opts: &str,
-    opts: &NixOptions,
-) -> Result<BTreeMap<String, String>, NixError> {
-    let mut args = experimental_args();
-    args.extend(
-        [
-            "build",
-            "--json",
-            "--no-link",
-            "--eval-store",
-            "auto",
-            "--store",
-        ]
-        .map(String::from),
-    );
-    args.push(store_uri.to_string());
-    args.extend(opts.extra_args.iter().cloned());
-    args.extend(drv_paths.iter().cloned());
-    let out = run_nix(
-        "nix",
-        &args,
-        opts,
-        &[("NIX_SSHOPTS".into(), ssh_opts.to_string())],
-    )?;
-    parse_build_json(&out.stdout)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

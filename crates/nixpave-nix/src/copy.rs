@@ -13,6 +13,13 @@ pub struct CopyTo {
     pub substitute_on_destination: bool,
 }
 
+/// Copies `.drv` files and their closures (not their outputs) so the destination can build them.
+pub fn copy_derivations(to: &CopyTo, drvs: &[String], opts: &NixOptions) -> Result<(), NixError> {
+    let mut extended = opts.clone();
+    extended.extra_args.insert(0, "--derivation".into());
+    copy_closure(to, drvs, &extended)
+}
+
 /// Copies the closures of `paths` to the destination store with one `nix copy`.
 pub fn copy_closure(to: &CopyTo, paths: &[String], opts: &NixOptions) -> Result<(), NixError> {
     let mut args = experimental_args();
