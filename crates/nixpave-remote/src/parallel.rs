@@ -3,14 +3,14 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-/// Calls `job(index, item)` for every item, at most `max_parallel` at a time (0 means all at
+/// Calls `job(item)` for every item, at most `max_parallel` at a time (0 means all at
 /// once), and returns the results in the order of `items`. Items not yet started when
 /// [`crate::cancel`] is requested are skipped (`None`).
 pub fn for_each<T, R, F>(items: &[T], max_parallel: usize, job: F) -> Vec<Option<R>>
 where
     T: Sync,
     R: Send,
-    F: Fn(usize, &T) -> R + Sync,
+    F: Fn(&T) -> R + Sync,
 {
     let workers = match max_parallel {
         0 => items.len(),
@@ -26,7 +26,7 @@ where
                 if crate::cancel::is_cancelled() {
                     break;
                 }
-                let result = job(index, item);
+                let result = job(item);
                 results.lock().unwrap_or_else(|p| p.into_inner())[index] = Some(result);
             });
         }
@@ -44,12 +44,12 @@ mod tests {
         let running = AtomicUsize::new(0);
         let peak = AtomicUsize::new(0);
         let items: Vec<u32> = (0..8).collect();
-        let out = for_each(&items, 3, |i, x| {
+        let out = for_each(&items, 3, |x| {
             let now = running.fetch_add(1, Ordering::SeqCst) + 1;
             peak.fetch_max(now, Ordering::SeqCst);
             std::thread::sleep(Duration::from_millis(30));
             running.fetch_sub(1, Ordering::SeqCst);
-            (i as u32) * 10 + x
+            x * 11
         });
         assert_eq!(
             out,
@@ -63,7 +63,7 @@ mod tests {
     fn zero_means_all_at_once() {
         let items = [(); 6];
         let started = Instant::now();
-        let out = for_each(&items, 0, |_, _| {
+        let out = for_each(&items, 0, |_| {
             std::thread::sleep(Duration::from_millis(100))
         });
         assert_eq!(out.len(), 6);

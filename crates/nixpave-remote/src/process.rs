@@ -50,88 +50,94 @@ pub(crate) fn run_child(
         source,
     })?;
     let started = Instant::now();
-    std::thread::scope(|scope| {
-        if let (Some(data), Some(mut pipe)) = (run.stdin, child.stdin.take()) {
+    // Readers and the stdin writer are detached threads, not scoped ones: an ssh mux client
+    // hands its pipes to the master, so after we kill the client they stay open until the
+    // master lets go, and a stopped command must not wait for that.
+    if let (Some(data), Some(mut pipe)) = (run.stdin, child.stdin.take()) {
+        let data = data.to_vec();
+        std::thread::spawn(move || {
             // A command that exits without reading all its input is not an error of ours.
-            scope.spawn(move || {
-                let _ = pipe.write_all(data);
-            });
-        }
-        let (tx, rx) = std::sync::mpsc::channel::<(OutputStream, Vec<u8>)>();
-        let pipes: [(OutputStream, Option<Box<dyn Read + Send>>); 2] = [
-            (
-                OutputStream::Stdout,
-                child
-                    .stdout
-                    .take()
-                    .map(|p| Box::new(p) as Box<dyn Read + Send>),
-            ),
-            (
-                OutputStream::Stderr,
-                child
-                    .stderr
-                    .take()
-                    .map(|p| Box::new(p) as Box<dyn Read + Send>),
-            ),
-        ];
-        for (which, pipe) in pipes {
-            let Some(pipe) = pipe else { continue };
-            let tx = tx.clone();
-            scope.spawn(move || {
-                let mut reader = BufReader::new(pipe);
-                let mut line = Vec::new();
-                while matches!(reader.read_until(b'\n', &mut line), Ok(n) if n > 0) {
-                    if tx.send((which, std::mem::take(&mut line))).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        drop(tx);
-        let mut out = CommandOutput::default();
-        let mut stopped: Option<TransportError> = None;
-        loop {
-            match rx.recv_timeout(POLL) {
-                Ok((which, line)) => {
-                    let text = String::from_utf8_lossy(&line);
-                    on_line(which, text.trim_end_matches(['\n', '\r']));
-                    match which {
-                        OutputStream::Stdout => out.stdout.extend_from_slice(&line),
-                        OutputStream::Stderr => out.stderr.extend_from_slice(&line),
-                    }
-                }
-                // Both pipes closed: the child (and anything holding its pipes) is done.
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-            }
-            if stopped.is_none() {
-                if run.cancellable && cancel::is_cancelled() {
-                    stopped = Some(TransportError::Interrupted {
-                        host: run.host.into(),
-                    });
-                } else if run.timeout.is_some_and(|t| started.elapsed() > t) {
-                    stopped = Some(TransportError::Timeout {
-                        host: run.host.into(),
-                        command: run.shown.into(),
-                        seconds: run.timeout.map_or(0, |t| t.as_secs()),
-                    });
-                }
-                if stopped.is_some() {
-                    kill(&mut child);
+            let _ = pipe.write_all(&data);
+        });
+    }
+    let (tx, rx) = std::sync::mpsc::channel::<(OutputStream, Vec<u8>)>();
+    let pipes: [(OutputStream, Option<Box<dyn Read + Send>>); 2] = [
+        (
+            OutputStream::Stdout,
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        ),
+        (
+            OutputStream::Stderr,
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        ),
+    ];
+    for (which, pipe) in pipes {
+        let Some(pipe) = pipe else { continue };
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(pipe);
+            let mut line = Vec::new();
+            while matches!(reader.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+                if tx.send((which, std::mem::take(&mut line))).is_err() {
+                    break;
                 }
             }
+        });
+    }
+    drop(tx);
+    let mut out = CommandOutput::default();
+    let mut stopped: Option<TransportError> = None;
+    loop {
+        match rx.recv_timeout(POLL) {
+            Ok((which, line)) => {
+                let text = String::from_utf8_lossy(&line);
+                on_line(which, text.trim_end_matches(['\n', '\r']));
+                match which {
+                    OutputStream::Stdout => out.stdout.extend_from_slice(&line),
+                    OutputStream::Stderr => out.stderr.extend_from_slice(&line),
+                }
+            }
+            // Both pipes closed: the child (and anything holding its pipes) is done.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
         }
-        let status = child.wait().map_err(|source| TransportError::Io {
-            host: run.host.into(),
-            what: format!("waiting for `{}`", run.shown),
-            source,
-        })?;
-        if let Some(err) = stopped {
-            return Err(err);
+        if stopped.is_some() {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            continue;
         }
-        out.status = status.code();
-        Ok(out)
-    })
+        if run.cancellable && cancel::is_cancelled() {
+            stopped = Some(TransportError::Interrupted {
+                host: run.host.into(),
+            });
+        } else if run.timeout.is_some_and(|t| started.elapsed() > t) {
+            stopped = Some(TransportError::Timeout {
+                host: run.host.into(),
+                command: run.shown.into(),
+                seconds: run.timeout.map_or(0, |t| t.as_secs()),
+            });
+        }
+        if stopped.is_some() {
+            kill(&mut child);
+        }
+    }
+    let status = child.wait().map_err(|source| TransportError::Io {
+        host: run.host.into(),
+        what: format!("waiting for `{}`", run.shown),
+        source,
+    })?;
+    if let Some(err) = stopped {
+        return Err(err);
+    }
+    out.status = status.code();
+    Ok(out)
 }
 
 /// Kills a child; an already exited one is fine.

@@ -75,8 +75,13 @@ fn remove_host(host: &HostState, netns_list: &str) -> Result<(), LabError> {
             &["netns", "del", &host.netns],
         )?;
     }
+    // Deleting the namespace destroys the veth pair asynchronously: it may vanish under us.
     if link_exists(&host.veth) {
-        sys::run("removing a host veth", "ip", &["link", "del", &host.veth])?;
+        if let Err(e) = sys::run("removing a host veth", "ip", &["link", "del", &host.veth]) {
+            if link_exists(&host.veth) {
+                return Err(e);
+            }
+        }
     }
     Ok(())
 }

@@ -1,12 +1,310 @@
-//! `nixpave exec`.
+//! `nixpave exec`: one command on many hosts in parallel, output prefixed per host, a summary.
+//!
+//! Also home of [`ConnectArgs`], the connection options shared by every command that reaches
+//! hosts over ssh (`facts`, `exec`, …), and of resolving target words into connections.
 
+use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nixpave_remote::{
+    cancel, parallel, HostKeyPolicy, Inventory, OutputStream, PasswordPrompt, Privilege,
+    ResolvedHost, SshOptions, TargetResolver, Transport, TransportError,
+};
+
+use crate::exit;
+
+/// How to reach hosts: shared by every command that connects over ssh.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnectArgs {
+    /// Inventory JSON file; its host names (and `all`) become valid targets.
+    #[arg(long, value_name = "FILE")]
+    pub inventory: Option<PathBuf>,
+    /// Directory of `nixpave lab` labs; a lab's name (`lab`) or `LAB:HOST` are valid targets.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "NIXPAVE_LAB_DIR",
+        default_value = "/var/lib/nixpave/lab"
+    )]
+    pub lab_dir: PathBuf,
+    /// Private key to log in with.
+    #[arg(short = 'i', long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// known_hosts file to check host keys against (instead of ~/.ssh/known_hosts).
+    #[arg(long, value_name = "FILE")]
+    pub known_hosts: Option<PathBuf>,
+    /// Record the key of a host seen for the first time (a changed key is still refused).
+    #[arg(long)]
+    pub accept_new_host_key: bool,
+    /// ssh_config file to use instead of ~/.ssh/config.
+    #[arg(short = 'F', long, value_name = "FILE")]
+    pub ssh_config: Option<PathBuf>,
+    /// Seconds to wait for a host to answer.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub connect_timeout: u64,
+    /// How a non-root login user becomes root.
+    #[arg(long = "become", value_name = "TOOL", default_value = "sudo", value_parser = ["sudo", "doas", "run0", "none"])]
+    pub become_tool: String,
+    /// Ask for each host's sudo password once (read from the terminal, fed to sudo on stdin).
+    #[arg(long)]
+    pub ask_sudo_password: bool,
+}
+
+impl ConnectArgs {
+    /// Turns target words into hosts (inventory names, labs, `user@host:port`).
+    pub fn resolve(&self, words: &[String]) -> Result<Vec<ResolvedHost>, String> {
+        let inventory = match &self.inventory {
+            Some(path) => Some(Inventory::load(path).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        TargetResolver {
+            inventory,
+            lab_dir: Some(self.lab_dir.clone()),
+        }
+        .resolve(words)
+        .map_err(|e| e.to_string())
+    }
+
+    /// ssh options from the flags (per-host inventory settings are added by
+    /// [`ResolvedHost::ssh_options`]).
+    pub fn ssh_options(&self) -> SshOptions {
+        SshOptions {
+            identity_file: self.identity.clone(),
+            known_hosts: self.known_hosts.clone(),
+            host_key_policy: if self.accept_new_host_key {
+                HostKeyPolicy::AcceptNew
+            } else {
+                HostKeyPolicy::Strict
+            },
+            ssh_config: self.ssh_config.clone(),
+            connect_timeout: Duration::from_secs(self.connect_timeout.max(1)),
+            privilege: match self.become_tool.as_str() {
+                "doas" => Privilege::Doas,
+                "run0" => Privilege::Run0,
+                "none" => Privilege::None,
+                _ => Privilege::Sudo,
+            },
+            sudo_password: self.ask_sudo_password.then(terminal_password_prompt),
+            ..SshOptions::default()
+        }
+    }
+}
+
+/// Asks on the terminal, one host at a time, with echo off.
+fn terminal_password_prompt() -> PasswordPrompt {
+    let lock = Arc::new(Mutex::new(()));
+    Arc::new(move |host: &str| {
+        let _one_at_a_time = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let tty = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/tty")
+            .ok()?;
+        let stty = |arg: &str| {
+            std::process::Command::new("stty")
+                .arg(arg)
+                .stdin(
+                    tty.try_clone()
+                        .ok()
+                        .map_or(std::process::Stdio::null(), Into::into),
+                )
+                .status()
+        };
+        let mut out = tty.try_clone().ok()?;
+        let _ = write!(out, "sudo password for {host}: ");
+        let _ = out.flush();
+        let _ = stty("-echo");
+        let mut line = String::new();
+        let read = std::io::BufRead::read_line(&mut std::io::BufReader::new(&tty), &mut line);
+        let _ = stty("echo");
+        let _ = writeln!(out);
+        read.ok()?;
+        Some(line.trim_end_matches(['\n', '\r']).to_string())
+    })
+}
 
 /// Arguments of `nixpave exec`.
 #[derive(Debug, clap::Args)]
-pub struct ExecArgs {}
+pub struct ExecArgs {
+    /// Hosts: `user@host[:port]`, inventory names, `all`, a lab name (`lab`) or `LAB:HOST`.
+    #[arg(required = true, value_name = "TARGETS")]
+    pub targets: Vec<String>,
+    /// The command, after `--`. A single word containing spaces runs through `sh -c`.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+    /// Hosts worked on at the same time (0 = all).
+    #[arg(long, short = 'p', default_value_t = 16)]
+    pub parallel: usize,
+    /// Seconds a command may run on a host before it is stopped.
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<u64>,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// How one host's run ended.
+enum HostResult {
+    /// The command ran and exited with this status (`None`: killed by a signal).
+    Ran(Option<i32>),
+    /// Connecting or running failed.
+    Error(TransportError),
+}
 
 /// Runs `nixpave exec`.
-pub fn run(_args: ExecArgs) -> miette::Result<ExitCode> {
-    super::not_yet("exec")
+pub fn run(args: ExecArgs) -> miette::Result<ExitCode> {
+    let hosts = match args.connect.resolve(&args.targets) {
+        Ok(hosts) => hosts,
+        Err(e) => return Ok(usage_error(&e)),
+    };
+    if let Err(e) = cancel::install_signal_handlers() {
+        tracing::warn!("cannot install the Ctrl-C handler: {e}");
+    }
+    let argv = command_argv(&args.command);
+    let mut base = args.connect.ssh_options();
+    base.command_timeout = args.timeout.map(Duration::from_secs);
+    let width = hosts.iter().map(|h| h.name.len()).max().unwrap_or(0);
+    let results = parallel::for_each(&hosts, args.parallel, |host| {
+        let started = Instant::now();
+        let result = run_on_host(host, &base, &argv, width);
+        (result, started.elapsed())
+    });
+    let rows: Vec<(&ResolvedHost, HostResult, Duration)> = hosts
+        .iter()
+        .zip(results)
+        .map(|(host, result)| match result {
+            Some((r, t)) => (host, r, t),
+            None => (
+                host,
+                HostResult::Error(TransportError::Interrupted {
+                    host: host.name.clone(),
+                }),
+                Duration::ZERO,
+            ),
+        })
+        .collect();
+    print_summary(&rows, width);
+    Ok(exit::code(exit_status(&rows)))
+}
+
+fn run_on_host(
+    host: &ResolvedHost,
+    base: &SshOptions,
+    argv: &[String],
+    width: usize,
+) -> HostResult {
+    let ssh = match nixpave_remote::SshTransport::connect(&host.target, host.ssh_options(base)) {
+        Ok(ssh) => ssh,
+        Err(e) => return HostResult::Error(e),
+    };
+    let name = &host.name;
+    let result = ssh.run_streaming(argv, None, &mut |stream, line| match stream {
+        OutputStream::Stdout => {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{name:<width$} | {line}");
+        }
+        OutputStream::Stderr => {
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(err, "{name:<width$} ! {line}");
+        }
+    });
+    match result {
+        Ok(out) => HostResult::Ran(out.status),
+        Err(e) => HostResult::Error(e),
+    }
+}
+
+/// `-- 'a | b'` (one word with shell syntax) runs through `sh -c`; anything else is an argv.
+fn command_argv(command: &[String]) -> Vec<String> {
+    match command {
+        [line] if line.contains(|c: char| c.is_whitespace() || "|&;<>()$`*?".contains(c)) => {
+            vec!["sh".into(), "-c".into(), line.clone()]
+        }
+        _ => command.to_vec(),
+    }
+}
+
+fn print_summary(rows: &[(&ResolvedHost, HostResult, Duration)], width: usize) {
+    let width = width.max(4);
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(
+        err,
+        "\n{:<width$}  {:<11}  {:>4}  {:>7}",
+        "HOST", "RESULT", "EXIT", "TIME"
+    );
+    for (host, result, time) in rows {
+        let (label, code, detail) = match result {
+            HostResult::Ran(Some(0)) => ("ok", "0".to_string(), String::new()),
+            HostResult::Ran(Some(c)) => ("failed", c.to_string(), String::new()),
+            HostResult::Ran(None) => ("killed", "-".into(), "killed by a signal".into()),
+            HostResult::Error(TransportError::Interrupted { .. }) => {
+                ("interrupted", "-".into(), String::new())
+            }
+            HostResult::Error(e) if e.is_refusal() => ("refused", "-".into(), e.to_string()),
+            HostResult::Error(e) => ("error", "-".into(), e.to_string()),
+        };
+        let _ = writeln!(
+            err,
+            "{:<width$}  {label:<11}  {code:>4}  {:>6.2}s{}",
+            host.name,
+            time.as_secs_f64(),
+            if detail.is_empty() {
+                String::new()
+            } else {
+                format!("  {}", detail.replace('\n', "\n    "))
+            }
+        );
+    }
+    let ok = rows
+        .iter()
+        .filter(|(_, r, _)| matches!(r, HostResult::Ran(Some(0))))
+        .count();
+    let _ = writeln!(err, "{ok}/{} hosts succeeded", rows.len());
+}
+
+fn exit_status(rows: &[(&ResolvedHost, HostResult, Duration)]) -> u8 {
+    if cancel::is_cancelled() {
+        return exit::INTERRUPTED;
+    }
+    let ok = rows
+        .iter()
+        .filter(|(_, r, _)| matches!(r, HostResult::Ran(Some(0))))
+        .count();
+    let refused = rows
+        .iter()
+        .filter(|(_, r, _)| matches!(r, HostResult::Error(e) if e.is_refusal()))
+        .count();
+    match ok {
+        n if n == rows.len() => exit::OK,
+        0 if refused == rows.len() => exit::REFUSED,
+        0 => exit::FAILED,
+        _ => exit::PARTIAL,
+    }
+}
+
+/// Prints a bad-input error and returns exit status 2.
+pub(crate) fn usage_error(message: &str) -> ExitCode {
+    eprintln!("{:?}", miette::miette!("{message}"));
+    exit::code(exit::USAGE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_word_with_shell_syntax_goes_through_sh() {
+        let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            command_argv(&words(&["uname", "-a"])),
+            words(&["uname", "-a"])
+        );
+        assert_eq!(command_argv(&words(&["uptime"])), words(&["uptime"]));
+        assert_eq!(
+            command_argv(&words(&["ls / | wc -l"])),
+            words(&["sh", "-c", "ls / | wc -l"])
+        );
+    }
 }

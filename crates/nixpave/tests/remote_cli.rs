@@ -1,0 +1,343 @@
+//! `nixpave exec`, `nixpave facts` and `nixpave lab` against real lab hosts.
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nixpave_lab::testing::{Lab, LabOptions};
+
+fn nixpave(lab: &Lab) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nixpave"));
+    cmd.env("NIXPAVE_LAB_DIR", lab.base_dir());
+    cmd
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null()).output().expect("nixpave runs")
+}
+
+#[test]
+fn exec_runs_on_five_hosts_in_parallel_with_prefixes_and_a_summary() {
+    let lab = Lab::up(5).expect("lab up");
+    let started = Instant::now();
+    let out = run(nixpave(&lab).args([
+        "exec",
+        lab.name(),
+        "--",
+        "sh",
+        "-c",
+        "sleep 1; hostname -I; echo warn >&2",
+    ]));
+    let elapsed = started.elapsed();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    for host in lab.hosts() {
+        let line = format!("{} | {}", host.name(), host.address());
+        assert!(stdout.contains(&line), "missing `{line}` in\n{stdout}");
+        assert!(
+            stderr.contains(&format!("{} ! warn", host.name())),
+            "{stderr}"
+        );
+    }
+    assert!(stderr.contains("5/5 hosts succeeded"), "{stderr}");
+    // Five one-second commands at once, not one after the other.
+    assert!(elapsed < Duration::from_secs(4), "took {elapsed:?}");
+
+    // --parallel 1 runs them one at a time.
+    let started = Instant::now();
+    let out = run(nixpave(&lab).args(["exec", "--parallel", "1", lab.name(), "--", "sleep", "1"]));
+    assert_eq!(out.status.code(), Some(0));
+    assert!(started.elapsed() >= Duration::from_secs(5));
+}
+
+#[test]
+fn exec_exit_status_is_partial_when_some_hosts_fail_and_failed_when_all_do() {
+    let lab = Lab::up(3).expect("lab up");
+    lab.host(2).stop_sshd();
+    let name = lab.name();
+    let out = run(nixpave(&lab).args(["exec", "--connect-timeout", "3", name, "--", "true"]));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("2/3 hosts succeeded"), "{stderr}");
+    assert!(
+        stderr.contains("host3") && stderr.contains("Connection refused"),
+        "{stderr}"
+    );
+
+    let out = run(nixpave(&lab).args([
+        "exec",
+        &format!("{name}:host1,{name}:host2"),
+        "--",
+        "sh -c 'exit 3'",
+    ]));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("failed"));
+
+    // Bad targets are bad input (2), before anything connects.
+    let out = run(nixpave(&lab).args(["exec", &format!("{name}:host9"), "--", "true"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("host1, host2, host3"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn exec_refuses_a_changed_host_key_with_exit_3() {
+    let lab = Lab::up(1).expect("lab up");
+    let host = lab.host(0);
+    let fake = lab.dir().join("fake_key");
+    let ok = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&fake)
+        .status()
+        .expect("ssh-keygen");
+    assert!(ok.success());
+    let public = std::fs::read_to_string(fake.with_extension("pub")).expect("pub");
+    let known = lab.dir().join("bad_known_hosts");
+    std::fs::write(&known, format!("{} {}", host.address(), public)).expect("write");
+    let out = run(nixpave(&lab)
+        .args(["exec", "--known-hosts"])
+        .arg(&known)
+        .args([lab.name(), "--", "true"]));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("refused") && stderr.contains("expected") && stderr.contains("offered"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("SHA256:").count(), 2, "{stderr}");
+}
+
+#[test]
+fn sigint_stops_every_host_and_leaves_no_ssh_processes() {
+    let lab = Lab::up(3).expect("lab up");
+    let mut child = nixpave(&lab)
+        .args(["exec", lab.name(), "--", "sleep", "30"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    let marker = format!("/tmp/nixpave-ssh-{pid}-");
+    // Wait until all three hosts run the command.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while lab
+        .hosts()
+        .iter()
+        .map(|h| h.accepted_logins())
+        .sum::<usize>()
+        < 3
+        || count_processes("sleep 30") < 3
+    {
+        assert!(Instant::now() < deadline, "commands never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(count_processes(&marker) >= 3, "ssh processes are running");
+    let started = Instant::now();
+    // SIGINT to nixpave alone (not its process group), as `kill -INT` would send it.
+    let sent = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "nixpave did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = child.wait_with_output().expect("output");
+    assert_eq!(status.code(), Some(130), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("interrupted"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(count_processes(&marker), 0, "stray ssh processes left");
+}
+
+/// Processes (not zombies) whose command line contains `pattern`.
+fn count_processes(pattern: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter(|e| {
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let zombie = stat
+                .rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'));
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            !zombie && text(&cmdline).replace('\0', " ").contains(pattern)
+        })
+        .count()
+}
+
+#[test]
+fn facts_json_of_a_lab_host() {
+    let lab = Lab::with(LabOptions {
+        hosts: 1,
+        disks: 1,
+        disk_size: 32 << 20,
+    })
+    .expect("lab up");
+    let out = run(nixpave(&lab).args(["facts", "--json", &format!("{}:host1", lab.name())]));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let facts: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(facts["lab_host"], true);
+    assert_eq!(facts["is_root"], true);
+    assert_eq!(facts["kexec"]["possible"], false);
+    let disk = &lab.host(0).disks()[0];
+    let disks = facts["disks"].as_array().expect("disks");
+    assert!(
+        disks
+            .iter()
+            .any(|d| d["path"] == disk.as_str() && d["size"] == 32 << 20),
+        "{disks:?}"
+    );
+
+    let human = run(nixpave(&lab).args(["facts", lab.name()]));
+    assert_eq!(human.status.code(), Some(0));
+    let human = text(&human.stdout);
+    assert!(
+        human.contains("nixpave lab host") && human.contains(disk.as_str()),
+        "{human}"
+    );
+}
+
+#[test]
+fn lab_up_status_ssh_and_down_through_the_cli() {
+    let dir = std::path::PathBuf::from(format!("/var/tmp/nixpave-cli-lab-{}", std::process::id()));
+    let cli = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nixpave"));
+        cmd.env("NIXPAVE_LAB_DIR", &dir).stdin(Stdio::null());
+        cmd
+    };
+    let name = format!("cli{}", std::process::id());
+    let out = cli()
+        .args([
+            "lab",
+            "up",
+            "--name",
+            &name,
+            "--hosts",
+            "2",
+            "--disks",
+            "1",
+            "--disk-size",
+            "16M",
+        ])
+        .output()
+        .expect("lab up");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("is up: 2 hosts"),
+        "{}",
+        text(&out.stdout)
+    );
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join(&name).join("state.json")).expect("state"),
+    )
+    .expect("json");
+    let netns = state["hosts"][0]["netns"]
+        .as_str()
+        .expect("netns")
+        .to_string();
+    let disk = state["hosts"][0]["disks"][0]["device"]
+        .as_str()
+        .expect("disk")
+        .to_string();
+
+    let again = cli()
+        .args(["lab", "up", "--name", &name])
+        .output()
+        .expect("lab up twice");
+    assert_eq!(again.status.code(), Some(2), "a second up is refused");
+
+    let status = cli()
+        .args(["lab", "status", "--name", &name])
+        .output()
+        .expect("status");
+    assert_eq!(status.status.code(), Some(0));
+    assert_eq!(
+        text(&status.stdout).matches("running  open").count(),
+        2,
+        "{}",
+        text(&status.stdout)
+    );
+
+    let ssh = cli()
+        .args([
+            "lab",
+            "ssh",
+            "--name",
+            &name,
+            "host2",
+            "--",
+            "cat",
+            "/etc/ssh/nixpave-lab-host",
+        ])
+        .output()
+        .expect("lab ssh");
+    assert_eq!(ssh.status.code(), Some(0), "{}", text(&ssh.stderr));
+    assert_eq!(text(&ssh.stdout).trim(), name);
+
+    let exec = cli()
+        .args(["exec", &name, "--", "true"])
+        .output()
+        .expect("exec");
+    assert_eq!(exec.status.code(), Some(0), "{}", text(&exec.stderr));
+
+    let down = cli()
+        .args(["lab", "down", "--name", &name])
+        .output()
+        .expect("down");
+    assert_eq!(down.status.code(), Some(0), "{}", text(&down.stderr));
+    assert!(!dir.join(&name).exists());
+    let namespaces = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip");
+    assert!(!text(&namespaces.stdout).contains(&netns));
+    let loops = Command::new("losetup")
+        .args(["-n", "-O", "NAME,BACK-FILE"])
+        .output()
+        .expect("losetup");
+    assert!(
+        !text(&loops.stdout)
+            .lines()
+            .any(|l| l.starts_with(&format!("{disk} ")) && l.contains(&name)),
+        "{}",
+        text(&loops.stdout)
+    );
+    let down = cli()
+        .args(["lab", "down", "--name", &name])
+        .output()
+        .expect("down again");
+    assert_eq!(down.status.code(), Some(0), "down is idempotent");
+    assert!(text(&down.stdout).contains("nothing to do"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
