@@ -177,7 +177,9 @@ pub fn apply_overrides(
     } else {
         Some(json)
     };
-    let disks = devices.and_then(|d| d.get_mut("disk")).and_then(|d| d.as_object_mut());
+    let disks = devices
+        .and_then(|d| d.get_mut("disk"))
+        .and_then(|d| d.as_object_mut());
     let Some(disks) = disks else {
         return Err(LoadError::UnknownDisk {
             name: overrides[0].0.clone(),
@@ -192,7 +194,10 @@ pub fn apply_overrides(
                 known: known.join(", "),
             });
         };
-        let old = disk.get("device").and_then(|d| d.as_str()).map(str::to_string);
+        let old = disk
+            .get("device")
+            .and_then(|d| d.as_str())
+            .map(str::to_string);
         disk.insert("device".into(), serde_json::Value::String(device.clone()));
         if let (Some(old), Some(content)) = (old, disk.get_mut("content")) {
             if content.get("device").and_then(|d| d.as_str()) == Some(old.as_str()) {
@@ -214,7 +219,12 @@ fn locate(file: &Path, path: &str) -> Option<String> {
         if seg.chars().all(|c| c.is_ascii_digit()) {
             continue; // list index
         }
-        let needles = [format!("{seg} "), format!("{seg}="), format!("\"{seg}\""), format!("{seg}.")];
+        let needles = [
+            format!("{seg} "),
+            format!("{seg}="),
+            format!("\"{seg}\""),
+            format!("{seg}."),
+        ];
         let found = needles
             .iter()
             .filter_map(|n| text[from..].find(n.as_str()).map(|i| i + from))
@@ -263,14 +273,23 @@ mod tests {
         let mut j = serde_json::json!({"disko": {"devices": {"disk": {"main": {
             "device": "/dev/vda", "content": {"type": "gpt", "device": "/dev/vda"}}}}}});
         apply_overrides(&mut j, &[("main".into(), "/dev/loop7".into())]).unwrap();
-        assert_eq!(j["disko"]["devices"]["disk"]["main"]["device"], "/dev/loop7");
-        assert_eq!(j["disko"]["devices"]["disk"]["main"]["content"]["device"], "/dev/loop7");
+        assert_eq!(
+            j["disko"]["devices"]["disk"]["main"]["device"],
+            "/dev/loop7"
+        );
+        assert_eq!(
+            j["disko"]["devices"]["disk"]["main"]["content"]["device"],
+            "/dev/loop7"
+        );
         let err = apply_overrides(&mut j, &[("nope".into(), "/dev/x".into())]).unwrap_err();
         assert!(err.to_string().contains("no disk `nope`"));
     }
 
     #[test]
     fn path_segments() {
-        assert_eq!(split_path("nodev.\"/a.b\".fsType"), vec!["nodev", "/a.b", "fsType"]);
+        assert_eq!(
+            split_path("nodev.\"/a.b\".fsType"),
+            vec!["nodev", "/a.b", "fsType"]
+        );
     }
 }

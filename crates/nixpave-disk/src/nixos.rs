@@ -35,7 +35,10 @@ impl Fragment {
                         self.content(pc);
                     }
                 }
-                if g.partitions.iter().any(|p| p.type_code.eq_ignore_ascii_case("EF02")) {
+                if g.partitions
+                    .iter()
+                    .any(|p| p.type_code.eq_ignore_ascii_case("EF02"))
+                {
                     self.grub_devices.push(g.device.clone());
                 }
             }
@@ -97,7 +100,11 @@ impl Fragment {
         }
     }
 
-    fn swap_files(&mut self, files: &std::collections::BTreeMap<String, SwapFile>, mountpoint: &str) {
+    fn swap_files(
+        &mut self,
+        files: &std::collections::BTreeMap<String, SwapFile>,
+        mountpoint: &str,
+    ) {
         for f in files.values() {
             self.swap_devices.push(json!({
                 "device": format!("{}/{}", mountpoint.trim_end_matches('/'), f.path.trim_start_matches('/')),
@@ -107,7 +114,13 @@ impl Fragment {
         }
     }
 
-    fn zfs_fs(&mut self, name: &str, options: &std::collections::BTreeMap<String, String>, mountpoint: &Option<String>, mount_options: &[String]) {
+    fn zfs_fs(
+        &mut self,
+        name: &str,
+        options: &std::collections::BTreeMap<String, String>,
+        mountpoint: &Option<String>,
+        mount_options: &[String],
+    ) {
         let Some(mp) = mountpoint else { return };
         if options.get("mountpoint").map(String::as_str) == Some("none")
             || options.get("canmount").map(String::as_str) == Some("off")
@@ -138,7 +151,10 @@ impl Fragment {
             boot.insert("swraid".into(), json!({ "enable": true }));
         }
         if !self.grub_devices.is_empty() {
-            boot.insert("loader".into(), json!({ "grub": { "devices": self.grub_devices } }));
+            boot.insert(
+                "loader".into(),
+                json!({ "grub": { "devices": self.grub_devices } }),
+            );
         }
         if let Some(r) = self.resume_device {
             boot.insert("resumeDevice".into(), Value::String(r));
@@ -218,7 +234,9 @@ pub fn nixos_config(layout: &Layout) -> Value {
                     f.zfs_fs(&p.name, &p.root_fs_options, &p.mountpoint, &p.mount_options);
                     for ds in p.datasets.values() {
                         match ds {
-                            Dataset::Fs(z) => f.zfs_fs(&z.full_name, &z.options, &z.mountpoint, &z.mount_options),
+                            Dataset::Fs(z) => {
+                                f.zfs_fs(&z.full_name, &z.options, &z.mountpoint, &z.mount_options)
+                            }
                             Dataset::Volume(v) => {
                                 if let Some(c) = &v.content {
                                     f.content(c);
@@ -230,7 +248,12 @@ pub fn nixos_config(layout: &Layout) -> Value {
             }
             "nodev" => {
                 if let Some(n) = layout.nodev.get(&d.name) {
-                    f.fs(&n.mountpoint, &n.device, &n.fs_type, n.mount_options.clone());
+                    f.fs(
+                        &n.mountpoint,
+                        &n.device,
+                        &n.fs_type,
+                        n.mount_options.clone(),
+                    );
                 }
             }
             "bcachefs_filesystems" => {

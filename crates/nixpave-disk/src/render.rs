@@ -59,7 +59,10 @@ pub fn guard_test(g: &Guard) -> String {
     match g {
         Guard::DeviceBlank { device } => format!("! blkid -p {} >/dev/null 2>&1", q(device)),
         Guard::NoFilesystem { device } => {
-            format!("! blkid -p -o export {} 2>/dev/null | grep -q '^TYPE='", q(device))
+            format!(
+                "! blkid -p -o export {} 2>/dev/null | grep -q '^TYPE='",
+                q(device)
+            )
         }
         Guard::NotLuks { device } => format!("! cryptsetup isLuks {}", q(device)),
         Guard::PartitionAbsent { disk, number } => format!(
@@ -133,7 +136,12 @@ pub fn human(plan: &Plan) -> String {
     }
     for dev in devices {
         let _ = writeln!(out, "\n{dev}");
-        for (i, o) in plan.operations.iter().enumerate().filter(|(_, o)| o.device == dev) {
+        for (i, o) in plan
+            .operations
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| o.device == dev)
+        {
             let mark = if o.destructive { "!" } else { " " };
             let _ = writeln!(out, "  {:>3}.{mark} {}", i + 1, o.description);
             let _ = writeln!(out, "        $ {}", command_line(&o.argv));
@@ -209,7 +217,12 @@ fn var_name(name: &str) -> String {
 pub fn script(plan: &Plan) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "#!/usr/bin/env bash");
-    let _ = writeln!(out, "# nixpave disk plan, mode `{}` ({} operations)", plan.mode, plan.operations.len());
+    let _ = writeln!(
+        out,
+        "# nixpave disk plan, mode `{}` ({} operations)",
+        plan.mode,
+        plan.operations.len()
+    );
     let _ = writeln!(out, "set -euo pipefail");
     for (i, o) in plan.operations.iter().enumerate() {
         let _ = writeln!(out, "\n# {}. {}", i + 1, o.description);

@@ -104,8 +104,14 @@ mod tests {
         assert_eq!(edit_distance("sise", "size"), 1);
         assert_eq!(edit_distance("", "abc"), 3);
         assert_eq!(suggest("sise", &["size", "start", "end"]), Some("size"));
-        assert_eq!(suggest("mountpiont", &["mountpoint", "mountOptions"]), Some("mountpoint"));
-        assert_eq!(suggest("MountOptions", &["mountOptions"]), Some("mountOptions"));
+        assert_eq!(
+            suggest("mountpiont", &["mountpoint", "mountOptions"]),
+            Some("mountpoint")
+        );
+        assert_eq!(
+            suggest("MountOptions", &["mountOptions"]),
+            Some("mountOptions")
+        );
         assert_eq!(suggest("zzzzzz", &["size"]), None);
     }
 }

@@ -60,7 +60,9 @@ pub fn partition_device(device: &str, index: usize) -> Result<String, String> {
     let base = device.rsplit('/').next().unwrap_or(device);
     if device.starts_with("/dev/disk/") || device.starts_with("/dev/zvol/") {
         Ok(format!("{device}-part{index}"))
-    } else if ["sd", "vd", "xvd", "hd"].iter().any(|p| base.starts_with(p))
+    } else if ["sd", "vd", "xvd", "hd"]
+        .iter()
+        .any(|p| base.starts_with(p))
         && device.starts_with("/dev/")
         && !ends_digit
     {
@@ -100,7 +102,10 @@ mod tests {
 
     #[test]
     fn udev_escaping() {
-        assert_eq!(hex_escape_udev("name with spaces"), "name\\x20with\\x20spaces");
+        assert_eq!(
+            hex_escape_udev("name with spaces"),
+            "name\\x20with\\x20spaces"
+        );
         assert_eq!(hex_escape_udev("a:b=c@d_e.f+g#h"), "a:b=c@d_e.f+g#h");
         assert_eq!(hex_escape_udev("é"), "\\xc3\\xa9");
     }
@@ -116,12 +121,18 @@ mod tests {
     #[test]
     fn partition_numbering() {
         assert_eq!(partition_device("/dev/sda", 2).unwrap(), "/dev/sda2");
-        assert_eq!(partition_device("/dev/nvme0n1", 1).unwrap(), "/dev/nvme0n1p1");
+        assert_eq!(
+            partition_device("/dev/nvme0n1", 1).unwrap(),
+            "/dev/nvme0n1p1"
+        );
         assert_eq!(partition_device("/dev/loop3", 1).unwrap(), "/dev/loop3p1");
         assert_eq!(
             partition_device("/dev/disk/by-id/x", 1).unwrap(),
             "/dev/disk/by-id/x-part1"
         );
-        assert_eq!(partition_device("/dev/md/boot", 1).unwrap(), "/dev/md/boot1");
+        assert_eq!(
+            partition_device("/dev/md/boot", 1).unwrap(),
+            "/dev/md/boot1"
+        );
     }
 }

@@ -118,7 +118,8 @@ impl<'a> Attrs<'a> {
     }
 
     fn req_str(&self, key: &str) -> R<String> {
-        self.opt_str(key)?.ok_or_else(|| LayoutError::Missing { path: self.at(key) })
+        self.opt_str(key)?
+            .ok_or_else(|| LayoutError::Missing { path: self.at(key) })
     }
 
     fn bool_or(&self, key: &str, default: bool) -> R<bool> {
@@ -337,10 +338,9 @@ pub(super) fn layout(value: &Value) -> R<Layout> {
     }
     if let Some(fss) = top.attrs("bcachefs_filesystems")? {
         for (key, v) in fss.entries() {
-            layout.bcachefs_filesystems.insert(
-                key.clone(),
-                bcachefs_filesystem(key, v, &fss.at(key))?,
-            );
+            layout
+                .bcachefs_filesystems
+                .insert(key.clone(), bcachefs_filesystem(key, v, &fss.at(key))?);
         }
     }
     Ok(layout)
@@ -484,7 +484,10 @@ fn gpt(a: &Attrs, parent: &Parent) -> R<Gpt> {
         p.index = i + 1;
         if p.device.is_empty() {
             // md partitions have no by-partlabel link; disko uses the md-name by-id link
-            p.device = format!("/dev/disk/by-id/md-name-any:{}-part{}", parent.name, p.index);
+            p.device = format!(
+                "/dev/disk/by-id/md-name-any:{}-part{}",
+                parent.name, p.index
+            );
         }
     }
     // contents need the final device path, so they are parsed after numbering
@@ -497,7 +500,12 @@ fn gpt(a: &Attrs, parent: &Parent) -> R<Gpt> {
                 name: &p.name,
                 device: p.device.clone(),
             };
-            p.content = content(pv.get("content"), &pv.at("content"), &child, Allowed::Partition)?;
+            p.content = content(
+                pv.get("content"),
+                &pv.at("content"),
+                &child,
+                Allowed::Partition,
+            )?;
             out.push(p);
         }
     }
@@ -576,7 +584,10 @@ fn gpt_partition(key: &str, v: &Value, path: &str, parent: &Parent) -> R<GptPart
     };
     let alignment = match a.opt_int("alignment")? {
         Some(n) if n < 0 => {
-            return Err(LayoutError::invalid(a.at("alignment"), "must not be negative"))
+            return Err(LayoutError::invalid(
+                a.at("alignment"),
+                "must not be negative",
+            ))
         }
         Some(n) => n as u64,
         None => default_alignment,
@@ -590,7 +601,10 @@ fn gpt_partition(key: &str, v: &Value, path: &str, parent: &Parent) -> R<GptPart
     let uuid = a.opt_str("uuid")?;
     if let Some(u) = &uuid {
         if !is_guid(u) {
-            return Err(LayoutError::invalid(a.at("uuid"), format!("`{u}` is not a UUID")));
+            return Err(LayoutError::invalid(
+                a.at("uuid"),
+                format!("`{u}` is not a UUID"),
+            ));
         }
     }
     let label = match a.opt_str("label")? {
@@ -705,7 +719,12 @@ fn table(a: &Attrs, parent: &Parent) -> R<Table> {
                     flags: p.str_list("flags")?,
                     bootable: p.bool_or("bootable", false)?,
                     device: pdev,
-                    content: content(p.get("content"), &p.at("content"), &child, Allowed::Partition)?,
+                    content: content(
+                        p.get("content"),
+                        &p.at("content"),
+                        &child,
+                        Allowed::Partition,
+                    )?,
                     name,
                 });
             }
@@ -722,7 +741,13 @@ fn table(a: &Attrs, parent: &Parent) -> R<Table> {
 
 fn filesystem(a: &Attrs, parent: &Parent) -> R<Filesystem> {
     a.known(
-        &["device", "format", "extraArgs", "mountOptions", "mountpoint"],
+        &[
+            "device",
+            "format",
+            "extraArgs",
+            "mountOptions",
+            "mountpoint",
+        ],
         true,
     )?;
     Ok(Filesystem {
@@ -1001,12 +1026,13 @@ fn zpool(key: &str, v: &Value, path: &str) -> R<Zpool> {
         Some(v @ Value::Object(_)) => {
             let m = Attrs::new(v, &a.at("mode"))?;
             m.known(&["topology"], false)?;
-            let t = m
-                .attrs("topology")?
-                .ok_or_else(|| LayoutError::Missing {
-                    path: m.at("topology"),
-                })?;
-            t.known(&["vdev", "spare", "log", "dedup", "special", "cache"], false)?;
+            let t = m.attrs("topology")?.ok_or_else(|| LayoutError::Missing {
+                path: m.at("topology"),
+            })?;
+            t.known(
+                &["vdev", "spare", "log", "dedup", "special", "cache"],
+                false,
+            )?;
             ZpoolMode::Topology(Topology {
                 vdev: vdevs(&t, "vdev")?,
                 spare: t.str_list("spare")?,
@@ -1066,7 +1092,12 @@ fn dataset(pool: &str, key: &str, v: &Value, path: &str) -> R<Dataset> {
                 options: a.str_map("options")?,
                 extra_args: a.str_list("extraArgs")?,
                 size: a.opt_str("size")?,
-                content: content(a.get("content"), &a.at("content"), &parent, Allowed::Partition)?,
+                content: content(
+                    a.get("content"),
+                    &a.at("content"),
+                    &parent,
+                    Allowed::Partition,
+                )?,
                 hooks: a.hooks()?,
                 device,
                 name,
@@ -1094,7 +1125,15 @@ fn lvm_vg(key: &str, v: &Value, path: &str) -> R<LvmVg> {
         for (lkey, v) in la.entries() {
             let l = Attrs::new(v, &la.at(lkey))?;
             l.known(
-                &["name", "size", "lvm_type", "pool", "extraArgs", "content", "priority"],
+                &[
+                    "name",
+                    "size",
+                    "lvm_type",
+                    "pool",
+                    "extraArgs",
+                    "content",
+                    "priority",
+                ],
                 false,
             )?;
             let lname = l.str_or("name", lkey)?;
@@ -1134,7 +1173,12 @@ fn lvm_vg(key: &str, v: &Value, path: &str) -> R<LvmVg> {
                 pool: l.opt_str("pool")?,
                 extra_args: l.str_list("extraArgs")?,
                 priority: l.opt_int("priority")?.unwrap_or(default_priority),
-                content: content(l.get("content"), &l.at("content"), &parent, Allowed::Partition)?,
+                content: content(
+                    l.get("content"),
+                    &l.at("content"),
+                    &parent,
+                    Allowed::Partition,
+                )?,
                 lvm_type,
                 device,
                 name: lname,
@@ -1226,7 +1270,10 @@ fn bcachefs_filesystem(key: &str, v: &Value, path: &str) -> R<BcachefsFilesystem
     }
     let uuid = a.str_or("uuid", &uuid_from_name(&name))?;
     if !is_guid(&uuid) {
-        return Err(LayoutError::invalid(a.at("uuid"), format!("`{uuid}` is not a UUID")));
+        return Err(LayoutError::invalid(
+            a.at("uuid"),
+            format!("`{uuid}` is not a UUID"),
+        ));
     }
     Ok(BcachefsFilesystem {
         extra_format_args: a.str_list("extraFormatArgs")?,

@@ -51,7 +51,11 @@ pub fn parse_position(text: &str) -> Result<Position, String> {
         return parse_amount(rest, SECTOR).map(Position::BeforeEnd);
     }
     let v = parse_amount(t, SECTOR)?;
-    Ok(if v == 0 { Position::Default } else { Position::Absolute(v) })
+    Ok(if v == 0 {
+        Position::Default
+    } else {
+        Position::Absolute(v)
+    })
 }
 
 /// A number with an optional K/M/G/T/P (binary) or `s` (sectors) suffix; a bare number is
@@ -61,7 +65,9 @@ pub fn parse_amount(text: &str, bare_unit: u64) -> Result<u64, String> {
     let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(digits_end);
     if num.is_empty() {
-        return Err(format!("`{text}` is not a size (expected e.g. 512M, 1G, 2048s)"));
+        return Err(format!(
+            "`{text}` is not a size (expected e.g. 512M, 1G, 2048s)"
+        ));
     }
     let n: u64 = num
         .parse()
@@ -90,7 +96,9 @@ pub fn is_disko_size(text: &str) -> bool {
     if text == "100%" {
         return true;
     }
-    let digits_end = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let digits_end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (num, unit) = text.split_at(digits_end);
     !num.is_empty() && matches!(unit, "" | "K" | "M" | "G" | "T" | "P")
 }

@@ -61,7 +61,12 @@ pub(crate) fn contents(layout: &Layout) -> Vec<(TopDevice, String, &Content)> {
             Content::Table(t) => {
                 for p in &t.partitions {
                     if let Some(pc) = &p.content {
-                        walk(top, format!("{path}.partitions.{}.content", p.index - 1), pc, out);
+                        walk(
+                            top,
+                            format!("{path}.partitions.{}.content", p.index - 1),
+                            pc,
+                            out,
+                        );
                     }
                 }
             }
@@ -99,7 +104,10 @@ pub(crate) fn contents(layout: &Layout) -> Vec<(TopDevice, String, &Content)> {
         };
         for lv in &vg.lvs {
             if let Some(c) = &lv.content {
-                let p = join(&join(&join(&join("lvm_vg", name), "lvs"), &lv.name), "content");
+                let p = join(
+                    &join(&join(&join("lvm_vg", name), "lvs"), &lv.name),
+                    "content",
+                );
                 walk(&top, p, c, &mut out);
             }
         }
@@ -112,7 +120,10 @@ pub(crate) fn contents(layout: &Layout) -> Vec<(TopDevice, String, &Content)> {
         for (dname, ds) in &pool.datasets {
             if let Dataset::Volume(v) = ds {
                 if let Some(c) = &v.content {
-                    let p = join(&join(&join(&join("zpool", name), "datasets"), dname), "content");
+                    let p = join(
+                        &join(&join(&join("zpool", name), "datasets"), dname),
+                        "content",
+                    );
                     walk(&top, p, c, &mut out);
                 }
             }
@@ -132,7 +143,11 @@ pub(crate) fn members(layout: &Layout) -> Members {
             Content::LvmPv(p) => ("lvm_vg", p.vg.clone(), p.device.clone()),
             Content::Mdraid(p) => ("mdadm", p.name.clone(), p.device.clone()),
             Content::Zfs(p) => ("zpool", p.pool.clone(), p.device.clone()),
-            Content::Bcachefs(p) => ("bcachefs_filesystems", p.filesystem.clone(), p.device.clone()),
+            Content::Bcachefs(p) => (
+                "bcachefs_filesystems",
+                p.filesystem.clone(),
+                p.device.clone(),
+            ),
             _ => continue,
         };
         m.entry((kind, name)).or_default().push((dev, path, top));
@@ -145,7 +160,10 @@ pub(crate) fn members(layout: &Layout) -> Members {
 pub(crate) fn device_order(layout: &Layout) -> Result<Vec<TopDevice>, LayoutError> {
     let mut base: Vec<TopDevice> = Vec::new();
     let kinds: [(&'static str, Vec<&String>); 6] = [
-        ("bcachefs_filesystems", layout.bcachefs_filesystems.keys().collect()),
+        (
+            "bcachefs_filesystems",
+            layout.bcachefs_filesystems.keys().collect(),
+        ),
         ("disk", layout.disk.keys().collect()),
         ("lvm_vg", layout.lvm_vg.keys().collect()),
         ("mdadm", layout.mdadm.keys().collect()),
@@ -270,7 +288,10 @@ pub(super) fn layout(layout: &Layout) -> Result<(), LayoutError> {
         }
     }
     for (k, n) in &layout.nodev {
-        add_mp(&Some(n.mountpoint.clone()), join(&join("nodev", k), "mountpoint"))?;
+        add_mp(
+            &Some(n.mountpoint.clone()),
+            join(&join("nodev", k), "mountpoint"),
+        )?;
     }
     for (pname, pool) in &layout.zpool {
         add_mp(&pool.mountpoint, join(&join("zpool", pname), "mountpoint"))?;
@@ -283,7 +304,10 @@ pub(super) fn layout(layout: &Layout) -> Result<(), LayoutError> {
                 if !legacy_or_none {
                     add_mp(
                         &f.mountpoint,
-                        join(&join(&join(&join("zpool", pname), "datasets"), dname), "mountpoint"),
+                        join(
+                            &join(&join(&join("zpool", pname), "datasets"), dname),
+                            "mountpoint",
+                        ),
                     )?;
                 }
             }
@@ -336,7 +360,11 @@ pub(super) fn layout(layout: &Layout) -> Result<(), LayoutError> {
         need("zpool", name, "pool (no zfs content with this `pool`)")?;
     }
     for name in layout.bcachefs_filesystems.keys() {
-        need("bcachefs_filesystems", name, "bcachefs filesystem (no bcachefs content with this `filesystem`)")?;
+        need(
+            "bcachefs_filesystems",
+            name,
+            "bcachefs filesystem (no bcachefs content with this `filesystem`)",
+        )?;
     }
     for (vname, vg) in &layout.lvm_vg {
         let pools: BTreeSet<&str> = vg
@@ -356,7 +384,11 @@ pub(super) fn layout(layout: &Layout) -> Result<(), LayoutError> {
                             format!("`{p}` is not a thin-pool LV of `{vname}`"),
                         ))
                     }
-                    None => return Err(LayoutError::Missing { path: join(&lpath, "pool") }),
+                    None => {
+                        return Err(LayoutError::Missing {
+                            path: join(&lpath, "pool"),
+                        })
+                    }
                 }
             }
         }
@@ -369,7 +401,12 @@ pub(super) fn layout(layout: &Layout) -> Result<(), LayoutError> {
                 .unwrap_or_default();
             let mut named: Vec<(String, String)> = Vec::new();
             let tpath = join(&join(&join("zpool", pname), "mode"), "topology");
-            for (class, vdevs) in [("vdev", &t.vdev), ("log", &t.log), ("dedup", &t.dedup), ("special", &t.special)] {
+            for (class, vdevs) in [
+                ("vdev", &t.vdev),
+                ("log", &t.log),
+                ("dedup", &t.dedup),
+                ("special", &t.special),
+            ] {
                 for (i, v) in vdevs.iter().enumerate() {
                     for m in &v.members {
                         named.push((m.clone(), format!("{tpath}.{class}.{i}.members")));

@@ -38,15 +38,13 @@ pub(crate) fn content(c: &Content, ctx: &mut Ctx) -> Vec<Operation> {
             let mut a = vec![format!("mkfs.{}", f.format)];
             a.extend(f.extra_args.iter().cloned());
             a.push(f.device.clone());
-            let body = vec![op(
-                &f.device,
-                format!("format {} as {}", f.device, f.format),
-                a,
-            )
-            .destructive()
-            .guard(Guard::NoFilesystem {
-                device: f.device.clone(),
-            })];
+            let body = vec![
+                op(&f.device, format!("format {} as {}", f.device, f.format), a)
+                    .destructive()
+                    .guard(Guard::NoFilesystem {
+                        device: f.device.clone(),
+                    }),
+            ];
             with_hooks(&f.hooks, &f.device, body)
         }
         Content::Btrfs(b) => btrfs(b, ctx),
@@ -89,11 +87,15 @@ pub(crate) fn content(c: &Content, ctx: &mut Ctx) -> Vec<Operation> {
 
 fn gpt(g: &Gpt, ctx: &mut Ctx) -> Vec<Operation> {
     let dev = &g.device;
-    let mut body = vec![op(dev, format!("create a GPT partition table on {dev}"), argv!["sgdisk", "--clear", dev])
-        .destructive()
-        .guard(Guard::DeviceBlank {
-            device: dev.clone(),
-        })];
+    let mut body = vec![op(
+        dev,
+        format!("create a GPT partition table on {dev}"),
+        argv!["sgdisk", "--clear", dev],
+    )
+    .destructive()
+    .guard(Guard::DeviceBlank {
+        device: dev.clone(),
+    })];
     for p in &g.partitions {
         let i = p.index;
         let mut a = argv!["sgdisk", "--align-end"];
@@ -144,7 +146,10 @@ fn gpt(g: &Gpt, ctx: &mut Ctx) -> Vec<Operation> {
         body.push(
             op(
                 dev,
-                format!("write a hybrid MBR on {dev} (partitions {})", spec.join(":")),
+                format!(
+                    "write a hybrid MBR on {dev} (partitions {})",
+                    spec.join(":")
+                ),
                 argv!["sgdisk", "-h", spec.join(":"), dev],
             )
             .destructive(),
@@ -156,7 +161,15 @@ fn gpt(g: &Gpt, ctx: &mut Ctx) -> Vec<Operation> {
                     op(
                         dev,
                         format!("set MBR type {t} on hybrid partition {}", p.index),
-                        argv!["sfdisk", "--label-nested", "dos", "--part-type", dev, p.index.to_string(), t],
+                        argv![
+                            "sfdisk",
+                            "--label-nested",
+                            "dos",
+                            "--part-type",
+                            dev,
+                            p.index.to_string(),
+                            t
+                        ],
                     )
                     .destructive(),
                 );
@@ -166,7 +179,14 @@ fn gpt(g: &Gpt, ctx: &mut Ctx) -> Vec<Operation> {
                     op(
                         dev,
                         format!("mark hybrid MBR partition {} bootable", p.index),
-                        argv!["sfdisk", "--label-nested", "dos", "--activate", dev, p.index.to_string()],
+                        argv![
+                            "sfdisk",
+                            "--label-nested",
+                            "dos",
+                            "--activate",
+                            dev,
+                            p.index.to_string()
+                        ],
                     )
                     .destructive(),
                 );
@@ -208,7 +228,10 @@ fn table(t: &Table, ctx: &mut Ctx) -> Vec<Operation> {
         body.push(
             op(
                 dev,
-                format!("create partition {} ({}..{}) on {dev}", p.index, p.start, p.end),
+                format!(
+                    "create partition {} ({}..{}) on {dev}",
+                    p.index, p.start, p.end
+                ),
                 a,
             )
             .destructive()
@@ -226,7 +249,16 @@ fn table(t: &Table, ctx: &mut Ctx) -> Vec<Operation> {
             body.push(op(
                 dev,
                 format!("set flag {f} on partition {} of {dev}", p.index),
-                argv!["parted", "-s", dev, "--", "set", p.index.to_string(), f, "on"],
+                argv![
+                    "parted",
+                    "-s",
+                    dev,
+                    "--",
+                    "set",
+                    p.index.to_string(),
+                    f,
+                    "on"
+                ],
             ));
         }
     }
@@ -260,7 +292,17 @@ fn btrfs(b: &Btrfs, ctx: &mut Ctx) -> Vec<Operation> {
             op(
                 dev,
                 format!("mount the top level of {dev} at {tmp} to create subvolumes"),
-                argv!["mount", "-t", "btrfs", "-o", "subvol=/", "-o", "X-mount.mkdir", dev, &tmp],
+                argv![
+                    "mount",
+                    "-t",
+                    "btrfs",
+                    "-o",
+                    "subvol=/",
+                    "-o",
+                    "X-mount.mkdir",
+                    dev,
+                    &tmp
+                ],
             )
             .guard(Guard::NotMounted {
                 device: dev.clone(),
@@ -274,22 +316,31 @@ fn btrfs(b: &Btrfs, ctx: &mut Ctx) -> Vec<Operation> {
             if let Some((parent, _)) = rel.rsplit_once('/') {
                 let pdir = format!("{tmp}/{parent}");
                 body.push(
-                    op(dev, format!("create directory {pdir}"), argv!["mkdir", "-p", &pdir])
-                        .guard(Guard::PathAbsent { path: pdir.clone() }),
+                    op(
+                        dev,
+                        format!("create directory {pdir}"),
+                        argv!["mkdir", "-p", &pdir],
+                    )
+                    .guard(Guard::PathAbsent { path: pdir.clone() }),
                 );
             }
             let mut a = argv!["btrfs", "subvolume", "create"];
             a.extend(s.extra_args.iter().cloned());
             a.push(path.clone());
             body.push(
-                op(dev, format!("create btrfs subvolume {} on {dev}", s.name), a)
-                    .guard(Guard::SubvolumeAbsent { path: path.clone() }),
+                op(
+                    dev,
+                    format!("create btrfs subvolume {} on {dev}", s.name),
+                    a,
+                )
+                .guard(Guard::SubvolumeAbsent { path: path.clone() }),
             );
             body.extend(swapfiles(&s.swap, &path, dev));
         }
         body.push(
-            op(dev, format!("unmount {tmp}"), argv!["umount", &tmp])
-                .guard(Guard::Mounted { target: tmp.clone() }),
+            op(dev, format!("unmount {tmp}"), argv!["umount", &tmp]).guard(Guard::Mounted {
+                target: tmp.clone(),
+            }),
         );
     }
     with_hooks(&b.hooks, dev, body)
@@ -303,7 +354,14 @@ fn swapfiles(files: &BTreeMap<String, SwapFile>, dir: &str, dev: &str) -> Vec<Op
             op(
                 dev,
                 format!("create a {} swap file {path}", f.size),
-                argv!["btrfs", "filesystem", "mkswapfile", "--size", &f.size, &path],
+                argv![
+                    "btrfs",
+                    "filesystem",
+                    "mkswapfile",
+                    "--size",
+                    &f.size,
+                    &path
+                ],
             )
             .guard(Guard::PathAbsent { path })
         })
@@ -350,7 +408,10 @@ pub(crate) fn luks_open(l: &Luks, persistent: bool) -> Operation {
         a.push("--allow-discards".into());
     }
     if l.settings.get("bypassWorkqueues") == Some(&serde_json::Value::Bool(true)) {
-        a.extend(argv!["--perf-no_read_workqueue", "--perf-no_write_workqueue"]);
+        a.extend(argv![
+            "--perf-no_read_workqueue",
+            "--perf-no_write_workqueue"
+        ]);
     }
     a.extend(l.extra_open_args.iter().cloned());
     let (key, stdin) = luks_key(l, false);
@@ -396,24 +457,36 @@ fn luks(l: &Luks, ctx: &mut Ctx) -> Vec<Operation> {
 pub(crate) fn lvm_vg(vg: &LvmVg, pvs: &[String], ctx: &mut Ctx) -> Vec<Operation> {
     let name = &vg.name;
     let mut body = Vec::new();
-    // the modules disko loads: dm-snapshot and one dm-<type> per typed LV
-    let mut loaded: Vec<String> = Vec::new();
-    let first: Vec<String> = crate::nixos::vg_kernel_modules(vg)
-        .into_iter()
-        .take(1 + vg.lvs.iter().filter(|l| !matches!(l.lvm_type.as_deref(), None | Some("thinlv"))).count())
-        .collect();
-    for m in first {
-        if !loaded.contains(&m) {
-            body.push(op(name, format!("load the {m} kernel module"), argv!["modprobe", &m]));
-            loaded.push(m);
+    // real module names (disko's `dm-<lvm_type>` names such as dm-raid0 do not exist)
+    let mut modules = vec!["dm-snapshot"];
+    for lv in &vg.lvs {
+        let m = match lv.lvm_type.as_deref() {
+            Some("mirror") => Some("dm-mirror"),
+            Some("thin-pool") | Some("thinlv") => Some("dm-thin-pool"),
+            Some(_) => Some("dm-raid"),
+            None => None,
+        };
+        if let Some(m) = m.filter(|m| !modules.contains(m)) {
+            modules.push(m);
         }
+    }
+    for m in modules {
+        body.push(op(
+            name,
+            format!("load the {m} kernel module"),
+            argv!["modprobe", m],
+        ));
     }
     let mut a = argv!["vgcreate", name];
     a.extend(pvs.iter().cloned());
     body.push(
-        op(name, format!("create volume group {name} on {}", pvs.join(", ")), a)
-            .destructive()
-            .guard(Guard::VgAbsent { vg: name.clone() }),
+        op(
+            name,
+            format!("create volume group {name} on {}", pvs.join(", ")),
+            a,
+        )
+        .destructive()
+        .guard(Guard::VgAbsent { vg: name.clone() }),
     );
     for lv in &vg.lvs {
         let mut a = argv!["lvcreate", "--yes"];
@@ -476,7 +549,11 @@ pub(crate) fn mdadm(md: &Mdadm, members: &[String], ctx: &mut Ctx) -> Vec<Operat
     a.extend(members.iter().cloned());
     let mut body = vec![op(
         dev,
-        format!("create RAID{} array {dev} from {}", md.level, members.join(", ")),
+        format!(
+            "create RAID{} array {dev} from {}",
+            md.level,
+            members.join(", ")
+        ),
         a,
     )
     .destructive()
@@ -519,7 +596,11 @@ pub(crate) fn zpool_topology(pool: &Zpool, members: &[String]) -> Vec<String> {
                 words.push("spare".into());
                 words.extend(t.spare.iter().map(|m| dev(m)));
             }
-            for (class, vs) in [("log", &t.log), ("dedup", &t.dedup), ("special", &t.special)] {
+            for (class, vs) in [
+                ("log", &t.log),
+                ("dedup", &t.dedup),
+                ("special", &t.special),
+            ] {
                 if !vs.is_empty() {
                     words.push(class.into());
                     words.extend(vdev_words(vs));
@@ -582,8 +663,12 @@ pub(crate) fn zpool(pool: &Zpool, members: &[String], ctx: &mut Ctx) -> Vec<Oper
     if !canmount_off && mp.starts_with('/') {
         let t = target(&ctx.root, &mp);
         body.push(
-            op(name, format!("unmount the new pool's root dataset from {t}"), argv!["zfs", "unmount", name])
-                .guard(Guard::Mounted { target: t }),
+            op(
+                name,
+                format!("unmount the new pool's root dataset from {t}"),
+                argv!["zfs", "unmount", name],
+            )
+            .guard(Guard::Mounted { target: t }),
         );
     }
     let mut props: BTreeMap<String, String> = pool
@@ -593,13 +678,19 @@ pub(crate) fn zpool(pool: &Zpool, members: &[String], ctx: &mut Ctx) -> Vec<Oper
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     if let Some(m) = &pool.mountpoint {
-        props.entry("mountpoint".into()).or_insert_with(|| m.clone());
+        props
+            .entry("mountpoint".into())
+            .or_insert_with(|| m.clone());
     }
     if !props.is_empty() {
         let mut a = argv!["zfs", "set", "-u"];
         a.extend(props.iter().map(|(k, v)| format!("{k}={v}")));
         a.push(name.clone());
-        body.push(op(name, format!("set the properties of {name}'s root dataset"), a));
+        body.push(op(
+            name,
+            format!("set the properties of {name}'s root dataset"),
+            a,
+        ));
     }
     for ds in pool.datasets.values() {
         match ds {
@@ -612,10 +703,14 @@ pub(crate) fn zpool(pool: &Zpool, members: &[String], ctx: &mut Ctx) -> Vec<Oper
                 for (k, v) in &opts {
                     a.extend(argv!["-o", format!("{k}={v}")]);
                 }
-                let mut o = op(&f.full_name, format!("create ZFS dataset {}", f.full_name), a)
-                    .guard(Guard::DatasetAbsent {
-                        dataset: f.full_name.clone(),
-                    });
+                let mut o = op(
+                    &f.full_name,
+                    format!("create ZFS dataset {}", f.full_name),
+                    a,
+                )
+                .guard(Guard::DatasetAbsent {
+                    dataset: f.full_name.clone(),
+                });
                 if keylocation_prompt(&f.options) {
                     o.stdin = Some(StdinSource::Prompt {
                         name: f.full_name.clone(),
@@ -672,7 +767,11 @@ pub(crate) struct BcachefsMember {
 }
 
 /// Create operations of a bcachefs filesystem and its subvolumes.
-pub(crate) fn bcachefs(fs: &BcachefsFilesystem, members: &[BcachefsMember], ctx: &mut Ctx) -> Vec<Operation> {
+pub(crate) fn bcachefs(
+    fs: &BcachefsFilesystem,
+    members: &[BcachefsMember],
+    ctx: &mut Ctx,
+) -> Vec<Operation> {
     let uuid_dev = format!("/dev/disk/by-uuid/{}", fs.uuid);
     let mut a = argv!["bcachefs", "format"];
     for m in members {
@@ -681,13 +780,20 @@ pub(crate) fn bcachefs(fs: &BcachefsFilesystem, members: &[BcachefsMember], ctx:
     }
     a.push(format!("--uuid={}", fs.uuid));
     a.extend(fs.extra_format_args.iter().cloned());
-    let first = members.first().map(|m| m.device.clone()).unwrap_or_default();
+    let first = members
+        .first()
+        .map(|m| m.device.clone())
+        .unwrap_or_default();
     let mut format = op(
         &first,
         format!(
             "format bcachefs {} on {}",
             fs.name,
-            members.iter().map(|m| m.device.as_str()).collect::<Vec<_>>().join(", ")
+            members
+                .iter()
+                .map(|m| m.device.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         a,
     )
@@ -708,7 +814,15 @@ pub(crate) fn bcachefs(fs: &BcachefsFilesystem, members: &[BcachefsMember], ctx:
             op(
                 &uuid_dev,
                 format!("mount bcachefs {} at {tmp} to create subvolumes", fs.name),
-                argv!["mount", "-t", "bcachefs", "-o", "X-mount.mkdir", &uuid_dev, &tmp],
+                argv![
+                    "mount",
+                    "-t",
+                    "bcachefs",
+                    "-o",
+                    "X-mount.mkdir",
+                    &uuid_dev,
+                    &tmp
+                ],
             )
             .guard(Guard::NotMounted {
                 device: uuid_dev.clone(),
@@ -721,8 +835,12 @@ pub(crate) fn bcachefs(fs: &BcachefsFilesystem, members: &[BcachefsMember], ctx:
             if let Some((parent, _)) = rel.rsplit_once('/') {
                 let pdir = format!("{tmp}/{parent}");
                 body.push(
-                    op(&uuid_dev, format!("create directory {pdir}"), argv!["mkdir", "-p", &pdir])
-                        .guard(Guard::PathAbsent { path: pdir.clone() }),
+                    op(
+                        &uuid_dev,
+                        format!("create directory {pdir}"),
+                        argv!["mkdir", "-p", &pdir],
+                    )
+                    .guard(Guard::PathAbsent { path: pdir.clone() }),
                 );
             }
             body.push(
@@ -735,15 +853,20 @@ pub(crate) fn bcachefs(fs: &BcachefsFilesystem, members: &[BcachefsMember], ctx:
             );
         }
         body.push(
-            op(&uuid_dev, format!("unmount {tmp}"), argv!["umount", &tmp])
-                .guard(Guard::Mounted { target: tmp.clone() }),
+            op(&uuid_dev, format!("unmount {tmp}"), argv!["umount", &tmp]).guard(Guard::Mounted {
+                target: tmp.clone(),
+            }),
         );
     }
     with_hooks(&fs.hooks, &uuid_dev, body)
 }
 
 /// `bcachefs unlock` before a mount at `target`, for encrypted filesystems.
-pub(crate) fn bcachefs_unlock(fs: &BcachefsFilesystem, uuid_dev: &str, target: &str) -> Option<Operation> {
+pub(crate) fn bcachefs_unlock(
+    fs: &BcachefsFilesystem,
+    uuid_dev: &str,
+    target: &str,
+) -> Option<Operation> {
     fs.password_file.as_ref().map(|p| {
         op(
             uuid_dev,

@@ -72,12 +72,18 @@ pub fn plan(layout: &Layout, mode: Mode, options: &PlanOptions) -> Result<Plan, 
     if mode.destroys() {
         operations.extend(destroy(layout));
     }
-    if matches!(mode, Mode::Format | Mode::FormatMount | Mode::DestroyFormatMount) {
+    if matches!(
+        mode,
+        Mode::Format | Mode::FormatMount | Mode::DestroyFormatMount
+    ) {
         for d in &order {
             operations.extend(create_device(layout, d, &mut ctx));
         }
     }
-    if matches!(mode, Mode::Mount | Mode::FormatMount | Mode::DestroyFormatMount) {
+    if matches!(
+        mode,
+        Mode::Mount | Mode::FormatMount | Mode::DestroyFormatMount
+    ) {
         operations.extend(stage(layout, &order, &ctx, Dir::Mount));
     }
     if mode == Mode::Unmount {
@@ -102,7 +108,14 @@ fn destroy(layout: &Layout) -> Vec<Operation> {
             op(
                 dev,
                 format!("zero the MBR boot code of {dev}"),
-                argv!["dd", "if=/dev/zero", format!("of={dev}"), "bs=440", "count=1", "conv=notrunc"],
+                argv![
+                    "dd",
+                    "if=/dev/zero",
+                    format!("of={dev}"),
+                    "bs=440",
+                    "count=1",
+                    "conv=notrunc"
+                ],
             )
             .destructive(),
         );
@@ -122,14 +135,26 @@ fn create_device(layout: &Layout, d: &TopDevice, ctx: &mut Ctx) -> Vec<Operation
         "disk" => {
             let disk = &layout.disk[&d.name];
             let mut out = Vec::new();
-            out.extend(ops::hook(&disk.hooks.pre_create, &disk.device, "preCreateHook"));
+            out.extend(ops::hook(
+                &disk.hooks.pre_create,
+                &disk.device,
+                "preCreateHook",
+            ));
             if let Some(c) = &disk.content {
                 out.extend(create::content(c, ctx));
             }
-            out.extend(ops::hook(&disk.hooks.post_create, &disk.device, "postCreateHook"));
+            out.extend(ops::hook(
+                &disk.hooks.post_create,
+                &disk.device,
+                "postCreateHook",
+            ));
             out
         }
-        "lvm_vg" => create::lvm_vg(&layout.lvm_vg[&d.name], &member_devs("lvm_vg", &d.name), ctx),
+        "lvm_vg" => create::lvm_vg(
+            &layout.lvm_vg[&d.name],
+            &member_devs("lvm_vg", &d.name),
+            ctx,
+        ),
         "mdadm" => create::mdadm(&layout.mdadm[&d.name], &member_devs("mdadm", &d.name), ctx),
         "zpool" => create::zpool(&layout.zpool[&d.name], &member_devs("zpool", &d.name), ctx),
         "bcachefs_filesystems" => {
@@ -169,7 +194,8 @@ fn device_steps(layout: &Layout, d: &TopDevice, ctx: &Ctx, dir: Dir) -> mount::S
                 Dir::Mount => (&disk.hooks.pre_mount, &disk.hooks.post_mount),
                 Dir::Unmount => (&disk.hooks.pre_unmount, &disk.hooks.post_unmount),
             };
-            let mut dev: Vec<Operation> = ops::hook(pre, &disk.device, "hook").into_iter().collect();
+            let mut dev: Vec<Operation> =
+                ops::hook(pre, &disk.device, "hook").into_iter().collect();
             dev.append(&mut s.dev);
             dev.extend(ops::hook(post, &disk.device, "hook"));
             s.dev = dev;

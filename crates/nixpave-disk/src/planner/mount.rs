@@ -39,7 +39,12 @@ pub(crate) enum Dir {
 
 fn wrap(hooks: &Hooks, dir: Dir, device: &str, body: Vec<Operation>) -> Vec<Operation> {
     let (pre, post, pn, qn) = match dir {
-        Dir::Mount => (&hooks.pre_mount, &hooks.post_mount, "preMountHook", "postMountHook"),
+        Dir::Mount => (
+            &hooks.pre_mount,
+            &hooks.post_mount,
+            "preMountHook",
+            "postMountHook",
+        ),
         Dir::Unmount => (
             &hooks.pre_unmount,
             &hooks.post_unmount,
@@ -130,8 +135,12 @@ pub(crate) fn content(c: &Content, ctx: &Ctx, dir: Dir) -> Steps {
                 Dir::Unmount => {
                     dev.extend(inner.dev);
                     dev.push(
-                        op(&l.device, format!("close LUKS {mapper}"), argv!["cryptsetup", "close", &l.name])
-                            .guard(Guard::PathExists { path: mapper }),
+                        op(
+                            &l.device,
+                            format!("close LUKS {mapper}"),
+                            argv!["cryptsetup", "close", &l.name],
+                        )
+                        .guard(Guard::PathExists { path: mapper }),
                     );
                 }
             }
@@ -223,10 +232,14 @@ fn swap_files(
                     device: path.clone(),
                 })
             }
-            Dir::Unmount => op(dev, format!("disable swap file {path}"), argv!["swapoff", &path])
-                .guard(Guard::SwapActive {
-                    device: path.clone(),
-                }),
+            Dir::Unmount => op(
+                dev,
+                format!("disable swap file {path}"),
+                argv!["swapoff", &path],
+            )
+            .guard(Guard::SwapActive {
+                device: path.clone(),
+            }),
         };
         s.fs.insert(rel, vec![o]);
     }
@@ -280,10 +293,14 @@ pub(crate) fn mdadm(md: &Mdadm, ctx: &Ctx, dir: Dir) -> Steps {
         .unwrap_or_default();
     if dir == Dir::Unmount {
         s.dev.push(
-            op(&md.device, format!("stop the md array {}", md.device), argv!["mdadm", "--stop", &md.device])
-                .guard(Guard::PathExists {
-                    path: md.device.clone(),
-                }),
+            op(
+                &md.device,
+                format!("stop the md array {}", md.device),
+                argv!["mdadm", "--stop", &md.device],
+            )
+            .guard(Guard::PathExists {
+                path: md.device.clone(),
+            }),
         );
     }
     s.dev = wrap(&md.hooks, dir, &md.device, std::mem::take(&mut s.dev));
@@ -291,9 +308,7 @@ pub(crate) fn mdadm(md: &Mdadm, ctx: &Ctx, dir: Dir) -> Steps {
 }
 
 fn has_key(options: &BTreeMap<String, String>) -> bool {
-    options
-        .get("keylocation")
-        .is_some_and(|k| k != "none")
+    options.get("keylocation").is_some_and(|k| k != "none")
 }
 
 fn zfs_fs_mount(
@@ -323,7 +338,14 @@ pub(crate) fn zpool(pool: &Zpool, ctx: &Ctx, dir: Dir) -> Steps {
     let name = &pool.name;
     let mut s = Steps::default();
     let mut keys = Vec::new();
-    if let Some((mp, o)) = zfs_fs_mount(name, &pool.root_fs_options, &pool.mountpoint, &pool.mount_options, ctx, dir) {
+    if let Some((mp, o)) = zfs_fs_mount(
+        name,
+        &pool.root_fs_options,
+        &pool.mountpoint,
+        &pool.mount_options,
+        ctx,
+        dir,
+    ) {
         s.fs.insert(mp, vec![o]);
     }
     for ds in pool.datasets.values() {
@@ -334,10 +356,14 @@ pub(crate) fn zpool(pool: &Zpool, ctx: &Ctx, dir: Dir) -> Steps {
         if has_key(options) {
             keys.push(match dir {
                 Dir::Mount => {
-                    let mut o = op(full, format!("load the encryption key of {full}"), argv!["zfs", "load-key", full])
-                        .guard(Guard::KeyUnavailable {
-                            dataset: full.clone(),
-                        });
+                    let mut o = op(
+                        full,
+                        format!("load the encryption key of {full}"),
+                        argv!["zfs", "load-key", full],
+                    )
+                    .guard(Guard::KeyUnavailable {
+                        dataset: full.clone(),
+                    });
                     if options.get("keylocation").map(String::as_str) == Some("prompt") {
                         o.stdin = Some(StdinSource::Prompt {
                             name: full.clone(),
@@ -346,15 +372,26 @@ pub(crate) fn zpool(pool: &Zpool, ctx: &Ctx, dir: Dir) -> Steps {
                     }
                     o
                 }
-                Dir::Unmount => op(full, format!("unload the encryption key of {full}"), argv!["zfs", "unload-key", full])
-                    .guard(Guard::KeyAvailable {
-                        dataset: full.clone(),
-                    }),
+                Dir::Unmount => op(
+                    full,
+                    format!("unload the encryption key of {full}"),
+                    argv!["zfs", "unload-key", full],
+                )
+                .guard(Guard::KeyAvailable {
+                    dataset: full.clone(),
+                }),
             });
         }
         match ds {
             Dataset::Fs(f) => {
-                if let Some((mp, o)) = zfs_fs_mount(&f.full_name, &f.options, &f.mountpoint, &f.mount_options, ctx, dir) {
+                if let Some((mp, o)) = zfs_fs_mount(
+                    &f.full_name,
+                    &f.options,
+                    &f.mountpoint,
+                    &f.mount_options,
+                    ctx,
+                    dir,
+                ) {
                     s.fs.insert(mp, wrap(&f.hooks, dir, &f.full_name, vec![o]));
                 }
             }
@@ -373,16 +410,24 @@ pub(crate) fn zpool(pool: &Zpool, ctx: &Ctx, dir: Dir) -> Steps {
     match dir {
         Dir::Mount => {
             dev.push(
-                op(name, format!("import ZFS pool {name} under {}", ctx.root), argv!["zpool", "import", "-l", "-R", &ctx.root, name])
-                    .guard(Guard::PoolAbsent { pool: name.clone() }),
+                op(
+                    name,
+                    format!("import ZFS pool {name} under {}", ctx.root),
+                    argv!["zpool", "import", "-l", "-R", &ctx.root, name],
+                )
+                .guard(Guard::PoolAbsent { pool: name.clone() }),
             );
             dev.extend(keys);
         }
         Dir::Unmount => {
             dev.extend(keys);
             dev.push(
-                op(name, format!("export ZFS pool {name}"), argv!["zpool", "export", name])
-                    .guard(Guard::PoolPresent { pool: name.clone() }),
+                op(
+                    name,
+                    format!("export ZFS pool {name}"),
+                    argv!["zpool", "export", name],
+                )
+                .guard(Guard::PoolPresent { pool: name.clone() }),
             );
         }
     }
@@ -398,17 +443,23 @@ pub(crate) fn nodev(n: &Nodev, ctx: &Ctx, dir: Dir) -> Steps {
             let mut a = argv!["mount", "-t", &n.fs_type, &n.device, &t];
             a.extend(mount_opts(&n.mount_options));
             a.extend(argv!["-o", "X-mount.mkdir"]);
-            op(&n.device, format!("mount {} ({}) at {t}", n.device, n.fs_type), a).guard(
-                Guard::NotMounted {
-                    device: n.device.clone(),
-                    target: t.clone(),
-                },
+            op(
+                &n.device,
+                format!("mount {} ({}) at {t}", n.device, n.fs_type),
+                a,
             )
+            .guard(Guard::NotMounted {
+                device: n.device.clone(),
+                target: t.clone(),
+            })
         }
         Dir::Unmount => umount(&n.device, &t),
     };
     let mut s = Steps::default();
-    s.fs.insert(n.mountpoint.clone(), wrap(&n.hooks, dir, &n.device, vec![o]));
+    s.fs.insert(
+        n.mountpoint.clone(),
+        wrap(&n.hooks, dir, &n.device, vec![o]),
+    );
     s
 }
 

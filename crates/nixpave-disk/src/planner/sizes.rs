@@ -27,9 +27,8 @@ pub fn check_disk_sizes(layout: &Layout, sizes: &BTreeMap<String, u64>) -> Resul
         let mut next_free = ALIGN;
         for p in &g.partitions {
             let path = format!("disk.{key}.content.partitions.{}", p.key);
-            let pos = |s: &str| {
-                parse_position(s).map_err(|m| LayoutError::invalid(path.clone(), m))
-            };
+            let pos =
+                |s: &str| parse_position(s).map_err(|m| LayoutError::invalid(path.clone(), m));
             let start = match pos(&p.start)? {
                 Position::Default => next_free,
                 Position::Absolute(b) => align_up(b),
