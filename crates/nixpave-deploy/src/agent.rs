@@ -11,6 +11,12 @@ use crate::inventory::Profile;
 /// The agent's source.
 pub const AGENT_SCRIPT: &str = include_str!("agent.sh");
 
+/// Exit status of the launch script and the agent when another deploy of the profile is still running.
+pub const EXIT_BUSY: i32 = 75;
+
+/// Exit status of `agent.sh wait` when the agent is not running and never wrote this deploy's record.
+pub const EXIT_AGENT_GONE: i32 = 4;
+
 /// What the deploy asks of the target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -220,6 +226,11 @@ impl Activation {
         format!(
             "set -e\numask 077\nmkdir -p {temp} {state}\n\
              cat > {agent}.$$ && mv -f {agent}.$$ {agent}\n\
+             holder=$(readlink {lock} 2>/dev/null || true)\n\
+             if [ -n \"$holder\" ] && kill -0 \"$holder\" 2>/dev/null; then\n\
+               echo \"another deploy of profile {name_text} is still running on this host (agent pid $holder)\" >&2\n\
+               exit {busy}\n\
+             fi\n\
              # systemd-run only when systemd is PID 1 in our own mount and network namespaces.\n\
              if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1 \\\n\
                 && [ \"$(readlink /proc/1/ns/mnt)\" = \"$(readlink /proc/self/ns/mnt)\" ] \\\n\
@@ -231,6 +242,9 @@ impl Activation {
              exec {wait}\n",
             temp = shell_quote(&self.temp_path),
             state = shell_quote(&self.state_dir),
+            lock = shell_quote(&format!("{}/{}.lock", self.state_dir, self.name)),
+            name_text = self.name,
+            busy = EXIT_BUSY,
             systemd = q(self.systemd_run_argv()),
             setsid = q(self.setsid_argv()),
             wait = q(self.wait_argv("ready", self.ready_timeout())),

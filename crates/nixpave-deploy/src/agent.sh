@@ -29,9 +29,23 @@ STATUS=$STATEDIR/$NAME.json
 LOG=$STATEDIR/$NAME.log
 CONFIRM_FILE=$STATEDIR/$NAME.confirm
 REJECT_FILE=$STATEDIR/$NAME.reject
+LOCK=$STATEDIR/$NAME.lock
 PREV_PATH= PREV_GEN= NEW_GEN= FAILED_GEN= STARTED=$(date +%s)
 
 log() { echo "nixpave-agent: $*"; }
+
+# The lock is a symlink to the holder's pid: `ln -s` creates it atomically, a dead holder's lock is stale.
+lock_holder() {
+  holder=$(readlink "$LOCK" 2>/dev/null) || return 1
+  [ -n "$holder" ] && kill -0 "$holder" 2>/dev/null && echo "$holder"
+}
+take_lock() {
+  ln -s "$$" "$LOCK" 2>/dev/null && return 0
+  lock_holder >/dev/null && return 1
+  rm -f "$LOCK"
+  ln -s "$$" "$LOCK" 2>/dev/null
+}
+release_lock() { [ "$(readlink "$LOCK" 2>/dev/null)" = "$$" ] && rm -f "$LOCK"; }
 
 # Generation number the profile symlink points at (PROFILE -> NAME-N-link), empty when there is none.
 generation_of() {
@@ -121,6 +135,11 @@ rollback() {
 do_run() {
   mkdir -p "$STATEDIR"
   exec >>"$LOG" 2>&1
+  if ! take_lock; then
+    log "deploy $ID refused: another deploy of $NAME is running (agent pid $(readlink "$LOCK"))"
+    exit 75
+  fi
+  trap release_lock EXIT
   log "deploy $ID: $STOREPATH -> $PROFILE (goal $GOAL, confirm ${CONFIRM}s, activation ${ACTIVATE}s)"
   rm -f "$CONFIRM_FILE" "$REJECT_FILE"
   PREV_PATH=$([ -e "$PROFILE" ] && readlink -f "$PROFILE" 2>/dev/null || true)
@@ -179,6 +198,11 @@ do_wait() {
           return 0 ;;
       esac
     fi
+    # The record is not ours yet and no agent holds the lock: it died (or never started).
+    if [ "$(id_of)" != "$ID" ] && [ "$ticks" -ge 25 ] && ! lock_holder >/dev/null; then
+      echo "nixpave-agent: the agent of deploy $ID is not running; see $LOG" >&2
+      return 4
+    fi
     if [ "$ticks" -ge "$limit" ]; then
       echo "nixpave-agent: no answer from deploy $ID after ${TIMEOUT}s; last record:" >&2
       cat "$STATUS" >&2 2>/dev/null
@@ -193,6 +217,11 @@ do_wait() {
 do_rollback() {
   mkdir -p "$STATEDIR"
   exec 3>&1 >>"$LOG" 2>&1
+  if ! take_lock; then
+    echo "nixpave-agent: a deploy of $NAME is running (agent pid $(readlink "$LOCK")); try again later" >&3
+    exit 75
+  fi
+  trap release_lock EXIT
   log "manual rollback $ID of $PROFILE"
   PREV_GEN=$(generation_of "$PROFILE")
   NEW_GEN=$PREV_GEN

@@ -5,7 +5,10 @@ use std::time::{Duration, Instant};
 use nixpave_nix::invoke::NixOptions;
 use nixpave_remote::{Transport, TransportError};
 
-use crate::agent::{manual_rollback_script, new_deploy_id, Activation, Goal, AGENT_SCRIPT};
+use crate::agent::{
+    manual_rollback_script, new_deploy_id, Activation, Goal, AGENT_SCRIPT, EXIT_AGENT_GONE,
+    EXIT_BUSY,
+};
 use crate::connection::{Connection, Connector};
 use crate::event::{Event, EventSink, HostReport, Outcome, Phase};
 use crate::health;
@@ -349,6 +352,12 @@ fn activate_profile(
     // A lost connection here does not stop the agent: find out what it did.
     let ready = match launched {
         Ok(out) if out.success() => parse_record(&out.stdout_str()),
+        Ok(out) if out.status == Some(EXIT_BUSY) => {
+            return Err(StepError::new(
+                Phase::Activate,
+                format!("{} (nothing was changed)", out.stderr_tail(1)),
+            ));
+        }
         Ok(out) => {
             run.log(format!("starting the agent: {}", out.stderr_tail(3)));
             None
@@ -413,6 +422,13 @@ fn wait_final(
             Ok(out) => {
                 if let Some(r) = parse_record(&out.stdout_str()).filter(|r| r.is_final()) {
                     return Ok(r);
+                }
+                if out.status == Some(EXIT_AGENT_GONE) {
+                    return Err(StepError {
+                        phase: Phase::Activate,
+                        message: out.stderr_tail(2),
+                        log_tail: agent_log_tail(t, profile),
+                    });
                 }
                 last_error = out.stderr_tail(5);
             }
@@ -530,8 +546,11 @@ pub fn rollback_host(
             &["sh".into(), "-c".into(), manual_rollback_script(&a)],
             Some(AGENT_SCRIPT.as_bytes()),
         );
-        let record = match out {
-            Ok(o) => parse_record(&o.stdout_str()),
+        let (record, said) = match out {
+            Ok(o) => (
+                parse_record(&o.stdout_str()),
+                format!("{}{}", o.stdout_str().trim(), o.stderr_tail(2)),
+            ),
             Err(e) => {
                 let mut r = run.report(Outcome::Failed, e.to_string());
                 r.failed_phase = Some(Phase::Activate);
@@ -548,7 +567,7 @@ pub fn rollback_host(
                         profile.name,
                         other
                             .map(|r| format!("{} ({})", r.state, r.reason))
-                            .unwrap_or_else(|| "no status from the agent".into())
+                            .unwrap_or_else(|| format!("no status from the agent: {said}"))
                     ),
                 );
                 r.failed_phase = Some(Phase::Activate);

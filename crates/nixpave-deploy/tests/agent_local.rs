@@ -277,3 +277,34 @@ fn activates_deploy_rs_and_home_manager_style_paths() {
             .exists());
     }
 }
+
+#[test]
+fn a_running_deploy_of_the_same_profile_is_not_disturbed() {
+    let sb = Sandbox::new();
+    let good = build_system(&[("tag", &unique("good"))]);
+    let host = sb.host(&good, serde_json::json!({}));
+    std::fs::create_dir_all(sb.dir.path().join("state")).expect("state dir");
+    // Another agent (a live process) holds the profile's lock.
+    let mut other = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .expect("sleep");
+    let lock = sb.dir.path().join("state/system.lock");
+    std::os::unix::fs::symlink(other.id().to_string(), &lock).expect("lock");
+    let t0 = Instant::now();
+    let report = deploy(&host, Goal::Switch);
+    assert_eq!(report.outcome, Outcome::Failed, "{report:?}");
+    assert!(
+        report.message.contains("still running"),
+        "{}",
+        report.message
+    );
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    assert!(!sb.profile().exists(), "nothing was changed");
+    // A stale lock (dead holder) does not block.
+    let _ = other.kill();
+    let _ = other.wait();
+    let report = deploy(&host, Goal::Switch);
+    assert_eq!(report.outcome, Outcome::Deployed, "{report:?}");
+    assert!(!lock.exists(), "lock released");
+}
