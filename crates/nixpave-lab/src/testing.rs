@@ -34,7 +34,7 @@ pub struct Lab {
     hosts: Vec<LabHost>,
 }
 
-/// Options for [`Lab::with`].
+/// Options for [`Lab::with`]; build it with `..LabOptions::default()` so new fields don't break you.
 #[derive(Debug, Clone)]
 pub struct LabOptions {
     /// Number of hosts.
@@ -43,6 +43,8 @@ pub struct LabOptions {
     pub disks: usize,
     /// Size of each loop disk in bytes.
     pub disk_size: u64,
+    /// Non-root users (with sudo) on every host.
+    pub users: Vec<crate::hosts::LabUser>,
 }
 
 impl Default for LabOptions {
@@ -51,6 +53,7 @@ impl Default for LabOptions {
             hosts: 1,
             disks: 0,
             disk_size: 256 << 20,
+            users: Vec::new(),
         }
     }
 }
@@ -73,6 +76,7 @@ impl Lab {
             disks: options.disks,
             disk_size: options.disk_size,
             dir: base.clone(),
+            users: options.users.clone(),
         };
         let state = hosts::up(&spec)?;
         let hosts = state
@@ -190,6 +194,14 @@ impl LabHost {
     /// Opens an [`SshTransport`] to the host as root.
     pub fn connect(&self) -> Result<SshTransport, TransportError> {
         SshTransport::connect(&self.target(), self.ssh_options())
+    }
+
+    /// `user@ADDRESS:22` for a lab user.
+    pub fn target_as(&self, user: &str) -> Target {
+        Target {
+            user: Some(user.into()),
+            ..self.target()
+        }
     }
 
     /// Loop-device disks of this host (`/dev/loopN`).

@@ -205,6 +205,7 @@ fn facts_of_a_lab_host_show_its_disks_nix_and_no_kexec() {
         hosts: 1,
         disks: 2,
         disk_size: 64 << 20,
+        ..LabOptions::default()
     })
     .expect("lab up");
     let host = lab.host(0);

@@ -202,6 +202,7 @@ fn facts_json_of_a_lab_host() {
         hosts: 1,
         disks: 1,
         disk_size: 32 << 20,
+        ..LabOptions::default()
     })
     .expect("lab up");
     let out = run(nixpave(&lab).args(["facts", "--json", &format!("{}:host1", lab.name())]));

@@ -14,7 +14,7 @@ pub fn sshd_config(host: &HostState) -> String {
          Port {port}\n\
          ListenAddress {address}\n\
          HostKey /etc/ssh/ssh_host_ed25519_key\n\
-         AuthorizedKeysFile /root/.ssh/authorized_keys\n\
+         AuthorizedKeysFile /etc/ssh/authorized_keys/%u\n\
          PermitRootLogin prohibit-password\n\
          PasswordAuthentication no\n\
          KbdInteractiveAuthentication no\n\
@@ -32,6 +32,47 @@ pub fn sshd_config(host: &HostState) -> String {
         pid = host.pid_file().display(),
         root = host.root.display(),
     )
+}
+
+/// Lines appended to the host's private copies of `/etc/passwd`, `/etc/group`, `/etc/shadow`
+/// and its sudoers file, for `users` (uids from 2001). `password_hashes` pairs with `users`
+/// (`None`: no password, sudo without one).
+pub fn user_lines(users: &[super::LabUser], password_hashes: &[Option<String>]) -> UserLines {
+    let mut lines = UserLines::default();
+    for (i, (user, hash)) in users.iter().zip(password_hashes).enumerate() {
+        let id = 2001 + i;
+        let name = &user.name;
+        let _ = writeln!(
+            lines.passwd,
+            "{name}:x:{id}:{id}:nixpave lab user:/home/{name}:/bin/sh"
+        );
+        let _ = writeln!(lines.group, "{name}:x:{id}:");
+        let _ = writeln!(
+            lines.shadow,
+            "{name}:{}:19000:0:99999:7:::",
+            hash.as_deref().unwrap_or("*")
+        );
+        let rule = if hash.is_some() {
+            "ALL"
+        } else {
+            "NOPASSWD: ALL"
+        };
+        let _ = writeln!(lines.sudoers, "{name} ALL=(ALL:ALL) {rule}");
+    }
+    lines
+}
+
+/// See [`user_lines`].
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct UserLines {
+    /// For /etc/passwd.
+    pub passwd: String,
+    /// For /etc/group.
+    pub group: String,
+    /// For /etc/shadow.
+    pub shadow: String,
+    /// A sudoers.d file.
+    pub sudoers: String,
 }
 
 /// `nix.conf` for nix 2.8 without a build-users group, binary cache or sandbox.
@@ -168,6 +209,31 @@ mod tests {
         let parsed: Inventory = serde_json::from_value(json).expect("standard inventory");
         assert_eq!(parsed, inventory(&state()));
         assert_eq!(parsed.hosts[0].host, "10.77.42.11");
+    }
+
+    #[test]
+    fn users_get_passwd_shadow_and_sudo_lines() {
+        let users = [
+            crate::hosts::LabUser {
+                name: "alice".into(),
+                sudo_password: None,
+            },
+            crate::hosts::LabUser {
+                name: "bob".into(),
+                sudo_password: Some("pw".into()),
+            },
+        ];
+        let lines = user_lines(&users, &[None, Some("$6$salt$hash".into())]);
+        assert_eq!(
+            lines.passwd,
+            "alice:x:2001:2001:nixpave lab user:/home/alice:/bin/sh\n\
+             bob:x:2002:2002:nixpave lab user:/home/bob:/bin/sh\n"
+        );
+        assert!(lines.shadow.contains("alice:*:") && lines.shadow.contains("bob:$6$salt$hash:"));
+        assert_eq!(
+            lines.sudoers,
+            "alice ALL=(ALL:ALL) NOPASSWD: ALL\nbob ALL=(ALL:ALL) ALL\n"
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Lab hosts: each a network namespace on a private bridge with its own mount namespace
-//! (private `/nix`, `/etc/ssh`, `/root`, `/tmp`), running sshd and Debian's nix with its own
-//! store. `up` writes an inventory that nixpave commands accept; `down` removes everything.
+//! (private `/nix`, `/etc/ssh`, `/root`, `/home`, `/tmp`, and its own `/etc/passwd`, `group`,
+//! `shadow` and `sudoers.d`), running sshd and Debian's nix with its own store. `up` writes an inventory that nixpave commands accept; `down` removes everything.
 //!
 //! Addresses come from `10.77.N.0/24` (N in 10..=250, one subnet per lab), on a bridge the lab
 //! creates; nothing is routed out of it.
@@ -34,7 +34,14 @@ pub fn default_lab_dir() -> PathBuf {
 }
 
 /// Directories every lab host replaces with a private one.
-const PRIVATE_DIRS: &[&str] = &["/tmp", "/root", "/nix", "/etc/ssh"];
+const PRIVATE_DIRS: &[&str] = &[
+    "/tmp",
+    "/root",
+    "/home",
+    "/nix",
+    "/etc/ssh",
+    "/etc/sudoers.d",
+];
 
 /// What `lab up` should create.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +56,17 @@ pub struct LabSpec {
     pub disk_size: u64,
     /// Directory holding labs (see [`default_lab_dir`]).
     pub dir: PathBuf,
+    /// Non-root users created on every host (for sudo tests); root always exists.
+    pub users: Vec<LabUser>,
+}
+
+/// A non-root login user on every lab host, allowed to use sudo; it logs in with the lab key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabUser {
+    /// User name (`[a-z][a-z0-9-]*`).
+    pub name: String,
+    /// `None`: sudo without a password; `Some`: sudo asks for this password.
+    pub sudo_password: Option<String>,
 }
 
 impl LabSpec {
@@ -60,6 +78,7 @@ impl LabSpec {
             disks: 0,
             disk_size: 1 << 30,
             dir: default_lab_dir(),
+            users: Vec::new(),
         }
     }
 
@@ -92,6 +111,17 @@ impl LabSpec {
                  use another directory (e.g. /var/lib/nixpave/lab)",
                 self.dir.display()
             )));
+        }
+        for user in &self.users {
+            let ok = user.name.len() <= 32
+                && user.name.starts_with(|c: char| c.is_ascii_lowercase())
+                && user
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !ok || user.name == "root" {
+                return Err(LabError::Spec(format!("bad lab user name `{}`", user.name)));
+            }
         }
         if self.disks > 8 {
             return Err(LabError::Spec("at most 8 disks per host".into()));

@@ -169,9 +169,18 @@ fn bring_up_host(
     public_key: &str,
 ) -> Result<(), LabError> {
     let root = &host.root;
-    for sub in ["nix", "etc-ssh", "etc-nix", "root/.ssh", "tmp"] {
+    for sub in [
+        "nix",
+        "etc-ssh/authorized_keys",
+        "etc-nix",
+        "etc",
+        "root",
+        "home",
+        "tmp",
+    ] {
         create_private_dir(&root.join(sub))?;
     }
+    set_mode(&root.join("home"), 0o755)?;
     set_mode(&root.join("tmp"), 0o1777)?;
     set_mode(&root.join("nix"), 0o755)?;
     set_mode(&root.join("etc-ssh"), 0o755)?;
@@ -203,12 +212,65 @@ fn bring_up_host(
         0o644,
     )?;
     write(&root.join("etc-nix/nix.conf"), files::nix_conf(), 0o644)?;
-    write(&root.join("root/.ssh/authorized_keys"), public_key, 0o600)?;
+    write_accounts(spec, root, public_key)?;
     create_netns(shared, host)?;
     let disks = create_disks(spec, root)?;
     shared.update(|s| s.hosts[index].disks = disks)?;
     let pid = start_sshd(spec, host)?;
     shared.update(|s| s.hosts[index].sshd_pid = Some(pid))?;
+    Ok(())
+}
+
+/// The host's own passwd, group, shadow and sudoers.d: this machine's, plus the lab users,
+/// who log in with the lab key (authorized keys live in the private /etc/ssh).
+fn write_accounts(spec: &LabSpec, root: &Path, public_key: &str) -> Result<(), LabError> {
+    let keys = root.join("etc-ssh/authorized_keys");
+    set_mode(&keys, 0o755)?;
+    write(&keys.join("root"), public_key, 0o600)?;
+    let mut hashes = Vec::new();
+    for user in &spec.users {
+        write(&keys.join(&user.name), public_key, 0o644)?;
+        let home = root.join("home").join(&user.name);
+        create_private_dir(&home)?;
+        hashes.push(match &user.sudo_password {
+            // The password goes to openssl on stdin, never on a command line.
+            Some(password) => Some(
+                sys::run_with_stdin(
+                    "hashing a lab user's password",
+                    "openssl",
+                    &["passwd", "-6", "-stdin"],
+                    Some(password.as_bytes()),
+                )?
+                .trim()
+                .to_string(),
+            ),
+            None => None,
+        });
+    }
+    let lines = files::user_lines(&spec.users, &hashes);
+    let etc = root.join("etc");
+    for (file, extra, mode) in [
+        ("passwd", &lines.passwd, 0o644),
+        ("group", &lines.group, 0o644),
+        ("shadow", &lines.shadow, 0o640),
+    ] {
+        let mut text = read(&Path::new("/etc").join(file)).unwrap_or_default();
+        text.push_str(extra);
+        write(&etc.join(file), &text, mode)?;
+    }
+    let sudoers = etc.join("sudoers.d");
+    create_private_dir(&sudoers)?;
+    set_mode(&sudoers, 0o755)?;
+    write(&sudoers.join("nixpave-lab"), &lines.sudoers, 0o440)?;
+    for (i, user) in spec.users.iter().enumerate() {
+        let uid = (2001 + i).to_string();
+        let ids = format!("{uid}:{uid}");
+        sys::run(
+            "giving a lab user its home",
+            "chown",
+            &[&ids, &path_str(&root.join("home").join(&user.name))],
+        )?;
+    }
     Ok(())
 }
 
@@ -279,13 +341,18 @@ fn start_sshd(spec: &LabSpec, host: &HostState) -> Result<i32, LabError> {
         "set -e\n\
          mount --bind {nix} /nix\n\
          mount --bind {etc_ssh} /etc/ssh\n\
-         mount --bind {home} /root\n\
+         mount --bind {root_home} /root\n\
+         mount --bind {home} /home\n\
          mount --bind {tmp} /tmp\n\
+         for f in passwd group shadow; do mount --bind {etc}/$f /etc/$f; done\n\
+         if [ -d /etc/sudoers.d ]; then mount --bind {etc}/sudoers.d /etc/sudoers.d; fi\n\
          NIX_CONF_DIR={etc_nix} nix-store --init\n\
          exec {sshd} -D -e -f /etc/ssh/sshd_config\n",
         nix = q("nix"),
         etc_ssh = q("etc-ssh"),
-        home = q("root"),
+        root_home = q("root"),
+        home = q("home"),
+        etc = q("etc"),
         tmp = q("tmp"),
         etc_nix = q("etc-nix"),
         sshd = shell_quote(&path_str(&sys::tool("sshd"))),

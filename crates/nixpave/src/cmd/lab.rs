@@ -99,6 +99,7 @@ fn up(lab: LabSelect, hosts: usize, disks: usize, disk_size: &str) -> Result<Exi
         disks,
         disk_size: hosts::parse_size(disk_size)?,
         dir: lab.dir,
+        users: Vec::new(),
     };
     let started = Instant::now();
     let state = hosts::up(&spec)?;
