@@ -126,7 +126,7 @@ fn read_file(path: &Path, args: &[NixArg]) -> Result<serde_json::Value, LoadErro
             if !path.exists() {
                 return Err(LoadError::Read {
                     path: path.to_path_buf(),
-                    source: std::io::Error::from(std::io::ErrorKind::NotFound),
+                    source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
                 });
             }
             Ok(nixpave_nix::eval_file(path, args)?)
