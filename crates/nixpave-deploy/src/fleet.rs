@@ -159,3 +159,91 @@ pub fn run_waves(
         handshakes: 0,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::Inventory;
+    use crate::select::Selection;
+
+    fn hosts(n: usize) -> Vec<Host> {
+        let nodes: serde_json::Map<String, serde_json::Value> = (0..n)
+            .map(|i| {
+                (
+                    format!("h{i:02}"),
+                    serde_json::json!({"hostname": "x", "profiles": {"system": {"path": "/nix/store/x"}}}),
+                )
+            })
+            .collect();
+        Inventory::from_json(serde_json::json!({ "nodes": nodes }), &Selection::default())
+            .expect("valid")
+            .hosts
+    }
+
+    fn report(host: &Host, outcome: Outcome) -> HostReport {
+        HostReport {
+            host: host.name.clone(),
+            outcome,
+            duration_ms: 0,
+            generation: None,
+            path: None,
+            failed_phase: None,
+            message: String::new(),
+            log_tail: Vec::new(),
+        }
+    }
+
+    fn outcomes(n: usize, rollout: &RolloutSettings, failing: &[usize]) -> Vec<Outcome> {
+        let hs = hosts(n);
+        let job = |h: &Host, i: usize| {
+            report(
+                h,
+                if failing.contains(&i) {
+                    Outcome::Failed
+                } else {
+                    Outcome::Deployed
+                },
+            )
+        };
+        run_waves(&hs, rollout, &|_| {}, &job)
+            .hosts
+            .iter()
+            .map(|r| r.outcome)
+            .collect()
+    }
+
+    #[test]
+    fn a_failed_canary_stops_the_rollout() {
+        use Outcome::*;
+        let rollout = RolloutSettings {
+            canary: Some(2),
+            ..Default::default()
+        };
+        assert_eq!(
+            outcomes(5, &rollout, &[1]),
+            [Deployed, Failed, Skipped, Skipped, Skipped]
+        );
+        assert_eq!(
+            outcomes(5, &rollout, &[4]),
+            [Deployed, Deployed, Deployed, Deployed, Failed]
+        );
+    }
+
+    #[test]
+    fn keep_going_by_default_and_max_failures_stops_starting_hosts() {
+        use Outcome::*;
+        assert_eq!(
+            outcomes(4, &RolloutSettings::default(), &[0, 2]),
+            [Failed, Deployed, Failed, Deployed]
+        );
+        let one_at_a_time = RolloutSettings {
+            parallel: Some(1),
+            max_failures: Some(2),
+            ..Default::default()
+        };
+        assert_eq!(
+            outcomes(5, &one_at_a_time, &[0, 2]),
+            [Failed, Deployed, Failed, Skipped, Skipped]
+        );
+    }
+}
