@@ -551,3 +551,32 @@ fn a_vanished_master_is_reopened() {
     assert!(sh(&ssh, "echo again").contains("again"));
     assert_eq!(host.accepted_logins(), 2);
 }
+
+#[test]
+fn a_command_over_its_time_limit_is_stopped_on_the_host_too() {
+    let lab = Lab::up(1).expect("lab up");
+    let host = lab.host(0);
+    let options = SshOptions {
+        command_timeout: Some(Duration::from_secs(1)),
+        ..host.ssh_options()
+    };
+    let ssh = SshTransport::connect(&host.target(), options).expect("connect");
+    let started = Instant::now();
+    let err = ssh
+        .run(&argv(&["sh", "-c", "sleep 47 & sleep 47; wait"]), None)
+        .unwrap_err();
+    assert!(
+        matches!(err, TransportError::Timeout { seconds: 1, .. }),
+        "{err:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(err.to_string().contains("host1") && err.to_string().contains("sleep 47"));
+    // Both sleeps (the whole tree) are gone on the host.
+    std::thread::sleep(Duration::from_millis(300));
+    let ps = host
+        .run_inside(&["sh", "-c", "ps -eo args | grep -c '^sleep 47' || true"])
+        .expect("ps");
+    assert_eq!(String::from_utf8_lossy(&ps.stdout).trim(), "0");
+    // The connection is still usable.
+    assert!(sh(&ssh, "echo fine").contains("fine"));
+}

@@ -646,14 +646,18 @@ impl SshTransport {
         self.ensure_master()?;
         let shown = shell_join(argv);
         tracing::debug!(host = %self.name, command = %shown, "run over ssh");
+        // The tag lets a stopped command's whole process tree be found and killed on the host.
+        let tag = run_tag();
+        let mut tagged = vec!["env".to_string(), tag.clone()];
+        tagged.extend(argv.iter().cloned());
         let mut cmd = Command::new("ssh");
         cmd.args(self.common_args())
             .args(self.mux_args())
             .arg("-T")
             .arg(&self.target.host)
-            .arg(shell_join(&escalation.wrap(argv)));
+            .arg(shell_join(&escalation.wrap(&tagged)));
         let stdin = escalation.stdin(stdin);
-        let out = run_child(
+        let result = run_child(
             cmd,
             ChildRun {
                 host: &self.name,
@@ -663,12 +667,52 @@ impl SshTransport {
                 cancellable: true,
             },
             on_line,
-        )?;
+        );
+        if let Err(TransportError::Interrupted { .. } | TransportError::Timeout { .. }) = &result {
+            self.kill_remote(&tag, escalation);
+        }
+        let out = result?;
         // 255 is ssh's own failure, unless the master is fine and the command itself said 255.
         if out.status == Some(255) && !self.master_alive() {
             return Err(self.classify_failure(&String::from_utf8_lossy(&out.stderr)));
         }
         Ok(out)
+    }
+
+    /// Stops, on the host, every process of a command that was interrupted or timed out (ssh
+    /// gives commands without a terminal no hangup signal). Best effort, bounded by 5 s.
+    fn kill_remote(&self, tag: &str, escalation: &Escalation) {
+        if !self.control_path.exists() {
+            return;
+        }
+        let script = format!(
+            "for d in /proc/[0-9]*; do \
+               if tr '\\0' '\\n' < \"$d/environ\" 2>/dev/null | grep -qx {tag}; then \
+                 kill -TERM \"${{d#/proc/}}\" 2>/dev/null; fi; done; true",
+            tag = shell_quote(tag)
+        );
+        let argv = ["sh".to_string(), "-c".into(), script];
+        let mut cmd = Command::new("ssh");
+        cmd.args(self.common_args())
+            .args(self.mux_args())
+            .arg("-T")
+            .arg(&self.target.host)
+            .arg(shell_join(&escalation.wrap(&argv)));
+        let stdin = escalation.stdin(None);
+        let result = run_child(
+            cmd,
+            ChildRun {
+                host: &self.name,
+                shown: "stop the interrupted command",
+                stdin: stdin.as_deref(),
+                timeout: Some(Duration::from_secs(5)),
+                cancellable: false,
+            },
+            &mut |_, _| {},
+        );
+        if let Err(e) = result {
+            tracing::warn!(host = %self.name, error = %e, "could not stop the interrupted command on the host");
+        }
     }
 
     fn failed(&self, command: String, out: &CommandOutput) -> TransportError {
@@ -764,6 +808,16 @@ fn make_control_dir() -> std::io::Result<PathBuf> {
             Err(e) => return Err(e),
         }
     }
+}
+
+/// `NIXPAVE_RUN=<pid>-<n>`: unique per command of this process, inherited by its children.
+fn run_tag() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "NIXPAVE_RUN={}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Every `SHA256:…` fingerprint in `text`, in order.

@@ -116,8 +116,12 @@ fn exec_refuses_a_changed_host_key_with_exit_3() {
 #[test]
 fn sigint_stops_every_host_and_leaves_no_ssh_processes() {
     let lab = Lab::up(3).expect("lab up");
+    // A duration no other test on this machine uses, to find exactly our commands.
+    let seconds = format!("30.{}", std::process::id() % 997);
+    // Exactly the remote command (not nixpave's or ssh's command lines, which mention it).
+    let sleeping = format!("sleep\0{seconds}\0");
     let mut child = nixpave(&lab)
-        .args(["exec", lab.name(), "--", "sleep", "30"])
+        .args(["exec", lab.name(), "--", "sleep", &seconds])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -133,7 +137,7 @@ fn sigint_stops_every_host_and_leaves_no_ssh_processes() {
         .map(|h| h.accepted_logins())
         .sum::<usize>()
         < 3
-        || count_processes("sleep 30") < 3
+        || count_processes(&sleeping) < 3
     {
         assert!(Instant::now() < deadline, "commands never started");
         std::thread::sleep(Duration::from_millis(50));
@@ -170,9 +174,15 @@ fn sigint_stops_every_host_and_leaves_no_ssh_processes() {
     );
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(count_processes(&marker), 0, "stray ssh processes left");
+    assert_eq!(
+        count_processes(&sleeping),
+        0,
+        "the commands were stopped on the hosts too"
+    );
 }
 
-/// Processes (not zombies) whose command line contains `pattern`.
+/// Processes (not zombies) whose command line contains `pattern`, or is exactly `pattern` when
+/// it is NUL-terminated (raw `/proc/PID/cmdline` form).
 fn count_processes(pattern: &str) -> usize {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return 0;
@@ -191,7 +201,13 @@ fn count_processes(pattern: &str) -> usize {
                 .rsplit_once(')')
                 .is_some_and(|(_, r)| r.trim_start().starts_with('Z'));
             let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            !zombie && text(&cmdline).replace('\0', " ").contains(pattern)
+            let cmdline = text(&cmdline);
+            let matches = if pattern.ends_with('\0') {
+                cmdline == pattern
+            } else {
+                cmdline.replace('\0', " ").contains(pattern)
+            };
+            !zombie && matches
         })
         .count()
 }
