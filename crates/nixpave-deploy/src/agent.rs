@@ -231,6 +231,7 @@ impl Activation {
                echo \"another deploy of profile {name_text} is still running on this host (agent pid $holder)\" >&2\n\
                exit {busy}\n\
              fi\n\
+             lines=$(wc -l < {log} 2>/dev/null || echo 0)\n\
              # systemd-run only when systemd is PID 1 in our own mount and network namespaces.\n\
              if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1 \\\n\
                 && [ \"$(readlink /proc/1/ns/mnt)\" = \"$(readlink /proc/self/ns/mnt)\" ] \\\n\
@@ -239,10 +240,11 @@ impl Activation {
              else\n\
                {setsid} </dev/null >/dev/null 2>&1 &\n\
              fi\n\
-             exec {wait}\n",
+             exec {wait} -l \"$lines\"\n",
             temp = shell_quote(&self.temp_path),
             state = shell_quote(&self.state_dir),
             lock = shell_quote(&format!("{}/{}.lock", self.state_dir, self.name)),
+            log = shell_quote(&format!("{}/{}.log", self.state_dir, self.name)),
             name_text = self.name,
             busy = EXIT_BUSY,
             systemd = q(self.systemd_run_argv()),

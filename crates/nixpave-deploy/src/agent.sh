@@ -15,12 +15,13 @@ set -u
 MODE=${1:-}
 [ $# -gt 0 ] && shift
 NAME=system PROFILE= STOREPATH= GOAL=switch CONFIRM=30 ACTIVATE=240 MAGIC=1 AUTO=1 STATEDIR=/var/lib/nixpave/deploy
-ID= WAITFOR=final TIMEOUT=300
-while getopts n:p:s:g:c:a:m:r:d:i:w:t: opt; do
+ID= WAITFOR=final TIMEOUT=300 FOLLOW=
+while getopts n:p:s:g:c:a:m:r:d:i:w:t:l: opt; do
   case $opt in
     n) NAME=$OPTARG ;; p) PROFILE=$OPTARG ;; s) STOREPATH=$OPTARG ;; g) GOAL=$OPTARG ;;
     c) CONFIRM=$OPTARG ;; a) ACTIVATE=$OPTARG ;; m) MAGIC=$OPTARG ;; r) AUTO=$OPTARG ;;
     d) STATEDIR=$OPTARG ;; i) ID=$OPTARG ;; w) WAITFOR=$OPTARG ;; t) TIMEOUT=$OPTARG ;;
+    l) FOLLOW=$OPTARG ;;
     *) echo "nixpave-agent: bad option" >&2; exit 2 ;;
   esac
 done
@@ -187,10 +188,21 @@ do_run() {
 state_of() { sed -n 's/.*"state":"\([^"]*\)".*/\1/p' "$STATUS" 2>/dev/null; }
 id_of() { sed -n 's/.*"id":"\([^"]*\)".*/\1/p' "$STATUS" 2>/dev/null; }
 
+# With -l N: copies the agent log's lines after line N to stderr as they appear (progress for the deployer).
+follow_log() {
+  [ -n "$FOLLOW" ] || return 0
+  total=$(wc -l < "$LOG" 2>/dev/null || echo 0)
+  if [ "$total" -gt "$FOLLOW" ]; then
+    sed -n "$((FOLLOW + 1)),${total}p" "$LOG" >&2
+    FOLLOW=$total
+  fi
+}
+
 # Blocks until this deploy's record reaches the wanted stage, then prints it.
 do_wait() {
   ticks=0 limit=$((TIMEOUT * 5))
   while :; do
+    follow_log
     if [ "$(id_of)" = "$ID" ]; then
       case $WAITFOR:$(state_of) in
         ready:waiting-confirmation | *:confirmed | *:rolled-back | *:failed | *:rollback-failed | *:dry-activated)

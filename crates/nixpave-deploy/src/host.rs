@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use nixpave_nix::invoke::NixOptions;
-use nixpave_remote::{Transport, TransportError};
+use nixpave_remote::{OutputStream, Transport, TransportError};
 
 use crate::agent::{
     manual_rollback_script, new_deploy_id, Activation, Goal, AGENT_SCRIPT, EXIT_AGENT_GONE,
@@ -345,9 +345,14 @@ fn activate_profile(
     let id = new_deploy_id(run.salt * 16 + index);
     let a = Activation::for_profile(profile, opts.goal, &id);
     run.phase(Phase::Activate);
-    let launched = t.run(
+    let launched = t.run_streaming(
         &["sh".into(), "-c".into(), a.launch_script()],
         Some(AGENT_SCRIPT.as_bytes()),
+        &mut |stream, line| {
+            if stream == OutputStream::Stderr {
+                run.log(line.trim_start_matches("nixpave-agent: "));
+            }
+        },
     );
     // A lost connection here does not stop the agent: find out what it did.
     let ready = match launched {
