@@ -72,7 +72,15 @@ fn format_ops(disk: &str, tag: &str) -> Vec<Operation> {
         new(3, "-0", "root", "8300"),
         mkfs(&["mkfs.vfat"], "ESP"),
         mkfs(&["mkswap"], "swap"),
-        mkfs(&["mkfs.ext4", "-q"], "root"),
+        mkfs(
+            &[
+                "mkfs.ext4",
+                "-q",
+                "-E",
+                "lazy_itable_init=0,lazy_journal_init=0",
+            ],
+            "root",
+        ),
     ]
 }
 

@@ -148,7 +148,7 @@ fn apply(args: &ApplyArgs) -> Result<(), Failure> {
         }
     }
     let json = args.json;
-    let mut prompt = TtyPrompt::default();
+    let mut prompt = TtyPrompt;
     let report = exec::execute_with_prompt(
         transport,
         plan,
