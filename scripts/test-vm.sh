@@ -4,8 +4,8 @@
 # Usage: scripts/test-vm.sh [TEST_NAME_FILTER]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-now() { date +%s.%N; }
-secs() { echo "$(now) - $1" | bc | xargs printf '%.1f'; }
+now() { date +%s%N; }
+secs() { local ms=$(( ($(now) - $1) / 1000000 )); printf '%d.%d' $((ms / 1000)) $((ms % 1000 / 100)); }
 T0=$(now)
 
 if [ "${NIXPAVE_SKIP_DEPS:-}" != 1 ]; then bash scripts/install-deps.sh; fi

@@ -6,6 +6,9 @@
 # Usage: build-images.sh SRC_DIR CACHE_DIR   (SRC_DIR holds this script and its *.sh companions)
 # Prints the directory holding the images on its last stdout line. Progress goes to stderr.
 set -euo pipefail
+# Everything is in main, so bash has read the whole file before running any of it.
+main() {
+local SRC CACHE
 SRC=$(cd "$1" && pwd)
 CACHE=$2
 MIRROR=${NIXPAVE_LAB_MIRROR:-$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)}
@@ -18,7 +21,9 @@ STAGE1_MODULES="virtio_pci virtio_blk ext4 crc32c_generic crc32c_intel"
 
 log() { printf '[images %s] %s\n' "$(date +%T)" "$*" >&2; }
 
-KERNEL_PKG=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+kernel_pkg() { apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}'; }
+KERNEL_PKG=$(kernel_pkg)
+if [ -z "$KERNEL_PKG" ]; then apt-get update -qq >&2 || true; KERNEL_PKG=$(kernel_pkg); fi
 [ -n "$KERNEL_PKG" ] || { echo "cannot resolve linux-image-amd64 with apt-cache (run apt-get update)" >&2; exit 1; }
 HASH=$( { cat "$SRC"/*.sh; echo "$MIRROR $SUITE $PACKAGES $KERNEL_PKG $MODULES"; } | sha256sum | cut -c1-16)
 OUT=$CACHE/images-$HASH
@@ -152,3 +157,6 @@ touch "$OUT/done"
 rm -rf "$W"
 log "built $OUT in $((T3-T0))s"
 echo "$OUT"
+}
+main "$@"
+exit

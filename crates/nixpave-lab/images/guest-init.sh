@@ -19,7 +19,8 @@ if [ -r $fw/ssh_host_ed25519_key/raw ]; then
   ssh-keygen -y -f /etc/ssh/ssh_host_ed25519_key > /etc/ssh/ssh_host_ed25519_key.pub
 fi
 ls /etc/ssh/ssh_host_*_key >/dev/null 2>&1 || ssh-keygen -A
-[ -r $fw/hostname/raw ] && hostname "$(cat $fw/hostname/raw)" && cat $fw/hostname/raw > /etc/hostname
+[ -r $fw/hostname/raw ] && cat $fw/hostname/raw > /etc/hostname
+hostname "$(cat /etc/hostname)"
 /lib/systemd/systemd-udevd --daemon 2>/dev/null; udevadm trigger --action=add; udevadm settle -t 10
 ip link set lo up
 IF=$(ls /sys/class/net | grep -v '^lo$' | head -1)

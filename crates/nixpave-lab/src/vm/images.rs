@@ -1,6 +1,6 @@
 //! The lab's images (guest disk, test kexec installer, kernel), built from Debian packages and cached.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -60,10 +60,11 @@ impl Images {
     /// Builds the images into `cache` unless a build with the same inputs is already there (then this takes
     /// milliseconds). `progress` receives the build's progress lines. Builds are serialised by a lock in `cache`.
     pub fn ensure(cache: &Path, progress: &mut dyn FnMut(&str)) -> Result<Images, VmError> {
-        let src = cache.join("src");
+        // One directory per script version: a running build never sees its script replaced by another version's.
+        let src = cache.join(format!("src-{:016x}", scripts_hash()));
         write_scripts(&src)?;
         let log_path = cache.join("build.log");
-        let log = std::fs::File::create(&log_path)
+        let mut log = std::fs::File::create(&log_path)
             .map_err(|e| VmError::io("creating the build log", &log_path, e))?;
         let mut child = Command::new("bash")
             .arg(src.join("build-images.sh"))
@@ -71,26 +72,41 @@ impl Images {
             .arg(cache)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(log)
+            .stderr(Stdio::piped())
             .spawn()
             .map_err(|source| VmError::Spawn {
                 program: "bash".into(),
                 source,
             })?;
-        let mut last = String::new();
-        if let Some(out) = child.stdout.take() {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                last = line;
+        // stdout carries only the result (the images directory, last line); stderr the progress, shown live.
+        let stdout = child.stdout.take();
+        let result = std::thread::spawn(move || {
+            stdout
+                .map(|out| {
+                    BufReader::new(out)
+                        .lines()
+                        .map_while(Result::ok)
+                        .last()
+                        .unwrap_or_default()
+                })
+                .unwrap_or_default()
+        });
+        let mut log_text = String::new();
+        if let Some(err) = child.stderr.take() {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = writeln!(log, "{line}");
+                if line.starts_with("[images") {
+                    progress(&line);
+                }
+                log_text.push_str(&line);
+                log_text.push('\n');
             }
         }
+        let last = result.join().unwrap_or_default();
         let status = child.wait().map_err(|source| VmError::Spawn {
             program: "bash".into(),
             source,
         })?;
-        let log_text = std::fs::read_to_string(&log_path).unwrap_or_default();
-        for line in log_text.lines() {
-            progress(line);
-        }
         if !status.success() || last.is_empty() {
             return Err(VmError::ImageBuild {
                 log: log_path,
@@ -119,7 +135,20 @@ impl Images {
     }
 }
 
-/// Writes the embedded scripts to `dir` (only the ones that changed, so concurrent callers do not race on them).
+/// FNV-1a over the embedded scripts: names the directory they are written to (stable across runs and builds).
+fn scripts_hash() -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for (name, text) in SCRIPTS {
+        for byte in name.bytes().chain([0]).chain(text.bytes()).chain([0]) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
+}
+
+/// Writes the embedded scripts to `dir` unless already there (each via a temporary file and a rename, so a
+/// concurrent caller never reads a half-written script).
 fn write_scripts(dir: &Path) -> Result<(), VmError> {
     std::fs::create_dir_all(dir).map_err(|e| VmError::io("creating", dir, e))?;
     for (name, text) in SCRIPTS {

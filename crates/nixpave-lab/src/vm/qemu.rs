@@ -106,8 +106,6 @@ impl QemuLayout {
             "-pidfile",
             &self.pid_file.display().to_string(),
             "-daemonize",
-            "-boot",
-            "order=c",
             "-nic",
             &format!(
                 "user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:{}-:22",
@@ -117,9 +115,12 @@ impl QemuLayout {
             "virtio-rng-pci",
             "-drive",
             &format!(
-                "file={},if=virtio,format=qcow2,cache=unsafe,discard=unmap",
+                "file={},if=none,id=root,format=qcow2,cache=unsafe,discard=unmap",
                 self.root_disk.display()
             ),
+            // SeaBIOS would otherwise try a blank data disk first and hang there, silently.
+            "-device",
+            "virtio-blk-pci,drive=root,bootindex=0",
         ]);
         for (i, disk) in self.data_disks.iter().enumerate() {
             push(&[
@@ -179,9 +180,10 @@ mod tests {
             argv,
             "-accel tcg,thread=multi -cpu max -machine pc -m 2048 -smp 1 -name nixpave-t1 -display none -vga none \
              -serial file:/v/t1/console.log -monitor unix:/v/t1/monitor.sock,server,nowait -pidfile /v/t1/qemu.pid \
-             -daemonize -boot order=c -nic user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:40022-:22 \
+             -daemonize -nic user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:40022-:22 \
              -device virtio-rng-pci \
-             -drive file=/v/t1/root.qcow2,if=virtio,format=qcow2,cache=unsafe,discard=unmap \
+             -drive file=/v/t1/root.qcow2,if=none,id=root,format=qcow2,cache=unsafe,discard=unmap \
+             -device virtio-blk-pci,drive=root,bootindex=0 \
              -drive file=/v/t1/disk1.qcow2,if=none,id=data0,format=qcow2,cache=unsafe,discard=unmap \
              -device virtio-blk-pci,drive=data0,serial=nixpave-disk1 \
              -drive file=/v/t1/disk2.qcow2,if=none,id=data1,format=qcow2,cache=unsafe,discard=unmap \

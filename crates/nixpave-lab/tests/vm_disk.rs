@@ -1,0 +1,199 @@
+//! The disk engine for real inside a VM (device mapper and md work there, not on the host): `nixpave disk apply`
+//! runs in the guest for LUKS on LVM, LVM thin, mdadm raid1 over two disks and btrfs (+ vfat), each verified with
+//! findmnt/lsblk, then unmounted, mounted again, and formatted again (a no-op that keeps the data).
+//! Ignored by default; `scripts/test-vm.sh` runs it (it builds the nixpave binary first).
+
+use std::path::{Path, PathBuf};
+
+use nixpave_lab::vm::{Vm, VmSpec};
+
+/// The nixpave binary to copy into the guest: `NIXPAVE_BIN`, else the workspace's debug build.
+fn nixpave_binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("NIXPAVE_BIN") {
+        return PathBuf::from(bin);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    let bin = target.join("debug/nixpave");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it first (`cargo build -p nixpave`; scripts/test-vm.sh does) or set NIXPAVE_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// What one layout must produce under /mnt.
+struct Expect {
+    layout: &'static str,
+    /// (mount point, filesystem type) pairs that `findmnt` must show.
+    mounts: &'static [(&'static str, &'static str)],
+    /// A shell check of the block-device stack that must succeed.
+    stack_check: &'static str,
+}
+
+const LAYOUTS: &[Expect] = &[
+    Expect {
+        layout: "luks-on-lvm",
+        mounts: &[
+            ("/mnt", "ext4"),
+            ("/mnt/boot", "vfat"),
+            ("/mnt/home", "xfs"),
+        ],
+        stack_check:
+            "lsblk -rno TYPE /dev/vdb | grep -qx crypt && lsblk -rno TYPE /dev/vdb | grep -qx lvm \
+                      && cryptsetup status cryptroot | grep -q 'type:.*LUKS2' \
+                      && test \"$(findmnt -no SOURCE /mnt)\" = /dev/mapper/cryptroot",
+    },
+    Expect {
+        layout: "lvm-thin",
+        mounts: &[("/mnt", "ext4")],
+        stack_check: "lvs --noheadings -o lv_name,segtype thinvg | grep -q 'pool *thin-pool' \
+                      && lvs --noheadings -o lv_name,segtype thinvg | grep -q 'root *thin$'",
+    },
+    Expect {
+        layout: "mdadm-raid1",
+        mounts: &[("/mnt", "ext4")],
+        stack_check:
+            "grep -A1 '^md' /proc/mdstat | grep -q raid1 && grep '^md' /proc/mdstat | grep -q vdb2 \
+                      && grep '^md' /proc/mdstat | grep -q vdc2",
+    },
+    Expect {
+        layout: "btrfs",
+        mounts: &[
+            ("/mnt", "btrfs"),
+            ("/mnt/boot", "vfat"),
+            ("/mnt/nix", "btrfs"),
+            ("/mnt/swap", "btrfs"),
+        ],
+        stack_check: "btrfs subvolume list /mnt | grep -q '@nix' && test -f /mnt/swap/swapfile \
+                      && findmnt -no OPTIONS /mnt/nix | grep -q compress=zstd",
+    },
+];
+
+fn apply(vm: &Vm, layout: &str, mode: &str) -> String {
+    let extra = if mode.contains("destroy") {
+        " --yes-wipe-all-disks"
+    } else {
+        ""
+    };
+    let command =
+        format!("nixpave disk apply /root/layouts/{layout}.json --mode {mode}{extra} 2>&1");
+    let out = vm.ssh(&command, None).expect("ssh");
+    let text = out.stdout_text();
+    assert!(out.success(), "`{command}` failed in the VM:\n{text}");
+    text
+}
+
+fn mounts_under_mnt(vm: &Vm) -> Vec<(String, String)> {
+    let text = vm
+        .ssh_ok("findmnt -rno TARGET,FSTYPE | awk '$1 ~ \"^/mnt(/|$)\"' | sort")
+        .expect("findmnt");
+    text.lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(t, f)| (t.to_string(), f.to_string()))
+        .collect()
+}
+
+fn uuids(vm: &Vm) -> String {
+    vm.ssh_ok(
+        "blkid -s UUID -o value /dev/vdb* /dev/vdc* /dev/mapper/* /dev/md/* 2>/dev/null | sort",
+    )
+    .expect("blkid")
+}
+
+#[test]
+#[ignore = "boots a qemu VM and runs nixpave disk apply in it (minutes under TCG); run by scripts/test-vm.sh"]
+fn vm_disk_apply_luks_lvm_thin_mdadm_btrfs_for_real() {
+    let name = format!("t-disk-{}", std::process::id());
+    let vm = Vm::start(
+        &VmSpec::new(&name)
+            .disks(2)
+            .disk_size(3 << 30)
+            .memory_mib(1536),
+    )
+    .expect("VM starts");
+
+    // A stripped copy of the binary travels faster (~4.5 MB/s under TCG).
+    let stripped = vm.dir().join("nixpave");
+    let status = std::process::Command::new("strip")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(nixpave_binary())
+        .status()
+        .expect("strip");
+    assert!(status.success());
+    vm.upload(&stripped, "/usr/local/bin/nixpave", 0o755)
+        .expect("upload nixpave");
+    vm.ssh_ok("mkdir -p /root/layouts && umask 077 && printf 'vm-test-secret' > /tmp/secret.key")
+        .expect("key file");
+    let layouts = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vm_layouts");
+    for e in LAYOUTS {
+        vm.upload(
+            &layouts.join(format!("{}.json", e.layout)),
+            &format!("/root/layouts/{}.json", e.layout),
+            0o644,
+        )
+        .expect("upload layout");
+    }
+
+    for e in LAYOUTS {
+        let t0 = std::time::Instant::now();
+        apply(&vm, e.layout, "destroy,format,mount");
+        let expected: Vec<(String, String)> = e
+            .mounts
+            .iter()
+            .map(|(t, f)| (t.to_string(), f.to_string()))
+            .collect();
+        let mut expected_sorted = expected.clone();
+        expected_sorted.sort();
+        assert_eq!(
+            mounts_under_mnt(&vm),
+            expected_sorted,
+            "{}: mounts",
+            e.layout
+        );
+        vm.ssh_ok(e.stack_check)
+            .unwrap_or_else(|err| panic!("{}: block-device stack: {err}", e.layout));
+        vm.ssh_ok("echo kept > /mnt/marker && sync")
+            .expect("write marker");
+
+        apply(&vm, e.layout, "unmount");
+        assert_eq!(
+            mounts_under_mnt(&vm),
+            vec![],
+            "{}: unmount leaves nothing mounted",
+            e.layout
+        );
+        apply(&vm, e.layout, "mount");
+        assert_eq!(
+            mounts_under_mnt(&vm),
+            expected_sorted,
+            "{}: mounted again",
+            e.layout
+        );
+        assert_eq!(vm.ssh_ok("cat /mnt/marker").expect("marker").trim(), "kept");
+
+        let before = uuids(&vm);
+        apply(&vm, e.layout, "format");
+        assert_eq!(
+            uuids(&vm),
+            before,
+            "{}: formatting again changes nothing",
+            e.layout
+        );
+        assert_eq!(
+            vm.ssh_ok("cat /mnt/marker").expect("marker").trim(),
+            "kept",
+            "{}: data kept",
+            e.layout
+        );
+        apply(&vm, e.layout, "unmount");
+        eprintln!(
+            "TIMING vm_disk_{}_seconds={:.1}",
+            e.layout.replace('-', "_"),
+            t0.elapsed().as_secs_f64()
+        );
+    }
+}
