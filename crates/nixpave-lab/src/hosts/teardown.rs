@@ -13,13 +13,22 @@ pub fn down(dir: &Path) -> Result<bool, LabError> {
     let Some(state) = LabState::load(dir)? else {
         return Ok(false);
     };
-    let mut failures = Vec::new();
     let netns_list = sys::run("listing namespaces", "ip", &["netns", "list"]).unwrap_or_default();
-    for host in &state.hosts {
-        if let Err(e) = remove_host(host, &netns_list) {
-            failures.push(e);
-        }
-    }
+    // Hosts are independent: remove them all at once.
+    let mut failures: Vec<LabError> = std::thread::scope(|scope| {
+        let handles: Vec<_> = state
+            .hosts
+            .iter()
+            .map(|host| scope.spawn(|| remove_host(host, &netns_list)))
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|h| match h.join() {
+                Ok(result) => result.err(),
+                Err(_) => Some(LabError::Spec("a host teardown thread panicked".into())),
+            })
+            .collect()
+    });
     if let Some(bridge) = &state.bridge {
         if link_exists(bridge) {
             if let Err(e) = sys::run("removing the lab bridge", "ip", &["link", "del", bridge]) {
