@@ -48,3 +48,31 @@ fn lab_hosts_answer_over_ssh_and_disappear_on_drop() {
         assert!(!list.contains(&ns), "{ns} still exists");
     }
 }
+
+#[test]
+fn labs_up_at_once_get_their_own_subnets_and_route_nowhere_else() {
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| Lab::up(1).expect("lab a"));
+        let b = s.spawn(|| Lab::up(1).expect("lab b"));
+        (a.join().expect("a"), b.join().expect("b"))
+    });
+    assert_ne!(a.state().subnet, b.state().subnet);
+    assert_ne!(a.state().bridge, b.state().bridge);
+    let route = |lab: &Lab, to: &str| {
+        lab.host(0)
+            .run_inside(&["ip", "route", "get", to])
+            .expect("nsenter")
+            .status
+            .success()
+    };
+    // Each host reaches its own bridge (this machine) and nothing else: no default route,
+    // no way into the other lab.
+    assert!(route(&a, &format!("10.77.{}.1", a.state().subnet)));
+    assert!(!route(&a, b.host(0).address()));
+    assert!(!route(&b, a.host(0).address()));
+    assert!(!route(&a, "1.1.1.1"));
+    let routes = a.host(0).run_inside(&["ip", "route"]).expect("ip route");
+    let routes = String::from_utf8_lossy(&routes.stdout);
+    assert_eq!(routes.lines().count(), 1, "{routes}");
+    assert!(!routes.contains("default"));
+}
