@@ -264,6 +264,18 @@ fn http_get(url: &str, default_host: &str, t: Duration) -> Result<(u16, String),
     Ok((code, body.to_string()))
 }
 
+/// Seconds all `checks` may take at most (every attempt timing out, plus the pauses between attempts).
+pub fn budget_seconds(checks: &[HealthCheck]) -> u64 {
+    checks
+        .iter()
+        .map(|c| {
+            let attempts = u64::from(c.retries.unwrap_or(3).max(1));
+            let pause = c.interval.unwrap_or(1.0).max(0.0).ceil() as u64;
+            attempts * c.timeout().as_secs() + (attempts - 1) * pause
+        })
+        .sum()
+}
+
 /// Runs every check; returns all failures (empty when healthy).
 pub fn run_all(
     checks: &[HealthCheck],

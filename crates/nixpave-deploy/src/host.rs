@@ -343,7 +343,9 @@ fn activate_profile(
 ) -> Result<StatusRecord, StepError> {
     let t = conn.transport();
     let id = new_deploy_id(run.salt * 16 + index);
-    let a = Activation::for_profile(profile, opts.goal, &id);
+    let mut a = Activation::for_profile(profile, opts.goal, &id);
+    // The target waits for the health checks too: they run inside its confirmation window.
+    a.confirm_timeout += health::budget_seconds(&run.host.health_checks);
     run.phase(Phase::Activate);
     let launched = t.run_streaming(
         &["sh".into(), "-c".into(), a.launch_script()],
@@ -380,16 +382,32 @@ fn activate_profile(
     }
 
     run.phase(Phase::HealthCheck);
-    let failures = health::run_all(&run.host.health_checks, conn.address(), t);
+    let mut failures = Vec::new();
+    for check in &run.host.health_checks {
+        let started = Instant::now();
+        match check.run(conn.address(), t) {
+            Ok(()) => run.log(format!(
+                "health check {} passed ({} ms)",
+                check.display_name(),
+                started.elapsed().as_millis()
+            )),
+            Err(f) => failures.push(f),
+        }
+    }
     if !failures.is_empty() {
         for f in &failures {
             run.log(format!("health check {} failed: {}", f.check, f.output));
         }
         let _ = t.run(&a.reject_argv(), None);
         let mut record = wait_final(run, t, &a, profile)?;
-        if record.state == "rolled-back" {
+        if record.state != "confirmed" {
+            let suffix = record
+                .reason
+                .strip_prefix("health-check-failed")
+                .unwrap_or_default()
+                .to_string();
             record.reason = format!(
-                "health check failed: {}",
+                "health check failed{suffix}: {}",
                 failures
                     .iter()
                     .map(|f| format!("{} ({} attempts): {}", f.check, f.attempts, f.output))

@@ -446,3 +446,25 @@ fn build_on_target_builds_there_not_here() {
         .expect("nix-store");
     assert!(!here.status.success(), "{out} was built locally");
 }
+
+#[test]
+fn every_kind_of_health_check_passes_on_a_healthy_host() {
+    let lab = Lab::up(1).expect("lab up");
+    let conn = connector(&lab);
+    let h = lab.host(0);
+    let port = 18081;
+    let tag = unique("healthy");
+    let sys = build_system(&[("tag", &tag), ("servePort", &port.to_string())]);
+    let url = format!("http://{}:{port}/", h.address());
+    let checks = serde_json::json!({ "healthChecks": [
+        { "type": "command", "command": "test -f /nix/var/nixpave-test/current" },
+        { "type": "tcp", "port": port },
+        { "type": "tcp", "port": port, "from": "target" },
+        { "type": "http", "url": url, "body": format!("service {tag} ok") },
+        { "type": "http", "url": format!("http://127.0.0.1:{port}/"), "from": "target", "body": "ok" }
+    ]});
+    let host = hosts(&lab, std::slice::from_ref(&sys), checks).remove(0);
+    let report = deploy_one(&host, &conn);
+    assert_eq!(report.outcome, Outcome::Deployed, "{report:?}");
+    assert_eq!(profile_of(h), sys);
+}
