@@ -112,9 +112,15 @@ fn five_hosts_in_parallel_with_keys_then_noop_costs_one_login() {
         "late": { "text": "after", "destDir": "/tmp/nixpave-keys", "uploadAt": "post-activation" }
     }});
     let hs = hosts(&lab, &vec![sys.clone(); 5], keys);
+    let logins_before: Vec<usize> = lab.hosts().iter().map(|h| h.accepted_logins()).collect();
     let t0 = Instant::now();
     let report = run(&hs, &conn, Goal::Switch, RolloutSettings::default());
     let first = t0.elapsed();
+    // Two logins per host: the master, and the fresh login that proves new connections still work.
+    for (h, before) in lab.hosts().iter().zip(&logins_before) {
+        assert_eq!(h.accepted_logins() - before, 2, "{}", h.name());
+    }
+    assert_eq!(report.handshakes, 10);
     for r in &report.hosts {
         assert_eq!(r.outcome, Outcome::Deployed, "{r:?}");
     }
