@@ -15,6 +15,7 @@
 
 pub mod exec;
 pub mod load;
+mod locate;
 pub mod model;
 pub mod nixos;
 pub mod plan;

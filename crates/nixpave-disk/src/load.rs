@@ -208,33 +208,14 @@ pub fn apply_overrides(
     Ok(())
 }
 
-/// Best effort `file:line` of the last attribute name of `path` in the source file.
+/// Best effort `file:line` where the attribute `path` (or its closest written parent) is.
 fn locate(file: &Path, path: &str) -> Option<String> {
     let text = std::fs::read_to_string(file).ok()?;
-    let segments: Vec<String> = split_path(path);
-    // find the segments in order; the line of the last one found is the answer
-    let mut from = 0;
-    let mut line = None;
-    for seg in &segments {
-        if seg.chars().all(|c| c.is_ascii_digit()) {
-            continue; // list index
-        }
-        let needles = [
-            format!("{seg} "),
-            format!("{seg}="),
-            format!("\"{seg}\""),
-            format!("{seg}."),
-        ];
-        let found = needles
-            .iter()
-            .filter_map(|n| text[from..].find(n.as_str()).map(|i| i + from))
-            .min();
-        if let Some(i) = found {
-            from = i + seg.len();
-            line = Some(text[..i].lines().count().max(1));
-        }
+    if file.extension().and_then(|e| e.to_str()) != Some("nix") {
+        return None;
     }
-    line.map(|l| format!("{}:{l}", file.display()))
+    let line = crate::locate::line_of(&text, &split_path(path))?;
+    Some(format!("{}:{line}", file.display()))
 }
 
 fn split_path(path: &str) -> Vec<String> {

@@ -702,6 +702,34 @@ fn table(a: &Attrs, parent: &Parent) -> R<Table> {
                         "expected \"primary\", \"logical\" or \"extended\"",
                     ));
                 }
+                let fs_type = p.opt_str("fs-type")?;
+                const FS_TYPES: [&str; 14] = [
+                    "bcachefs",
+                    "btrfs",
+                    "ext2",
+                    "ext3",
+                    "ext4",
+                    "fat16",
+                    "fat32",
+                    "hfs",
+                    "hfs+",
+                    "linux-swap",
+                    "ntfs",
+                    "reiserfs",
+                    "udf",
+                    "xfs",
+                ];
+                if let Some(t) = &fs_type {
+                    if !FS_TYPES.contains(&t.as_str()) {
+                        return Err(LayoutError::invalid(
+                            p.at("fs-type"),
+                            format!(
+                                "\"{t}\" is not a parted filesystem type ({})",
+                                FS_TYPES.join(", ")
+                            ),
+                        ));
+                    }
+                }
                 let pdev = partition_device(&device, index)
                     .map_err(|m| LayoutError::invalid(a.at("device"), m))?;
                 let name = p.opt_str("name")?;
@@ -713,7 +741,7 @@ fn table(a: &Attrs, parent: &Parent) -> R<Table> {
                 partitions.push(TablePartition {
                     index,
                     part_type,
-                    fs_type: p.opt_str("fs-type")?,
+                    fs_type,
                     start: p.str_or("start", "0%")?,
                     end: p.str_or("end", "100%")?,
                     flags: p.str_list("flags")?,
