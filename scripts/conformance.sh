@@ -30,9 +30,9 @@ known_deviation() {
 }
 
 status=0
-echo "== plans vs. disko scripts (format, mount, unmount; swapon/swapoff not compared)"
+echo "== plans vs. disko scripts (format, mount, unmount; every fact kind)"
 out=$(python3 "$shared/tools/compare_disko.py" --golden "$golden" --examples "$examples" \
-  --nixpave "$nixpave" --modes format,mount,unmount --ignore-kinds swapon,swapoff) || true
+  --nixpave "$nixpave" --modes format,mount,unmount) || true
 echo "$out"
 unexplained=$(echo "$out" | grep -v '^MATCH ' | grep -v 'examples match' | known_deviation)
 if [ -n "$unexplained" ]; then

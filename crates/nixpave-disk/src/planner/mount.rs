@@ -187,12 +187,13 @@ pub(crate) fn content(c: &Content, ctx: &Ctx, dir: Dir) -> Steps {
     s
 }
 
+/// Mounts of a btrfs filesystem and its subvolumes. Swap files are left to NixOS
+/// (`swapDevices`), as disko does: activating swap on the target during install is unwanted.
 fn btrfs(b: &Btrfs, ctx: &Ctx, dir: Dir, s: &mut Steps) {
     let dev = &b.device;
     if let Some(mp) = &b.mountpoint {
         let o = mount_fs(ctx, dir, dev, mp, Some("btrfs"), &b.mount_options);
         s.fs.insert(mp.clone(), wrap(&b.hooks, dir, dev, vec![o]));
-        swap_files(&b.swap, mp, ctx, dir, dev, s);
     }
     for sv in b.subvolumes.values() {
         if let Some(mp) = &sv.mountpoint {
@@ -200,48 +201,7 @@ fn btrfs(b: &Btrfs, ctx: &Ctx, dir: Dir, s: &mut Steps) {
             opts.push(format!("subvol={}", sv.name));
             let o = mount_fs(ctx, dir, dev, mp, Some("btrfs"), &opts);
             s.fs.insert(mp.clone(), wrap(&b.hooks, dir, dev, vec![o]));
-            swap_files(&sv.swap, mp, ctx, dir, dev, s);
         }
-    }
-}
-
-fn swap_files(
-    files: &BTreeMap<String, SwapFile>,
-    mountpoint: &str,
-    ctx: &Ctx,
-    dir: Dir,
-    dev: &str,
-    s: &mut Steps,
-) {
-    for f in files.values() {
-        let rel = format!(
-            "{}/{}",
-            mountpoint.trim_end_matches('/'),
-            f.path.trim_start_matches('/')
-        );
-        let path = target(&ctx.root, &rel);
-        let o = match dir {
-            Dir::Mount => {
-                let mut a = argv!["swapon"];
-                if let Some(p) = f.priority {
-                    a.push(format!("--priority={p}"));
-                }
-                a.push(format!("--options={}", f.options.join(",")));
-                a.push(path.clone());
-                op(dev, format!("enable swap file {path}"), a).guard(Guard::SwapInactive {
-                    device: path.clone(),
-                })
-            }
-            Dir::Unmount => op(
-                dev,
-                format!("disable swap file {path}"),
-                argv!["swapoff", &path],
-            )
-            .guard(Guard::SwapActive {
-                device: path.clone(),
-            }),
-        };
-        s.fs.insert(rel, vec![o]);
     }
 }
 
@@ -397,7 +357,13 @@ pub(crate) fn zpool(pool: &Zpool, ctx: &Ctx, dir: Dir) -> Steps {
             }
             Dataset::Volume(v) => {
                 if let Some(c) = &v.content {
-                    let inner = content(c, ctx, dir);
+                    let mut inner = content(c, ctx, dir);
+                    if dir == Dir::Mount {
+                        // like disko: swap on a zvol is left to NixOS at boot, not enabled here
+                        inner
+                            .fs
+                            .retain(|_, ops| ops.iter().all(|o| o.argv[0] != "swapon"));
+                    }
                     keys.extend(inner.dev);
                     for (k, ops) in inner.fs {
                         s.fs.entry(k).or_default().extend(ops);
