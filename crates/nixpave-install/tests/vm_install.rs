@@ -68,31 +68,29 @@ fn test_system(vm: &Vm, conf: &Path, work: &Path, tag: &str) -> String {
     )
 }
 
-/// vda: BIOS boot partition + ext4 root (the label the guest's stage 1 looks for).
-fn root_disk_ops() -> Vec<nixpave_disk::Operation> {
+/// vda: BIOS boot partition + ext4 root (the label the guest's stage 1 looks for) + `extra`
+/// partitions (`-nN:0:SIZE`, typecode) for the data layouts.
+///
+/// The data layouts live on partitions of vda because the lab VM does not boot while blank data
+/// disks are attached (SeaBIOS tries them first and halts; see the report).
+fn root_disk_ops(extra: &[(&str, &str)]) -> Vec<nixpave_disk::Operation> {
+    let mut sg: Vec<String> = ["sgdisk", "-n1:0:+1M", "-t1:EF02", "-c1:bios", "-n2:0:+400M", "-t2:8300", "-c2:root"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for (i, (size, code)) in extra.iter().enumerate() {
+        let n = i + 3;
+        sg.push(format!("-n{n}:0:{size}"));
+        sg.push(format!("-t{n}:{code}"));
+    }
+    sg.push("/dev/vda".into());
+    let sg: Vec<&str> = sg.iter().map(String::as_str).collect();
     vec![
         op(&["sgdisk", "--zap-all", "/dev/vda"], "wipe /dev/vda", true),
-        op(
-            &[
-                "sgdisk",
-                "-n1:0:+1M",
-                "-t1:EF02",
-                "-c1:bios",
-                "-n2:0:0",
-                "-t2:8300",
-                "-c2:root",
-                "/dev/vda",
-            ],
-            "partition /dev/vda (bios boot, root)",
-            true,
-        ),
+        op(&sg, "partition /dev/vda", true),
         op(&["partx", "-u", "/dev/vda"], "re-read /dev/vda", false),
         op(&["udevadm", "settle", "-t", "10"], "wait for udev", false),
-        op(
-            &["mkfs.ext4", "-q", "-F", "-L", "nixpave-root", "/dev/vda2"],
-            "format root",
-            true,
-        ),
+        op(&["mkfs.ext4", "-q", "-F", "-L", "nixpave-root", "/dev/vda2"], "format root", true),
     ]
 }
 
@@ -101,15 +99,15 @@ fn mount_root_ops() -> Vec<nixpave_disk::Operation> {
 }
 
 fn luks_on_lvm_plan(key: &str) -> (Plan, Plan) {
-    let mut ops = root_disk_ops();
+    let mut ops = root_disk_ops(&[("0", "8E00")]);
     ops.extend([
-        op(&["wipefs", "-a", "/dev/vdb"], "wipe /dev/vdb", true),
+        op(&["wipefs", "-a", "/dev/vda3"], "wipe /dev/vda3", true),
         op(
-            &["pvcreate", "-ff", "-y", "/dev/vdb"],
-            "LVM PV on /dev/vdb",
+            &["pvcreate", "-ff", "-y", "/dev/vda3"],
+            "LVM PV on /dev/vda3",
             true,
         ),
-        op(&["vgcreate", "vgdata", "/dev/vdb"], "VG vgdata", true),
+        op(&["vgcreate", "vgdata", "/dev/vda3"], "VG vgdata", true),
         op(
             &["lvcreate", "-y", "-L", "256M", "-n", "secret", "vgdata"],
             "LV vgdata/secret",
@@ -174,10 +172,10 @@ fn luks_on_lvm_plan(key: &str) -> (Plan, Plan) {
 }
 
 fn raid1_plan() -> (Plan, Plan) {
-    let mut ops = root_disk_ops();
+    let mut ops = root_disk_ops(&[("+200M", "FD00"), ("+200M", "FD00")]);
     ops.extend([
-        op(&["wipefs", "-a", "/dev/vdb"], "wipe /dev/vdb", true),
-        op(&["wipefs", "-a", "/dev/vdc"], "wipe /dev/vdc", true),
+        op(&["wipefs", "-a", "/dev/vda3"], "wipe /dev/vda3", true),
+        op(&["wipefs", "-a", "/dev/vda4"], "wipe /dev/vda4", true),
         op(
             &[
                 "mdadm",
@@ -188,10 +186,10 @@ fn raid1_plan() -> (Plan, Plan) {
                 "--raid-devices=2",
                 "--metadata=1.2",
                 "--assume-clean",
-                "/dev/vdb",
-                "/dev/vdc",
+                "/dev/vda3",
+                "/dev/vda4",
             ],
-            "raid1 over vdb, vdc",
+            "raid1 over vda3, vda4",
             true,
         ),
         op(
@@ -319,7 +317,7 @@ fn print_timings(rec: &Recorder, label: &str) {
 #[test]
 #[ignore = "boots qemu VMs (minutes under TCG); run scripts/test-install.sh"]
 fn e2e_luks_on_lvm_kexec_install_reboot_verify() {
-    let vm = start_vm("inst-luks", 2048, 2);
+    let vm = start_vm("inst-luks", 2048, 0);
     let run = prepare(&vm, "luks");
     let secret = "luks-secret-5521-horse";
     let key_local = run.work.path().join("data.key");
@@ -328,7 +326,7 @@ fn e2e_luks_on_lvm_kexec_install_reboot_verify() {
     let disk = DiskSpec {
         plan: p,
         mount_plan: Some(mount),
-        needs: needs(&["/dev/vda", "/dev/vdb"]),
+        needs: needs(&["/dev/vda"]),
         keys: vec![EncryptionKey {
             remote: "/tmp/data.key".into(),
             local: key_local,
@@ -396,13 +394,13 @@ fn e2e_luks_on_lvm_kexec_install_reboot_verify() {
 #[test]
 #[ignore = "boots qemu VMs (minutes under TCG); run scripts/test-install.sh"]
 fn e2e_mdadm_raid1_in_one_run() {
-    let vm = start_vm("inst-raid", 2048, 2);
+    let vm = start_vm("inst-raid", 2048, 0);
     let run = prepare(&vm, "raid");
     let (p, mount) = raid1_plan();
     let disk = DiskSpec {
         plan: p,
         mount_plan: Some(mount),
-        needs: needs(&["/dev/vda", "/dev/vdb", "/dev/vdc"]),
+        needs: needs(&["/dev/vda"]),
         keys: Vec::new(),
     };
     let mut spec = node_spec(&vm, &run, "kexec,disk,install,reboot,verify", Some(disk));
@@ -423,21 +421,22 @@ fn e2e_mdadm_raid1_in_one_run() {
 }
 
 fn disk_sum(vm: &Vm) -> String {
-    vm.ssh_ok("sha256sum /dev/vdb | cut -c1-64").unwrap()
+    // The partition table and boot code of the disk the layout would wipe (the rest is the live root).
+    vm.ssh_ok("head -c 1048576 /dev/vda | sha256sum | cut -c1-64").unwrap()
 }
 
 #[test]
 #[ignore = "boots qemu VMs (minutes under TCG); run scripts/test-install.sh"]
 fn preflight_refusals_in_a_vm_write_nothing() {
-    // 640 MiB: enough for the guest, too little for the installer (needs initrd × 2.5 + 384 MiB).
-    let vm = start_vm("inst-pre", 640, 1);
+    // 512 MiB: enough for the guest, too little for the installer (needs initrd × 2.5 + 384 MiB).
+    let vm = start_vm("inst-pre", 512, 0);
     let run = prepare(&vm, "pre");
     let before = disk_sum(&vm);
     let (p, _) = raid1_plan();
     let disk = || DiskSpec {
         plan: p.clone(),
         mount_plan: None,
-        needs: needs(&["/dev/vda", "/dev/vdb"]),
+        needs: needs(&["/dev/vda"]),
         keys: Vec::new(),
     };
     let engine = nixpave_install::disk::SequentialEngine;
@@ -485,4 +484,118 @@ fn preflight_refusals_in_a_vm_write_nothing() {
     );
     let s = spec.session.transport().host().to_string();
     assert!(!s.is_empty());
+}
+
+/// The `nixpave` binary next to this test's deps directory (built by scripts/test-install.sh).
+fn nixpave_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("NIXPAVE_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("nixpave");
+    assert!(bin.exists(), "build the CLI first: cargo build -p nixpave ({} missing)", bin.display());
+    bin
+}
+
+fn cli_args(vm: &Vm, run: &Run, state: &Path, extra: &Path) -> Vec<String> {
+    let tarball = vm.images().unwrap().installer_tarball();
+    [
+        "install",
+        vm.name(),
+        "--system",
+        &run.toplevel,
+        "--target",
+        &format!("root@127.0.0.1:{}", vm.ssh_port()),
+        "-i",
+        &vm.key().display().to_string(),
+        "--known-hosts",
+        &vm.known_hosts().display().to_string(),
+        "--kexec",
+        &tarball.display().to_string(),
+        "--disk-config",
+        &fixtures().join("layout-root.nix").display().to_string(),
+        "--extra-files",
+        &extra.display().to_string(),
+        "--copy-host-keys",
+        "--yes-wipe-all-disks",
+        "--json",
+        "--state-dir",
+        &state.display().to_string(),
+        "--kexec-timeout",
+        "400",
+        "--reboot-timeout",
+        "400",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn events_of(stdout: &str) -> Vec<serde_json::Value> {
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[test]
+#[ignore = "boots qemu VMs (minutes under TCG); run scripts/test-install.sh"]
+fn e2e_cli_killed_during_install_resumes_without_redoing_kexec_or_disk() {
+    use std::io::{BufRead, BufReader};
+    let vm = start_vm("inst-resume", 2048, 0);
+    let run = prepare(&vm, "resume");
+    let state = run.work.path().join("state");
+    let extra = extra_files(&vm, run.work.path());
+    let args = cli_args(&vm, &run, &state, &extra);
+
+    // First run: kill -9 as soon as the install phase starts.
+    let mut child = std::process::Command::new(nixpave_bin())
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut killed = false;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        eprintln!("run 1: {line}");
+        seen.push(line.clone());
+        if line.contains("\"phase_started\"") && line.contains("\"install\"") {
+            child.kill().unwrap();
+            killed = true;
+            break;
+        }
+    }
+    let status = child.wait().unwrap();
+    assert!(killed, "the install phase never started (exit {status:?}):\n{}\nconsole:\n{}", seen.join("\n"), vm.console_tail(40));
+    let st = StateStore::new(&state).load(vm.name()).unwrap().unwrap();
+    assert!(st.is_done(Phase::Kexec) && st.is_done(Phase::Disk), "{st:?}");
+    assert!(!st.is_done(Phase::Install));
+
+    // Second run with --resume: kexec and disk are skipped, the rest runs and verify passes.
+    let mut resume = args.clone();
+    resume.push("--resume".into());
+    let out = std::process::Command::new(nixpave_bin()).args(&resume).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    eprintln!("run 2:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        eprintln!("console:\n{}", vm.console_tail(60));
+    }
+    assert_eq!(out.status.code(), Some(0));
+    let events = events_of(&text);
+    let started: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "phase_started")
+        .filter_map(|e| e["phase"].as_str())
+        .collect();
+    assert_eq!(started, vec!["preflight", "install", "reboot", "verify"]);
+    let skipped: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "phase_skipped")
+        .filter_map(|e| e["phase"].as_str())
+        .collect();
+    assert_eq!(skipped, vec!["kexec", "disk"]);
+    assert!(events.iter().any(|e| e["event"] == "finished"));
+    eprintln!("TIMINGS resume: {:?}", events.iter().find(|e| e["event"] == "finished"));
 }

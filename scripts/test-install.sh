@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The slow install tests: real qemu VMs (TCG) booted from the lab image, kexec into the test installer,
+# real disk layouts (LUKS on LVM, mdadm raid1, a disko layout through the planner), GRUB, reboot, verify;
+# preflight refusals; kill + --resume through the CLI. Prints the phase timings (TIMINGS lines).
+# Usage: scripts/test-install.sh [TEST_NAME_FILTER]   (as root on Debian 12; ~15-25 min under TCG)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
+cargo build -p nixpave
+export NIXPAVE_BIN=$PWD/$CARGO_TARGET_DIR/debug/nixpave
+[ -x "$NIXPAVE_BIN" ] || NIXPAVE_BIN=$CARGO_TARGET_DIR/debug/nixpave
+# The fast, non-VM install tests first.
+cargo test -p nixpave-install
+# VM tests one at a time: the machine has 2 cores and TCG is CPU-bound.
+start=$(date +%s)
+cargo test -p nixpave-install --test vm_install -- --ignored --nocapture --test-threads 1 ${1:-} 2>&1 |
+  tee /tmp/nixpave-test-install.log | grep -E --line-buffered '^(test |TIMINGS|.*\[(kexec|disk|install|reboot|verify)\] (done|FAILED))'
+rc=${PIPESTATUS[0]}
+echo "VM install tests: $(( $(date +%s) - start )) s (full log: /tmp/nixpave-test-install.log)"
+exit "$rc"
