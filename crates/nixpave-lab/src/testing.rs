@@ -135,8 +135,17 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        if let Err(e) = hosts::down(&self.state.dir) {
-            eprintln!("lab {}: teardown failed: {e}", self.state.name);
+        // A second pass finishes what a first one could not (it keeps the state for that).
+        if let Err(first) = hosts::down(&self.state.dir) {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            if let Err(e) = hosts::down(&self.state.dir) {
+                eprintln!(
+                    "lab {}: teardown failed: {first}; then: {e} (run `NIXPAVE_LAB_DIR={} nixpave lab down --name {}`)",
+                    self.state.name,
+                    self.base.display(),
+                    self.state.name
+                );
+            }
         }
     }
 }

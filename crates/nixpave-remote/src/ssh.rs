@@ -799,6 +799,9 @@ impl Drop for SshTransport {
 fn make_control_dir() -> std::io::Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
     static COUNTER: AtomicU64 = AtomicU64::new(0);
+    if COUNTER.load(Ordering::Relaxed) == 0 {
+        sweep_stale_control_dirs();
+    }
     loop {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let dir = PathBuf::from(format!("/tmp/nixpave-ssh-{}-{n}", std::process::id()));
@@ -806,6 +809,29 @@ fn make_control_dir() -> std::io::Result<PathBuf> {
             Ok(()) => return Ok(dir),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Removes control directories of nixpave processes that died without cleaning up (killed
+/// hard); a directory whose master still listens is left alone (it exits by ControlPersist).
+fn sweep_stale_control_dirs() {
+    let Ok(entries) = std::fs::read_dir("/tmp") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("nixpave-ssh-")
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let dir = entry.path();
+        let owner_alive = Path::new(&format!("/proc/{pid}")).exists();
+        if pid != std::process::id() && !owner_alive && !dir.join("master").exists() {
+            let _ = std::fs::remove_dir_all(&dir);
         }
     }
 }

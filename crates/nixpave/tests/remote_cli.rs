@@ -22,16 +22,14 @@ fn run(cmd: &mut Command) -> Output {
 #[test]
 fn exec_runs_on_five_hosts_in_parallel_with_prefixes_and_a_summary() {
     let lab = Lab::up(5).expect("lab up");
-    let started = Instant::now();
     let out = run(nixpave(&lab).args([
         "exec",
         lab.name(),
         "--",
         "sh",
         "-c",
-        "sleep 1; hostname -I; echo warn >&2",
+        "date +%s.%N; sleep 1; hostname -I; echo warn >&2; date +%s.%N",
     ]));
-    let elapsed = started.elapsed();
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
     for host in lab.hosts() {
@@ -43,14 +41,31 @@ fn exec_runs_on_five_hosts_in_parallel_with_prefixes_and_a_summary() {
         );
     }
     assert!(stderr.contains("5/5 hosts succeeded"), "{stderr}");
-    // Five one-second commands at once, not one after the other.
-    assert!(elapsed < Duration::from_secs(4), "took {elapsed:?}");
+    // In parallel: every host started its command before any host finished (each runs 1 s).
+    let times = |host: &str| -> Vec<f64> {
+        stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix(&format!("{host} | ")))
+            .filter_map(|v| v.trim().parse::<f64>().ok())
+            .collect()
+    };
+    let spans: Vec<Vec<f64>> = lab.hosts().iter().map(|h| times(h.name())).collect();
+    assert!(spans.iter().all(|t| t.len() == 2), "{stdout}");
+    let last_start = spans.iter().map(|t| t[0]).fold(f64::MIN, f64::max);
+    let first_end = spans.iter().map(|t| t[1]).fold(f64::MAX, f64::min);
+    assert!(
+        last_start < first_end,
+        "hosts ran one after another:\n{stdout}"
+    );
 
     // --parallel 1 runs them one at a time.
     let started = Instant::now();
     let out = run(nixpave(&lab).args(["exec", "--parallel", "1", lab.name(), "--", "sleep", "1"]));
     assert_eq!(out.status.code(), Some(0));
-    assert!(started.elapsed() >= Duration::from_secs(5));
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "--parallel 1 is sequential"
+    );
 }
 
 #[test]
@@ -128,9 +143,10 @@ fn sigint_stops_every_host_and_leaves_no_ssh_processes() {
         .spawn()
         .expect("spawn");
     let pid = child.id();
+    let mut child = KillOnDrop(Some(child));
     let marker = format!("/tmp/nixpave-ssh-{pid}-");
     // Wait until all three hosts run the command.
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while lab
         .hosts()
         .iter()
@@ -151,7 +167,7 @@ fn sigint_stops_every_host_and_leaves_no_ssh_processes() {
         .expect("kill");
     assert!(sent.success());
     let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
+        if let Some(status) = child.get().try_wait().expect("wait") {
             break status;
         }
         assert!(
@@ -160,7 +176,7 @@ fn sigint_stops_every_host_and_leaves_no_ssh_processes() {
         );
         std::thread::sleep(Duration::from_millis(20));
     };
-    let out = child.wait_with_output().expect("output");
+    let out = child.take().wait_with_output().expect("output");
     assert_eq!(status.code(), Some(130), "{}", text(&out.stderr));
     assert!(
         text(&out.stderr).contains("interrupted"),
@@ -179,6 +195,28 @@ fn sigint_stops_every_host_and_leaves_no_ssh_processes() {
         0,
         "the commands were stopped on the hosts too"
     );
+}
+
+/// Kills the child if the test fails before it exits, so no nixpave outlives the test.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl KillOnDrop {
+    fn get(&mut self) -> &mut std::process::Child {
+        self.0.as_mut().expect("child")
+    }
+
+    fn take(&mut self) -> std::process::Child {
+        self.0.take().expect("child")
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// Processes (not zombies) whose command line contains `pattern`, or is exactly `pattern` when
