@@ -396,3 +396,46 @@ fn lab_up_status_ssh_and_down_through_the_cli() {
     assert!(text(&down.stdout).contains("nothing to do"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn lab_commands_refuse_bad_input_and_non_root_users() {
+    let base = format!("/var/tmp/nixpave-cli-refusals-{}", std::process::id());
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_nixpave"))
+            .env("NIXPAVE_LAB_DIR", &base)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("nixpave runs");
+        (out.status.code(), text(&out.stderr))
+    };
+    let (code, err) = cli(&["lab", "up", "--dir", "/tmp/labs"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("under /tmp"), "{err}");
+    let (code, err) = cli(&["lab", "up", "--name", "Bad_Name"]);
+    assert_eq!(code, Some(2), "{err}");
+    let (code, err) = cli(&["lab", "status", "--name", "nosuchlab"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("nixpave lab up --name nosuchlab"), "{err}");
+    let (code, err) = cli(&["lab", "ssh", "--name", "nosuchlab", "host1"]);
+    assert_eq!(code, Some(2), "{err}");
+    let (code, err) = cli(&["lab", "up", "--hosts", "0"]);
+    assert_eq!(code, Some(2), "{err}");
+
+    // Not root: refused with the reason, nothing created.
+    let out = Command::new("setpriv")
+        .args(["--reuid", "nobody", "--regid", "nogroup", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_nixpave"))
+        .args(["lab", "up", "--name", "nonroot", "--dir", &base])
+        .stdin(Stdio::null())
+        .output()
+        .expect("setpriv");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("needs root"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!std::path::Path::new(&base).join("nonroot").exists());
+    let _ = std::fs::remove_dir_all(&base);
+}

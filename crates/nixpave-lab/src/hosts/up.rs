@@ -124,9 +124,14 @@ fn create_bridge(shared: &SharedState) -> Result<u8, LabError> {
     lock.lock().map_err(LabError::io("locking", lock_path))?;
     let addresses = sys::run("listing addresses", "ip", &["-o", "-4", "addr", "show"])?;
     let links = sys::run("listing links", "ip", &["-o", "link", "show"])?;
+    let namespaces = sys::run("listing namespaces", "ip", &["netns", "list"])?;
+    // Free means: no address in it, and no bridge or namespace of an earlier lab using it.
     let subnet = (10u8..=250)
         .find(|n| {
             !addresses.contains(&format!(" 10.77.{n}."))
+                && !namespaces
+                    .lines()
+                    .any(|l| l.starts_with(&format!("nplab{n}-")))
                 && !links.contains(&format!(" nplab{n}br:"))
                 && !links.contains(&format!(" nplab{n}br@"))
         })
