@@ -196,4 +196,48 @@ fn vm_disk_apply_luks_lvm_thin_mdadm_btrfs_for_real() {
             t0.elapsed().as_secs_f64()
         );
     }
+
+    // The same engine driven from the host over ssh (the install's path): the layout file is local, the key file
+    // and the disks are the VM's.
+    let t0 = std::time::Instant::now();
+    let out = std::process::Command::new(nixpave_binary())
+        .args(["disk", "apply"])
+        .arg(layouts.join("luks-on-lvm.json"))
+        .args([
+            "--mode",
+            "destroy,format,mount",
+            "--yes-wipe-all-disks",
+            "--target",
+        ])
+        .arg(format!("root@127.0.0.1:{}", vm.ssh_port()))
+        .arg("-i")
+        .arg(vm.key())
+        .arg("--known-hosts")
+        .arg(vm.known_hosts())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("nixpave runs");
+    assert!(
+        out.status.success(),
+        "disk apply --target failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut expected: Vec<(String, String)> = LAYOUTS[0]
+        .mounts
+        .iter()
+        .map(|(t, f)| (t.to_string(), f.to_string()))
+        .collect();
+    expected.sort();
+    assert_eq!(mounts_under_mnt(&vm), expected, "luks-on-lvm over ssh");
+    assert!(
+        vm.ssh("test -e /mnt/marker", None)
+            .map(|o| !o.success())
+            .unwrap_or(false),
+        "destroy wiped the previous data"
+    );
+    eprintln!(
+        "TIMING vm_disk_luks_on_lvm_over_ssh_seconds={:.1}",
+        t0.elapsed().as_secs_f64()
+    );
 }
