@@ -439,3 +439,68 @@ fn lab_commands_refuse_bad_input_and_non_root_users() {
     assert!(!std::path::Path::new(&base).join("nonroot").exists());
     let _ = std::fs::remove_dir_all(&base);
 }
+
+#[test]
+fn ask_sudo_password_prompts_once_per_host_on_the_terminal() {
+    let lab = Lab::with(LabOptions {
+        hosts: 2,
+        users: vec![nixpave_lab::hosts::LabUser {
+            name: "bob".into(),
+            sudo_password: Some("pw-4711".into()),
+        }],
+        ..LabOptions::default()
+    })
+    .expect("lab up");
+    let targets: Vec<String> = lab
+        .hosts()
+        .iter()
+        .map(|h| format!("bob@{}", h.address()))
+        .collect();
+    let host = lab.host(0);
+    let words = [
+        env!("CARGO_BIN_EXE_nixpave").to_string(),
+        "exec".into(),
+        "--ask-sudo-password".into(),
+        "-i".into(),
+        host.identity_file().display().to_string(),
+        "--known-hosts".into(),
+        host.known_hosts().display().to_string(),
+        targets.join(","),
+        "--".into(),
+        "id".into(),
+        "-u".into(),
+    ];
+    let cmdline = words
+        .iter()
+        .map(|w| nixpave_remote::shell_quote(w))
+        .collect::<Vec<_>>()
+        .join(" ");
+    // `script` gives nixpave a real terminal; the two passwords are typed into it.
+    let mut child = Command::new("script")
+        .args(["-qec", &cmdline, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(b"pw-4711\npw-4711\n").expect("type");
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    let out = child.wait_with_output().expect("script output");
+    let shown = text(&out.stdout);
+    assert_eq!(
+        shown.matches("sudo password for bob@").count(),
+        2,
+        "{shown}"
+    );
+    for t in &targets {
+        assert!(
+            shown.contains(&format!("{t} | 0")),
+            "root via sudo on {t}:\n{shown}"
+        );
+    }
+    assert!(shown.contains("2/2 hosts succeeded"), "{shown}");
+}
