@@ -182,7 +182,12 @@ pub fn status(state: &LabState) -> Vec<HostStatus> {
         .map(|h| HostStatus {
             name: h.name.clone(),
             address: h.address.clone(),
-            sshd_running: h.sshd_pid.is_some_and(sys::alive),
+            sshd_running: h.sshd_pid.is_some_and(|pid| {
+                // After a reboot the pid may belong to something else.
+                sys::alive(pid)
+                    && std::fs::read(format!("/proc/{pid}/cmdline"))
+                        .is_ok_and(|c| String::from_utf8_lossy(&c).contains("sshd"))
+            }),
             reachable: port_open(&h.address, h.port, Duration::from_millis(500)),
             disks: h.disks.iter().map(|d| d.device.clone()).collect(),
         })

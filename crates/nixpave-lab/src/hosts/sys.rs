@@ -214,6 +214,24 @@ mod tests {
     }
 
     #[test]
+    fn missing_tools_name_their_debian_package() {
+        let package = |tool: &str| TOOLS.iter().find(|(t, _)| *t == tool).map(|(_, p)| *p);
+        assert_eq!(package("sshd"), Some("openssh-server"));
+        assert_eq!(package("nix-store"), Some("nix-bin"));
+        assert_eq!(package("ip"), Some("iproute2"));
+        assert!(which("definitely-not-a-tool-xyz").is_none());
+        assert!(which("sh").is_some());
+        let err = LabError::MissingTool {
+            tool: "sshd".into(),
+            package: "openssh-server".into(),
+        };
+        assert!(
+            err.to_string().contains("apt-get install openssh-server"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn failing_command_reports_stderr() {
         let err = run("testing", "sh", &["-c", "echo boom >&2; exit 3"]).unwrap_err();
         let text = err.to_string();
