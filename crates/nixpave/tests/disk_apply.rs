@@ -97,7 +97,7 @@ fn disk_apply_gpt_btrfs_xfs_swap_tmpfs_end_to_end() {
     assert!(out.status.success(), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("[1/26] create a GPT partition table"),
+        stderr.contains("] create a GPT partition table on"),
         "{stderr}"
     );
 
@@ -165,11 +165,12 @@ fn disk_apply_gpt_btrfs_xfs_swap_tmpfs_end_to_end() {
     }
     // btrfs applies mount options per filesystem (the first mount wins): check the command.
     assert!(
-        stderr.contains(&format!("-o compress=zstd -o subvol=@nix -o X-mount.mkdir")),
+        stderr.contains("-o compress=zstd -o subvol=@nix -o X-mount.mkdir"),
         "{stderr}"
     );
     assert!(swaps().contains(&format!("{disk}p4")));
-    assert!(swaps().contains(&format!("{root}/.swapvol/swapfile")));
+    let swapfile = std::fs::metadata(format!("{root}/.swapvol/swapfile")).expect("swap file");
+    assert_eq!(swapfile.len(), 16 << 20);
 
     // unmount, then mount again
     let out = run("unmount", &[]);
@@ -604,4 +605,87 @@ fn disk_apply_over_ssh_to_a_lab_host() {
     assert!(ran_commands(&out).is_empty(), "{}", text(&out));
     let out = run("unmount", &[]);
     assert!(out.status.success(), "{}", text(&out));
+}
+
+/// Runs `nixpave disk apply ARGS…` on a pseudo-terminal (util-linux `script`), typing `answer`.
+fn apply_on_tty(args: &[&str], answer: &str) -> Output {
+    let bin = assert_cmd::cargo::cargo_bin("nixpave");
+    let mut line = vec![
+        bin.to_string_lossy().into_owned(),
+        "disk".into(),
+        "apply".into(),
+    ];
+    line.extend(args.iter().map(|a| a.to_string()));
+    let line: Vec<String> = line
+        .iter()
+        .map(|w| format!("'{}'", w.replace('\'', r"'\''")))
+        .collect();
+    let mut cmd = Command::new("script");
+    cmd.args(["-q", "-e", "-c", &line.join(" "), "/dev/null"])
+        .write_stdin(format!("{answer}\n"));
+    cmd.output().expect("run script")
+}
+
+#[test]
+fn disk_apply_destroy_asks_on_a_terminal() {
+    if !support::loop_devices_available() {
+        eprintln!("skipped: needs root and loop devices");
+        return;
+    }
+    let mut scratch = Scratch::new("cli-tty");
+    let disk = scratch.disk(64);
+    let root = scratch.root();
+    let layout = write_layout(
+        &scratch,
+        "tty.json",
+        &r#"{"disk": {"tty": {"type": "disk", "device": "DISK", "content": {"type": "gpt", "partitions": {
+ "root": {"size": "100%", "content": {"type": "filesystem", "format": "ext4"}}}}}}}"#
+            .replace("DISK", &disk),
+    );
+    let out = apply(&[&layout, "--root-mountpoint", &root, "--mode", "format"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let args = [
+        layout.as_str(),
+        "--root-mountpoint",
+        &root,
+        "--mode",
+        "destroy",
+    ];
+    let out = apply_on_tty(&args, "no");
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("will be WIPED"), "{shown}");
+    assert!(shown.contains(&format!("{disk}p1")), "{shown}");
+    assert!(
+        shown.contains("Type the host name (localhost) or `yes`"),
+        "{shown}"
+    );
+    assert_eq!(fstype(&format!("{disk}p1")), "ext4", "aborted: untouched");
+    let out = apply_on_tty(&args, "localhost");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(is_blank(&disk));
+}
+
+#[test]
+fn disk_apply_refuses_a_missing_disk() {
+    let scratch = Scratch::new("cli-missing");
+    let root = scratch.root();
+    let layout = write_layout(
+        &scratch,
+        "missing.json",
+        r#"{"disk": {"gone": {"type": "disk", "device": "/dev/disk/by-id/nixpave-no-such-disk", "content": {"type": "gpt", "partitions": {
+ "root": {"size": "100%", "content": {"type": "filesystem", "format": "ext4"}}}}}}}"#,
+    );
+    let out = apply(&[
+        &layout,
+        "--root-mountpoint",
+        &root,
+        "--mode",
+        "format",
+        "--dry-run",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("nixpave-no-such-disk"), "{stderr}");
+    assert!(stderr.contains("--disk NAME=DEVICE"), "{stderr}");
 }

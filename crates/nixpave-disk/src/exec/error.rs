@@ -105,6 +105,19 @@ pub enum ApplyError {
         /// Why no confirmation was possible or what was answered.
         why: String,
     },
+    /// A disk of the layout does not exist on the machine (nothing was changed).
+    #[error(
+        "{host}: the layout's disk {disk} does not exist here ({reason}); nothing was changed. \
+         Check the device path or override it with --disk NAME=DEVICE"
+    )]
+    MissingDisk {
+        /// Host.
+        host: String,
+        /// The disk path from the layout.
+        disk: String,
+        /// What was looked at.
+        reason: String,
+    },
     /// A read-only probe failed (lsblk, blkid, …).
     #[error("{host}: probing the disks failed: `{command}` (exit {status:?}): {stderr}")]
     Probe {
@@ -170,11 +183,14 @@ pub enum ApplyError {
 }
 
 impl ApplyError {
-    /// True when nixpave refused for safety and nothing was changed (exit code 3).
+    /// True when nixpave refused (safety, no confirmation, failed preflight) and nothing was
+    /// changed (exit code 3).
     pub fn is_refusal(&self) -> bool {
         matches!(
             self,
-            ApplyError::Refused { .. } | ApplyError::NotConfirmed { .. }
+            ApplyError::Refused { .. }
+                | ApplyError::NotConfirmed { .. }
+                | ApplyError::MissingDisk { .. }
         )
     }
 }

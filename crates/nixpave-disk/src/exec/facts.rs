@@ -18,6 +18,9 @@ use super::run_probe;
 const LSBLK_COLUMNS: &str =
     "NAME,KNAME,PATH,SIZE,TYPE,MODEL,SERIAL,WWN,TRAN,MOUNTPOINTS,START,PKNAME,RO,FSTYPE,LABEL,UUID,PARTLABEL,PARTUUID,PARTTYPE,PTTYPE";
 
+/// Probes every device given as an argument, one blank line after each.
+const BLKID_EACH: &str = r#"for d in "$@"; do blkid -p -o export -- "$d" 2>/dev/null; echo; done"#;
+
 /// One block device as the kernel and its on-disk signatures describe it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BlockDevice {
@@ -216,14 +219,15 @@ pub fn probe(transport: &dyn Transport) -> Result<Facts, ApplyError> {
     paths.sort();
     paths.dedup();
     if !paths.is_empty() {
+        // One blkid per device: blkid stops at the first device it cannot open (EPERM, EBUSY),
+        // and exits 2 for a device without signature — neither is an error here.
         let mut argv = vec![
-            "blkid".to_string(),
-            "-p".into(),
-            "-o".into(),
-            "export".into(),
+            "sh".to_string(),
+            "-c".into(),
+            BLKID_EACH.into(),
+            "sh".into(),
         ];
         argv.extend(paths);
-        // blkid exits 2 when some device carries no signature: not an error here.
         let out = transport.run(&argv, None)?;
         let infos = parse_blkid_export(&out.stdout_str());
         for device in &mut devices {

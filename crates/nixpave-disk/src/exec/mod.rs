@@ -179,6 +179,12 @@ pub struct Progress {
     /// What happened.
     #[serde(flatten)]
     pub state: StepState,
+    /// How long the command ran, in milliseconds (set on `done` and `failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_ms: Option<u64>,
+    /// How long waiting for the kernel to show a rewritten partition table took, in ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rescan_ms: Option<u64>,
 }
 
 impl Progress {
@@ -227,7 +233,23 @@ pub fn preflight(
     plan: &Plan,
     options: &ApplyOptions,
 ) -> Result<Preflight, ApplyError> {
-    let facts = facts::probe(transport)?;
+    let mut session = Session::new(transport);
+    for disk in &options.disks {
+        let reason = match session.resolve(disk)? {
+            Resolution::Node(_) => continue,
+            Resolution::Missing { reason } => reason,
+            Resolution::Ambiguous { candidates } => {
+                format!("it matches several devices: {}", candidates.join(", "))
+            }
+            Resolution::Verbatim => "no such block device (lsblk)".to_string(),
+        };
+        return Err(ApplyError::MissingDisk {
+            host: transport.host().to_string(),
+            disk: disk.clone(),
+            reason,
+        });
+    }
+    let facts = session.facts()?.clone();
     let scope = safety::plan_scope(plan, &facts, &options.disks);
     let changes = !matches!(plan.mode, Mode::Mount | Mode::Unmount);
     let disks = if changes {
@@ -330,6 +352,8 @@ pub fn execute_with_prompt(
             description: op.description.clone(),
             command: shell_join(&op.argv),
             state: StepState::Running,
+            command_ms: None,
+            rescan_ms: None,
         };
         // A dry run of a wiping plan cannot probe the state after the wipe: every step after
         // the deactivation would run on blank disks.
@@ -394,9 +418,11 @@ pub fn execute_with_prompt(
             rescan::changed_table(op, &device, facts)
         };
         on_progress(&progress);
+        let started = std::time::Instant::now();
         let result = transport.run_streaming(&argv, stdin.as_deref(), &mut |_, line| {
             tracing::debug!(target: "nixpave_disk::exec", "{line}");
         });
+        progress.command_ms = Some(millis(started));
         session.invalidate();
         let failure = match result {
             Ok(out) if out.success() => None,
@@ -419,7 +445,9 @@ pub fn execute_with_prompt(
             })));
         }
         if let Some(disk) = table_disk {
+            let started = std::time::Instant::now();
             rescan::reread(&mut session, &disk, options.rescan_timeout)?;
+            progress.rescan_ms = Some(millis(started));
         }
         report.ran += 1;
         report.commands.push(argv);
@@ -428,6 +456,10 @@ pub fn execute_with_prompt(
         on_progress(&progress);
     }
     Ok(report)
+}
+
+fn millis(since: std::time::Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The device a guard is about, for error messages.

@@ -81,8 +81,9 @@ pub fn by_id_names(disk: &BlockDevice) -> Vec<String> {
 }
 
 /// Resolves `path` against `facts`. `scope` lists the kernel names of the plan's top-level disks:
-/// a match on one of them wins over matches elsewhere (another disk may carry the same label,
-/// e.g. a disk laid out earlier with the same layout).
+/// when it is not empty, only devices on those disks match (another disk may carry the same
+/// label, e.g. a disk laid out earlier with the same layout); when it is empty, the match must be
+/// unique.
 pub fn resolve(path: &str, facts: &Facts, scope: &[String]) -> Resolution {
     if let Some(device) = facts.find(path) {
         return Resolution::Node(device.path.clone());
@@ -142,6 +143,20 @@ pub fn resolve(path: &str, facts: &Facts, scope: &[String]) -> Resolution {
                 .any(|top| scope.contains(&top.kname))
         })
         .collect();
+    if !scope.is_empty() && in_scope.is_empty() && !nodes.is_empty() {
+        // Never reach for a same-named device on a disk the plan is not about (a disk laid
+        // out earlier with the same layout carries the same labels).
+        return Resolution::Missing {
+            reason: format!(
+                "not on the plan's disks (only on {})",
+                nodes
+                    .iter()
+                    .map(|d| d.path.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+    }
     let pick = if in_scope.is_empty() { nodes } else { in_scope };
     match pick.as_slice() {
         [one] => Resolution::Node(one.path.clone()),
@@ -244,6 +259,10 @@ mod tests {
         assert!(matches!(
             resolve(path, &f, &[]),
             Resolution::Ambiguous { candidates } if candidates.len() == 2
+        ));
+        assert!(matches!(
+            resolve(path, &f, &["sdz".into()]),
+            Resolution::Missing { reason } if reason.contains("/dev/vda1, /dev/loop7p1")
         ));
     }
 

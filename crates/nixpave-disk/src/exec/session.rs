@@ -51,9 +51,37 @@ impl<'a> Session<'a> {
     }
 
     /// Resolves a path against current facts within the plan's scope.
+    ///
+    /// When the kernel's view has no answer (a `by-path` link, a `by-id` form we do not derive)
+    /// but udev made the link, the link's target is used.
     pub fn resolve(&mut self, path: &str) -> Result<Resolution, ApplyError> {
         let scope = self.scope.clone();
-        Ok(resolve::resolve(path, self.facts()?, &scope))
+        let resolution = resolve::resolve(path, self.facts()?, &scope);
+        if matches!(
+            resolution,
+            Resolution::Node(_) | Resolution::Ambiguous { .. }
+        ) || !resolve::is_udev_path(path)
+        {
+            return Ok(resolution);
+        }
+        if let Some(out) = self.probe_cmd(&["readlink", "-e", path])? {
+            let target = out.stdout_str().trim().to_string();
+            if out.success() {
+                let scope = self.scope.clone();
+                let facts = self.facts()?;
+                if let Some(device) = facts.find(&target) {
+                    let in_scope = scope.is_empty()
+                        || facts
+                            .disks_under(&device.path)
+                            .iter()
+                            .any(|top| scope.contains(&top.kname));
+                    if in_scope {
+                        return Ok(Resolution::Node(device.path.clone()));
+                    }
+                }
+            }
+        }
+        Ok(resolution)
     }
 
     /// Runs a read-only probe command; a program that is not installed gives `Ok(None)`.
