@@ -270,12 +270,24 @@ fn table(t: &Table, ctx: &mut Ctx) -> Vec<Operation> {
     with_hooks(&t.hooks, dev, body)
 }
 
-/// The temporary mount of a btrfs top level used to create subvolumes and swap files.
-pub(crate) fn btrfs_temp_dir(n: usize) -> String {
-    format!("/run/nixpave/btrfs/{n}")
+/// The temporary mount of a btrfs top level used to create subvolumes and swap files:
+/// deterministic and distinct per device, so concurrent plans on other disks never collide.
+pub fn btrfs_temp_dir(device: &str) -> String {
+    let name: String = device
+        .trim_start_matches('/')
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("/run/nixpave/btrfs/{name}")
 }
 
-fn btrfs(b: &Btrfs, ctx: &mut Ctx) -> Vec<Operation> {
+fn btrfs(b: &Btrfs, _ctx: &mut Ctx) -> Vec<Operation> {
     let dev = &b.device;
     let mut a = argv!["mkfs.btrfs", dev];
     a.extend(b.extra_args.iter().cloned());
@@ -286,8 +298,7 @@ fn btrfs(b: &Btrfs, ctx: &mut Ctx) -> Vec<Operation> {
         })];
     let has_swap = !b.swap.is_empty() || b.subvolumes.values().any(|s| !s.swap.is_empty());
     if !b.subvolumes.is_empty() || has_swap {
-        ctx.btrfs_mounts += 1;
-        let tmp = btrfs_temp_dir(ctx.btrfs_mounts);
+        let tmp = btrfs_temp_dir(dev);
         body.push(
             op(
                 dev,
@@ -770,7 +781,7 @@ pub(crate) struct BcachefsMember {
 pub(crate) fn bcachefs(
     fs: &BcachefsFilesystem,
     members: &[BcachefsMember],
-    ctx: &mut Ctx,
+    _ctx: &mut Ctx,
 ) -> Vec<Operation> {
     let uuid_dev = format!("/dev/disk/by-uuid/{}", fs.uuid);
     let mut a = argv!["bcachefs", "format"];
@@ -807,8 +818,7 @@ pub(crate) fn bcachefs(
     }
     let mut body = vec![format];
     if !fs.subvolumes.is_empty() {
-        ctx.btrfs_mounts += 1;
-        let tmp = format!("/run/nixpave/bcachefs/{}", ctx.btrfs_mounts);
+        let tmp = format!("/run/nixpave/bcachefs/{}", fs.uuid);
         body.extend(bcachefs_unlock(fs, &uuid_dev, &tmp));
         body.push(
             op(

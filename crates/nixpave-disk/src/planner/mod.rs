@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 mod create;
+pub use create::btrfs_temp_dir;
 mod mount;
 mod ops;
 mod sizes;
@@ -53,8 +54,6 @@ pub enum PlanError {
 pub(crate) struct Ctx {
     /// Root mountpoint.
     pub root: String,
-    /// Counter for temporary mount directories (btrfs/bcachefs subvolume creation).
-    pub btrfs_mounts: usize,
 }
 
 /// Makes the plan for `mode`.
@@ -66,7 +65,6 @@ pub fn plan(layout: &Layout, mode: Mode, options: &PlanOptions) -> Result<Plan, 
     let order = device_order(layout)?;
     let mut ctx = Ctx {
         root: options.root_mountpoint.clone(),
-        btrfs_mounts: 0,
     };
     let mut operations = Vec::new();
     if mode.destroys() {
