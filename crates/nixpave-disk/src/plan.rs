@@ -230,6 +230,14 @@ pub enum Guard {
         /// Dataset name.
         dataset: String,
     },
+    /// The key file does not open the LUKS container yet (`cryptsetup open --test-passphrase
+    /// --key-file KEY DEVICE` fails), so `luksAddKey` would add a new key slot.
+    LuksKeyMissing {
+        /// The LUKS device.
+        device: String,
+        /// The key file to be added.
+        key_file: String,
+    },
     /// A ZFS pool of this name is not imported but can be imported (`zpool import` lists it),
     /// e.g. left by an earlier install: `format` imports it instead of re-creating it.
     PoolImportable {

@@ -50,6 +50,9 @@ pub fn describe_guard(g: &Guard) -> String {
         Guard::KeyUnavailable { dataset } => format!("only if the key of {dataset} is not loaded"),
         Guard::KeyAvailable { dataset } => format!("only if the key of {dataset} is loaded"),
         Guard::PoolImportable { pool } => format!("only if a pool {pool} can be imported"),
+        Guard::LuksKeyMissing { device, key_file } => {
+            format!("only if {key_file} does not open {device} yet")
+        }
     }
 }
 
@@ -102,6 +105,11 @@ pub fn guard_test(g: &Guard) -> String {
         Guard::PoolImportable { pool } => format!(
             "zpool import 2>/dev/null | grep -qE {}",
             q(&format!("^[[:space:]]*pool: {pool}$"))
+        ),
+        Guard::LuksKeyMissing { device, key_file } => format!(
+            "! cryptsetup open --test-passphrase --key-file {} {} 2>/dev/null",
+            q(key_file),
+            q(device)
         ),
     }
 }

@@ -178,6 +178,14 @@ pub fn evaluate(guard: &Guard, session: &mut Session<'_>) -> Result<Verdict, App
                 Verdict::Skip(format!("no importable zpool named {pool}"))
             })
         }
+        // Added by disk-core with the guard variant (plan.rs).
+        Guard::LuksKeyMissing { device, key_file } => with_node(session, device, |s, node| {
+            absent_if_fails(
+                s,
+                &["cryptsetup", "open", "--test-passphrase", "--key-file", key_file, &node],
+                format!("{key_file} already opens {device}"),
+            )
+        }),
     }
 }
 

@@ -454,7 +454,12 @@ fn luks(l: &Luks, ctx: &mut Ctx) -> Vec<Operation> {
         let mut a = argv!["cryptsetup", "luksAddKey", dev, extra];
         let (key, stdin) = luks_key(l, false);
         a.extend(key);
-        let mut o = op(dev, format!("add key file {extra} to LUKS {dev}"), a);
+        let mut o = op(dev, format!("add key file {extra} to LUKS {dev}"), a).guard(
+            Guard::LuksKeyMissing {
+                device: dev.clone(),
+                key_file: extra.clone(),
+            },
+        );
         o.stdin = stdin;
         body.push(o);
     }
