@@ -182,7 +182,14 @@ pub fn evaluate(guard: &Guard, session: &mut Session<'_>) -> Result<Verdict, App
         Guard::LuksKeyMissing { device, key_file } => with_node(session, device, |s, node| {
             absent_if_fails(
                 s,
-                &["cryptsetup", "open", "--test-passphrase", "--key-file", key_file, &node],
+                &[
+                    "cryptsetup",
+                    "open",
+                    "--test-passphrase",
+                    "--key-file",
+                    key_file,
+                    &node,
+                ],
                 format!("{key_file} already opens {device}"),
             )
         }),
