@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::process::{run_child, ChildRun};
@@ -170,6 +170,24 @@ pub struct SshTransport {
     escalation: Escalation,
     /// Serialises restarting the master after it went away.
     master: Mutex<()>,
+    /// Sessions open on the master right now (see [`MAX_SESSIONS`]).
+    sessions: (Mutex<usize>, Condvar),
+}
+
+/// Commands run at once over one master. sshd refuses more than `MaxSessions` (default 10)
+/// sessions per connection, and ssh reports that as a failure indistinguishable from the
+/// command's own exit 255, so extra commands wait for a free session instead.
+const MAX_SESSIONS: usize = 8;
+
+/// A session slot on the master, released on drop.
+struct SessionSlot<'a>(&'a (Mutex<usize>, Condvar));
+
+impl Drop for SessionSlot<'_> {
+    fn drop(&mut self) {
+        let (count, freed) = self.0;
+        *count.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+        freed.notify_one();
+    }
 }
 
 impl std::fmt::Debug for SshTransport {
@@ -216,6 +234,7 @@ impl SshTransport {
             control_dir,
             escalation: Escalation::Direct,
             master: Mutex::new(()),
+            sessions: (Mutex::new(0), Condvar::new()),
         };
         transport.start_master()?;
         transport.escalation = transport.decide_escalation()?;
@@ -643,6 +662,7 @@ impl SshTransport {
                 source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command"),
             });
         }
+        let _slot = self.session_slot()?;
         self.ensure_master()?;
         let shown = shell_join(argv);
         tracing::debug!(host = %self.name, command = %shown, "run over ssh");
@@ -677,6 +697,25 @@ impl SshTransport {
             return Err(self.classify_failure(&String::from_utf8_lossy(&out.stderr)));
         }
         Ok(out)
+    }
+
+    /// Waits for a free session on the master (cancellable).
+    fn session_slot(&self) -> Result<SessionSlot<'_>, TransportError> {
+        let (count, freed) = &self.sessions;
+        let mut open = count.lock().unwrap_or_else(|p| p.into_inner());
+        while *open >= MAX_SESSIONS {
+            if crate::cancel::is_cancelled() {
+                return Err(TransportError::Interrupted {
+                    host: self.name.clone(),
+                });
+            }
+            open = freed
+                .wait_timeout(open, Duration::from_millis(50))
+                .map(|(guard, _)| guard)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        *open += 1;
+        Ok(SessionSlot(&self.sessions))
     }
 
     /// Stops, on the host, every process of a command that was interrupted or timed out (ssh

@@ -7,7 +7,7 @@ use nixpave_remote::{Inventory, InventoryHost};
 use super::state::{HostState, LabState};
 
 /// `sshd_config` of a lab host: root login by key only, verbose log (so tests can count
-/// handshakes), enough sessions for many multiplexed commands.
+/// handshakes); sessions per connection stay at sshd's default (10), like real servers.
 pub fn sshd_config(host: &HostState) -> String {
     format!(
         "# nixpave lab host {name}\n\
@@ -21,7 +21,6 @@ pub fn sshd_config(host: &HostState) -> String {
          UsePAM no\n\
          StrictModes no\n\
          LogLevel VERBOSE\n\
-         MaxSessions 100\n\
          MaxStartups 100:30:200\n\
          PidFile {pid}\n\
          SetEnv NIX_CONF_DIR={root}/etc-nix\n\
