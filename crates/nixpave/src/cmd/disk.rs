@@ -135,13 +135,13 @@ pub fn load(args: &LayoutArgs) -> Result<nixpave_disk::Layout, ExitCode> {
     let (source, options) = load_options(args).map_err(|m| usage_error(m, None))?;
     nixpave_disk::load_layout(&source, &options).map_err(|e| match &e {
         LoadError::Eval(nixpave_nix::EvalError::Spawn { .. }) => {
-            eprintln!("{:?}", miette::miette!(help = "install nix (scripts/install-deps.sh does)", "{e}"));
+            eprintln!(
+                "{:?}",
+                miette::miette!(help = "install nix (scripts/install-deps.sh does)", "{e}")
+            );
             exit::code(exit::FAILED)
         }
-        LoadError::Eval(_) => usage_error(
-            "the layout could not be evaluated",
-            Some(e.to_string()),
-        ),
+        LoadError::Eval(_) => usage_error("the layout could not be evaluated", Some(e.to_string())),
         LoadError::Layout { .. } => usage_error(
             format!("invalid layout: {e}"),
             Some("nothing was changed; fix the layout and run again".into()),
