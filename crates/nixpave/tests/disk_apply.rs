@@ -689,3 +689,60 @@ fn disk_apply_refuses_a_missing_disk() {
     assert!(stderr.contains("nixpave-no-such-disk"), "{stderr}");
     assert!(stderr.contains("--disk NAME=DEVICE"), "{stderr}");
 }
+
+#[test]
+fn disk_apply_interrupted_stops_between_steps_and_resumes() {
+    if !support::loop_devices_available() {
+        eprintln!("skipped: needs root and loop devices");
+        return;
+    }
+    let mut scratch = Scratch::new("cli-int");
+    let disk = scratch.disk(128);
+    let root = scratch.root();
+    // Six partitions: sgdisk takes about a second per step, time enough to interrupt.
+    let parts: Vec<String> = (1..=6)
+        .map(|n| {
+            format!(
+                r#""p{n}": {{"size": "8M", "content": {{"type": "filesystem", "format": "ext4"}}}}"#
+            )
+        })
+        .collect();
+    let layout = write_layout(
+        &scratch,
+        "int.json",
+        &format!(
+            r#"{{"disk": {{"int": {{"type": "disk", "device": "{disk}", "content": {{"type": "gpt", "partitions": {{{}}}}}}}}}}}"#,
+            parts.join(",")
+        ),
+    );
+    let bin = assert_cmd::cargo::cargo_bin("nixpave");
+    let child = std::process::Command::new(&bin)
+        .args([
+            "disk",
+            "apply",
+            &layout,
+            "--root-mountpoint",
+            &root,
+            "--mode",
+            "format",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start nixpave");
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    sh(&["kill", "-INT", &child.id().to_string()]);
+    let out = child.wait_with_output().expect("wait for nixpave");
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("interrupted after"), "{stderr}");
+    assert!(stderr.contains("run the same command again"), "{stderr}");
+    let before = partitions(&disk).len();
+    assert!(before < 6, "stopped early: {before} partitions");
+    // Running it again finishes the job.
+    let out = apply(&[&layout, "--root-mountpoint", &root, "--mode", "format"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(partitions(&disk).len(), 6);
+    assert_eq!(fstype(&format!("{disk}p6")), "ext4");
+}

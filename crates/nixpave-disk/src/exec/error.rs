@@ -165,6 +165,24 @@ pub enum ApplyError {
     /// An operation of the plan failed.
     #[error("{0}")]
     Op(Box<OpFailure>),
+    /// Interrupted (Ctrl-C / SIGTERM) between or during steps.
+    #[error(
+        "{host}: interrupted after {} of {total} steps{}\n  disks now:\n{}\n  next: run the same \
+         command again to finish — steps that are already done are skipped",
+        done.len(),
+        done.last().map(|d| format!(" (last done: {d})")).unwrap_or_default(),
+        disk_state.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+    )]
+    Interrupted {
+        /// Host.
+        host: String,
+        /// Number of steps.
+        total: usize,
+        /// Descriptions of the steps that completed.
+        done: Vec<String>,
+        /// A fresh summary of the plan's disks.
+        disk_state: String,
+    },
     /// A secret could not be obtained for an operation's standard input.
     #[error("{host}: step {index} ({description}): {reason}")]
     Stdin {

@@ -346,6 +346,9 @@ pub fn execute_with_prompt(
     let mut secrets: HashMap<String, Vec<u8>> = HashMap::new();
     for (i, op) in steps.into_iter().enumerate() {
         let index = i + 1;
+        if nixpave_remote::cancel::is_cancelled() {
+            return Err(interrupted(&mut session, preflight, total, done));
+        }
         let mut progress = Progress {
             index,
             total,
@@ -432,6 +435,9 @@ pub fn execute_with_prompt(
         if let Some((status, stderr_tail)) = failure {
             progress.state = StepState::Failed;
             on_progress(&progress);
+            if nixpave_remote::cancel::is_cancelled() {
+                return Err(interrupted(&mut session, preflight, total, done));
+            }
             return Err(ApplyError::Op(Box::new(OpFailure {
                 host: session.host(),
                 index,
@@ -456,6 +462,20 @@ pub fn execute_with_prompt(
         on_progress(&progress);
     }
     Ok(report)
+}
+
+fn interrupted(
+    session: &mut Session<'_>,
+    preflight: &Preflight,
+    total: usize,
+    done: Vec<String>,
+) -> ApplyError {
+    ApplyError::Interrupted {
+        host: session.host(),
+        total,
+        done,
+        disk_state: disk_state(session, preflight),
+    }
 }
 
 fn millis(since: std::time::Instant) -> u64 {

@@ -91,6 +91,8 @@ impl From<ApplyError> for Failure {
         Failure {
             code: if e.is_refusal() {
                 exit::REFUSED
+            } else if matches!(e, ApplyError::Interrupted { .. }) {
+                exit::INTERRUPTED
             } else {
                 exit::FAILED
             },
@@ -101,6 +103,10 @@ impl From<ApplyError> for Failure {
 
 /// Runs `nixpave disk apply`.
 pub fn run(args: ApplyArgs) -> miette::Result<ExitCode> {
+    // Ctrl-C stops between steps (or fails the running one) and reports what was done.
+    if let Err(e) = nixpave_remote::cancel::install_signal_handlers() {
+        tracing::warn!("cannot install the Ctrl-C handler: {e}");
+    }
     match apply(&args) {
         Ok(()) => Ok(exit::code(exit::OK)),
         Err(f) => {
