@@ -580,3 +580,31 @@ fn a_command_over_its_time_limit_is_stopped_on_the_host_too() {
     // The connection is still usable.
     assert!(sh(&ssh, "echo fine").contains("fine"));
 }
+
+#[test]
+fn a_host_that_accepts_tcp_but_never_speaks_ssh_fails_within_the_timeout() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    // Accept and hold connections without ever sending a banner.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let options = SshOptions {
+        connect_timeout: Duration::from_secs(2),
+        known_hosts: Some("/dev/null".into()),
+        ..SshOptions::default()
+    };
+    let target: Target = format!("root@127.0.0.1:{port}").parse().expect("target");
+    let started = Instant::now();
+    let err = SshTransport::connect(&target, options).unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_secs(15), "took {elapsed:?}");
+    assert!(matches!(err, TransportError::Connection { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains(&format!("127.0.0.1:{port}")),
+        "{err}"
+    );
+}
