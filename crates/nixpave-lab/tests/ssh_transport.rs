@@ -408,6 +408,8 @@ fn a_connection_that_dies_mid_command_fails_by_keepalive() {
     let err = result.unwrap_err();
     assert!(matches!(err, TransportError::Connection { .. }), "{err:?}");
     assert!(elapsed < Duration::from_secs(15), "took {elapsed:?}");
+    let text = err.to_string();
+    assert!(text.contains("while running `sleep 60`") && text.contains("partly run"), "{text}");
 }
 
 #[test]

@@ -16,6 +16,15 @@ use crate::transport::{
     shell_join, shell_quote, CommandOutput, OutputStream, Transport, TransportError, UploadSpec,
 };
 
+/// When a connection failure happened, for the "what state is left" part of its message.
+#[derive(Clone, Copy)]
+enum Phase<'a> {
+    /// Opening a connection: nothing ran.
+    Connect,
+    /// Running this command.
+    Command(&'a str),
+}
+
 /// How unknown host keys are treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum HostKeyPolicy {
@@ -323,7 +332,9 @@ impl SshTransport {
             &mut |_, _| {},
         )?;
         if out.status == Some(255) {
-            return Err(self.classify_failure(&String::from_utf8_lossy(&out.stderr)));
+            return Err(
+                self.classify_failure(&String::from_utf8_lossy(&out.stderr), Phase::Connect)
+            );
         }
         Ok(out)
     }
@@ -457,11 +468,11 @@ impl SshTransport {
         if status.success() && self.control_path.exists() {
             return Ok(());
         }
-        Err(self.classify_failure(&stderr))
+        Err(self.classify_failure(&stderr, Phase::Connect))
     }
 
     /// Turns what ssh printed on a failed connection into a precise error.
-    fn classify_failure(&self, stderr: &str) -> TransportError {
+    fn classify_failure(&self, stderr: &str, phase: Phase) -> TransportError {
         let host = self.name.clone();
         if stderr.contains("REMOTE HOST IDENTIFICATION HAS CHANGED") {
             let offered = fingerprints(stderr).into_iter().next().unwrap_or_default();
@@ -509,10 +520,17 @@ impl SshTransport {
         } else {
             ""
         };
+        let state = match phase {
+            Phase::Connect => "nothing was changed on the host".to_string(),
+            Phase::Command(command) => format!(
+                "the connection broke while running `{command}`: it may have partly run; \
+                 check the host before retrying"
+            ),
+        };
         TransportError::Connection {
             host,
             message: format!(
-                "{}{hint}; nothing was changed on the host",
+                "{}{hint}; {state}",
                 if tail.is_empty() {
                     "ssh exited without a message"
                 } else {
@@ -694,7 +712,8 @@ impl SshTransport {
         let out = result?;
         // 255 is ssh's own failure, unless the master is fine and the command itself said 255.
         if out.status == Some(255) && !self.master_alive() {
-            return Err(self.classify_failure(&String::from_utf8_lossy(&out.stderr)));
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            return Err(self.classify_failure(&stderr, Phase::Command(&shown)));
         }
         Ok(out)
     }
