@@ -4,6 +4,25 @@
 //! [`fleet::build_all`] (one `nix build`) → [`fleet::deploy_fleet`] (waves of hosts in parallel; per host
 //! [`host::deploy_host`]: probe, push, keys, activation by the detached on-target [`agent`], health checks,
 //! confirmation over a new connection, final status record).
+//!
+//! # Inventory schema
+//! deploy-rs's `deploy` output as is (`nodes.<n>.{hostname, profiles.<p>.{path, profilePath}, profilesOrder}` and
+//! the general settings at top/node/profile level, see [`settings`]), plus nixpave's additions:
+//! - node `tags = [ … ]` for `--on @tag`;
+//! - node `healthChecks = [ { type = "command" | "tcp" | "http" | "systemd"; … } ]` (see [`health`]);
+//! - node `keys.<name> = { text | keyFile | keyCommand; destDir; user; group; permissions; uploadAt; }`
+//!   (see [`keys`]; give `keyFile` as a string, a path literal inside a flake is already in the store);
+//! - general `stateDir` (default `/var/lib/nixpave/deploy`): where the target keeps its status records;
+//! - top-level `rollout = { parallel; batch; maxFailures; canary; }` (see [`rollout`]).
+//!
+//! A node without `profiles` deploys `nixosConfigurations.<n>.config.system.build.toplevel`; a flake without
+//! `deploy` deploys every `nixosConfigurations` entry to the host of the same name.
+//!
+//! # On the target
+//! Per profile NAME, in `stateDir`: `NAME.json` (the last deploy's status record, see [`status::StatusRecord`]),
+//! `NAME.log` (the agent's output, appended), `NAME.lock` (symlink to the running agent's pid),
+//! `NAME.confirm` / `NAME.reject` (written by the deployer). The agent script itself lives in `tempPath`
+//! (`nixpave-agent-<hash>.sh`). Generations are never deleted; a failed one is recorded as `failed_generation`.
 
 pub mod agent;
 pub mod connection;
