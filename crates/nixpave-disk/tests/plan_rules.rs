@@ -189,3 +189,17 @@ fn mdadm_create_confirms_on_stdin() {
     );
     assert!(md.argv.contains(&"--raid-devices=2".to_string()));
 }
+
+#[test]
+fn hooks_run_in_bash_and_see_their_device_like_in_disko() {
+    let v = json!({ "disk": { "d": { "type": "disk", "device": "/dev/vda",
+        "preCreateHook": "echo \"creating $device\"" } } });
+    let p = plan_of(v, Mode::Format);
+    let hook = &p.operations[0];
+    assert_eq!(&hook.argv[..2], ["bash", "-c"]);
+    let out = std::process::Command::new(&hook.argv[0])
+        .args(&hook.argv[1..])
+        .output()
+        .expect("bash");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "creating /dev/vda\n");
+}

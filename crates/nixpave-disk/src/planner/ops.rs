@@ -45,15 +45,22 @@ macro_rules! argv {
 }
 pub(crate) use argv;
 
-/// A hook script as a `bash -c` operation, or nothing when the hook is empty.
+/// A hook script as a `bash -c` operation, or nothing when the hook is empty. Like disko, the
+/// script sees the node's `device` (or `name`, for pools, datasets and VGs) as a shell variable.
 pub(crate) fn hook(script: &str, device: &str, which: &str) -> Option<Operation> {
     if script.trim().is_empty() {
         return None;
     }
+    let var = if device.starts_with('/') {
+        "device"
+    } else {
+        "name"
+    };
+    let body = format!("{var}={}\n{script}", crate::render::shell_quote(device));
     Some(op(
         device,
         format!("run {which} of {device}"),
-        argv!["bash", "-c", script],
+        argv!["bash", "-c", body],
     ))
 }
 
