@@ -295,6 +295,7 @@ impl Ctx<'_, '_> {
         let remote_tar = format!("{}/installer.tar", k.remote_dir);
         let total = k.tarball.size_bytes;
         let mut last_pct = u64::MAX;
+        let upload_started = Instant::now();
         let sent = kexec::upload(t, &k.tarball.path, &remote_tar, &mut |done, total| {
             let pct = (done * 100).checked_div(total).unwrap_or(100);
             if pct / 10 != last_pct / 10 || done == total {
@@ -309,7 +310,15 @@ impl Ctx<'_, '_> {
             }
         })
         .map_err(|e| format!("uploading the installer ({total} bytes): {e}"))?;
-        if !sent {
+        if sent {
+            self.progress(
+                Phase::Kexec,
+                format!(
+                    "installer uploaded in {:.1} s",
+                    upload_started.elapsed().as_secs_f64()
+                ),
+            );
+        } else {
             self.progress(
                 Phase::Kexec,
                 "the installer is already on the target (same sha256), not sent again",
@@ -497,10 +506,18 @@ impl Ctx<'_, '_> {
             self.progress(Phase::Install, "copied the ssh host keys");
         }
         self.progress(Phase::Install, "installing the bootloader");
+        let started = Instant::now();
         let out = steps::install_bootloader(t, root).map_err(|e| e.to_string())?;
         for line in out.lines().take(20) {
             self.progress(Phase::Install, line.to_string());
         }
+        self.progress(
+            Phase::Install,
+            format!(
+                "bootloader installed in {:.1} s",
+                started.elapsed().as_secs_f64()
+            ),
+        );
         Ok(())
     }
 
@@ -508,7 +525,11 @@ impl Ctx<'_, '_> {
         let spec = self.spec;
         steps::start_reboot(spec.session.transport(), &spec.root).map_err(|e| e.to_string())?;
         self.progress(Phase::Reboot, "unmounted; rebooting");
-        self.wait_ssh(Phase::Reboot, false, spec.timeouts.reboot_down)?;
+        let gone = self.wait_ssh(Phase::Reboot, false, spec.timeouts.reboot_down)?;
+        self.progress(
+            Phase::Reboot,
+            format!("ssh gone after {:.1} s", gone.as_secs_f64()),
+        );
         spec.session.reset();
         Ok(())
     }

@@ -36,13 +36,25 @@ pub enum StepError {
     },
 }
 
+/// The command line for messages: inline scripts (`sh -c SCRIPT …`) are shown as `sh -c <script> …`.
+pub fn shown(argv: &[String]) -> String {
+    match argv {
+        [sh, c, script, rest @ ..] if sh == "sh" && c == "-c" && script.contains('\n') => {
+            let mut v = vec!["sh".to_string(), "-c".into(), "<script>".into()];
+            v.extend(rest.iter().cloned());
+            shell_join(&v)
+        }
+        _ => shell_join(argv),
+    }
+}
+
 fn check(what: &str, argv: &[String], out: CommandOutput) -> Result<CommandOutput, StepError> {
     if out.success() {
         Ok(out)
     } else {
         Err(StepError::Failed {
             what: what.to_string(),
-            command: shell_join(argv),
+            command: shown(argv),
             status: out.status,
             stderr: out.stderr_tail(15),
         })
@@ -225,7 +237,11 @@ pub const BOOTLOADER_SCRIPT: &str = r#"
 set -eu
 root=$1
 sys=/nix/var/nix/profiles/system
-[ -x "$root$sys/bin/switch-to-configuration" ] || { echo "$root$sys/bin/switch-to-configuration is missing or not executable: the system closure does not look like a NixOS system" >&2; exit 2; }
+# The profile's links are absolute inside the new root: follow them there, not in the installer.
+link=$(readlink "$root$sys") || { echo "$root$sys does not exist: the system profile was not set" >&2; exit 2; }
+case "$link" in /*) ;; *) link=$(dirname "$sys")/$link ;; esac
+top=$(readlink "$root$link" || echo "$link")
+[ -x "$root$top/bin/switch-to-configuration" ] || { echo "$top/bin/switch-to-configuration is missing or not executable in $root: the system closure does not look like a NixOS system" >&2; exit 2; }
 mkdir -p "$root/dev" "$root/proc" "$root/sys" "$root/run" "$root/tmp" "$root/etc"
 chmod 1777 "$root/tmp"
 cleanup() {
@@ -236,12 +252,12 @@ mount --rbind /dev "$root/dev"
 mount -t proc proc "$root/proc"
 mount --rbind /sys "$root/sys"
 mount -t tmpfs -o mode=755 tmpfs "$root/run"
-ln -sfn "$(readlink "$root$sys")" "$root/run/current-system" 2>/dev/null || true
+ln -sfn "$top" "$root/run/current-system"
 [ -f /etc/resolv.conf ] && cp -L /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null || true
-if [ -x "$root$sys/activate" ]; then
-  IN_NIXOS_ENTER=1 chroot "$root" "$sys/activate" >&2 || echo "activation script reported errors (ignored, as nixos-install does)" >&2
+if [ -x "$root$top/activate" ]; then
+  IN_NIXOS_ENTER=1 chroot "$root" "$top/activate" >&2 || echo "activation script reported errors (ignored, as nixos-install does)" >&2
 fi
-NIXOS_INSTALL_BOOTLOADER=1 chroot "$root" "$sys/bin/switch-to-configuration" boot
+NIXOS_INSTALL_BOOTLOADER=1 chroot "$root" "$top/bin/switch-to-configuration" boot
 "#;
 
 /// Installs the bootloader by running the system's own `switch-to-configuration boot` in `root`.

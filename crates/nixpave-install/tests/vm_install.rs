@@ -74,10 +74,18 @@ fn test_system(vm: &Vm, conf: &Path, work: &Path, tag: &str) -> String {
 /// The data layouts live on partitions of vda because the lab VM does not boot while blank data
 /// disks are attached (SeaBIOS tries them first and halts; see the report).
 fn root_disk_ops(extra: &[(&str, &str)]) -> Vec<nixpave_disk::Operation> {
-    let mut sg: Vec<String> = ["sgdisk", "-n1:0:+1M", "-t1:EF02", "-c1:bios", "-n2:0:+400M", "-t2:8300", "-c2:root"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut sg: Vec<String> = [
+        "sgdisk",
+        "-n1:0:+1M",
+        "-t1:EF02",
+        "-c1:bios",
+        "-n2:0:+400M",
+        "-t2:8300",
+        "-c2:root",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     for (i, (size, code)) in extra.iter().enumerate() {
         let n = i + 3;
         sg.push(format!("-n{n}:0:{size}"));
@@ -90,7 +98,11 @@ fn root_disk_ops(extra: &[(&str, &str)]) -> Vec<nixpave_disk::Operation> {
         op(&sg, "partition /dev/vda", true),
         op(&["partx", "-u", "/dev/vda"], "re-read /dev/vda", false),
         op(&["udevadm", "settle", "-t", "10"], "wait for udev", false),
-        op(&["mkfs.ext4", "-q", "-F", "-L", "nixpave-root", "/dev/vda2"], "format root", true),
+        op(
+            &["mkfs.ext4", "-q", "-F", "-L", "nixpave-root", "/dev/vda2"],
+            "format root",
+            true,
+        ),
     ]
 }
 
@@ -422,7 +434,8 @@ fn e2e_mdadm_raid1_in_one_run() {
 
 fn disk_sum(vm: &Vm) -> String {
     // The partition table and boot code of the disk the layout would wipe (the rest is the live root).
-    vm.ssh_ok("head -c 1048576 /dev/vda | sha256sum | cut -c1-64").unwrap()
+    vm.ssh_ok("head -c 1048576 /dev/vda | sha256sum | cut -c1-64")
+        .unwrap()
 }
 
 #[test]
@@ -493,7 +506,11 @@ fn nixpave_bin() -> PathBuf {
     }
     let exe = std::env::current_exe().unwrap();
     let bin = exe.parent().unwrap().parent().unwrap().join("nixpave");
-    assert!(bin.exists(), "build the CLI first: cargo build -p nixpave ({} missing)", bin.display());
+    assert!(
+        bin.exists(),
+        "build the CLI first: cargo build -p nixpave ({} missing)",
+        bin.display()
+    );
     bin
 }
 
@@ -568,15 +585,26 @@ fn e2e_cli_killed_during_install_resumes_without_redoing_kexec_or_disk() {
         }
     }
     let status = child.wait().unwrap();
-    assert!(killed, "the install phase never started (exit {status:?}):\n{}\nconsole:\n{}", seen.join("\n"), vm.console_tail(40));
+    assert!(
+        killed,
+        "the install phase never started (exit {status:?}):\n{}\nconsole:\n{}",
+        seen.join("\n"),
+        vm.console_tail(40)
+    );
     let st = StateStore::new(&state).load(vm.name()).unwrap().unwrap();
-    assert!(st.is_done(Phase::Kexec) && st.is_done(Phase::Disk), "{st:?}");
+    assert!(
+        st.is_done(Phase::Kexec) && st.is_done(Phase::Disk),
+        "{st:?}"
+    );
     assert!(!st.is_done(Phase::Install));
 
     // Second run with --resume: kexec and disk are skipped, the rest runs and verify passes.
     let mut resume = args.clone();
     resume.push("--resume".into());
-    let out = std::process::Command::new(nixpave_bin()).args(&resume).output().unwrap();
+    let out = std::process::Command::new(nixpave_bin())
+        .args(&resume)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     eprintln!("run 2:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
     if !out.status.success() {
@@ -597,5 +625,8 @@ fn e2e_cli_killed_during_install_resumes_without_redoing_kexec_or_disk() {
         .collect();
     assert_eq!(skipped, vec!["kexec", "disk"]);
     assert!(events.iter().any(|e| e["event"] == "finished"));
-    eprintln!("TIMINGS resume: {:?}", events.iter().find(|e| e["event"] == "finished"));
+    eprintln!(
+        "TIMINGS resume: {:?}",
+        events.iter().find(|e| e["event"] == "finished")
+    );
 }
