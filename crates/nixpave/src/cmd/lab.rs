@@ -40,6 +40,12 @@ pub enum LabCommand {
         /// Size of each disk (e.g. 512M, 2G; sparse).
         #[arg(long, default_value = "1G")]
         disk_size: String,
+        /// Also create this non-root user (password-less sudo, the lab key) on every host.
+        #[arg(long = "user", value_name = "NAME")]
+        users: Vec<String>,
+        /// Print the lab (hosts, addresses, disks, inventory path) as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Show the lab's hosts and whether they answer.
     Status {
@@ -77,7 +83,9 @@ pub fn run(command: LabCommand) -> miette::Result<ExitCode> {
             hosts,
             disks,
             disk_size,
-        } => up(lab, hosts, disks, &disk_size),
+            users,
+            json,
+        } => up(lab, hosts, disks, &disk_size, users, json),
         LabCommand::Status { lab, json } => status(&lab, json),
         LabCommand::Ssh { lab, host, command } => ssh(&lab, &host, &command),
         LabCommand::Down { lab } => down(&lab),
@@ -92,18 +100,46 @@ pub fn run(command: LabCommand) -> miette::Result<ExitCode> {
     }))
 }
 
-fn up(lab: LabSelect, hosts: usize, disks: usize, disk_size: &str) -> Result<ExitCode, LabError> {
+fn up(
+    lab: LabSelect,
+    hosts: usize,
+    disks: usize,
+    disk_size: &str,
+    users: Vec<String>,
+    json: bool,
+) -> Result<ExitCode, LabError> {
     let spec = LabSpec {
         name: lab.name,
         hosts,
         disks,
         disk_size: hosts::parse_size(disk_size)?,
         dir: lab.dir,
-        users: Vec::new(),
+        users: users
+            .into_iter()
+            .map(|name| hosts::LabUser {
+                name,
+                sudo_password: None,
+            })
+            .collect(),
     };
     let started = Instant::now();
     let state = hosts::up(&spec)?;
     let elapsed = started.elapsed();
+    if json {
+        let value = serde_json::json!({
+            "lab": state.name,
+            "dir": state.dir,
+            "inventory": state.dir.join("inventory.json"),
+            "ssh_config": state.dir.join("ssh_config"),
+            "seconds": elapsed.as_secs_f64(),
+            "hosts": hosts::status(&state),
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        );
+        return Ok(exit::code(exit::OK));
+    }
     println!("{:<8} {:<15} {:<8} DISKS", "HOST", "ADDRESS", "SSHD");
     for host in &state.hosts {
         let disks: Vec<&str> = host.disks.iter().map(|d| d.device.as_str()).collect();
