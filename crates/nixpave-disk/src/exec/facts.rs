@@ -19,7 +19,8 @@ const LSBLK_COLUMNS: &str =
     "NAME,KNAME,PATH,SIZE,TYPE,MODEL,SERIAL,WWN,TRAN,MOUNTPOINTS,START,PKNAME,RO,FSTYPE,LABEL,UUID,PARTLABEL,PARTUUID,PARTTYPE,PTTYPE";
 
 /// Probes every device given as an argument, one blank line after each.
-const BLKID_EACH: &str = r#"for d in "$@"; do blkid -p -o export -- "$d" 2>/dev/null; echo; done"#;
+pub(crate) const BLKID_EACH: &str =
+    r#"for d in "$@"; do blkid -p -o export -- "$d" 2>/dev/null; echo; done"#;
 
 /// One block device as the kernel and its on-disk signatures describe it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -59,6 +59,15 @@ pub fn evaluate(guard: &Guard, session: &mut Session<'_>) -> Result<Verdict, App
                 Verdict::Run
             })
         }),
+        // Added by disk-core with the guard variant (plan.rs).
+        Guard::PartitionPresent { disk, number } => with_node(session, disk, |s, node| {
+            let numbers = super::rescan::table_numbers(s, &node)?;
+            Ok(if numbers.contains(number) {
+                Verdict::Run
+            } else {
+                Verdict::Skip(format!("partition {number} does not exist on {disk} yet"))
+            })
+        }),
         Guard::PathAbsent { path } => Ok(if path_exists(session, path)? {
             Verdict::Skip(format!("{path} already exists"))
         } else {

@@ -27,6 +27,7 @@ pub mod deactivate;
 pub mod error;
 pub mod facts;
 pub mod guard;
+pub mod readonly;
 pub mod rescan;
 pub mod resolve;
 pub mod safety;
@@ -233,6 +234,9 @@ pub fn preflight(
     plan: &Plan,
     options: &ApplyOptions,
 ) -> Result<Preflight, ApplyError> {
+    // The preflight only looks: make that structural.
+    let read_only = readonly::ReadOnly::new(transport);
+    let transport: &dyn Transport = &read_only;
     let mut session = Session::new(transport);
     for disk in &options.disks {
         let reason = match session.resolve(disk)? {
@@ -339,6 +343,13 @@ pub fn execute_with_prompt(
         .chain(plan.operations.iter())
         .collect();
     let total = steps.len();
+    // A dry run goes through a transport that refuses anything but read-only probes.
+    let read_only = readonly::ReadOnly::new(transport);
+    let transport: &dyn Transport = if options.dry_run {
+        &read_only
+    } else {
+        transport
+    };
     let mut session = Session::new(transport);
     session.scope = preflight.scope.clone();
     let mut report = ApplyReport::default();
