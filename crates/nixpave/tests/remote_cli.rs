@@ -91,6 +91,34 @@ fn exec_exit_status_is_partial_when_some_hosts_fail_and_failed_when_all_do() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("failed"));
 
+    // --json: one array with every host's result and output.
+    let out = run(nixpave(&lab).args([
+        "exec",
+        "--json",
+        "--connect-timeout",
+        "3",
+        name,
+        "--",
+        "hostname -I",
+    ]));
+    assert_eq!(out.status.code(), Some(4));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(rows[0]["result"], "ok");
+    assert_eq!(rows[0]["exit"], 0);
+    assert!(
+        rows[0]["stdout"]
+            .as_str()
+            .is_some_and(|o| o.contains(lab.host(0).address())),
+        "{rows}"
+    );
+    assert_eq!(rows[2]["result"], "error");
+    assert!(
+        rows[2]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Connection refused")),
+        "{rows}"
+    );
+
     // Bad targets are bad input (2), before anything connects.
     let out = run(nixpave(&lab).args(["exec", &format!("{name}:host9"), "--", "true"]));
     assert_eq!(out.status.code(), Some(2));
@@ -135,7 +163,7 @@ fn sigint_stops_every_host_and_leaves_no_ssh_processes() {
     let seconds = format!("30.{}", std::process::id() % 997);
     // Exactly the remote command (not nixpave's or ssh's command lines, which mention it).
     let sleeping = format!("sleep\0{seconds}\0");
-    let mut child = nixpave(&lab)
+    let child = nixpave(&lab)
         .args(["exec", lab.name(), "--", "sleep", &seconds])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

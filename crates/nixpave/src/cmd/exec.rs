@@ -141,6 +141,10 @@ pub struct ExecArgs {
     /// Seconds a command may run on a host before it is stopped.
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<u64>,
+    /// Print one JSON array at the end (host, result, exit, seconds, stdout, stderr, error)
+    /// instead of prefixed lines and a table.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub connect: ConnectArgs,
 }
@@ -148,7 +152,7 @@ pub struct ExecArgs {
 /// How one host's run ended.
 enum HostResult {
     /// The command ran and exited with this status (`None`: killed by a signal).
-    Ran(Option<i32>),
+    Ran(Option<i32>, nixpave_remote::CommandOutput),
     /// Connecting or running failed.
     Error(TransportError),
 }
@@ -168,7 +172,7 @@ pub fn run(args: ExecArgs) -> miette::Result<ExitCode> {
     let width = hosts.iter().map(|h| h.name.len()).max().unwrap_or(0);
     let results = parallel::for_each(&hosts, args.parallel, |host| {
         let started = Instant::now();
-        let result = run_on_host(host, &base, &argv, width);
+        let result = run_on_host(host, &base, &argv, (!args.json).then_some(width));
         (result, started.elapsed())
     });
     let rows: Vec<(&ResolvedHost, HostResult, Duration)> = hosts
@@ -185,7 +189,11 @@ pub fn run(args: ExecArgs) -> miette::Result<ExitCode> {
             ),
         })
         .collect();
-    print_summary(&rows, width);
+    if args.json {
+        print_json(&rows);
+    } else {
+        print_summary(&rows, width);
+    }
     Ok(exit::code(exit_status(&rows)))
 }
 
@@ -193,25 +201,28 @@ fn run_on_host(
     host: &ResolvedHost,
     base: &SshOptions,
     argv: &[String],
-    width: usize,
+    prefix_width: Option<usize>,
 ) -> HostResult {
     let ssh = match nixpave_remote::SshTransport::connect(&host.target, host.ssh_options(base)) {
         Ok(ssh) => ssh,
         Err(e) => return HostResult::Error(e),
     };
     let name = &host.name;
-    let result = ssh.run_streaming(argv, None, &mut |stream, line| match stream {
-        OutputStream::Stdout => {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{name:<width$} | {line}");
-        }
-        OutputStream::Stderr => {
-            let mut err = std::io::stderr().lock();
-            let _ = writeln!(err, "{name:<width$} ! {line}");
+    let result = ssh.run_streaming(argv, None, &mut |stream, line| {
+        let Some(width) = prefix_width else { return };
+        match stream {
+            OutputStream::Stdout => {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{name:<width$} | {line}");
+            }
+            OutputStream::Stderr => {
+                let mut err = std::io::stderr().lock();
+                let _ = writeln!(err, "{name:<width$} ! {line}");
+            }
         }
     });
     match result {
-        Ok(out) => HostResult::Ran(out.status),
+        Ok(out) => HostResult::Ran(out.status, out),
         Err(e) => HostResult::Error(e),
     }
 }
@@ -236,9 +247,9 @@ fn print_summary(rows: &[(&ResolvedHost, HostResult, Duration)], width: usize) {
     );
     for (host, result, time) in rows {
         let (label, code, detail) = match result {
-            HostResult::Ran(Some(0)) => ("ok", "0".to_string(), String::new()),
-            HostResult::Ran(Some(c)) => ("failed", c.to_string(), String::new()),
-            HostResult::Ran(None) => ("killed", "-".into(), "killed by a signal".into()),
+            HostResult::Ran(Some(0), _) => ("ok", "0".to_string(), String::new()),
+            HostResult::Ran(Some(c), _) => ("failed", c.to_string(), String::new()),
+            HostResult::Ran(None, _) => ("killed", "-".into(), "killed by a signal".into()),
             HostResult::Error(TransportError::Interrupted { .. }) => {
                 ("interrupted", "-".into(), String::new())
             }
@@ -259,9 +270,42 @@ fn print_summary(rows: &[(&ResolvedHost, HostResult, Duration)], width: usize) {
     }
     let ok = rows
         .iter()
-        .filter(|(_, r, _)| matches!(r, HostResult::Ran(Some(0))))
+        .filter(|(_, r, _)| matches!(r, HostResult::Ran(Some(0), _)))
         .count();
     let _ = writeln!(err, "{ok}/{} hosts succeeded", rows.len());
+}
+
+fn print_json(rows: &[(&ResolvedHost, HostResult, Duration)]) {
+    let value: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|(host, result, time)| {
+            let (label, exit, out, error) = match result {
+                HostResult::Ran(Some(0), out) => ("ok", Some(0), Some(out), None),
+                HostResult::Ran(code, out) => ("failed", *code, Some(out), None),
+                HostResult::Error(TransportError::Interrupted { .. }) => {
+                    ("interrupted", None, None, None)
+                }
+                HostResult::Error(e) if e.is_refusal() => {
+                    ("refused", None, None, Some(e.to_string()))
+                }
+                HostResult::Error(e) => ("error", None, None, Some(e.to_string())),
+            };
+            serde_json::json!({
+                "host": host.name,
+                "target": host.target.to_string(),
+                "result": label,
+                "exit": exit,
+                "seconds": time.as_secs_f64(),
+                "stdout": out.map(|o| o.stdout_str()),
+                "stderr": out.map(|o| String::from_utf8_lossy(&o.stderr).into_owned()),
+                "error": error,
+            })
+        })
+        .collect();
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&value).unwrap_or_default()
+    );
 }
 
 fn exit_status(rows: &[(&ResolvedHost, HostResult, Duration)]) -> u8 {
@@ -270,7 +314,7 @@ fn exit_status(rows: &[(&ResolvedHost, HostResult, Duration)]) -> u8 {
     }
     let ok = rows
         .iter()
-        .filter(|(_, r, _)| matches!(r, HostResult::Ran(Some(0))))
+        .filter(|(_, r, _)| matches!(r, HostResult::Ran(Some(0), _)))
         .count();
     let refused = rows
         .iter()
