@@ -9,6 +9,21 @@
 //! - [`Facts`]: what a host is (OS, disks, kexec, nix), gathered in one round trip.
 //! - [`parallel`]: run something on many hosts at once; [`cancel`]: Ctrl-C handling.
 //! - [`Target`] and [`Inventory`]: where hosts are and how to log in.
+//!
+//! ```no_run
+//! use nixpave_remote::{gather_facts, SshOptions, SshTransport, Target, Transport};
+//!
+//! let target: Target = "root@10.0.0.2".parse()?;
+//! let ssh = SshTransport::connect(&target, SshOptions::default())?; // one handshake
+//! let out = ssh.run(&["uname".into(), "-r".into()], None)?;         // reuses it
+//! let facts = gather_facts(&ssh)?;                                   // one round trip
+//! // `nix copy` through the same connection:
+//! let status = std::process::Command::new("nix")
+//!     .args(["copy", "--to", &ssh.ssh_store_uri(), "/nix/store/…"])
+//!     .envs(ssh.nix_env())
+//!     .status()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 pub mod cancel;
 mod facts;
