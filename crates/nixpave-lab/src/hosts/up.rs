@@ -51,7 +51,14 @@ pub fn up(spec: &LabSpec) -> Result<LabState, LabError> {
 
 fn build(spec: &LabSpec, shared: &SharedState) -> Result<LabState, LabError> {
     let dir = spec.lab_dir();
-    std::fs::create_dir_all("/run/sshd").map_err(LabError::io("creating", "/run/sshd"))?;
+    // sshd's privilege-separation directory, and mount points for the hosts' private
+    // directories: /nix does not exist before nix first ran on this machine.
+    for dir in ["/run/sshd", "/nix", "/home"] {
+        if !Path::new(dir).exists() {
+            tracing::info!(dir, "creating a directory the lab needs");
+            std::fs::create_dir_all(dir).map_err(LabError::io("creating", dir))?;
+        }
+    }
     let key = dir.join("id_ed25519");
     sys::run(
         "creating the lab ssh key",
