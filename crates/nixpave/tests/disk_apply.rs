@@ -746,3 +746,48 @@ fn disk_apply_interrupted_stops_between_steps_and_resumes() {
     assert_eq!(partitions(&disk).len(), 6);
     assert_eq!(fstype(&format!("{disk}p6")), "ext4");
 }
+
+#[test]
+fn disk_apply_refuses_the_running_root_disk() {
+    // The disk `/` lives on; only probes run (dry run through a read-only transport) and the
+    // refusal comes before anything else.
+    let source = sh(&["findmnt", "-n", "-o", "SOURCE", "/"])
+        .trim()
+        .to_string();
+    if !source.starts_with("/dev/") {
+        eprintln!("skipped: / is not on a block device ({source})");
+        return;
+    }
+    let parent = sh(&["lsblk", "-n", "-d", "-o", "PKNAME", &source])
+        .trim()
+        .to_string();
+    let disk = if parent.is_empty() {
+        source.clone()
+    } else {
+        format!("/dev/{parent}")
+    };
+    let scratch = Scratch::new("cli-rootdisk");
+    let root = scratch.root();
+    let layout = write_layout(
+        &scratch,
+        "root.json",
+        &r#"{"disk": {"sys": {"type": "disk", "device": "DISK", "content": {"type": "gpt", "partitions": {
+ "root": {"size": "100%", "content": {"type": "filesystem", "format": "ext4", "mountpoint": "/"}}}}}}}"#
+            .replace("DISK", &disk),
+    );
+    for mode in ["format", "destroy,format,mount"] {
+        let out = apply(&[
+            &layout,
+            "--root-mountpoint",
+            &root,
+            "--mode",
+            mode,
+            "--dry-run",
+            "--yes-wipe-all-disks",
+        ]);
+        assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("running system's root"), "{stderr}");
+        assert!(stderr.contains("nothing was changed"), "{stderr}");
+    }
+}

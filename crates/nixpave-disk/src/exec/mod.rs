@@ -270,14 +270,23 @@ pub fn preflight(
         &options.own_swaps,
     );
     if !reasons.is_empty() {
+        let running_root = reasons
+            .iter()
+            .any(|r| r.reason.contains("running system's root"));
         return Err(ApplyError::Refused {
             host: transport.host().to_string(),
             reasons,
-            hint: format!(
-                "unmount them (or pick another --root-mountpoint than {}) and check that the \
-                 layout names the disks you mean",
-                options.root_mountpoint
-            ),
+            hint: if running_root {
+                "the layout names the disk this system runs from: lay out another disk, or run \
+                 from an installer (`nixpave install` kexecs into one)"
+                    .to_string()
+            } else {
+                format!(
+                    "unmount them (or pick another --root-mountpoint than {}) and check that \
+                     the layout names the disks you mean",
+                    options.root_mountpoint
+                )
+            },
         });
     }
     let wipes = plan.mode.destroys();
