@@ -156,6 +156,13 @@ pub enum Guard {
         /// 1-based partition number.
         number: u32,
     },
+    /// Partition `number` exists on `disk` (its name and type are then brought in line).
+    PartitionPresent {
+        /// Disk path.
+        disk: String,
+        /// 1-based partition number.
+        number: u32,
+    },
     /// Nothing exists at this path (device node or file).
     PathAbsent {
         /// Absolute path.

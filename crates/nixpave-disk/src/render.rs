@@ -35,6 +35,9 @@ pub fn describe_guard(g: &Guard) -> String {
         Guard::PartitionAbsent { disk, number } => {
             format!("only if partition {number} does not exist on {disk}")
         }
+        Guard::PartitionPresent { disk, number } => {
+            format!("only if partition {number} already exists on {disk}")
+        }
         Guard::PathAbsent { path } => format!("only if {path} does not exist"),
         Guard::PathExists { path } => format!("only if {path} exists"),
         Guard::NotMounted { target, .. } => format!("only if {target} is not mounted"),
@@ -70,6 +73,10 @@ pub fn guard_test(g: &Guard) -> String {
         Guard::NotLuks { device } => format!("! cryptsetup isLuks {}", q(device)),
         Guard::PartitionAbsent { disk, number } => format!(
             "! sgdisk -i {number} {} 2>/dev/null | grep -q '^Partition GUID code'",
+            q(disk)
+        ),
+        Guard::PartitionPresent { disk, number } => format!(
+            "sgdisk -i {number} {} 2>/dev/null | grep -q '^Partition GUID code'",
             q(disk)
         ),
         Guard::PathAbsent { path } => format!("[ ! -e {} ]", q(path)),

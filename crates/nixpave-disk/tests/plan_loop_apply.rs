@@ -161,14 +161,22 @@ fn planned_layout_formats_mounts_is_idempotent_and_destroys_on_a_loop_disk() {
     apply(&planned(Mode::Unmount), &options);
     assert!(!sh(&["findmnt", "--mountpoint", &root]).0, "unmounted");
     apply(&planned(Mode::Mount), &options);
+    let guids = || {
+        sh(&["sgdisk", "-p", &disk.dev]).1
+            + &sh(&["blkid", "-o", "export", &format!("{}p4", disk.dev)]).1
+    };
+    let before = guids();
     let again = apply(&planned(Mode::Format), &options);
     assert!(
-        again
-            .commands
-            .iter()
-            .all(|c| !c[0].starts_with("mkfs") && c[0] != "sgdisk"),
+        again.commands.iter().all(|c| !c[0].starts_with("mkfs")
+            && !c.iter().any(|a| a.starts_with("--new=") || a == "--clear")),
         "format twice must not re-create anything: {:?}",
         again.commands
+    );
+    assert_eq!(
+        before,
+        guids(),
+        "partition table and filesystem ids unchanged"
     );
     assert_eq!(
         std::fs::read_to_string(format!("{root}/keep.txt")).unwrap(),

@@ -107,13 +107,38 @@ fn gpt(g: &Gpt, ctx: &mut Ctx) -> Vec<Operation> {
             "--partition-guid={i}:{}",
             p.uuid.as_deref().unwrap_or("R")
         ));
-        a.push(format!("--change-name={i}:{}", p.label));
-        a.push(format!("--typecode={i}:{}", p.type_code));
-        a.push(format!("--attributes={i}:=:0"));
+        let mut settings = vec![
+            format!("--change-name={i}:{}", p.label),
+            format!("--typecode={i}:{}", p.type_code),
+            format!("--attributes={i}:=:0"),
+        ];
         for bit in &p.attributes {
-            a.push(format!("--attributes={i}:set:{bit}"));
+            settings.push(format!("--attributes={i}:set:{bit}"));
         }
+        a.extend(settings.iter().cloned());
         a.push(dev.clone());
+        // An existing partition gets the layout's name, type and attributes, as disko does
+        // when `--new` fails; its GUID only changes when the layout sets one.
+        let mut update = argv!["sgdisk"];
+        if let Some(u) = &p.uuid {
+            update.push(format!("--partition-guid={i}:{u}"));
+        }
+        update.extend(settings);
+        update.push(dev.clone());
+        body.push(
+            op(
+                dev,
+                format!(
+                    "set name `{}` and type {} on existing partition {i} of {dev}",
+                    p.label, p.type_code
+                ),
+                update,
+            )
+            .guard(Guard::PartitionPresent {
+                disk: dev.clone(),
+                number: i as u32,
+            }),
+        );
         let extent = if p.size == "100%" {
             "rest of the disk".to_string()
         } else if p.start == "0" && p.end.starts_with('+') {
