@@ -437,3 +437,46 @@ fn apply_unresolvable_label_is_a_clear_error() {
     assert!(err.to_string().contains("no-such-label-anywhere"), "{err}");
     assert!(is_blank(&disk));
 }
+
+#[test]
+fn apply_reports_a_partition_table_the_kernel_cannot_take() {
+    if !support::loop_devices_available() {
+        eprintln!("skipped: needs root and loop devices");
+        return;
+    }
+    let mut scratch = Scratch::new("exec-busy");
+    let disk = scratch.disk(64);
+    let root = scratch.root();
+    support::sh(&["sgdisk", "-n1:0:+16M", "-n2:0:+16M", &disk]);
+    support::sh(&["partx", "-a", &disk]);
+    support::sh(&["mkfs.ext4", "-q", &format!("{disk}p2")]);
+    support::sh(&["mount", &format!("{disk}p2"), &root]);
+    // Deleting a partition that is mounted: the table changes on disk, the kernel keeps the
+    // busy partition, and the executor says so after its bounded wait.
+    let plan = Plan {
+        mode: Mode::Format,
+        operations: vec![op(&["sgdisk", "--delete=2", &disk], &disk, true, None)],
+    };
+    let mut options = ApplyOptions::new(&root);
+    options.rescan_timeout = std::time::Duration::from_secs(2);
+    let started = std::time::Instant::now();
+    let err = apply(&plan, &options, false).expect_err("kernel keeps the busy partition");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    let ApplyError::Rescan {
+        disk: d,
+        expected,
+        kernel,
+        ..
+    } = &err
+    else {
+        panic!("expected a rescan error, got {err}");
+    };
+    assert_eq!(d, &disk);
+    assert!(
+        expected.contains("#1") && !expected.contains("#2"),
+        "{expected}"
+    );
+    assert!(kernel.contains("#2"), "{kernel}");
+    assert!(err.to_string().contains("partx -u"), "{err}");
+    support::sh(&["umount", &root]);
+}
