@@ -339,6 +339,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn exec_and_facts_arguments_are_consistent_and_parse() {
+        use clap::{Args, FromArgMatches};
+        let exec = ExecArgs::augment_args(clap::Command::new("exec"));
+        exec.clone().debug_assert();
+        super::super::facts::FactsArgs::augment_args(clap::Command::new("facts")).debug_assert();
+        let matches = exec
+            .try_get_matches_from([
+                "exec",
+                "lab",
+                "root@h:2222",
+                "-p",
+                "3",
+                "--known-hosts",
+                "/k",
+                "--",
+                "uname",
+                "-a",
+            ])
+            .expect("parses");
+        let args = ExecArgs::from_arg_matches(&matches).expect("args");
+        assert_eq!(args.targets, ["lab", "root@h:2222"]);
+        assert_eq!(args.command, ["uname", "-a"]);
+        assert_eq!(args.parallel, 3);
+        assert_eq!(
+            args.connect.known_hosts.as_deref(),
+            Some(std::path::Path::new("/k"))
+        );
+    }
+
+    #[test]
     fn one_word_with_shell_syntax_goes_through_sh() {
         let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(

@@ -242,3 +242,35 @@ fn down(lab: &LabSelect) -> Result<ExitCode, LabError> {
     }
     Ok(exit::code(exit::OK))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lab_arguments_are_consistent_and_parse() {
+        use clap::{FromArgMatches, Subcommand};
+        let cmd = LabCommand::augment_subcommands(clap::Command::new("lab"));
+        cmd.clone().debug_assert();
+        let matches = cmd
+            .try_get_matches_from([
+                "lab",
+                "up",
+                "--hosts",
+                "5",
+                "--disks",
+                "2",
+                "--disk-size",
+                "2G",
+                "--name",
+                "x",
+            ])
+            .expect("parses");
+        match LabCommand::from_arg_matches(&matches).expect("command") {
+            LabCommand::Up {
+                lab, hosts, disks, ..
+            } => assert_eq!((lab.name.as_str(), hosts, disks), ("x", 5, 2)),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+}
