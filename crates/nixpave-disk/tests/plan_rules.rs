@@ -61,6 +61,7 @@ fn partitions_are_numbered_by_priority_then_name() {
     let names: Vec<String> = p
         .operations
         .iter()
+        .filter(|o| o.argv.iter().any(|a| a.starts_with("--new=")))
         .filter_map(|o| {
             o.argv
                 .iter()
@@ -188,6 +189,30 @@ fn mdadm_create_confirms_on_stdin() {
         Some(nixpave_disk::StdinSource::Text { text: "y\n".into() })
     );
     assert!(md.argv.contains(&"--raid-devices=2".to_string()));
+    // the new array's stale partition table is zapped, but only in the run that created it
+    let i = p
+        .operations
+        .iter()
+        .position(|o| o.argv[0] == "mdadm")
+        .unwrap();
+    assert_eq!(
+        p.operations[i - 1].argv,
+        ["mkdir", "-p", "/run/nixpave/md-created/r"]
+    );
+    assert_eq!(
+        p.operations[i + 1].argv,
+        ["sgdisk", "--zap-all", "/dev/md/r"]
+    );
+    assert_eq!(
+        p.operations[i + 1].guard,
+        Some(nixpave_disk::Guard::PathExists {
+            path: "/run/nixpave/md-created/r".into()
+        })
+    );
+    assert_eq!(
+        p.operations[i + 2].argv,
+        ["rmdir", "/run/nixpave/md-created/r"]
+    );
 }
 
 #[test]

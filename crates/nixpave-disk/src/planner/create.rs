@@ -588,18 +588,49 @@ pub(crate) fn mdadm(md: &Mdadm, members: &[String], ctx: &mut Ctx) -> Vec<Operat
     ];
     a.extend(md.extra_args.iter().cloned());
     a.extend(members.iter().cloned());
+    // A new array can show a stale partition table from an earlier array on the same members;
+    // disko zaps it right after creating. A marker in /run remembers "created in this run"
+    // for the zap step (guards are probed right before each step).
+    let marker = format!("/run/nixpave/md-created/{}", md.name);
     let mut body = vec![op(
         dev,
-        format!(
-            "create RAID{} array {dev} from {}",
-            md.level,
-            members.join(", ")
-        ),
-        a,
+        format!("remember that {dev} is created now"),
+        argv!["mkdir", "-p", &marker],
     )
-    .destructive()
-    .guard(Guard::PathAbsent { path: dev.clone() })
-    .stdin(StdinSource::Text { text: "y\n".into() })];
+    .guard(Guard::PathAbsent { path: dev.clone() })];
+    body.push(
+        op(
+            dev,
+            format!(
+                "create RAID{} array {dev} from {}",
+                md.level,
+                members.join(", ")
+            ),
+            a,
+        )
+        .destructive()
+        .guard(Guard::PathAbsent { path: dev.clone() })
+        .stdin(StdinSource::Text { text: "y\n".into() }),
+    );
+    body.push(
+        op(
+            dev,
+            format!("wipe any stale partition table from the new array {dev}"),
+            argv!["sgdisk", "--zap-all", dev],
+        )
+        .destructive()
+        .guard(Guard::PathExists {
+            path: marker.clone(),
+        }),
+    );
+    body.push(
+        op(
+            dev,
+            format!("forget the marker of {dev}"),
+            argv!["rmdir", &marker],
+        )
+        .guard(Guard::PathExists { path: marker }),
+    );
     if let Some(c) = &md.content {
         body.extend(content(c, ctx));
     }
