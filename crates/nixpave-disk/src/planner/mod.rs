@@ -3,6 +3,18 @@
 //! Order follows disko: top-level devices by kind and name, topologically sorted by what they
 //! consume; `format` creates each device's tree depth first; `mount` opens devices in that order,
 //! then mounts filesystems parents first; `unmount` does the reverse.
+//!
+//! Every "only if" of disko's scripts is a [`crate::Guard`] on the operation, so `format` run
+//! twice changes nothing. Deliberate differences from disko's scripts:
+//! - `zfs load-key`/`unload-key` of an encrypted zfs_volume use the full `<pool>/<name>`
+//!   (disko passes the bare name, which fails: disko #1139).
+//! - `modprobe` loads real module names (`dm-raid`, `dm-thin-pool`) instead of `dm-<lvm_type>`;
+//!   `boot.initrd.kernelModules` keeps disko's list.
+//! - `luksAddKey` runs only when the key file does not open the container yet; an existing
+//!   partition keeps its GUID when its name/type are brought in line (disko re-randomises it).
+//! - Subvolumes are created through a temporary mount at `/run/nixpave/btrfs/<device>`.
+//! - Not done (as in disko's current scripts but left out here): `zfs set` on datasets that
+//!   already exist, `zvol_wait`/`partprobe`/`udevadm` (the executor re-reads partitions itself).
 
 use std::collections::BTreeMap;
 
