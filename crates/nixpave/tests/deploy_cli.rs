@@ -1,0 +1,153 @@
+//! `nixpave deploy`, `nixpave status` and `nixpave rollback` against real lab hosts, from a flake with no
+//! inputs evaluated by the real nix.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use nixpave_lab::testing::Lab;
+
+fn nix_conf(dir: &Path) -> std::path::PathBuf {
+    let conf = dir.join("nixconf");
+    std::fs::create_dir_all(&conf).expect("conf dir");
+    std::fs::write(
+        conf.join("nix.conf"),
+        "experimental-features = nix-command flakes\nbuild-users-group =\nsubstituters =\nsandbox = false\n",
+    )
+    .expect("nix.conf");
+    conf
+}
+
+/// A flake with nodes host1 and host2 (lab host names) on fixture systems tagged TAG; host2 fails if asked.
+fn write_flake(dir: &Path, tag: &str, host2_fails: bool) {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../nixpave-deploy/tests/fixtures");
+    std::fs::copy(fixtures.join("system.nix"), dir.join("system.nix")).expect("copy fixture");
+    std::fs::write(
+        dir.join("flake.nix"),
+        format!(
+            r#"{{ outputs = {{ self }}: {{
+  deploy.confirmTimeout = 5;
+  deploy.nodes.host1 = {{ hostname = "host1"; tags = [ "first" ]; profiles.system.path = import ./system.nix {{ tag = "{tag}"; }}; }};
+  deploy.nodes.host2 = {{ hostname = "host2"; profiles.system.path = import ./system.nix {{ tag = "{tag}"; fail = {host2_fails}; }}; }};
+}}; }}"#
+        ),
+    )
+    .expect("flake");
+}
+
+struct Env {
+    lab: Lab,
+    dir: tempfile::TempDir,
+    conf: std::path::PathBuf,
+}
+
+impl Env {
+    fn nixpave(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_nixpave"))
+            .args(args)
+            .env("NIXPAVE_LAB_DIR", self.lab.base_dir())
+            .env("NIX_CONF_DIR", &self.conf)
+            .stdin(Stdio::null())
+            .output()
+            .expect("nixpave runs")
+    }
+    fn flake(&self) -> String {
+        self.dir.path().display().to_string()
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn final_report(out: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {}", text(out)))
+}
+
+fn outcomes(report: &serde_json::Value) -> Vec<String> {
+    report["hosts"]
+        .as_array()
+        .expect("hosts")
+        .iter()
+        .map(|h| h["outcome"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn deploy_status_rollback_through_the_cli() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env = Env {
+        lab: Lab::up(2).expect("lab up"),
+        conf: nix_conf(dir.path()),
+        dir,
+    };
+    let lab = env.lab.name().to_string();
+    let flake = env.flake();
+    let tag = format!("cli-{}", std::process::id());
+    write_flake(env.dir.path(), &format!("{tag}-a"), false);
+
+    let out = env.nixpave(&["deploy", &flake, "--lab", &lab, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(outcomes(&final_report(&out)), ["deployed", "deployed"]);
+
+    let out = env.nixpave(&["deploy", &flake, "--lab", &lab, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report = final_report(&out);
+    assert_eq!(outcomes(&report), ["unchanged", "unchanged"]);
+    assert_eq!(
+        report["ssh_handshakes"], 2,
+        "one login per host for a no-op"
+    );
+
+    let out = env.nixpave(&[
+        "deploy",
+        &format!("{flake}#host1"),
+        "--lab",
+        &lab,
+        "--dry-run",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("plan (dry run, nothing changed)"),
+        "{}",
+        text(&out)
+    );
+    assert!(!text(&out).contains("host2"), "{}", text(&out));
+
+    let out = env.nixpave(&["deploy", &flake, "--lab", &lab, "--on", "nothing-*"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+
+    // host2's new system fails to activate: partial failure, exit 4, host2 named with its log.
+    write_flake(env.dir.path(), &format!("{tag}-b"), true);
+    let out = env.nixpave(&["deploy", &flake, "--lab", &lab]);
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(4), "{shown}");
+    assert!(
+        shown.contains("1 of 2 host(s) succeeded; not succeeded: host2"),
+        "{shown}"
+    );
+    assert!(shown.contains("activation failed on purpose"), "{shown}");
+
+    let out = env.nixpave(&["status", &flake, "--lab", &lab, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
+    assert_eq!(rows[0]["profiles"][0]["generation"], 2);
+    assert_eq!(rows[1]["profiles"][0]["last"]["state"], "rolled-back");
+    assert_eq!(
+        rows[1]["profiles"][0]["last"]["reason"],
+        "activation-failed"
+    );
+    assert_eq!(rows[1]["profiles"][0]["generation"], 1);
+
+    let out = env.nixpave(&["rollback", &flake, "--lab", &lab, "--on", "@first"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = env.nixpave(&["status", &flake, "--lab", &lab, "--json", "--on", "host1"]);
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
+    assert_eq!(rows[0]["profiles"][0]["generation"], 1);
+    assert_eq!(rows[0]["profiles"][0]["last"]["reason"], "manual-rollback");
+}
