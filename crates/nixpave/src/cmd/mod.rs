@@ -47,8 +47,3 @@ pub fn run(command: Command) -> miette::Result<ExitCode> {
         Command::Install(a) => install::run(a),
     }
 }
-
-/// Placeholder for commands whose implementation has not landed yet.
-pub(crate) fn not_yet(what: &str) -> miette::Result<ExitCode> {
-    miette::bail!("`nixpave {what}` is not implemented yet")
-}
