@@ -243,7 +243,7 @@ pub struct TablePartition {
 pub struct Filesystem {
     /// `device`.
     pub device: String,
-    /// `format` (mkfs.<format>).
+    /// `format` (`mkfs.<format>`).
     pub format: String,
     /// `extraArgs` (one argv word each).
     pub extra_args: Vec<String>,
