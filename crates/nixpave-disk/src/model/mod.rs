@@ -315,7 +315,7 @@ pub struct Luks {
     pub password_file: Option<String>,
     /// `askPassword`.
     pub ask_password: bool,
-    /// `settings` (copied to boot.initrd.luks.devices.<name>).
+    /// `settings` (copied to `boot.initrd.luks.devices.<name>`).
     pub settings: serde_json::Map<String, serde_json::Value>,
     /// `additionalKeyFiles`.
     pub additional_key_files: Vec<String>,
