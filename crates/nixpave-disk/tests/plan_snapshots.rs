@@ -53,12 +53,21 @@ fn scripts_turn_guards_into_if_tests() {
     assert!(script
         .contains("if ! blkid -p /dev/vda >/dev/null 2>&1; then\n  sgdisk --clear /dev/vda\nfi"));
     insta::assert_snapshot!("gpt-everything.script", script);
-    // bash accepts it
-    let check = std::process::Command::new("bash")
-        .args(["-n", "-c", &script])
-        .status()
-        .expect("bash");
-    assert!(check.success());
+    // bash accepts the scripts of every fixture (prompts, stdin files, quoting)
+    for name in FIXTURES {
+        let p = plan(
+            &fixture(&format!("{name}.nix")),
+            Mode::DestroyFormatMount,
+            &PlanOptions::default(),
+        )
+        .expect("plan");
+        let script = nixpave_disk::render::script(&p);
+        let check = std::process::Command::new("bash")
+            .args(["-n", "-c", &script])
+            .status()
+            .expect("bash");
+        assert!(check.success(), "{name}:\n{script}");
+    }
 }
 
 #[test]
