@@ -104,3 +104,24 @@ fn root_mountpoint_prefixes_every_target() {
     let boot = targets.iter().position(|t| *t == "/target/boot").unwrap();
     assert!(root < boot);
 }
+
+#[test]
+fn shipped_examples_plan_in_every_mode() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("examples/") {
+        let path = entry.expect("entry").path();
+        if path.extension().and_then(|e| e.to_str()) != Some("nix") {
+            continue;
+        }
+        let layout = load_layout(&LayoutSource::File(path.clone()), &LoadOptions::default())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        for mode in Mode::ALL {
+            let p = plan(&layout, mode, &PlanOptions::default())
+                .unwrap_or_else(|e| panic!("{} {mode}: {e}", path.display()));
+            assert!(!p.operations.is_empty(), "{} {mode}", path.display());
+        }
+        n += 1;
+    }
+    assert!(n >= 3, "examples/ has the shipped layouts");
+}
