@@ -265,11 +265,9 @@ const DEVICE_TYPES: [&str; 10] = [
 /// Parses the whole layout; accepts `{ disko.devices = …; }` or the devices attrset itself.
 pub(super) fn layout(value: &Value) -> R<Layout> {
     let devices = match value.get("disko") {
+        // like disko's CLI, only `disko.devices` is read; other settings are not ours
         Some(d) => {
-            let top = Attrs::new(value, "")?;
-            top.known(&["disko"], false)?;
             let disko = Attrs::new(d, "disko")?;
-            disko.known(&["devices"], false)?;
             disko.get("devices").ok_or_else(|| LayoutError::Missing {
                 path: "disko.devices".into(),
             })?
