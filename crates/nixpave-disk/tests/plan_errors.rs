@@ -234,3 +234,22 @@ fn relative_root_mountpoint_is_refused() {
     };
     assert!(plan(&layout, Mode::Mount, &options).is_err());
 }
+
+#[test]
+fn a_pool_device_missing_from_the_topology_is_refused() {
+    let mut v = disk_with_partitions(json!({
+        "z1": { "size": "1G", "content": { "type": "zfs", "pool": "tank" } },
+        "z2": { "size": "100%", "content": { "type": "zfs", "pool": "tank" } }
+    }));
+    v["disko"]["devices"]["zpool"] = json!({ "tank": { "type": "zpool", "mode": { "topology": {
+        "type": "topology",
+        "vdev": [ { "members": [ "/dev/disk/by-partlabel/disk-main-z1" ] } ]
+    }}}});
+    let e = err(v);
+    assert_eq!(e.path(), "zpool.tank.mode.topology");
+    assert!(
+        e.to_string()
+            .contains("disk-main-z2` has `pool = \"tank\"` but is not in the topology"),
+        "{e}"
+    );
+}

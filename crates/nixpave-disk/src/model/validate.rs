@@ -418,6 +418,14 @@ pub(super) fn layout(layout: &Layout) -> Result<(), LayoutError> {
                     named.push((m.clone(), format!("{tpath}.{class}")));
                 }
             }
+            let named_devs: BTreeSet<String> =
+                named.iter().map(|(m, _)| zpool_member_device(m)).collect();
+            if let Some(unused) = have.iter().find(|d| !named_devs.contains(*d)) {
+                return Err(LayoutError::invalid(
+                    tpath.clone(),
+                    format!("`{unused}` has `pool = \"{pname}\"` but is not in the topology; add it (disko would refuse to create the pool)"),
+                ));
+            }
             for (m, mpath) in &named {
                 let dev = zpool_member_device(m);
                 if !have.contains(&dev) {
