@@ -15,6 +15,11 @@ use crate::session::Session;
 use crate::state::{self, NodeState, ScheduleError, StateError, StateStore};
 use crate::steps::{self, Chown, CopySpec, EncryptionKey};
 
+/// Downloads `$1` to `$2` on the target with curl or wget (`--kexec-fetch-on-target`).
+const FETCH_SCRIPT: &str = "set -e; mkdir -p \"$(dirname \"$2\")\"; \
+    if command -v curl >/dev/null; then curl -fsSL --retry 3 --connect-timeout 20 -o \"$2.part\" \"$1\"; \
+    else wget -q -T 20 -O \"$2.part\" \"$1\"; fi; mv -f \"$2.part\" \"$2\"";
+
 /// Bounds of every wait (no wait is unbounded).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
@@ -48,8 +53,11 @@ impl Default for Timeouts {
 /// The kexec phase's input.
 #[derive(Debug, Clone)]
 pub struct KexecSpec {
-    /// The tarball on this machine (already fetched).
-    pub tarball: TarballInfo,
+    /// The tarball on this machine (already fetched); `None` with `fetch_url`.
+    pub tarball: Option<TarballInfo>,
+    /// Download the tarball on the target from this URL instead of uploading it
+    /// (`--kexec-fetch-on-target`; needs curl or wget there).
+    pub fetch_url: Option<String>,
     /// Directory on the target where it is uploaded and unpacked.
     pub remote_dir: String,
 }
@@ -285,18 +293,13 @@ impl Ctx<'_, '_> {
         }
     }
 
-    fn kexec(&self) -> Result<(), String> {
+    fn upload_installer(&self, tarball: &TarballInfo, remote_tar: &str) -> Result<(), String> {
         let spec = self.spec;
-        let k = spec
-            .kexec
-            .as_ref()
-            .ok_or("the kexec phase needs an installer tarball (--kexec TARBALL|URL)")?;
         let t = spec.session.transport();
-        let remote_tar = format!("{}/installer.tar", k.remote_dir);
-        let total = k.tarball.size_bytes;
+        let total = tarball.size_bytes;
         let mut last_pct = u64::MAX;
         let upload_started = Instant::now();
-        let sent = kexec::upload(t, &k.tarball.path, &remote_tar, &mut |done, total| {
+        let sent = kexec::upload(t, &tarball.path, remote_tar, &mut |done, total| {
             let pct = (done * 100).checked_div(total).unwrap_or(100);
             if pct / 10 != last_pct / 10 || done == total {
                 last_pct = pct;
@@ -323,6 +326,51 @@ impl Ctx<'_, '_> {
                 Phase::Kexec,
                 "the installer is already on the target (same sha256), not sent again",
             );
+        }
+        Ok(())
+    }
+
+    fn kexec(&self) -> Result<(), String> {
+        let spec = self.spec;
+        let k = spec
+            .kexec
+            .as_ref()
+            .ok_or("the kexec phase needs an installer tarball (--kexec TARBALL|URL)")?;
+        let t = spec.session.transport();
+        let remote_tar = format!("{}/installer.tar", k.remote_dir);
+        match (&k.fetch_url, &k.tarball) {
+            (Some(url), _) => {
+                self.progress(Phase::Kexec, format!("downloading {url} on the target"));
+                let started = Instant::now();
+                let script = FETCH_SCRIPT.to_string();
+                steps::run(
+                    t,
+                    "downloading the installer on the target",
+                    vec![
+                        "sh".into(),
+                        "-c".into(),
+                        script,
+                        "fetch".into(),
+                        url.clone(),
+                        remote_tar.clone(),
+                    ],
+                    None,
+                )
+                .map_err(|e| e.to_string())?;
+                self.progress(
+                    Phase::Kexec,
+                    format!(
+                        "installer downloaded in {:.1} s",
+                        started.elapsed().as_secs_f64()
+                    ),
+                );
+            }
+            (None, Some(tarball)) => self.upload_installer(tarball, &remote_tar)?,
+            (None, None) => {
+                return Err(
+                    "the kexec phase needs an installer tarball (--kexec TARBALL|URL)".into(),
+                )
+            }
         }
         steps::run(
             t,
@@ -596,7 +644,11 @@ impl Ctx<'_, '_> {
         let req = Requirements {
             kexec: kexec_needed,
             disk: disk_runs,
-            initrd_bytes: spec.kexec.as_ref().map(|k| k.tarball.initrd_bytes),
+            initrd_bytes: spec
+                .kexec
+                .as_ref()
+                .and_then(|k| k.tarball.as_ref())
+                .map(|t| t.initrd_bytes),
             ram: spec.ram,
             arch: spec.arch.clone(),
             disks: if disk_runs {

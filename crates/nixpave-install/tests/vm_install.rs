@@ -224,7 +224,8 @@ fn raid1_plan() -> (Plan, Plan) {
 fn tarball(vm: &Vm) -> KexecSpec {
     let path = vm.images().expect("the VM has images").installer_tarball();
     KexecSpec {
-        tarball: kexec::inspect(&path).unwrap(),
+        tarball: Some(kexec::inspect(&path).unwrap()),
+        fetch_url: None,
         remote_dir: "/root/nixpave-kexec".into(),
     }
 }

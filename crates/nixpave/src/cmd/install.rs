@@ -38,6 +38,10 @@ pub struct InstallArgs {
     /// The installer: a nixos-images kexec tarball (path or URL; URLs are cached locally).
     #[arg(long, value_name = "TARBALL|URL")]
     kexec: Option<String>,
+    /// With a --kexec URL: download it on the target instead of uploading it from here
+    /// (the RAM check then cannot know the initrd size).
+    #[arg(long, requires = "kexec")]
+    kexec_fetch_on_target: bool,
     /// The phases to run (preflight always runs).
     #[arg(long, default_value = "kexec,disk,install,reboot,verify", value_parser = parse_phases)]
     phases: PhaseSet,
@@ -407,15 +411,26 @@ fn run_inner(args: InstallArgs) -> Result<u8, Failure> {
     }
     let targets = targets_for(&args.nodes, &args.target)?;
     let kexec_spec = match &args.kexec {
-        Some(src) => {
-            let local = kexec::fetch(&KexecSource::parse(src), &kexec::default_cache_dir())
-                .map_err(|e| usage(e.to_string()))?;
-            let tarball = kexec::inspect(&local).map_err(|e| usage(e.to_string()))?;
-            Some(KexecSpec {
-                tarball,
+        Some(src) => match (KexecSource::parse(src), args.kexec_fetch_on_target) {
+            (KexecSource::Url(url), true) => Some(KexecSpec {
+                tarball: None,
+                fetch_url: Some(url),
                 remote_dir: "/root/nixpave-kexec".into(),
-            })
-        }
+            }),
+            (KexecSource::File(_), true) => {
+                return Err(usage("--kexec-fetch-on-target needs a --kexec URL"))
+            }
+            (source, false) => {
+                let local = kexec::fetch(&source, &kexec::default_cache_dir())
+                    .map_err(|e| usage(e.to_string()))?;
+                let tarball = kexec::inspect(&local).map_err(|e| usage(e.to_string()))?;
+                Some(KexecSpec {
+                    tarball: Some(tarball),
+                    fetch_url: None,
+                    remote_dir: "/root/nixpave-kexec".into(),
+                })
+            }
+        },
         None => None,
     };
     let mut specs = Vec::new();
