@@ -85,8 +85,6 @@ echo nixpave-guest > "$R/etc/hostname"
 printf 'LABEL=nixpave-root / ext4 defaults 0 1\n' > "$R/etc/fstab"
 printf 'PermitRootLogin prohibit-password\nUsePAM no\nPasswordAuthentication no\n' > "$R/etc/ssh/sshd_config.d/nixpave.conf"
 rm -f "$R"/etc/ssh/ssh_host_*   # each VM gets its own (from fw_cfg, else generated at boot)
-# mdadm must not auto-assemble arrays of previous test runs behind the tests' back.
-printf 'AUTO -all\nARRAY <ignore> UUID=00000000:00000000:00000000:00000000\n' > "$R/etc/mdadm/mdadm.conf"
 
 # 4. Test installer: the same root as an in-RAM initramfs, booted by kexec/run.
 log "installer initrd"
@@ -155,6 +153,11 @@ mv "$W/guest.qcow2" "$W/kexec-installer.tar.gz" "$W/vmlinuz" "$OUT/"
 printf '{"kernel": "%s", "packages": "%s", "build_seconds": %d}\n' "$KV" "$PACKAGES" "$((T3-T0))" > "$OUT/manifest.json"
 touch "$OUT/done"
 rm -rf "$W"
+# Older image sets go, unless a running VM still reads its backing disk from one.
+for old in "$CACHE"/images-*; do
+  [ "$old" = "$OUT" ] && continue
+  fuser -s "$old/guest.qcow2" 2>/dev/null || rm -rf "$old"
+done
 log "built $OUT in $((T3-T0))s"
 echo "$OUT"
 }

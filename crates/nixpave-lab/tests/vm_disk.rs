@@ -49,8 +49,9 @@ const LAYOUTS: &[Expect] = &[
     Expect {
         layout: "lvm-thin",
         mounts: &[("/mnt", "ext4")],
-        stack_check: "lvs --noheadings -o lv_name,segtype thinvg | grep -q 'pool *thin-pool' \
-                      && lvs --noheadings -o lv_name,segtype thinvg | grep -q 'root *thin$'",
+        stack_check:
+            "lvs --noheadings -o lv_name,segtype thinvg | grep -q '^ *pool  *thin-pool *$' \
+                      && lvs --noheadings -o lv_name,segtype thinvg | grep -q '^ *root  *thin *$'",
     },
     Expect {
         layout: "mdadm-raid1",
@@ -68,7 +69,7 @@ const LAYOUTS: &[Expect] = &[
             ("/mnt/swap", "btrfs"),
         ],
         stack_check: "btrfs subvolume list /mnt | grep -q '@nix' && test -f /mnt/swap/swapfile \
-                      && findmnt -no OPTIONS /mnt/nix | grep -q compress=zstd",
+                      && findmnt -no OPTIONS /mnt/nix | grep -q noatime",
     },
 ];
 
@@ -101,6 +102,54 @@ fn uuids(vm: &Vm) -> String {
         "blkid -s UUID -o value /dev/vdb* /dev/vdc* /dev/mapper/* /dev/md/* 2>/dev/null | sort",
     )
     .expect("blkid")
+}
+
+/// apply destroy,format,mount → verify → unmount → mount → data still there → format again changes nothing.
+fn check_layout(vm: &Vm, e: &Expect) {
+    apply(vm, e.layout, "destroy,format,mount");
+    let mut expected: Vec<(String, String)> = e
+        .mounts
+        .iter()
+        .map(|(t, f)| (t.to_string(), f.to_string()))
+        .collect();
+    expected.sort();
+    assert_eq!(mounts_under_mnt(vm), expected, "{}: mounts", e.layout);
+    vm.ssh_ok(e.stack_check)
+        .unwrap_or_else(|err| panic!("{}: block-device stack: {err}", e.layout));
+    vm.ssh_ok("echo kept > /mnt/marker && sync")
+        .expect("write marker");
+
+    apply(vm, e.layout, "unmount");
+    assert_eq!(
+        mounts_under_mnt(vm),
+        vec![],
+        "{}: unmount leaves nothing mounted",
+        e.layout
+    );
+    apply(vm, e.layout, "mount");
+    assert_eq!(
+        mounts_under_mnt(vm),
+        expected,
+        "{}: mounted again",
+        e.layout
+    );
+    assert_eq!(vm.ssh_ok("cat /mnt/marker").expect("marker").trim(), "kept");
+
+    let before = uuids(vm);
+    let format_again = apply(vm, e.layout, "format");
+    assert_eq!(
+        uuids(vm),
+        before,
+        "{}: formatting again changes no filesystem\n{format_again}",
+        e.layout
+    );
+    assert_eq!(
+        vm.ssh_ok("cat /mnt/marker").expect("marker").trim(),
+        "kept",
+        "{}: data kept",
+        e.layout
+    );
+    apply(vm, e.layout, "unmount");
 }
 
 #[test]
@@ -138,58 +187,23 @@ fn vm_disk_apply_luks_lvm_thin_mdadm_btrfs_for_real() {
         .expect("upload layout");
     }
 
+    // Each layout runs to the end even when an earlier one failed (destroy clears what it left), so one run
+    // shows every broken layout; the test fails at the end listing them.
+    let mut failures = Vec::new();
     for e in LAYOUTS {
         let t0 = std::time::Instant::now();
-        apply(&vm, e.layout, "destroy,format,mount");
-        let expected: Vec<(String, String)> = e
-            .mounts
-            .iter()
-            .map(|(t, f)| (t.to_string(), f.to_string()))
-            .collect();
-        let mut expected_sorted = expected.clone();
-        expected_sorted.sort();
-        assert_eq!(
-            mounts_under_mnt(&vm),
-            expected_sorted,
-            "{}: mounts",
-            e.layout
-        );
-        vm.ssh_ok(e.stack_check)
-            .unwrap_or_else(|err| panic!("{}: block-device stack: {err}", e.layout));
-        vm.ssh_ok("echo kept > /mnt/marker && sync")
-            .expect("write marker");
-
-        apply(&vm, e.layout, "unmount");
-        assert_eq!(
-            mounts_under_mnt(&vm),
-            vec![],
-            "{}: unmount leaves nothing mounted",
-            e.layout
-        );
-        apply(&vm, e.layout, "mount");
-        assert_eq!(
-            mounts_under_mnt(&vm),
-            expected_sorted,
-            "{}: mounted again",
-            e.layout
-        );
-        assert_eq!(vm.ssh_ok("cat /mnt/marker").expect("marker").trim(), "kept");
-
-        let before = uuids(&vm);
-        apply(&vm, e.layout, "format");
-        assert_eq!(
-            uuids(&vm),
-            before,
-            "{}: formatting again changes nothing",
-            e.layout
-        );
-        assert_eq!(
-            vm.ssh_ok("cat /mnt/marker").expect("marker").trim(),
-            "kept",
-            "{}: data kept",
-            e.layout
-        );
-        apply(&vm, e.layout, "unmount");
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check_layout(&vm, e)));
+        if let Err(panic) = outcome {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            failures.push(format!("{}: {message}", e.layout));
+            // Leave nothing mounted for the next layout's destroy.
+            let _ = vm.ssh("umount -R /mnt; swapoff -a", None);
+        }
         eprintln!(
             "TIMING vm_disk_{}_seconds={:.1}",
             e.layout.replace('-', "_"),
@@ -239,5 +253,10 @@ fn vm_disk_apply_luks_lvm_thin_mdadm_btrfs_for_real() {
     eprintln!(
         "TIMING vm_disk_luks_on_lvm_over_ssh_seconds={:.1}",
         t0.elapsed().as_secs_f64()
+    );
+    assert!(
+        failures.is_empty(),
+        "layouts that failed in the VM:\n{}",
+        failures.join("\n\n")
     );
 }
