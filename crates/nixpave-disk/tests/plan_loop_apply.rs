@@ -28,12 +28,12 @@ struct LoopDisk {
 }
 
 impl LoopDisk {
-    fn new(mib: u64) -> Option<LoopDisk> {
+    fn new(tag: &str, mib: u64) -> Option<LoopDisk> {
         let (root, uid) = sh(&["id", "-u"]);
         if !root || uid.trim() != "0" || !sh(&["losetup", "-f"]).0 {
             return None;
         }
-        let dir = std::env::temp_dir().join(format!("nixpave-plan-loop-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("nixpave-plan-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("root")).ok()?;
         let image = dir.join("disk.img");
         std::fs::File::create(&image)
@@ -69,7 +69,7 @@ fn apply(p: &nixpave_disk::Plan, options: &ApplyOptions) -> ApplyReport {
 
 #[test]
 fn planned_layout_formats_mounts_is_idempotent_and_destroys_on_a_loop_disk() {
-    let Some(disk) = LoopDisk::new(320) else {
+    let Some(disk) = LoopDisk::new("gpt", 320) else {
         eprintln!("skipped: needs root and loop devices");
         return;
     };
@@ -188,4 +188,94 @@ fn planned_layout_formats_mounts_is_idempotent_and_destroys_on_a_loop_disk() {
     apply(&planned(Mode::Destroy), &options);
     let (found, _) = sh(&["blkid", "-p", &disk.dev]);
     assert!(!found, "the disk is blank after destroy");
+}
+
+#[test]
+fn planned_msdos_table_hybrid_mbr_and_tmpfs_work_on_loop_disks() {
+    let (Some(old), Some(hyb)) = (LoopDisk::new("msdos", 400), LoopDisk::new("hybrid", 64)) else {
+        eprintln!("skipped: needs root and loop devices");
+        return;
+    };
+    let name = format!("hy{}", std::process::id());
+    let layout = Layout::from_json(&json!({
+        "disk": {
+            "old": { "type": "disk", "device": old.dev, "content": { "type": "table", "format": "msdos",
+                "partitions": [
+                    { "part-type": "primary", "start": "1MiB", "end": "40MiB", "bootable": true,
+                      "content": { "type": "filesystem", "format": "ext4", "mountpoint": "/" } },
+                    { "part-type": "primary", "fs-type": "linux-swap", "start": "40MiB", "end": "56MiB",
+                      "content": { "type": "swap" } },
+                    { "part-type": "primary", "start": "56MiB", "end": "100%",
+                      "content": { "type": "filesystem", "format": "xfs", "mountpoint": "/srv" } }
+                ] } },
+            name.clone(): { "type": "disk", "device": hyb.dev, "content": { "type": "gpt",
+                "efiGptPartitionFirst": false,
+                "partitions": {
+                    "bios": { "size": "1M", "type": "EF02",
+                              "hybrid": { "mbrPartitionType": "83", "mbrBootableFlag": true } },
+                    "rest": { "size": "100%", "hybrid": {} }
+                } } }
+        },
+        "nodev": { "/tmp": { "fsType": "tmpfs", "mountOptions": [ "size=16M" ] } }
+    }))
+    .expect("layout");
+    let root = old.root();
+    let options = ApplyOptions::new(&root);
+    let plan_options = PlanOptions {
+        root_mountpoint: root.clone(),
+        ..PlanOptions::default()
+    };
+    // format only: mounting would also turn the swap partition on for this machine
+    let format = plan(&layout, Mode::Format, &plan_options).expect("plan");
+    apply(&format, &options);
+
+    let (_, dump) = sh(&["sfdisk", "--dump", &old.dev]);
+    assert!(dump.contains("label: dos"), "{dump}");
+    let p1 = dump
+        .lines()
+        .find(|l| l.starts_with(&format!("{}p1", old.dev)))
+        .expect("p1");
+    assert!(p1.contains("bootable"), "{p1}");
+    let fstype = |dev: &str| {
+        sh(&["blkid", "-o", "value", "-s", "TYPE", dev])
+            .1
+            .trim()
+            .to_string()
+    };
+    assert_eq!(fstype(&format!("{}p1", old.dev)), "ext4");
+    assert_eq!(fstype(&format!("{}p2", old.dev)), "swap");
+    assert_eq!(fstype(&format!("{}p3", old.dev)), "xfs");
+
+    // hybrid MBR: GPT partitions 1 and 2 mirrored into the MBR, protective EE last
+    let (_, mbr) = sh(&["sfdisk", "--label-nested", "dos", "--dump", &hyb.dev]);
+    let entries: Vec<&str> = mbr.lines().filter(|l| l.starts_with(&hyb.dev)).collect();
+    assert_eq!(entries.len(), 3, "{mbr}");
+    assert!(
+        entries[0].contains("type=83") && entries[0].contains("bootable"),
+        "{mbr}"
+    );
+    assert!(entries[2].contains("type=ee"), "{mbr}");
+
+    // mount the tmpfs and the filesystems (no swap plan needed), then unmount
+    let mut mount = plan(&layout, Mode::Mount, &plan_options).expect("plan");
+    mount.operations.retain(|o| o.argv[0] != "swapon");
+    apply(&mount, &options);
+    let (_, mounts) = sh(&["findmnt", "-rn", "-o", "TARGET,FSTYPE", "-R", &root]);
+    assert!(mounts.contains(&format!("{root}/tmp tmpfs")), "{mounts}");
+    assert!(mounts.contains(&format!("{root}/srv xfs")), "{mounts}");
+    let mut unmount = plan(&layout, Mode::Unmount, &plan_options).expect("plan");
+    unmount.operations.retain(|o| o.argv[0] != "swapoff");
+    apply(&unmount, &options);
+    assert!(!sh(&["findmnt", "--mountpoint", &root]).0);
+
+    // formatting again changes nothing
+    let again = apply(&format, &options);
+    assert!(
+        again.commands.iter().all(|c| !c[0].starts_with("mkfs")
+            && c[0] != "mkswap"
+            && !c.contains(&"mkpart".to_string())
+            && !c.contains(&"mklabel".to_string())),
+        "{:?}",
+        again.commands
+    );
 }
