@@ -232,6 +232,8 @@ impl Activation {
                exit {busy}\n\
              fi\n\
              lines=$(wc -l < {log} 2>/dev/null || echo 0)\n\
+             # The transport tags a command's processes to stop them on Ctrl-C: the agent must outlive that.\n\
+             unset NIXPAVE_RUN\n\
              # systemd-run only when systemd is PID 1 in our own mount and network namespaces.\n\
              if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1 \\\n\
                 && [ \"$(readlink /proc/1/ns/mnt)\" = \"$(readlink /proc/self/ns/mnt)\" ] \\\n\

@@ -92,9 +92,10 @@ with_timeout() {
   while kill -0 "$pid" 2>/dev/null; do
     if [ "$ticks" -ge "$limit" ]; then
       log "activation still running after ${ACTIVATE}s: killing it"
-      kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null
+      # A negative pid is the whole process group (dash's kill knows no `--`).
+      kill -TERM "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null
       sleep 1
-      kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null
+      kill -KILL "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null
       wait "$pid" 2>/dev/null
       return 124
     fi

@@ -107,7 +107,9 @@ pub fn run_waves(
         std::thread::scope(|scope| {
             for _ in 0..workers {
                 scope.spawn(|| loop {
-                    if !may_start(failures.load(Ordering::SeqCst), rollout) {
+                    if !may_start(failures.load(Ordering::SeqCst), rollout)
+                        || nixpave_remote::cancel::is_cancelled()
+                    {
                         return;
                     }
                     let slot = next.fetch_add(1, Ordering::SeqCst);
@@ -128,7 +130,8 @@ pub fn run_waves(
             }
         });
         let total = failures.load(Ordering::SeqCst);
-        stop = !continue_after(wave, total - before, total, rollout);
+        stop = !continue_after(wave, total - before, total, rollout)
+            || nixpave_remote::cancel::is_cancelled();
     }
     let reports = reports.into_inner().unwrap_or_default();
     let hosts = reports
@@ -143,8 +146,11 @@ pub fn run_waves(
                     generation: None,
                     path: None,
                     failed_phase: None,
-                    message: "not started: the rollout stopped (max failures or failed canary)"
-                        .into(),
+                    message: if nixpave_remote::cancel::is_cancelled() {
+                        "not started: interrupted".into()
+                    } else {
+                        "not started: the rollout stopped (max failures or failed canary)".into()
+                    },
                     log_tail: Vec::new(),
                 };
                 emit(Event::Finished {

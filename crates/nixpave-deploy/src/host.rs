@@ -418,6 +418,17 @@ fn activate_profile(
         return Ok(record);
     }
 
+    if nixpave_remote::cancel::is_cancelled() {
+        // Interrupted before confirming: leave it unconfirmed, the host rolls back by itself.
+        return Err(StepError::new(
+            Phase::Confirm,
+            format!(
+                "interrupted before confirmation: the host rolls back to the previous generation by \
+                 itself within {} s",
+                a.confirm_timeout
+            ),
+        ));
+    }
     run.phase(Phase::Confirm);
     match conn.run_fresh_login(&a.confirm_argv()) {
         Ok(out) if out.success() => {}
@@ -441,6 +452,16 @@ fn wait_final(
     let deadline = Instant::now() + Duration::from_secs(a.final_timeout() + 30);
     let mut last_error = String::new();
     while Instant::now() < deadline {
+        if nixpave_remote::cancel::is_cancelled() {
+            return Err(StepError::new(
+                Phase::Wait,
+                format!(
+                    "interrupted while waiting for the agent of profile {}; `nixpave status` shows how \
+                     it ended (unconfirmed deploys roll back by themselves)",
+                    profile.name
+                ),
+            ));
+        }
         match t.run(&a.wait_final_argv(), None) {
             Ok(out) => {
                 if let Some(r) = parse_record(&out.stdout_str()).filter(|r| r.is_final()) {

@@ -140,6 +140,16 @@ fn hanging_activation_times_out_and_rolls_back() {
     );
     assert!(t0.elapsed() < Duration::from_secs(20));
     assert_eq!(resolve(&sb.profile()).as_deref(), Some(good.as_str()));
+    // The whole hanging activation was killed, not only its first process.
+    let left = std::process::Command::new("pgrep")
+        .args(["-f", &hang])
+        .output()
+        .expect("pgrep");
+    assert!(
+        left.stdout.is_empty(),
+        "left running: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
 }
 
 /// A connection whose fresh logins fail: what the deployer sees when new ssh logins are broken.

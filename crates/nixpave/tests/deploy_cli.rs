@@ -19,6 +19,11 @@ fn nix_conf(dir: &Path) -> std::path::PathBuf {
 
 /// A flake with nodes host1 and host2 (lab host names) on fixture systems tagged TAG; host2 fails if asked.
 fn write_flake(dir: &Path, tag: &str, host2_fails: bool) {
+    write_flake_with(dir, tag, host2_fails, 0);
+}
+
+/// Like [`write_flake`], with activations that take `delay` seconds.
+fn write_flake_with(dir: &Path, tag: &str, host2_fails: bool, delay: u32) {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../nixpave-deploy/tests/fixtures");
     std::fs::copy(fixtures.join("system.nix"), dir.join("system.nix")).expect("copy fixture");
     std::fs::write(
@@ -26,8 +31,8 @@ fn write_flake(dir: &Path, tag: &str, host2_fails: bool) {
         format!(
             r#"{{ outputs = {{ self }}: {{
   deploy.confirmTimeout = 5;
-  deploy.nodes.host1 = {{ hostname = "host1"; tags = [ "first" ]; profiles.system.path = import ./system.nix {{ tag = "{tag}"; }}; }};
-  deploy.nodes.host2 = {{ hostname = "host2"; profiles.system.path = import ./system.nix {{ tag = "{tag}"; fail = {host2_fails}; }}; }};
+  deploy.nodes.host1 = {{ hostname = "host1"; tags = [ "first" ]; profiles.system.path = import ./system.nix {{ tag = "{tag}"; delay = "{delay}"; }}; }};
+  deploy.nodes.host2 = {{ hostname = "host2"; profiles.system.path = import ./system.nix {{ tag = "{tag}"; fail = {host2_fails}; delay = "{delay}"; }}; }};
 }}; }}"#
         ),
     )
@@ -150,4 +155,74 @@ fn deploy_status_rollback_through_the_cli() {
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
     assert_eq!(rows[0]["profiles"][0]["generation"], 1);
     assert_eq!(rows[0]["profiles"][0]["last"]["reason"], "manual-rollback");
+}
+
+#[test]
+fn ctrl_c_before_confirmation_leaves_the_hosts_to_roll_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env = Env {
+        lab: Lab::up(2).expect("lab up"),
+        conf: nix_conf(dir.path()),
+        dir,
+    };
+    let lab = env.lab.name().to_string();
+    let flake = env.flake();
+    let tag = format!("int-{}", std::process::id());
+    write_flake(env.dir.path(), &format!("{tag}-a"), false);
+    let out = env.nixpave(&["deploy", &flake, "--lab", &lab]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // Activations take 3 s; Ctrl-C arrives while they run.
+    write_flake_with(env.dir.path(), &format!("{tag}-b"), false, 3);
+    let child = Command::new(env!("CARGO_BIN_EXE_nixpave"))
+        .args(["deploy", &flake, "--lab", &lab])
+        .env("NIXPAVE_LAB_DIR", env.lab.base_dir())
+        .env("NIX_CONF_DIR", &env.conf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("nixpave runs");
+    let state = |h: &nixpave_lab::testing::LabHost| {
+        let out = h
+            .run_inside(&["cat", "/nix/var/nixpave/deploy/system.json"])
+            .expect("nsenter");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !env
+        .lab
+        .hosts()
+        .iter()
+        .all(|h| state(h).contains("\"state\":\"activating\""))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "activation never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let out = child.wait_with_output().expect("nixpave exits");
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    // Nobody confirmed: both hosts go back to generation 1 by themselves.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    for h in env.lab.hosts() {
+        while !state(h).contains("\"state\":\"rolled-back\"") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}: {}",
+                h.name(),
+                state(h)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        assert!(
+            state(h).contains("\"reason\":\"no-confirmation\""),
+            "{}",
+            state(h)
+        );
+    }
 }

@@ -291,10 +291,16 @@ pub fn run(args: DeployArgs) -> miette::Result<ExitCode> {
         print_plan(&fleet.inventory, &rollout, &opts, args.fleet.json)?;
         return Ok(exit::code(exit::OK));
     }
+    if let Err(e) = nixpave_remote::cancel::install_signal_handlers() {
+        tracing::warn!("cannot install the Ctrl-C handler: {e}");
+    }
     let renderer = Renderer::new(args.fleet.json, hosts.iter().map(|h| h.name.clone()));
     let sink = |e: Event| renderer.event(e);
     let report = nixpave_deploy::deploy_fleet(hosts, &fleet.connector, &opts, &rollout, &sink);
     renderer.finish(&report, |h| h.outcome.is_success())?;
+    if nixpave_remote::cancel::is_cancelled() {
+        return Ok(exit::code(exit::INTERRUPTED));
+    }
     Ok(exit::code(fleet_exit(&report)))
 }
 
@@ -346,6 +352,17 @@ fn print_plan(
                     p.name,
                     p.profile_path,
                     p.path.out_path()
+                );
+            }
+            for (name, key) in &host.keys {
+                println!(
+                    "  {:<16} key      {} ({} {}:{}, {:?})",
+                    host.name,
+                    key.dest(name).display(),
+                    key.permissions.as_deref().unwrap_or("0600"),
+                    key.user.as_deref().unwrap_or("root"),
+                    key.group.as_deref().unwrap_or("root"),
+                    key.upload_at
                 );
             }
         }
