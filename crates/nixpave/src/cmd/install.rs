@@ -26,8 +26,8 @@ use crate::exit;
 #[derive(Debug, clap::Args)]
 pub struct InstallArgs {
     /// The node(s) to install: `nixosConfigurations` names; several (comma-separated) install in parallel.
-    #[arg(value_delimiter = ',', required = true, num_args = 1)]
-    nodes: Vec<String>,
+    #[arg(value_name = "NODE[,NODE…]")]
+    nodes: String,
     /// The flake holding the nodes' configurations.
     #[arg(default_value = ".")]
     flake: String,
@@ -409,7 +409,17 @@ fn run_inner(args: InstallArgs) -> Result<u8, Failure> {
             )));
         }
     }
-    let targets = targets_for(&args.nodes, &args.target)?;
+    let nodes: Vec<String> = args
+        .nodes
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(String::from)
+        .collect();
+    if nodes.is_empty() {
+        return Err(usage("no node named"));
+    }
+    let targets = targets_for(&nodes, &args.target)?;
     let kexec_spec = match &args.kexec {
         Some(src) => match (KexecSource::parse(src), args.kexec_fetch_on_target) {
             (KexecSource::Url(url), true) => Some(KexecSpec {
@@ -434,7 +444,7 @@ fn run_inner(args: InstallArgs) -> Result<u8, Failure> {
         None => None,
     };
     let mut specs = Vec::new();
-    for (node, target) in args.nodes.iter().zip(targets) {
+    for (node, target) in nodes.iter().zip(targets) {
         specs.push(prepare(&args, node, target, kexec_spec.as_ref())?.spec);
     }
     let printer = Printer {
@@ -583,7 +593,7 @@ mod tests {
         ])
         .ok()
         .unwrap();
-        assert_eq!(cli.args.nodes, vec!["web1", "web2"]);
+        assert_eq!(cli.args.nodes, "web1,web2");
         assert_eq!(cli.args.flake, "path:/f");
         assert_eq!(cli.args.phases.to_string(), "disk,install");
         assert_eq!(
