@@ -228,3 +228,24 @@ fn hooks_run_in_bash_and_see_their_device_like_in_disko() {
         .expect("bash");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "creating /dev/vda\n");
 }
+
+#[test]
+fn bind_mounts_take_their_source_from_under_the_root() {
+    let v = json!({ "nodev": { "/var/log": { "type": "nodev", "fsType": "none",
+        "device": "/persist/log", "mountOptions": [ "bind" ] } } });
+    let p = plan_of(v, Mode::Mount);
+    assert_eq!(
+        p.operations[0].argv,
+        [
+            "mount",
+            "-t",
+            "none",
+            "/mnt/persist/log",
+            "/mnt/var/log",
+            "-o",
+            "bind",
+            "-o",
+            "X-mount.mkdir"
+        ]
+    );
+}

@@ -404,9 +404,16 @@ pub(crate) fn zpool(pool: &Zpool, ctx: &Ctx, dir: Dir) -> Steps {
 /// Steps of a nodev mount (tmpfs and friends).
 pub(crate) fn nodev(n: &Nodev, ctx: &Ctx, dir: Dir) -> Steps {
     let t = target(&ctx.root, &n.mountpoint);
+    // a bind mount's source is a path of the target system, so it lives under the root too
+    let bind = n.mount_options.iter().any(|o| o == "bind" || o == "rbind");
+    let source = if bind && n.device.starts_with('/') {
+        target(&ctx.root, &n.device)
+    } else {
+        n.device.clone()
+    };
     let o = match dir {
         Dir::Mount => {
-            let mut a = argv!["mount", "-t", &n.fs_type, &n.device, &t];
+            let mut a = argv!["mount", "-t", &n.fs_type, &source, &t];
             a.extend(mount_opts(&n.mount_options));
             a.extend(argv!["-o", "X-mount.mkdir"]);
             op(
