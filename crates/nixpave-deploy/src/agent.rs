@@ -83,6 +83,8 @@ pub struct Activation {
     pub temp_path: String,
     /// Unique id of this deploy (alphanumeric).
     pub id: String,
+    /// User the activation runs as (deploy-rs `user`).
+    pub user: String,
 }
 
 impl Activation {
@@ -101,6 +103,7 @@ impl Activation {
             state_dir: s.state_dir.clone(),
             temp_path: s.temp_path.clone(),
             id: id.to_string(),
+            user: s.user.clone(),
         }
     }
 
@@ -138,6 +141,8 @@ impl Activation {
             &self.state_dir,
             "-i",
             &self.id,
+            "-u",
+            &self.user,
         ]
         .iter()
         .map(|s| s.to_string())
@@ -288,7 +293,7 @@ pub fn manual_rollback_script(a: &Activation) -> String {
     let agent = shell_quote(&a.agent_path());
     format!(
         "set -e\numask 077\nmkdir -p {temp}\ncat > {agent}.$$ && mv -f {agent}.$$ {agent}\n\
-         exec sh {agent} rollback -n {name} -p {profile} -g {goal} -a {act} -d {state} -i {id}\n",
+         exec sh {agent} rollback -n {name} -p {profile} -g {goal} -a {act} -d {state} -i {id} -u {user}\n",
         temp = shell_quote(&a.temp_path),
         name = shell_quote(&a.name),
         profile = shell_quote(&a.profile_path),
@@ -296,6 +301,7 @@ pub fn manual_rollback_script(a: &Activation) -> String {
         act = a.activation_timeout,
         state = shell_quote(&a.state_dir),
         id = shell_quote(&a.id),
+        user = shell_quote(&a.user),
     )
 }
 
@@ -332,6 +338,7 @@ mod tests {
             state_dir: "/var/lib/nixpave/deploy".into(),
             temp_path: "/tmp".into(),
             id: "42".into(),
+            user: "root".into(),
         }
     }
 
@@ -370,6 +377,8 @@ mod tests {
             "/var/lib/nixpave/deploy",
             "-i",
             "42",
+            "-u",
+            "root",
         ]
         .iter()
         .map(|s| s.to_string())

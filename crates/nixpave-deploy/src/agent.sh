@@ -15,13 +15,13 @@ set -u
 MODE=${1:-}
 [ $# -gt 0 ] && shift
 NAME=system PROFILE= STOREPATH= GOAL=switch CONFIRM=30 ACTIVATE=240 MAGIC=1 AUTO=1 STATEDIR=/var/lib/nixpave/deploy
-ID= WAITFOR=final TIMEOUT=300 FOLLOW=
-while getopts n:p:s:g:c:a:m:r:d:i:w:t:l: opt; do
+ID= WAITFOR=final TIMEOUT=300 FOLLOW= RUNAS= AS=
+while getopts n:p:s:g:c:a:m:r:d:i:w:t:l:u: opt; do
   case $opt in
     n) NAME=$OPTARG ;; p) PROFILE=$OPTARG ;; s) STOREPATH=$OPTARG ;; g) GOAL=$OPTARG ;;
     c) CONFIRM=$OPTARG ;; a) ACTIVATE=$OPTARG ;; m) MAGIC=$OPTARG ;; r) AUTO=$OPTARG ;;
     d) STATEDIR=$OPTARG ;; i) ID=$OPTARG ;; w) WAITFOR=$OPTARG ;; t) TIMEOUT=$OPTARG ;;
-    l) FOLLOW=$OPTARG ;;
+    l) FOLLOW=$OPTARG ;; u) RUNAS=$OPTARG ;;
     *) echo "nixpave-agent: bad option" >&2; exit 2 ;;
   esac
 done
@@ -70,13 +70,13 @@ status() {
 # Activates store path $1 for goal $2 according to what it contains.
 activate() {
   if [ -x "$1/bin/switch-to-configuration" ]; then
-    "$1/bin/switch-to-configuration" "$2"
+    $AS "$1/bin/switch-to-configuration" "$2"
   elif [ -x "$1/deploy-rs-activate" ]; then
     [ "$2" = dry-activate ] && { log "deploy-rs-activate has no dry-activate; skipped"; return 0; }
-    PROFILE=$PROFILE "$1/deploy-rs-activate"
+    $AS env PROFILE="$PROFILE" "$1/deploy-rs-activate"
   elif [ -x "$1/activate" ]; then
     [ "$2" = dry-activate ] && { log "activate has no dry-activate; skipped"; return 0; }
-    PROFILE=$PROFILE "$1/activate"
+    $AS env PROFILE="$PROFILE" "$1/activate"
   else
     log "$1 has no bin/switch-to-configuration, deploy-rs-activate or activate: nothing to run"
   fi
@@ -85,7 +85,7 @@ activate() {
 # Activates store path $1 for goal $2 in its own session (this script's `activate` mode), killing the whole
 # process group after $ACTIVATE seconds (exit 124).
 with_timeout() {
-  set -- sh "$0" activate -p "$PROFILE" -s "$1" -g "$2"
+  set -- sh "$0" activate -p "$PROFILE" -s "$1" -g "$2" -u "$RUNAS"
   if command -v setsid >/dev/null 2>&1; then setsid "$@" & else "$@" & fi
   pid=$!
   ticks=0 limit=$((ACTIVATE * 5))
@@ -259,6 +259,14 @@ case $MODE in
   run) do_run ;;
   wait) do_wait ;;
   rollback) do_rollback ;;
-  activate) activate "$STOREPATH" "$GOAL" ;;
+  activate)
+    # deploy-rs's `user`: the profile's activation runs as its owner (the agent itself stays root).
+    if [ -n "$RUNAS" ] && [ "$RUNAS" != "$(id -un)" ]; then
+      if command -v runuser >/dev/null 2>&1; then AS="runuser -u $RUNAS --"
+      elif command -v sudo >/dev/null 2>&1; then AS="sudo -n -u $RUNAS --"
+      else log "cannot run the activation as $RUNAS: neither runuser nor sudo is available"; exit 1
+      fi
+    fi
+    activate "$STOREPATH" "$GOAL" ;;
   *) echo "usage: agent.sh run|wait|rollback [options]" >&2; exit 2 ;;
 esac

@@ -318,3 +318,15 @@ fn a_running_deploy_of_the_same_profile_is_not_disturbed() {
     assert_eq!(report.outcome, Outcome::Deployed, "{report:?}");
     assert!(!lock.exists(), "lock released");
 }
+
+#[test]
+fn a_profile_of_another_user_is_activated_as_that_user() {
+    let sb = Sandbox::new();
+    let p = build_system(&[("tag", &unique("user")), ("kind", "activate")]);
+    let mut host = sb.host(&p, serde_json::json!({}));
+    host.profiles[0].settings.user = "nobody".into();
+    let report = deploy(&host, Goal::Switch);
+    assert_eq!(report.outcome, Outcome::Deployed, "{report:?}");
+    let log = std::fs::read_to_string(sb.dir.path().join("state/system.log")).expect("log");
+    assert!(log.contains("switch (as nobody)"), "{log}");
+}
