@@ -186,6 +186,13 @@ impl Facts {
 /// Probes the machine: `lsblk`, `blkid -p` on every device, `/proc/self/mountinfo`, `/proc/swaps`.
 /// Read-only.
 pub fn probe(transport: &dyn Transport) -> Result<Facts, ApplyError> {
+    probe_scoped(transport, &[])
+}
+
+/// Like [`probe`], but runs `blkid` only on the devices of the top-level disks named in `scope`
+/// (kernel names; all devices when empty): opening other disks' devices is slow on big hosts
+/// and briefly keeps their partitions busy for whoever is re-partitioning them.
+pub fn probe_scoped(transport: &dyn Transport, scope: &[String]) -> Result<Facts, ApplyError> {
     let lsblk = run_probe(
         transport,
         &[
@@ -213,6 +220,7 @@ pub fn probe(transport: &dyn Transport) -> Result<Facts, ApplyError> {
     })?;
     let mut paths: Vec<String> = devices
         .iter()
+        .filter(|d| scope.is_empty() || scope.contains(&d.kname))
         .flat_map(|d| d.walk())
         .filter(|d| d.kind != "rom")
         .map(|d| d.path.clone())
@@ -232,7 +240,9 @@ pub fn probe(transport: &dyn Transport) -> Result<Facts, ApplyError> {
         let out = transport.run(&argv, None)?;
         let infos = parse_blkid_export(&out.stdout_str());
         for device in &mut devices {
-            merge_blkid(device, &infos);
+            if scope.is_empty() || scope.contains(&device.kname) {
+                merge_blkid(device, &infos);
+            }
         }
     }
     let mountinfo = transport.read_file(Path::new("/proc/self/mountinfo"))?;

@@ -117,6 +117,13 @@ fn describe(entries: &[PartEntry]) -> String {
 /// Makes the kernel's partitions of `disk` match its on-disk table, waiting at most `timeout`.
 pub fn reread(session: &mut Session<'_>, disk: &str, timeout: Duration) -> Result<(), ApplyError> {
     let started = Instant::now();
+    // `/dev/md/NAME` and other symlinks: the kernel's view knows the real node only.
+    let real = session
+        .probe_cmd(&["readlink", "-e", disk])?
+        .filter(|o| o.success())
+        .map(|o| o.stdout_str().trim().to_string())
+        .filter(|p| !p.is_empty());
+    let disk = real.as_deref().unwrap_or(disk);
     // partprobe fails on busy disks and does nothing on unscanned loop devices: partx follows.
     let _ = session.probe_cmd(&["partprobe", disk])?;
     let mut last_fix: Option<Instant> = None;

@@ -34,7 +34,7 @@ impl<'a> Session<'a> {
     /// Current facts, probing when the cache is empty.
     pub fn facts(&mut self) -> Result<&Facts, ApplyError> {
         if self.facts.is_none() {
-            self.facts = Some(facts::probe(self.transport)?);
+            self.facts = Some(facts::probe_scoped(self.transport, &self.scope)?);
         }
         // The cache was filled just above.
         self.facts.as_ref().ok_or_else(|| ApplyError::Probe {
@@ -52,15 +52,15 @@ impl<'a> Session<'a> {
 
     /// Resolves a path against current facts within the plan's scope.
     ///
-    /// When the kernel's view has no answer (a `by-path` link, a `by-id` form we do not derive)
-    /// but udev made the link, the link's target is used.
+    /// When the kernel's view has no answer (a `by-path` link, a `by-id` form we do not derive,
+    /// `/dev/md/NAME`, `/dev/VG/LV`) but the path is a symlink to a device, its target is used.
     pub fn resolve(&mut self, path: &str) -> Result<Resolution, ApplyError> {
         let scope = self.scope.clone();
         let resolution = resolve::resolve(path, self.facts()?, &scope);
         if matches!(
             resolution,
             Resolution::Node(_) | Resolution::Ambiguous { .. }
-        ) || !resolve::is_udev_path(path)
+        ) || !path.starts_with("/dev/")
         {
             return Ok(resolution);
         }
