@@ -513,6 +513,11 @@ fn last_deploy_lines(log: &str, max: usize) -> Vec<String> {
     lines[from..].iter().map(|l| l.to_string()).collect()
 }
 
+/// Exits 3 when the session runs in another mount namespace than PID 1: a container or lab host sharing the
+/// machine's kernel, where rebooting would reboot that machine.
+const REBOOT_GUARD: &str = "if [ \"$(readlink /proc/1/ns/mnt)\" != \"$(readlink /proc/self/ns/mnt)\" ]; then \
+     echo 'this host shares its kernel with the machine it runs on (container or lab host)' >&2; exit 3; fi";
+
 fn reboot_and_verify(
     run: &Run<'_>,
     t: &dyn Transport,
@@ -521,15 +526,27 @@ fn reboot_and_verify(
     opts: &DeployOptions,
 ) -> Result<(), StepError> {
     run.phase(Phase::Reboot);
-    // Detached so the command's own connection dropping is not an error.
-    let _ = t.run(
-        &[
-            "sh".into(),
-            "-c".into(),
-            "(sleep 1; systemctl reboot || reboot) </dev/null >/dev/null 2>&1 &".into(),
-        ],
-        None,
-    );
+    // Detached so the command's own connection dropping is not an error. A "host" whose session is not in
+    // PID 1's mount namespace is a container or lab host sharing a kernel: rebooting would reboot that kernel.
+    let out = t
+        .run(
+            &[
+                "sh".into(),
+                "-c".into(),
+                format!("{REBOOT_GUARD}; (sleep 1; systemctl reboot || reboot) </dev/null >/dev/null 2>&1 &"),
+            ],
+            None,
+        )
+        .map_err(transport_err(Phase::Reboot))?;
+    if out.status == Some(3) {
+        return Err(StepError::new(
+            Phase::Reboot,
+            format!(
+                "refused to reboot: {} (the new system is active)",
+                out.stderr_tail(1)
+            ),
+        ));
+    }
     let deadline = Instant::now() + opts.reboot_timeout;
     std::thread::sleep(Duration::from_secs(3));
     while Instant::now() < deadline {
@@ -631,6 +648,17 @@ pub fn rollback_host(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reboot_guard_refuses_inside_another_mount_namespace() {
+        // Only the guard runs here, never the reboot.
+        let out = std::process::Command::new("unshare")
+            .args(["--mount", "sh", "-c", REBOOT_GUARD])
+            .output()
+            .expect("unshare");
+        assert_eq!(out.status.code(), Some(3));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("shares its kernel"));
+    }
 
     #[test]
     fn log_tail_starts_at_the_last_run() {
