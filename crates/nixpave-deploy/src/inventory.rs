@@ -321,3 +321,56 @@ in (builtins.removeAttrs deploy [ "nodes" ]) // {{
 }}"#
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fleet() -> serde_json::Value {
+        serde_json::json!({
+            "sshUser": "deploy",
+            "confirmTimeout": 20,
+            "sshOpts": ["-o", "ConnectTimeout=5"],
+            "rollout": { "batch": "50%", "maxFailures": 1 },
+            "nodes": {
+                "web1": {
+                    "hostname": "10.0.0.1",
+                    "tags": ["web"],
+                    "sshOpts": ["-p", "2222"],
+                    "profilesOrder": ["system"],
+                    "profiles": {
+                        "app": { "path": "/nix/store/aaa-app", "user": "app", "magicRollback": false },
+                        "system": { "path": { "drv": "/nix/store/sss.drv", "out": "/nix/store/sss-system" },
+                                    "confirmTimeout": 5 }
+                    },
+                    "healthChecks": [ { "type": "http", "url": "http://10.0.0.1/health", "body": "ok" } ],
+                    "keys": { "token": { "text": "never-in-a-snapshot", "permissions": "0640" } }
+                },
+                "db1": { "hostname": "db1.example", "tags": ["db"],
+                         "profiles": { "system": { "path": "/nix/store/ddd-db", "profilePath": "/nix/var/nix/profiles/custom" } } }
+            }
+        })
+    }
+
+    #[test]
+    fn resolves_the_deploy_rs_schema() {
+        let inv = Inventory::from_json(fleet(), &Selection::default()).expect("valid");
+        insta::assert_json_snapshot!(inv.hosts);
+        assert_eq!(inv.rollout.max_failures, Some(1));
+    }
+
+    #[test]
+    fn rejects_what_deploy_rs_would_reject() {
+        let no_host =
+            serde_json::json!({"nodes": {"a": {"profiles": {"system": {"path": "/nix/store/x"}}}}});
+        let e = Inventory::from_json(no_host, &Selection::default()).unwrap_err();
+        assert_eq!(e.to_string(), "node `a`: has no `hostname`");
+        let bad_order = serde_json::json!({"nodes": {"a": {"hostname": "h", "profilesOrder": ["nope"],
+            "profiles": {"system": {"path": "/nix/store/x"}}}}});
+        let e = Inventory::from_json(bad_order, &Selection::default()).unwrap_err();
+        assert!(e.to_string().contains("unknown profile `nope`"), "{e}");
+        let quote = serde_json::json!({"nodes": {"a": {"hostname": "h",
+            "profiles": {"system": {"path": "/nix/store/x", "profilePath": "/a\"b"}}}}});
+        assert!(Inventory::from_json(quote, &Selection::default()).is_err());
+    }
+}
