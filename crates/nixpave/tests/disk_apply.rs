@@ -543,8 +543,24 @@ fn disk_apply_runs_a_saved_plan() {
     assert!(plan.status.success(), "{}", text(&plan));
     let plan_file = scratch.dir.join("plan.json");
     std::fs::write(&plan_file, &plan.stdout).expect("save plan");
-    let out = apply(&["--plan", plan_file.to_str().expect("utf-8")]);
+    let plan_path = plan_file.to_str().expect("utf-8");
+    let out = apply(&["--plan", plan_path, "--mode", "destroy"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(is_blank(&disk));
+    let out = apply(&["--plan", plan_path, "--json"]);
     assert!(out.status.success(), "{}", text(&out));
+    let first: serde_json::Value = serde_json::from_str(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or_default(),
+    )
+    .expect("json preflight line");
+    assert_eq!(first["event"], "preflight");
+    assert_eq!(first["preflight"]["disks"][0]["path"], disk.as_str());
+    assert!(ran_commands(&out)
+        .iter()
+        .any(|c| c.starts_with("mkfs.ext4")));
     assert_eq!(fstype(&format!("{disk}p1")), "ext4");
     assert!(mounted_source(&root).is_none(), "format only");
 }

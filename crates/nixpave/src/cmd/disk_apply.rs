@@ -22,9 +22,10 @@ pub struct ApplyArgs {
     /// Layout file (.nix or .json). Not needed with --flake or --plan.
     #[arg(required_unless_present_any = ["flake", "plan"])]
     config: Option<PathBuf>,
-    /// What to do: format, mount, unmount, destroy, format,mount, destroy,format,mount.
-    #[arg(long, short, default_value = "format,mount")]
-    mode: Mode,
+    /// What to do: format, mount, unmount, destroy, format,mount, destroy,format,mount
+    /// [default: format,mount; with --plan: the plan's mode].
+    #[arg(long, short)]
+    mode: Option<Mode>,
     /// Read the layout from a flake: REF#NAME (diskoConfigurations.NAME or
     /// nixosConfigurations.NAME.config.disko.devices).
     #[arg(long, conflicts_with_all = ["config", "plan"])]
@@ -146,6 +147,11 @@ fn apply(args: &ApplyArgs) -> Result<(), Failure> {
             ""
         }
     );
+    if args.json {
+        // Machine consumers get the preflight (disks to wipe, deactivation steps) first.
+        let event = serde_json::json!({ "event": "preflight", "preflight": &preflight });
+        println!("{event}");
+    }
     let mut confirmed = args.yes_wipe_all_disks;
     if preflight.wipes {
         eprint!("{}", preflight.render_wipe_summary());
@@ -220,6 +226,13 @@ fn make_plan(args: &ApplyArgs, transport: &dyn Transport) -> Result<Planned, Fai
             .map_err(|e| Failure::usage(format!("cannot read {}: {e}", path.display())))?;
         let plan: Plan = serde_json::from_str(&text)
             .map_err(|e| Failure::usage(format!("{} is not a plan: {e}", path.display())))?;
+        if let Some(mode) = args.mode.filter(|m| *m != plan.mode) {
+            return Err(Failure::usage(format!(
+                "--mode {mode} but {} is a `{}` plan; drop --mode or plan again",
+                path.display(),
+                plan.mode
+            )));
+        }
         return Ok(Planned {
             plan,
             disks: Vec::new(),
@@ -273,11 +286,12 @@ fn make_plan(args: &ApplyArgs, transport: &dyn Transport) -> Result<Planned, Fai
         root_mountpoint: args.root_mountpoint.clone(),
         disk_sizes,
     };
-    let plan = nixpave_disk::plan(&layout, args.mode, &plan_options).map_err(Failure::usage)?;
+    let mode = args.mode.unwrap_or(Mode::FormatMount);
+    let plan = nixpave_disk::plan(&layout, mode, &plan_options).map_err(Failure::usage)?;
     let disks = layout
         .disks()
         .into_iter()
-        .filter(|d| d.destroy || !args.mode.destroys())
+        .filter(|d| d.destroy || !mode.destroys())
         .map(|d| d.device)
         .collect();
     // A destroy plan turns no swap off by itself; the layout's own swap is not the host's.
