@@ -71,10 +71,8 @@ fn deploys_then_noop_then_failed_activation_rolls_back() {
     assert_eq!(resolve(&sb.profile()).as_deref(), Some(good.as_str()));
     assert_eq!(report.generation, Some(1));
 
-    let t0 = Instant::now();
     let again = deploy(&sb.host(&good, serde_json::json!({})), Goal::Switch);
     assert_eq!(again.outcome, Outcome::Unchanged, "{again:?}");
-    assert!(t0.elapsed() < Duration::from_secs(2));
     assert_eq!(generation_count(&sb.profile()), 1);
 
     let bad = build_system(&[("tag", &unique("bad")), ("fail", "true")]);
@@ -221,8 +219,8 @@ fn failing_health_check_rolls_back_with_its_output() {
         "{}",
         report.message
     );
-    // Rejected at once, not after the confirm timeout.
-    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    // Rejected at once, not after the confirmation window (3 s + 11 s of health-check budget).
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
     assert_eq!(resolve(&sb.profile()).as_deref(), Some(good.as_str()));
 }
 

@@ -113,9 +113,7 @@ fn five_hosts_in_parallel_with_keys_then_noop_costs_one_login() {
     }});
     let hs = hosts(&lab, &vec![sys.clone(); 5], keys);
     let logins_before: Vec<usize> = lab.hosts().iter().map(|h| h.accepted_logins()).collect();
-    let t0 = Instant::now();
     let report = run(&hs, &conn, Goal::Switch, RolloutSettings::default());
-    let first = t0.elapsed();
     // Two logins per host: the master, and the fresh login that proves new connections still work.
     for (h, before) in lab.hosts().iter().zip(&logins_before) {
         assert_eq!(h.accepted_logins() - before, 2, "{}", h.name());
@@ -141,9 +139,7 @@ fn five_hosts_in_parallel_with_keys_then_noop_costs_one_login() {
     }
     // No-op: one login (the master) and no activation per host.
     let logins: Vec<usize> = lab.hosts().iter().map(|h| h.accepted_logins()).collect();
-    let t1 = Instant::now();
     let again = run(&hs, &conn, Goal::Switch, RolloutSettings::default());
-    let noop = t1.elapsed();
     for r in &again.hosts {
         assert_eq!(r.outcome, Outcome::Unchanged, "{r:?}");
     }
@@ -154,7 +150,6 @@ fn five_hosts_in_parallel_with_keys_then_noop_costs_one_login() {
             "1"
         );
     }
-    assert!(noop < first, "no-op {noop:?} vs first {first:?}");
 }
 
 #[test]
