@@ -223,7 +223,15 @@ impl Inventory {
                     .profile_path
                     .clone()
                     .unwrap_or_else(|| default_profile_path(&pname, &settings.user));
-                for (what, word) in [("profile name", &pname), ("profilePath", &profile_path)] {
+                let out_path = path.out_path().to_string();
+                for (what, word) in [
+                    ("profile name", &pname),
+                    ("profilePath", &profile_path),
+                    ("path", &out_path),
+                    ("user", &settings.user),
+                    ("stateDir", &settings.state_dir),
+                    ("tempPath", &settings.temp_path),
+                ] {
                     if !safe_word(word) {
                         return Err(node_err(format!(
                             "{what} `{word}` has unsupported characters"
@@ -372,5 +380,9 @@ mod tests {
         let quote = serde_json::json!({"nodes": {"a": {"hostname": "h",
             "profiles": {"system": {"path": "/nix/store/x", "profilePath": "/a\"b"}}}}});
         assert!(Inventory::from_json(quote, &Selection::default()).is_err());
+        let spaced_user = serde_json::json!({"nodes": {"a": {"hostname": "h", "user": "a b",
+            "profiles": {"system": {"path": "/nix/store/x"}}}}});
+        let e = Inventory::from_json(spaced_user, &Selection::default()).unwrap_err();
+        assert!(e.to_string().contains("unsupported characters"), "{e}");
     }
 }
