@@ -429,7 +429,10 @@ impl Ctx<'_, '_> {
         spec.session.reset();
         self.progress(
             Phase::Kexec,
-            "old system gone; waiting for the installer's ssh",
+            format!(
+                "old system gone {:.1} s after kexec/run started; waiting for the installer's ssh",
+                start.elapsed().as_secs_f64()
+            ),
         );
         let up = self.wait_ssh(Phase::Kexec, true, spec.timeouts.kexec_up)?;
         spec.session.reset();
