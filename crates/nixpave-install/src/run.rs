@@ -517,7 +517,12 @@ impl Ctx<'_, '_> {
                     Phase::Install,
                     format!("copying {} into {}", spec.toplevel, copy.store_url),
                 );
+                let started = Instant::now();
                 steps::copy_closure(&copy, &spec.toplevel).map_err(|e| e.to_string())?;
+                self.progress(
+                    Phase::Install,
+                    format!("closure copied in {:.1} s", started.elapsed().as_secs_f64()),
+                );
             }
             Some(drv) => {
                 self.progress(
