@@ -64,12 +64,25 @@ fn swaps() -> String {
 
 const SECTORS_PER_MIB: u64 = 2048;
 
+/// Held by tests that mount loop partitions, and by the lab test while it creates its host: a
+/// new mount namespace (the lab host's `unshare --mount`) copies every mount that exists at that
+/// moment and keeps those filesystems busy after the test unmounts them, so the partitions could
+/// not be deleted when the disk is wiped.
+static MOUNT_NAMESPACES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn mounts_lock() -> std::sync::MutexGuard<'static, ()> {
+    MOUNT_NAMESPACES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 #[test]
 fn disk_apply_gpt_btrfs_xfs_swap_tmpfs_end_to_end() {
     if !support::loop_devices_available() {
         eprintln!("skipped: needs root and loop devices");
         return;
     }
+    let _mounts = mounts_lock();
     let mut scratch = Scratch::new("cli-gpt");
     let disk = scratch.disk(1024);
     let root = scratch.root();
@@ -251,6 +264,7 @@ fn disk_apply_msdos_table_and_hybrid_mbr() {
         eprintln!("skipped: needs root and loop devices");
         return;
     }
+    let _mounts = mounts_lock();
     let mut scratch = Scratch::new("cli-msdos");
     let disk = scratch.disk(256);
     let root = scratch.root();
@@ -365,6 +379,7 @@ fn disk_apply_dry_run_leaves_the_disk_unchanged() {
         eprintln!("skipped: needs root and loop devices");
         return;
     }
+    let _mounts = mounts_lock();
     let mut scratch = Scratch::new("cli-dry");
     let disk = scratch.disk(128);
     let root = scratch.root();
@@ -427,6 +442,7 @@ fn disk_apply_refuses_unsafe_disks_and_bad_input() {
         eprintln!("skipped: needs root and loop devices");
         return;
     }
+    let _mounts = mounts_lock();
     let mut scratch = Scratch::new("cli-refuse");
     let disk = scratch.disk(128);
     let root = scratch.root();
@@ -571,13 +587,16 @@ fn disk_apply_over_ssh_to_a_lab_host() {
         eprintln!("skipped: needs root and loop devices");
         return;
     }
-    let lab = nixpave_lab::testing::Lab::with(nixpave_lab::testing::LabOptions {
-        hosts: 1,
-        disks: 1,
-        disk_size: 128 << 20,
-        ..Default::default()
-    })
-    .expect("lab up");
+    let lab = {
+        let _mounts = mounts_lock();
+        nixpave_lab::testing::Lab::with(nixpave_lab::testing::LabOptions {
+            hosts: 1,
+            disks: 1,
+            disk_size: 128 << 20,
+            ..Default::default()
+        })
+        .expect("lab up")
+    };
     let host = lab.host(0);
     let disk = host.disks()[0].clone();
     let scratch = Scratch::new("cli-ssh");

@@ -147,8 +147,9 @@ pub enum ApplyError {
     /// After a partition-table change the kernel did not show the expected partitions in time.
     #[error(
         "{host}: the kernel did not pick up the new partition table of {disk} within {seconds} s \
-         (on disk: {expected}; kernel: {kernel}). A partition may be in use; run `partx -u {disk}` \
-         or reboot, then run the same command again"
+         (on disk: {expected}; kernel: {kernel}). A partition is probably still in use (mounted, \
+         also in another mount namespace, an active swap, or held open); free it and run \
+         `partx -u {disk}`, or reboot, then run the same command again"
     )]
     Rescan {
         /// Host.

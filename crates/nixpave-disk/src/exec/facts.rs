@@ -18,6 +18,10 @@ use super::run_probe;
 const LSBLK_COLUMNS: &str =
     "NAME,KNAME,PATH,SIZE,TYPE,MODEL,SERIAL,WWN,TRAN,MOUNTPOINTS,START,PKNAME,RO,FSTYPE,LABEL,UUID,PARTLABEL,PARTUUID,PARTTYPE,PTTYPE";
 
+/// The same for util-linux before 2.37 (no MOUNTPOINTS, no START: read from sysfs then).
+const LSBLK_COLUMNS_OLD: &str =
+    "NAME,KNAME,PATH,SIZE,TYPE,MODEL,SERIAL,WWN,TRAN,MOUNTPOINT,PKNAME,RO,FSTYPE,LABEL,UUID,PARTLABEL,PARTUUID,PARTTYPE,PTTYPE";
+
 /// Probes every device given as an argument, one blank line after each.
 pub(crate) const BLKID_EACH: &str =
     r#"for d in "$@"; do blkid -p -o export -- "$d" 2>/dev/null; echo; done"#;
@@ -193,21 +197,23 @@ pub fn probe(transport: &dyn Transport) -> Result<Facts, ApplyError> {
 /// (kernel names; all devices when empty): opening other disks' devices is slow on big hosts
 /// and briefly keeps their partitions busy for whoever is re-partitioning them.
 pub fn probe_scoped(transport: &dyn Transport, scope: &[String]) -> Result<Facts, ApplyError> {
-    let lsblk = run_probe(
+    let mut columns = LSBLK_COLUMNS;
+    let mut lsblk = run_probe(
         transport,
-        &[
-            "lsblk",
-            "--json",
-            "--bytes",
-            "--tree",
-            "--output",
-            LSBLK_COLUMNS,
-        ],
+        &["lsblk", "--json", "--bytes", "--output", columns],
     )?;
+    if !lsblk.success() && lsblk.stderr_tail(5).contains("unknown column") {
+        // util-linux before 2.37 (Debian 11, Ubuntu 20.04) has MOUNTPOINT only.
+        columns = LSBLK_COLUMNS_OLD;
+        lsblk = run_probe(
+            transport,
+            &["lsblk", "--json", "--bytes", "--output", columns],
+        )?;
+    }
     if !lsblk.success() {
         return Err(ApplyError::Probe {
             host: transport.host().to_string(),
-            command: format!("lsblk --json --bytes --output {LSBLK_COLUMNS}"),
+            command: format!("lsblk --json --bytes --output {columns}"),
             status: lsblk.status,
             stderr: lsblk.stderr_tail(5),
         });
@@ -592,6 +598,23 @@ mod tests {
             Some("/dev/vda")
         );
         assert!(facts.top_level_of("/dev/nope").is_none());
+    }
+
+    #[test]
+    fn parses_old_lsblk_without_mountpoints_or_start() {
+        let old = r#"{"blockdevices": [{"name": "sda", "kname": "sda", "path": "/dev/sda",
+            "size": "1000", "type": "disk", "mountpoint": null, "children": [
+              {"name": "sda1", "kname": "sda1", "path": "/dev/sda1", "size": "500",
+               "type": "part", "mountpoint": "/boot"}]}]}"#;
+        let devices = parse_lsblk(old).expect("old lsblk json");
+        assert_eq!(devices[0].size, 1000);
+        assert!(devices[0].mountpoints.is_empty());
+        assert_eq!(
+            devices[0].children[0].mountpoints,
+            vec!["/boot".to_string()]
+        );
+        assert_eq!(devices[0].children[0].start, None);
+        assert_eq!(devices[0].children[0].partn, Some(1));
     }
 
     #[test]

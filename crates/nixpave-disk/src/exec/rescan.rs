@@ -87,18 +87,33 @@ pub fn in_kernel(session: &mut Session<'_>, disk: &str) -> Result<Vec<PartEntry>
     let Some(device) = facts.find(disk) else {
         return Ok(Vec::new());
     };
-    let mut entries: Vec<PartEntry> = device
+    let parts: Vec<(Option<u32>, Option<u64>, u64, String)> = device
         .children
         .iter()
         .filter(|c| c.kind == "part")
-        .filter_map(|c| {
-            Some(PartEntry {
-                number: c.partn?,
-                start: c.start?,
-                sectors: c.size / 512,
-            })
-        })
+        .map(|c| (c.partn, c.start, c.size, c.kname.clone()))
         .collect();
+    let mut entries = Vec::new();
+    for (partn, start, size, kname) in parts {
+        // Old lsblk has no START column: sysfs has the same number.
+        let start = match start {
+            Some(s) => Some(s),
+            None => session
+                .transport
+                .read_file(std::path::Path::new(&format!(
+                    "/sys/class/block/{kname}/start"
+                )))
+                .ok()
+                .and_then(|b| String::from_utf8_lossy(&b).trim().parse().ok()),
+        };
+        if let (Some(number), Some(start)) = (partn, start) {
+            entries.push(PartEntry {
+                number,
+                start,
+                sectors: size / 512,
+            });
+        }
+    }
     entries.sort();
     Ok(entries)
 }
