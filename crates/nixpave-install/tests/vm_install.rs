@@ -71,8 +71,6 @@ fn test_system(vm: &Vm, conf: &Path, work: &Path, tag: &str) -> String {
 /// vda: BIOS boot partition + ext4 root (the label the guest's stage 1 looks for) + `extra`
 /// partitions (`-nN:0:SIZE`, typecode) for the data layouts.
 ///
-/// The data layouts live on partitions of vda because the lab VM does not boot while blank data
-/// disks are attached (SeaBIOS tries them first and halts; see the report).
 fn root_disk_ops(extra: &[(&str, &str)]) -> Vec<nixpave_disk::Operation> {
     let mut sg: Vec<String> = [
         "sgdisk",
@@ -111,15 +109,15 @@ fn mount_root_ops() -> Vec<nixpave_disk::Operation> {
 }
 
 fn luks_on_lvm_plan(key: &str) -> (Plan, Plan) {
-    let mut ops = root_disk_ops(&[("0", "8E00")]);
+    let mut ops = root_disk_ops(&[]);
     ops.extend([
-        op(&["wipefs", "-a", "/dev/vda3"], "wipe /dev/vda3", true),
+        op(&["wipefs", "-a", "/dev/vdb"], "wipe /dev/vdb", true),
         op(
-            &["pvcreate", "-ff", "-y", "/dev/vda3"],
-            "LVM PV on /dev/vda3",
+            &["pvcreate", "-ff", "-y", "/dev/vdb"],
+            "LVM PV on /dev/vdb",
             true,
         ),
-        op(&["vgcreate", "vgdata", "/dev/vda3"], "VG vgdata", true),
+        op(&["vgcreate", "vgdata", "/dev/vdb"], "VG vgdata", true),
         op(
             &["lvcreate", "-y", "-L", "256M", "-n", "secret", "vgdata"],
             "LV vgdata/secret",
@@ -184,10 +182,10 @@ fn luks_on_lvm_plan(key: &str) -> (Plan, Plan) {
 }
 
 fn raid1_plan() -> (Plan, Plan) {
-    let mut ops = root_disk_ops(&[("+200M", "FD00"), ("+200M", "FD00")]);
+    let mut ops = root_disk_ops(&[]);
     ops.extend([
-        op(&["wipefs", "-a", "/dev/vda3"], "wipe /dev/vda3", true),
-        op(&["wipefs", "-a", "/dev/vda4"], "wipe /dev/vda4", true),
+        op(&["wipefs", "-a", "/dev/vdb"], "wipe /dev/vdb", true),
+        op(&["wipefs", "-a", "/dev/vdc"], "wipe /dev/vdc", true),
         op(
             &[
                 "mdadm",
@@ -198,10 +196,10 @@ fn raid1_plan() -> (Plan, Plan) {
                 "--raid-devices=2",
                 "--metadata=1.2",
                 "--assume-clean",
-                "/dev/vda3",
-                "/dev/vda4",
+                "/dev/vdb",
+                "/dev/vdc",
             ],
-            "raid1 over vda3, vda4",
+            "raid1 over vdb, vdc",
             true,
         ),
         op(
@@ -330,7 +328,7 @@ fn print_timings(rec: &Recorder, label: &str) {
 #[test]
 #[ignore = "boots qemu VMs (minutes under TCG); run scripts/test-install.sh"]
 fn e2e_luks_on_lvm_kexec_install_reboot_verify() {
-    let vm = start_vm("inst-luks", 2048, 0);
+    let vm = start_vm("inst-luks", 2048, 1);
     let run = prepare(&vm, "luks");
     let secret = "luks-secret-5521-horse";
     let key_local = run.work.path().join("data.key");
@@ -339,7 +337,7 @@ fn e2e_luks_on_lvm_kexec_install_reboot_verify() {
     let disk = DiskSpec {
         plan: p,
         mount_plan: Some(mount),
-        needs: needs(&["/dev/vda"]),
+        needs: needs(&["/dev/vda", "/dev/vdb"]),
         keys: vec![EncryptionKey {
             remote: "/tmp/data.key".into(),
             local: key_local,
@@ -407,13 +405,13 @@ fn e2e_luks_on_lvm_kexec_install_reboot_verify() {
 #[test]
 #[ignore = "boots qemu VMs (minutes under TCG); run scripts/test-install.sh"]
 fn e2e_mdadm_raid1_in_one_run() {
-    let vm = start_vm("inst-raid", 2048, 0);
+    let vm = start_vm("inst-raid", 2048, 2);
     let run = prepare(&vm, "raid");
     let (p, mount) = raid1_plan();
     let disk = DiskSpec {
         plan: p,
         mount_plan: Some(mount),
-        needs: needs(&["/dev/vda"]),
+        needs: needs(&["/dev/vda", "/dev/vdb", "/dev/vdc"]),
         keys: Vec::new(),
     };
     let mut spec = node_spec(&vm, &run, "kexec,disk,install,reboot,verify", Some(disk));
