@@ -236,7 +236,7 @@ impl Activation {
                echo \"another deploy of profile {name_text} is still running on this host (agent pid $holder)\" >&2\n\
                exit {busy}\n\
              fi\n\
-             lines=$(wc -l < {log} 2>/dev/null || echo 0)\n\
+             lines=$(wc -l 2>/dev/null < {log} || echo 0)\n\
              # The transport tags a command's processes to stop them on Ctrl-C: the agent must outlive that.\n\
              unset NIXPAVE_RUN\n\
              # systemd-run only when systemd is PID 1 in our own mount and network namespaces.\n\

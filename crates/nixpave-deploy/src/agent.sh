@@ -192,7 +192,7 @@ id_of() { sed -n 's/.*"id":"\([^"]*\)".*/\1/p' "$STATUS" 2>/dev/null; }
 # With -l N: copies the agent log's lines after line N to stderr as they appear (progress for the deployer).
 follow_log() {
   [ -n "$FOLLOW" ] || return 0
-  total=$(wc -l < "$LOG" 2>/dev/null || echo 0)
+  total=$(wc -l 2>/dev/null < "$LOG" || echo 0)
   if [ "$total" -gt "$FOLLOW" ]; then
     sed -n "$((FOLLOW + 1)),${total}p" "$LOG" >&2
     FOLLOW=$total

@@ -1,0 +1,1 @@
+{ name = "v1"; brokenHost = ""; }
