@@ -95,6 +95,33 @@ impl ApplyOptions {
             own_swaps: Vec::new(),
         }
     }
+
+    /// Options for applying `layout` in `mode`: its disks (those with `destroy = true` for
+    /// wiping modes) and its own swap devices (so a `destroy` after `format,mount` is not refused
+    /// for the layout's own active swap).
+    pub fn for_layout(layout: &crate::Layout, mode: Mode, root_mountpoint: &str) -> Self {
+        let mut options = ApplyOptions::new(root_mountpoint);
+        options.disks = layout
+            .disks()
+            .into_iter()
+            .filter(|d| d.destroy || !mode.destroys())
+            .map(|d| d.device)
+            .collect();
+        let plan_options = crate::PlanOptions {
+            root_mountpoint: root_mountpoint.to_string(),
+            ..crate::PlanOptions::default()
+        };
+        options.own_swaps = crate::plan(layout, Mode::FormatMount, &plan_options)
+            .map(|p| {
+                p.operations
+                    .into_iter()
+                    .filter(|o| o.argv.first().is_some_and(|a| a == "swapon"))
+                    .map(|o| o.device)
+                    .collect()
+            })
+            .unwrap_or_default();
+        options
+    }
 }
 
 /// What the executor found before changing anything.

@@ -288,26 +288,11 @@ fn make_plan(args: &ApplyArgs, transport: &dyn Transport) -> Result<Planned, Fai
     };
     let mode = args.mode.unwrap_or(Mode::FormatMount);
     let plan = nixpave_disk::plan(&layout, mode, &plan_options).map_err(Failure::usage)?;
-    let disks = layout
-        .disks()
-        .into_iter()
-        .filter(|d| d.destroy || !mode.destroys())
-        .map(|d| d.device)
-        .collect();
-    // A destroy plan turns no swap off by itself; the layout's own swap is not the host's.
-    let own_swaps = nixpave_disk::plan(&layout, Mode::FormatMount, &plan_options)
-        .map(|p| {
-            p.operations
-                .into_iter()
-                .filter(|o| o.argv.first().is_some_and(|a| a == "swapon"))
-                .map(|o| o.device)
-                .collect()
-        })
-        .unwrap_or_default();
+    let for_layout = ApplyOptions::for_layout(&layout, mode, &args.root_mountpoint);
     Ok(Planned {
         plan,
-        disks,
-        own_swaps,
+        disks: for_layout.disks,
+        own_swaps: for_layout.own_swaps,
     })
 }
 
