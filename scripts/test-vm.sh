@@ -23,8 +23,12 @@ echo "==> VM tests"
 t=$(now)
 log=$(mktemp)
 # Each test boots its own VM; two at a time keeps a 2-core machine usable.
-cargo test -p nixpave-lab --test 'vm_*' -- --ignored --test-threads "${NIXPAVE_VM_TEST_THREADS:-2}" --nocapture ${1:+"$1"} 2>&1 | tee "$log"
+# --no-fail-fast: every VM test runs and reports, even after one failed.
+set +e
+cargo test -p nixpave-lab --no-fail-fast --test 'vm_*' -- --ignored --test-threads "${NIXPAVE_VM_TEST_THREADS:-2}" \
+  --nocapture ${1:+"$1"} 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
+set -e
 TESTS_SECONDS=$(secs "$t")
 
 echo

@@ -88,7 +88,7 @@ pub enum VmError {
         console_tail: String,
     },
     /// A bounded wait ran out.
-    #[error("VM {name}: {what} did not happen within {seconds}s; the end of its console ({}):\n{console_tail}\nthe VM is left running: inspect it with `nixpave lab vm console {name}`, remove it with `nixpave lab vm down {name}`", console.display())]
+    #[error("VM {name}: {what} did not happen within {seconds}s; the end of its console ({}):\n{console_tail}\nthe console log stays; `nixpave lab vm status` shows whether the VM still runs and `nixpave lab vm down {name}` removes it", console.display())]
     Timeout {
         /// The VM.
         name: String,
