@@ -32,8 +32,12 @@ pub struct OpFailure {
     pub command: String,
     /// Exit status (`None`: killed by a signal or could not start).
     pub status: Option<i32>,
-    /// Last lines of the command's standard error (or why it could not start).
+    /// Last lines of the command's standard error (or why it could not start, or, when
+    /// `stopped` is set, why nixpave stopped at this step).
     pub stderr_tail: String,
+    /// True when nixpave itself stopped at this step (a device that does not resolve, a
+    /// partition table the kernel does not take) rather than the command failing.
+    pub stopped: bool,
     /// Descriptions of the steps that ran before, in order.
     pub done: Vec<String>,
     /// A fresh summary of the plan's disks (lsblk/blkid), or why it could not be taken.
@@ -43,6 +47,7 @@ pub struct OpFailure {
 impl std::fmt::Display for OpFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let status = match self.status {
+            _ if self.stopped => "stopped by nixpave (reason below)".to_string(),
             Some(code) => format!("exit status {code}"),
             None => "no exit status (signal or could not start)".into(),
         };
@@ -54,7 +59,7 @@ impl std::fmt::Display for OpFailure {
         writeln!(f, "  command: {}", self.command)?;
         writeln!(f, "  result:  {status}")?;
         if !self.stderr_tail.trim().is_empty() {
-            writeln!(f, "  stderr:")?;
+            writeln!(f, "  {}:", if self.stopped { "reason" } else { "stderr" })?;
             for line in self.stderr_tail.lines() {
                 writeln!(f, "    {line}")?;
             }

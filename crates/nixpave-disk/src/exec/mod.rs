@@ -410,7 +410,10 @@ pub fn execute_with_prompt(
         let after_wipe = options.dry_run && preflight.wipes && i >= preflight.deactivation.len();
         let verdict = match &op.guard {
             Some(_) if after_wipe => Verdict::Missing("on the wiped disks".into()),
-            Some(g) => guard::evaluate(g, &mut session)?,
+            Some(g) => match guard::evaluate(g, &mut session) {
+                Ok(v) => v,
+                Err(e) => return Err(step_failed(&mut session, preflight, &progress, e, done)),
+            },
             None => Verdict::Run,
         };
         let note = match verdict {
@@ -427,13 +430,14 @@ pub fn execute_with_prompt(
             }
             Verdict::Missing(reason) if options.dry_run => Some(reason),
             Verdict::Missing(reason) => {
-                return Err(ApplyError::Resolve {
+                let e = ApplyError::Resolve {
                     host: session.host(),
                     index,
                     description: op.description.clone(),
                     path: guard_subject(op),
                     reason,
-                })
+                };
+                return Err(step_failed(&mut session, preflight, &progress, e, done));
             }
         };
         let ResolvedOp {
@@ -441,7 +445,10 @@ pub fn execute_with_prompt(
             device,
             unresolved,
             note: missing,
-        } = resolve_op(&mut session, op, index)?;
+        } = match resolve_op(&mut session, op, index) {
+            Ok(r) => r,
+            Err(e) => return Err(step_failed(&mut session, preflight, &progress, e, done)),
+        };
         progress.command = shell_join(&argv);
         if options.dry_run {
             report.ran += 1;
@@ -453,13 +460,14 @@ pub fn execute_with_prompt(
             continue;
         }
         if let Some(reason) = unresolved {
-            return Err(ApplyError::Resolve {
+            let e = ApplyError::Resolve {
                 host: session.host(),
                 index,
                 description: op.description.clone(),
                 path: op.device.clone(),
                 reason,
-            });
+            };
+            return Err(step_failed(&mut session, preflight, &progress, e, done));
         }
         let stdin = stdin_bytes(&session, op, index, prompt, &mut secrets)?;
         // Decide about the rescan with the facts from before the step (the device may vanish).
@@ -493,13 +501,17 @@ pub fn execute_with_prompt(
                 command: shell_join(&argv),
                 status,
                 stderr_tail,
+                stopped: false,
                 done,
                 disk_state: disk_state(&mut session, preflight),
             })));
         }
         if let Some(disk) = table_disk {
             let started = std::time::Instant::now();
-            rescan::reread(&mut session, &disk, options.rescan_timeout)?;
+            if let Err(e) = rescan::reread(&mut session, &disk, options.rescan_timeout) {
+                done.push(op.description.clone());
+                return Err(step_failed(&mut session, preflight, &progress, e, done));
+            }
             progress.rescan_ms = Some(millis(started));
         }
         report.ran += 1;
@@ -509,6 +521,33 @@ pub fn execute_with_prompt(
         on_progress(&progress);
     }
     Ok(report)
+}
+
+/// Turns an error met while handling a step (a guard probe, a path that does not resolve, a
+/// partition table the kernel does not take) into a step failure with the steps already done
+/// and the disks' state — unless nothing ran yet, where the plain error says it all.
+fn step_failed(
+    session: &mut Session<'_>,
+    preflight: &Preflight,
+    progress: &Progress,
+    error: ApplyError,
+    done: Vec<String>,
+) -> ApplyError {
+    if done.is_empty() || matches!(error, ApplyError::Op(_) | ApplyError::Interrupted { .. }) {
+        return error;
+    }
+    ApplyError::Op(Box::new(OpFailure {
+        host: session.host(),
+        index: progress.index,
+        total: progress.total,
+        description: progress.description.clone(),
+        command: progress.command.clone(),
+        status: None,
+        stderr_tail: error.to_string(),
+        stopped: true,
+        done,
+        disk_state: disk_state(session, preflight),
+    }))
 }
 
 fn interrupted(
