@@ -59,7 +59,7 @@ pub fn evaluate(guard: &Guard, session: &mut Session<'_>) -> Result<Verdict, App
                 Verdict::Run
             })
         }),
-        // Added by disk-core with the guard variant (plan.rs).
+        // Opening with --test-passphrase only checks the key (no mapping is created).
         Guard::PartitionPresent { disk, number } => with_node(session, disk, |s, node| {
             let numbers = super::rescan::table_numbers(s, &node)?;
             Ok(if numbers.contains(number) {
@@ -187,7 +187,7 @@ pub fn evaluate(guard: &Guard, session: &mut Session<'_>) -> Result<Verdict, App
                 Verdict::Skip(format!("no importable zpool named {pool}"))
             })
         }
-        // Added by disk-core with the guard variant (plan.rs).
+        // Opening with --test-passphrase only checks the key (no mapping is created).
         Guard::LuksKeyMissing { device, key_file } => with_node(session, device, |s, node| {
             absent_if_fails(
                 s,

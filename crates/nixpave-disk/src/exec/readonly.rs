@@ -35,7 +35,10 @@ pub fn is_read_only(argv: &[String]) -> bool {
         "partx" => !args
             .iter()
             .any(|a| matches!(*a, "-a" | "-d" | "-u" | "--add" | "--delete" | "--update")),
-        "cryptsetup" => matches!(args.first(), Some(&"isLuks") | Some(&"status")),
+        "cryptsetup" => {
+            matches!(args.first(), Some(&"isLuks") | Some(&"status"))
+                || (args.first() == Some(&"open") && args.contains(&"--test-passphrase"))
+        }
         "zpool" => matches!(args, ["list", ..] | ["import"]),
         "zfs" => matches!(args.first(), Some(&"list") | Some(&"get")),
         "btrfs" => matches!(args, ["subvolume", "show", ..]),
@@ -102,6 +105,14 @@ mod tests {
             &["blkid", "-p", "-o", "export", "/dev/sda"],
             &["partx", "-r", "-g", "-o", "NR,START,SECTORS", "/dev/sda"],
             &["cryptsetup", "isLuks", "/dev/sda2"],
+            &[
+                "cryptsetup",
+                "open",
+                "--test-passphrase",
+                "--key-file",
+                "/tmp/k",
+                "/dev/sda2",
+            ],
             &["zpool", "list", "-H", "-o", "name", "tank"],
             &["zpool", "import"],
             &["btrfs", "subvolume", "show", "/mnt/@"],
