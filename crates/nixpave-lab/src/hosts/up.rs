@@ -349,6 +349,8 @@ fn start_sshd(spec: &LabSpec, host: &HostState) -> Result<i32, LabError> {
     let root = path_str(&host.root);
     let q = |sub: &str| shell_quote(&format!("{root}/{sub}"));
     // `ip netns exec`, `unshare` and `sh` all exec, so the pid sshd writes is the launcher's.
+    // Slave propagation: the host's later unmounts reach the lab host too (a private copy would
+    // keep filesystems busy that the host has unmounted), while the lab's binds stay inside.
     let script = format!(
         "set -e\n\
          mount --bind {nix} /nix\n\
@@ -377,7 +379,7 @@ fn start_sshd(spec: &LabSpec, host: &HostState) -> Result<i32, LabError> {
         .arg(sys::tool("ip"))
         .args(["netns", "exec", &host.netns])
         .arg(sys::tool("unshare"))
-        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .args(["--mount", "--propagation", "slave", "sh", "-c", &script])
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
