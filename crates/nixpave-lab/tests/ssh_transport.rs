@@ -409,7 +409,10 @@ fn a_connection_that_dies_mid_command_fails_by_keepalive() {
     assert!(matches!(err, TransportError::Connection { .. }), "{err:?}");
     assert!(elapsed < Duration::from_secs(15), "took {elapsed:?}");
     let text = err.to_string();
-    assert!(text.contains("while running `sleep 60`") && text.contains("partly run"), "{text}");
+    assert!(
+        text.contains("while running `sleep 60`") && text.contains("partly run"),
+        "{text}"
+    );
 }
 
 #[test]
