@@ -89,4 +89,27 @@ fn vm_kexec_into_the_test_installer_keeps_keys_and_network() {
     // Writing a nix store works (the install copies closures into /mnt's store; here the in-RAM one).
     vm.ssh_ok("nix-store --init && nix-store --verify >/dev/null")
         .expect("nix store in RAM");
+
+    // `reboot` works in the installer (no init system there) and the machine boots from its disk again.
+    let t2 = Instant::now();
+    let _ = vm.ssh(
+        "setsid sh -c 'sleep 1; reboot' >/dev/null 2>&1 </dev/null &",
+        None,
+    );
+    vm.wait_for_ssh_gone(Duration::from_secs(60))
+        .expect("the installer goes down");
+    vm.wait_for_ssh(Duration::from_secs(300))
+        .expect("the guest boots from its disk again");
+    eprintln!(
+        "TIMING installer_reboot_to_ssh_seconds={:.1}",
+        t2.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        vm.ssh_ok("findmnt -no SOURCE /").expect("findmnt").trim(),
+        "/dev/vda1"
+    );
+    assert!(vm
+        .ssh("test -e /etc/nixpave-installer", None)
+        .map(|o| !o.success())
+        .unwrap_or(false));
 }
