@@ -293,6 +293,48 @@ impl Ctx<'_, '_> {
         }
     }
 
+    /// The running kernel's boot id (`None` when the target does not answer).
+    fn boot_id(&self) -> Option<String> {
+        let out = self
+            .spec
+            .session
+            .transport()
+            .run(
+                &["cat".into(), "/proc/sys/kernel/random/boot_id".into()],
+                None,
+            )
+            .ok()?;
+        out.success().then(|| out.stdout_str().trim().to_string())
+    }
+
+    /// Waits (bounded) until the system with boot id `before` is gone: ssh stops answering, or
+    /// answers with another boot id (a fast reboot can hide the downtime from ssh probes, as
+    /// user-mode networking holds connections open while the guest reboots). `check` runs on
+    /// every round while the old system still answers and may end the wait with an error.
+    /// Returns whether the new system already answers.
+    fn wait_gone(
+        &self,
+        before: &str,
+        limit: Duration,
+        check: &mut dyn FnMut() -> Result<(), String>,
+    ) -> Result<bool, String> {
+        let start = Instant::now();
+        loop {
+            match self.boot_id() {
+                None => return Ok(false),
+                Some(id) if id != before => return Ok(true),
+                Some(_) => check()?,
+            }
+            if start.elapsed() >= limit {
+                return Err(format!(
+                    "the target still runs the same system {} s later",
+                    limit.as_secs()
+                ));
+            }
+            std::thread::sleep(self.spec.timeouts.poll);
+        }
+    }
+
     fn upload_installer(&self, tarball: &TarballInfo, remote_tar: &str) -> Result<(), String> {
         let spec = self.spec;
         let t = spec.session.transport();
@@ -372,6 +414,9 @@ impl Ctx<'_, '_> {
                 )
             }
         }
+        let before = self
+            .boot_id()
+            .ok_or("cannot read the target's boot id before kexec")?;
         steps::run(
             t,
             "starting kexec/run",
@@ -388,44 +433,28 @@ impl Ctx<'_, '_> {
             "kexec/run started; waiting for the old system to go away",
         );
         let start = Instant::now();
-        loop {
-            if spec.session.probe(spec.timeouts.probe).is_err() {
-                break;
-            }
-            if let Ok(out) = t.run(
+        let status = || {
+            t.run(
                 &[
                     "sh".into(),
                     "-c".into(),
                     kexec::status_script(&k.remote_dir),
                 ],
                 None,
-            ) {
-                let text = out.stdout_str();
-                if let Some(rc) = kexec::parse_status(&text) {
-                    if rc != 0 {
-                        return Err(format!("kexec/run exited with {rc}; the target still runs its old system:\n{text}"));
-                    }
-                }
-            }
-            if start.elapsed() >= spec.timeouts.kexec_down {
-                let log = t
-                    .run(
-                        &[
-                            "sh".into(),
-                            "-c".into(),
-                            kexec::status_script(&k.remote_dir),
-                        ],
-                        None,
-                    )
-                    .map(|o| o.stdout_str())
-                    .unwrap_or_default();
-                return Err(format!(
-                    "the target still runs its old system {} s after kexec/run:\n{log}",
-                    spec.timeouts.kexec_down.as_secs()
-                ));
-            }
-            std::thread::sleep(spec.timeouts.poll);
-        }
+            )
+            .map(|o| o.stdout_str())
+            .unwrap_or_default()
+        };
+        let mut check = || match kexec::parse_status(&status()) {
+            Some(rc) if rc != 0 => Err(format!(
+                "kexec/run exited with {rc}; the target still runs its old system:\n{}",
+                status()
+            )),
+            _ => Ok(()),
+        };
+        let back = self
+            .wait_gone(&before, spec.timeouts.kexec_down, &mut check)
+            .map_err(|e| format!("{e} after kexec/run:\n{}", status()))?;
         spec.session.reset();
         self.progress(
             Phase::Kexec,
@@ -434,7 +463,11 @@ impl Ctx<'_, '_> {
                 start.elapsed().as_secs_f64()
             ),
         );
-        let up = self.wait_ssh(Phase::Kexec, true, spec.timeouts.kexec_up)?;
+        let up = if back {
+            start.elapsed()
+        } else {
+            self.wait_ssh(Phase::Kexec, true, spec.timeouts.kexec_up)?
+        };
         spec.session.reset();
         let facts = facts::gather(spec.session.transport(), &[]).map_err(|e| e.to_string())?;
         if !facts.is_installer() && !steps::is_ram_fs(&facts.root_fstype) {
@@ -579,12 +612,20 @@ impl Ctx<'_, '_> {
 
     fn reboot(&self) -> Result<(), String> {
         let spec = self.spec;
+        let before = self
+            .boot_id()
+            .ok_or("cannot read the installer's boot id before rebooting")?;
         steps::start_reboot(spec.session.transport(), &spec.root).map_err(|e| e.to_string())?;
         self.progress(Phase::Reboot, "unmounted; rebooting");
-        let gone = self.wait_ssh(Phase::Reboot, false, spec.timeouts.reboot_down)?;
+        let started = Instant::now();
+        self.wait_gone(&before, spec.timeouts.reboot_down, &mut || Ok(()))
+            .map_err(|e| format!("{e} after `reboot` (the installer did not reboot)"))?;
         self.progress(
             Phase::Reboot,
-            format!("ssh gone after {:.1} s", gone.as_secs_f64()),
+            format!(
+                "installer gone after {:.1} s",
+                started.elapsed().as_secs_f64()
+            ),
         );
         spec.session.reset();
         Ok(())
