@@ -180,4 +180,30 @@ mod tests {
         embedded.sort();
         assert_eq!(on_disk, embedded);
     }
+
+    #[test]
+    fn every_script_parses() {
+        let dir =
+            std::env::temp_dir().join(format!("nixpave-images-syntax-{}", std::process::id()));
+        write_scripts(&dir).unwrap();
+        for (name, _) in SCRIPTS {
+            // build-images.sh uses bash; the rest run under the guest's or the old system's /bin/sh.
+            let shell = if *name == "build-images.sh" {
+                "bash"
+            } else {
+                "sh"
+            };
+            let out = Command::new(shell)
+                .arg("-n")
+                .arg(dir.join(name))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
