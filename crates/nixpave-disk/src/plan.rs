@@ -251,4 +251,13 @@ pub enum Guard {
         /// Pool name.
         pool: String,
     },
+    /// The md array is not running but every member carries an md superblock (blkid `TYPE`
+    /// `linux_raid_member`), e.g. after `unmount` stopped it: `mdadm --assemble` brings it back
+    /// with its data instead of `mdadm --create` building a new one.
+    MdAssemblable {
+        /// The array, e.g. `/dev/md/raid1`.
+        array: String,
+        /// Its member devices.
+        members: Vec<String>,
+    },
 }

@@ -56,6 +56,10 @@ pub fn describe_guard(g: &Guard) -> String {
         Guard::LuksKeyMissing { device, key_file } => {
             format!("only if {key_file} does not open {device} yet")
         }
+        Guard::MdAssemblable { array, members } => format!(
+            "only if {array} is not running and {} carry its md superblocks",
+            members.join(", ")
+        ),
     }
 }
 
@@ -118,6 +122,16 @@ pub fn guard_test(g: &Guard) -> String {
             q(key_file),
             q(device)
         ),
+        Guard::MdAssemblable { array, members } => {
+            let mut test = format!("[ ! -e {} ]", q(array));
+            for m in members {
+                test.push_str(&format!(
+                    " && [ \"$(blkid -p -s TYPE -o value {})\" = linux_raid_member ]",
+                    q(m)
+                ));
+            }
+            test
+        }
     }
 }
 

@@ -183,7 +183,11 @@ fn mdadm_create_confirms_on_stdin() {
         "mdadm": { "r": { "type": "mdadm", "level": 1 } }
     });
     let p = plan_of(v, Mode::Format);
-    let md = p.operations.iter().find(|o| o.argv[0] == "mdadm").unwrap();
+    let md = p
+        .operations
+        .iter()
+        .find(|o| o.argv[..2] == ["mdadm", "--create"])
+        .unwrap();
     assert_eq!(
         md.stdin,
         Some(nixpave_disk::StdinSource::Text { text: "y\n".into() })
@@ -193,7 +197,7 @@ fn mdadm_create_confirms_on_stdin() {
     let i = p
         .operations
         .iter()
-        .position(|o| o.argv[0] == "mdadm")
+        .position(|o| o.argv[..2] == ["mdadm", "--create"])
         .unwrap();
     assert_eq!(
         p.operations[i - 1].argv,
@@ -248,4 +252,47 @@ fn bind_mounts_take_their_source_from_under_the_root() {
             "X-mount.mkdir"
         ]
     );
+}
+
+#[test]
+fn a_stopped_md_array_is_assembled_not_recreated() {
+    let v = json!({
+        "disk": {
+            "a": { "type": "disk", "device": "/dev/vda", "content": { "type": "mdraid", "name": "r" } },
+            "b": { "type": "disk", "device": "/dev/vdb", "content": { "type": "mdraid", "name": "r" } }
+        },
+        "mdadm": { "r": { "type": "mdadm", "level": 1 } }
+    });
+    let assemble = |mode| {
+        let p = plan_of(v.clone(), mode);
+        let i = p
+            .operations
+            .iter()
+            .position(|o| o.argv[..2] == ["mdadm", "--assemble"])
+            .expect("an assemble step");
+        let create = p
+            .operations
+            .iter()
+            .position(|o| o.argv[..2] == ["mdadm", "--create"]);
+        (p.operations[i].clone(), i, create)
+    };
+    for mode in [Mode::Mount, Mode::Format] {
+        let (op, i, create) = assemble(mode);
+        assert_eq!(
+            op.argv,
+            ["mdadm", "--assemble", "/dev/md/r", "/dev/vda", "/dev/vdb"]
+        );
+        assert_eq!(
+            op.guard,
+            Some(nixpave_disk::Guard::MdAssemblable {
+                array: "/dev/md/r".into(),
+                members: vec!["/dev/vda".into(), "/dev/vdb".into()],
+            })
+        );
+        assert!(!op.destructive);
+        // format tries to bring an existing array back before it would create one
+        if let Some(c) = create {
+            assert!(i < c, "assemble must come before create in {mode}");
+        }
+    }
 }

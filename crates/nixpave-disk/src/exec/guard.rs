@@ -188,6 +188,24 @@ pub fn evaluate(guard: &Guard, session: &mut Session<'_>) -> Result<Verdict, App
             })
         }
         // Opening with --test-passphrase only checks the key (no mapping is created).
+        Guard::MdAssemblable { array, members } => {
+            if path_exists(session, array)? {
+                return Ok(Verdict::Skip(format!("{array} is already running")));
+            }
+            for member in members {
+                let node = match session.resolve(member)? {
+                    Resolution::Node(node) => node,
+                    _ => return Ok(Verdict::Skip(format!("member {member} does not exist"))),
+                };
+                let sig = signatures(session, &node)?;
+                if !sig.iter().any(|kv| kv == "TYPE=linux_raid_member") {
+                    return Ok(Verdict::Skip(format!(
+                        "member {member} carries no md superblock"
+                    )));
+                }
+            }
+            Ok(Verdict::Run)
+        }
         Guard::LuksKeyMissing { device, key_file } => with_node(session, device, |s, node| {
             absent_if_fails(
                 s,

@@ -27,12 +27,17 @@ pub struct PartEntry {
 /// The whole device whose partition table `op` may have changed, if any.
 ///
 /// Partition tools (`sgdisk`, `sfdisk`, `parted`, `partx`), `wipefs` on a whole device and
-/// `mdadm --create` change what the kernel should see.
+/// `mdadm --create` / `--assemble` change what the kernel should see.
 pub fn changed_table(op: &Operation, resolved_device: &str, facts: &Facts) -> Option<String> {
     let program = op.argv.first()?.rsplit('/').next()?;
     let candidate = match program {
         "sgdisk" | "sfdisk" | "parted" | "wipefs" => resolved_device.to_string(),
-        "mdadm" if op.argv.iter().any(|a| a == "--create" || a == "-C") => {
+        "mdadm"
+            if op
+                .argv
+                .iter()
+                .any(|a| matches!(a.as_str(), "--create" | "-C" | "--assemble" | "-A")) =>
+        {
             resolved_device.to_string()
         }
         _ => return None,

@@ -573,6 +573,18 @@ pub(crate) fn lvm_vg(vg: &LvmVg, pvs: &[String], ctx: &mut Ctx) -> Vec<Operation
     with_hooks(&vg.hooks, name, body)
 }
 
+/// Brings back an existing array whose members carry its superblocks (stopped by `unmount`,
+/// or left by an earlier run) so that neither `mount` fails nor `format` re-creates it.
+pub(crate) fn md_assemble(md: &Mdadm, members: &[String]) -> Operation {
+    let dev = &md.device;
+    let mut a = argv!["mdadm", "--assemble", dev];
+    a.extend(members.iter().cloned());
+    op(dev, format!("assemble the existing md array {dev}"), a).guard(Guard::MdAssemblable {
+        array: dev.clone(),
+        members: members.to_vec(),
+    })
+}
+
 /// Create operations of an md array and its content.
 pub(crate) fn mdadm(md: &Mdadm, members: &[String], ctx: &mut Ctx) -> Vec<Operation> {
     let dev = &md.device;
@@ -592,12 +604,15 @@ pub(crate) fn mdadm(md: &Mdadm, members: &[String], ctx: &mut Ctx) -> Vec<Operat
     // disko zaps it right after creating. A marker in /run remembers "created in this run"
     // for the zap step (guards are probed right before each step).
     let marker = format!("/run/nixpave/md-created/{}", md.name);
-    let mut body = vec![op(
-        dev,
-        format!("remember that {dev} is created now"),
-        argv!["mkdir", "-p", &marker],
-    )
-    .guard(Guard::PathAbsent { path: dev.clone() })];
+    let mut body = vec![md_assemble(md, members)];
+    body.push(
+        op(
+            dev,
+            format!("remember that {dev} is created now"),
+            argv!["mkdir", "-p", &marker],
+        )
+        .guard(Guard::PathAbsent { path: dev.clone() }),
+    );
     body.push(
         op(
             dev,

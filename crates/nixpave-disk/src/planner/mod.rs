@@ -133,14 +133,16 @@ fn destroy(layout: &Layout) -> Vec<Operation> {
     out
 }
 
+/// The member devices of the aggregate device `kind`/`name` (an md array, a VG, a pool).
+fn member_devices(layout: &Layout, kind: &'static str, name: &str) -> Vec<String> {
+    members(layout)
+        .get(&(kind, name.to_string()))
+        .map(|ms| ms.iter().map(|(dev, _, _)| dev.clone()).collect())
+        .unwrap_or_default()
+}
+
 fn create_device(layout: &Layout, d: &TopDevice, ctx: &mut Ctx) -> Vec<Operation> {
-    let all_members = members(layout);
-    let member_devs = |kind: &'static str, name: &str| -> Vec<String> {
-        all_members
-            .get(&(kind, name.to_string()))
-            .map(|ms| ms.iter().map(|(dev, _, _)| dev.clone()).collect())
-            .unwrap_or_default()
-    };
+    let member_devs = |kind: &'static str, name: &str| member_devices(layout, kind, name);
     match d.kind {
         "disk" => {
             let disk = &layout.disk[&d.name];
@@ -212,7 +214,12 @@ fn device_steps(layout: &Layout, d: &TopDevice, ctx: &Ctx, dir: Dir) -> mount::S
             s
         }
         "lvm_vg" => mount::lvm_vg(&layout.lvm_vg[&d.name], ctx, dir),
-        "mdadm" => mount::mdadm(&layout.mdadm[&d.name], ctx, dir),
+        "mdadm" => mount::mdadm(
+            &layout.mdadm[&d.name],
+            &member_devices(layout, "mdadm", &d.name),
+            ctx,
+            dir,
+        ),
         "zpool" => mount::zpool(&layout.zpool[&d.name], ctx, dir),
         "nodev" => mount::nodev(&layout.nodev[&d.name], ctx, dir),
         "bcachefs_filesystems" => mount::bcachefs(&layout.bcachefs_filesystems[&d.name], ctx, dir),

@@ -245,12 +245,15 @@ pub(crate) fn lvm_vg(vg: &LvmVg, ctx: &Ctx, dir: Dir) -> Steps {
 }
 
 /// Steps of an md array.
-pub(crate) fn mdadm(md: &Mdadm, ctx: &Ctx, dir: Dir) -> Steps {
+pub(crate) fn mdadm(md: &Mdadm, members: &[String], ctx: &Ctx, dir: Dir) -> Steps {
     let mut s = md
         .content
         .as_ref()
         .map(|c| content(c, ctx, dir))
         .unwrap_or_default();
+    if dir == Dir::Mount {
+        s.dev.insert(0, super::create::md_assemble(md, members));
+    }
     if dir == Dir::Unmount {
         s.dev.push(
             op(
