@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of nixpave on a fresh Debian 12 machine (as root): installs what the tests
-# need, checks formatting and lints, runs the whole test suite and the disko conformance check.
+# need, checks formatting and lints, runs the whole test suite, the disko conformance check and
+# the qemu VM tests (disk engine in a VM, kexec, install end to end; ~20 min under TCG).
+# NIXPAVE_SKIP_VM=1 leaves the VM tests out for a quick local run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,4 +26,12 @@ cargo test --workspace -- --test-threads "${NIXPAVE_TEST_THREADS:-2}"
 if [ -f scripts/conformance.sh ]; then
   step "disko conformance"
   bash scripts/conformance.sh
+fi
+
+if [ "${NIXPAVE_SKIP_VM:-}" != 1 ]; then
+  step "VM tests: lab VMs, kexec, disk engine with LUKS/LVM/mdadm/btrfs in a VM"
+  NIXPAVE_SKIP_DEPS=1 bash scripts/test-vm.sh
+
+  step "VM tests: nixpave install end to end"
+  bash scripts/test-install.sh
 fi
