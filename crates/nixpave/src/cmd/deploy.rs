@@ -17,7 +17,7 @@ use nixpave_deploy::{
 };
 use nixpave_nix::flake::FlakeTarget;
 use nixpave_nix::invoke::NixOptions;
-use nixpave_remote::{HostKeyPolicy, InventoryHost, SshOptions};
+use nixpave_remote::{InventoryHost, SshOptions};
 
 use crate::exit;
 
@@ -209,14 +209,8 @@ fn load_fleet(args: &FleetArgs, nix: &NixOptions) -> Result<Fleet, (u8, miette::
         );
     }
     let base = SshOptions {
-        identity_file: args.identity.clone(),
-        host_key_policy: if args.accept_new_host_key {
-            HostKeyPolicy::AcceptNew
-        } else {
-            HostKeyPolicy::Strict
-        },
         connect_timeout: Duration::from_secs(args.connect_timeout.max(1)),
-        ..SshOptions::default()
+        ..super::ssh_options(args.identity.as_deref(), None, args.accept_new_host_key)
     };
     Ok(Fleet {
         inventory,

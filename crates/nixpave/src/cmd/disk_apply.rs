@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use nixpave_disk::exec::{self, ApplyError, ApplyOptions, Progress, SecretPrompt, StepState};
 use nixpave_disk::{LayoutSource, LoadOptions, Mode, Plan, PlanOptions};
 use nixpave_nix::NixArg;
-use nixpave_remote::{HostKeyPolicy, LocalTransport, SshOptions, SshTransport, Target, Transport};
+use nixpave_remote::{LocalTransport, SshTransport, Target, Transport};
 
 use crate::exit;
 
@@ -198,22 +198,13 @@ fn connect(args: &ApplyArgs) -> Result<Box<dyn Transport>, Failure> {
         return Ok(Box::new(LocalTransport));
     };
     let target: Target = target.parse().map_err(Failure::usage)?;
-    let options = SshOptions {
-        identity_file: args.identity.clone(),
-        known_hosts: args.known_hosts.clone(),
-        host_key_policy: if args.accept_new_host_key {
-            HostKeyPolicy::AcceptNew
-        } else {
-            HostKeyPolicy::Strict
-        },
-        ..SshOptions::default()
-    };
+    let options = super::ssh_options(
+        args.identity.as_deref(),
+        args.known_hosts.as_deref(),
+        args.accept_new_host_key,
+    );
     let ssh = SshTransport::connect(&target, options).map_err(|e| Failure {
-        code: if e.is_refusal() {
-            exit::REFUSED
-        } else {
-            exit::FAILED
-        },
+        code: super::connect_exit_code(&e),
         message: e.to_string(),
     })?;
     Ok(Box::new(ssh))

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nixpave_remote::{
-    cancel, parallel, HostKeyPolicy, Inventory, OutputStream, PasswordPrompt, Privilege,
-    ResolvedHost, SshOptions, TargetResolver, Transport, TransportError,
+    cancel, parallel, Inventory, OutputStream, PasswordPrompt, Privilege, ResolvedHost, SshOptions,
+    TargetResolver, Transport, TransportError,
 };
 
 use crate::exit;
@@ -72,13 +72,6 @@ impl ConnectArgs {
     /// [`ResolvedHost::ssh_options`]).
     pub fn ssh_options(&self) -> SshOptions {
         SshOptions {
-            identity_file: self.identity.clone(),
-            known_hosts: self.known_hosts.clone(),
-            host_key_policy: if self.accept_new_host_key {
-                HostKeyPolicy::AcceptNew
-            } else {
-                HostKeyPolicy::Strict
-            },
             ssh_config: self.ssh_config.clone(),
             connect_timeout: Duration::from_secs(self.connect_timeout.max(1)),
             privilege: match self.become_tool.as_str() {
@@ -88,7 +81,11 @@ impl ConnectArgs {
                 _ => Privilege::Sudo,
             },
             sudo_password: self.ask_sudo_password.then(terminal_password_prompt),
-            ..SshOptions::default()
+            ..super::ssh_options(
+                self.identity.as_deref(),
+                self.known_hosts.as_deref(),
+                self.accept_new_host_key,
+            )
         }
     }
 }

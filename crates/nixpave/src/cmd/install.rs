@@ -18,7 +18,7 @@ use nixpave_install::run::{DiskSpec, KexecSpec, NodeSpec, Timeouts};
 use nixpave_install::state::StateStore;
 use nixpave_install::steps::{Chown, EncryptionKey};
 use nixpave_install::{FailureKind, InstallError, Installer, RemoteSession, Reporter};
-use nixpave_remote::{HostKeyPolicy, SshOptions, SshTransport, Target};
+use nixpave_remote::{SshOptions, SshTransport, Target};
 
 use crate::exit;
 
@@ -332,21 +332,14 @@ fn prepare(
     };
     let options = SshOptions {
         name: Some(node.to_string()),
-        identity_file: args.identity.clone(),
-        known_hosts: args.known_hosts.clone(),
-        host_key_policy: if args.accept_new_host_key {
-            HostKeyPolicy::AcceptNew
-        } else {
-            HostKeyPolicy::Strict
-        },
-        ..SshOptions::default()
+        ..super::ssh_options(
+            args.identity.as_deref(),
+            args.known_hosts.as_deref(),
+            args.accept_new_host_key,
+        )
     };
     let ssh = SshTransport::connect(&target, options).map_err(|e| Failure {
-        code: if e.is_refusal() {
-            exit::REFUSED
-        } else {
-            exit::FAILED
-        },
+        code: super::connect_exit_code(&e),
         message: format!("{node}: {e}"),
     })?;
     Ok(Prepared {

@@ -34,6 +34,33 @@ pub enum Command {
     Install(install::InstallArgs),
 }
 
+/// SSH options from a command's `-i`, `--known-hosts` and `--accept-new-host-key` flags.
+pub(crate) fn ssh_options(
+    identity: Option<&std::path::Path>,
+    known_hosts: Option<&std::path::Path>,
+    accept_new_host_key: bool,
+) -> nixpave_remote::SshOptions {
+    nixpave_remote::SshOptions {
+        identity_file: identity.map(Into::into),
+        known_hosts: known_hosts.map(Into::into),
+        host_key_policy: if accept_new_host_key {
+            nixpave_remote::HostKeyPolicy::AcceptNew
+        } else {
+            nixpave_remote::HostKeyPolicy::Strict
+        },
+        ..nixpave_remote::SshOptions::default()
+    }
+}
+
+/// The exit code of a failed connection: a host-key refusal is a safety refusal.
+pub(crate) fn connect_exit_code(error: &nixpave_remote::TransportError) -> u8 {
+    if error.is_refusal() {
+        crate::exit::REFUSED
+    } else {
+        crate::exit::FAILED
+    }
+}
+
 /// Runs one subcommand.
 pub fn run(command: Command) -> miette::Result<ExitCode> {
     match command {
