@@ -88,6 +88,32 @@ impl Run<'_> {
         });
     }
 
+    /// Starts a run on `host`: announces the connect phase and opens the host's connection,
+    /// or returns the failed report.
+    fn connect<'a>(
+        host: &'a Host,
+        connector: &dyn Connector,
+        emit: EventSink<'a>,
+        salt: usize,
+    ) -> (Run<'a>, Result<Box<dyn Connection>, HostReport>) {
+        let run = Run {
+            host,
+            emit,
+            started: Instant::now(),
+            salt,
+        };
+        run.phase(Phase::Connect);
+        let conn = connector.connect(host).map_err(|e| {
+            let mut r = run.report(
+                Outcome::Failed,
+                format!("cannot connect to {}: {e}", host.hostname),
+            );
+            r.failed_phase = Some(Phase::Connect);
+            r
+        });
+        (run, conn)
+    }
+
     fn report(&self, outcome: Outcome, message: String) -> HostReport {
         HostReport {
             host: self.host.name.clone(),
@@ -110,23 +136,10 @@ pub fn deploy_host(
     emit: EventSink<'_>,
     salt: usize,
 ) -> HostReport {
-    let run = Run {
-        host,
-        emit,
-        started: Instant::now(),
-        salt,
-    };
-    run.phase(Phase::Connect);
-    let conn = match connector.connect(host) {
+    let (run, conn) = Run::connect(host, connector, emit, salt);
+    let conn = match conn {
         Ok(c) => c,
-        Err(e) => {
-            let mut r = run.report(
-                Outcome::Failed,
-                format!("cannot connect to {}: {e}", host.hostname),
-            );
-            r.failed_phase = Some(Phase::Connect);
-            return r;
-        }
+        Err(report) => return report,
     };
     match deploy_connected(&run, conn.as_ref(), opts) {
         Ok(report) => report,
@@ -583,20 +596,10 @@ pub fn rollback_host(
     emit: EventSink<'_>,
     salt: usize,
 ) -> HostReport {
-    let run = Run {
-        host,
-        emit,
-        started: Instant::now(),
-        salt,
-    };
-    run.phase(Phase::Connect);
-    let conn = match connector.connect(host) {
+    let (run, conn) = Run::connect(host, connector, emit, salt);
+    let conn = match conn {
         Ok(c) => c,
-        Err(e) => {
-            let mut r = run.report(Outcome::Failed, format!("cannot connect: {e}"));
-            r.failed_phase = Some(Phase::Connect);
-            return r;
-        }
+        Err(report) => return report,
     };
     let t = conn.transport();
     run.phase(Phase::Activate);
