@@ -41,10 +41,6 @@ impl Transport for LocalTransport {
         HOST
     }
 
-    fn run(&self, argv: &[String], stdin: Option<&[u8]>) -> Result<CommandOutput, TransportError> {
-        self.run_streaming(argv, stdin, &mut |_, _| {})
-    }
-
     fn run_streaming(
         &self,
         argv: &[String],

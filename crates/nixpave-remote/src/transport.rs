@@ -162,7 +162,9 @@ pub trait Transport: Send + Sync {
     fn host(&self) -> &str;
 
     /// Runs `argv`, feeding `stdin` (if any), and collects its output.
-    fn run(&self, argv: &[String], stdin: Option<&[u8]>) -> Result<CommandOutput, TransportError>;
+    fn run(&self, argv: &[String], stdin: Option<&[u8]>) -> Result<CommandOutput, TransportError> {
+        self.run_streaming(argv, stdin, &mut |_, _| {})
+    }
 
     /// Runs `argv` and calls `on_line` for every line of output as it arrives.
     /// Returns the collected output as well.

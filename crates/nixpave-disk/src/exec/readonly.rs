@@ -52,10 +52,6 @@ impl Transport for ReadOnly<'_> {
         self.inner.host()
     }
 
-    fn run(&self, argv: &[String], stdin: Option<&[u8]>) -> Result<CommandOutput, TransportError> {
-        self.run_streaming(argv, stdin, &mut |_, _| {})
-    }
-
     fn run_streaming(
         &self,
         argv: &[String],
