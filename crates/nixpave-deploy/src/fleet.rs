@@ -60,6 +60,22 @@ pub fn build_all(hosts: &[Host], opts: &DeployOptions) -> Result<usize, BuildErr
     Ok(drvs.len())
 }
 
+/// Building the flakes' checks failed: nothing was deployed.
+#[derive(Debug, thiserror::Error)]
+#[error("a check of the flake failed (skip the checks with --skip-checks); nothing was deployed")]
+pub struct CheckError(#[source] pub nixpave_nix::invoke::NixError);
+
+/// Builds the flakes' checks (`checks.<system>` derivations) with one `nix build`, as deploy-rs runs
+/// `nix flake check` before deploying. Returns how many there were.
+pub fn build_checks(
+    checks: &std::collections::BTreeMap<String, String>,
+    opts: &DeployOptions,
+) -> Result<usize, CheckError> {
+    let drvs: Vec<String> = checks.values().cloned().collect();
+    nixpave_nix::build::build_derivations(&drvs, &opts.nix).map_err(CheckError)?;
+    Ok(drvs.len())
+}
+
 /// Deploys `hosts` in waves with up to `rollout.parallelism()` hosts at once; hosts not started because of
 /// `max_failures` or a failed canary wave are reported as skipped.
 pub fn deploy_fleet(
@@ -73,6 +89,60 @@ pub fn deploy_fleet(
         deploy_host(host, connector, opts, emit, salt)
     })
     .with_handshakes(connector.handshakes())
+}
+
+/// deploy-rs's `--rollback-succeeded`: when a host of this run failed, the hosts this run deployed go back to
+/// their previous generation too (all or nothing), unless their profiles turned `autoRollback` off. Hosts that
+/// were already on the wanted generation are left alone. Returns `report` with those hosts' outcomes updated.
+pub fn revoke_succeeded(
+    hosts: &[Host],
+    mut report: FleetReport,
+    connector: &dyn Connector,
+    goal: crate::agent::Goal,
+    rollout: &RolloutSettings,
+    emit: EventSink<'_>,
+) -> FleetReport {
+    if report.all_ok() || nixpave_remote::cancel::is_cancelled() {
+        return report;
+    }
+    let revoke: Vec<Host> = hosts
+        .iter()
+        .filter(|h| {
+            h.profiles.iter().all(|p| p.settings.auto_rollback)
+                && report
+                    .hosts
+                    .iter()
+                    .any(|r| r.host == h.name && r.outcome == Outcome::Deployed)
+        })
+        .cloned()
+        .collect();
+    if revoke.is_empty() {
+        return report;
+    }
+    let rollout = RolloutSettings {
+        parallel: rollout.parallel,
+        ..Default::default()
+    };
+    let reverted = run_waves(&revoke, &rollout, emit, &|host, salt| {
+        crate::host::rollback_host(host, connector, goal, emit, salt)
+    });
+    for r in reverted.hosts {
+        if let Some(slot) = report.hosts.iter_mut().find(|h| h.host == r.host) {
+            slot.outcome = if r.outcome == Outcome::RolledBack {
+                Outcome::RolledBack
+            } else {
+                Outcome::Failed
+            };
+            slot.message = format!(
+                "deployed, then reverted because another host failed (--rollback-succeeded): {}",
+                r.message
+            );
+            slot.generation = r.generation;
+            slot.path = r.path;
+        }
+    }
+    report.handshakes = connector.handshakes();
+    report
 }
 
 impl FleetReport {

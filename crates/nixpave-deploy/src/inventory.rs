@@ -112,6 +112,9 @@ struct RawDeploy {
     nodes: BTreeMap<String, RawNode>,
     #[serde(default)]
     rollout: RolloutSettings,
+    /// Derivations of the flake's `checks.<system>` (filled in by [`eval_apply_function`] when asked).
+    #[serde(default, rename = "_nixpaveChecks")]
+    checks: BTreeMap<String, String>,
     #[serde(flatten)]
     general: GeneralSettings,
 }
@@ -156,6 +159,9 @@ pub struct Inventory {
     pub hosts: Vec<Host>,
     /// Rollout settings from the inventory (the command line overrides them).
     pub rollout: RolloutSettings,
+    /// The flakes' checks to build before deploying (`checks.<system>`: name → `.drv`), as deploy-rs runs
+    /// `nix flake check` unless told to skip.
+    pub checks: BTreeMap<String, String>,
 }
 
 /// Default nix profile path of a profile, as deploy-rs computes it.
@@ -264,7 +270,25 @@ impl Inventory {
         Ok(Inventory {
             hosts,
             rollout: raw.rollout,
+            checks: raw.checks,
         })
+    }
+
+    /// Adds the hosts and checks of another flake's inventory (several flakes in one run). A node name that
+    /// both define is an error: which one to deploy would be a guess.
+    pub fn merge(&mut self, other: Inventory) -> Result<(), InventoryError> {
+        for host in other.hosts {
+            if self.hosts.iter().any(|h| h.name == host.name) {
+                return Err(InventoryError::Node {
+                    node: host.name,
+                    message: "is defined by more than one of the flakes given".into(),
+                });
+            }
+            self.hosts.push(host);
+        }
+        self.checks.extend(other.checks);
+        self.rollout = self.rollout.overridden_by(&other.rollout);
+        Ok(())
     }
 
     /// Reads a plain JSON inventory file (same schema, profile paths are store paths).
@@ -287,7 +311,18 @@ impl Inventory {
         selection: &Selection,
         opts: &nixpave_nix::invoke::NixOptions,
     ) -> Result<Inventory, InventoryError> {
-        let function = eval_apply_function(selection);
+        Self::load_flake(flake, selection, false, opts)
+    }
+
+    /// [`from_flake`](Self::from_flake), also collecting the derivations of the flake's
+    /// `checks.<current system>` in the same evaluation when `checks` is true.
+    pub fn load_flake(
+        flake: &str,
+        selection: &Selection,
+        checks: bool,
+        opts: &nixpave_nix::invoke::NixOptions,
+    ) -> Result<Inventory, InventoryError> {
+        let function = eval_apply_function(selection, checks);
         let value =
             nixpave_nix::flake::eval_flake_json(flake, &function, opts).map_err(|source| {
                 InventoryError::Eval {
@@ -301,16 +336,20 @@ impl Inventory {
 
 /// The nix function (flake outputs → JSON) that extracts the selected nodes with their profiles' drvPath and
 /// outPath. Nodes without `profiles` get `nixosConfigurations.<n>.config.system.build.toplevel`; a flake without
-/// `deploy` deploys every `nixosConfigurations` entry to the host of the same name. Key files become plain
+/// `deploy` deploys every `nixosConfigurations` entry to the host of the same name, as root (colmena's default
+/// `targetUser`). Key files become plain
 /// strings (`toString`) so their contents are never copied into the store.
-pub fn eval_apply_function(selection: &Selection) -> String {
+///
+/// With `checks`, the result also has `_nixpaveChecks`: the drvPath of every `checks.<currentSystem>` entry.
+pub fn eval_apply_function(selection: &Selection, checks: bool) -> String {
     let selectors = nixpave_nix::flake::nix_string(&selection.to_nix_json().to_string());
+    let checks = if checks { "true" } else { "false" };
     format!(
         r#"flake:
 let
   sel = builtins.fromJSON {selectors};
   confs = flake.nixosConfigurations or {{ }};
-  deploy = flake.deploy or {{ nodes = builtins.mapAttrs (n: _: {{ hostname = n; }}) confs; }};
+  deploy = flake.deploy or {{ nodes = builtins.mapAttrs (n: _: {{ hostname = n; sshUser = "root"; }}) confs; }};
   selected = name: node: sel == [ ] || builtins.any (s:
     (s.node == null || builtins.match s.node name != null)
     && (s.tag == null || builtins.any (t: builtins.match s.tag t != null) (node.tags or [ ]))) sel;
@@ -324,8 +363,12 @@ let
       else {{ system = {{ path = pathInfo (toplevel name); }}; }};
   }} // (if node ? keys then {{ keys = builtins.mapAttrs (_: keyInfo) node.keys; }} else {{ }});
   names = builtins.filter (n: selected n deploy.nodes.${{n}}) (builtins.attrNames deploy.nodes);
+  checks = if {checks}
+    then builtins.mapAttrs (_: c: c.drvPath) (flake.checks.${{builtins.currentSystem}} or {{ }})
+    else {{ }};
 in (builtins.removeAttrs deploy [ "nodes" ]) // {{
   nodes = builtins.listToAttrs (map (n: {{ name = n; value = nodeInfo n deploy.nodes.${{n}}; }}) names);
+  _nixpaveChecks = checks;
 }}"#
     )
 }

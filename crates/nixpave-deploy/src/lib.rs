@@ -42,7 +42,7 @@ pub mod status;
 pub use agent::Goal;
 pub use connection::{Connection, Connector, LocalConnector};
 pub use event::{Event, HostReport, Outcome, Phase};
-pub use fleet::{build_all, deploy_fleet, FleetReport};
+pub use fleet::{build_all, build_checks, deploy_fleet, FleetReport};
 pub use host::{deploy_host, rollback_host, DeployOptions};
 pub use inventory::{Host, Inventory, InventoryError, Profile};
 pub use rollout::{Batch, RolloutSettings};

@@ -3,7 +3,8 @@
 use crate::inventory::Host;
 use crate::settings::{GeneralSettings, DEFAULT_STATE_DIR};
 
-/// Applies every setting `over` has to all hosts and profiles (`sshOpts` are appended).
+/// Applies every setting `over` has to all hosts and profiles. Non-empty `sshOpts` replace the inventory's, as
+/// deploy-rs's `--ssh-opts` does.
 pub fn apply_overrides(hosts: &mut [Host], over: &GeneralSettings) {
     for host in hosts {
         apply(&mut host.settings, over);
@@ -29,14 +30,19 @@ pub fn use_private_state_dir(hosts: &mut [Host], dir: &str) {
 
 fn apply(s: &mut crate::settings::Settings, o: &GeneralSettings) {
     if let Some(v) = &o.ssh_user {
-        s.ssh_user = v.clone();
+        s.ssh_user = Some(v.clone());
     }
     if let Some(v) = &o.user {
         s.user = v.clone();
     }
-    s.ssh_opts.extend(o.ssh_opts.iter().cloned());
+    if !o.ssh_opts.is_empty() {
+        s.ssh_opts = o.ssh_opts.clone();
+    }
     if let Some(v) = &o.sudo {
         s.sudo = v.clone();
+    }
+    if let Some(v) = o.interactive_sudo {
+        s.interactive_sudo = v;
     }
     if let Some(v) = o.confirm_timeout {
         s.confirm_timeout = v;

@@ -36,17 +36,16 @@ impl Selection {
         }
     }
 
-    /// Adds the selection of a `#node[.profile]` flake fragment.
-    pub fn with_fragment(mut self, fragment: &str) -> Selection {
-        let (node, profile) = match fragment.split_once('.') {
-            Some((n, p)) => (n, Some(p.to_string())),
-            None => (fragment, None),
-        };
-        if !node.is_empty() {
-            self.selectors.push(Selector::Name(node.to_string()));
+    /// Adds the selection of a `#node[.profile]` flake fragment. Names with dots are quoted as deploy-rs
+    /// quotes them: `"web1.example.com".system`.
+    pub fn with_fragment(mut self, fragment: &str) -> Result<Selection, FragmentError> {
+        let (node, profile) = parse_fragment(fragment)?;
+        if let Some(node) = node {
+            // Node names hold no glob characters (deploy-rs allows letters, digits, `_`, `-` and, quoted, dots).
+            self.selectors.push(Selector::Name(node));
         }
         self.profile = profile;
-        self
+        Ok(self)
     }
 
     /// True when `name` (with `tags`) is selected.
@@ -68,6 +67,64 @@ impl Selection {
             })
             .collect()
     }
+}
+
+/// A `#node.profile` fragment that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot read the flake fragment `{fragment}`: {reason} (expected node, node.profile or \"a.b\".profile)")]
+pub struct FragmentError {
+    /// The fragment as given.
+    pub fragment: String,
+    /// What is wrong.
+    pub reason: &'static str,
+}
+
+/// Splits `node[.profile]` into its parts; either part may be a double-quoted string holding dots.
+pub fn parse_fragment(fragment: &str) -> Result<(Option<String>, Option<String>), FragmentError> {
+    let err = |reason| FragmentError {
+        fragment: fragment.to_string(),
+        reason,
+    };
+    let mut parts: Vec<String> = Vec::new();
+    let mut chars = fragment.chars().peekable();
+    while chars.peek().is_some() {
+        let mut part = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next() {
+                    Some('"') => break,
+                    Some('\\') => part.extend(chars.next()),
+                    Some(c) => part.push(c),
+                    None => return Err(err("unclosed quote")),
+                }
+            }
+            match chars.next() {
+                None | Some('.') => {}
+                Some(_) => return Err(err("text after a closing quote")),
+            }
+        } else {
+            for c in chars.by_ref() {
+                if c == '.' {
+                    break;
+                }
+                part.push(c);
+            }
+        }
+        parts.push(part);
+    }
+    let non_empty = |p: Option<String>| p.filter(|s| !s.is_empty());
+    let mut it = parts.into_iter();
+    let (node, profile) = (non_empty(it.next()), non_empty(it.next()));
+    if it.next().is_some() {
+        return Err(err(
+            "more than node and profile; quote names that contain dots",
+        ));
+    }
+    if node.is_none() && profile.is_some() {
+        return Err(err("a profile without a node"));
+    }
+    Ok((node, profile))
 }
 
 /// Shell-style glob (`*`, `?`) matching of a whole string.
@@ -124,9 +181,34 @@ mod tests {
 
     #[test]
     fn fragment_selects_node_and_profile() {
-        let sel = Selection::default().with_fragment("alpha.app");
+        let sel = Selection::default()
+            .with_fragment("alpha.app")
+            .expect("valid");
         assert_eq!(sel.selectors, [Selector::Name("alpha".into())]);
         assert_eq!(sel.profile.as_deref(), Some("app"));
+    }
+
+    #[test]
+    fn fragments_quote_names_with_dots_as_deploy_rs_does() {
+        let some = |s: &str| Some(s.to_string());
+        assert_eq!(parse_fragment("web1"), Ok((some("web1"), None)));
+        assert_eq!(parse_fragment("web1."), Ok((some("web1"), None)));
+        assert_eq!(parse_fragment(""), Ok((None, None)));
+        assert_eq!(
+            parse_fragment("\"web1.example.com\".system"),
+            Ok((some("web1.example.com"), some("system")))
+        );
+        assert_eq!(
+            parse_fragment("computer.\"something.nix\""),
+            Ok((some("computer"), some("something.nix")))
+        );
+        assert!(parse_fragment("a.b.c").is_err());
+        assert!(parse_fragment("\"a.b").is_err());
+        let sel = Selection::default()
+            .with_fragment("\"web1.example.com\"")
+            .expect("valid");
+        assert!(sel.matches("web1.example.com", &[]));
+        assert!(!sel.matches("web1xexample.com", &[]));
     }
 
     #[test]

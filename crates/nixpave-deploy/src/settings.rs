@@ -1,4 +1,5 @@
-//! deploy-rs's general settings and their precedence (profile > node > top; `sshOpts` concatenate).
+//! deploy-rs's general settings and their precedence (profile > node > top; `sshOpts` concatenate, the
+//! profile's first, as deploy-rs appends the outer levels' lists to the inner one's).
 
 use serde::{Deserialize, Serialize};
 
@@ -16,6 +17,8 @@ pub struct GeneralSettings {
     pub ssh_opts: Vec<String>,
     /// Privilege escalation command (deploy-rs default `sudo -u`).
     pub sudo: Option<String>,
+    /// Ask for the sudo password once and feed it to sudo on stdin.
+    pub interactive_sudo: Option<bool>,
     /// Seconds the target waits for the deployer's confirmation.
     pub confirm_timeout: Option<u64>,
     /// Seconds an activation may take.
@@ -43,13 +46,16 @@ impl GeneralSettings {
         GeneralSettings {
             ssh_user: pick(&self.ssh_user, &inner.ssh_user),
             user: pick(&self.user, &inner.user),
-            ssh_opts: self
+            // The inner level's options first: ssh keeps the first value of an option, so the most
+            // specific level wins there too.
+            ssh_opts: inner
                 .ssh_opts
                 .iter()
-                .chain(&inner.ssh_opts)
+                .chain(&self.ssh_opts)
                 .cloned()
                 .collect(),
             sudo: pick(&self.sudo, &inner.sudo),
+            interactive_sudo: pick(&self.interactive_sudo, &inner.interactive_sudo),
             confirm_timeout: pick(&self.confirm_timeout, &inner.confirm_timeout),
             activation_timeout: pick(&self.activation_timeout, &inner.activation_timeout),
             auto_rollback: pick(&self.auto_rollback, &inner.auto_rollback),
@@ -65,14 +71,17 @@ impl GeneralSettings {
 /// Fully resolved settings of one profile on one host.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Settings {
-    /// User ssh logs in as (default: the local user; nixpave uses `root`).
-    pub ssh_user: String,
+    /// User ssh logs in as, when the inventory names one. Unset means what it means in deploy-rs: the local
+    /// user (see [`Settings::login_user`]), unless a host inventory (a lab's, say) knows the host's user.
+    pub ssh_user: Option<String>,
     /// User the profile belongs to.
     pub user: String,
     /// Extra ssh options.
     pub ssh_opts: Vec<String>,
     /// Privilege escalation command when `user` differs from `ssh_user`.
     pub sudo: String,
+    /// Ask for the sudo password (once for the whole run) instead of requiring password-less sudo.
+    pub interactive_sudo: bool,
     /// Seconds the target waits for confirmation.
     pub confirm_timeout: u64,
     /// Seconds an activation may take.
@@ -97,12 +106,16 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/nixpave/deploy";
 impl Settings {
     /// Applies deploy-rs's defaults to whatever the levels left unset.
     pub fn resolve(g: &GeneralSettings) -> Settings {
-        let ssh_user = g.ssh_user.clone().unwrap_or_else(|| "root".into());
         Settings {
-            user: g.user.clone().unwrap_or_else(|| ssh_user.clone()),
-            ssh_user,
+            user: g
+                .user
+                .clone()
+                .or_else(|| g.ssh_user.clone())
+                .unwrap_or_else(local_user),
+            ssh_user: g.ssh_user.clone(),
             ssh_opts: g.ssh_opts.clone(),
             sudo: g.sudo.clone().unwrap_or_else(|| "sudo -u".into()),
+            interactive_sudo: g.interactive_sudo.unwrap_or(false),
             confirm_timeout: g.confirm_timeout.unwrap_or(30),
             activation_timeout: g.activation_timeout.unwrap_or(240),
             auto_rollback: g.auto_rollback.unwrap_or(true),
@@ -116,6 +129,33 @@ impl Settings {
                 .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
         }
     }
+}
+
+impl Settings {
+    /// The user ssh logs in as: `sshUser`, else the host inventory's user, else the local user.
+    pub fn login_user(&self, inventory_user: Option<&str>) -> String {
+        self.ssh_user
+            .clone()
+            .or_else(|| inventory_user.map(str::to_string))
+            .unwrap_or_else(local_user)
+    }
+}
+
+/// The name of the user running nixpave (deploy-rs's default `sshUser`): `id -un`, asked once.
+pub fn local_user() -> String {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        std::process::Command::new("id")
+            .arg("-un")
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .filter(|n| !n.is_empty())
+            .or_else(|| std::env::var("USER").ok())
+            .unwrap_or_else(|| "root".into())
+    })
+    .clone()
 }
 
 #[cfg(test)]
@@ -139,12 +179,25 @@ mod tests {
             confirm_timeout: Some(5),
             ..Default::default()
         };
+        let profile = GeneralSettings {
+            ssh_opts: vec!["-p".into(), "22".into()],
+            ..profile
+        };
         let s = Settings::resolve(&top.layer(&node).layer(&profile));
         assert_eq!(s.confirm_timeout, 5);
-        assert_eq!(s.ssh_opts, ["-A", "-p", "2222"]);
+        // deploy-rs: profile ++ node ++ top; ssh takes the first `-p`, the profile's.
+        assert_eq!(s.ssh_opts, ["-p", "22", "-p", "2222", "-A"]);
         assert!(!s.magic_rollback);
         assert!(s.auto_rollback);
         assert_eq!(s.activation_timeout, 240);
-        assert_eq!(s.user, "root");
+        assert_eq!(s.ssh_user, None);
+        assert_eq!(s.user, local_user());
+        assert_eq!(s.login_user(Some("admin")), "admin");
+        let named = Settings::resolve(&GeneralSettings {
+            ssh_user: Some("deploy".into()),
+            ..Default::default()
+        });
+        assert_eq!(named.user, "deploy");
+        assert_eq!(named.login_user(Some("admin")), "deploy");
     }
 }

@@ -1,6 +1,7 @@
 //! Reaching hosts over OpenSSH ([`nixpave_remote::SshTransport`]): one master connection per host, `nix copy`
-//! through it, and a fresh non-multiplexed login as the magic-rollback proof. Node `hostname`s that name a
-//! host of a nixpave inventory (e.g. the lab's) take that host's address, port, key and known_hosts.
+//! through it, and a fresh non-multiplexed login as the magic-rollback proof. `sshOpts` go to every ssh
+//! verbatim. Node `hostname`s that name a host of a nixpave inventory (e.g. the lab's) take that host's
+//! address, port, key and known_hosts.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -8,7 +9,8 @@ use std::sync::Arc;
 
 use nixpave_nix::copy::CopyTo;
 use nixpave_remote::{
-    CommandOutput, InventoryHost, SshOptions, SshTransport, Target, Transport, TransportError,
+    CommandOutput, InventoryHost, PasswordPrompt, Privilege, SshOptions, SshTransport, Target,
+    Transport, TransportError,
 };
 
 use crate::connection::{Connection, Connector};
@@ -19,6 +21,7 @@ pub struct SshConnector {
     base: SshOptions,
     known: BTreeMap<String, InventoryHost>,
     handshakes: Arc<AtomicUsize>,
+    sudo_prompt: Option<PasswordPrompt>,
 }
 
 impl SshConnector {
@@ -31,21 +34,30 @@ impl SshConnector {
                 .map(|h| (h.name.clone(), h))
                 .collect(),
             handshakes: Arc::new(AtomicUsize::new(0)),
+            sudo_prompt: None,
         }
     }
 
+    /// Where the sudo password of hosts with `interactiveSudo` comes from (the CLI asks once on the terminal).
+    pub fn with_sudo_prompt(mut self, prompt: PasswordPrompt) -> SshConnector {
+        self.sudo_prompt = Some(prompt);
+        self
+    }
+
     /// The ssh target and options for `host`.
+    ///
+    /// deploy-rs passes `sshOpts` to ssh verbatim and so does nixpave: they stand before nixpave's own options
+    /// (ssh keeps the first value it sees), so `-F`, `-J`, `-p`, `-i`, `-o …` and every other option mean what
+    /// they mean on the command line. A `hostname` that names a host of a nixpave inventory (a lab's) takes
+    /// that host's address, port, key and known_hosts, under the user's options.
     pub fn target_for(&self, host: &Host) -> (Target, SshOptions) {
         let mut opts = self.base.clone();
         opts.name = Some(host.name.clone());
         let mut target = Target::new(host.hostname.clone());
-        target.user = Some(host.settings.ssh_user.clone());
-        if let Some(known) = self.known.get(&host.hostname) {
+        let known = self.known.get(&host.hostname);
+        if let Some(known) = known {
             target.host = known.host.clone();
             target.port = known.port;
-            if let Some(u) = &known.user {
-                target.user = Some(u.clone());
-            }
             if known.identity_file.is_some() {
                 opts.identity_file = known.identity_file.clone();
             }
@@ -53,32 +65,29 @@ impl SshConnector {
                 opts.known_hosts = known.known_hosts.clone();
             }
         }
-        apply_ssh_opts(&host.settings.ssh_opts, &mut target, &mut opts);
+        target.user = Some(
+            host.settings
+                .login_user(known.and_then(|k| k.user.as_deref())),
+        );
+        opts.user_args = host.settings.ssh_opts.clone();
+        opts.privilege = privilege_of(&host.settings.sudo);
+        if host.settings.interactive_sudo {
+            opts.sudo_password = self.sudo_prompt.clone().or(opts.sudo_password);
+        }
         (target, opts)
     }
 }
 
-/// Folds deploy-rs `sshOpts` (`-p PORT`, `-i KEY`, `-o K=V`, `-oK=V`) into the target and options.
-pub fn apply_ssh_opts(words: &[String], target: &mut Target, opts: &mut SshOptions) {
-    let mut it = words.iter();
-    while let Some(w) = it.next() {
-        match w.as_str() {
-            "-p" => {
-                if let Some(p) = it.next().and_then(|p| p.parse().ok()) {
-                    target.port = Some(p);
-                }
-            }
-            "-i" => opts.identity_file = it.next().map(Into::into),
-            "-l" => target.user = it.next().cloned(),
-            "-o" => opts.extra_options.extend(it.next().cloned()),
-            other => {
-                if let Some(kv) = other.strip_prefix("-o") {
-                    opts.extra_options.push(kv.to_string());
-                } else {
-                    tracing::warn!(option = other, "ignoring unsupported ssh option");
-                }
-            }
-        }
+/// How a non-root login becomes root, from deploy-rs's `sudo` setting (`sudo -u`, `doas -u`, `run0 --user`).
+pub fn privilege_of(sudo: &str) -> Privilege {
+    match sudo
+        .split_whitespace()
+        .next()
+        .map(|w| w.rsplit('/').next().unwrap_or(w))
+    {
+        Some("doas") => Privilege::Doas,
+        Some("run0") => Privilege::Run0,
+        _ => Privilege::Sudo,
     }
 }
 
@@ -114,7 +123,7 @@ impl Connector for SshConnector {
         self.handshakes.fetch_add(1, Ordering::Relaxed);
         let transport = SshTransport::connect(&target, opts)?;
         Ok(Box::new(SshConnection {
-            address: target.host.clone(),
+            address: transport.resolved_host(),
             transport,
             handshakes: Arc::clone(&self.handshakes),
         }))

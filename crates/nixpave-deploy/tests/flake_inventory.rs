@@ -66,7 +66,11 @@ fn selects_by_tag_glob_and_fragment_inside_the_evaluation() {
     assert_eq!(names, ["alpha", "gamma"]);
     let inv = eval(&Selection::parse_on(&["b*".into()]));
     assert_eq!(inv.hosts.len(), 1);
-    let inv = eval(&Selection::default().with_fragment("alpha.app"));
+    let inv = eval(
+        &Selection::default()
+            .with_fragment("alpha.app")
+            .expect("valid"),
+    );
     assert_eq!(inv.hosts.len(), 1);
     assert_eq!(inv.hosts[0].profiles.len(), 1);
     assert_eq!(inv.hosts[0].profiles[0].name, "app");
@@ -98,7 +102,9 @@ fn plain_nixos_configurations_without_deploy_output() {
     )
     .expect("flake");
     let flake = FlakeTarget::parse(&format!("{}#web2", dir.path().display()));
-    let selection = Selection::default().with_fragment(flake.fragment.as_deref().unwrap_or(""));
+    let selection = Selection::default()
+        .with_fragment(flake.fragment.as_deref().unwrap_or(""))
+        .expect("valid");
     let inv =
         Inventory::from_flake(&flake.flake, &selection, &NixOptions::default()).expect("evaluates");
     assert_eq!(inv.hosts.len(), 1);

@@ -80,6 +80,10 @@ pub struct SshOptions {
     pub command_timeout: Option<Duration>,
     /// Further `-o Key=Value` options for every ssh invocation.
     pub extra_options: Vec<String>,
+    /// ssh arguments given by the user (deploy-rs `sshOpts`, `--ssh-opts`), passed verbatim to every ssh
+    /// nixpave starts for the host. They stand before nixpave's own options, so they win: ssh keeps the
+    /// first value it sees. Only the connection-sharing options (`ControlMaster`, `ControlPath`) come first.
+    pub user_args: Vec<String>,
 }
 
 impl Default for SshOptions {
@@ -97,6 +101,7 @@ impl Default for SshOptions {
             sudo_password: None,
             command_timeout: None,
             extra_options: Vec::new(),
+            user_args: Vec::new(),
         }
     }
 }
@@ -117,6 +122,7 @@ impl std::fmt::Debug for SshOptions {
             )
             .field("command_timeout", &self.command_timeout)
             .field("extra_options", &self.extra_options)
+            .field("user_args", &self.user_args)
             .finish()
     }
 }
@@ -264,13 +270,20 @@ impl SshTransport {
     /// `NIX_SSHOPTS` wants (space separated; nix does not honour quotes, so paths must be
     /// free of spaces, which the control path always is).
     pub fn nix_sshopts(&self) -> String {
-        let mut opts = self.common_args();
-        opts.extend([
-            "-o".into(),
+        let mut opts = vec![
+            "-o".to_string(),
             format!("ControlPath={}", self.control_path.display()),
             "-o".into(),
             "ControlMaster=no".into(),
-        ]);
+        ];
+        let common = self.common_args();
+        // nix splits NIX_SSHOPTS at white space; a word with a space (`ProxyCommand=ssh -W …`) would fall apart.
+        // Such words are only needed to open a connection, and this one goes through the open master.
+        let (kept, dropped) = drop_spaced_words(&common);
+        if !dropped.is_empty() {
+            tracing::debug!(host = %self.name, ?dropped, "ssh options with spaces left out of NIX_SSHOPTS");
+        }
+        opts.extend(kept);
         opts.join(" ")
     }
 
@@ -298,8 +311,8 @@ impl SshTransport {
     /// connection; append a remote command line to run one by hand.
     pub fn ssh_argv(&self) -> Vec<String> {
         let mut argv = vec!["ssh".to_string()];
-        argv.extend(self.common_args());
         argv.extend(self.mux_args());
+        argv.extend(self.common_args());
         argv.push(self.target.host.clone());
         argv
     }
@@ -308,8 +321,10 @@ impl SshTransport {
     /// use the master: proves that a fresh login works (the magic-rollback check).
     pub fn run_fresh_login(&self, argv: &[String]) -> Result<CommandOutput, TransportError> {
         let mut cmd = Command::new("ssh");
-        cmd.args(self.common_args())
-            .args(["-o", "ControlMaster=no", "-o", "ControlPath=none", "-T"])
+        // First, so that neither the user's options nor their ssh_config can route the proof through a
+        // connection that already exists.
+        cmd.args(["-o", "ControlMaster=no", "-o", "ControlPath=none", "-T"])
+            .args(self.common_args())
             .arg(&self.target.host)
             .arg(shell_join(&self.escalation.wrap(argv)));
         let shown = shell_join(argv);
@@ -339,13 +354,34 @@ impl SshTransport {
         Ok(out)
     }
 
+    /// The host name ssh really connects to, after ssh_config and the user's options (`ssh -G`): an alias
+    /// such as `web1` from a `-F` file becomes its `HostName`. Falls back to the target's host.
+    pub fn resolved_host(&self) -> String {
+        let out = Command::new("ssh")
+            .args(self.common_args())
+            .arg("-G")
+            .arg(&self.target.host)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output();
+        out.ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .find_map(|l| l.strip_prefix("hostname ").map(str::to_string))
+            })
+            .unwrap_or_else(|| self.target.host.clone())
+    }
+
     /// Closes the master connection now (also done on drop).
     pub fn close(self) {}
 
-    /// Options shared by every ssh invocation (master, clients, nix).
+    /// Options shared by every ssh invocation (master, clients, nix): the user's verbatim arguments first
+    /// (ssh keeps the first value of an option, so they win), then nixpave's defaults.
     fn common_args(&self) -> Vec<String> {
         let o = &self.options;
-        let mut args: Vec<String> = Vec::new();
+        let mut args: Vec<String> = o.user_args.clone();
         let mut opt = |kv: String| {
             args.push("-o".into());
             args.push(kv);
@@ -390,6 +426,7 @@ impl SshTransport {
             args.push("-l".into());
             args.push(user.clone());
         }
+        // ssh reads only the last `-F`: a config file among the user's arguments beats this one.
         if let Some(config) = &o.ssh_config {
             args.insert(0, config.display().to_string());
             args.insert(0, "-F".into());
@@ -415,11 +452,11 @@ impl SshTransport {
             source,
         })?;
         let mut cmd = Command::new("ssh");
-        cmd.args(self.common_args())
-            .args(["-M", "-N", "-f", "-S"])
+        cmd.args(["-M", "-N", "-f", "-S"])
             .arg(&self.control_path)
             // A safety net: a master orphaned by a killed nixpave exits after being idle.
             .args(["-o", "ControlPersist=600"])
+            .args(self.common_args())
             .arg(&self.target.host)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -644,9 +681,9 @@ impl SshTransport {
 
     fn master_alive(&self) -> bool {
         Command::new("ssh")
-            .args(self.common_args())
             .arg("-S")
             .arg(&self.control_path)
+            .args(self.common_args())
             .args(["-O", "check"])
             .arg(&self.target.host)
             .stdin(Stdio::null())
@@ -689,8 +726,8 @@ impl SshTransport {
         let mut tagged = vec!["env".to_string(), tag.clone()];
         tagged.extend(argv.iter().cloned());
         let mut cmd = Command::new("ssh");
-        cmd.args(self.common_args())
-            .args(self.mux_args())
+        cmd.args(self.mux_args())
+            .args(self.common_args())
             .arg("-T")
             .arg(&self.target.host)
             .arg(shell_join(&escalation.wrap(&tagged)));
@@ -751,8 +788,8 @@ impl SshTransport {
         );
         let argv = ["sh".to_string(), "-c".into(), script];
         let mut cmd = Command::new("ssh");
-        cmd.args(self.common_args())
-            .args(self.mux_args())
+        cmd.args(self.mux_args())
+            .args(self.common_args())
             .arg("-T")
             .arg(&self.target.host)
             .arg(shell_join(&escalation.wrap(&argv)));
@@ -831,9 +868,9 @@ impl Drop for SshTransport {
     fn drop(&mut self) {
         if self.control_path.exists() {
             let mut cmd = Command::new("ssh");
-            cmd.args(self.common_args())
-                .arg("-S")
+            cmd.arg("-S")
                 .arg(&self.control_path)
+                .args(self.common_args())
                 .args(["-O", "exit"])
                 .arg(&self.target.host);
             let _ = run_child(
@@ -905,6 +942,52 @@ fn run_tag() -> String {
 }
 
 /// Every `SHA256:…` fingerprint in `text`, in order.
+/// Splits ssh arguments into those that survive nix's white-space splitting of `NIX_SSHOPTS` and those that
+/// do not (a word with white space, together with the `-o`/`-J`-style flag in front of it).
+fn drop_spaced_words(args: &[String]) -> (Vec<String>, Vec<String>) {
+    let mut kept: Vec<String> = Vec::new();
+    let mut dropped = Vec::new();
+    for word in args {
+        if word.chars().any(char::is_whitespace) {
+            // A value whose flag stands alone before it (`-o`, `-J`, …) goes with its flag.
+            if kept.last().is_some_and(|prev| is_flag_with_value(prev)) {
+                dropped.extend(kept.pop());
+            }
+            dropped.push(word.clone());
+        } else {
+            kept.push(word.clone());
+        }
+    }
+    (kept, dropped)
+}
+
+/// ssh flags that take their value as the next word (from ssh(1)'s synopsis).
+fn is_flag_with_value(word: &str) -> bool {
+    matches!(
+        word,
+        "-B" | "-b"
+            | "-c"
+            | "-D"
+            | "-E"
+            | "-e"
+            | "-F"
+            | "-I"
+            | "-i"
+            | "-J"
+            | "-L"
+            | "-l"
+            | "-m"
+            | "-O"
+            | "-o"
+            | "-p"
+            | "-Q"
+            | "-R"
+            | "-S"
+            | "-W"
+            | "-w"
+    )
+}
+
 fn fingerprints(text: &str) -> Vec<String> {
     text.split_whitespace()
         .filter(|word| word.starts_with("SHA256:"))
@@ -951,6 +1034,27 @@ Host key verification failed.
         );
         let keygen = "# Host h found: line 1 \n256 SHA256:QQQ h (ED25519)\n";
         assert_eq!(fingerprints(keygen), vec!["SHA256:QQQ"]);
+    }
+
+    #[test]
+    fn nix_sshopts_leave_out_words_with_spaces_and_their_flags() {
+        let args: Vec<String> = [
+            "-F",
+            "/etc/fleet ssh",
+            "-o",
+            "ProxyCommand=ssh -W %h:%p j",
+            "-A",
+            "-p",
+            "22",
+        ]
+        .map(String::from)
+        .to_vec();
+        let (kept, dropped) = drop_spaced_words(&args);
+        assert_eq!(kept, ["-A", "-p", "22"]);
+        assert_eq!(
+            dropped,
+            ["-F", "/etc/fleet ssh", "-o", "ProxyCommand=ssh -W %h:%p j"]
+        );
     }
 
     #[test]

@@ -24,9 +24,13 @@ use crate::exit;
 /// Where the fleet and its connection details come from (shared by deploy, status and rollback).
 #[derive(Debug, clap::Args)]
 pub struct FleetArgs {
-    /// Flake with a deploy-rs `deploy` output or `nixosConfigurations`, optionally `FLAKE#node[.profile]`.
-    #[arg(default_value = ".")]
-    pub flake: String,
+    /// Flakes with a deploy-rs `deploy` output or `nixosConfigurations`, each optionally
+    /// `FLAKE#node[.profile]` (quote names with dots: `'.#"web1.example.com".system'`); default `.`.
+    #[arg(value_name = "FLAKE")]
+    pub flakes: Vec<String>,
+    /// More flakes, as deploy-rs's `--targets` takes them.
+    #[arg(long, num_args = 1.., value_name = "FLAKE")]
+    pub targets: Vec<String>,
     /// Hosts to act on: names, globs (`web-*`) and `@tag`s, comma separated; default all.
     #[arg(long = "on", value_name = "SELECTORS")]
     pub on: Vec<String>,
@@ -40,6 +44,28 @@ pub struct FleetArgs {
     /// Private key for ssh.
     #[arg(long, value_name = "FILE")]
     pub identity: Option<PathBuf>,
+    /// ssh_config file for every ssh (`-F`); a `-F` in `sshOpts` wins over it.
+    #[arg(short = 'F', long, value_name = "FILE")]
+    pub ssh_config: Option<PathBuf>,
+    /// Log in as USER on every host (deploy-rs `--ssh-user`; beats `sshUser`).
+    #[arg(long, value_name = "USER")]
+    pub ssh_user: Option<String>,
+    /// ssh options for every host, replacing the inventory's `sshOpts` (deploy-rs `--ssh-opts`), e.g.
+    /// `--ssh-opts '-F ./ssh_config -J bastion'`. Words are split as a shell would.
+    #[arg(long, value_name = "OPTS", allow_hyphen_values = true)]
+    pub ssh_opts: Option<String>,
+    /// Connect to HOST instead of the node's `hostname` (deploy-rs `--hostname`).
+    #[arg(long, value_name = "HOST")]
+    pub hostname: Option<String>,
+    /// How a non-root login becomes root: `sudo -u`, `doas -u`, `run0 --user` (deploy-rs `sudo`).
+    #[arg(long, value_name = "CMD")]
+    pub sudo: Option<String>,
+    /// Ask for the sudo password (deploy-rs `interactiveSudo`); asked once, fed to sudo on stdin.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub interactive_sudo: Option<bool>,
+    /// Same as `--interactive-sudo true`.
+    #[arg(long)]
+    pub ask_sudo_password: bool,
     /// Record unknown host keys on first contact (changed keys are still refused).
     #[arg(long)]
     pub accept_new_host_key: bool,
@@ -104,6 +130,37 @@ pub struct DeployArgs {
     /// Turn auto rollback off (a failed activation stays).
     #[arg(long)]
     no_auto_rollback: bool,
+    /// deploy-rs `--magic-rollback BOOL` (overrides the inventory).
+    #[arg(long, value_name = "BOOL", conflicts_with = "no_magic_rollback")]
+    magic_rollback: Option<bool>,
+    /// deploy-rs `--auto-rollback BOOL` (overrides the inventory).
+    #[arg(long, value_name = "BOOL", conflicts_with = "no_auto_rollback")]
+    auto_rollback: Option<bool>,
+    /// The profiles belong to USER (deploy-rs `--profile-user`).
+    #[arg(long, value_name = "USER")]
+    profile_user: Option<String>,
+    /// Directory on the targets for the activation agent (deploy-rs `--temp-path`).
+    #[arg(long, value_name = "DIR")]
+    temp_path: Option<String>,
+    /// The link to the hosts is fast: push everything instead of substituting on them (deploy-rs).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    fast_connection: Option<bool>,
+    /// Build on the targets (deploy-rs `--remote-build`; same as --build-on-target).
+    #[arg(long)]
+    remote_build: bool,
+    /// Do not build the flakes' `checks` before deploying (deploy-rs `-s`).
+    #[arg(short = 's', long)]
+    skip_checks: bool,
+    /// When a host fails, revert the hosts this run deployed too (deploy-rs's all-or-nothing; off by default:
+    /// nixpave keeps the hosts that succeeded).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    rollback_succeeded: Option<bool>,
+    /// Same as `--goal boot` (deploy-rs).
+    #[arg(long, conflicts_with = "dry_activate")]
+    boot: bool,
+    /// Same as `--goal dry-activate` (deploy-rs).
+    #[arg(long)]
+    dry_activate: bool,
     /// Evaluate and build, show the plan, change nothing on any host.
     #[arg(long)]
     dry_run: bool,
@@ -142,12 +199,24 @@ fn usage(message: String) -> miette::Report {
 }
 
 /// Loads the selected hosts and how to reach them. Errors in the inventory are usage errors (exit 2).
-fn load_fleet(args: &FleetArgs, nix: &NixOptions) -> Result<Fleet, (u8, miette::Report)> {
-    let target = FlakeTarget::parse(&args.flake);
-    let mut selection = Selection::parse_on(&args.on);
-    if let Some(fragment) = &target.fragment {
-        selection = selection.with_fragment(fragment);
+/// `overrides` are command-line settings that beat every inventory level; `checks` also evaluates the flakes'
+/// checks.
+fn load_fleet(
+    args: &FleetArgs,
+    mut overrides: GeneralSettings,
+    checks: bool,
+    nix: &NixOptions,
+) -> Result<Fleet, (u8, miette::Report)> {
+    let mut flakes: Vec<&str> = args
+        .flakes
+        .iter()
+        .chain(&args.targets)
+        .map(String::as_str)
+        .collect();
+    if flakes.is_empty() {
+        flakes.push(".");
     }
+    let on = Selection::parse_on(&args.on);
     let mut known: Vec<InventoryHost> = Vec::new();
     let mut deploy_json = None;
     if let Some(path) = &args.inventory {
@@ -179,17 +248,31 @@ fn load_fleet(args: &FleetArgs, nix: &NixOptions) -> Result<Fleet, (u8, miette::
         })?;
         known.extend(inv.hosts);
     }
-    let mut inventory = match deploy_json {
-        Some(v) => Inventory::from_json(v, &selection),
-        None => Inventory::from_flake(&target.flake, &selection, nix),
-    }
-    .map_err(|e| {
+    let inventory_error = |e: nixpave_deploy::InventoryError| {
         let code = match e {
             nixpave_deploy::InventoryError::Eval { .. } => exit::FAILED,
             _ => exit::USAGE,
         };
         (code, miette::Report::msg(error_chain(&e)))
-    })?;
+    };
+    let mut inventory = match deploy_json {
+        Some(v) => {
+            let target = FlakeTarget::parse(flakes[0]);
+            let selection = selection_for(&on, &target)?;
+            Inventory::from_json(v, &selection).map_err(inventory_error)?
+        }
+        None => {
+            let mut all = Inventory::default();
+            for flake in &flakes {
+                let target = FlakeTarget::parse(flake);
+                let selection = selection_for(&on, &target)?;
+                let one = Inventory::load_flake(&target.flake, &selection, checks, nix)
+                    .map_err(inventory_error)?;
+                all.merge(one).map_err(inventory_error)?;
+            }
+            all
+        }
+    };
     if inventory.hosts.is_empty() {
         return Err((
             exit::USAGE,
@@ -199,23 +282,46 @@ fn load_fleet(args: &FleetArgs, nix: &NixOptions) -> Result<Fleet, (u8, miette::
     if args.lab.is_some() {
         nixpave_deploy::overrides::use_private_state_dir(&mut inventory.hosts, LAB_STATE_DIR);
     }
-    if let Some(dir) = &args.state_dir {
-        nixpave_deploy::overrides::apply_overrides(
-            &mut inventory.hosts,
-            &GeneralSettings {
-                state_dir: Some(dir.clone()),
-                ..Default::default()
-            },
-        );
+    overrides.state_dir = args.state_dir.clone();
+    overrides.ssh_user = args.ssh_user.clone();
+    overrides.sudo = args.sudo.clone();
+    overrides.interactive_sudo = args
+        .interactive_sudo
+        .or(args.ask_sudo_password.then_some(true));
+    if let Some(opts) = &args.ssh_opts {
+        overrides.ssh_opts = shlex::split(opts).ok_or_else(|| {
+            (
+                exit::USAGE,
+                usage(format!("--ssh-opts `{opts}`: unbalanced quotes")),
+            )
+        })?;
+    }
+    nixpave_deploy::overrides::apply_overrides(&mut inventory.hosts, &overrides);
+    if let Some(hostname) = &args.hostname {
+        for host in &mut inventory.hosts {
+            host.hostname = hostname.clone();
+        }
     }
     let base = SshOptions {
         connect_timeout: Duration::from_secs(args.connect_timeout.max(1)),
+        ssh_config: args.ssh_config.clone(),
         ..super::ssh_options(args.identity.as_deref(), None, args.accept_new_host_key)
     };
     Ok(Fleet {
         inventory,
-        connector: SshConnector::new(base, known),
+        connector: SshConnector::new(base, known).with_sudo_prompt(super::password_once()),
     })
+}
+
+/// The hosts a flake argument selects: `--on` plus its `#node.profile` fragment.
+fn selection_for(on: &Selection, target: &FlakeTarget) -> Result<Selection, (u8, miette::Report)> {
+    match &target.fragment {
+        Some(fragment) => on
+            .clone()
+            .with_fragment(fragment)
+            .map_err(|e| (exit::USAGE, usage(e.to_string()))),
+        None => Ok(on.clone()),
+    }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -237,18 +343,32 @@ fn fail(code: u8, report: miette::Report) -> miette::Result<ExitCode> {
 /// Runs `nixpave deploy`.
 pub fn run(args: DeployArgs) -> miette::Result<ExitCode> {
     let nix = NixOptions::default();
-    let mut fleet = match load_fleet(&args.fleet, &nix) {
-        Ok(f) => f,
-        Err((code, report)) => return fail(code, report),
-    };
     let overrides = GeneralSettings {
         confirm_timeout: args.confirm_timeout,
         activation_timeout: args.activation_timeout,
-        magic_rollback: args.no_magic_rollback.then_some(false),
-        auto_rollback: args.no_auto_rollback.then_some(false),
+        magic_rollback: args
+            .magic_rollback
+            .or(args.no_magic_rollback.then_some(false)),
+        auto_rollback: args
+            .auto_rollback
+            .or(args.no_auto_rollback.then_some(false)),
+        user: args.profile_user.clone(),
+        temp_path: args.temp_path.clone(),
+        fast_connection: args.fast_connection,
+        remote_build: args.remote_build.then_some(true),
         ..Default::default()
     };
-    nixpave_deploy::overrides::apply_overrides(&mut fleet.inventory.hosts, &overrides);
+    let fleet = match load_fleet(&args.fleet, overrides, !args.skip_checks, &nix) {
+        Ok(f) => f,
+        Err((code, report)) => return fail(code, report),
+    };
+    let goal = if args.boot {
+        Goal::Boot
+    } else if args.dry_activate {
+        Goal::DryActivate
+    } else {
+        args.goal
+    };
     let rollout = fleet.inventory.rollout.overridden_by(&RolloutSettings {
         parallel: args.parallel,
         batch: args.batch,
@@ -256,7 +376,7 @@ pub fn run(args: DeployArgs) -> miette::Result<ExitCode> {
         canary: args.canary,
     });
     let opts = nixpave_deploy::DeployOptions {
-        goal: args.goal,
+        goal,
         reboot: args.reboot,
         reboot_timeout: Duration::from_secs(args.reboot_timeout),
         substitute_on_destination: if args.substitute_on_destination {
@@ -278,6 +398,17 @@ pub fn run(args: DeployArgs) -> miette::Result<ExitCode> {
             hosts.len()
         );
     }
+    if !fleet.inventory.checks.is_empty() {
+        if !args.fleet.json {
+            eprintln!(
+                "building {} check(s) of the flake(s)…",
+                fleet.inventory.checks.len()
+            );
+        }
+        if let Err(e) = nixpave_deploy::build_checks(&fleet.inventory.checks, &opts) {
+            return fail(exit::FAILED, miette::Report::msg(error_chain(&e)));
+        }
+    }
     if let Err(e) = nixpave_deploy::build_all(hosts, &opts) {
         return fail(exit::FAILED, miette::Report::msg(error_chain(&e)));
     }
@@ -290,7 +421,17 @@ pub fn run(args: DeployArgs) -> miette::Result<ExitCode> {
     }
     let renderer = Renderer::new(args.fleet.json, hosts.iter().map(|h| h.name.clone()));
     let sink = |e: Event| renderer.event(e);
-    let report = nixpave_deploy::deploy_fleet(hosts, &fleet.connector, &opts, &rollout, &sink);
+    let mut report = nixpave_deploy::deploy_fleet(hosts, &fleet.connector, &opts, &rollout, &sink);
+    if args.rollback_succeeded == Some(true) && goal != Goal::DryActivate {
+        report = nixpave_deploy::fleet::revoke_succeeded(
+            hosts,
+            report,
+            &fleet.connector,
+            goal,
+            &rollout,
+            &sink,
+        );
+    }
     renderer.finish(&report, |h| h.outcome.is_success())?;
     if nixpave_remote::cancel::is_cancelled() {
         return Ok(exit::code(exit::INTERRUPTED));
@@ -539,7 +680,12 @@ fn outcome_word(r: &HostReport) -> &'static str {
 
 /// Runs `nixpave status`.
 pub fn status(args: StatusArgs) -> miette::Result<ExitCode> {
-    let fleet = match load_fleet(&args.fleet, &NixOptions::default()) {
+    let fleet = match load_fleet(
+        &args.fleet,
+        GeneralSettings::default(),
+        false,
+        &NixOptions::default(),
+    ) {
         Ok(f) => f,
         Err((code, report)) => return fail(code, report),
     };
@@ -622,7 +768,12 @@ pub fn status(args: StatusArgs) -> miette::Result<ExitCode> {
 
 /// Runs `nixpave rollback`.
 pub fn rollback(args: RollbackArgs) -> miette::Result<ExitCode> {
-    let fleet = match load_fleet(&args.fleet, &NixOptions::default()) {
+    let fleet = match load_fleet(
+        &args.fleet,
+        GeneralSettings::default(),
+        false,
+        &NixOptions::default(),
+    ) {
         Ok(f) => f,
         Err((code, report)) => return fail(code, report),
     };

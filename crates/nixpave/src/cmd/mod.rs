@@ -52,6 +52,25 @@ pub(crate) fn ssh_options(
     }
 }
 
+/// A sudo password prompt that asks on the terminal (hidden) the first time a host needs it and gives the
+/// same answer to every other host of the run, as deploy-rs's `interactiveSudo` does. Without a terminal it
+/// answers nothing, and such hosts fail to connect with a message that says so.
+pub(crate) fn password_once() -> nixpave_remote::PasswordPrompt {
+    let answer: std::sync::Arc<std::sync::Mutex<Option<Option<String>>>> = Default::default();
+    std::sync::Arc::new(move |host: &str| {
+        let mut answer = answer.lock().unwrap_or_else(|p| p.into_inner());
+        if answer.is_none() {
+            *answer = Some(
+                rpassword::prompt_password(format!(
+                    "sudo password (asked once, used for {host} and every other host): "
+                ))
+                .ok(),
+            );
+        }
+        answer.clone().flatten()
+    })
+}
+
 /// The exit code of a failed connection: a host-key refusal is a safety refusal.
 pub(crate) fn connect_exit_code(error: &nixpave_remote::TransportError) -> u8 {
     if error.is_refusal() {
