@@ -85,6 +85,9 @@ pub struct Activation {
     pub id: String,
     /// User the activation runs as (deploy-rs `user`).
     pub user: String,
+    /// The deployer runs health checks before confirming: the agent waits for their verdict even without
+    /// magic rollback.
+    pub health_checks: bool,
 }
 
 impl Activation {
@@ -104,6 +107,7 @@ impl Activation {
             temp_path: s.temp_path.clone(),
             id: id.to_string(),
             user: s.user.clone(),
+            health_checks: false,
         }
     }
 
@@ -143,6 +147,8 @@ impl Activation {
             &self.id,
             "-u",
             &self.user,
+            "-k",
+            &flag(self.health_checks),
         ]
         .iter()
         .map(|s| s.to_string())
@@ -339,6 +345,7 @@ mod tests {
             temp_path: "/tmp".into(),
             id: "42".into(),
             user: "root".into(),
+            health_checks: false,
         }
     }
 

@@ -15,13 +15,13 @@ set -u
 MODE=${1:-}
 [ $# -gt 0 ] && shift
 NAME=system PROFILE= STOREPATH= GOAL=switch CONFIRM=30 ACTIVATE=240 MAGIC=1 AUTO=1 STATEDIR=/var/lib/nixpave/deploy
-ID= WAITFOR=final TIMEOUT=300 FOLLOW= RUNAS= AS=
-while getopts n:p:s:g:c:a:m:r:d:i:w:t:l:u: opt; do
+ID= WAITFOR=final TIMEOUT=300 FOLLOW= RUNAS= AS= CHECKS=0
+while getopts n:p:s:g:c:a:m:r:d:i:w:t:l:u:k: opt; do
   case $opt in
     n) NAME=$OPTARG ;; p) PROFILE=$OPTARG ;; s) STOREPATH=$OPTARG ;; g) GOAL=$OPTARG ;;
     c) CONFIRM=$OPTARG ;; a) ACTIVATE=$OPTARG ;; m) MAGIC=$OPTARG ;; r) AUTO=$OPTARG ;;
     d) STATEDIR=$OPTARG ;; i) ID=$OPTARG ;; w) WAITFOR=$OPTARG ;; t) TIMEOUT=$OPTARG ;;
-    l) FOLLOW=$OPTARG ;; u) RUNAS=$OPTARG ;;
+    l) FOLLOW=$OPTARG ;; u) RUNAS=$OPTARG ;; k) CHECKS=$OPTARG ;;
     *) echo "nixpave-agent: bad option" >&2; exit 2 ;;
   esac
 done
@@ -165,7 +165,9 @@ do_run() {
     if [ "$AUTO" = 1 ]; then rollback "$reason"; else status failed "$reason"; fi
     return 0
   fi
-  if [ "$MAGIC" != 1 ]; then
+  # Without magic rollback the agent still waits for the deployer's health checks (-k 1): a failed check
+  # rolls back (auto rollback) or is recorded as a failure; no verdict at all keeps the new generation.
+  if [ "$MAGIC" != 1 ] && [ "$CHECKS" != 1 ]; then
     status confirmed
     return 0
   fi
@@ -177,13 +179,18 @@ do_run() {
       return 0
     fi
     if [ -f "$REJECT_FILE" ] && [ "$(cat "$REJECT_FILE" 2>/dev/null)" = "$ID" ]; then
-      rollback health-check-failed
+      if [ "$MAGIC" = 1 ] || [ "$AUTO" = 1 ]; then rollback health-check-failed; else status failed health-check-failed; fi
       return 0
     fi
     sleep 0.2
     ticks=$((ticks + 1))
   done
-  rollback no-confirmation
+  if [ "$MAGIC" = 1 ]; then
+    rollback no-confirmation
+  else
+    log "no verdict from the deployer's health checks in time; magic rollback is off: keeping the new generation"
+    status confirmed
+  fi
 }
 
 state_of() { sed -n 's/.*"state":"\([^"]*\)".*/\1/p' "$STATUS" 2>/dev/null; }

@@ -14,7 +14,7 @@ use crate::event::{Event, EventSink, HostReport, Outcome, Phase};
 use crate::health;
 use crate::inventory::{Host, Profile};
 use crate::keys::UploadAt;
-use crate::status::{probe, StatusRecord};
+use crate::status::{probe, probe_with_keys, StatusRecord};
 
 /// How a deploy runs (command-line options).
 #[derive(Debug, Clone)]
@@ -164,7 +164,15 @@ fn deploy_connected(
     let host = run.host;
     let t = conn.transport();
     run.phase(Phase::Probe);
-    let before = probe(t, &host.profiles, true).map_err(transport_err(Phase::Probe))?;
+    let key_dests: Vec<(&str, std::path::PathBuf)> = host
+        .keys
+        .iter()
+        .map(|(name, k)| (name.as_str(), k.dest(name)))
+        .collect();
+    let key_refs: Vec<(&str, &std::path::Path)> =
+        key_dests.iter().map(|(n, d)| (*n, d.as_path())).collect();
+    let before =
+        probe_with_keys(t, &host.profiles, true, &key_refs).map_err(transport_err(Phase::Probe))?;
 
     // A no-op: every profile already on the wanted path, confirmed by its last deploy.
     let unchanged = opts.goal == Goal::Switch
@@ -177,9 +185,38 @@ fn deploy_connected(
                     .is_some_and(|r| r.state == "confirmed" && r.path == p.path.out_path())
         });
     if unchanged {
+        // Keys live apart from the system (under /run/keys they are gone after a reboot): a key whose
+        // contents, mode or owner differ from the inventory's is uploaded even though the system is unchanged.
+        let mut stale = Vec::new();
+        for (name, key) in &host.keys {
+            let wanted = key
+                .fingerprint(name)
+                .map_err(|e| StepError::new(Phase::Keys, error_chain(&e)))?;
+            if before.keys.get(name) != Some(&wanted) {
+                stale.push((name, key));
+            }
+        }
+        if !stale.is_empty() {
+            run.phase(Phase::Keys);
+            for (name, key) in &stale {
+                key.upload(name, t)
+                    .map_err(|e| StepError::new(Phase::Keys, error_chain(&e)))?;
+            }
+        }
         let mut r = run.report(
             Outcome::Unchanged,
-            "already on the wanted generation".into(),
+            if stale.is_empty() {
+                "already on the wanted generation".into()
+            } else {
+                format!(
+                    "already on the wanted generation; key(s) uploaded again: {}",
+                    stale
+                        .iter()
+                        .map(|(n, _)| n.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            },
         );
         r.generation = before.profiles.first().and_then(|p| p.generation);
         r.path = before.profiles.first().and_then(|p| p.current.clone());
@@ -200,21 +237,33 @@ fn deploy_connected(
     upload_keys(run, t, UploadAt::PreActivation)?;
 
     let mut last: Option<StatusRecord> = None;
+    let mut activated: Vec<(&Profile, StatusRecord)> = Vec::new();
     for (i, profile) in host.profiles.iter().enumerate() {
-        let record = activate_profile(run, conn, profile, opts, i)?;
+        let record = match activate_profile(run, conn, profile, opts, i) {
+            Ok(record) => record,
+            Err(mut e) => {
+                e.message
+                    .push_str(&revert_earlier(run, t, &activated, opts.goal));
+                return Err(e);
+            }
+        };
         let done = record.state.as_str();
         match done {
-            "confirmed" | "dry-activated" => last = Some(record),
+            "confirmed" | "dry-activated" => {
+                activated.push((profile, record.clone()));
+                last = Some(record);
+            }
             _ => {
                 let outcome = if done == "rolled-back" {
                     Outcome::RolledBack
                 } else {
                     Outcome::Failed
                 };
+                let reverted = revert_earlier(run, t, &activated, opts.goal);
                 let mut r = run.report(
                     outcome,
                     format!(
-                        "profile {}: {} ({})",
+                        "profile {}: {} ({}){reverted}",
                         profile.name,
                         done,
                         explain_reason(&record.reason)
@@ -252,6 +301,52 @@ fn deploy_connected(
     r.generation = record.generation;
     r.path = Some(record.path);
     Ok(r)
+}
+
+/// A later profile of the node failed: the earlier profiles this deploy moved to a new generation go back to
+/// their previous one (most recent first), so the node is never left half on the new release. Returns a
+/// sentence for the report.
+fn revert_earlier(
+    run: &Run<'_>,
+    t: &dyn Transport,
+    activated: &[(&Profile, StatusRecord)],
+    goal: Goal,
+) -> String {
+    if goal == Goal::DryActivate {
+        return String::new();
+    }
+    let mut reverted = Vec::new();
+    let mut failed = Vec::new();
+    for (i, (profile, record)) in activated.iter().enumerate().rev() {
+        if record.previous_path.is_empty() || record.previous_path == record.path {
+            continue;
+        }
+        let id = new_deploy_id(run.salt * 16 + 8 + i);
+        match rollback_profile(t, profile, goal, &id) {
+            Ok(_) => {
+                run.log(format!(
+                    "reverted profile {} to its previous generation",
+                    profile.name
+                ));
+                reverted.push(profile.name.clone());
+            }
+            Err(e) => failed.push(e),
+        }
+    }
+    let mut text = String::new();
+    if !reverted.is_empty() {
+        text.push_str(&format!(
+            "; earlier profiles reverted: {}",
+            reverted.join(", ")
+        ));
+    }
+    if !failed.is_empty() {
+        text.push_str(&format!(
+            "; reverting earlier profiles failed: {}",
+            failed.join("; ")
+        ));
+    }
+    text
 }
 
 fn explain_reason(reason: &str) -> String {
@@ -359,6 +454,7 @@ fn activate_profile(
     let mut a = Activation::for_profile(profile, opts.goal, &id);
     // The target waits for the health checks too: they run inside its confirmation window.
     a.confirm_timeout += health::budget_seconds(&run.host.health_checks);
+    a.health_checks = !run.host.health_checks.is_empty() && opts.goal != Goal::DryActivate;
     run.phase(Phase::Activate);
     let launched = t.run_streaming(
         &["sh".into(), "-c".into(), a.launch_script()],
@@ -443,7 +539,14 @@ fn activate_profile(
         ));
     }
     run.phase(Phase::Confirm);
-    match conn.run_fresh_login(&a.confirm_argv()) {
+    // Magic rollback wants the proof that a new login still works; without it the verdict of the health
+    // checks goes over the existing connection.
+    let confirmed = if a.magic_rollback {
+        conn.run_fresh_login(&a.confirm_argv())
+    } else {
+        t.run(&a.confirm_argv(), None)
+    };
+    match confirmed {
         Ok(out) if out.success() => {}
         Ok(out) => run.log(format!(
             "confirmation over a new connection failed: {}",
@@ -605,35 +708,10 @@ pub fn rollback_host(
     run.phase(Phase::Activate);
     let mut last = None;
     for (i, profile) in host.profiles.iter().enumerate() {
-        let a = Activation::for_profile(profile, goal, &new_deploy_id(salt * 16 + i));
-        let out = t.run(
-            &["sh".into(), "-c".into(), manual_rollback_script(&a)],
-            Some(AGENT_SCRIPT.as_bytes()),
-        );
-        let (record, said) = match out {
-            Ok(o) => (
-                parse_record(&o.stdout_str()),
-                format!("{}{}", o.stdout_str().trim(), o.stderr_tail(2)),
-            ),
-            Err(e) => {
-                let mut r = run.report(Outcome::Failed, e.to_string());
-                r.failed_phase = Some(Phase::Activate);
-                return r;
-            }
-        };
-        match record {
-            Some(r) if r.state == "rolled-back" => last = Some(r),
-            other => {
-                let mut r = run.report(
-                    Outcome::Failed,
-                    format!(
-                        "profile {}: {}",
-                        profile.name,
-                        other
-                            .map(|r| format!("{} ({})", r.state, r.reason))
-                            .unwrap_or_else(|| format!("no status from the agent: {said}"))
-                    ),
-                );
+        match rollback_profile(t, profile, goal, &new_deploy_id(salt * 16 + i)) {
+            Ok(r) => last = Some(r),
+            Err(message) => {
+                let mut r = run.report(Outcome::Failed, message);
                 r.failed_phase = Some(Phase::Activate);
                 r.log_tail = agent_log_tail(t, profile);
                 return r;
@@ -646,6 +724,34 @@ pub fn rollback_host(
         r.path = Some(rec.path);
     }
     r
+}
+
+/// Activates the generation before the current one of `profile` (the agent's manual rollback, run in the
+/// agent's own session so that a lost connection or Ctrl-C on the deployer cannot stop it half way).
+fn rollback_profile(
+    t: &dyn Transport,
+    profile: &Profile,
+    goal: Goal,
+    id: &str,
+) -> Result<StatusRecord, String> {
+    let a = Activation::for_profile(profile, goal, id);
+    let out = t
+        .run(
+            &["sh".into(), "-c".into(), manual_rollback_script(&a)],
+            Some(AGENT_SCRIPT.as_bytes()),
+        )
+        .map_err(|e| e.to_string())?;
+    let said = format!("{}{}", out.stdout_str().trim(), out.stderr_tail(2));
+    match parse_record(&out.stdout_str()) {
+        Some(r) if r.state == "rolled-back" => Ok(r),
+        other => Err(format!(
+            "profile {}: {}",
+            profile.name,
+            other
+                .map(|r| format!("{} ({})", r.state, r.reason))
+                .unwrap_or_else(|| format!("no status from the agent: {said}"))
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -140,6 +140,17 @@ impl KeySpec {
         }
     }
 
+    /// How the uploaded key looks on a host (mode, owner, group, contents hash; see
+    /// [`crate::status::key_fingerprint`]), to tell whether an upload would change anything.
+    pub fn fingerprint(&self, name: &str) -> Result<String, KeyError> {
+        Ok(crate::status::key_fingerprint(
+            self.mode(name)?,
+            self.user.as_deref().unwrap_or("root"),
+            self.group.as_deref().unwrap_or("root"),
+            &self.contents(name)?,
+        ))
+    }
+
     /// Uploads the key atomically with its owner and mode.
     pub fn upload(&self, name: &str, transport: &dyn Transport) -> Result<(), KeyError> {
         if name.contains('/') || name.is_empty() {

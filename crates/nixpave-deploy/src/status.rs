@@ -75,6 +75,32 @@ pub struct HostState {
     pub booted_system: Option<String>,
     /// Per profile.
     pub profiles: Vec<ProfileState>,
+    /// Per key asked about: `MODE USER GROUP SHA256` of the file on the host (see [`key_fingerprint`]).
+    #[serde(skip)]
+    pub keys: std::collections::BTreeMap<String, String>,
+}
+
+/// How a key file looks on the host, as the probe reports it: octal mode, owner, group and the SHA-256 of
+/// the contents. Equal fingerprints mean the upload would change nothing.
+pub fn key_fingerprint(mode: u32, user: &str, group: &str, contents: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(contents);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{mode:o} {user} {group} {hex}")
+}
+
+/// Probe lines for keys: `key<TAB>NAME<TAB>MODE USER GROUP SHA256` for each key file that exists.
+fn key_probe_script(keys: &[(&str, &std::path::Path)]) -> String {
+    let mut s = String::new();
+    for (name, dest) in keys {
+        let d = shell_quote(&dest.display().to_string());
+        s.push_str(&format!(
+            "if [ -f {d} ]; then printf 'key\\t%s\\t%s %s\\n' {n} \"$(stat -c '%a %U %G' {d})\" \
+             \"$(sha256sum < {d} | cut -c1-64)\"; fi\n",
+            n = shell_quote(name)
+        ));
+    }
+    s
 }
 
 /// The shell script of [`probe`]: one line per fact, `KEY<TAB>PROFILE<TAB>VALUE`.
@@ -128,6 +154,9 @@ pub fn parse_probe(stdout: &str, names: &[&str]) -> HostState {
             "boot" => state.boot_id = value.to_string(),
             "current" => state.current_system = some(value),
             "booted" => state.booted_system = some(value),
+            "key" => {
+                state.keys.insert(name.to_string(), value.to_string());
+            }
             _ => {
                 let Some(p) = state.profiles.iter_mut().find(|p| p.name == name) else {
                     continue;
@@ -156,6 +185,16 @@ pub fn probe(
     profiles: &[Profile],
     with_wanted: bool,
 ) -> Result<HostState, TransportError> {
+    probe_with_keys(transport, profiles, with_wanted, &[])
+}
+
+/// [`probe`], also fingerprinting the key files `keys` (name, destination) in the same round trip.
+pub fn probe_with_keys(
+    transport: &dyn Transport,
+    profiles: &[Profile],
+    with_wanted: bool,
+    keys: &[(&str, &std::path::Path)],
+) -> Result<HostState, TransportError> {
     let rows: Vec<(&str, &str, Option<&str>, &str)> = profiles
         .iter()
         .map(|p| {
@@ -167,7 +206,7 @@ pub fn probe(
             )
         })
         .collect();
-    let script = probe_script(&rows);
+    let script = probe_script(&rows) + &key_probe_script(keys);
     let out = transport.run(&["sh".into(), "-c".into(), script], None)?;
     if !out.success() {
         return Err(TransportError::Command {
