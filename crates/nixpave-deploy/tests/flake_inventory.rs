@@ -32,9 +32,10 @@ fn reads_deploy_nodes_with_deploy_rs_precedence() {
         inv.hosts[1].profiles[0].settings.confirm_timeout, 20,
         "top level"
     );
+    // deploy-rs appends the outer levels' sshOpts to the inner one's: node before top.
     assert_eq!(
         system.settings.ssh_opts,
-        ["-o", "ConnectTimeout=5", "-p", "2222"]
+        ["-p", "2222", "-o", "ConnectTimeout=5"]
     );
     assert_eq!(system.profile_path, "/nix/var/nix/profiles/system");
     assert_eq!(
