@@ -666,17 +666,18 @@ fn reboot_and_verify(
     let deadline = Instant::now() + opts.reboot_timeout;
     std::thread::sleep(Duration::from_secs(3));
     while Instant::now() < deadline {
-        if let Ok(state) = probe(t, &run.host.profiles, false) {
+        if let Ok(state) = probe(t, &run.host.profiles, true) {
             if !state.boot_id.is_empty() && state.boot_id != old_boot {
-                return match state.current_system.as_deref() {
-                    Some(cur) if cur == wanted => Ok(()),
-                    other => Err(StepError::new(
+                return if state.runs_wanted_system(0, wanted) {
+                    Ok(())
+                } else {
+                    Err(StepError::new(
                         Phase::Reboot,
                         format!(
                             "rebooted, but /run/current-system is {} instead of {wanted}",
-                            other.unwrap_or("missing")
+                            state.current_system.as_deref().unwrap_or("missing")
                         ),
-                    )),
+                    ))
                 };
             }
         }

@@ -62,6 +62,11 @@ pub struct ProfileState {
     pub wanted_present: bool,
     /// The last status record, if any.
     pub last: Option<StatusRecord>,
+    /// The generation of this profile that the host booted (`/run/booted-system`), if one is.
+    pub booted_generation: Option<u64>,
+    /// The NixOS system inside the wanted path (`bin/switch-to-configuration` resolved): the toplevel itself,
+    /// or the one a deploy-rs `activate.nixos` wrapper links to.
+    pub wanted_system: Option<String>,
 }
 
 /// What one round trip tells about a host.
@@ -73,6 +78,8 @@ pub struct HostState {
     pub current_system: Option<String>,
     /// `/run/booted-system`.
     pub booted_system: Option<String>,
+    /// The system `/run/current-system` runs, as [`ProfileState::wanted_system`] names systems.
+    pub current_switch: Option<String>,
     /// Per profile.
     pub profiles: Vec<ProfileState>,
     /// Per key asked about: `MODE USER GROUP SHA256` of the file on the host (see [`key_fingerprint`]).
@@ -105,10 +112,15 @@ fn key_probe_script(keys: &[(&str, &std::path::Path)]) -> String {
 
 /// The shell script of [`probe`]: one line per fact, `KEY<TAB>PROFILE<TAB>VALUE`.
 pub fn probe_script(profiles: &[(&str, &str, Option<&str>, &str)]) -> String {
+    // A system is named by its resolved `bin/switch-to-configuration`, so that a deploy-rs `activate.nixos`
+    // wrapper (a profile linking to the toplevel's files) and the toplevel it wraps compare equal.
     let mut s = String::from(
         "r() { [ -e \"$1\" ] && readlink -f \"$1\" 2>/dev/null || true; }\n\
+         sys() { r \"$1/bin/switch-to-configuration\"; }\n\
+         booted_sys=$(sys /run/booted-system)\n\
          printf 'boot\\t-\\t%s\\n' \"$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)\"\n\
          printf 'current\\t-\\t%s\\n' \"$(r /run/current-system)\"\n\
+         printf 'currentsys\\t-\\t%s\\n' \"$(sys /run/current-system)\"\n\
          printf 'booted\\t-\\t%s\\n' \"$(r /run/booted-system)\"\n",
     );
     for (name, profile_path, wanted, state_dir) in profiles {
@@ -117,13 +129,16 @@ pub fn probe_script(profiles: &[(&str, &str, Option<&str>, &str)]) -> String {
         s.push_str(&format!(
             "printf 'profile\\t%s\\t%s\\n' {n} \"$(r {p})\"\n\
              printf 'link\\t%s\\t%s\\n' {n} \"$(readlink {p} 2>/dev/null)\"\n\
-             printf 'record\\t%s\\t%s\\n' {n} \"$(cat {rec} 2>/dev/null | head -n 1)\"\n",
+             printf 'record\\t%s\\t%s\\n' {n} \"$(cat {rec} 2>/dev/null | head -n 1)\"\n\
+             if [ -n \"$booted_sys\" ]; then for g in {p}-*-link; do \
+               if [ \"$(sys \"$g\")\" = \"$booted_sys\" ]; then printf 'bootedgen\\t%s\\t%s\\n' {n} \"${{g##*/}}\"; fi; \
+             done; fi\n",
             rec = shell_quote(&format!("{state_dir}/{name}.json")),
         ));
         if let Some(w) = wanted {
             s.push_str(&format!(
                 "if [ -e {w} ] && nix-store --check-validity {w} >/dev/null 2>&1; then \
-                 printf 'present\\t%s\\tyes\\n' {n}; fi\n",
+                 printf 'present\\t%s\\tyes\\n' {n}; printf 'wantedsys\\t%s\\t%s\\n' {n} \"$(sys {w})\"; fi\n",
                 w = shell_quote(w)
             ));
         }
@@ -154,6 +169,7 @@ pub fn parse_probe(stdout: &str, names: &[&str]) -> HostState {
             "boot" => state.boot_id = value.to_string(),
             "current" => state.current_system = some(value),
             "booted" => state.booted_system = some(value),
+            "currentsys" => state.current_switch = some(value),
             "key" => {
                 state.keys.insert(name.to_string(), value.to_string());
             }
@@ -166,12 +182,32 @@ pub fn parse_probe(stdout: &str, names: &[&str]) -> HostState {
                     "link" => p.generation = generation_of_link(value),
                     "record" => p.last = serde_json::from_str(value).ok(),
                     "present" => p.wanted_present = true,
+                    "wantedsys" => p.wanted_system = some(value),
+                    // The newest matching generation, if several hold the booted system.
+                    "bootedgen" => {
+                        p.booted_generation = generation_of_link(value).max(p.booted_generation)
+                    }
                     _ => {}
                 }
             }
         }
     }
     state
+}
+
+impl HostState {
+    /// True when the host runs the system that `profile`'s wanted path holds (the path itself, or the
+    /// toplevel inside a deploy-rs `activate.nixos` wrapper). Needs a probe made with the wanted paths.
+    pub fn runs_wanted_system(&self, profile: usize, wanted: &str) -> bool {
+        if self.current_system.as_deref() == Some(wanted) {
+            return true;
+        }
+        let wanted_system = self
+            .profiles
+            .get(profile)
+            .and_then(|p| p.wanted_system.as_deref());
+        wanted_system.is_some() && wanted_system == self.current_switch.as_deref()
+    }
 }
 
 /// `system-12-link` → 12.
@@ -240,6 +276,26 @@ mod tests {
     }
 
     #[test]
+    fn a_deploy_rs_wrapper_counts_as_the_system_it_wraps() {
+        let out = "boot\t-\tb\ncurrent\t-\t/nix/store/top\ncurrentsys\t-\t/nix/store/top/bin/switch-to-configuration\n\
+                   booted\t-\t/nix/store/top\npresent\tsystem\tyes\n\
+                   wantedsys\tsystem\t/nix/store/top/bin/switch-to-configuration\n\
+                   bootedgen\tsystem\tsystem-2-link\nbootedgen\tsystem\tsystem-4-link\n";
+        let st = parse_probe(out, &["system"]);
+        assert!(st.runs_wanted_system(0, "/nix/store/top"));
+        assert!(st.runs_wanted_system(0, "/nix/store/wrapper"));
+        assert_eq!(st.profiles[0].booted_generation, Some(4));
+        let other = parse_probe(
+            "current\t-\t/nix/store/old\ncurrentsys\t-\t/nix/store/old/bin/switch-to-configuration\n\
+             wantedsys\tsystem\t/nix/store/top/bin/switch-to-configuration\n",
+            &["system"],
+        );
+        assert!(!other.runs_wanted_system(0, "/nix/store/wrapper"));
+        let unknown = parse_probe("current\t-\t/nix/store/old\n", &["system"]);
+        assert!(!unknown.runs_wanted_system(0, "/nix/store/wrapper"));
+    }
+
+    #[test]
     fn generation_numbers() {
         assert_eq!(generation_of_link("system-12-link"), Some(12));
         assert_eq!(generation_of_link("/nix/store/x"), None);
@@ -268,6 +324,8 @@ pub struct ProfileStatus {
     pub current: Option<String>,
     /// Its generation.
     pub generation: Option<u64>,
+    /// The generation the host booted, when it is one of this profile's.
+    pub booted_generation: Option<u64>,
     /// What the inventory wants it to point at.
     pub wanted: String,
     /// The last deploy's record.
@@ -292,6 +350,7 @@ pub fn host_status(host: &crate::inventory::Host, connector: &dyn crate::Connect
                     name: p.name.clone(),
                     current: s.current.clone(),
                     generation: s.generation,
+                    booted_generation: s.booted_generation,
                     wanted: p.path.out_path().to_string(),
                     last: s.last.clone(),
                 })

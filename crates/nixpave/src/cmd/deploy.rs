@@ -711,8 +711,8 @@ pub fn status(args: StatusArgs) -> miette::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&rows).into_diagnostic()?);
     } else {
         println!(
-            "{:<16} {:<10} {:<8} {:<4} {:<24} current system",
-            "HOST", "REACHABLE", "PROFILE", "GEN", "LAST DEPLOY"
+            "{:<16} {:<10} {:<8} {:<4} {:<6} {:<24} current system",
+            "HOST", "REACHABLE", "PROFILE", "GEN", "BOOTED", "LAST DEPLOY"
         );
         for r in &rows {
             if let Some(e) = &r.error {
@@ -732,11 +732,14 @@ pub fn status(args: StatusArgs) -> miette::Result<ExitCode> {
                     })
                     .unwrap_or_else(|| "-".into());
                 println!(
-                    "{:<16} {:<10} {:<8} {:<4} {:<24} {}",
+                    "{:<16} {:<10} {:<8} {:<4} {:<6} {:<24} {}",
                     r.host,
                     "yes",
                     p.name,
                     p.generation.map(|g| g.to_string()).unwrap_or("-".into()),
+                    p.booted_generation
+                        .map(|g| g.to_string())
+                        .unwrap_or("-".into()),
                     last,
                     p.current.as_deref().unwrap_or("-")
                 );
