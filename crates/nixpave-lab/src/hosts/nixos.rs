@@ -102,7 +102,13 @@ pub struct Layout {
     pub wrappers: Vec<(String, PathBuf)>,
     /// What stays in `/usr/bin`: `env`, `sh`, the login shell.
     pub usr_bin: Vec<(String, PathBuf)>,
+    /// nix's helpers (`/usr/libexec/nix/build-remote` is a link to `/usr/bin/nix`), resolved, when the
+    /// machine has that directory.
+    pub libexec_nix: Option<Vec<(String, PathBuf)>>,
 }
+
+/// nix's helper directory on Debian, whose links point into `/usr/bin`.
+const LIBEXEC_NIX: &str = "/usr/libexec/nix";
 
 /// Reads the machine's tool directories and sorts every tool into its NixOS place; `login_shell`
 /// is root's shell (its base name stays in `/usr/bin`).
@@ -137,6 +143,17 @@ pub fn layout(login_shell: &str) -> Result<Layout, LabError> {
                 layout.sw_bin.push((name, target));
             }
         }
+    }
+    if let Ok(entries) = std::fs::read_dir(LIBEXEC_NIX) {
+        let mut links = Vec::new();
+        for entry in entries.filter_map(|e| e.ok()) {
+            if let Ok(real) = std::fs::canonicalize(entry.path()) {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                links.push((name, inside_path(&real)));
+            }
+        }
+        links.sort();
+        layout.libexec_nix = Some(links);
     }
     for needed in ["env", "sh"] {
         if !layout.usr_bin.iter().any(|(n, _)| n == needed) {
@@ -178,6 +195,7 @@ pub fn prepare(root: &Path, layout: &Layout) -> Result<(), LabError> {
         run.join("wrappers/bin"),
         root.join("usr-bin"),
         root.join("usr-sbin"),
+        root.join("libexec-nix"),
         root.join("nix/var/nix/profiles/default/bin"),
     ];
     for dir in &dirs {
@@ -201,6 +219,7 @@ pub fn prepare(root: &Path, layout: &Layout) -> Result<(), LabError> {
     ] {
         super::up::set_mode(&root.join(parent), 0o755)?;
     }
+    let none = Vec::new();
     let groups = [
         (run.join("current-system/sw/bin"), &layout.sw_bin),
         (
@@ -209,6 +228,10 @@ pub fn prepare(root: &Path, layout: &Layout) -> Result<(), LabError> {
         ),
         (run.join("wrappers/bin"), &layout.wrappers),
         (root.join("usr-bin"), &layout.usr_bin),
+        (
+            root.join("libexec-nix"),
+            layout.libexec_nix.as_ref().unwrap_or(&none),
+        ),
     ];
     for (dir, links) in groups {
         for (name, target) in links {
@@ -230,11 +253,17 @@ pub fn prepare(root: &Path, layout: &Layout) -> Result<(), LabError> {
 /// Shell lines (run in the host's fresh mount namespace, after its other private mounts) that put
 /// the NixOS shape in place, hiding `/usr/bin` and `/usr/sbin` last. `root` is the host's directory;
 /// every command after the hiding runs by its hidden path.
-pub fn mount_lines(root: &str) -> String {
+pub fn mount_lines(root: &str, layout: &Layout) -> String {
     let q = |sub: &str| nixpave_remote::shell_quote(&format!("{root}/{sub}"));
     let hidden_mount = hidden_tool("mount");
+    // nix's build hook must still resolve once /usr/bin is hidden.
+    let libexec = match layout.libexec_nix {
+        Some(_) => format!("mount --bind {} {LIBEXEC_NIX}\n", q("libexec-nix")),
+        None => String::new(),
+    };
     format!(
-        "mount --bind {run} /run\n\
+        "{libexec}\
+         mount --bind {run} /run\n\
          mount --bind /usr/bin {hidden}/bin\n\
          mount --bind /usr/sbin {hidden}/sbin\n\
          mount --bind {profile} /etc/profile\n\
@@ -336,6 +365,15 @@ mod tests {
         let mut kept: Vec<&str> = layout.usr_bin.iter().map(|(n, _)| n.as_str()).collect();
         kept.sort();
         assert_eq!(kept, ["bash", "env", "sh"]);
+        if let Some(helpers) = &layout.libexec_nix {
+            for (name, target) in helpers {
+                assert!(
+                    !target.starts_with("/usr/bin/"),
+                    "{name} -> {}",
+                    target.display()
+                );
+            }
+        }
         // Debian's awk is an alternatives link (/etc/alternatives/awk): resolved to the real program.
         if let Some(awk) = find(&layout.sw_bin, "awk") {
             assert!(awk.starts_with(HIDDEN_DIR), "{}", awk.display());

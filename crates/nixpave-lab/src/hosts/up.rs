@@ -242,7 +242,7 @@ fn bring_up_host(
     create_netns(shared, host)?;
     let disks = create_disks(spec, root)?;
     shared.update(|s| s.hosts[index].disks = disks)?;
-    let pid = start_sshd(spec, host)?;
+    let pid = start_sshd(spec, host, layout)?;
     shared.update(|s| s.hosts[index].sshd_pid = Some(pid))?;
     Ok(())
 }
@@ -363,16 +363,19 @@ fn create_disks(spec: &LabSpec, root: &Path) -> Result<Vec<LoopDisk>, LabError> 
 
 /// Starts sshd in the host's namespaces, detached from us (its own session), and waits until
 /// it accepts connections. Returns its pid.
-fn start_sshd(spec: &LabSpec, host: &HostState) -> Result<i32, LabError> {
+fn start_sshd(spec: &LabSpec, host: &HostState, layout: Option<&Layout>) -> Result<i32, LabError> {
     let root = path_str(&host.root);
     let q = |sub: &str| shell_quote(&format!("{root}/{sub}"));
     // `ip netns exec`, `unshare` and `sh` all exec, so the pid sshd writes is the launcher's.
     // Slave propagation: the host's later unmounts reach the lab host too (a private copy would
     // keep filesystems busy that the host has unmounted), while the lab's binds stay inside.
     // NixOS-shaped hosts hide /usr/bin and /usr/sbin last; sshd then runs by its hidden path.
-    let (nixos_lines, sshd) = match host.flavour {
-        Flavour::Nixos => (nixos::mount_lines(&root), nixos::hidden_tool("sshd")),
-        Flavour::Debian => (String::new(), sys::tool("sshd")),
+    let (nixos_lines, sshd) = match layout {
+        Some(layout) => (
+            nixos::mount_lines(&root, layout),
+            nixos::hidden_tool("sshd"),
+        ),
+        None => (String::new(), sys::tool("sshd")),
     };
     let script = format!(
         "set -e\n\
