@@ -1,21 +1,37 @@
 //! The on-target activation agent (`agent.sh`) and the command lines that upload, start and query it.
 //!
-//! The agent is uploaded to the target's temp path (not through the nix store) and started detached from the
-//! ssh session: as a transient systemd unit when systemd is PID 1 in the same namespaces, else with
-//! `setsid nohup … &`. Dropping the connection or killing the deployer cannot stop it halfway.
+//! The agent is uploaded (not through the nix store) into a directory of the target's temp path that only root
+//! can reach (`TEMPPATH/nixpave-agent`, mode 0700, checked to be root's own and not a symlink before anything is
+//! written to it) and started detached from the ssh session: as a transient systemd unit when systemd is PID 1
+//! in the same namespaces, else with `setsid nohup … &`. Dropping the connection or killing the deployer cannot
+//! stop it halfway. It sets its own `PATH` ([`nixpave_remote::TARGET_PATH`]), so it works on NixOS and under
+//! systemd's minimal environment or an empty one.
 
-use nixpave_remote::shell_quote;
+use std::sync::LazyLock;
+
+use nixpave_remote::{path_prelude, shell_quote, TARGET_SHELL};
 
 use crate::inventory::Profile;
 
-/// The agent's source.
-pub const AGENT_SCRIPT: &str = include_str!("agent.sh");
+/// The agent's source as written in `agent.sh`, before [`AGENT_SCRIPT`] gives it its `PATH`.
+const AGENT_TEMPLATE: &str = include_str!("agent.sh");
+
+/// Placeholder line of `agent.sh` that becomes [`path_prelude`].
+const PATH_PLACEHOLDER: &str = "# @NIXPAVE_PATH_PRELUDE@";
+
+/// The agent's source, as uploaded: `agent.sh` with its `PATH` line filled in.
+pub static AGENT_SCRIPT: LazyLock<String> =
+    LazyLock::new(|| AGENT_TEMPLATE.replacen(PATH_PLACEHOLDER, &path_prelude(), 1));
 
 /// Exit status of the launch script and the agent when another deploy of the profile is still running.
 pub const EXIT_BUSY: i32 = 75;
 
 /// Exit status of `agent.sh wait` when the agent is not running and never wrote this deploy's record.
 pub const EXIT_AGENT_GONE: i32 = 4;
+
+/// Exit status of the launch and rollback scripts when the agent could not be installed (its directory is not
+/// root's own, or cannot be written): nothing was started or changed.
+pub const EXIT_NOT_INSTALLED: i32 = 78;
 
 /// What the deploy asks of the target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -111,12 +127,44 @@ impl Activation {
         }
     }
 
-    /// Where the agent script lives on the target (named by its content, so hosts sharing /tmp agree).
+    /// The agent's private directory on the target: `TEMPPATH/nixpave-agent`, mode 0700, root's own.
+    pub fn agent_dir(&self) -> String {
+        format!("{}/nixpave-agent", self.temp_path.trim_end_matches('/'))
+    }
+
+    /// Where the agent script lives on the target (in [`agent_dir`](Self::agent_dir), named by its content so
+    /// deployers of different versions never overwrite each other's running agent).
     pub fn agent_path(&self) -> String {
         format!(
-            "{}/nixpave-agent-{:016x}.sh",
-            self.temp_path.trim_end_matches('/'),
+            "{}/agent-{:016x}.sh",
+            self.agent_dir(),
             fnv1a(AGENT_SCRIPT.as_bytes())
+        )
+    }
+
+    /// Shell lines (run as root with `umask 077`, the agent's source on stdin) that create the state directory
+    /// and the agent's private directory, refuse a directory that is a symlink or not root's own (someone could
+    /// have created it in a world-writable temp path), and write the agent atomically under an unpredictable
+    /// temporary name. Exits [`EXIT_NOT_INSTALLED`] on any failure.
+    fn install_lines(&self) -> String {
+        format!(
+            "np_state={state} np_temp={temp} np_dir={dir} np_agent={agent}\n\
+             not_installed() {{ echo \"cannot install the deploy agent: $*\" >&2; exit {code}; }}\n\
+             mkdir -p \"$np_state\" \"$np_temp\" || not_installed \"cannot create $np_state and $np_temp\"\n\
+             mkdir \"$np_dir\" 2>/dev/null || true\n\
+             if [ -h \"$np_dir\" ] || [ ! -d \"$np_dir\" ] || [ ! -O \"$np_dir\" ]; then\n\
+               not_installed \"$np_dir is not a directory of $(id -un) (remove it, or set tempPath elsewhere)\"\n\
+             fi\n\
+             chmod 0700 \"$np_dir\" || not_installed \"cannot make $np_dir private\"\n\
+             np_tmp=$(mktemp \"$np_dir/.agent.XXXXXX\") || not_installed \"cannot create a file in $np_dir\"\n\
+             if ! cat > \"$np_tmp\" || ! mv -f \"$np_tmp\" \"$np_agent\"; then\n\
+               rm -f \"$np_tmp\"; not_installed \"cannot write $np_agent\"\n\
+             fi\n",
+            code = EXIT_NOT_INSTALLED,
+            state = shell_quote(&self.state_dir),
+            temp = shell_quote(&self.temp_path),
+            dir = shell_quote(&self.agent_dir()),
+            agent = shell_quote(&self.agent_path()),
         )
     }
 
@@ -170,7 +218,7 @@ impl Activation {
             "--quiet",
             "--description",
             "nixpave deploy activation",
-            "sh",
+            TARGET_SHELL,
             &self.agent_path(),
         ]
         .iter()
@@ -185,7 +233,7 @@ impl Activation {
         let mut argv = vec![
             "setsid".to_string(),
             "nohup".to_string(),
-            "sh".to_string(),
+            TARGET_SHELL.to_string(),
             self.agent_path(),
         ];
         argv.extend(self.run_args());
@@ -194,7 +242,7 @@ impl Activation {
 
     fn wait_argv(&self, stage: &str, timeout: u64) -> Vec<String> {
         [
-            "sh",
+            TARGET_SHELL,
             &self.agent_path(),
             "wait",
             "-n",
@@ -227,7 +275,6 @@ impl Activation {
     /// One shell script (run with the agent's source on stdin) that installs the agent, starts it detached
     /// and waits until it asks for confirmation or finished: one round trip.
     pub fn launch_script(&self) -> String {
-        let agent = shell_quote(&self.agent_path());
         let q = |argv: Vec<String>| {
             argv.iter()
                 .map(|a| shell_quote(a))
@@ -235,8 +282,7 @@ impl Activation {
                 .join(" ")
         };
         format!(
-            "set -e\numask 077\nmkdir -p {temp} {state}\n\
-             cat > {agent}.$$ && mv -f {agent}.$$ {agent}\n\
+            "set -e\numask 077\n{install}\
              holder=$(readlink {lock} 2>/dev/null || true)\n\
              if [ -n \"$holder\" ] && kill -0 \"$holder\" 2>/dev/null; then\n\
                echo \"another deploy of profile {name_text} is still running on this host (agent pid $holder)\" >&2\n\
@@ -254,8 +300,7 @@ impl Activation {
                {setsid} </dev/null >/dev/null 2>&1 &\n\
              fi\n\
              exec {wait} -l \"$lines\"\n",
-            temp = shell_quote(&self.temp_path),
-            state = shell_quote(&self.state_dir),
+            install = self.install_lines(),
             lock = shell_quote(&format!("{}/{}.lock", self.state_dir, self.name)),
             log = shell_quote(&format!("{}/{}.log", self.state_dir, self.name)),
             name_text = self.name,
@@ -296,11 +341,12 @@ impl Activation {
 
 /// Script for `nixpave rollback`: installs the agent and runs its manual rollback (synchronously).
 pub fn manual_rollback_script(a: &Activation) -> String {
-    let agent = shell_quote(&a.agent_path());
     format!(
-        "set -e\numask 077\nmkdir -p {temp}\ncat > {agent}.$$ && mv -f {agent}.$$ {agent}\n\
-         exec sh {agent} rollback -n {name} -p {profile} -g {goal} -a {act} -d {state} -i {id} -u {user}\n",
-        temp = shell_quote(&a.temp_path),
+        "set -e\numask 077\n{install}\
+         exec {shell} {agent} rollback -n {name} -p {profile} -g {goal} -a {act} -d {state} -i {id} -u {user}\n",
+        install = a.install_lines(),
+        shell = TARGET_SHELL,
+        agent = shell_quote(&a.agent_path()),
         name = shell_quote(&a.name),
         profile = shell_quote(&a.profile_path),
         goal = a.goal.as_str(),
@@ -361,7 +407,7 @@ mod tests {
             "--quiet",
             "--description",
             "nixpave deploy activation",
-            "sh",
+            "/bin/sh",
             &agent,
             "run",
             "-n",
@@ -393,16 +439,110 @@ mod tests {
         assert_eq!(argv, expected);
         expected.drain(..9);
         assert_eq!(activation().run_args(), expected);
-        assert!(agent.starts_with("/tmp/nixpave-agent-") && agent.ends_with(".sh"));
+        assert!(agent.starts_with("/tmp/nixpave-agent/agent-") && agent.ends_with(".sh"));
     }
 
     #[test]
     fn launch_script_detaches_and_waits() {
         let script = activation().launch_script();
         assert!(script.contains("systemd-run --unit nixpave-deploy-system-42 --collect"));
-        assert!(script.contains("setsid nohup sh /tmp/nixpave-agent-"));
+        assert!(script.contains("setsid nohup /bin/sh /tmp/nixpave-agent/agent-"));
         assert!(script.contains("</dev/null >/dev/null 2>&1 &"));
         assert!(script.contains(" wait -n system -d /var/lib/nixpave/deploy -i 42 -w ready -t 490"));
+    }
+
+    #[test]
+    fn agent_sets_the_target_path_itself() {
+        let prelude = nixpave_remote::path_prelude();
+        assert_eq!(AGENT_SCRIPT.matches(&prelude).count(), 1);
+        assert!(!AGENT_SCRIPT.contains(PATH_PLACEHOLDER));
+        // Before the first command the agent runs.
+        let at = AGENT_SCRIPT.find(&prelude).unwrap_or(usize::MAX);
+        assert!(
+            at < AGENT_SCRIPT.find("MODE=").unwrap_or(0),
+            "PATH is set too late"
+        );
+        // No tool by an absolute FHS path: only /bin/sh, which NixOS has too.
+        for line in AGENT_SCRIPT
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+        {
+            for word in line.split(|c: char| c.is_whitespace() || c == '"' || c == '(') {
+                if word.starts_with("/usr/")
+                    || word.starts_with("/bin/")
+                    || word.starts_with("/sbin/")
+                {
+                    assert_eq!(word, "/bin/sh", "hard-coded path in: {line}");
+                }
+            }
+        }
+    }
+
+    /// Runs the install part of the agent scripts (as in `nixpave rollback`) with temp path `temp`.
+    fn install_into(temp: &std::path::Path) -> (std::process::Output, Activation) {
+        let mut a = activation();
+        a.temp_path = temp.display().to_string();
+        a.state_dir = temp.join("state").display().to_string();
+        let script = format!("set -e\numask 077\n{}", a.install_lines());
+        let mut child = std::process::Command::new("/bin/sh")
+            .args(["-c", &script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("sh");
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(AGENT_SCRIPT.as_bytes())
+            .expect("agent to stdin");
+        drop(stdin);
+        (child.wait_with_output().expect("sh runs"), a)
+    }
+
+    #[test]
+    fn agent_goes_to_a_private_directory_never_a_shared_one() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        // A world-writable sticky temp directory, like /tmp.
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o1777))
+            .expect("chmod");
+        let (out, a) = install_into(tmp.path());
+        assert!(out.status.success(), "{out:?}");
+        let dir = std::fs::symlink_metadata(a.agent_dir()).expect("agent dir");
+        assert!(dir.is_dir());
+        assert_eq!(dir.permissions().mode() & 0o7777, 0o700);
+        assert_eq!(
+            std::fs::read_to_string(a.agent_path()).expect("agent"),
+            *AGENT_SCRIPT
+        );
+        let names: Vec<String> = std::fs::read_dir(a.agent_dir())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 1, "temp files left: {names:?}");
+        // Again: an existing private directory is fine.
+        assert!(install_into(tmp.path()).0.status.success());
+
+        // Someone else's directory (or a symlink) at that name: refused, nothing written through it.
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let elsewhere = tmp.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).expect("dir");
+        std::os::unix::fs::symlink(&elsewhere, tmp.path().join("nixpave-agent")).expect("symlink");
+        let (out, _) = install_into(tmp.path());
+        assert_eq!(out.status.code(), Some(EXIT_NOT_INSTALLED), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("is not a directory of"));
+        assert_eq!(std::fs::read_dir(&elsewhere).expect("list").count(), 0);
+        // Only root can hand a directory to another user; the tests run as root (lab tests need it).
+        if std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(tmp.path()).expect("stat")) == 0 {
+            let tmp = tempfile::tempdir().expect("tempdir");
+            let foreign = tmp.path().join("nixpave-agent");
+            std::fs::create_dir(&foreign).expect("dir");
+            std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).expect("chown");
+            let (out, _) = install_into(tmp.path());
+            assert_eq!(out.status.code(), Some(EXIT_NOT_INSTALLED), "{out:?}");
+            assert_eq!(std::fs::read_dir(&foreign).expect("list").count(), 0);
+        }
     }
 
     #[test]

@@ -10,7 +10,11 @@
 # the previous generation and re-activates that. Generations are never deleted. Every step is recorded in
 # STATEDIR/NAME.json (one line of JSON) so the deployer can find out what happened even after losing the
 # connection; the agent's own output goes to STATEDIR/NAME.log.
+#
+# It may start with an empty environment (`env -i`, systemd-run's minimal one) on any Linux, NixOS included:
+# the line below becomes nixpave's PATH for targets (nixpave_remote::TARGET_PATH) when the agent is uploaded.
 set -u
+# @NIXPAVE_PATH_PRELUDE@
 
 MODE=${1:-}
 [ $# -gt 0 ] && shift
@@ -85,7 +89,7 @@ activate() {
 # Activates store path $1 for goal $2 in its own session (this script's `activate` mode), killing the whole
 # process group after $ACTIVATE seconds (exit 124).
 with_timeout() {
-  set -- sh "$0" activate -p "$PROFILE" -s "$1" -g "$2" -u "$RUNAS"
+  set -- /bin/sh "$0" activate -p "$PROFILE" -s "$1" -g "$2" -u "$RUNAS"
   if command -v setsid >/dev/null 2>&1; then setsid "$@" & else "$@" & fi
   pid=$!
   ticks=0 limit=$((ACTIVATE * 5))

@@ -7,7 +7,7 @@ use nixpave_remote::{OutputStream, Transport, TransportError};
 
 use crate::agent::{
     manual_rollback_script, new_deploy_id, Activation, Goal, AGENT_SCRIPT, EXIT_AGENT_GONE,
-    EXIT_BUSY,
+    EXIT_BUSY, EXIT_NOT_INSTALLED,
 };
 use crate::connection::{Connection, Connector};
 use crate::event::{Event, EventSink, HostReport, Outcome, Phase};
@@ -468,7 +468,7 @@ fn activate_profile(
     // A lost connection here does not stop the agent: find out what it did.
     let ready = match launched {
         Ok(out) if out.success() => parse_record(&out.stdout_str()),
-        Ok(out) if out.status == Some(EXIT_BUSY) => {
+        Ok(out) if out.status == Some(EXIT_BUSY) || out.status == Some(EXIT_NOT_INSTALLED) => {
             return Err(StepError::new(
                 Phase::Activate,
                 format!("{} (nothing was changed)", out.stderr_tail(1)),

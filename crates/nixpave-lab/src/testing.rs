@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use nixpave_remote::{HostKeyPolicy, SshOptions, SshTransport, Target, TransportError};
 
-use crate::hosts::{self, HostState, LabError, LabSpec, LabState};
+use crate::hosts::{self, Flavour, HostState, LabError, LabSpec, LabState};
 
 /// A running lab, taken down when dropped.
 #[derive(Debug)]
@@ -45,6 +45,8 @@ pub struct LabOptions {
     pub disk_size: u64,
     /// Non-root users (with sudo) on every host.
     pub users: Vec<crate::hosts::LabUser>,
+    /// What the hosts look like inside ([`Flavour::Nixos`]: NixOS-shaped, see [`crate::hosts::Flavour`]).
+    pub flavour: Flavour,
 }
 
 impl Default for LabOptions {
@@ -54,6 +56,7 @@ impl Default for LabOptions {
             disks: 0,
             disk_size: 256 << 20,
             users: Vec::new(),
+            flavour: Flavour::Debian,
         }
     }
 }
@@ -63,6 +66,16 @@ impl Lab {
     pub fn up(hosts: usize) -> Result<Lab, LabError> {
         Self::with(LabOptions {
             hosts,
+            ..LabOptions::default()
+        })
+    }
+
+    /// Brings up `hosts` NixOS-shaped lab hosts (tools only under `/run/current-system/sw/bin`, nix only in
+    /// `/nix/var/nix/profiles/default/bin`, NixOS's session `PATH`; see [`crate::hosts::Flavour::Nixos`]).
+    pub fn up_nixos(hosts: usize) -> Result<Lab, LabError> {
+        Self::with(LabOptions {
+            hosts,
+            flavour: Flavour::Nixos,
             ..LabOptions::default()
         })
     }
@@ -77,6 +90,7 @@ impl Lab {
             disk_size: options.disk_size,
             dir: base.clone(),
             users: options.users.clone(),
+            flavour: options.flavour,
         };
         let state = hosts::up(&spec)?;
         let hosts = state
@@ -162,6 +176,11 @@ impl LabHost {
     /// `host1`, `host2`, …
     pub fn name(&self) -> &str {
         &self.state.name
+    }
+
+    /// What it looks like inside.
+    pub fn flavour(&self) -> Flavour {
+        self.state.flavour
     }
 
     /// Its IPv4 address.

@@ -29,6 +29,9 @@ pub struct Facts {
     pub disks: Vec<BlockDevice>,
     /// `nix --version` when nix is installed.
     pub nix_version: Option<String>,
+    /// Where `nix` was found (a profile's `bin` on NixOS and nix installs, `/usr/bin` on Debian's nix-bin).
+    #[serde(default)]
+    pub nix_path: Option<String>,
     /// True when the host booted with systemd as init.
     pub systemd: bool,
     /// The login user commands ran as (after escalation).
@@ -203,6 +206,10 @@ pub fn parse_facts(output: &str) -> Result<Facts, String> {
         disks,
         nix_version: values
             .get("nix_version")
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty()),
+        nix_path: values
+            .get("nix_path")
             .map(|v| v.trim().to_string())
             .filter(|v| !v.is_empty()),
         systemd: flag("systemd_booted"),
@@ -391,6 +398,7 @@ has_doas=0
 has_run0=0
 has_nix=1
 nix_version=nix (Nix) 2.8.0
+nix_path=/nix/var/nix/profiles/default/bin/nix
 systemd_booted=1
 mem_total_kib=2048000
 kexec_load_disabled=0
@@ -433,6 +441,10 @@ VERSION_ID="12"
         assert_eq!(f.kexec.secure_boot, Some(false));
         assert!(f.kexec.uefi);
         assert_eq!(f.nix_version.as_deref(), Some("nix (Nix) 2.8.0"));
+        assert_eq!(
+            f.nix_path.as_deref(),
+            Some("/nix/var/nix/profiles/default/bin/nix")
+        );
         assert!(f.systemd && f.is_root);
         assert_eq!(f.escalation_tools, vec!["sudo"]);
         assert_eq!(f.disks.len(), 1, "size-0 loop devices are dropped");

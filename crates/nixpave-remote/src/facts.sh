@@ -8,7 +8,10 @@ echo "user=$(id -un)"
 for tool in sudo doas run0 nix nix-store systemctl kexec lsblk; do
   if command -v "$tool" >/dev/null; then echo "has_$tool=1"; else echo "has_$tool=0"; fi
 done
-if command -v nix >/dev/null; then echo "nix_version=$(nix --version | head -n1)"; fi
+if command -v nix >/dev/null; then
+  echo "nix_version=$(nix --version | head -n1)"
+  echo "nix_path=$(command -v nix)"
+fi
 if [ -d /run/systemd/system ]; then echo "systemd_booted=1"; else echo "systemd_booted=0"; fi
 echo "mem_total_kib=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)"
 if [ -r /proc/sys/kernel/kexec_load_disabled ]; then

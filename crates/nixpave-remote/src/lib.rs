@@ -9,6 +9,7 @@
 //! - [`Facts`]: what a host is (OS, disks, kexec, nix), gathered in one round trip.
 //! - [`parallel`]: run something on many hosts at once; [`cancel`]: Ctrl-C handling.
 //! - [`Target`] and [`Inventory`]: where hosts are and how to log in.
+//! - [`TARGET_PATH`]: the one `PATH` every command on a host runs with (NixOS and FHS hosts).
 //!
 //! ```no_run
 //! use nixpave_remote::{gather_facts, SshOptions, SshTransport, Target, Transport};
@@ -33,6 +34,7 @@ pub mod parallel;
 mod process;
 mod ssh;
 mod target;
+mod target_env;
 mod transport;
 
 pub use facts::{gather_facts, parse_facts, BlockDevice, Facts, FactsError, KexecFacts, OsInfo};
@@ -42,6 +44,7 @@ pub use inventory::{
 pub use local::LocalTransport;
 pub use ssh::{HostKeyPolicy, PasswordPrompt, Privilege, SshOptions, SshTransport};
 pub use target::{Target, TargetParseError};
+pub use target_env::{path_prelude, with_target_path, TARGET_PATH, TARGET_SHELL};
 pub use transport::{
     shell_join, shell_quote, CommandOutput, OutputStream, Transport, TransportError, UploadSpec,
 };

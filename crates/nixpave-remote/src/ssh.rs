@@ -144,7 +144,10 @@ enum Escalation {
 }
 
 impl Escalation {
+    /// The command line for `argv`: escalated, and under [`TARGET_PATH`](crate::TARGET_PATH)
+    /// both before escalation (finding `sudo` on NixOS) and after it (sudo may reset `PATH`).
     fn wrap(&self, argv: &[String]) -> Vec<String> {
+        let argv = crate::with_target_path(argv);
         let prefix: &[&str] = match self {
             Escalation::Direct => &[],
             Escalation::SudoNoPassword => &["sudo", "-n", "--"],
@@ -152,11 +155,11 @@ impl Escalation {
             Escalation::Doas => &["doas", "-n", "--"],
             Escalation::Run0 => &["run0", "--"],
         };
-        prefix
-            .iter()
-            .map(|s| s.to_string())
-            .chain(argv.iter().cloned())
-            .collect()
+        if prefix.is_empty() {
+            return argv;
+        }
+        let escalated: Vec<String> = prefix.iter().map(|s| s.to_string()).chain(argv).collect();
+        crate::with_target_path(&escalated)
     }
 
     fn stdin<'a>(&self, stdin: Option<&'a [u8]>) -> Option<std::borrow::Cow<'a, [u8]>> {
@@ -1062,7 +1065,7 @@ Host key verification failed.
         let esc = Escalation::SudoPassword("s3cret".into());
         let argv = esc.wrap(&["cat".into()]);
         assert!(!argv.iter().any(|a| a.contains("s3cret")));
-        assert_eq!(argv[..2], ["sudo".to_string(), "-S".to_string()]);
+        assert_eq!(argv[4..6], ["sudo".to_string(), "-S".to_string()]);
         let stdin = esc.stdin(Some(b"data")).expect("stdin");
         assert_eq!(&*stdin, b"s3cret\ndata");
     }

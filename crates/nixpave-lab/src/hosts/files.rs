@@ -9,6 +9,11 @@ use super::state::{HostState, LabState};
 /// `sshd_config` of a lab host: root login by key only, verbose log (so tests can count
 /// handshakes); sessions per connection stay at sshd's default (10), like real servers.
 pub fn sshd_config(host: &HostState) -> String {
+    // NixOS-shaped hosts: NixOS's session PATH for every session, as NixOS gives root.
+    let path = match host.flavour {
+        super::Flavour::Nixos => format!(" PATH={}", super::SESSION_PATH),
+        super::Flavour::Debian => String::new(),
+    };
     format!(
         "# nixpave lab host {name}\n\
          Port {port}\n\
@@ -23,7 +28,7 @@ pub fn sshd_config(host: &HostState) -> String {
          LogLevel VERBOSE\n\
          MaxStartups 100:30:200\n\
          PidFile {pid}\n\
-         SetEnv NIX_CONF_DIR={root}/etc-nix\n\
+         SetEnv NIX_CONF_DIR={root}/etc-nix{path}\n\
          Subsystem sftp internal-sftp\n",
         name = host.name,
         port = host.port,
@@ -175,6 +180,7 @@ mod tests {
                 port: 22,
                 root: "/var/lib/nixpave/lab/demo/hosts/host1".into(),
                 sshd_pid: Some(1234),
+                flavour: super::super::Flavour::Debian,
                 disks: vec![LoopDisk {
                     device: "/dev/loop9".into(),
                     file: "/var/lib/nixpave/lab/demo/hosts/host1/disk1.img".into(),

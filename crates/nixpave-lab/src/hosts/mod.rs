@@ -7,6 +7,7 @@
 
 mod error;
 mod files;
+mod nixos;
 mod state;
 pub(crate) mod sys;
 mod teardown;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 pub use error::LabError;
 pub use files::{inventory, ssh_config};
+pub use nixos::{Flavour, HIDDEN_DIR, NIX_PROFILE_BIN, SESSION_PATH, SW_BIN};
 pub use state::{HostState, LabState, LoopDisk};
 pub use sys::parse_size;
 pub use teardown::down;
@@ -58,6 +60,8 @@ pub struct LabSpec {
     pub dir: PathBuf,
     /// Non-root users created on every host (for sudo tests); root always exists.
     pub users: Vec<LabUser>,
+    /// What the hosts look like inside: Debian, or NixOS-shaped (see [`Flavour`]).
+    pub flavour: Flavour,
 }
 
 /// A non-root login user on every lab host, allowed to use sudo; it logs in with the lab key.
@@ -79,6 +83,7 @@ impl LabSpec {
             disk_size: 1 << 30,
             dir: default_lab_dir(),
             users: Vec::new(),
+            flavour: Flavour::Debian,
         }
     }
 
@@ -194,18 +199,23 @@ pub fn status(state: &LabState) -> Vec<HostStatus> {
         .collect()
 }
 
-/// Runs `argv` as root inside a lab host (its network and mount namespaces), without ssh.
+/// Runs `argv` as root inside a lab host (its network and mount namespaces), without ssh, with the
+/// `PATH` a session on the host gets (NixOS's on NixOS-shaped hosts).
 pub fn run_inside(host: &HostState, argv: &[&str]) -> Result<std::process::Output, LabError> {
     let pid = host
         .sshd_pid
         .filter(|p| sys::alive(*p))
         .ok_or_else(|| LabError::Spec(format!("lab host {} is not running", host.name)))?;
     let pid = pid.to_string();
-    std::process::Command::new(sys::tool("nsenter"))
-        .args(["--target", &pid, "--net", "--mount", "--"])
+    let mut cmd = std::process::Command::new(sys::tool("nsenter"));
+    cmd.args(["--target", &pid, "--net", "--mount", "--"])
         .args(argv)
-        .stdin(std::process::Stdio::null())
-        .output()
+        .stdin(std::process::Stdio::null());
+    if host.flavour == Flavour::Nixos {
+        // nsenter looks argv[0] up in this PATH too, after entering the host's mounts.
+        cmd.env("PATH", SESSION_PATH);
+    }
+    cmd.output()
         .map_err(LabError::io("running nsenter for", &host.root))
 }
 

@@ -46,6 +46,9 @@ pub struct HostState {
     pub sshd_pid: Option<i32>,
     /// Loop devices attached for it, with their backing files.
     pub disks: Vec<LoopDisk>,
+    /// What it looks like inside (labs from before flavours are Debian).
+    #[serde(default)]
+    pub flavour: super::Flavour,
 }
 
 /// One loop-device disk.

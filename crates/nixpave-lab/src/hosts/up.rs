@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use nixpave_remote::shell_quote;
 
 use super::error::LabError;
+use super::nixos::{self, Flavour, Layout};
 use super::state::{HostState, LabState, LoopDisk, SharedState};
 use super::{files, sys, LabSpec};
 
@@ -87,8 +88,17 @@ fn build(spec: &LabSpec, shared: &SharedState) -> Result<LabState, LabError> {
             root: dir.join("hosts").join(format!("host{i}")),
             sshd_pid: None,
             disks: Vec::new(),
+            flavour: spec.flavour,
         })
         .collect();
+    // NixOS-shaped hosts: where each of this machine's tools goes, worked out once for all hosts.
+    let layout = match spec.flavour {
+        Flavour::Nixos => Some(nixos::layout(&nixos::root_shell(
+            &read(Path::new("/etc/passwd")).unwrap_or_default(),
+        ))?),
+        Flavour::Debian => None,
+    };
+    let layout = layout.as_ref();
     // Recorded before anything of theirs exists, so a failed `up` cleans them up.
     shared.update(|s| s.hosts = hosts.clone())?;
     let results: Vec<Result<(), LabError>> = std::thread::scope(|scope| {
@@ -97,7 +107,7 @@ fn build(spec: &LabSpec, shared: &SharedState) -> Result<LabState, LabError> {
             .enumerate()
             .map(|(index, host)| {
                 let public_key = &public_key;
-                scope.spawn(move || bring_up_host(spec, shared, index, host, public_key))
+                scope.spawn(move || bring_up_host(spec, shared, index, host, public_key, layout))
             })
             .collect();
         handles
@@ -179,6 +189,7 @@ fn bring_up_host(
     index: usize,
     host: &HostState,
     public_key: &str,
+    layout: Option<&Layout>,
 ) -> Result<(), LabError> {
     let root = &host.root;
     for sub in [
@@ -225,10 +236,13 @@ fn bring_up_host(
     )?;
     write(&root.join("etc-nix/nix.conf"), files::nix_conf(), 0o644)?;
     write_accounts(spec, root, public_key)?;
+    if let Some(layout) = layout {
+        nixos::prepare(root, layout)?;
+    }
     create_netns(shared, host)?;
     let disks = create_disks(spec, root)?;
     shared.update(|s| s.hosts[index].disks = disks)?;
-    let pid = start_sshd(spec, host)?;
+    let pid = start_sshd(spec, host, layout)?;
     shared.update(|s| s.hosts[index].sshd_pid = Some(pid))?;
     Ok(())
 }
@@ -259,7 +273,11 @@ fn write_accounts(spec: &LabSpec, root: &Path, public_key: &str) -> Result<(), L
             None => None,
         });
     }
-    let lines = files::user_lines(&spec.users, &hashes);
+    let mut lines = files::user_lines(&spec.users, &hashes);
+    if spec.flavour == Flavour::Nixos {
+        // NixOS's sudo keeps the caller's PATH (Debian's sudoers resets it to FHS directories).
+        lines.sudoers.insert_str(0, "Defaults !secure_path\n");
+    }
     let etc = root.join("etc");
     for (file, extra, mode) in [
         ("passwd", &lines.passwd, 0o644),
@@ -345,12 +363,20 @@ fn create_disks(spec: &LabSpec, root: &Path) -> Result<Vec<LoopDisk>, LabError> 
 
 /// Starts sshd in the host's namespaces, detached from us (its own session), and waits until
 /// it accepts connections. Returns its pid.
-fn start_sshd(spec: &LabSpec, host: &HostState) -> Result<i32, LabError> {
+fn start_sshd(spec: &LabSpec, host: &HostState, layout: Option<&Layout>) -> Result<i32, LabError> {
     let root = path_str(&host.root);
     let q = |sub: &str| shell_quote(&format!("{root}/{sub}"));
     // `ip netns exec`, `unshare` and `sh` all exec, so the pid sshd writes is the launcher's.
     // Slave propagation: the host's later unmounts reach the lab host too (a private copy would
     // keep filesystems busy that the host has unmounted), while the lab's binds stay inside.
+    // NixOS-shaped hosts hide /usr/bin and /usr/sbin last; sshd then runs by its hidden path.
+    let (nixos_lines, sshd) = match layout {
+        Some(layout) => (
+            nixos::mount_lines(&root, layout),
+            nixos::hidden_tool("sshd"),
+        ),
+        None => (String::new(), sys::tool("sshd")),
+    };
     let script = format!(
         "set -e\n\
          mount --bind {nix} /nix\n\
@@ -361,6 +387,7 @@ fn start_sshd(spec: &LabSpec, host: &HostState) -> Result<i32, LabError> {
          for f in passwd group shadow; do mount --bind {etc}/$f /etc/$f; done\n\
          if [ -d /etc/sudoers.d ]; then mount --bind {etc}/sudoers.d /etc/sudoers.d; fi\n\
          NIX_CONF_DIR={etc_nix} nix-store --init\n\
+         {nixos_lines}\
          exec {sshd} -D -e -f /etc/ssh/sshd_config\n",
         nix = q("nix"),
         etc_ssh = q("etc-ssh"),
@@ -369,7 +396,7 @@ fn start_sshd(spec: &LabSpec, host: &HostState) -> Result<i32, LabError> {
         etc = q("etc"),
         tmp = q("tmp"),
         etc_nix = q("etc-nix"),
-        sshd = shell_quote(&path_str(&sys::tool("sshd"))),
+        sshd = shell_quote(&path_str(&sshd)),
     );
     let log = host.sshd_log();
     let out = File::create(&log).map_err(LabError::io("creating", &log))?;
@@ -422,12 +449,12 @@ fn create_private_dir(dir: &Path) -> Result<(), LabError> {
     set_mode(dir, 0o700)
 }
 
-fn set_mode(path: &Path, mode: u32) -> Result<(), LabError> {
+pub(crate) fn set_mode(path: &Path, mode: u32) -> Result<(), LabError> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(LabError::io("setting the mode of", path))
 }
 
-fn write(path: &Path, contents: &str, mode: u32) -> Result<(), LabError> {
+pub(crate) fn write(path: &Path, contents: &str, mode: u32) -> Result<(), LabError> {
     std::fs::write(path, contents).map_err(LabError::io("writing", path))?;
     set_mode(path, mode)
 }

@@ -129,8 +129,12 @@ fn render(name: &str, f: &Facts) -> String {
     }
     let _ = writeln!(
         s,
-        "  nix       {}",
-        f.nix_version.as_deref().unwrap_or("not installed")
+        "  nix       {}{}",
+        f.nix_version.as_deref().unwrap_or("not installed"),
+        f.nix_path
+            .as_deref()
+            .map(|p| format!(" ({p})"))
+            .unwrap_or_default()
     );
     let _ = writeln!(s, "  systemd   {}", if f.systemd { "yes" } else { "no" });
     let root = if f.is_root {

@@ -43,6 +43,11 @@ pub enum LabCommand {
         /// Also create this non-root user (password-less sudo, the lab key) on every host.
         #[arg(long = "user", value_name = "NAME")]
         users: Vec<String>,
+        /// What the hosts look like inside: `debian` (this machine's FHS layout) or `nixos` (tools only in
+        /// /run/current-system/sw/bin, nix only in /nix/var/nix/profiles/default/bin, sudo in
+        /// /run/wrappers/bin, /usr/bin holding just env and sh, NixOS's session PATH).
+        #[arg(long, value_name = "FLAVOUR", default_value = "debian")]
+        flavour: String,
         /// Print the lab (hosts, addresses, disks, inventory path) as JSON.
         #[arg(long)]
         json: bool,
@@ -84,8 +89,11 @@ pub fn run(command: LabCommand) -> miette::Result<ExitCode> {
             disks,
             disk_size,
             users,
+            flavour,
             json,
-        } => up(lab, hosts, disks, &disk_size, users, json),
+        } => flavour
+            .parse()
+            .and_then(|flavour| up(lab, hosts, disks, &disk_size, users, flavour, json)),
         LabCommand::Status { lab, json } => status(&lab, json),
         LabCommand::Ssh { lab, host, command } => ssh(&lab, &host, &command),
         LabCommand::Down { lab } => down(&lab),
@@ -106,6 +114,7 @@ fn up(
     disks: usize,
     disk_size: &str,
     users: Vec<String>,
+    flavour: hosts::Flavour,
     json: bool,
 ) -> Result<ExitCode, LabError> {
     let spec = LabSpec {
@@ -121,6 +130,7 @@ fn up(
                 sudo_password: None,
             })
             .collect(),
+        flavour,
     };
     let started = Instant::now();
     let state = hosts::up(&spec)?;
@@ -132,6 +142,7 @@ fn up(
             "inventory": state.dir.join("inventory.json"),
             "ssh_config": state.dir.join("ssh_config"),
             "seconds": elapsed.as_secs_f64(),
+            "flavour": spec.flavour,
             "hosts": hosts::status(&state),
         });
         println!(
@@ -152,10 +163,11 @@ fn up(
         );
     }
     println!(
-        "\nlab `{}` is up: {} hosts in {:.2} s\n  inventory   {}\n  ssh config  {}\n\
+        "\nlab `{}` is up: {} {} hosts in {:.2} s\n  inventory   {}\n  ssh config  {}\n\
          try: nixpave exec {} -- uname -a    |    nixpave lab ssh host1    |    nixpave lab down",
         state.name,
         state.hosts.len(),
+        spec.flavour,
         elapsed.as_secs_f64(),
         state.dir.join("inventory.json").display(),
         state.dir.join("ssh_config").display(),

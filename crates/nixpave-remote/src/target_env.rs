@@ -1,0 +1,89 @@
+//! The environment commands get on targets: one `PATH` that finds the tools on NixOS and on
+//! other Linux distributions alike.
+//!
+//! Nothing nixpave runs on a host may depend on the `PATH` it inherits: a NixOS host keeps its
+//! tools in `/run/current-system/sw/bin` and nix profiles, `/bin` holds only `sh` and `/usr/bin`
+//! only `env`, and a unit started by `systemd-run` or a process started with an empty
+//! environment gets a minimal or FHS-only `PATH`. Every command and script sent to a host
+//! therefore runs under [`TARGET_PATH`]: the ssh transport wraps commands in
+//! [`with_target_path`], and scripts that outlive their command (the deploy agent) start with
+//! [`path_prelude`]. `/bin/sh` is the one absolute path relied on (NixOS has it too).
+
+/// The `PATH` of every command nixpave runs on a host (as root): NixOS's setuid wrappers, root's
+/// and the default nix profiles and the system profile first, then the usual FHS directories.
+pub const TARGET_PATH: &str = "/run/wrappers/bin:/root/.nix-profile/bin:/nix/profile/bin:\
+/root/.local/state/nix/profile/bin:/etc/profiles/per-user/root/bin:\
+/nix/var/nix/profiles/default/bin:/run/current-system/sw/bin:\
+/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The shell that runs nixpave's scripts on hosts: the one path NixOS shares with FHS systems.
+pub const TARGET_SHELL: &str = "/bin/sh";
+
+/// `PATH=…; export PATH`: the first line of a script that must not depend on the environment
+/// it is started with.
+pub fn path_prelude() -> String {
+    format!("PATH={TARGET_PATH}; export PATH")
+}
+
+/// `argv` run with `PATH` set to [`TARGET_PATH`]: `/bin/sh -c 'PATH=…; export PATH; exec "$@"'
+/// sh ARGV…`, so even `argv[0]` is looked up in it.
+pub fn with_target_path(argv: &[String]) -> Vec<String> {
+    let mut wrapped = vec![
+        TARGET_SHELL.to_string(),
+        "-c".to_string(),
+        format!("{}; exec \"$@\"", path_prelude()),
+        "sh".to_string(),
+    ];
+    wrapped.extend(argv.iter().cloned());
+    wrapped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_covers_nixos_and_fhs() {
+        let dirs: Vec<&str> = TARGET_PATH.split(':').collect();
+        for dir in [
+            "/run/wrappers/bin",
+            "/nix/var/nix/profiles/default/bin",
+            "/run/current-system/sw/bin",
+            "/etc/profiles/per-user/root/bin",
+            "/root/.nix-profile/bin",
+            "/usr/local/sbin",
+            "/usr/local/bin",
+            "/usr/sbin",
+            "/usr/bin",
+            "/sbin",
+            "/bin",
+        ] {
+            assert!(dirs.contains(&dir), "{dir} missing from {TARGET_PATH}");
+        }
+        // setuid wrappers come before everything, NixOS's profiles before the FHS directories.
+        assert_eq!(dirs[0], "/run/wrappers/bin");
+        let pos = |d: &str| dirs.iter().position(|x| *x == d).unwrap_or(usize::MAX);
+        assert!(pos("/run/current-system/sw/bin") < pos("/usr/bin"));
+        assert!(dirs.iter().all(|d| d.starts_with('/') && !d.is_empty()));
+    }
+
+    #[test]
+    fn wrapped_command_finds_tools_with_an_empty_environment() {
+        let argv = with_target_path(&[
+            "sh".into(),
+            "-c".into(),
+            "echo \"$PATH\"; printf '%s|' \"$@\"".into(),
+            "x".into(),
+            "a b".into(),
+            "$HOME".into(),
+        ]);
+        let out = std::process::Command::new("env")
+            .arg("-i")
+            .args(&argv)
+            .output()
+            .expect("env -i runs");
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(text, format!("{TARGET_PATH}\na b|$HOME|"));
+    }
+}
