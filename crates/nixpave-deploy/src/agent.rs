@@ -340,11 +340,26 @@ impl Activation {
 }
 
 /// Script for `nixpave rollback`: installs the agent and runs its manual rollback (synchronously).
+///
+/// The rollback runs detached from the ssh session, like a deploy's activation: a lost connection or Ctrl-C on
+/// the deployer stops only the waiting, never the rollback half way. The script then waits for its final record
+/// and prints it.
 pub fn manual_rollback_script(a: &Activation) -> String {
     format!(
         "set -e\numask 077\n{install}\
-         exec {shell} {agent} rollback -n {name} -p {profile} -g {goal} -a {act} -d {state} -i {id} -u {user}\n",
+         holder=$(readlink {lock} 2>/dev/null || true)\n\
+         if [ -n \"$holder\" ] && kill -0 \"$holder\" 2>/dev/null; then\n\
+           echo \"a deploy of profile {name_text} is running on this host (agent pid $holder); try again later\" >&2\n\
+           exit {busy}\n\
+         fi\n\
+         unset NIXPAVE_RUN\n\
+         setsid nohup {shell} {agent} rollback -n {name} -p {profile} -g {goal} -a {act} -d {state} -i {id} -u {user} \
+           </dev/null >/dev/null 2>&1 &\n\
+         exec {wait}\n",
         install = a.install_lines(),
+        lock = shell_quote(&format!("{}/{}.lock", a.state_dir, a.name)),
+        name_text = a.name,
+        busy = EXIT_BUSY,
         shell = TARGET_SHELL,
         agent = shell_quote(&a.agent_path()),
         name = shell_quote(&a.name),
@@ -354,6 +369,12 @@ pub fn manual_rollback_script(a: &Activation) -> String {
         state = shell_quote(&a.state_dir),
         id = shell_quote(&a.id),
         user = shell_quote(&a.user),
+        wait = a
+            .wait_argv("final", a.activation_timeout + 30)
+            .iter()
+            .map(|w| shell_quote(w))
+            .collect::<Vec<_>>()
+            .join(" "),
     )
 }
 

@@ -741,7 +741,17 @@ fn rollback_profile(
             &["sh".into(), "-c".into(), manual_rollback_script(&a)],
             Some(AGENT_SCRIPT.as_bytes()),
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| {
+            if nixpave_remote::cancel::is_cancelled() {
+                format!(
+                    "profile {}: interrupted while waiting; the rollback goes on on the host by itself \
+                     (`nixpave status` shows how it ended)",
+                    profile.name
+                )
+            } else {
+                e.to_string()
+            }
+        })?;
     let said = format!("{}{}", out.stdout_str().trim(), out.stderr_tail(2));
     match parse_record(&out.stdout_str()) {
         Some(r) if r.state == "rolled-back" => Ok(r),

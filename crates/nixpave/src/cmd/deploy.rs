@@ -781,6 +781,10 @@ pub fn rollback(args: RollbackArgs) -> miette::Result<ExitCode> {
         Err((code, report)) => return fail(code, report),
     };
     let hosts = &fleet.inventory.hosts;
+    // Ctrl-C stops the waiting, not the rollbacks: they run detached on the hosts.
+    if let Err(e) = nixpave_remote::cancel::install_signal_handlers() {
+        tracing::warn!("cannot install the Ctrl-C handler: {e}");
+    }
     let renderer = Renderer::new(args.fleet.json, hosts.iter().map(|h| h.name.clone()));
     let sink = |e: Event| renderer.event(e);
     let sink: EventSink<'_> = &sink;
@@ -792,6 +796,9 @@ pub fn rollback(args: RollbackArgs) -> miette::Result<ExitCode> {
         nixpave_deploy::rollback_host(host, &fleet.connector, args.goal, sink, salt)
     });
     renderer.finish(&report, |h| h.outcome == Outcome::RolledBack)?;
+    if nixpave_remote::cancel::is_cancelled() {
+        return Ok(exit::code(exit::INTERRUPTED));
+    }
     let failed = report
         .hosts
         .iter()
