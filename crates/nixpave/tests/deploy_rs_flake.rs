@@ -22,6 +22,10 @@ struct Fleet {
 
 impl Fleet {
     fn new(hosts: usize) -> Fleet {
+        Self::on(Lab::up(hosts).expect("lab up"))
+    }
+
+    fn on(lab: Lab) -> Fleet {
         let dir = tempfile::tempdir().expect("tempdir");
         let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
         for f in ["flake.nix", "activate.nix"] {
@@ -40,11 +44,7 @@ impl Fleet {
             "experimental-features = nix-command flakes\nbuild-users-group =\nsubstituters =\nsandbox = false\n",
         )
         .expect("nix.conf");
-        Fleet {
-            lab: Lab::up(hosts).expect("lab up"),
-            dir,
-            conf,
-        }
+        Fleet { lab, dir, conf }
     }
 
     /// Writes fleet.json: `hosts` maps node names to `{hostname?, sshOpts?, break?}`.
@@ -89,7 +89,9 @@ fn interface_of(h: &LabHost) -> String {
 }
 
 fn inside(h: &LabHost, cmd: &str) -> String {
-    let out = h.run_inside(&["sh", "-c", cmd]).expect("nsenter");
+    // NixOS-shaped hosts keep their tools only there.
+    let cmd = format!("PATH=/run/current-system/sw/bin:$PATH; {cmd}");
+    let out = h.run_inside(&["sh", "-c", &cmd]).expect("nsenter");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -348,4 +350,45 @@ fn jump_host_quoted_node_names_overrides_and_rollback_succeeded() {
     let v1 = format!("v1-{}", std::process::id());
     assert_eq!(current_release(web), v1);
     assert_eq!(current_release(db), v1);
+}
+
+#[test]
+fn deploy_rs_flake_on_nixos_shaped_hosts_and_the_booted_generation() {
+    let fleet = Fleet::on(Lab::up_nixos(2).expect("lab up"));
+    let flake = fleet.flake("");
+    let deploy = || fleet.nixpave(&["deploy", &flake, "--state-dir", STATE_DIR, "--json"]);
+    fleet.write("v1", all_hosts(&fleet.lab), false);
+    let out = deploy();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    fleet.write(
+        "v2",
+        serde_json::json!({ "host1": {}, "host2": { "break": { "fail": true } } }),
+        false,
+    );
+    let out = deploy();
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert_eq!(
+        outcomes(&report(&out)),
+        pairs(&[("host1", "deployed"), ("host2", "rolled-back")])
+    );
+
+    // host1 booted v1: the toplevel inside generation 1's activate.nixos wrapper, not the wrapper itself.
+    let h1 = fleet.lab.host(0);
+    inside(
+        h1,
+        "top=$(dirname $(dirname $(readlink -f /nix/var/nix/profiles/system-1-link/bin/switch-to-configuration))); \
+         ln -sfn $top /run/booted-system",
+    );
+    let out = fleet.nixpave(&["status", &flake, "--state-dir", STATE_DIR, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
+    assert_eq!(rows[0]["profiles"][0]["generation"], 2, "{rows}");
+    assert_eq!(rows[0]["profiles"][0]["booted_generation"], 1, "{rows}");
+    assert!(
+        rows[1]["profiles"][0]["booted_generation"].is_null(),
+        "{rows}"
+    );
+    let out = fleet.nixpave(&["status", &flake, "--state-dir", STATE_DIR]);
+    let table = text(&out);
+    assert!(table.contains("BOOTED"), "{table}");
 }
