@@ -46,6 +46,10 @@ pub enum LabCommand {
         /// Print the lab (hosts, addresses, disks, inventory path) as JSON.
         #[arg(long)]
         json: bool,
+        /// Directory of the nix programs the hosts run (first on their PATH), e.g. the current Nix
+        /// from `scripts/nix-current.sh`; default: this machine's nix.
+        #[arg(long, value_name = "DIR")]
+        nix_bin: Option<std::path::PathBuf>,
     },
     /// Show the lab's hosts and whether they answer.
     Status {
@@ -85,7 +89,8 @@ pub fn run(command: LabCommand) -> miette::Result<ExitCode> {
             disk_size,
             users,
             json,
-        } => up(lab, hosts, disks, &disk_size, users, json),
+            nix_bin,
+        } => up(lab, hosts, disks, &disk_size, users, json, nix_bin),
         LabCommand::Status { lab, json } => status(&lab, json),
         LabCommand::Ssh { lab, host, command } => ssh(&lab, &host, &command),
         LabCommand::Down { lab } => down(&lab),
@@ -107,6 +112,7 @@ fn up(
     disk_size: &str,
     users: Vec<String>,
     json: bool,
+    nix_bin: Option<std::path::PathBuf>,
 ) -> Result<ExitCode, LabError> {
     let spec = LabSpec {
         name: lab.name,
@@ -121,6 +127,7 @@ fn up(
                 sudo_password: None,
             })
             .collect(),
+        nix_bin,
     };
     let started = Instant::now();
     let state = hosts::up(&spec)?;
