@@ -12,6 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bin=$(bash scripts/nix-current.sh)
+# major.minor of that nix (2.26): the tests check that the nix they run is this one.
+version=$("$bin/nix" --version | grep -oE '[0-9]+\.[0-9]+' | head -n1)
 # Built first, outside the namespace, so the pass measures tests only.
 cargo build --workspace --tests -q
 
@@ -41,9 +43,9 @@ done
 start=$SECONDS
 # `--propagation slave`: the host's later mounts still reach us; our /nix stays ours.
 unshare --mount --propagation slave bash -euo pipefail -c '
-  store=$1; bin=$2; shift 2
+  store=$1; bin=$2; version=$3; shift 3
   mount --bind "$store" /nix
-  export PATH="$bin:$PATH" NIXPAVE_TEST_NIX=2.26 NIXPAVE_TEST_NIX_CURRENT_BIN="$bin"
+  export PATH="$bin:$PATH" NIXPAVE_TEST_NIX="$version" NIXPAVE_TEST_NIX_CURRENT_BIN="$bin"
   nix --version
   # Created once here: concurrent first uses of an empty store race on its directories (gcroots/profiles).
   nix-store --init
@@ -55,9 +57,9 @@ unshare --mount --propagation slave bash -euo pipefail -c '
     pkg=${spec%%:*}; rest=${spec#*:}
     sel=()
     [ -n "$rest" ] && IFS=: read -r -a sel <<<"$rest"
-    printf "\n--> cargo test -p %s %s (nix 2.26)\n" "$pkg" "${sel[*]:-}"
+    printf "\n--> cargo test -p %s %s (nix %s)\n" "$pkg" "${sel[*]:-}" "$version"
     cargo test -q --no-fail-fast -p "$pkg" "${sel[@]}" "$@" || failed+=("$pkg ${sel[*]:-}")
   done
-  if [ ${#failed[@]} -gt 0 ]; then printf "\nfailed with nix 2.26: %s\n" "${failed[@]}"; exit 1; fi
-' _ "$store" "$bin" "${args[@]}" -- "$@"
-echo "second pass (nix 2.26) took $((SECONDS - start)) s"
+  if [ ${#failed[@]} -gt 0 ]; then printf "\nfailed with nix $version: %s\n" "${failed[@]}"; exit 1; fi
+' _ "$store" "$bin" "$version" "${args[@]}" -- "$@"
+echo "second pass (nix $version) took $((SECONDS - start)) s"
