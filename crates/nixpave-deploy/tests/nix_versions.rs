@@ -1,7 +1,7 @@
 //! Deploys across nix versions: the deployer runs the nix first on `PATH` (Debian 12's 2.8 in the normal
 //! run; current Nix 2.26 in the second pass of `scripts/test.sh`, which sets `NIXPAVE_TEST_NIX=2.26`), the
 //! lab targets run the version each test names. Both passes together cover 2.8 → 2.26, 2.26 → 2.8 (mixed)
-//! and 2.26 → 2.26 (and 2.8 → 2.8).
+//! and 2.26 → 2.26 (and 2.8 → 2.8), and one fleet deploy reaches a 2.8 and a 2.26 target at once.
 //!
 //! Every test builds from a `.drv` on the deployer (`nix build` with the version's installable syntax),
 //! pushes with `nix copy` (the deployer's client against the target's `nix-store --serve`), switches and
@@ -216,4 +216,74 @@ fn deploys_to_targets_running_current_nix() {
 #[test]
 fn deploys_to_targets_running_debian_nix() {
     deploy_round_trip(LabNix::Debian, |v| v.minor == 8, "Debian 12's nix 2.8");
+}
+
+#[test]
+fn one_fleet_deploy_reaches_targets_of_both_versions() {
+    deployer_nix();
+    let old = Lab::with(LabOptions {
+        nix: LabNix::Debian,
+        ..LabOptions::default()
+    })
+    .expect("lab up (nix 2.8)");
+    let new = Lab::with(LabOptions {
+        nix: LabNix::Current,
+        ..LabOptions::default()
+    })
+    .expect("lab up (current nix)");
+    let targets = [("old", old.host(0)), ("new", new.host(0))];
+    let versions: Vec<NixVersion> = targets
+        .iter()
+        .map(|(_, h)| NixVersion::parse(&h.nix_version().expect("nix --version")).expect("version"))
+        .collect();
+    assert!(
+        versions[0].minor == 8 && versions[1] >= NixVersion::new(2, 15, 0),
+        "{versions:?}"
+    );
+    // Each lab has its own key and known_hosts: one inventory entry per target, named by role.
+    let conn = SshConnector::new(
+        SshOptions {
+            connect_timeout: Duration::from_secs(5),
+            ..old.host(0).ssh_options()
+        },
+        targets
+            .iter()
+            .map(|(name, h)| InventoryHost {
+                name: name.to_string(),
+                host: h.address().to_string(),
+                port: h.target().port,
+                user: Some("root".into()),
+                identity_file: Some(h.identity_file().to_path_buf()),
+                known_hosts: Some(h.known_hosts().to_path_buf()),
+            })
+            .collect(),
+    );
+    let (drv, out) = instantiate(&unique("nixver-fleet"));
+    let mut nodes = serde_json::Map::new();
+    for (name, _) in &targets {
+        nodes.insert(
+            name.to_string(),
+            serde_json::json!({
+                "hostname": name, "stateDir": STATE_DIR, "confirmTimeout": 4, "activationTimeout": 4,
+                "profiles": { "system": { "path": { "drv": drv, "out": out } } }
+            }),
+        );
+    }
+    let hs = inventory(serde_json::Value::Object(nodes)).hosts;
+    let opts = DeployOptions::default();
+    assert_eq!(build_all(&hs, &opts).expect("one nix build"), 1);
+    let events = Events::default();
+    let report = deploy_fleet(
+        &hs,
+        &conn,
+        &opts,
+        &RolloutSettings::default(),
+        &events.sink(),
+    );
+    for r in &report.hosts {
+        assert_eq!(r.outcome, Outcome::Deployed, "{r:?}");
+    }
+    for (name, h) in &targets {
+        assert_eq!(on_host(h, &format!("readlink -f {PROFILE}")), out, "{name}");
+    }
 }
