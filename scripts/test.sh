@@ -27,7 +27,8 @@ NIXPAVE_TEST_NIX_CURRENT_BIN=$(bash scripts/nix-current.sh)
 export NIXPAVE_TEST_NIX_CURRENT_BIN
 
 step "test suite (real loop devices, sshd, nix 2.8)"
-cargo test --workspace -- --test-threads "${NIXPAVE_TEST_THREADS:-2}"
+# The version tests check that the deployer's nix really is Debian 12's.
+NIXPAVE_TEST_NIX=2.8 cargo test --workspace -- --test-threads "${NIXPAVE_TEST_THREADS:-2}"
 
 step "second pass: deploy, flake, disk loading and install tests with nix 2.26 on the deployer"
 bash scripts/test-nix-current.sh -- --test-threads "${NIXPAVE_TEST_THREADS:-2}"
