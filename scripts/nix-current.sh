@@ -89,8 +89,13 @@ ensure_bin() {
   mv "$tmp" "$out"
 }
 
+mkdir -p "$cache"
+# One bootstrap at a time on this machine (parallel test runs share the cache).
+exec 9>"$cache/.lock"
+flock 9
 ensure_root
 ensure_bin
+exec 9>&-
 version=$("$out/bin/nix" --version) || die "the patched nix does not run: $out/bin/nix"
 case "$version" in
   *" 2."[0-9][0-9]*) ;;
