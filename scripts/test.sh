@@ -2,6 +2,8 @@
 # Runs every test of nixpave on a fresh Debian 12 machine (as root): installs what the tests
 # need, checks formatting and lints, runs the whole test suite, the disko conformance check and
 # the qemu VM tests (disk engine in a VM, kexec, install end to end; ~20 min under TCG).
+# The nix-facing tests run twice: with Debian 12's nix 2.8, then with current Nix (2.26, from
+# scripts/nix-current.sh) on the deployer (scripts/test-nix-current.sh).
 # NIXPAVE_SKIP_VM=1 leaves the VM tests out for a quick local run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,8 +22,16 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "cargo build"
 cargo build --workspace
 
-step "test suite (real loop devices, sshd, nix)"
-cargo test --workspace -- --test-threads "${NIXPAVE_TEST_THREADS:-2}"
+step "current Nix (2.26) for the nix-version tests"
+NIXPAVE_TEST_NIX_CURRENT_BIN=$(bash scripts/nix-current.sh)
+export NIXPAVE_TEST_NIX_CURRENT_BIN
+
+step "test suite (real loop devices, sshd, nix 2.8)"
+# The version tests check that the deployer's nix really is Debian 12's.
+NIXPAVE_TEST_NIX=2.8 cargo test --workspace -- --test-threads "${NIXPAVE_TEST_THREADS:-2}"
+
+step "second pass: deploy, flake, disk loading and install tests with nix 2.26 on the deployer"
+bash scripts/test-nix-current.sh -- --test-threads "${NIXPAVE_TEST_THREADS:-2}"
 
 if [ -f scripts/conformance.sh ]; then
   step "disko conformance"

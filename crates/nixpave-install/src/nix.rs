@@ -107,6 +107,12 @@ mod tests {
             parse_build_json(j),
             Some(("/nix/store/a.drv".into(), "/nix/store/b-sys".into()))
         );
+        // nix 2.26 adds build times (captured shape).
+        let j = r#"[{"drvPath":"/nix/store/a.drv","outputs":{"out":"/nix/store/b-sys"},"startTime":1795983893,"stopTime":1795983894}]"#;
+        assert_eq!(
+            parse_build_json(j),
+            Some(("/nix/store/a.drv".into(), "/nix/store/b-sys".into()))
+        );
         assert_eq!(parse_build_json("[]"), None);
         assert_eq!(
             config_attr("path:/f", "web"),

@@ -47,6 +47,61 @@ pub struct LabOptions {
     pub users: Vec<crate::hosts::LabUser>,
     /// What the hosts look like inside ([`Flavour::Nixos`]: NixOS-shaped, see [`crate::hosts::Flavour`]).
     pub flavour: Flavour,
+    /// The nix the hosts run (see [`LabNix`]).
+    pub nix: LabNix,
+}
+
+/// Which nix lab hosts run.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum LabNix {
+    /// Whatever is on this machine's `PATH` when sshd starts sessions: Debian 12's nix 2.8.
+    #[default]
+    System,
+    /// Debian's nix from `/usr/bin` explicitly (2.8 on Debian 12), whatever the test's own `PATH` says.
+    Debian,
+    /// Current Nix (2.26) from [`current_nix_bin`]; bringing the lab up fails when it is not provided.
+    Current,
+    /// The nix programs in this directory.
+    Bin(PathBuf),
+}
+
+/// The directory with a current Nix's programs (2.26) for tests: `NIXPAVE_TEST_NIX_CURRENT_BIN`, else
+/// the cache `scripts/nix-current.sh` fills (`/var/cache/nixpave/nix-current/bin`). An error (never a
+/// silent fallback to the system nix) when neither holds a nix.
+pub fn current_nix_bin() -> Result<PathBuf, LabError> {
+    let bin = std::env::var_os("NIXPAVE_TEST_NIX_CURRENT_BIN")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/nixpave/nix-current/bin"));
+    if bin.join("nix").is_file() {
+        Ok(bin)
+    } else {
+        Err(LabError::Spec(format!(
+            "this test needs current Nix (2.26) and it is not provided: no nix in {} \
+             (run `bash scripts/nix-current.sh`, or set NIXPAVE_TEST_NIX_CURRENT_BIN; scripts/test.sh does both)",
+            bin.display()
+        )))
+    }
+}
+
+/// The nix version the test run's own nix (first on `PATH`) is meant to be: `NIXPAVE_TEST_NIX`
+/// (`2.26` in the second pass of `scripts/test.sh`), `None` when unset (Debian's nix).
+pub fn expected_local_nix() -> Option<String> {
+    std::env::var("NIXPAVE_TEST_NIX")
+        .ok()
+        .filter(|v| !v.is_empty())
+}
+
+impl LabNix {
+    /// The bin directory to put first on the hosts' `PATH` (`None` for [`LabNix::System`]).
+    pub fn bin_dir(&self) -> Result<Option<PathBuf>, LabError> {
+        match self {
+            LabNix::System => Ok(None),
+            LabNix::Debian => Ok(Some(PathBuf::from("/usr/bin"))),
+            LabNix::Current => current_nix_bin().map(Some),
+            LabNix::Bin(dir) => Ok(Some(dir.clone())),
+        }
+    }
 }
 
 impl Default for LabOptions {
@@ -57,6 +112,7 @@ impl Default for LabOptions {
             disk_size: 256 << 20,
             users: Vec::new(),
             flavour: Flavour::Debian,
+            nix: LabNix::System,
         }
     }
 }
@@ -91,6 +147,7 @@ impl Lab {
             dir: base.clone(),
             users: options.users.clone(),
             flavour: options.flavour,
+            nix_bin: options.nix.bin_dir()?,
         };
         let state = hosts::up(&spec)?;
         let hosts = state
@@ -240,6 +297,15 @@ impl LabHost {
     /// Runs `argv` as root inside the host (its network and mount namespaces), without ssh.
     pub fn run_inside(&self, argv: &[&str]) -> Result<std::process::Output, LabError> {
         hosts::run_inside(&self.state, argv)
+    }
+
+    /// `nix --version` as an ssh session on the host sees it (the nix a deploy uses there).
+    pub fn nix_version(&self) -> Result<String, TransportError> {
+        use nixpave_remote::Transport;
+        let out = self
+            .connect()?
+            .run(&["nix".into(), "--version".into()], None)?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
     /// The host's sshd log so far.

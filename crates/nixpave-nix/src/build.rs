@@ -1,11 +1,16 @@
 //! Building derivations with one `nix build` call (nix schedules the builds in parallel).
+//!
+//! Works with nix 2.8 (a bare `.drv` argument builds its outputs) and current nix (which needs
+//! `DRV^*`; a bare `.drv` would only "build" the `.drv` file itself): see [`crate::version`].
 
 use std::collections::BTreeMap;
 
 use crate::invoke::{experimental_args, run_nix, NixError, NixOptions};
+use crate::version::{local_version, NixVersion};
 
 /// Builds every derivation in `drv_paths` with a single `nix build --json --no-link` and returns
-/// `drvPath -> outPath` (the `out` output). Nix 2.8 has no `--print-out-paths`: the paths come from `--json`.
+/// `drvPath -> outPath` (the `out` output, else the first one). The paths come from `--json`, which
+/// every supported nix has (`--print-out-paths` only exists since 2.9).
 pub fn build_derivations(
     drv_paths: &[String],
     opts: &NixOptions,
@@ -13,50 +18,157 @@ pub fn build_derivations(
     if drv_paths.is_empty() {
         return Ok(BTreeMap::new());
     }
+    let version = local_version(opts)?;
+    let args = build_args(version, drv_paths, opts);
+    let out = run_nix("nix", &args, opts, &[])?;
+    let built = parse_build_json(&out.stdout)?;
+    if let Some(missing) = drv_paths.iter().find(|d| !built.contains_key(*d)) {
+        return Err(NixError::BadOutput {
+            command: format!("nix build --json (nix {version})"),
+            message: format!("no outputs reported for {missing}"),
+        });
+    }
+    Ok(built)
+}
+
+/// The `nix` arguments that build all outputs of `drv_paths` with nix `version` (pure).
+pub fn build_args(version: NixVersion, drv_paths: &[String], opts: &NixOptions) -> Vec<String> {
     let mut args = experimental_args();
     args.extend(["build", "--json", "--no-link"].map(String::from));
     args.extend(opts.extra_args.iter().cloned());
-    args.extend(drv_paths.iter().cloned());
-    let out = run_nix("nix", &args, opts, &[])?;
-    parse_build_json(&out.stdout)
+    args.extend(drv_paths.iter().map(|d| version.drv_outputs_installable(d)));
+    args
 }
 
+/// One element of `nix build --json`'s array.
 #[derive(serde::Deserialize)]
-struct BuildResult {
-    #[serde(rename = "drvPath")]
-    drv_path: String,
-    outputs: BTreeMap<String, String>,
+#[serde(untagged)]
+enum BuildResult {
+    /// A built derivation: nix 2.8 (`drvPath`, `outputs`), current nix adds fields such as
+    /// `startTime`/`stopTime` (ignored).
+    Built {
+        #[serde(rename = "drvPath")]
+        drv_path: String,
+        /// Output name → store path (`null` for outputs nix did not know, as some versions print).
+        outputs: BTreeMap<String, Option<String>>,
+    },
+    /// A plain store path: what current nix reports for a bare `.drv` (the file, not its outputs),
+    /// or for an opaque path.
+    Opaque(String),
 }
 
-/// Parses `nix build --json` output into `drvPath -> out path`.
+/// Parses `nix build --json` output (of any supported nix) into `drvPath -> out path`.
 pub fn parse_build_json(stdout: &str) -> Result<BTreeMap<String, String>, NixError> {
     let bad = |message: String| NixError::BadOutput {
         command: "nix build --json".into(),
         message,
     };
-    let results: Vec<BuildResult> = serde_json::from_str(stdout).map_err(|e| bad(e.to_string()))?;
-    results
-        .into_iter()
-        .map(|r| {
-            let out = r
-                .outputs
-                .get("out")
-                .or_else(|| r.outputs.values().next())
-                .cloned()
-                .ok_or_else(|| bad(format!("{} has no outputs", r.drv_path)))?;
-            Ok((r.drv_path, out))
-        })
-        .collect()
+    let results: Vec<BuildResult> = serde_json::from_str(stdout.trim()).map_err(|e| {
+        bad(format!(
+            "{e} in {}",
+            crate::invoke::tail(stdout, 3)
+                .chars()
+                .take(400)
+                .collect::<String>()
+        ))
+    })?;
+    let mut map = BTreeMap::new();
+    for r in results {
+        match r {
+            BuildResult::Built { drv_path, outputs } => {
+                let out = outputs
+                    .get("out")
+                    .cloned()
+                    .flatten()
+                    .or_else(|| outputs.values().flatten().next().cloned())
+                    .ok_or_else(|| bad(format!("{drv_path} has no built outputs")))?;
+                map.insert(drv_path, out);
+            }
+            BuildResult::Opaque(path) if path.ends_with(".drv") => {
+                return Err(bad(format!(
+                    "nix reported the derivation file {path} itself, not its outputs \
+                     (a bare .drv installable on nix 2.15 or later; it needs DRV^*)"
+                )));
+            }
+            // A plain store path was asked for and is valid: nothing to map.
+            BuildResult::Opaque(_) => {}
+        }
+    }
+    Ok(map)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// `nix build --json --no-link DRV` with Debian 12's nix 2.8.0 (captured).
+    const NIX_2_8: &str = r#"[{"drvPath":"/nix/store/q5n37b1kcl5xlli18rpn3dqpabz910r5-t-a.drv","outputs":{"out":"/nix/store/pwgsk3sszg8rwgqh9qs1w5z3hqaybpd8-t-a"}}]"#;
+    /// The same with nix 2.8.0 and a derivation with outputs `out` and `dev` (captured).
+    const NIX_2_8_MULTI: &str = r#"[{"drvPath":"/nix/store/xr9icvz3zzn9rpnrybinfmj13rywh5y2-m.drv","outputs":{"dev":"/nix/store/gf343rkdnlbz0qyyd9y3g0bfj67blp1m-m-dev","out":"/nix/store/r4wbbmzlq67y5dnhv5y0dn3vvdh6qdb9-m"}}]"#;
+    /// `nix build --json --no-link 'DRV^*'` with nix 2.26.3 when it built the derivation (captured).
+    const NIX_2_26_BUILT: &str = r#"[{"drvPath":"/nix/store/q5n37b1kcl5xlli18rpn3dqpabz910r5-t-a.drv","outputs":{"out":"/nix/store/pwgsk3sszg8rwgqh9qs1w5z3hqaybpd8-t-a"},"startTime":1795983893,"stopTime":1795983893}]"#;
+    /// The same when the outputs were already valid (no times; captured).
+    const NIX_2_26_VALID: &str = r#"[{"drvPath":"/nix/store/q5n37b1kcl5xlli18rpn3dqpabz910r5-t-a.drv","outputs":{"out":"/nix/store/pwgsk3sszg8rwgqh9qs1w5z3hqaybpd8-t-a"}}]"#;
+    /// nix 2.26.3 given a bare `.drv` (the failure nixpave used to hit; captured).
+    const NIX_2_26_BARE_DRV: &str = r#"["/nix/store/q5n37b1kcl5xlli18rpn3dqpabz910r5-t-a.drv"]"#;
+
     #[test]
     fn parses_nix_2_8_build_json() {
-        let json = r#"[{"drvPath":"/nix/store/a.drv","outputs":{"out":"/nix/store/a"}}]"#;
+        let map = parse_build_json(NIX_2_8).expect("valid");
+        assert_eq!(
+            map["/nix/store/q5n37b1kcl5xlli18rpn3dqpabz910r5-t-a.drv"],
+            "/nix/store/pwgsk3sszg8rwgqh9qs1w5z3hqaybpd8-t-a"
+        );
+        let map = parse_build_json(NIX_2_8_MULTI).expect("valid");
+        assert_eq!(
+            map["/nix/store/xr9icvz3zzn9rpnrybinfmj13rywh5y2-m.drv"],
+            "/nix/store/r4wbbmzlq67y5dnhv5y0dn3vvdh6qdb9-m"
+        );
+    }
+
+    #[test]
+    fn parses_nix_2_26_build_json() {
+        for json in [NIX_2_26_BUILT, NIX_2_26_VALID] {
+            let map = parse_build_json(json).expect("valid");
+            assert_eq!(map.len(), 1);
+            assert_eq!(
+                map["/nix/store/q5n37b1kcl5xlli18rpn3dqpabz910r5-t-a.drv"],
+                "/nix/store/pwgsk3sszg8rwgqh9qs1w5z3hqaybpd8-t-a"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bare_drv_result_is_a_clear_error() {
+        let err = parse_build_json(NIX_2_26_BARE_DRV).unwrap_err().to_string();
+        assert!(
+            err.contains("derivation file") && err.contains("DRV^*"),
+            "{err}"
+        );
+        let err = parse_build_json("not json").unwrap_err().to_string();
+        assert!(err.contains("not json"), "{err}");
+        let err = parse_build_json(r#"[{"drvPath":"/nix/store/a.drv","outputs":{}}]"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no built outputs"), "{err}");
+    }
+
+    #[test]
+    fn other_outputs_and_null_outputs() {
+        let json = r#"[{"drvPath":"/nix/store/a.drv","outputs":{"bin":"/nix/store/a-bin","lib":null}},"/nix/store/b-src"]"#;
         let map = parse_build_json(json).expect("valid");
-        assert_eq!(map["/nix/store/a.drv"], "/nix/store/a");
+        assert_eq!(map.len(), 1);
+        assert_eq!(map["/nix/store/a.drv"], "/nix/store/a-bin");
+    }
+
+    #[test]
+    fn arguments_follow_the_version() {
+        let drvs = vec!["/nix/store/a.drv".to_string()];
+        let opts = NixOptions::default();
+        let old = build_args(NixVersion::new(2, 8, 0), &drvs, &opts);
+        assert_eq!(old.last().map(String::as_str), Some("/nix/store/a.drv"));
+        let new = build_args(NixVersion::new(2, 26, 3), &drvs, &opts);
+        assert_eq!(new.last().map(String::as_str), Some("/nix/store/a.drv^*"));
+        assert!(!new.iter().any(|a| a == "--print-out-paths"));
     }
 }

@@ -38,6 +38,31 @@ pub fn sshd_config(host: &HostState) -> String {
     )
 }
 
+/// `config` (an sshd_config) with `nix_bin` first on the `PATH` of every session, so the host runs that
+/// nix: `SetEnv` overrides sshd's default `PATH`, but sshd only honours the first `SetEnv` line, so the
+/// variable joins that line (or a new one when there is none).
+pub fn sshd_config_with_nix_path(config: &str, nix_bin: &std::path::Path) -> String {
+    let path = format!(
+        "PATH={}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        nix_bin.display()
+    );
+    let mut done = false;
+    let mut out = String::with_capacity(config.len() + path.len() + 8);
+    for line in config.lines() {
+        out.push_str(line);
+        if !done && line.split_whitespace().next() == Some("SetEnv") {
+            out.push(' ');
+            out.push_str(&path);
+            done = true;
+        }
+        out.push('\n');
+    }
+    if !done {
+        let _ = writeln!(out, "SetEnv {path}");
+    }
+    out
+}
+
 /// Lines appended to the host's private copies of `/etc/passwd`, `/etc/group`, `/etc/shadow`
 /// and its sudoers file, for `users` (uids from 2001). `password_hashes` pairs with `users`
 /// (`None`: no password, sudo without one).
@@ -79,7 +104,8 @@ pub struct UserLines {
     pub sudoers: String,
 }
 
-/// `nix.conf` for nix 2.8 without a build-users group, binary cache or sandbox.
+/// `nix.conf` without a build-users group, binary cache or sandbox; nix 2.8 and current Nix (2.26)
+/// both read it.
 pub fn nix_conf() -> &'static str {
     "build-users-group =\n\
      substituters =\n\
@@ -205,6 +231,24 @@ mod tests {
                 "missing `{line}` in\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn nix_bin_joins_the_first_setenv_line() {
+        let bin = std::path::Path::new("/opt/nix/bin");
+        let text = sshd_config_with_nix_path(&sshd_config(&state().hosts[0]), bin);
+        let setenv: Vec<&str> = text.lines().filter(|l| l.starts_with("SetEnv")).collect();
+        assert_eq!(
+            setenv,
+            [
+                "SetEnv NIX_CONF_DIR=/var/lib/nixpave/lab/demo/hosts/host1/etc-nix \
+              PATH=/opt/nix/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+            ]
+        );
+        assert_eq!(
+            sshd_config_with_nix_path("Port 22\n", bin),
+            "Port 22\nSetEnv PATH=/opt/nix/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
+        );
     }
 
     #[test]

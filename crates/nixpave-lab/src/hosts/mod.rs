@@ -62,6 +62,9 @@ pub struct LabSpec {
     pub users: Vec<LabUser>,
     /// What the hosts look like inside: Debian, or NixOS-shaped (see [`Flavour`]).
     pub flavour: Flavour,
+    /// A directory with the `nix` programs the hosts run (first on their `PATH`), e.g. a current Nix
+    /// from `scripts/nix-current.sh`; `None`: whatever nix is on this machine's `PATH` (Debian's).
+    pub nix_bin: Option<PathBuf>,
 }
 
 /// A non-root login user on every lab host, allowed to use sudo; it logs in with the lab key.
@@ -84,6 +87,7 @@ impl LabSpec {
             dir: default_lab_dir(),
             users: Vec::new(),
             flavour: Flavour::Debian,
+            nix_bin: None,
         }
     }
 
@@ -128,6 +132,9 @@ impl LabSpec {
                 return Err(LabError::Spec(format!("bad lab user name `{}`", user.name)));
             }
         }
+        if let Some(bin) = &self.nix_bin {
+            validate_nix_bin(bin)?;
+        }
         if self.disks > 8 {
             return Err(LabError::Spec("at most 8 disks per host".into()));
         }
@@ -136,6 +143,28 @@ impl LabSpec {
         }
         Ok(())
     }
+}
+
+/// Checks a `--nix-bin` directory: absolute, holding an executable `nix`, and without characters
+/// that sshd_config's `SetEnv` or PATH cannot carry.
+fn validate_nix_bin(bin: &Path) -> Result<(), LabError> {
+    use std::os::unix::fs::PermissionsExt;
+    let text = bin.to_string_lossy();
+    if !bin.is_absolute() || text.contains(|c: char| c.is_whitespace() || "\"':".contains(c)) {
+        return Err(LabError::Spec(format!(
+            "the nix bin directory {text} must be an absolute path without spaces, quotes or `:`"
+        )));
+    }
+    let nix = bin.join("nix");
+    let executable =
+        std::fs::metadata(&nix).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if !executable {
+        return Err(LabError::Spec(format!(
+            "{} is not an executable nix",
+            nix.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Checks a lab name: it becomes part of file names and ssh_config host aliases.
@@ -246,6 +275,12 @@ mod tests {
         let err = spec.validate().unwrap_err().to_string();
         assert!(err.contains("under /tmp"), "{err}");
         spec.dir = "relative".into();
+        assert!(spec.validate().is_err());
+        spec.dir = "/var/lib/nixpave/lab".into();
+        spec.nix_bin = Some("/nonexistent/bin".into());
+        let err = spec.validate().unwrap_err().to_string();
+        assert!(err.contains("not an executable nix"), "{err}");
+        spec.nix_bin = Some("relative/bin".into());
         assert!(spec.validate().is_err());
     }
 }

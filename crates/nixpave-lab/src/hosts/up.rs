@@ -223,11 +223,11 @@ fn bring_up_host(
             &path_str(&root.join("etc-ssh/ssh_host_ed25519_key")),
         ],
     )?;
-    write(
-        &root.join("etc-ssh/sshd_config"),
-        &files::sshd_config(host),
-        0o644,
-    )?;
+    let mut sshd_config = files::sshd_config(host);
+    if let Some(bin) = &spec.nix_bin {
+        sshd_config = files::sshd_config_with_nix_path(&sshd_config, bin);
+    }
+    write(&root.join("etc-ssh/sshd_config"), &sshd_config, 0o644)?;
     // Tells `nixpave facts` (and install preflight) that this "machine" shares our kernel.
     write(
         &root.join("etc-ssh/nixpave-lab-host"),
@@ -386,7 +386,7 @@ fn start_sshd(spec: &LabSpec, host: &HostState, layout: Option<&Layout>) -> Resu
          mount --bind {tmp} /tmp\n\
          for f in passwd group shadow; do mount --bind {etc}/$f /etc/$f; done\n\
          if [ -d /etc/sudoers.d ]; then mount --bind {etc}/sudoers.d /etc/sudoers.d; fi\n\
-         NIX_CONF_DIR={etc_nix} nix-store --init\n\
+         {nix_path}NIX_CONF_DIR={etc_nix} nix-store --init\n\
          {nixos_lines}\
          exec {sshd} -D -e -f /etc/ssh/sshd_config\n",
         nix = q("nix"),
@@ -397,6 +397,10 @@ fn start_sshd(spec: &LabSpec, host: &HostState, layout: Option<&Layout>) -> Resu
         tmp = q("tmp"),
         etc_nix = q("etc-nix"),
         sshd = shell_quote(&path_str(&sshd)),
+        // The store is created by the nix the host runs.
+        nix_path = spec.nix_bin.as_ref().map_or(String::new(), |bin| {
+            format!("PATH={}:\"$PATH\" ", shell_quote(&path_str(bin)))
+        }),
     );
     let log = host.sshd_log();
     let out = File::create(&log).map_err(LabError::io("creating", &log))?;

@@ -51,6 +51,10 @@ pub enum LabCommand {
         /// Print the lab (hosts, addresses, disks, inventory path) as JSON.
         #[arg(long)]
         json: bool,
+        /// Directory of the nix programs the hosts run (first on their PATH), e.g. the current Nix
+        /// from `scripts/nix-current.sh`; default: this machine's nix.
+        #[arg(long, value_name = "DIR")]
+        nix_bin: Option<std::path::PathBuf>,
     },
     /// Show the lab's hosts and whether they answer.
     Status {
@@ -91,9 +95,10 @@ pub fn run(command: LabCommand) -> miette::Result<ExitCode> {
             users,
             flavour,
             json,
+            nix_bin,
         } => flavour
             .parse()
-            .and_then(|flavour| up(lab, hosts, disks, &disk_size, users, flavour, json)),
+            .and_then(|flavour| up(lab, hosts, disks, &disk_size, users, flavour, json, nix_bin)),
         LabCommand::Status { lab, json } => status(&lab, json),
         LabCommand::Ssh { lab, host, command } => ssh(&lab, &host, &command),
         LabCommand::Down { lab } => down(&lab),
@@ -116,6 +121,7 @@ fn up(
     users: Vec<String>,
     flavour: hosts::Flavour,
     json: bool,
+    nix_bin: Option<std::path::PathBuf>,
 ) -> Result<ExitCode, LabError> {
     let spec = LabSpec {
         name: lab.name,
@@ -131,6 +137,7 @@ fn up(
             })
             .collect(),
         flavour,
+        nix_bin,
     };
     let started = Instant::now();
     let state = hosts::up(&spec)?;

@@ -1,0 +1,217 @@
+//! nixpave-nix against the real nix first on `PATH`: Debian 12's 2.8 normally, current Nix (2.26) in the
+//! second pass of `scripts/test.sh` (`NIXPAVE_TEST_NIX=2.26`, which these tests check).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use nixpave_nix::build::build_derivations;
+use nixpave_nix::copy::{copy_closure, CopyTo};
+use nixpave_nix::flake::eval_flake_json;
+use nixpave_nix::invoke::NixOptions;
+use nixpave_nix::{eval_file, eval_flake_attr, local_version, NixVersion};
+
+/// A NIX_CONF_DIR without build users, substituters or sandbox, set for the whole test process.
+fn conf() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("nixpave-nix-test-conf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("conf dir");
+        std::fs::write(
+            dir.join("nix.conf"),
+            "experimental-features = nix-command flakes\nbuild-users-group =\nsubstituters =\nsandbox = false\n",
+        )
+        .expect("nix.conf");
+        std::env::set_var("NIX_CONF_DIR", &dir);
+        dir
+    })
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
+    format!("{prefix}-{nanos:x}")
+}
+
+/// Instantiates a derivation with outputs `out` and `dev` into the store.
+fn instantiate(dir: &Path, tag: &str) -> String {
+    let file = dir.join("two.nix");
+    std::fs::write(
+        &file,
+        format!(
+            r#"builtins.derivation {{ name = "nixpave-two-{tag}"; system = "x86_64-linux"; builder = "/bin/sh";
+                outputs = [ "out" "dev" ]; args = [ "-c" "echo {tag} > $out; echo dev > $dev" ]; }}"#
+        ),
+    )
+    .expect("write");
+    let out = Command::new("nix-instantiate")
+        .arg(&file)
+        .output()
+        .expect("nix-instantiate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn detects_the_version_that_the_pass_asks_for() {
+    conf();
+    let v = local_version(&NixOptions::default()).expect("nix --version");
+    match std::env::var("NIXPAVE_TEST_NIX")
+        .ok()
+        .filter(|s| !s.is_empty())
+    {
+        Some(expected) => assert!(
+            v.to_string().starts_with(&format!("{expected}.")),
+            "NIXPAVE_TEST_NIX={expected} but nix is {v}"
+        ),
+        None => assert!(v >= NixVersion::new(2, 8, 0), "{v}"),
+    }
+    // Cached: the same answer without running nix again (a PATH without nix would fail otherwise).
+    let again = local_version(&NixOptions::default()).expect("cached");
+    assert_eq!(v, again);
+    // Another PATH is asked separately; one without nix is a typed spawn error, not a guess.
+    let nowhere = NixOptions {
+        env: vec![("PATH".into(), "/nonexistent".into())],
+        ..NixOptions::default()
+    };
+    let err = local_version(&nowhere).unwrap_err().to_string();
+    assert!(
+        err.contains("nix --version") && err.contains("is nix installed"),
+        "{err}"
+    );
+}
+
+#[test]
+fn builds_every_output_of_derivations_with_this_nix() {
+    conf();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tag = unique("b");
+    let drv = instantiate(dir.path(), &tag);
+    let built =
+        build_derivations(std::slice::from_ref(&drv), &NixOptions::default()).expect("nix build");
+    let out = &built[&drv];
+    assert!(out.ends_with(&format!("nixpave-two-{tag}")), "{out}");
+    assert_eq!(std::fs::read_to_string(out).expect("out").trim(), tag);
+    // Both outputs were built (DRV^* on current nix, the bare .drv on 2.8).
+    let outputs = Command::new("nix-store")
+        .args(["-q", "--outputs", &drv])
+        .output()
+        .expect("nix-store -q --outputs");
+    let outputs = String::from_utf8_lossy(&outputs.stdout).into_owned();
+    let dev = outputs
+        .lines()
+        .find(|l| l.ends_with("-dev"))
+        .expect("a dev output")
+        .to_string();
+    assert_eq!(
+        std::fs::read_to_string(&dev)
+            .expect("dev output built")
+            .trim(),
+        "dev"
+    );
+    // Built again: already valid, same answer.
+    let again =
+        build_derivations(std::slice::from_ref(&drv), &NixOptions::default()).expect("again");
+    assert_eq!(&again[&drv], out);
+}
+
+#[test]
+fn a_failing_build_is_a_typed_error_with_stderr() {
+    conf();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("fail.nix");
+    let tag = unique("f");
+    std::fs::write(
+        &file,
+        format!(r#"builtins.derivation {{ name = "nixpave-fail-{tag}"; system = "x86_64-linux"; builder = "/bin/sh"; args = [ "-c" "echo broken-on-purpose >&2; exit 3" ]; }}"#),
+    )
+    .expect("write");
+    let drv = Command::new("nix-instantiate")
+        .arg(&file)
+        .output()
+        .expect("nix-instantiate");
+    let drv = String::from_utf8_lossy(&drv.stdout).trim().to_string();
+    let err = build_derivations(&[drv], &NixOptions::default()).unwrap_err();
+    match &err {
+        nixpave_nix::invoke::NixError::Failed {
+            command, stderr, ..
+        } => {
+            assert!(
+                command.starts_with("nix ") && command.contains("build"),
+                "{command}"
+            );
+            assert!(
+                stderr.contains("broken-on-purpose") || stderr.contains("nixpave-fail"),
+                "{stderr}"
+            );
+        }
+        other => panic!("expected Failed, got {other:?}"),
+    }
+}
+
+#[test]
+fn evaluates_files_and_path_flakes() {
+    conf();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("layout.nix");
+    std::fs::write(&file, r#"{ lib, disk ? "/dev/vda" }: { disko.devices.disk.main = lib.mkDefault { device = disk; type = "disk"; }; }"#)
+        .expect("write");
+    let v = eval_file(
+        &file,
+        &[nixpave_nix::NixArg::Str {
+            name: "disk".into(),
+            value: "/dev/sdz".into(),
+        }],
+    )
+    .expect("nix-instantiate --eval --strict --json");
+    assert_eq!(v["disko"]["devices"]["disk"]["main"]["device"], "/dev/sdz");
+
+    std::fs::write(
+        dir.path().join("flake.nix"),
+        r#"{ outputs = { self }: { diskoConfigurations.x = { disk.a.device = "/dev/vdb"; }; value = 41; }; }"#,
+    )
+    .expect("flake");
+    let flake = dir.path().to_string_lossy().into_owned();
+    let v = eval_flake_attr(&flake, "diskoConfigurations.x", None).expect("nix eval");
+    assert_eq!(v["disk"]["a"]["device"], "/dev/vdb");
+    let v = eval_flake_json(
+        &format!("path:{flake}"),
+        "f: f.value + 1",
+        &NixOptions::default(),
+    )
+    .expect("builtins.getFlake of a path: flake");
+    assert_eq!(v, 42);
+}
+
+#[test]
+fn copies_a_closure_to_a_local_store() {
+    conf();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let drv = instantiate(dir.path(), &unique("c"));
+    let built =
+        build_derivations(std::slice::from_ref(&drv), &NixOptions::default()).expect("build");
+    let out = built[&drv].clone();
+    let store = dir.path().join("other-store");
+    let to = CopyTo {
+        store_uri: format!("local?root={}", store.display()),
+        ssh_opts: String::new(),
+        substitute_on_destination: false,
+    };
+    // A local store checks signatures (an ssh:// store does not; the deploy tests push over ssh).
+    let opts = NixOptions {
+        extra_args: vec!["--no-check-sigs".into()],
+        ..NixOptions::default()
+    };
+    copy_closure(&to, std::slice::from_ref(&out), &opts).expect("nix copy");
+    assert!(
+        store.join(out.trim_start_matches('/')).exists(),
+        "{out} not in {}",
+        store.display()
+    );
+}
