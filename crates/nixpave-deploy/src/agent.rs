@@ -554,16 +554,19 @@ mod tests {
         assert_eq!(out.status.code(), Some(EXIT_NOT_INSTALLED), "{out:?}");
         assert!(String::from_utf8_lossy(&out.stderr).contains("is not a directory of"));
         assert_eq!(std::fs::read_dir(&elsewhere).expect("list").count(), 0);
-        // Only root can hand a directory to another user; the tests run as root (lab tests need it).
-        if std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(tmp.path()).expect("stat")) == 0 {
-            let tmp = tempfile::tempdir().expect("tempdir");
-            let foreign = tmp.path().join("nixpave-agent");
-            std::fs::create_dir(&foreign).expect("dir");
-            std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).expect("chown");
-            let (out, _) = install_into(tmp.path());
-            assert_eq!(out.status.code(), Some(EXIT_NOT_INSTALLED), "{out:?}");
-            assert_eq!(std::fs::read_dir(&foreign).expect("list").count(), 0);
-        }
+    }
+
+    #[test]
+    fn agent_directory_of_another_user_is_refused() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let foreign = tmp.path().join("nixpave-agent");
+        std::fs::create_dir(&foreign).expect("dir");
+        // Handing a directory to another user needs root, like the lab tests (run the suite as root).
+        std::os::unix::fs::chown(&foreign, Some(65534), Some(65534))
+            .expect("chown to nobody: this test needs root");
+        let (out, _) = install_into(tmp.path());
+        assert_eq!(out.status.code(), Some(EXIT_NOT_INSTALLED), "{out:?}");
+        assert_eq!(std::fs::read_dir(&foreign).expect("list").count(), 0);
     }
 
     #[test]

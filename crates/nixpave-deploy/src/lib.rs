@@ -21,8 +21,10 @@
 //! # On the target
 //! Per profile NAME, in `stateDir`: `NAME.json` (the last deploy's status record, see [`status::StatusRecord`]),
 //! `NAME.log` (the agent's output, appended), `NAME.lock` (symlink to the running agent's pid),
-//! `NAME.confirm` / `NAME.reject` (written by the deployer). The agent script itself lives in `tempPath`
-//! (`nixpave-agent-<hash>.sh`). Generations are never deleted; a failed one is recorded as `failed_generation`.
+//! `NAME.confirm` / `NAME.reject` (written by the deployer). The agent script itself lives in a root-only
+//! directory of `tempPath` (`nixpave-agent/agent-<hash>.sh`, the directory 0700 and checked to be root's own).
+//! Generations are never deleted; a failed one is recorded as `failed_generation`. Everything runs under
+//! [`nixpave_remote::TARGET_PATH`], on NixOS as on FHS distributions, whatever environment it is started with.
 
 pub mod agent;
 pub mod connection;

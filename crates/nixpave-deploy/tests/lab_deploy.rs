@@ -469,3 +469,268 @@ fn every_kind_of_health_check_passes_on_a_healthy_host() {
     assert_eq!(report.outcome, Outcome::Deployed, "{report:?}");
     assert_eq!(profile_of(h), sys);
 }
+
+// ---- NixOS-shaped hosts: no tools at FHS paths, nix only in the default profile, NixOS's session PATH ----
+
+/// Keys, a fresh deploy, a no-op, and a failing activation that rolls back, on NixOS-shaped hosts.
+#[test]
+fn nixos_shaped_hosts_deploy_with_keys_then_noop_then_roll_back_a_failed_activation() {
+    let lab = Lab::up_nixos(2).expect("lab up");
+    let conn = connector(&lab);
+    for h in lab.hosts() {
+        assert_eq!(
+            inside(h, "command -v ln; ls /usr/bin | tr '\\n' ' '"),
+            "/run/current-system/sw/bin/ln\nbash env sh"
+        );
+    }
+    let sys = build_system(&[("tag", &unique("nx"))]);
+    let keys = serde_json::json!({ "keys": {
+        "api-token": { "text": "t0ps3cret", "destDir": "/run/keys", "user": "root",
+                       "group": "daemon", "permissions": "0640" },
+        "late": { "text": "after", "destDir": "/run/keys", "uploadAt": "post-activation" }
+    }});
+    let hs = hosts(&lab, &vec![sys.clone(); 2], keys);
+    let report = run(&hs, &conn, Goal::Switch, RolloutSettings::default());
+    for r in &report.hosts {
+        assert_eq!(r.outcome, Outcome::Deployed, "{r:?}");
+        assert_eq!(r.generation, Some(1), "{r:?}");
+    }
+    for h in lab.hosts() {
+        assert_eq!(profile_of(h), sys);
+        assert_eq!(state_of(h), "confirmed");
+        assert_eq!(
+            inside(
+                h,
+                "stat -c '%a %U %G' /run/keys/api-token; cat /run/keys/api-token; echo; stat -c '%a' /run/keys/late"
+            ),
+            "640 root daemon\nt0ps3cret\n600"
+        );
+        // The agent went to root's private directory, not to a shared name in /tmp.
+        assert_eq!(
+            inside(
+                h,
+                "stat -c '%a %U' /tmp/nixpave-agent; ls /tmp/nixpave-agent | grep -c '^agent-'; ls /tmp | grep -c '^nixpave-agent-' || true"
+            ),
+            "700 root\n1\n0"
+        );
+    }
+    let again = run(&hs, &conn, Goal::Switch, RolloutSettings::default());
+    for r in &again.hosts {
+        assert_eq!(r.outcome, Outcome::Unchanged, "{r:?}");
+    }
+
+    // host1's next generation fails to activate and rolls back; host2's deploys.
+    let failing = build_system(&[("tag", &unique("nxfail")), ("fail", "true")]);
+    let next = build_system(&[("tag", &unique("nxnext"))]);
+    let report = run(
+        &hosts(&lab, &[failing, next.clone()], serde_json::json!({})),
+        &conn,
+        Goal::Switch,
+        RolloutSettings::default(),
+    );
+    let (first, second) = (&report.hosts[0], &report.hosts[1]);
+    assert_eq!(first.outcome, Outcome::RolledBack, "{first:?}");
+    assert!(
+        first.message.contains("activation failed"),
+        "{}",
+        first.message
+    );
+    assert!(
+        first.log_tail.iter().any(|l| l.contains("on purpose")),
+        "{:?}",
+        first.log_tail
+    );
+    assert_eq!(second.outcome, Outcome::Deployed, "{second:?}");
+    assert_eq!(profile_of(lab.host(0)), sys);
+    assert_eq!(state_of(lab.host(0)), "rolled-back");
+    assert_eq!(profile_of(lab.host(1)), next);
+    // The failed generation is kept, the profile points at the good one again.
+    assert_eq!(
+        inside(
+            lab.host(0),
+            &format!("nix-env -p {PROFILE} --list-generations | wc -l; readlink {PROFILE}")
+        ),
+        "2\nsystem-1-link"
+    );
+}
+
+/// Magic rollback by confirmation timeout: the new generation cuts the network, so no new login can
+/// confirm it, and the NixOS-shaped host goes back by itself.
+#[test]
+fn nixos_shaped_host_rolls_back_by_itself_without_confirmation() {
+    let lab = Lab::up_nixos(1).expect("lab up");
+    let conn = connector(&lab);
+    let h = lab.host(0);
+    let iface = interface_of(h);
+    assert!(!iface.is_empty());
+    let good = build_system(&[("tag", &unique("nxnetok")), ("netUp", &iface)]);
+    let one = |p: &str| hosts(&lab, &[p.to_string()], serde_json::json!({})).remove(0);
+    assert_eq!(deploy_one(&one(&good), &conn).outcome, Outcome::Deployed);
+    let cut = build_system(&[("tag", &unique("nxnetcut")), ("netDown", &iface)]);
+    let report = deploy_one(&one(&cut), &conn);
+    assert_eq!(report.outcome, Outcome::RolledBack, "{report:?}");
+    assert!(
+        report.message.contains("no confirmation"),
+        "{}",
+        report.message
+    );
+    assert_eq!(profile_of(h), good);
+    assert!(inside(h, &format!("cat {STATE_DIR}/system.json"))
+        .contains("\"reason\":\"no-confirmation\""));
+    assert!(h.connect().is_ok());
+}
+
+/// Starts the agent on `h` detached, as `env -i ENV… /bin/sh AGENT run …` (an empty environment plus `env`).
+fn start_agent_with_env(
+    t: &dyn nixpave_remote::Transport,
+    agent: &str,
+    a: &nixpave_deploy::agent::Activation,
+    env: &[&str],
+) {
+    let mut argv: Vec<String> = ["setsid", "env", "-i"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    argv.extend(env.iter().map(|s| s.to_string()));
+    argv.extend(["/bin/sh".to_string(), agent.to_string()]);
+    argv.extend(a.run_args());
+    let script = format!(
+        "{} </dev/null >/dev/null 2>&1 &",
+        nixpave_remote::shell_join(&argv)
+    );
+    let out = t
+        .run(&["sh".into(), "-c".into(), script], None)
+        .expect("start the agent");
+    assert!(out.success(), "{}", out.stderr_tail(5));
+}
+
+fn wait_for_state(h: &LabHost, id: &str, wanted: &str) {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let record = inside(h, &format!("cat {STATE_DIR}/system.json"));
+        if record.contains(&format!("\"id\":\"{id}\"")) && state_of(h) == wanted {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deploy {id} never reached {wanted}: {record}\nlog:\n{}",
+            inside(h, &format!("tail -n 20 {STATE_DIR}/system.log"))
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The agent needs nothing from its environment: on a NixOS-shaped host, started with `env -i` or with
+/// systemd's environment for services (whose PATH has only FHS directories), it activates, waits for the
+/// confirmation and rolls back without it. The same agent without its own PATH line fails there.
+#[test]
+fn agent_runs_on_a_nixos_shaped_host_with_an_empty_or_a_systemd_environment() {
+    use nixpave_deploy::agent::{Activation, AGENT_SCRIPT};
+    use nixpave_remote::{Transport, UploadSpec};
+
+    let lab = Lab::up_nixos(1).expect("lab up");
+    let conn = connector(&lab);
+    let h = lab.host(0);
+    let good = build_system(&[("tag", &unique("envgood"))]);
+    let next = build_system(&[("tag", &unique("envnext"))]);
+    let unconfirmed = build_system(&[("tag", &unique("envnoconf"))]);
+    let one = |p: &str| hosts(&lab, &[p.to_string()], serde_json::json!({})).remove(0);
+    assert_eq!(deploy_one(&one(&good), &conn).outcome, Outcome::Deployed);
+    // Dry activations push the other generations without touching the profile.
+    for p in [&next, &unconfirmed] {
+        let events = Events::default();
+        let sink = events.sink();
+        let opts = DeployOptions {
+            goal: Goal::DryActivate,
+            ..Default::default()
+        };
+        let r = deploy_host(&one(p), &conn, &opts, &sink, 0);
+        assert_eq!(r.outcome, Outcome::DryActivated, "{r:?}");
+    }
+    assert_eq!(profile_of(h), good);
+
+    let t = h.connect().expect("connect");
+    let activation = |path: &str, id: &str| {
+        let mut a = Activation::for_profile(&one(path).profiles[0], Goal::Switch, id);
+        a.confirm_timeout = 3;
+        a.activation_timeout = 10;
+        a
+    };
+    let a = activation(&next, "envempty1");
+    let agent = a.agent_path();
+    let dir = a.agent_dir();
+    let out = t
+        .run(
+            &[
+                "mkdir".into(),
+                "-p".into(),
+                "-m".into(),
+                "0700".into(),
+                dir.clone(),
+            ],
+            None,
+        )
+        .expect("mkdir");
+    assert!(out.success());
+    let upload = |dest: &str, script: &str| {
+        t.upload(
+            script.as_bytes(),
+            &UploadSpec {
+                dest: dest.into(),
+                mode: 0o700,
+                owner: Some("root:root".into()),
+            },
+        )
+        .expect("upload the agent");
+    };
+    upload(&agent, &AGENT_SCRIPT);
+
+    // An empty environment; confirmed through a new login.
+    start_agent_with_env(&t, &agent, &a, &[]);
+    wait_for_state(h, &a.id, "waiting-confirmation");
+    assert!(h
+        .connect()
+        .expect("new login")
+        .run(&a.confirm_argv(), None)
+        .expect("confirm")
+        .success());
+    wait_for_state(h, &a.id, "confirmed");
+    assert_eq!(profile_of(h), next);
+
+    // systemd's environment for services: an FHS-only PATH. Nobody confirms: magic rollback.
+    let b = activation(&unconfirmed, "envsystemd2");
+    start_agent_with_env(
+        &t,
+        &agent,
+        &b,
+        &[
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin",
+            "LANG=C.UTF-8",
+            "INVOCATION_ID=0123456789abcdef0123456789abcdef",
+            "SYSTEMD_EXEC_PID=1",
+        ],
+    );
+    wait_for_state(h, &b.id, "waiting-confirmation");
+    assert_eq!(profile_of(h), unconfirmed);
+    wait_for_state(h, &b.id, "rolled-back");
+    assert_eq!(profile_of(h), next);
+    assert!(inside(h, &format!("cat {STATE_DIR}/system.json"))
+        .contains("\"reason\":\"no-confirmation\""));
+
+    // Control: the same agent without its PATH line cannot even take its lock on this host.
+    let bare = AGENT_SCRIPT.replace(&nixpave_remote::path_prelude(), "");
+    assert_ne!(bare, *AGENT_SCRIPT);
+    let bare_path = format!("{dir}/agent-without-path.sh");
+    upload(&bare_path, &bare);
+    let c = activation(&unconfirmed, "envbare3");
+    start_agent_with_env(&t, &bare_path, &c, &[]);
+    std::thread::sleep(Duration::from_secs(3));
+    let record = inside(h, &format!("cat {STATE_DIR}/system.json"));
+    assert!(!record.contains("envbare3"), "{record}");
+    assert!(
+        inside(h, &format!("tail -n 5 {STATE_DIR}/system.log")).contains("not found"),
+        "{}",
+        inside(h, &format!("tail -n 5 {STATE_DIR}/system.log"))
+    );
+    assert_eq!(profile_of(h), next);
+}

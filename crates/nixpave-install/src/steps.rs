@@ -380,16 +380,17 @@ if mountpoint -q "$root"; then umount -R "$root"; fi
 swapoff -a 2>/dev/null || true
 if command -v zpool >/dev/null 2>&1 && [ -n "$(zpool list -H -o name 2>/dev/null)" ]; then zpool export -a; fi
 # Detached, so this ssh session ends cleanly first; fall back to a forced reboot where there is no init.
-export PATH=/usr/local/sbin:/usr/sbin:/sbin:$PATH
 setsid nohup sh -c 'sleep 1; reboot || reboot -f || busybox reboot -f || echo b > /proc/sysrq-trigger' > /dev/null 2>&1 < /dev/null &
 "#;
 
-/// Unmounts everything, exports pools and starts a detached reboot.
+/// Unmounts everything, exports pools and starts a detached reboot (under nixpave's target `PATH`, which has
+/// the sbin directories and NixOS's, whatever transport runs it).
 pub fn start_reboot(t: &dyn Transport, root: &Path) -> Result<(), StepError> {
+    let script = format!("{}\n{REBOOT_SCRIPT}", nixpave_remote::path_prelude());
     run(
         t,
         "unmounting and rebooting",
-        sh(REBOOT_SCRIPT.into(), &[&root.display().to_string()]),
+        sh(script, &[&root.display().to_string()]),
         None,
     )
     .map(|_| ())

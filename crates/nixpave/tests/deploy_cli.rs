@@ -85,15 +85,36 @@ fn outcomes(report: &serde_json::Value) -> Vec<String> {
 
 #[test]
 fn deploy_status_rollback_through_the_cli() {
+    deploy_status_rollback(Lab::up(2).expect("lab up"), "cli");
+}
+
+/// The same on NixOS-shaped hosts: no tools at FHS paths, nix only in the default profile, NixOS's PATH.
+#[test]
+fn deploy_status_rollback_through_the_cli_on_nixos_shaped_hosts() {
+    let lab = Lab::up_nixos(2).expect("lab up");
+    for h in lab.hosts() {
+        let out = h
+            .run_inside(&["sh", "-c", "command -v nix-env; ls /usr/bin | wc -l"])
+            .expect("nsenter");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "/nix/var/nix/profiles/default/bin/nix-env\n3\n"
+        );
+    }
+    deploy_status_rollback(lab, "clinx");
+}
+
+/// Deploy (fresh, no-op, dry run, a failing host), `status`, `rollback` and `status` again through the CLI.
+fn deploy_status_rollback(lab: Lab, tag: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let env = Env {
-        lab: Lab::up(2).expect("lab up"),
+        lab,
         conf: nix_conf(dir.path()),
         dir,
     };
     let lab = env.lab.name().to_string();
     let flake = env.flake();
-    let tag = format!("cli-{}", std::process::id());
+    let tag = format!("{tag}-{}", std::process::id());
     write_flake(env.dir.path(), &format!("{tag}-a"), false);
 
     let out = env.nixpave(&["deploy", &flake, "--lab", &lab, "--json"]);

@@ -426,6 +426,60 @@ fn lab_up_status_ssh_and_down_through_the_cli() {
 }
 
 #[test]
+fn lab_up_flavour_nixos_through_the_cli() {
+    let dir =
+        std::path::PathBuf::from(format!("/var/tmp/nixpave-cli-nxlab-{}", std::process::id()));
+    let cli = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_nixpave"))
+            .env("NIXPAVE_LAB_DIR", &dir)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("nixpave runs")
+    };
+    let name = format!("nx{}", std::process::id());
+    let out = cli(&[
+        "lab",
+        "up",
+        "--name",
+        &name,
+        "--hosts",
+        "1",
+        "--flavour",
+        "nixos",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let up: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(up["flavour"], "nixos");
+    let ssh = cli(&[
+        "lab",
+        "ssh",
+        "--name",
+        &name,
+        "host1",
+        "--",
+        "sh",
+        "-c",
+        "ls /usr/bin | tr '\\n' ' '; command -v ln; env -i /bin/sh -c 'ln --version' || echo no-ln",
+    ]);
+    assert_eq!(ssh.status.code(), Some(0), "{}", text(&ssh.stderr));
+    assert_eq!(
+        text(&ssh.stdout),
+        "bash env sh /run/current-system/sw/bin/ln\nno-ln\n"
+    );
+    let facts = cli(&["facts", "--json", &format!("{name}:host1")]);
+    assert_eq!(facts.status.code(), Some(0), "{}", text(&facts.stderr));
+    let facts: serde_json::Value = serde_json::from_slice(&facts.stdout).expect("json");
+    assert_eq!(facts["os"]["id"], "debian");
+    assert_eq!(facts["os"]["is_nixos"], false);
+    assert_eq!(facts["nix_path"], "/nix/var/nix/profiles/default/bin/nix");
+    let down = cli(&["lab", "down", "--name", &name]);
+    assert_eq!(down.status.code(), Some(0), "{}", text(&down.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn lab_commands_refuse_bad_input_and_non_root_users() {
     let base = format!("/var/tmp/nixpave-cli-refusals-{}", std::process::id());
     let cli = |args: &[&str]| {
@@ -449,6 +503,9 @@ fn lab_commands_refuse_bad_input_and_non_root_users() {
     assert_eq!(code, Some(2), "{err}");
     let (code, err) = cli(&["lab", "up", "--hosts", "0"]);
     assert_eq!(code, Some(2), "{err}");
+    let (code, err) = cli(&["lab", "up", "--flavour", "arch"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("debian, nixos"), "{err}");
 
     // Not root: refused with the reason, nothing created.
     let out = Command::new("setpriv")

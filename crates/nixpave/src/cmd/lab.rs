@@ -170,11 +170,14 @@ fn up(
         );
     }
     println!(
-        "\nlab `{}` is up: {} {} hosts in {:.2} s\n  inventory   {}\n  ssh config  {}\n\
+        "\nlab `{}` is up: {} hosts{} in {:.2} s\n  inventory   {}\n  ssh config  {}\n\
          try: nixpave exec {} -- uname -a    |    nixpave lab ssh host1    |    nixpave lab down",
         state.name,
         state.hosts.len(),
-        spec.flavour,
+        match spec.flavour {
+            hosts::Flavour::Nixos => " (NixOS-shaped)",
+            hosts::Flavour::Debian => "",
+        },
         elapsed.as_secs_f64(),
         state.dir.join("inventory.json").display(),
         state.dir.join("ssh_config").display(),
