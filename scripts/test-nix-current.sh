@@ -31,6 +31,8 @@ tests=(
   nixpave-disk:plan_snapshots
   nixpave-install:install_local
   nixpave:deploy_cli
+  nixpave:deploy_rs_flake
+  nixpave:rollback_cli
 )
 args=()
 for t in "${tests[@]}"; do

@@ -96,9 +96,25 @@ pub fn run(command: LabCommand) -> miette::Result<ExitCode> {
             flavour,
             json,
             nix_bin,
-        } => flavour
-            .parse()
-            .and_then(|flavour| up(lab, hosts, disks, &disk_size, users, flavour, json, nix_bin)),
+        } => flavour.parse().and_then(|flavour| {
+            let spec = LabSpec {
+                name: lab.name,
+                hosts,
+                disks,
+                disk_size: hosts::parse_size(&disk_size)?,
+                dir: lab.dir,
+                users: users
+                    .into_iter()
+                    .map(|name| hosts::LabUser {
+                        name,
+                        sudo_password: None,
+                    })
+                    .collect(),
+                flavour,
+                nix_bin,
+            };
+            up(&spec, json)
+        }),
         LabCommand::Status { lab, json } => status(&lab, json),
         LabCommand::Ssh { lab, host, command } => ssh(&lab, &host, &command),
         LabCommand::Down { lab } => down(&lab),
@@ -113,34 +129,9 @@ pub fn run(command: LabCommand) -> miette::Result<ExitCode> {
     }))
 }
 
-fn up(
-    lab: LabSelect,
-    hosts: usize,
-    disks: usize,
-    disk_size: &str,
-    users: Vec<String>,
-    flavour: hosts::Flavour,
-    json: bool,
-    nix_bin: Option<std::path::PathBuf>,
-) -> Result<ExitCode, LabError> {
-    let spec = LabSpec {
-        name: lab.name,
-        hosts,
-        disks,
-        disk_size: hosts::parse_size(disk_size)?,
-        dir: lab.dir,
-        users: users
-            .into_iter()
-            .map(|name| hosts::LabUser {
-                name,
-                sudo_password: None,
-            })
-            .collect(),
-        flavour,
-        nix_bin,
-    };
+fn up(spec: &LabSpec, json: bool) -> Result<ExitCode, LabError> {
     let started = Instant::now();
-    let state = hosts::up(&spec)?;
+    let state = hosts::up(spec)?;
     let elapsed = started.elapsed();
     if json {
         let value = serde_json::json!({
