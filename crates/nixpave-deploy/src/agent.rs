@@ -453,6 +453,8 @@ mod tests {
             "42",
             "-u",
             "root",
+            "-k",
+            "0",
         ]
         .iter()
         .map(|s| s.to_string())

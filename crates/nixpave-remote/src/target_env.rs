@@ -20,12 +20,14 @@ pub const TARGET_PATH: &str = "/run/wrappers/bin:/root/.nix-profile/bin:/nix/pro
 pub const TARGET_SHELL: &str = "/bin/sh";
 
 /// `PATH=…; export PATH`: the first line of a script that must not depend on the environment
-/// it is started with.
+/// it is started with. The inherited `PATH` keeps its place in front (a host's own choice of tools,
+/// such as a newer nix first on its session `PATH`, stands), and [`TARGET_PATH`] follows, so the
+/// tools are found even when nothing, or only systemd's FHS default, was inherited.
 pub fn path_prelude() -> String {
-    format!("PATH={TARGET_PATH}; export PATH")
+    format!("PATH=\"${{PATH:+$PATH:}}{TARGET_PATH}\"; export PATH")
 }
 
-/// `argv` run with `PATH` set to [`TARGET_PATH`]: `/bin/sh -c 'PATH=…; export PATH; exec "$@"'
+/// `argv` run with [`TARGET_PATH`] on its `PATH` (after the inherited one): `/bin/sh -c 'PATH=…; export PATH; exec "$@"'
 /// sh ARGV…`, so even `argv[0]` is looked up in it.
 pub fn with_target_path(argv: &[String]) -> Vec<String> {
     let mut wrapped = vec![
@@ -84,6 +86,8 @@ mod tests {
             .expect("env -i runs");
         assert!(out.status.success(), "{out:?}");
         let text = String::from_utf8_lossy(&out.stdout);
-        assert_eq!(text, format!("{TARGET_PATH}\na b|$HOME|"));
+        let (path, args) = text.split_once('\n').expect("two lines");
+        assert!(path.ends_with(TARGET_PATH), "{path}");
+        assert_eq!(args, "a b|$HOME|");
     }
 }
