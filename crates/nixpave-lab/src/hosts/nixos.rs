@@ -113,7 +113,9 @@ const LIBEXEC_NIX: &str = "/usr/libexec/nix";
 /// Reads the machine's tool directories and sorts every tool into its NixOS place; `login_shell`
 /// is root's shell (its base name stays in `/usr/bin`).
 pub fn layout(login_shell: &str) -> Result<Layout, LabError> {
-    let nix = std::fs::canonicalize(super::sys::tool("nix-store")).ok();
+    // The machine's own nix in /usr/bin, whatever nix comes first on this process's PATH (the second
+    // test pass puts a newer one there).
+    let nix = std::fs::canonicalize("/usr/bin/nix-store").ok();
     let mut layout = Layout::default();
     let mut seen = std::collections::BTreeSet::new();
     for (dir, _) in TOOL_DIRS {
