@@ -14,8 +14,10 @@ pub struct FlakeTarget {
 }
 
 impl FlakeTarget {
-    /// Parses `FLAKE[#FRAGMENT]`; a local directory becomes an absolute `path:` reference, because nix 2.8
-    /// cannot lock a bare path of a directory that is not a git checkout.
+    /// Parses `FLAKE[#FRAGMENT]`. A local directory is read as nix reads it: inside a git work tree as
+    /// `git+file://TOPLEVEL?dir=SUBDIR` (tracked files only, so an untracked secret beside the flake never
+    /// lands in the store), elsewhere as an absolute `path:` (nix 2.8 cannot lock a bare path outside git).
+    /// References with a scheme (`path:`, `github:`, `git+ssh:` …) are taken as written.
     pub fn parse(text: &str) -> FlakeTarget {
         let (flake, fragment) = match text.split_once('#') {
             Some((f, frag)) => (f, Some(frag.to_string()).filter(|s| !s.is_empty())),
@@ -27,9 +29,23 @@ impl FlakeTarget {
         } else {
             let path = Path::new(flake);
             let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-            format!("path:{}", abs.display())
+            local_flake_ref(&abs)
         };
         FlakeTarget { flake, fragment }
+    }
+}
+
+/// The flake reference nix itself makes of the local directory `dir` (absolute): `git+file` when a
+/// `.git` stands in it or a parent, else `path:`.
+pub fn local_flake_ref(dir: &Path) -> String {
+    let Some(top) = dir.ancestors().find(|d| d.join(".git").exists()) else {
+        return format!("path:{}", dir.display());
+    };
+    match dir.strip_prefix(top) {
+        Ok(sub) if !sub.as_os_str().is_empty() => {
+            format!("git+file://{}?dir={}", top.display(), sub.display())
+        }
+        _ => format!("git+file://{}", top.display()),
     }
 }
 
@@ -98,6 +114,24 @@ mod tests {
         let t = FlakeTarget::parse("/tmp#");
         assert_eq!(t.flake, "path:/tmp");
         assert_eq!(t.fragment, None);
+        let t = FlakeTarget::parse("path:/srv/infra#web");
+        assert_eq!(t.flake, "path:/srv/infra");
+    }
+
+    #[test]
+    fn directories_in_git_work_trees_are_git_flakes() {
+        let repo = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(repo.path().join(".git")).expect(".git");
+        std::fs::create_dir_all(repo.path().join("infra/prod")).expect("dirs");
+        let top = std::fs::canonicalize(repo.path()).expect("canonical");
+        assert_eq!(
+            local_flake_ref(&top),
+            format!("git+file://{}", top.display())
+        );
+        assert_eq!(
+            local_flake_ref(&top.join("infra/prod")),
+            format!("git+file://{}?dir=infra/prod", top.display())
+        );
     }
 
     #[test]

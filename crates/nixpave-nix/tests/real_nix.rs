@@ -215,3 +215,50 @@ fn copies_a_closure_to_a_local_store() {
         store.display()
     );
 }
+
+#[test]
+fn a_flake_in_a_git_work_tree_is_read_as_nix_reads_it_untracked_files_stay_out() {
+    conf();
+    let repo = tempfile::tempdir().expect("tempdir");
+    let dir = repo.path().join("infra");
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(
+        dir.join("flake.nix"),
+        "{ outputs = { self }: { secretSeen = builtins.pathExists ./secret; \
+         trackedSeen = builtins.pathExists ./tracked; }; }",
+    )
+    .expect("flake");
+    std::fs::write(dir.join("tracked"), "ok").expect("tracked");
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@t", "-C"])
+            .arg(repo.path())
+            .args(args)
+            .output()
+            .expect("git runs");
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+    };
+    git(&["init", "-q"]);
+    git(&["add", "infra/flake.nix", "infra/tracked"]);
+    git(&["commit", "-q", "-m", "fleet"]);
+    // A secret dropped beside the flake and never added to git.
+    std::fs::write(dir.join("secret"), "hunter2").expect("secret");
+
+    let target = nixpave_nix::flake::FlakeTarget::parse(&dir.display().to_string());
+    assert!(target.flake.starts_with("git+file://"), "{}", target.flake);
+    let seen = eval_flake_json(
+        &target.flake,
+        "f: [ f.secretSeen f.trackedSeen ]",
+        &NixOptions::default(),
+    )
+    .expect("evaluates");
+    assert_eq!(seen, serde_json::json!([false, true]), "{}", target.flake);
+    // `path:` only when the user writes it: then the whole directory is read.
+    let seen = eval_flake_json(
+        &format!("path:{}", dir.display()),
+        "f: f.secretSeen",
+        &NixOptions::default(),
+    )
+    .expect("evaluates");
+    assert_eq!(seen, serde_json::json!(true));
+}
