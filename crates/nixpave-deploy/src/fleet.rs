@@ -42,8 +42,26 @@ pub struct BuildError(#[source] pub nixpave_nix::invoke::NixError);
 
 /// Builds every derivation of `hosts` with ONE `nix build` (skipped with `build_on_target`).
 pub fn build_all(hosts: &[Host], opts: &DeployOptions) -> Result<usize, BuildError> {
+    build_all_rooted(hosts, opts).map(|built| built.count)
+}
+
+/// What [`build_all_rooted`] built; its outputs stay GC roots until this is dropped.
+#[derive(Debug)]
+pub struct Built {
+    /// How many derivations were built.
+    pub count: usize,
+    /// Holds the `--out-link` roots (removed on drop).
+    _roots: Option<tempfile::TempDir>,
+}
+
+/// [`build_all`], with the outputs kept as GC roots until the returned [`Built`] is dropped: hold it until
+/// the push has ended, so a garbage collection meanwhile cannot remove what is about to be copied.
+pub fn build_all_rooted(hosts: &[Host], opts: &DeployOptions) -> Result<Built, BuildError> {
     if opts.build_on_target {
-        return Ok(0);
+        return Ok(Built {
+            count: 0,
+            _roots: None,
+        });
     }
     let mut drvs: Vec<String> = hosts
         .iter()
@@ -56,8 +74,21 @@ pub fn build_all(hosts: &[Host], opts: &DeployOptions) -> Result<usize, BuildErr
         .collect();
     drvs.sort();
     drvs.dedup();
-    nixpave_nix::build::build_derivations(&drvs, &opts.nix).map_err(BuildError)?;
-    Ok(drvs.len())
+    let roots = tempfile::Builder::new()
+        .prefix("nixpave-roots-")
+        .tempdir()
+        .map_err(|e| {
+            BuildError(nixpave_nix::invoke::NixError::Spawn {
+                command: "creating a directory for the build's GC roots".into(),
+                source: e,
+            })
+        })?;
+    nixpave_nix::build::build_derivations_rooted(&drvs, &opts.nix, &roots.path().join("result"))
+        .map_err(BuildError)?;
+    Ok(Built {
+        count: drvs.len(),
+        _roots: Some(roots),
+    })
 }
 
 /// Building the flakes' checks failed: nothing was deployed.

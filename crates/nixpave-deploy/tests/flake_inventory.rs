@@ -141,3 +141,33 @@ fn key_text_and_key_file_paths_come_through_the_evaluation_as_strings() {
         Some("/etc/nixpave-does-not-matter")
     );
 }
+
+#[test]
+fn built_profiles_stay_gc_roots_until_the_deploy_ends() {
+    let inv = eval(&Selection::parse_on(&["beta".into()]));
+    let built = nixpave_deploy::fleet::build_all_rooted(&inv.hosts, &DeployOptions::default())
+        .expect("builds");
+    assert_eq!(built.count, 1);
+    let out = inv.hosts[0].profiles[0].path.out_path().to_string();
+    let delete = || {
+        std::process::Command::new("nix-store")
+            .args(["--delete", &out])
+            .output()
+            .expect("nix-store runs")
+    };
+    // Alive while held: a garbage collection cannot take it before the push.
+    let refused = delete();
+    assert!(!refused.status.success(), "deleted a rooted path");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("alive"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    drop(built);
+    let deleted = delete();
+    assert!(
+        deleted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&deleted.stderr)
+    );
+}

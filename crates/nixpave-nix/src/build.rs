@@ -15,11 +15,38 @@ pub fn build_derivations(
     drv_paths: &[String],
     opts: &NixOptions,
 ) -> Result<BTreeMap<String, String>, NixError> {
+    build(drv_paths, opts, None)
+}
+
+/// [`build_derivations`], keeping every output alive as an indirect GC root `out_link`, `out_link-1`, …
+/// (nix's `--out-link` naming) until those links are removed: a garbage collection on this machine
+/// between the build and the push cannot take the outputs away.
+pub fn build_derivations_rooted(
+    drv_paths: &[String],
+    opts: &NixOptions,
+    out_link: &std::path::Path,
+) -> Result<BTreeMap<String, String>, NixError> {
+    build(drv_paths, opts, Some(out_link))
+}
+
+fn build(
+    drv_paths: &[String],
+    opts: &NixOptions,
+    out_link: Option<&std::path::Path>,
+) -> Result<BTreeMap<String, String>, NixError> {
     if drv_paths.is_empty() {
         return Ok(BTreeMap::new());
     }
     let version = local_version(opts)?;
-    let args = build_args(version, drv_paths, opts);
+    let mut args = build_args(version, drv_paths, opts);
+    if let Some(link) = out_link {
+        if let Some(pos) = args.iter().position(|a| a == "--no-link") {
+            args.splice(
+                pos..=pos,
+                ["--out-link".to_string(), link.display().to_string()],
+            );
+        }
+    }
     let out = run_nix("nix", &args, opts, &[])?;
     let built = parse_build_json(&out.stdout)?;
     if let Some(missing) = drv_paths.iter().find(|d| !built.contains_key(*d)) {

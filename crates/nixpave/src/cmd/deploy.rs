@@ -409,9 +409,11 @@ pub fn run(args: DeployArgs) -> miette::Result<ExitCode> {
             return fail(exit::FAILED, miette::Report::msg(error_chain(&e)));
         }
     }
-    if let Err(e) = nixpave_deploy::build_all(hosts, &opts) {
-        return fail(exit::FAILED, miette::Report::msg(error_chain(&e)));
-    }
+    // The built outputs stay GC roots until the deploy has ended.
+    let _built = match nixpave_deploy::fleet::build_all_rooted(hosts, &opts) {
+        Ok(built) => built,
+        Err(e) => return fail(exit::FAILED, miette::Report::msg(error_chain(&e))),
+    };
     if args.dry_run {
         print_plan(&fleet.inventory, &rollout, &opts, args.fleet.json)?;
         return Ok(exit::code(exit::OK));
