@@ -300,13 +300,17 @@ fn jump_host_quoted_node_names_overrides_and_rollback_succeeded() {
     assert!(text(&out).contains("quote names"), "{}", text(&out));
 
     // `--ssh-opts` replaces the flake's options (deploy-rs): without the jump host, by address, it still
-    // works because the key and known_hosts come along.
+    // works because the key and known_hosts come along. `--temp-path` moves the agent.
     fleet.write("v1", hosts(serde_json::json!({})), false);
+    // Lab hosts share this machine's /var.
+    let temp = tempfile::tempdir_in("/var/tmp").expect("temp path");
     let out = fleet.nixpave(&[
         "deploy",
         &fleet.flake(""),
         "--state-dir",
         STATE_DIR,
+        "--temp-path",
+        &temp.path().display().to_string(),
         "--json",
         "--ssh-opts",
         &format!("-i {key} -o UserKnownHostsFile={known} -o IdentitiesOnly=yes"),
@@ -320,6 +324,10 @@ fn jump_host_quoted_node_names_overrides_and_rollback_succeeded() {
         ])
     );
     assert!(db.accepted_logins() > 0, "{}", db.sshd_log());
+    let agents: Vec<_> = std::fs::read_dir(temp.path().join("nixpave-agent"))
+        .expect("agent directory under --temp-path")
+        .collect();
+    assert_eq!(agents.len(), 1, "{agents:?}");
     assert!(
         !db.sshd_log()
             .lines()
