@@ -257,8 +257,31 @@ impl Inventory {
                 }
                 return Err(node_err("has no profiles".into()));
             }
+            // One connection per host: it logs in as the profiles say (deploy-rs allows `sshUser`, `sshOpts`,
+            // `sudo` and `interactiveSudo` per profile). Profiles that would log in differently are refused
+            // rather than silently reached as another one's user.
+            let login = |s: &Settings| {
+                (
+                    s.ssh_user.clone(),
+                    s.ssh_opts.clone(),
+                    s.sudo.clone(),
+                    s.interactive_sudo,
+                )
+            };
+            if let Some(other) = profiles
+                .iter()
+                .find(|p| login(&p.settings) != login(&profiles[0].settings))
+            {
+                return Err(node_err(format!(
+                    "profiles `{}` and `{}` log in differently (sshUser, sshOpts, sudo or interactiveSudo); \
+                     nixpave reaches a host through one connection: set these at the node level",
+                    profiles[0].name, other.name
+                )));
+            }
             hosts.push(Host {
-                settings: Settings::resolve(&node_general),
+                // The connection and push settings of the host are its (first) profile's: node and top
+                // levels, overridden where that profile says so.
+                settings: profiles[0].settings.clone(),
                 name,
                 hostname,
                 tags: node.tags,
@@ -408,6 +431,26 @@ mod tests {
         let inv = Inventory::from_json(fleet(), &Selection::default()).expect("valid");
         insta::assert_json_snapshot!(inv.hosts);
         assert_eq!(inv.rollout.max_failures, Some(1));
+    }
+
+    #[test]
+    fn profile_level_login_settings_reach_the_connection() {
+        let inv = Inventory::from_json(
+            serde_json::json!({"sshOpts": ["-A"], "nodes": {"a": {"hostname": "h", "sshUser": "node",
+                "profiles": {"system": {"path": "/nix/store/x", "sshUser": "prof",
+                                        "sshOpts": ["-p", "2222"], "fastConnection": true}}}}}),
+            &Selection::default(),
+        )
+        .expect("valid");
+        let host = &inv.hosts[0];
+        assert_eq!(host.settings.ssh_user.as_deref(), Some("prof"));
+        assert_eq!(host.settings.ssh_opts, ["-p", "2222", "-A"]);
+        assert!(host.settings.fast_connection);
+        let split = serde_json::json!({"nodes": {"a": {"hostname": "h", "profiles": {
+            "system": {"path": "/nix/store/x", "sshUser": "root"},
+            "app": {"path": "/nix/store/y", "sshUser": "app"}}}}});
+        let e = Inventory::from_json(split, &Selection::default()).unwrap_err();
+        assert!(e.to_string().contains("log in differently"), "{e}");
     }
 
     #[test]
