@@ -295,9 +295,9 @@ impl Activation {
              if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1 \\\n\
                 && [ \"$(readlink /proc/1/ns/mnt)\" = \"$(readlink /proc/self/ns/mnt)\" ] \\\n\
                 && [ \"$(readlink /proc/1/ns/net)\" = \"$(readlink /proc/self/ns/net)\" ]; then\n\
-               {systemd}\n\
+               {systemd} -C \"${{SSH_CONNECTION:-}}\"\n\
              else\n\
-               {setsid} </dev/null >/dev/null 2>&1 &\n\
+               {setsid} -C \"${{SSH_CONNECTION:-}}\" </dev/null >/dev/null 2>&1 &\n\
              fi\n\
              exec {wait} -l \"$lines\"\n",
             install = self.install_lines(),

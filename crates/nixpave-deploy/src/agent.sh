@@ -19,13 +19,13 @@ set -u
 MODE=${1:-}
 [ $# -gt 0 ] && shift
 NAME=system PROFILE= STOREPATH= GOAL=switch CONFIRM=30 ACTIVATE=240 MAGIC=1 AUTO=1 STATEDIR=/var/lib/nixpave/deploy
-ID= WAITFOR=final TIMEOUT=300 FOLLOW= RUNAS= AS= CHECKS=0
-while getopts n:p:s:g:c:a:m:r:d:i:w:t:l:u:k: opt; do
+ID= WAITFOR=final TIMEOUT=300 FOLLOW= RUNAS= AS= CHECKS=0 CONN=
+while getopts n:p:s:g:c:a:m:r:d:i:w:t:l:u:k:C: opt; do
   case $opt in
     n) NAME=$OPTARG ;; p) PROFILE=$OPTARG ;; s) STOREPATH=$OPTARG ;; g) GOAL=$OPTARG ;;
     c) CONFIRM=$OPTARG ;; a) ACTIVATE=$OPTARG ;; m) MAGIC=$OPTARG ;; r) AUTO=$OPTARG ;;
     d) STATEDIR=$OPTARG ;; i) ID=$OPTARG ;; w) WAITFOR=$OPTARG ;; t) TIMEOUT=$OPTARG ;;
-    l) FOLLOW=$OPTARG ;; u) RUNAS=$OPTARG ;; k) CHECKS=$OPTARG ;;
+    l) FOLLOW=$OPTARG ;; u) RUNAS=$OPTARG ;; k) CHECKS=$OPTARG ;; C) CONN=$OPTARG ;;
     *) echo "nixpave-agent: bad option" >&2; exit 2 ;;
   esac
 done
@@ -109,6 +109,33 @@ with_timeout() {
   wait "$pid"
 }
 
+# Obvious lockouts, checked right after activation (prints why and fails): the way the deployer came in
+# must still work, so a broken network or sshd rolls back at once instead of after the confirm timeout.
+# CONN is the deploy session's SSH_CONNECTION (client address, client port, server address, server port).
+lockout() {
+  set -- $CONN
+  if [ $# -ge 4 ]; then
+    client=$1 server=$3 port=$4
+    dev=$(ip route get "$client" 2>/dev/null | sed -n 's/.* dev \([^ ]*\).*/\1/p' | head -n 1)
+    if [ -z "$dev" ]; then echo "route: no route back to the deployer ($client)"; return 0; fi
+    if ! ip -o link show dev "$dev" 2>/dev/null | grep -q 'LOWER_UP'; then
+      echo "route: $dev, the interface to the deployer, is down"; return 0
+    fi
+    if ! ip -o addr show 2>/dev/null | grep -q " $server/"; then
+      echo "address: $server, the address the deployer came in on, is gone"; return 0
+    fi
+    hex=$(printf '%04X' "$port")
+    if [ -r /proc/net/tcp ] && ! cat /proc/net/tcp /proc/net/tcp6 2>/dev/null \
+        | awk -v p=":$hex" '$4 == "0A" && substr($2, length($2) - 4) == p { found = 1 } END { exit !found }'; then
+      echo "sshd: nothing listens on port $port any more"; return 0
+    fi
+  fi
+  if command -v sshd >/dev/null 2>&1 && [ -r /etc/ssh/sshd_config ]; then
+    if ! out=$(sshd -t 2>&1); then echo "sshd-config: sshd -t rejects the configuration: $out"; return 0; fi
+  fi
+  return 1
+}
+
 # Switches the profile back to the previous generation (never deleting the failed one) and re-activates it.
 rollback() {
   reason=$1
@@ -156,6 +183,8 @@ do_run() {
     if with_timeout "$STOREPATH" dry-activate; then status dry-activated; else status failed activation-failed; fi
     return 0
   fi
+  LOCKOUT_BEFORE=
+  if [ "$MAGIC" = 1 ]; then LOCKOUT_BEFORE=$(lockout) || LOCKOUT_BEFORE=; fi
   if [ "$GOAL" = switch ] || [ "$GOAL" = boot ]; then
     if [ "$PREV_PATH" != "$STOREPATH" ]; then
       nix-env -p "$PROFILE" --set "$STOREPATH" || { status failed profile-set-failed; return 1; }
@@ -173,6 +202,12 @@ do_run() {
   # rolls back (auto rollback) or is recorded as a failure; no verdict at all keeps the new generation.
   if [ "$MAGIC" != 1 ] && [ "$CHECKS" != 1 ]; then
     status confirmed
+    return 0
+  fi
+  # Only what worked before the activation counts: a host whose sshd -t already failed is not "locked out".
+  if [ "$MAGIC" = 1 ] && why=$(lockout) && [ "$why" != "$LOCKOUT_BEFORE" ]; then
+    log "lockout after activation: $why; rolling back now"
+    rollback "lockout-${why%%:*}"
     return 0
   fi
   status waiting-confirmation

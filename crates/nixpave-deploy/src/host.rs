@@ -356,6 +356,11 @@ fn explain_reason(reason: &str) -> String {
         "activation-timeout" => "activation did not finish in time".into(),
         "health-check-failed" => "a health check failed".into(),
         "profile-set-failed" => "nix-env --set failed".into(),
+        lockout if lockout.starts_with("lockout-") => format!(
+            "right after activation the host could no longer be reached the way the deployer came in \
+             ({}): rolled back at once; the agent log has the details",
+            &lockout["lockout-".len()..]
+        ),
         other => other.to_string(),
     }
 }
