@@ -189,6 +189,9 @@ pub struct RollbackArgs {
 /// Private state directory for lab hosts (they share the deployer's /var, not its /nix).
 const LAB_STATE_DIR: &str = "/nix/var/nixpave/deploy";
 
+/// Fleets larger than this get a summed-up final table on a terminal.
+const COMPACT_ABOVE: usize = 25;
+
 struct Fleet {
     inventory: Inventory,
     connector: SshConnector,
@@ -507,42 +510,94 @@ fn print_plan(
     Ok(())
 }
 
-/// Progress while running (indicatif lines on a terminal, plain lines otherwise, JSON lines with --json) and
-/// the final table.
+/// Progress while running and the final table.
+///
+/// On a terminal: one line per host that is being worked on (its phase and last log line), gone when it
+/// finishes, under one line of counters (done, failed, active, waiting) and the fleet's current phase; hosts
+/// that did not succeed get a permanent line. A 200-host rollout fits one screen. Without a terminal: one
+/// line per host and phase change (agent log lines only with `-v`). With `--json`: one JSON event per line.
 struct Renderer {
     json: bool,
     started: Instant,
-    bars: HashMap<String, indicatif::ProgressBar>,
     multi: Option<indicatif::MultiProgress>,
+    summary: Option<indicatif::ProgressBar>,
+    bars: Mutex<HashMap<String, indicatif::ProgressBar>>,
     phases: Mutex<HashMap<String, String>>,
+    counts: Mutex<Counts>,
+    verbose: bool,
+}
+
+/// Hosts by state, for the counter line.
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    done: usize,
+    failed: usize,
+    active: usize,
 }
 
 impl Renderer {
     fn new(json: bool, hosts: impl Iterator<Item = String>) -> Renderer {
         let tty = std::io::stderr().is_terminal() && !json;
         let multi = tty.then(indicatif::MultiProgress::new);
-        let mut bars = HashMap::new();
-        if let Some(m) = &multi {
-            let style = indicatif::ProgressStyle::with_template(
-                "{spinner} {prefix:<16} {elapsed:>4} {msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
-            for h in hosts {
-                let bar = m.add(indicatif::ProgressBar::new_spinner());
-                bar.set_style(style.clone());
-                bar.set_prefix(h.clone());
-                bar.set_message("waiting");
-                bar.enable_steady_tick(Duration::from_millis(200));
-                bars.insert(h, bar);
-            }
-        }
-        Renderer {
+        let summary = multi.as_ref().map(|m| {
+            let bar = m.add(indicatif::ProgressBar::new_spinner());
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            );
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        });
+        let renderer = Renderer {
             json,
             started: Instant::now(),
-            bars,
             multi,
+            summary,
+            bars: Mutex::new(HashMap::new()),
             phases: Mutex::new(HashMap::new()),
+            counts: Mutex::new(Counts {
+                total: hosts.count(),
+                ..Counts::default()
+            }),
+            verbose: tracing::enabled!(tracing::Level::INFO),
+        };
+        renderer.update_summary(None);
+        renderer
+    }
+
+    /// The counter line: `12/200 done · 1 failed · 10 active · 177 waiting — push`.
+    fn update_summary(&self, phase: Option<&str>) {
+        let Some(bar) = &self.summary else { return };
+        let c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let waiting = c.total.saturating_sub(c.done + c.failed + c.active);
+        let mut line = format!(
+            "{}/{} done · {} failed · {} active · {} waiting",
+            c.done, c.total, c.failed, c.active, waiting
+        );
+        if let Some(phase) = phase {
+            line.push_str(&format!(" — {phase}"));
         }
+        bar.set_message(line);
+    }
+
+    /// The line of an active host, made when it becomes active.
+    fn bar(&self, host: &str) -> Option<indicatif::ProgressBar> {
+        let multi = self.multi.as_ref()?;
+        let mut bars = self.bars.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(bar) = bars.get(host) {
+            return Some(bar.clone());
+        }
+        let bar = multi.add(indicatif::ProgressBar::new_spinner());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("  {spinner} {prefix:<16} {elapsed:>4} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        bar.set_prefix(host.to_string());
+        bar.enable_steady_tick(Duration::from_millis(200));
+        bars.insert(host.to_string(), bar.clone());
+        self.counts.lock().unwrap_or_else(|p| p.into_inner()).active += 1;
+        Some(bar)
     }
 
     fn event(&self, e: Event) {
@@ -552,7 +607,7 @@ impl Renderer {
             }
             return;
         }
-        let (host, text) = match &e {
+        match &e {
             Event::Phase { host, phase } => {
                 let name = serde_json::to_value(phase)
                     .ok()
@@ -561,7 +616,13 @@ impl Renderer {
                 if let Ok(mut p) = self.phases.lock() {
                     p.insert(host.clone(), name.clone());
                 }
-                (host.clone(), name)
+                match self.bar(host) {
+                    Some(bar) => {
+                        bar.set_message(name.clone());
+                        self.update_summary(Some(&name));
+                    }
+                    None => self.plain(host, &name),
+                }
             }
             Event::Log { host, line } => {
                 let phase = self
@@ -570,7 +631,11 @@ impl Renderer {
                     .ok()
                     .and_then(|p| p.get(host).cloned())
                     .unwrap_or_default();
-                (host.clone(), format!("{phase}: {line}"))
+                match self.bar(host) {
+                    Some(bar) => bar.set_message(format!("{phase}: {line}")),
+                    None if self.verbose => self.plain(host, &format!("{phase}: {line}")),
+                    None => {}
+                }
             }
             Event::Wave {
                 number,
@@ -578,33 +643,61 @@ impl Renderer {
                 canary,
             } => {
                 let line = format!(
-                    "wave {number}{}: {}",
+                    "wave {number}{}: {} host(s)",
                     if *canary { " (canary)" } else { "" },
-                    hosts.join(", ")
+                    hosts.len()
                 );
                 match &self.multi {
                     Some(m) => {
                         let _ = m.println(line);
                     }
-                    None => eprintln!("{line}"),
-                }
-                return;
-            }
-            Event::Finished { report } => (report.host.clone(), outcome_word(report).to_string()),
-        };
-        match self.bars.get(&host) {
-            Some(bar) => {
-                if let Event::Finished { .. } = e {
-                    bar.finish_with_message(text);
-                } else {
-                    bar.set_message(text);
+                    None => eprintln!("{line}: {}", hosts.join(", ")),
                 }
             }
-            None => eprintln!(
-                "[{:>5.1}s] {host}: {text}",
-                self.started.elapsed().as_secs_f64()
-            ),
+            Event::Finished { report } => {
+                let word = outcome_word(report);
+                let ok = report.outcome.is_success();
+                let bar = self
+                    .bars
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&report.host);
+                {
+                    let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+                    if bar.is_some() {
+                        c.active = c.active.saturating_sub(1);
+                    }
+                    if ok {
+                        c.done += 1;
+                    } else {
+                        c.failed += 1;
+                    }
+                }
+                match (&self.multi, bar) {
+                    (Some(m), bar) => {
+                        if let Some(bar) = bar {
+                            bar.finish_and_clear();
+                            m.remove(&bar);
+                        }
+                        if !ok {
+                            let _ = m.println(format!(
+                                "  ✗ {:<16} {word}: {}",
+                                report.host, report.message
+                            ));
+                        }
+                        self.update_summary(None);
+                    }
+                    (None, _) => self.plain(&report.host, word),
+                }
+            }
         }
+    }
+
+    fn plain(&self, host: &str, text: &str) {
+        eprintln!(
+            "[{:>5.1}s] {host}: {text}",
+            self.started.elapsed().as_secs_f64()
+        );
     }
 
     fn finish(&self, report: &FleetReport, ok: fn(&HostReport) -> bool) -> miette::Result<()> {
@@ -618,14 +711,31 @@ impl Renderer {
             println!("{}", serde_json::to_string(&summary).into_diagnostic()?);
             return Ok(());
         }
+        if let Some(summary) = &self.summary {
+            summary.finish_and_clear();
+        }
         if let Some(m) = &self.multi {
             let _ = m.clear();
+        }
+        // On a terminal a large fleet is summed up: hosts that succeeded are counted, the others listed.
+        let compact = self.multi.is_some() && report.hosts.len() > COMPACT_ABOVE;
+        if compact {
+            let mut by_outcome: Vec<(&str, usize)> = Vec::new();
+            for h in report.hosts.iter().filter(|h| ok(h)) {
+                match by_outcome.iter_mut().find(|(w, _)| *w == outcome_word(h)) {
+                    Some((_, n)) => *n += 1,
+                    None => by_outcome.push((outcome_word(h), 1)),
+                }
+            }
+            for (word, n) in by_outcome {
+                println!("{word}: {n} host(s)");
+            }
         }
         println!(
             "{:<16} {:<13} {:>8}  {:<10} detail",
             "HOST", "RESULT", "TIME", "GENERATION"
         );
-        for h in &report.hosts {
+        for h in report.hosts.iter().filter(|h| !compact || !ok(h)) {
             println!(
                 "{:<16} {:<13} {:>7.1}s  {:<10} {}",
                 h.host,
