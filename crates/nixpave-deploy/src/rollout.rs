@@ -65,10 +65,19 @@ impl RolloutSettings {
         }
     }
 
-    /// Hosts deployed at once.
+    /// Hosts deployed at once: `parallel`, else [`default_parallelism`].
     pub fn parallelism(&self) -> usize {
-        self.parallel.unwrap_or(10).max(1)
+        self.parallel.unwrap_or_else(default_parallelism).max(1)
     }
+}
+
+/// The default number of hosts deployed at once, from the machine: 16 per core, between 10 and 64. A host's
+/// deploy mostly waits on the network and on the target (the deployer's share is an ssh master, an ssh
+/// client or a `nix copy` at a time), so it is many times the core count; the cap keeps processes and file
+/// descriptors bounded.
+pub fn default_parallelism() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores * 16).clamp(10, 64)
 }
 
 /// One wave of the rollout: indexes into the host list.

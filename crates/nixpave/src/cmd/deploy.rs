@@ -94,7 +94,7 @@ pub struct DeployArgs {
     /// Seconds a reboot may take.
     #[arg(long, default_value_t = 600)]
     reboot_timeout: u64,
-    /// Hosts deployed at the same time.
+    /// Hosts deployed at the same time (default: 16 per core of this machine, between 10 and 64).
     #[arg(long)]
     parallel: Option<usize>,
     /// Rolling waves of N hosts or P% of the hosts.
