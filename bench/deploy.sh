@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Deploy benchmark on lab hosts (network namespaces with their own sshd and /nix):
-# for 1, 5 and 20 hosts, with --parallel 1 and the default (10), deploy a fresh closure and then a no-op.
+# for 1, 5 and 20 hosts, with --parallel 1 (like deploy-rs's one host after the other) and the default
+# (16 per core, 10..64), deploy a fresh closure and then a no-op.
 # Prints wall times and ssh handshakes per host (from the deploy's JSON report). Needs root.
 #
 #   bench/deploy.sh            # all sizes
@@ -47,13 +48,15 @@ now() { date +%s.%N; }
 run() { # LABEL N PARALLEL FLAKE LAB
   local t0 t1 report
   t0=$(now)
-  report=$("$NIXPAVE" deploy "path:$4" --lab "$5" --parallel "$3" --json | tail -n 1)
+  local par=()
+  [ "$3" = default ] || par=(--parallel "$3")
+  report=$("$NIXPAVE" deploy "path:$4" --lab "$5" "${par[@]}" --json | tail -n 1)
   t1=$(now)
   local failed hs outcomes
   failed=$(echo "$report" | jq .failed)
   hs=$(echo "$report" | jq .ssh_handshakes)
   outcomes=$(echo "$report" | jq -r '[.hosts[].outcome] | group_by(.) | map("\(.[0])=\(length)") | join(",")')
-  printf '%-8s hosts=%-3s parallel=%-3s wall=%6.2fs  handshakes/host=%s  %s  failed=%s\n' \
+  printf '%-8s hosts=%-3s parallel=%-7s wall=%6.2fs  handshakes/host=%s  %s  failed=%s\n' \
     "$1" "$2" "$3" "$(echo "$t1 - $t0" | bc)" "$(echo "scale=1; $hs / $2" | bc)" "$outcomes" "$failed"
 }
 
@@ -61,7 +64,7 @@ for n in $SIZES; do
   lab=bench$n
   LABS+=("$lab")
   "$NIXPAVE" lab up --name "$lab" --hosts "$n" >/dev/null
-  for par in 1 10; do
+  for par in 1 default; do
     flake=$WORK/flake-$n-$par
     write_flake "$flake" "$n" "bench-$n-$par-$(date +%s%N)"
     run fresh "$n" "$par" "$flake" "$lab"
