@@ -31,7 +31,7 @@ mod facts;
 mod inventory;
 mod local;
 pub mod parallel;
-mod process;
+pub mod process;
 mod ssh;
 mod target;
 mod target_env;
