@@ -50,9 +50,3 @@ pub use inventory::{Host, Inventory, InventoryError, Profile};
 pub use rollout::{Batch, RolloutSettings};
 pub use select::Selection;
 pub use ssh::SshConnector;
-
-/// The last `n` lines of `text`.
-pub(crate) fn tail_lines(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}

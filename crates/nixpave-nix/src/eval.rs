@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::invoke::{run_local, tail, NixError};
+use crate::invoke::{run_local, NixError};
 
 /// How long one evaluation may take before it is killed.
 pub const EVAL_TIMEOUT: Duration = Duration::from_secs(300);
@@ -305,7 +305,7 @@ fn run_json(cmd: Command, what: &str) -> Result<serde_json::Value, EvalError> {
             .collect();
         return Err(EvalError::Nix {
             what: what.to_string(),
-            stderr: tail(&lines.join("\n"), 30),
+            stderr: nixpave_remote::last_lines(&lines.join("\n"), 30),
         });
     }
     serde_json::from_slice(&out.stdout).map_err(|source| EvalError::Json {

@@ -153,11 +153,9 @@ pub fn experimental_args() -> Vec<String> {
     ]
 }
 
-/// The last `lines` lines of `text`.
-pub fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
+/// The last `n` non-blank lines of `text` (nixpave-remote's [`nixpave_remote::last_lines`],
+/// under the name this crate has used).
+pub use nixpave_remote::last_lines as tail;
 
 #[cfg(test)]
 mod tests {

@@ -550,7 +550,7 @@ impl SshTransport {
                     .map_or_else(|| "~/.ssh/known_hosts".into(), |p| p.display().to_string()),
             };
         }
-        let tail = last_lines(stderr, 5);
+        let tail = crate::last_lines(stderr, 5);
         let hint = if tail.contains("timed out") {
             " — the host did not answer within the connect timeout: is it up, and is the address right?"
         } else if tail.contains("Connection refused") {
@@ -1006,11 +1006,6 @@ fn offending_file(stderr: &str) -> Option<PathBuf> {
         let (file, _line) = location.rsplit_once(':')?;
         Some(PathBuf::from(file))
     })
-}
-
-fn last_lines(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 #[cfg(test)]

@@ -644,12 +644,9 @@ fn apply_on_tty(args: &[&str], answer: &str) -> Output {
         "apply".into(),
     ];
     line.extend(args.iter().map(|a| a.to_string()));
-    let line: Vec<String> = line
-        .iter()
-        .map(|w| format!("'{}'", w.replace('\'', r"'\''")))
-        .collect();
+    let line = nixpave_remote::shell_join(&line);
     let mut cmd = Command::new("script");
-    cmd.args(["-q", "-e", "-c", &line.join(" "), "/dev/null"])
+    cmd.args(["-q", "-e", "-c", &line, "/dev/null"])
         .write_stdin(format!("{answer}\n"));
     cmd.output().expect("run script")
 }

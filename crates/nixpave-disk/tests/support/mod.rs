@@ -127,12 +127,12 @@ impl Scratch {
 
     /// SHA-256 of the backing file of disk `i` (what a dry run must leave unchanged).
     pub fn checksum(&self, i: usize) -> String {
+        use sha2::Digest;
         quiet(&["sync"]);
-        sh(&["sha256sum", self.images[i].to_str().expect("utf-8 path")])
-            .split_whitespace()
-            .next()
-            .unwrap_or_default()
-            .to_string()
+        let mut file = std::fs::File::open(&self.images[i]).expect("open the disk image");
+        let mut hasher = sha2::Sha256::new();
+        std::io::copy(&mut file, &mut hasher).expect("read the disk image");
+        format!("{:x}", hasher.finalize())
     }
 
     /// Mount targets below the scratch directory, deepest first.

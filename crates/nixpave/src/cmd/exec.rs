@@ -90,36 +90,13 @@ impl ConnectArgs {
     }
 }
 
-/// Asks on the terminal, one host at a time, with echo off.
+/// Asks on the terminal, one host at a time, with echo off (rpassword turns it back on however
+/// the read ends).
 fn terminal_password_prompt() -> PasswordPrompt {
     let lock = Arc::new(Mutex::new(()));
     Arc::new(move |host: &str| {
         let _one_at_a_time = lock.lock().unwrap_or_else(|p| p.into_inner());
-        let tty = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/tty")
-            .ok()?;
-        let stty = |arg: &str| {
-            std::process::Command::new("stty")
-                .arg(arg)
-                .stdin(
-                    tty.try_clone()
-                        .ok()
-                        .map_or(std::process::Stdio::null(), Into::into),
-                )
-                .status()
-        };
-        let mut out = tty.try_clone().ok()?;
-        let _ = write!(out, "sudo password for {host}: ");
-        let _ = out.flush();
-        let _ = stty("-echo");
-        let mut line = String::new();
-        let read = std::io::BufRead::read_line(&mut std::io::BufReader::new(&tty), &mut line);
-        let _ = stty("echo");
-        let _ = writeln!(out);
-        read.ok()?;
-        Some(line.trim_end_matches(['\n', '\r']).to_string())
+        rpassword::prompt_password(format!("sudo password for {host}: ")).ok()
     })
 }
 
