@@ -26,6 +26,8 @@
 //! Generations are never deleted; a failed one is recorded as `failed_generation`. Everything runs under
 //! [`nixpave_remote::TARGET_PATH`], on NixOS as on FHS distributions, whatever environment it is started with.
 
+#![warn(missing_docs)]
+
 pub mod agent;
 pub mod connection;
 pub mod event;
