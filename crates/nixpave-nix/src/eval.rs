@@ -230,39 +230,33 @@ pub fn eval_flake_attr(
         Some(f) => format!("v: {RESOLVE} (({f}) v)"),
         None => RESOLVE.to_string(),
     };
-    let mut cmd = Command::new("nix");
-    cmd.args([
-        "--extra-experimental-features",
-        "nix-command flakes",
-        "eval",
-        "--json",
-        &format!("{flake}#{attr}"),
-        "--apply",
-        &apply,
-    ]);
-    run_json(cmd, &format!("{flake}#{attr}"))
+    eval_installable(&format!("{flake}#{attr}"), &apply)
 }
 
 /// True when the flake has the attribute (evaluates `builtins.hasAttr` along the path).
 pub fn flake_has_attr(flake_ref: &str, output: &str, name: &str) -> Result<bool, EvalError> {
     let flake = normalise_flake_ref(flake_ref);
-    let mut cmd = Command::new("nix");
-    cmd.args([
-        "--extra-experimental-features",
-        "nix-command flakes",
-        "eval",
-        "--json",
-        &format!("{flake}#{output}"),
-        "--apply",
-        &format!("o: builtins.hasAttr {} o", nix_string(name)),
-    ]);
-    match run_json(cmd, &format!("{flake}#{output}")) {
+    let apply = format!("o: builtins.hasAttr {} o", nix_string(name));
+    match eval_installable(&format!("{flake}#{output}"), &apply) {
         Ok(v) => Ok(v.as_bool().unwrap_or(false)),
         Err(EvalError::Nix { stderr, .. }) if stderr.contains("does not provide attribute") => {
             Ok(false)
         }
         Err(e) => Err(e),
     }
+}
+
+/// `nix eval --json INSTALLABLE --apply APPLY`, parsed.
+fn eval_installable(installable: &str, apply: &str) -> Result<serde_json::Value, EvalError> {
+    let mut cmd = Command::new("nix");
+    cmd.args(crate::invoke::experimental_args()).args([
+        "eval",
+        "--json",
+        installable,
+        "--apply",
+        apply,
+    ]);
+    run_json(cmd, installable)
 }
 
 /// A local directory flake ref becomes an absolute path so nix finds it from any cwd.
