@@ -8,6 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Every test must really run here: a test that would skip itself (see `skip` in
+# crates/nixpave-disk/tests/support/mod.rs) fails instead.
+export NIXPAVE_REQUIRE_ALL=1
+
 step() { printf '\n==> %s\n' "$*"; }
 
 step "installing test dependencies"
@@ -18,6 +22,14 @@ cargo fmt --all -- --check
 
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
+
+step "no test skips itself by hand"
+# A test that lacks root, nix or loop devices fails, or skips through support::skip (which
+# NIXPAVE_REQUIRE_ALL=1 turns into a failure); never `eprintln!("skipped…"); return`.
+if grep -rnE 'eprintln!\("(skipped|skipping)' crates/*/tests; then
+  echo "tests above skip by hand: use support::require_loop_devices() or support::skip()" >&2
+  exit 1
+fi
 
 step "cargo build"
 cargo build --workspace

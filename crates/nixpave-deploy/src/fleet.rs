@@ -203,33 +203,29 @@ pub fn run_waves(
             canary: wave.canary,
         });
         let before = failures.load(Ordering::SeqCst);
-        let next = AtomicUsize::new(0);
-        let workers = rollout.parallelism().min(wave.hosts.len()).max(1);
-        std::thread::scope(|scope| {
-            for _ in 0..workers {
-                scope.spawn(|| loop {
-                    if !may_start(failures.load(Ordering::SeqCst), rollout)
-                        || nixpave_remote::cancel::is_cancelled()
-                    {
-                        return;
-                    }
-                    let slot = next.fetch_add(1, Ordering::SeqCst);
-                    let Some(&index) = wave.hosts.get(slot) else {
-                        return;
-                    };
-                    let report = job(&hosts[index], index);
-                    if !report.outcome.is_success() {
-                        failures.fetch_add(1, Ordering::SeqCst);
-                    }
-                    emit(Event::Finished {
-                        report: report.clone(),
+        nixpave_remote::parallel::run(
+            &wave.hosts,
+            rollout.parallelism(),
+            || !may_start(failures.load(Ordering::SeqCst), rollout),
+            |&index| {
+                let host = &hosts[index];
+                // Caught here, not by the executor: a panicked host counts as a failure before
+                // the next host starts, and shows as a failed row like any other.
+                let report = nixpave_remote::parallel::catch_panic(|| job(host, index))
+                    .unwrap_or_else(|message| {
+                        bare_report(host, Outcome::Failed, format!("internal error: {message}"))
                     });
-                    if let Ok(mut r) = reports.lock() {
-                        r[index] = Some(report);
-                    }
+                if !report.outcome.is_success() {
+                    failures.fetch_add(1, Ordering::SeqCst);
+                }
+                emit(Event::Finished {
+                    report: report.clone(),
                 });
-            }
-        });
+                if let Ok(mut r) = reports.lock() {
+                    r[index] = Some(report);
+                }
+            },
+        );
         let total = failures.load(Ordering::SeqCst);
         stop = !continue_after(wave, total - before, total, rollout)
             || nixpave_remote::cancel::is_cancelled();
@@ -240,20 +236,12 @@ pub fn run_waves(
         .zip(hosts)
         .map(|(r, h)| {
             r.unwrap_or_else(|| {
-                let report = HostReport {
-                    host: h.name.clone(),
-                    outcome: Outcome::Skipped,
-                    duration_ms: 0,
-                    generation: None,
-                    path: None,
-                    failed_phase: None,
-                    message: if nixpave_remote::cancel::is_cancelled() {
-                        "not started: interrupted".into()
-                    } else {
-                        "not started: the rollout stopped (max failures or failed canary)".into()
-                    },
-                    log_tail: Vec::new(),
+                let message = if nixpave_remote::cancel::is_cancelled() {
+                    "not started: interrupted"
+                } else {
+                    "not started: the rollout stopped (max failures or failed canary)"
                 };
+                let report = bare_report(h, Outcome::Skipped, message.into());
                 emit(Event::Finished {
                     report: report.clone(),
                 });
@@ -264,6 +252,20 @@ pub fn run_waves(
     FleetReport {
         hosts,
         handshakes: 0,
+    }
+}
+
+/// A report of a host that has nothing to show but its outcome and why.
+fn bare_report(host: &Host, outcome: Outcome, message: String) -> HostReport {
+    HostReport {
+        host: host.name.clone(),
+        outcome,
+        duration_ms: 0,
+        generation: None,
+        path: None,
+        failed_phase: None,
+        message,
+        log_tail: Vec::new(),
     }
 }
 
@@ -288,16 +290,7 @@ mod tests {
     }
 
     fn report(host: &Host, outcome: Outcome) -> HostReport {
-        HostReport {
-            host: host.name.clone(),
-            outcome,
-            duration_ms: 0,
-            generation: None,
-            path: None,
-            failed_phase: None,
-            message: String::new(),
-            log_tail: Vec::new(),
-        }
+        bare_report(host, outcome, String::new())
     }
 
     fn outcomes(n: usize, rollout: &RolloutSettings, failing: &[usize]) -> Vec<Outcome> {
@@ -352,5 +345,42 @@ mod tests {
             outcomes(5, &one_at_a_time, &[0, 2]),
             [Failed, Deployed, Failed, Skipped, Skipped]
         );
+    }
+
+    #[test]
+    fn a_panicking_host_is_a_failed_row_and_counts_as_a_failure() {
+        let hs = hosts(4);
+        let one_at_a_time = RolloutSettings {
+            parallel: Some(1),
+            max_failures: Some(1),
+            ..Default::default()
+        };
+        let finished = Mutex::new(Vec::new());
+        let emit = |e: Event| {
+            if let Event::Finished { report } = e {
+                finished.lock().expect("lock").push(report.host);
+            }
+        };
+        let job = |h: &Host, i: usize| {
+            if i == 1 {
+                panic!("bug on {}", h.name);
+            }
+            report(h, Outcome::Deployed)
+        };
+        let report = run_waves(&hs, &one_at_a_time, &emit, &job);
+        let rows: Vec<(Outcome, &str)> = report
+            .hosts
+            .iter()
+            .map(|r| (r.outcome, r.message.as_str()))
+            .collect();
+        assert_eq!(rows[0].0, Outcome::Deployed);
+        assert_eq!(rows[1], (Outcome::Failed, "internal error: bug on h01"));
+        // max-failures 1: the panic stopped the rollout like any failure.
+        assert_eq!(rows[2].0, Outcome::Skipped);
+        assert_eq!(rows[3].0, Outcome::Skipped);
+        // Every host, the panicked one included, was reported exactly once.
+        let mut seen = finished.into_inner().expect("lock");
+        seen.sort();
+        assert_eq!(seen, ["h00", "h01", "h02", "h03"]);
     }
 }

@@ -197,7 +197,10 @@ fn run_target(transport: &dyn Transport, command: &str, t: Duration) -> Result<S
                 Some(124) => "timed out".to_string(),
                 s => format!("exit {s:?}"),
             };
-            Err(format!("{status}: {}", crate::tail_lines(&text, 10)))
+            Err(format!(
+                "{status}: {}",
+                nixpave_remote::last_lines(&text, 10)
+            ))
         }
         Err(e) => Err(e.to_string()),
     }

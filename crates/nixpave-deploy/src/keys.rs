@@ -128,7 +128,7 @@ impl KeySpec {
                     return Err(err(format!(
                         "keyCommand {prog} failed ({}): {}",
                         out.status,
-                        crate::tail_lines(&String::from_utf8_lossy(&out.stderr), 5)
+                        nixpave_remote::last_lines(&String::from_utf8_lossy(&out.stderr), 5)
                     )));
                 }
                 Ok(out.stdout)

@@ -26,6 +26,8 @@
 //! Generations are never deleted; a failed one is recorded as `failed_generation`. Everything runs under
 //! [`nixpave_remote::TARGET_PATH`], on NixOS as on FHS distributions, whatever environment it is started with.
 
+#![warn(missing_docs)]
+
 pub mod agent;
 pub mod connection;
 pub mod event;
@@ -50,9 +52,3 @@ pub use inventory::{Host, Inventory, InventoryError, Profile};
 pub use rollout::{Batch, RolloutSettings};
 pub use select::Selection;
 pub use ssh::SshConnector;
-
-/// The last `n` lines of `text`.
-pub(crate) fn tail_lines(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}

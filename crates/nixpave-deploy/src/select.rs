@@ -128,19 +128,12 @@ pub fn parse_fragment(fragment: &str) -> Result<(Option<String>, Option<String>)
 }
 
 /// Shell-style glob (`*`, `?`) matching of a whole string.
+///
+/// `wildmatch` knows exactly these two wildcards, every other character being literal, as
+/// [`glob_to_regex`] does for the nix-side filter, so both sides select the same hosts (globset
+/// would add `[…]` classes and `{a,b}` alternation that the nix-side regex does not have).
 pub fn glob_match(glob: &str, text: &str) -> bool {
-    fn go(g: &[char], t: &[char]) -> bool {
-        match (g.first(), t.first()) {
-            (None, None) => true,
-            (Some('*'), _) => go(&g[1..], t) || (!t.is_empty() && go(g, &t[1..])),
-            (Some('?'), Some(_)) => go(&g[1..], &t[1..]),
-            (Some(a), Some(b)) if a == b => go(&g[1..], &t[1..]),
-            _ => false,
-        }
-    }
-    let g: Vec<char> = glob.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    go(&g, &t)
+    wildmatch::WildMatch::new(glob).matches(text)
 }
 
 /// Translates a glob into a POSIX extended regex for `builtins.match` (which matches whole strings).
@@ -209,6 +202,20 @@ mod tests {
             .expect("valid");
         assert!(sel.matches("web1.example.com", &[]));
         assert!(!sel.matches("web1xexample.com", &[]));
+    }
+
+    #[test]
+    fn globs_know_star_and_question_mark_only() {
+        assert!(glob_match("web-*", "web-"));
+        assert!(glob_match("*-db-*", "eu-db-1"));
+        assert!(glob_match("a?c", "abc"));
+        assert!(!glob_match("a?c", "ac"));
+        assert!(!glob_match("web", "web1"), "whole string");
+        // Brackets and braces are literal, as in glob_to_regex.
+        assert!(glob_match("rack[1]", "rack[1]"));
+        assert!(!glob_match("rack[12]", "rack1"));
+        assert!(glob_match("{a,b}", "{a,b}"));
+        assert!(!glob_match("{a,b}", "a"));
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //! The layout model and the planner are pure functions (layout + mode → plan); the executor
 //! runs a plan through a transport.
 
+#![warn(missing_docs)]
+
 pub mod exec;
 pub mod load;
 mod locate;

@@ -4,27 +4,9 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
+use nixpave_remote::{shell_join, shell_quote};
+
 use crate::plan::{Guard, Operation, Plan, StdinSource};
-
-/// A shell word: plain when safe, else single-quoted.
-pub fn shell_quote(s: &str) -> String {
-    let safe = !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+%^".contains(c));
-    if safe {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
-    }
-}
-
-/// A command line for display or a script.
-pub fn command_line(argv: &[String]) -> String {
-    argv.iter()
-        .map(|a| shell_quote(a))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
 
 /// The guard in words, e.g. `only if /dev/vda is blank`.
 pub fn describe_guard(g: &Guard) -> String {
@@ -173,7 +155,7 @@ pub fn human(plan: &Plan) -> String {
         {
             let mark = if o.destructive { "!" } else { " " };
             let _ = writeln!(out, "  {:>3}.{mark} {}", i + 1, o.description);
-            let _ = writeln!(out, "        $ {}", command_line(&o.argv));
+            let _ = writeln!(out, "        $ {}", shell_join(&o.argv));
             if let Some(g) = &o.guard {
                 let _ = writeln!(out, "        ({})", describe_guard(g));
             }
@@ -273,7 +255,7 @@ pub fn script(plan: &Plan) -> String {
 }
 
 fn script_command(o: &Operation) -> String {
-    let cmd = command_line(&o.argv);
+    let cmd = shell_join(&o.argv);
     match &o.stdin {
         None => cmd,
         Some(StdinSource::Text { text }) => {
@@ -296,18 +278,5 @@ fn script_command(o: &Operation) -> String {
             let _ = write!(s, "fi\nprintf '%s' \"${v}\" | {cmd}");
             s
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quoting() {
-        assert_eq!(shell_quote("/dev/vda"), "/dev/vda");
-        assert_eq!(shell_quote("a b"), "'a b'");
-        assert_eq!(shell_quote("it's"), "'it'\\''s'");
-        assert_eq!(shell_quote(""), "''");
     }
 }

@@ -174,10 +174,7 @@ fn apply(
 
 #[test]
 fn apply_gpt_format_mount_is_idempotent_and_destroy_blanks() {
-    if !support::loop_devices_available() {
-        eprintln!("skipped: needs root and loop devices");
-        return;
-    }
+    support::require_loop_devices();
     let mut scratch = Scratch::new("exec-gpt");
     let disk = scratch.disk(256);
     let root = scratch.root();
@@ -275,10 +272,7 @@ fn apply_gpt_format_mount_is_idempotent_and_destroy_blanks() {
 
 #[test]
 fn apply_dry_run_changes_nothing() {
-    if !support::loop_devices_available() {
-        eprintln!("skipped: needs root and loop devices");
-        return;
-    }
+    support::require_loop_devices();
     let mut scratch = Scratch::new("exec-dry");
     let disk = scratch.disk(128);
     let root = scratch.root();
@@ -312,10 +306,7 @@ fn apply_dry_run_changes_nothing() {
 
 #[test]
 fn apply_refuses_a_disk_mounted_outside_the_root_mountpoint() {
-    if !support::loop_devices_available() {
-        eprintln!("skipped: needs root and loop devices");
-        return;
-    }
+    support::require_loop_devices();
     let mut scratch = Scratch::new("exec-refuse");
     let disk = scratch.disk(128);
     let root = scratch.root();
@@ -354,10 +345,7 @@ fn apply_refuses_a_disk_mounted_outside_the_root_mountpoint() {
 
 #[test]
 fn apply_failure_reports_command_stderr_done_steps_and_disk_state() {
-    if !support::loop_devices_available() {
-        eprintln!("skipped: needs root and loop devices");
-        return;
-    }
+    support::require_loop_devices();
     let mut scratch = Scratch::new("exec-fail");
     let disk = scratch.disk(64);
     let root = scratch.root();
@@ -413,10 +401,7 @@ fn apply_failure_reports_command_stderr_done_steps_and_disk_state() {
 
 #[test]
 fn apply_unresolvable_label_is_a_clear_error() {
-    if !support::loop_devices_available() {
-        eprintln!("skipped: needs root and loop devices");
-        return;
-    }
+    support::require_loop_devices();
     let mut scratch = Scratch::new("exec-missing");
     let disk = scratch.disk(32);
     let root = scratch.root();
@@ -440,10 +425,7 @@ fn apply_unresolvable_label_is_a_clear_error() {
 
 #[test]
 fn apply_reports_a_partition_table_the_kernel_cannot_take() {
-    if !support::loop_devices_available() {
-        eprintln!("skipped: needs root and loop devices");
-        return;
-    }
+    support::require_loop_devices();
     let mut scratch = Scratch::new("exec-busy");
     let disk = scratch.disk(64);
     let root = scratch.root();
@@ -487,4 +469,14 @@ fn apply_reports_a_partition_table_the_kernel_cannot_take() {
     let text = err.to_string();
     assert!(text.contains("stopped by nixpave"), "{text}");
     support::sh(&["umount", &root]);
+}
+
+#[test]
+fn a_skip_is_a_failure_when_every_test_must_run() {
+    support::skip_unless_required("reported, not failed", false);
+    let failed = std::panic::catch_unwind(|| support::skip_unless_required("no disk", true));
+    assert!(
+        failed.is_err(),
+        "NIXPAVE_REQUIRE_ALL=1 turns a skip into a failure"
+    );
 }

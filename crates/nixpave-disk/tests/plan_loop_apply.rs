@@ -1,6 +1,6 @@
 //! The planner's own commands on real loop devices: a layout planned by `nixpave_disk::plan`
 //! (not hand-written operations) is applied with the executor, then checked with sgdisk/blkid.
-//! Skips (passes with a message) when loop devices are not available (not root).
+//! Fails, with the reason, when loop devices are not available (not root).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -9,6 +9,8 @@ use nixpave_disk::exec::{self, ApplyOptions, ApplyReport};
 use nixpave_disk::{plan, Layout, Mode, PlanOptions};
 use nixpave_remote::LocalTransport;
 use serde_json::json;
+
+mod support;
 
 fn sh(argv: &[&str]) -> (bool, String) {
     let out = Command::new(argv[0])
@@ -28,23 +30,21 @@ struct LoopDisk {
 }
 
 impl LoopDisk {
-    fn new(tag: &str, mib: u64) -> Option<LoopDisk> {
-        let (root, uid) = sh(&["id", "-u"]);
-        if !root || uid.trim() != "0" || !sh(&["losetup", "-f"]).0 {
-            return None;
-        }
+    /// Fails the test when loop devices are not available.
+    fn new(tag: &str, mib: u64) -> LoopDisk {
+        support::require_loop_devices();
         let dir = std::env::temp_dir().join(format!("nixpave-plan-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(dir.join("root")).ok()?;
+        std::fs::create_dir_all(dir.join("root")).expect("scratch directory");
         let image = dir.join("disk.img");
         std::fs::File::create(&image)
-            .ok()?
-            .set_len(mib << 20)
-            .ok()?;
-        let (ok, dev) = sh(&["losetup", "-f", "--show", image.to_str()?]);
-        ok.then(|| LoopDisk {
+            .and_then(|f| f.set_len(mib << 20))
+            .expect("sparse image");
+        let (ok, dev) = sh(&["losetup", "-f", "--show", &image.display().to_string()]);
+        assert!(ok, "losetup -f --show {}", image.display());
+        LoopDisk {
             dir,
             dev: dev.trim().to_string(),
-        })
+        }
     }
 
     fn root(&self) -> String {
@@ -69,10 +69,7 @@ fn apply(p: &nixpave_disk::Plan, options: &ApplyOptions) -> ApplyReport {
 
 #[test]
 fn planned_layout_formats_mounts_is_idempotent_and_destroys_on_a_loop_disk() {
-    let Some(disk) = LoopDisk::new("gpt", 320) else {
-        eprintln!("skipped: needs root and loop devices");
-        return;
-    };
+    let disk = LoopDisk::new("gpt", 320);
     // the disk name makes the partition labels unique on this machine
     let name = format!("pl{}", std::process::id());
     let layout = Layout::from_json(&json!({ "disk": { name.clone(): {
@@ -192,10 +189,7 @@ fn planned_layout_formats_mounts_is_idempotent_and_destroys_on_a_loop_disk() {
 
 #[test]
 fn planned_msdos_table_hybrid_mbr_and_tmpfs_work_on_loop_disks() {
-    let (Some(old), Some(hyb)) = (LoopDisk::new("msdos", 400), LoopDisk::new("hybrid", 64)) else {
-        eprintln!("skipped: needs root and loop devices");
-        return;
-    };
+    let (old, hyb) = (LoopDisk::new("msdos", 400), LoopDisk::new("hybrid", 64));
     let name = format!("hy{}", std::process::id());
     let layout = Layout::from_json(&json!({
         "disk": {

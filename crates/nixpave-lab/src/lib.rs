@@ -3,6 +3,8 @@
 //! - [`hosts`]: `nixpave lab up/down/status` — namespace hosts with sshd and a private nix store.
 //! - [`testing`]: a guard for tests, [`testing::Lab::up`], that tears the lab down on drop.
 //! - [`vm`]: qemu VMs.
+#![warn(missing_docs)]
+
 pub mod hosts;
 pub mod testing;
 pub mod vm;

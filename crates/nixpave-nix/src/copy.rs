@@ -1,6 +1,12 @@
 //! Copying closures to other machines with `nix copy`.
 
+use std::time::Duration;
+
 use crate::invoke::{experimental_args, run_nix, NixError, NixOptions};
+
+/// How long one `nix copy` may run when [`NixOptions::timeout`] is not set: long enough for a
+/// large closure over a slow link, short enough that a hung copy frees its deploy worker.
+pub const COPY_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 
 /// How to push a closure to a host.
 #[derive(Debug, Clone)]
@@ -30,10 +36,14 @@ pub fn copy_closure(to: &CopyTo, paths: &[String], opts: &NixOptions) -> Result<
     }
     args.extend(opts.extra_args.iter().cloned());
     args.extend(paths.iter().cloned());
+    let opts = NixOptions {
+        timeout: opts.timeout.or(Some(COPY_TIMEOUT)),
+        ..opts.clone()
+    };
     run_nix(
         "nix",
         &args,
-        opts,
+        &opts,
         &[("NIX_SSHOPTS".into(), to.ssh_opts.clone())],
     )?;
     Ok(())

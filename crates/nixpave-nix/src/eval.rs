@@ -9,8 +9,10 @@
 //! plain evaluation, so the JSON is what the module system would have produced for plain data.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
+
+use crate::invoke::{run_local, NixError};
 
 /// How long one evaluation may take before it is killed.
 pub const EVAL_TIMEOUT: Duration = Duration::from_secs(300);
@@ -68,6 +70,12 @@ pub enum EvalError {
         what: String,
         /// The timeout.
         seconds: u64,
+    },
+    /// Cancellation was requested (Ctrl-C) and the evaluation was stopped.
+    #[error("nix evaluation of {what} was interrupted")]
+    Interrupted {
+        /// What was evaluated.
+        what: String,
     },
     /// nix printed something that is not JSON.
     #[error("nix evaluation of {what} printed invalid JSON: {source}")]
@@ -222,39 +230,33 @@ pub fn eval_flake_attr(
         Some(f) => format!("v: {RESOLVE} (({f}) v)"),
         None => RESOLVE.to_string(),
     };
-    let mut cmd = Command::new("nix");
-    cmd.args([
-        "--extra-experimental-features",
-        "nix-command flakes",
-        "eval",
-        "--json",
-        &format!("{flake}#{attr}"),
-        "--apply",
-        &apply,
-    ]);
-    run_json(cmd, &format!("{flake}#{attr}"))
+    eval_installable(&format!("{flake}#{attr}"), &apply)
 }
 
 /// True when the flake has the attribute (evaluates `builtins.hasAttr` along the path).
 pub fn flake_has_attr(flake_ref: &str, output: &str, name: &str) -> Result<bool, EvalError> {
     let flake = normalise_flake_ref(flake_ref);
-    let mut cmd = Command::new("nix");
-    cmd.args([
-        "--extra-experimental-features",
-        "nix-command flakes",
-        "eval",
-        "--json",
-        &format!("{flake}#{output}"),
-        "--apply",
-        &format!("o: builtins.hasAttr {} o", nix_string(name)),
-    ]);
-    match run_json(cmd, &format!("{flake}#{output}")) {
+    let apply = format!("o: builtins.hasAttr {} o", nix_string(name));
+    match eval_installable(&format!("{flake}#{output}"), &apply) {
         Ok(v) => Ok(v.as_bool().unwrap_or(false)),
         Err(EvalError::Nix { stderr, .. }) if stderr.contains("does not provide attribute") => {
             Ok(false)
         }
         Err(e) => Err(e),
     }
+}
+
+/// `nix eval --json INSTALLABLE --apply APPLY`, parsed.
+fn eval_installable(installable: &str, apply: &str) -> Result<serde_json::Value, EvalError> {
+    let mut cmd = Command::new("nix");
+    cmd.args(crate::invoke::experimental_args()).args([
+        "eval",
+        "--json",
+        installable,
+        "--apply",
+        apply,
+    ]);
+    run_json(cmd, installable)
 }
 
 /// A local directory flake ref becomes an absolute path so nix finds it from any cwd.
@@ -268,68 +270,39 @@ fn normalise_flake_ref(flake_ref: &str) -> String {
     flake_ref.to_string()
 }
 
-/// Runs a nix command with a timeout and parses its stdout as JSON.
-fn run_json(mut cmd: Command, what: &str) -> Result<serde_json::Value, EvalError> {
+/// Runs a nix command (through the one process runner: [`EVAL_TIMEOUT`], cancellable) and
+/// parses its stdout as JSON.
+fn run_json(cmd: Command, what: &str) -> Result<serde_json::Value, EvalError> {
     let program = cmd.get_program().to_string_lossy().into_owned();
     tracing::debug!(?cmd, "evaluating");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| EvalError::Spawn {
-            program: program.clone(),
-            source,
-        })?;
-    // Read both pipes on threads so a chatty nix cannot block on a full pipe.
-    let mut out = child.stdout.take();
-    let mut err = child.stderr.take();
-    let out_t = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(o) = out.as_mut() {
-            let _ = std::io::Read::read_to_end(o, &mut buf);
-        }
-        buf
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(e) = err.as_mut() {
-            let _ = std::io::Read::read_to_end(e, &mut buf);
-        }
-        buf
-    });
-    let start = std::time::Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if start.elapsed() > EVAL_TIMEOUT => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(EvalError::Timeout {
-                    what: what.to_string(),
-                    seconds: EVAL_TIMEOUT.as_secs(),
-                });
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-            Err(source) => return Err(EvalError::Spawn { program, source }),
-        }
-    };
-    let stdout = out_t.join().unwrap_or_default();
-    let stderr = err_t.join().unwrap_or_default();
-    if !status.success() {
-        let text = String::from_utf8_lossy(&stderr);
+    let shown = format!("{program} (evaluating {what})");
+    let out = run_local(cmd, &shown, Some(EVAL_TIMEOUT)).map_err(|e| match e {
+        NixError::Timeout { seconds, .. } => EvalError::Timeout {
+            what: what.to_string(),
+            seconds,
+        },
+        NixError::Interrupted { .. } => EvalError::Interrupted {
+            what: what.to_string(),
+        },
+        NixError::Spawn { source, .. } => EvalError::Spawn { program, source },
+        other => EvalError::Spawn {
+            program,
+            source: std::io::Error::other(other.to_string()),
+        },
+    })?;
+    if !out.success() {
+        let text = String::from_utf8_lossy(&out.stderr);
         // this machine-level warning says nothing about the evaluation
         let lines: Vec<&str> = text
             .lines()
             .filter(|l| !l.contains("build-users-group"))
             .collect();
-        let tail = lines[lines.len().saturating_sub(30)..].join("\n");
         return Err(EvalError::Nix {
             what: what.to_string(),
-            stderr: tail,
+            stderr: nixpave_remote::last_lines(&lines.join("\n"), 30),
         });
     }
-    serde_json::from_slice(&stdout).map_err(|source| EvalError::Json {
+    serde_json::from_slice(&out.stdout).map_err(|source| EvalError::Json {
         what: what.to_string(),
         source,
     })

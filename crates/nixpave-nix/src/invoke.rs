@@ -1,14 +1,27 @@
 //! Running the `nix` command line tools with common options and readable errors.
+//!
+//! Every call goes through nixpave-remote's process runner ([`nixpave_remote::process`]): a
+//! deadline ([`NixOptions::timeout`]) and cancellation ([`nixpave_remote::cancel`], Ctrl-C) stop
+//! a hung nix instead of holding its caller forever.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
+use std::time::Duration;
 
-/// Options shared by every nix invocation (extra arguments and environment).
+use nixpave_remote::process::{run_child, ChildRun};
+use nixpave_remote::TransportError;
+
+/// Options shared by every nix invocation (extra arguments, environment and deadline).
 #[derive(Debug, Clone, Default)]
 pub struct NixOptions {
     /// Extra arguments appended to every `nix` call (e.g. `--option sandbox false`).
     pub extra_args: Vec<String>,
     /// Extra environment variables (e.g. `NIX_CONF_DIR`).
     pub env: Vec<(String, String)>,
+    /// The longest one nix call may run before it is killed. `None` is the call's own default:
+    /// no limit for evaluations of fleets and builds (a build may take hours),
+    /// [`crate::copy::COPY_TIMEOUT`] for copies, [`crate::version::VERSION_TIMEOUT`] for
+    /// `nix --version`. Cancellation stops every call, whatever the limit.
+    pub timeout: Option<Duration>,
 }
 
 /// A nix command that could not be run or failed.
@@ -32,6 +45,20 @@ pub enum NixError {
         /// The last lines of its standard error.
         stderr: String,
     },
+    /// The command did not finish within [`NixOptions::timeout`] and was killed.
+    #[error("`{command}` did not finish within {seconds} s and was stopped")]
+    Timeout {
+        /// The command line.
+        command: String,
+        /// The limit that was exceeded.
+        seconds: u64,
+    },
+    /// Cancellation was requested (Ctrl-C) and the command was stopped.
+    #[error("`{command}` was interrupted")]
+    Interrupted {
+        /// The command line.
+        command: String,
+    },
     /// The command's output was not what was expected.
     #[error("`{command}` printed unexpected output: {message}")]
     BadOutput {
@@ -51,7 +78,8 @@ pub struct NixOutput {
     pub stderr: String,
 }
 
-/// Runs `program args…` with the options' environment; fails with the stderr tail on a non-zero exit.
+/// Runs `program args…` with the options' environment; fails with the stderr tail on a non-zero
+/// exit, and stops the command past `opts.timeout` or on cancellation.
 pub fn run_nix(
     program: &str,
     args: &[String],
@@ -64,27 +92,57 @@ pub fn run_nix(
         .join(" ");
     tracing::debug!(%command, "running nix");
     let mut cmd = Command::new(program);
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args(args);
     for (k, v) in opts.env.iter().chain(env) {
         cmd.env(k, v);
     }
-    let out = cmd.output().map_err(|source| NixError::Spawn {
-        command: command.clone(),
-        source,
-    })?;
+    let out = run_local(cmd, &command, opts.timeout)?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    if !out.status.success() {
+    if !out.success() {
         return Err(NixError::Failed {
             command,
-            status: out.status.code(),
+            status: out.status,
             stderr: tail(&stderr, 20),
         });
     }
     Ok(NixOutput { stdout, stderr })
+}
+
+/// Runs `cmd` (shown as `command`) through the process runner, cancellable and with `timeout`,
+/// turning the runner's failures into [`NixError`]s.
+pub(crate) fn run_local(
+    cmd: Command,
+    command: &str,
+    timeout: Option<Duration>,
+) -> Result<nixpave_remote::CommandOutput, NixError> {
+    let run = ChildRun {
+        host: "localhost",
+        shown: command,
+        stdin: None,
+        timeout,
+        cancellable: true,
+    };
+    run_child(cmd, run, &mut |_, _| {}).map_err(|e| match e {
+        TransportError::Timeout { seconds, .. } => NixError::Timeout {
+            command: command.to_string(),
+            seconds,
+        },
+        TransportError::Interrupted { .. } => NixError::Interrupted {
+            command: command.to_string(),
+        },
+        TransportError::Spawn { source, .. } | TransportError::Io { source, .. } => {
+            NixError::Spawn {
+                command: command.to_string(),
+                source,
+            }
+        }
+        // The runner reports nothing else for a local child; keep the message if it ever does.
+        other => NixError::Spawn {
+            command: command.to_string(),
+            source: std::io::Error::other(other.to_string()),
+        },
+    })
 }
 
 /// The `nix` experimental features nixpave needs, as arguments.
@@ -95,8 +153,49 @@ pub fn experimental_args() -> Vec<String> {
     ]
 }
 
-/// The last `lines` lines of `text`.
-pub fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+/// The last `n` non-blank lines of `text` (nixpave-remote's [`nixpave_remote::last_lines`],
+/// under the name this crate has used).
+pub use nixpave_remote::last_lines as tail;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn a_hung_command_is_stopped_at_the_deadline() {
+        // Any program goes through the same runner; `sleep` stands in for a hung `nix copy`.
+        let opts = NixOptions {
+            timeout: Some(Duration::from_millis(300)),
+            ..NixOptions::default()
+        };
+        let started = Instant::now();
+        let err = run_nix("sleep", &["30".into()], &opts, &[]).unwrap_err();
+        assert!(
+            matches!(&err, NixError::Timeout { command, .. } if command == "sleep 30"),
+            "{err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_failure_keeps_status_and_stderr_tail() {
+        let args = ["-c".to_string(), "echo out; echo why >&2; exit 3".into()];
+        let err = run_nix("sh", &args, &NixOptions::default(), &[]).unwrap_err();
+        match err {
+            NixError::Failed { status, stderr, .. } => {
+                assert_eq!(status, Some(3));
+                assert_eq!(stderr, "why");
+            }
+            other => panic!("expected Failed, got {other}"),
+        }
+        let out = run_nix(
+            "sh",
+            &["-c".into(), "echo \"$X\"".into()],
+            &NixOptions::default(),
+            &[("X".into(), "from env".into())],
+        )
+        .expect("sh runs");
+        assert_eq!(out.stdout, "from env\n");
+    }
 }

@@ -2,6 +2,8 @@
 //!
 //! Supports Debian 12's nix 2.8 up to current Nix; [`version`] holds what differs between them.
 
+#![warn(missing_docs)]
+
 pub mod build;
 pub mod copy;
 pub mod eval;

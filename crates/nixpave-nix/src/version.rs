@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fmt;
 use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
 use crate::invoke::{run_nix, NixError, NixOptions};
 
@@ -82,6 +83,9 @@ fn leading_number(word: &str) -> Option<u32> {
     word[..end].parse().ok()
 }
 
+/// How long `nix --version` may take when [`NixOptions::timeout`] is not set.
+pub const VERSION_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The version of the `nix` that `opts` runs: `nix --version` the first time for a given `PATH`
 /// (the options' own `PATH` if they set one), remembered for the rest of the process.
 pub fn local_version(opts: &NixOptions) -> Result<NixVersion, NixError> {
@@ -97,7 +101,11 @@ pub fn local_version(opts: &NixOptions) -> Result<NixVersion, NixError> {
     if let Some(v) = cache.lock().ok().and_then(|c| c.get(&path).copied()) {
         return Ok(v);
     }
-    let out = run_nix("nix", &["--version".to_string()], opts, &[])?;
+    let opts = NixOptions {
+        timeout: opts.timeout.or(Some(VERSION_TIMEOUT)),
+        ..opts.clone()
+    };
+    let out = run_nix("nix", &["--version".to_string()], &opts, &[])?;
     let version = NixVersion::parse(&out.stdout).ok_or_else(|| NixError::BadOutput {
         command: "nix --version".into(),
         message: format!("no version number in {:?}", out.stdout.trim()),

@@ -26,12 +26,14 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod cancel;
 mod facts;
 mod inventory;
 mod local;
 pub mod parallel;
-mod process;
+pub mod process;
 mod ssh;
 mod target;
 mod target_env;
@@ -46,5 +48,6 @@ pub use ssh::{HostKeyPolicy, PasswordPrompt, Privilege, SshOptions, SshTransport
 pub use target::{Target, TargetParseError};
 pub use target_env::{path_prelude, with_target_path, TARGET_PATH, TARGET_SHELL};
 pub use transport::{
-    shell_join, shell_quote, CommandOutput, OutputStream, Transport, TransportError, UploadSpec,
+    last_lines, shell_join, shell_quote, CommandOutput, OutputStream, Transport, TransportError,
+    UploadSpec,
 };

@@ -1,15 +1,22 @@
 //! Running on the machine nixpave itself runs on.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
+use std::time::Duration;
 
+use crate::process::{run_child, ChildRun};
 use crate::transport::{
     shell_join, CommandOutput, OutputStream, Transport, TransportError, UploadSpec,
 };
 
 /// The local machine. Commands run directly (nixpave is expected to run as root for disk work).
+///
+/// Through the [`Transport`] trait a command runs to its end: no deadline, and a cancellation
+/// request does not cut it in half (a local disk step stops between steps; a terminal's Ctrl-C
+/// reaches the child directly, as it shares nixpave's process group).
+/// [`LocalTransport::run_within`] adds a deadline and cancellation.
 #[derive(Debug, Clone, Default)]
 pub struct LocalTransport;
 
@@ -27,12 +34,37 @@ impl LocalTransport {
         Ok(cmd)
     }
 
-    fn spawn_error(argv: &[String], source: std::io::Error) -> TransportError {
-        TransportError::Spawn {
-            host: HOST.into(),
-            program: argv.first().cloned().unwrap_or_default(),
-            source,
-        }
+    /// Runs `argv` like [`Transport::run_streaming`], but kills it after `timeout` (when given)
+    /// and when cancellation is requested ([`crate::cancel`]): the result is then
+    /// [`TransportError::Timeout`] or [`TransportError::Interrupted`].
+    pub fn run_within(
+        &self,
+        argv: &[String],
+        stdin: Option<&[u8]>,
+        timeout: Option<Duration>,
+        on_line: &mut dyn FnMut(OutputStream, &str),
+    ) -> Result<CommandOutput, TransportError> {
+        self.spawn_run(argv, stdin, timeout, true, on_line)
+    }
+
+    fn spawn_run(
+        &self,
+        argv: &[String],
+        stdin: Option<&[u8]>,
+        timeout: Option<Duration>,
+        cancellable: bool,
+        on_line: &mut dyn FnMut(OutputStream, &str),
+    ) -> Result<CommandOutput, TransportError> {
+        let shown = shell_join(argv);
+        tracing::debug!(command = %shown, "run locally");
+        let run = ChildRun {
+            host: HOST,
+            shown: &shown,
+            stdin,
+            timeout,
+            cancellable,
+        };
+        run_child(Self::command(argv)?, run, on_line)
     }
 }
 
@@ -47,64 +79,7 @@ impl Transport for LocalTransport {
         stdin: Option<&[u8]>,
         on_line: &mut dyn FnMut(OutputStream, &str),
     ) -> Result<CommandOutput, TransportError> {
-        tracing::debug!(command = %shell_join(argv), "run locally");
-        let mut cmd = Self::command(argv)?;
-        cmd.stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(|e| Self::spawn_error(argv, e))?;
-        if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            // A command that exits without reading its input is not an error of ours.
-            let _ = pipe.write_all(data);
-        }
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
-        let (tx, rx) = std::sync::mpsc::channel::<(OutputStream, Vec<u8>)>();
-        let readers: Vec<_> = [
-            (
-                OutputStream::Stdout,
-                stdout.map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-            ),
-            (
-                OutputStream::Stderr,
-                stderr.map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-            ),
-        ]
-        .into_iter()
-        .filter_map(|(which, pipe)| pipe.map(|p| (which, p)))
-        .map(|(which, pipe)| {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(pipe);
-                let mut line = Vec::new();
-                while matches!(reader.read_until(b'\n', &mut line), Ok(n) if n > 0) {
-                    if tx.send((which, std::mem::take(&mut line))).is_err() {
-                        break;
-                    }
-                }
-            })
-        })
-        .collect();
-        drop(tx);
-        let mut out = CommandOutput::default();
-        for (which, line) in rx {
-            let text = String::from_utf8_lossy(&line);
-            on_line(which, text.trim_end_matches('\n'));
-            match which {
-                OutputStream::Stdout => out.stdout.extend_from_slice(&line),
-                OutputStream::Stderr => out.stderr.extend_from_slice(&line),
-            }
-        }
-        for reader in readers {
-            let _ = reader.join();
-        }
-        let status = child.wait().map_err(|e| Self::spawn_error(argv, e))?;
-        out.status = status.code();
-        Ok(out)
+        self.spawn_run(argv, stdin, None, false, on_line)
     }
 
     fn upload(&self, contents: &[u8], spec: &UploadSpec) -> Result<(), TransportError> {
@@ -189,6 +164,54 @@ mod tests {
             .run(&argv(&["cat"]), Some(b"secret"))
             .expect("cat runs");
         assert_eq!(out.stdout, b"secret");
+    }
+
+    #[test]
+    fn large_stdin_and_stdout_at_once_do_not_deadlock() {
+        // 8 MiB through `cat`: far more than a pipe holds, so stdin must be written while
+        // stdout is read. A runner that writes all of stdin first never returns; the thread and
+        // the deadline turn that into a failure instead of a hung test.
+        let data: Vec<u8> = (0..8 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+        let expected = data.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(LocalTransport.run(&argv(&["cat"]), Some(&data)));
+        });
+        let out = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("cat of 8 MiB finishes (no pipe deadlock)")
+            .expect("cat runs");
+        assert!(out.success());
+        assert_eq!(out.stdout.len(), expected.len());
+        assert!(out.stdout == expected, "the bytes come back unchanged");
+    }
+
+    #[test]
+    fn run_within_kills_at_the_deadline() {
+        let started = std::time::Instant::now();
+        let err = LocalTransport
+            .run_within(
+                &argv(&["sleep", "30"]),
+                None,
+                Some(Duration::from_millis(300)),
+                &mut |_, _| {},
+            )
+            .unwrap_err();
+        assert!(
+            matches!(&err, TransportError::Timeout { command, .. } if command == "sleep 30"),
+            "{err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
+        // Within the deadline it is an ordinary run.
+        let out = LocalTransport
+            .run_within(
+                &argv(&["echo", "ok"]),
+                None,
+                Some(Duration::from_secs(30)),
+                &mut |_, _| {},
+            )
+            .expect("echo runs");
+        assert_eq!(out.stdout_str(), "ok\n");
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Runs a local child process (ssh, usually) with streamed output, stdin, a deadline and
-//! cancellation.
+//! The one way nixpave runs a local child process (ssh, nix, a local command): streamed
+//! output, stdin written while the output is read (no pipe deadlock), a deadline and
+//! cancellation through [`crate::cancel`].
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, Stdio};
@@ -12,7 +13,7 @@ use crate::transport::{CommandOutput, OutputStream, TransportError};
 const POLL: Duration = Duration::from_millis(20);
 
 /// What is needed to run one child.
-pub(crate) struct ChildRun<'a> {
+pub struct ChildRun<'a> {
     /// Host name for errors.
     pub host: &'a str,
     /// The command as shown in errors.
@@ -25,8 +26,14 @@ pub(crate) struct ChildRun<'a> {
     pub cancellable: bool,
 }
 
-/// Spawns `cmd` and waits for it, streaming output lines to `on_line`.
-pub(crate) fn run_child(
+/// Spawns `cmd` and waits for it, streaming output lines (without their line ending) to
+/// `on_line` and collecting them in the returned [`CommandOutput`].
+///
+/// Stdin, stdout and stderr are served by their own threads, so a command that reads and writes
+/// a lot at once cannot deadlock on a full pipe. Past `run.timeout` the child is killed and
+/// [`TransportError::Timeout`] returned; when `run.cancellable` and [`crate::cancel`] was
+/// requested, it is killed and [`TransportError::Interrupted`] returned.
+pub fn run_child(
     mut cmd: Command,
     run: ChildRun<'_>,
     on_line: &mut dyn FnMut(OutputStream, &str),

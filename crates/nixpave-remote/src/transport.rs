@@ -33,11 +33,9 @@ impl CommandOutput {
         String::from_utf8_lossy(&self.stdout).into_owned()
     }
 
-    /// The last `lines` lines of standard error, for error messages.
+    /// The last `lines` non-blank lines of standard error, for error messages.
     pub fn stderr_tail(&self, lines: usize) -> String {
-        let text = String::from_utf8_lossy(&self.stderr);
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        last_lines(&String::from_utf8_lossy(&self.stderr), lines)
     }
 }
 
@@ -254,6 +252,13 @@ trap - EXIT
 rm -rf -- "$dest.nixpave-old"
 "#;
 
+/// The last `n` non-blank lines of `text`: the one "tail" of the workspace, for error messages
+/// (blank lines say nothing there and would crowd out lines that do).
+pub fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 /// Renders an argv as a shell-safe command line (for messages and for `ssh`).
 pub fn shell_join(argv: &[String]) -> String {
     argv.iter()
@@ -285,5 +290,18 @@ mod tests {
         assert_eq!(shell_quote("a b"), "'a b'");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
         assert_eq!(shell_quote(""), "''");
+    }
+
+    #[test]
+    fn last_lines_keeps_the_last_non_blank_ones() {
+        assert_eq!(last_lines("a\nb\n\n  \nc\n\n", 2), "b\nc");
+        assert_eq!(last_lines("only\n", 5), "only");
+        assert_eq!(last_lines("", 3), "");
+        let out = CommandOutput {
+            status: Some(1),
+            stdout: Vec::new(),
+            stderr: b"one\ntwo\nthree\n".to_vec(),
+        };
+        assert_eq!(out.stderr_tail(2), "two\nthree");
     }
 }

@@ -78,10 +78,7 @@ fn mounts_lock() -> std::sync::MutexGuard<'static, ()> {
 
 #[test]
 fn disk_apply_gpt_btrfs_xfs_swap_tmpfs_end_to_end() {
-    if !support::loop_devices_available() {
-        eprintln!("skipped: needs root and loop devices");
-        return;
-    }
+    support::require_loop_devices();
     let _mounts = mounts_lock();
     let mut scratch = Scratch::new("cli-gpt");
     let disk = scratch.disk(1024);
@@ -260,10 +257,7 @@ fn disk_apply_gpt_btrfs_xfs_swap_tmpfs_end_to_end() {
 
 #[test]
 fn disk_apply_msdos_table_and_hybrid_mbr() {
-    if !support::loop_devices_available() {
-        eprintln!("skipped: needs root and loop devices");
-        return;
-    }
+    support::require_loop_devices();
     let _mounts = mounts_lock();
     let mut scratch = Scratch::new("cli-msdos");
     let disk = scratch.disk(256);
@@ -375,10 +369,7 @@ fn disk_apply_msdos_table_and_hybrid_mbr() {
 
 #[test]
 fn disk_apply_dry_run_leaves_the_disk_unchanged() {
-    if !support::loop_devices_available() {
-        eprintln!("skipped: needs root and loop devices");
-        return;
-    }
+    support::require_loop_devices();
     let _mounts = mounts_lock();
     let mut scratch = Scratch::new("cli-dry");
     let disk = scratch.disk(128);
@@ -438,10 +429,7 @@ fn disk_apply_dry_run_leaves_the_disk_unchanged() {
 
 #[test]
 fn disk_apply_refuses_unsafe_disks_and_bad_input() {
-    if !support::loop_devices_available() {
-        eprintln!("skipped: needs root and loop devices");
-        return;
-    }
+    support::require_loop_devices();
     let _mounts = mounts_lock();
     let mut scratch = Scratch::new("cli-refuse");
     let disk = scratch.disk(128);
@@ -528,10 +516,7 @@ fn disk_apply_refuses_unsafe_disks_and_bad_input() {
 
 #[test]
 fn disk_apply_runs_a_saved_plan() {
-    if !support::loop_devices_available() {
-        eprintln!("skipped: needs root and loop devices");
-        return;
-    }
+    support::require_loop_devices();
     let mut scratch = Scratch::new("cli-planfile");
     let disk = scratch.disk(64);
     let root = scratch.root();
@@ -583,10 +568,7 @@ fn disk_apply_runs_a_saved_plan() {
 
 #[test]
 fn disk_apply_over_ssh_to_a_lab_host() {
-    if !support::loop_devices_available() {
-        eprintln!("skipped: needs root and loop devices");
-        return;
-    }
+    support::require_loop_devices();
     let lab = {
         let _mounts = mounts_lock();
         nixpave_lab::testing::Lab::with(nixpave_lab::testing::LabOptions {
@@ -662,22 +644,16 @@ fn apply_on_tty(args: &[&str], answer: &str) -> Output {
         "apply".into(),
     ];
     line.extend(args.iter().map(|a| a.to_string()));
-    let line: Vec<String> = line
-        .iter()
-        .map(|w| format!("'{}'", w.replace('\'', r"'\''")))
-        .collect();
+    let line = nixpave_remote::shell_join(&line);
     let mut cmd = Command::new("script");
-    cmd.args(["-q", "-e", "-c", &line.join(" "), "/dev/null"])
+    cmd.args(["-q", "-e", "-c", &line, "/dev/null"])
         .write_stdin(format!("{answer}\n"));
     cmd.output().expect("run script")
 }
 
 #[test]
 fn disk_apply_destroy_asks_on_a_terminal() {
-    if !support::loop_devices_available() {
-        eprintln!("skipped: needs root and loop devices");
-        return;
-    }
+    support::require_loop_devices();
     let mut scratch = Scratch::new("cli-tty");
     let disk = scratch.disk(64);
     let root = scratch.root();
@@ -738,10 +714,7 @@ fn disk_apply_refuses_a_missing_disk() {
 
 #[test]
 fn disk_apply_interrupted_stops_between_steps_and_resumes() {
-    if !support::loop_devices_available() {
-        eprintln!("skipped: needs root and loop devices");
-        return;
-    }
+    support::require_loop_devices();
     let mut scratch = Scratch::new("cli-int");
     let disk = scratch.disk(128);
     let root = scratch.root();
@@ -801,7 +774,7 @@ fn disk_apply_refuses_the_running_root_disk() {
         .trim()
         .to_string();
     if !source.starts_with("/dev/") {
-        eprintln!("skipped: / is not on a block device ({source})");
+        support::skip(&format!("/ is not on a block device ({source})"));
         return;
     }
     let parent = sh(&["lsblk", "-n", "-d", "-o", "PKNAME", &source])

@@ -60,22 +60,6 @@ impl LayoutError {
     }
 }
 
-/// Levenshtein distance (for "did you mean").
-pub fn edit_distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.iter().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != cb);
-            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
 /// The known name closest to `unknown`, if it is within a third of its length (at least 2 edits)
 /// or differs only in case.
 pub fn suggest<'a>(unknown: &str, known: &[&'a str]) -> Option<&'a str> {
@@ -86,7 +70,7 @@ pub fn suggest<'a>(unknown: &str, known: &[&'a str]) -> Option<&'a str> {
             let d = if k.eq_ignore_ascii_case(unknown) {
                 0
             } else {
-                edit_distance(unknown, k)
+                strsim::levenshtein(unknown, k)
             };
             (d, *k)
         })
@@ -101,8 +85,6 @@ mod tests {
 
     #[test]
     fn distance_and_suggestions() {
-        assert_eq!(edit_distance("sise", "size"), 1);
-        assert_eq!(edit_distance("", "abc"), 3);
         assert_eq!(suggest("sise", &["size", "start", "end"]), Some("size"));
         assert_eq!(
             suggest("mountpiont", &["mountpoint", "mountOptions"]),

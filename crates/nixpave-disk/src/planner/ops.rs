@@ -56,7 +56,7 @@ pub(crate) fn hook(script: &str, device: &str, which: &str) -> Option<Operation>
     } else {
         "name"
     };
-    let body = format!("{var}={}\n{script}", crate::render::shell_quote(device));
+    let body = format!("{var}={}\n{script}", nixpave_remote::shell_quote(device));
     Some(op(
         device,
         format!("run {which} of {device}"),

@@ -31,6 +31,34 @@ fn quiet(argv: &[&str]) {
     let _ = Command::new(argv[0]).args(&argv[1..]).output();
 }
 
+/// Fails the calling test, with the reason, when this process cannot create loop devices: a
+/// test that needs them must not pass without having run. `scripts/test.sh` runs as root.
+pub fn require_loop_devices() {
+    assert!(
+        loop_devices_available(),
+        "this test needs root and loop devices (`losetup -f` must work): run it as root"
+    );
+}
+
+/// Skips the calling test (which then returns) for a reason of this machine's making, e.g. `/`
+/// not on a block device. Under `NIXPAVE_REQUIRE_ALL=1` (CI, `scripts/test.sh`) every test must
+/// really run, so a skip fails instead.
+pub fn skip(why: &str) {
+    skip_unless_required(
+        why,
+        std::env::var_os("NIXPAVE_REQUIRE_ALL").is_some_and(|v| v == "1"),
+    );
+}
+
+/// [`skip`] with the switch given: fails when `require_all`, else reports the skip.
+pub fn skip_unless_required(why: &str, require_all: bool) {
+    assert!(
+        !require_all,
+        "NIXPAVE_REQUIRE_ALL=1 and this test cannot run here: {why}"
+    );
+    eprintln!("SKIPPED (NIXPAVE_REQUIRE_ALL=1 makes this a failure): {why}");
+}
+
 /// True when this process can create loop devices (root on a kernel with loop support).
 pub fn loop_devices_available() -> bool {
     Command::new("losetup")
@@ -99,12 +127,12 @@ impl Scratch {
 
     /// SHA-256 of the backing file of disk `i` (what a dry run must leave unchanged).
     pub fn checksum(&self, i: usize) -> String {
+        use sha2::Digest;
         quiet(&["sync"]);
-        sh(&["sha256sum", self.images[i].to_str().expect("utf-8 path")])
-            .split_whitespace()
-            .next()
-            .unwrap_or_default()
-            .to_string()
+        let mut file = std::fs::File::open(&self.images[i]).expect("open the disk image");
+        let mut hasher = sha2::Sha256::new();
+        std::io::copy(&mut file, &mut hasher).expect("read the disk image");
+        format!("{:x}", hasher.finalize())
     }
 
     /// Mount targets below the scratch directory, deepest first.

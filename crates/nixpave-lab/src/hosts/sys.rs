@@ -122,15 +122,9 @@ pub(crate) fn run_with_stdin(
     } else {
         Err(fail(
             out.status.code(),
-            tail(&String::from_utf8_lossy(&out.stderr), 5),
+            nixpave_remote::last_lines(&String::from_utf8_lossy(&out.stderr), 5),
         ))
     }
-}
-
-/// The last `n` non-empty lines of `text`.
-pub(crate) fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// Sends `signal` to `pid`; a process that is already gone is fine.

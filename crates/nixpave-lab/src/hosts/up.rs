@@ -441,7 +441,7 @@ fn not_ready(spec: &LabSpec, host: &HostState, seconds: u64) -> LabError {
         lab: spec.name.clone(),
         host: host.name.clone(),
         seconds,
-        log_tail: sys::tail(
+        log_tail: nixpave_remote::last_lines(
             &std::fs::read_to_string(host.sshd_log()).unwrap_or_default(),
             8,
         ),

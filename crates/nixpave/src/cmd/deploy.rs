@@ -802,23 +802,9 @@ pub fn status(args: StatusArgs) -> miette::Result<ExitCode> {
         Err((code, report)) => return fail(code, report),
     };
     let hosts = &fleet.inventory.hosts;
-    // One thread per host, at most 10 at a time.
-    let mut rows = Vec::with_capacity(hosts.len());
-    for chunk in hosts.chunks(10) {
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = chunk
-                .iter()
-                .map(|host| {
-                    scope.spawn(|| nixpave_deploy::status::host_status(host, &fleet.connector))
-                })
-                .collect();
-            for h in handles {
-                if let Ok(row) = h.join() {
-                    rows.push(row);
-                }
-            }
-        });
-    }
+    let rows = status_rows(hosts, |host| {
+        nixpave_deploy::status::host_status(host, &fleet.connector)
+    });
     if args.fleet.json {
         println!("{}", serde_json::to_string_pretty(&rows).into_diagnostic()?);
     } else {
@@ -881,6 +867,33 @@ pub fn status(args: StatusArgs) -> miette::Result<ExitCode> {
     }))
 }
 
+/// Reads every host's status, at most 10 at a time (a worker takes the next host as soon as it
+/// is free); a host whose reading panicked or never started gets an error row, never no row.
+fn status_rows(
+    hosts: &[nixpave_deploy::Host],
+    read: impl Fn(&nixpave_deploy::Host) -> nixpave_deploy::status::HostStatus + Sync,
+) -> Vec<nixpave_deploy::status::HostStatus> {
+    use nixpave_remote::parallel::{self, Slot};
+    let slots = parallel::run(hosts, 10, || false, read);
+    hosts
+        .iter()
+        .zip(slots)
+        .map(|(host, slot)| {
+            let error = match slot {
+                Slot::Done(row) => return row,
+                Slot::Panicked(m) => format!("internal error: {m}"),
+                Slot::NotStarted => "not read: interrupted".into(),
+            };
+            nixpave_deploy::status::HostStatus {
+                host: host.name.clone(),
+                error: Some(error),
+                state: None,
+                profiles: Vec::new(),
+            }
+        })
+        .collect()
+}
+
 /// Runs `nixpave rollback`.
 pub fn rollback(args: RollbackArgs) -> miette::Result<ExitCode> {
     let fleet = match load_fleet(
@@ -923,4 +936,43 @@ pub fn rollback(args: RollbackArgs) -> miette::Result<ExitCode> {
     } else {
         exit::PARTIAL
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_gives_a_panicking_host_an_error_row_and_keeps_order() {
+        let nodes: serde_json::Map<String, serde_json::Value> = (0..12)
+            .map(|i| {
+                let node = serde_json::json!({"hostname": "x", "profiles": {"system": {"path": "/nix/store/x"}}});
+                (format!("h{i:02}"), node)
+            })
+            .collect();
+        let inventory = nixpave_deploy::Inventory::from_json(
+            serde_json::json!({ "nodes": nodes }),
+            &nixpave_deploy::Selection::default(),
+        )
+        .expect("valid inventory");
+        let rows = status_rows(&inventory.hosts, |host| {
+            if host.name == "h03" {
+                panic!("cannot read {}", host.name);
+            }
+            nixpave_deploy::status::HostStatus {
+                host: host.name.clone(),
+                error: None,
+                state: None,
+                profiles: Vec::new(),
+            }
+        });
+        let names: Vec<&str> = rows.iter().map(|r| r.host.as_str()).collect();
+        let expected: Vec<String> = (0..12).map(|i| format!("h{i:02}")).collect();
+        assert_eq!(names, expected, "every host has a row, in inventory order");
+        assert_eq!(
+            rows[3].error.as_deref(),
+            Some("internal error: cannot read h03")
+        );
+        assert!(rows.iter().filter(|r| r.error.is_some()).count() == 1);
+    }
 }

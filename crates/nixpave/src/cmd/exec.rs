@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nixpave_remote::{
-    cancel, parallel, Inventory, OutputStream, PasswordPrompt, Privilege, ResolvedHost, SshOptions,
-    TargetResolver, Transport, TransportError,
+    cancel, parallel, parallel::Slot, Inventory, OutputStream, PasswordPrompt, Privilege,
+    ResolvedHost, SshOptions, TargetResolver, Transport, TransportError,
 };
 
 use crate::exit;
@@ -90,36 +90,13 @@ impl ConnectArgs {
     }
 }
 
-/// Asks on the terminal, one host at a time, with echo off.
+/// Asks on the terminal, one host at a time, with echo off (rpassword turns it back on however
+/// the read ends).
 fn terminal_password_prompt() -> PasswordPrompt {
     let lock = Arc::new(Mutex::new(()));
     Arc::new(move |host: &str| {
         let _one_at_a_time = lock.lock().unwrap_or_else(|p| p.into_inner());
-        let tty = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/tty")
-            .ok()?;
-        let stty = |arg: &str| {
-            std::process::Command::new("stty")
-                .arg(arg)
-                .stdin(
-                    tty.try_clone()
-                        .ok()
-                        .map_or(std::process::Stdio::null(), Into::into),
-                )
-                .status()
-        };
-        let mut out = tty.try_clone().ok()?;
-        let _ = write!(out, "sudo password for {host}: ");
-        let _ = out.flush();
-        let _ = stty("-echo");
-        let mut line = String::new();
-        let read = std::io::BufRead::read_line(&mut std::io::BufReader::new(&tty), &mut line);
-        let _ = stty("echo");
-        let _ = writeln!(out);
-        read.ok()?;
-        Some(line.trim_end_matches(['\n', '\r']).to_string())
+        rpassword::prompt_password(format!("sudo password for {host}: ")).ok()
     })
 }
 
@@ -152,6 +129,8 @@ enum HostResult {
     Ran(Option<i32>, nixpave_remote::CommandOutput),
     /// Connecting or running failed.
     Error(TransportError),
+    /// nixpave's own worker for this host panicked (a bug): the message.
+    Panicked(String),
 }
 
 /// Runs `nixpave exec`.
@@ -167,17 +146,23 @@ pub fn run(args: ExecArgs) -> miette::Result<ExitCode> {
     let mut base = args.connect.ssh_options();
     base.command_timeout = args.timeout.map(Duration::from_secs);
     let width = hosts.iter().map(|h| h.name.len()).max().unwrap_or(0);
-    let results = parallel::for_each(&hosts, args.parallel, |host| {
-        let started = Instant::now();
-        let result = run_on_host(host, &base, &argv, (!args.json).then_some(width));
-        (result, started.elapsed())
-    });
+    let results = parallel::run(
+        &hosts,
+        args.parallel,
+        || false,
+        |host| {
+            let started = Instant::now();
+            let result = run_on_host(host, &base, &argv, (!args.json).then_some(width));
+            (result, started.elapsed())
+        },
+    );
     let rows: Vec<(&ResolvedHost, HostResult, Duration)> = hosts
         .iter()
         .zip(results)
         .map(|(host, result)| match result {
-            Some((r, t)) => (host, r, t),
-            None => (
+            Slot::Done((r, t)) => (host, r, t),
+            Slot::Panicked(message) => (host, HostResult::Panicked(message), Duration::ZERO),
+            Slot::NotStarted => (
                 host,
                 HostResult::Error(TransportError::Interrupted {
                     host: host.name.clone(),
@@ -252,6 +237,7 @@ fn print_summary(rows: &[(&ResolvedHost, HostResult, Duration)], width: usize) {
             }
             HostResult::Error(e) if e.is_refusal() => ("refused", "-".into(), e.to_string()),
             HostResult::Error(e) => ("error", "-".into(), e.to_string()),
+            HostResult::Panicked(m) => ("error", "-".into(), format!("internal error: {m}")),
         };
         let _ = writeln!(
             err,
@@ -286,6 +272,9 @@ fn print_json(rows: &[(&ResolvedHost, HostResult, Duration)]) {
                     ("refused", None, None, Some(e.to_string()))
                 }
                 HostResult::Error(e) => ("error", None, None, Some(e.to_string())),
+                HostResult::Panicked(m) => {
+                    ("error", None, None, Some(format!("internal error: {m}")))
+                }
             };
             serde_json::json!({
                 "host": host.name,

@@ -3,7 +3,8 @@
 use std::fmt::Write as _;
 use std::process::ExitCode;
 
-use nixpave_remote::{cancel, gather_facts, parallel, BlockDevice, Facts, SshTransport};
+use nixpave_remote::parallel::{self, Slot};
+use nixpave_remote::{cancel, gather_facts, BlockDevice, Facts, SshTransport};
 
 use super::exec::{usage_error, ConnectArgs};
 use crate::exit;
@@ -34,14 +35,23 @@ pub fn run(args: FactsArgs) -> miette::Result<ExitCode> {
         tracing::warn!("cannot install the Ctrl-C handler: {e}");
     }
     let base = args.connect.ssh_options();
-    let results = parallel::for_each(&hosts, args.parallel, |host| {
-        let ssh = SshTransport::connect(&host.target, host.ssh_options(&base))
-            .map_err(|e| (e.is_refusal(), e.to_string()))?;
-        gather_facts(&ssh).map_err(|e| (false, e.to_string()))
-    });
+    let results = parallel::run(
+        &hosts,
+        args.parallel,
+        || false,
+        |host| {
+            let ssh = SshTransport::connect(&host.target, host.ssh_options(&base))
+                .map_err(|e| (e.is_refusal(), e.to_string()))?;
+            gather_facts(&ssh).map_err(|e| (false, e.to_string()))
+        },
+    );
     let results: Vec<Result<Facts, (bool, String)>> = results
         .into_iter()
-        .map(|r| r.unwrap_or_else(|| Err((false, "interrupted".into()))))
+        .map(|r| match r {
+            Slot::Done(r) => r,
+            Slot::Panicked(m) => Err((false, format!("internal error: {m}"))),
+            Slot::NotStarted => Err((false, "interrupted".into())),
+        })
         .collect();
     if args.json {
         let value = if let [single] = results.as_slice() {

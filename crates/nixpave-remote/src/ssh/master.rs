@@ -1,0 +1,145 @@
+//! The ControlMaster connection: starting, checking and restarting it, and sharing its sessions.
+
+use std::process::{Command, Stdio};
+use std::sync::Condvar;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::host_key::Phase;
+use super::SshTransport;
+use crate::transport::TransportError;
+
+/// Commands run at once over one master. sshd refuses more than `MaxSessions` (default 10)
+/// sessions per connection, and ssh reports that as a failure indistinguishable from the
+/// command's own exit 255, so extra commands wait for a free session instead.
+pub(super) const MAX_SESSIONS: usize = 8;
+
+/// A session slot on the master, released on drop.
+pub(super) struct SessionSlot<'a>(&'a (Mutex<usize>, Condvar));
+
+impl Drop for SessionSlot<'_> {
+    fn drop(&mut self) {
+        let (count, freed) = self.0;
+        *count.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+        freed.notify_one();
+    }
+}
+
+impl SshTransport {
+    pub(super) fn mux_args(&self) -> Vec<String> {
+        vec![
+            "-o".into(),
+            "ControlMaster=no".into(),
+            "-S".into(),
+            self.control_path.display().to_string(),
+        ]
+    }
+
+    /// Starts the master (`ssh -M -N -f`, backgrounded by ssh itself once authenticated).
+    pub(super) fn start_master(&self) -> Result<(), TransportError> {
+        let log = self.control_dir.join("master.log");
+        let stderr = std::fs::File::create(&log).map_err(|source| TransportError::Io {
+            host: self.name.clone(),
+            what: format!("creating {}", log.display()),
+            source,
+        })?;
+        let mut cmd = Command::new("ssh");
+        cmd.args(["-M", "-N", "-f", "-S"])
+            .arg(&self.control_path)
+            // A safety net: a master orphaned by a killed nixpave exits after being idle.
+            .args(["-o", "ControlPersist=600"])
+            .args(self.common_args())
+            .arg(&self.target.host)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        tracing::debug!(host = %self.name, "opening ssh master connection");
+        let mut child = cmd.spawn().map_err(|source| TransportError::Spawn {
+            host: self.name.clone(),
+            program: "ssh".into(),
+            source,
+        })?;
+        // ConnectTimeout covers TCP and the banner; authentication gets some more time.
+        let limit = self.options.connect_timeout * 2 + Duration::from_secs(10);
+        let started = Instant::now();
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) => {}
+                Err(source) => {
+                    return Err(TransportError::Io {
+                        host: self.name.clone(),
+                        what: "waiting for ssh".into(),
+                        source,
+                    })
+                }
+            }
+            if crate::cancel::is_cancelled() || started.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                if crate::cancel::is_cancelled() {
+                    return Err(TransportError::Interrupted {
+                        host: self.name.clone(),
+                    });
+                }
+                return Err(TransportError::Connection {
+                    host: self.name.clone(),
+                    message: format!(
+                        "no ssh session after {} s (the host accepted TCP but did not finish \
+                         the handshake or authentication); nothing was changed",
+                        limit.as_secs()
+                    ),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+        if status.success() && self.control_path.exists() {
+            return Ok(());
+        }
+        Err(self.classify_failure(&stderr, Phase::Connect))
+    }
+
+    /// Restarts the master when its socket vanished (it was killed, or idled out).
+    pub(super) fn ensure_master(&self) -> Result<(), TransportError> {
+        let _guard = self.master.lock().unwrap_or_else(|p| p.into_inner());
+        if self.control_path.exists() {
+            return Ok(());
+        }
+        tracing::info!(host = %self.name, "ssh master connection is gone; reconnecting");
+        self.start_master()
+    }
+
+    pub(super) fn master_alive(&self) -> bool {
+        Command::new("ssh")
+            .arg("-S")
+            .arg(&self.control_path)
+            .args(self.common_args())
+            .args(["-O", "check"])
+            .arg(&self.target.host)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Waits for a free session on the master (cancellable).
+    pub(super) fn session_slot(&self) -> Result<SessionSlot<'_>, TransportError> {
+        let (count, freed) = &self.sessions;
+        let mut open = count.lock().unwrap_or_else(|p| p.into_inner());
+        while *open >= MAX_SESSIONS {
+            if crate::cancel::is_cancelled() {
+                return Err(TransportError::Interrupted {
+                    host: self.name.clone(),
+                });
+            }
+            open = freed
+                .wait_timeout(open, Duration::from_millis(50))
+                .map(|(guard, _)| guard)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        *open += 1;
+        Ok(SessionSlot(&self.sessions))
+    }
+}
