@@ -31,7 +31,14 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    match cmd::run(cli.command) {
+    let result = match cli.command {
+        cmd::Command::Completions { shell } => {
+            return cmd::completions(&mut <Cli as clap::CommandFactory>::command(), shell)
+        }
+        cmd::Command::Man { dir } => cmd::man_pages(<Cli as clap::CommandFactory>::command(), &dir),
+        command => cmd::run(command),
+    };
+    match result {
         Ok(code) => code,
         Err(report) => {
             eprintln!("{report:?}");

@@ -32,6 +32,16 @@ pub enum Command {
     Rollback(deploy::RollbackArgs),
     /// Install NixOS on a reachable Linux host (kexec, disks, install, reboot, verify).
     Install(install::InstallArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write one man page per command into DIR.
+    Man {
+        /// Directory for the pages (created if missing).
+        dir: std::path::PathBuf,
+    },
 }
 
 /// SSH options from a command's `-i`, `--known-hosts` and `--accept-new-host-key` flags.
@@ -91,5 +101,50 @@ pub fn run(command: Command) -> miette::Result<ExitCode> {
         Command::Status(a) => deploy::status(a),
         Command::Rollback(a) => deploy::rollback(a),
         Command::Install(a) => install::run(a),
+        // Both need the whole command line, which main.rs owns.
+        Command::Completions { .. } | Command::Man { .. } => unreachable_here(),
     }
+}
+
+fn unreachable_here() -> miette::Result<ExitCode> {
+    Err(miette::miette!(
+        "completions and man pages are written by main, not by a subcommand"
+    ))
+}
+
+/// Writes `cmd`'s completion script for `shell` to stdout.
+pub fn completions(cmd: &mut clap::Command, shell: clap_complete::Shell) -> ExitCode {
+    let name = cmd.get_name().to_string();
+    clap_complete::generate(shell, cmd, name, &mut std::io::stdout());
+    crate::exit::code(crate::exit::OK)
+}
+
+/// Writes a man page for `cmd` and each of its subcommands (`nixpave-deploy.1`, `nixpave-lab-up.1`, …) into
+/// `dir`.
+pub fn man_pages(cmd: clap::Command, dir: &std::path::Path) -> miette::Result<ExitCode> {
+    use miette::IntoDiagnostic;
+    std::fs::create_dir_all(dir).into_diagnostic()?;
+    let mut written = 0;
+    let mut stack = vec![(cmd, String::new())];
+    while let Some((cmd, prefix)) = stack.pop() {
+        let name = if prefix.is_empty() {
+            cmd.get_name().to_string()
+        } else {
+            format!("{prefix}-{}", cmd.get_name())
+        };
+        let page = cmd.clone().name(name.clone());
+        let mut out = Vec::new();
+        clap_mangen::Man::new(page)
+            .render(&mut out)
+            .into_diagnostic()?;
+        std::fs::write(dir.join(format!("{name}.1")), out).into_diagnostic()?;
+        written += 1;
+        for sub in cmd.get_subcommands() {
+            if sub.get_name() != "help" {
+                stack.push((sub.clone(), name.clone()));
+            }
+        }
+    }
+    eprintln!("wrote {written} man page(s) to {}", dir.display());
+    Ok(crate::exit::code(crate::exit::OK))
 }
