@@ -165,8 +165,11 @@ fn deploy_rs_flake_with_ssh_config_fresh_noop_and_failing_releases_on_five_hosts
         assert_eq!(h.accepted_logins(), 0, "{} was contacted", h.name());
     }
 
-    // Fresh deploy, the hosts known only through the flake's `-F` ssh_config.
-    fleet.write("v1", all_hosts(&fleet.lab), false);
+    // Fresh deploy, the hosts known only through the flake's `-F` ssh_config; host5 builds its own system
+    // (`remoteBuild`).
+    let mut hosts = all_hosts(&fleet.lab);
+    hosts["host5"] = serde_json::json!({ "remoteBuild": true });
+    fleet.write("v1", hosts.clone(), false);
     let out = deploy(&[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let names: Vec<String> = fleet.lab.hosts().iter().map(|h| h.name().into()).collect();
@@ -185,6 +188,17 @@ fn deploy_rs_flake_with_ssh_config_fresh_noop_and_failing_releases_on_five_hosts
             h.name()
         );
     }
+
+    // host5 built v1 itself: the derivation came over; host1 got only the output.
+    let drv = format!("activatable-nixpave-test-system-{v1}.drv");
+    assert!(
+        inside(fleet.lab.host(4), "ls /nix/store").contains(&drv),
+        "no {drv} on host5"
+    );
+    assert!(
+        !inside(fleet.lab.host(0), "ls /nix/store").contains(&drv),
+        "{drv} on host1"
+    );
 
     // No-op: one login per host.
     let out = deploy(&[]);
