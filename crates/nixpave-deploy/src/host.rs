@@ -14,7 +14,7 @@ use crate::event::{Event, EventSink, HostReport, Outcome, Phase};
 use crate::health;
 use crate::inventory::{Host, Profile};
 use crate::keys::UploadAt;
-use crate::status::{probe, probe_with_keys, StatusRecord};
+use crate::status::{probe, probe_with_keys, AgentState, StatusRecord};
 
 /// How a deploy runs (command-line options).
 #[derive(Debug, Clone)]
@@ -180,9 +180,9 @@ fn deploy_connected(
         && !opts.reboot
         && host.profiles.iter().zip(&before.profiles).all(|(p, s)| {
             s.current.as_deref() == Some(p.path.out_path())
-                && s.last
-                    .as_ref()
-                    .is_some_and(|r| r.state == "confirmed" && r.path == p.path.out_path())
+                && s.last.as_ref().is_some_and(|r| {
+                    r.state == AgentState::Confirmed && r.path == p.path.out_path()
+                })
         });
     if unchanged {
         // Keys live apart from the system (under /run/keys they are gone after a reboot): a key whose
@@ -247,14 +247,14 @@ fn deploy_connected(
                 return Err(e);
             }
         };
-        let done = record.state.as_str();
+        let done = record.state;
         match done {
-            "confirmed" | "dry-activated" => {
+            AgentState::Confirmed | AgentState::DryActivated => {
                 activated.push((profile, record.clone()));
                 last = Some(record);
             }
             _ => {
-                let outcome = if done == "rolled-back" {
+                let outcome = if done == AgentState::RolledBack {
                     Outcome::RolledBack
                 } else {
                     Outcome::Failed
@@ -292,7 +292,7 @@ fn deploy_connected(
     }
 
     let record = last.ok_or_else(|| StepError::new(Phase::Activate, "no profile was activated"))?;
-    let outcome = if record.state == "dry-activated" {
+    let outcome = if record.state == AgentState::DryActivated {
         Outcome::DryActivated
     } else {
         Outcome::Deployed
@@ -491,7 +491,7 @@ fn activate_profile(
     let Some(ready) = ready else {
         return wait_final(run, t, &a, profile);
     };
-    if ready.state != "waiting-confirmation" {
+    if ready.state != AgentState::WaitingConfirmation {
         return Ok(ready);
     }
 
@@ -514,7 +514,7 @@ fn activate_profile(
         }
         let _ = t.run(&a.reject_argv(), None);
         let mut record = wait_final(run, t, &a, profile)?;
-        if record.state != "confirmed" {
+        if record.state != AgentState::Confirmed {
             let suffix = record
                 .reason
                 .strip_prefix("health-check-failed")
@@ -759,7 +759,7 @@ fn rollback_profile(
         })?;
     let said = format!("{}{}", out.stdout_str().trim(), out.stderr_tail(2));
     match parse_record(&out.stdout_str()) {
-        Some(r) if r.state == "rolled-back" => Ok(r),
+        Some(r) if r.state == AgentState::RolledBack => Ok(r),
         other => Err(format!(
             "profile {}: {}",
             profile.name,

@@ -19,9 +19,8 @@ pub struct StatusRecord {
     pub path: String,
     /// Goal.
     pub goal: String,
-    /// `activating`, `waiting-confirmation`, `confirmed`, `rolling-back`, `rolled-back`, `failed`,
-    /// `rollback-failed`, `dry-activated`.
-    pub state: String,
+    /// Where the agent is (see [`AgentState`]).
+    pub state: AgentState,
     /// Why it rolled back or failed (`no-confirmation`, `activation-failed`, `activation-timeout`,
     /// `health-check-failed`, `manual-rollback`, …).
     pub reason: String,
@@ -39,13 +38,63 @@ pub struct StatusRecord {
     pub updated: u64,
 }
 
+/// The states `agent.sh` records, in the order a deploy goes through them (the protocol between the agent
+/// and the deployer; the agent writes them as the kebab-case words).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AgentState {
+    /// Setting the profile and running the activation.
+    Activating,
+    /// Activated; waiting for the deployer's confirmation (magic rollback) or health checks' verdict.
+    WaitingConfirmation,
+    /// Done: the new generation stays.
+    Confirmed,
+    /// Going back to the previous generation.
+    RollingBack,
+    /// Done: the previous generation is active again.
+    RolledBack,
+    /// Done: failed, nothing to roll back to (or auto rollback off).
+    Failed,
+    /// Done: the rollback itself failed; the host needs a look.
+    RollbackFailed,
+    /// Done: a dry activation ran; the profile is untouched.
+    DryActivated,
+}
+
+impl AgentState {
+    /// True for the states after which the agent does nothing more.
+    pub fn is_final(self) -> bool {
+        !matches!(
+            self,
+            AgentState::Activating | AgentState::WaitingConfirmation | AgentState::RollingBack
+        )
+    }
+
+    /// The word the agent writes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentState::Activating => "activating",
+            AgentState::WaitingConfirmation => "waiting-confirmation",
+            AgentState::Confirmed => "confirmed",
+            AgentState::RollingBack => "rolling-back",
+            AgentState::RolledBack => "rolled-back",
+            AgentState::Failed => "failed",
+            AgentState::RollbackFailed => "rollback-failed",
+            AgentState::DryActivated => "dry-activated",
+        }
+    }
+}
+
+impl std::fmt::Display for AgentState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl StatusRecord {
     /// True when the record is final (the agent is done).
     pub fn is_final(&self) -> bool {
-        matches!(
-            self.state.as_str(),
-            "confirmed" | "rolled-back" | "failed" | "rollback-failed" | "dry-activated"
-        )
+        self.state.is_final()
     }
 }
 
@@ -272,7 +321,10 @@ mod tests {
         let p = &st.profiles[0];
         assert_eq!(p.generation, Some(3));
         assert!(p.wanted_present);
-        assert_eq!(p.last.as_ref().map(|r| r.state.as_str()), Some("confirmed"));
+        assert_eq!(
+            p.last.as_ref().map(|r| r.state),
+            Some(AgentState::Confirmed)
+        );
     }
 
     #[test]

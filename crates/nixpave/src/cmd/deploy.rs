@@ -823,7 +823,7 @@ pub fn status(args: StatusArgs) -> miette::Result<ExitCode> {
                     .as_ref()
                     .map(|l| {
                         if l.reason.is_empty() {
-                            l.state.clone()
+                            l.state.to_string()
                         } else {
                             format!("{} ({})", l.state, l.reason)
                         }
