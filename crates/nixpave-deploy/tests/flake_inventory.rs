@@ -144,11 +144,31 @@ fn key_text_and_key_file_paths_come_through_the_evaluation_as_strings() {
 
 #[test]
 fn built_profiles_stay_gc_roots_until_the_deploy_ends() {
-    let inv = eval(&Selection::parse_on(&["beta".into()]));
+    // A system of its own, so that no other test holds it alive meanwhile.
+    nix_conf_dir();
+    let cmd = |prog: &str, args: &[&str]| {
+        let out = std::process::Command::new(prog)
+            .args(args)
+            .output()
+            .expect("runs");
+        assert!(out.status.success(), "{prog}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let system = fixtures().join("system.nix").display().to_string();
+    let drv = cmd(
+        "nix-instantiate",
+        &[&system, "--argstr", "tag", &unique("roots")],
+    );
+    let out = cmd("nix-store", &["--query", "--outputs", &drv]);
+    let inv = Inventory::from_json(
+        serde_json::json!({ "nodes": { "a": { "hostname": "h",
+            "profiles": { "system": { "path": { "drv": drv, "out": out } } } } } }),
+        &Selection::default(),
+    )
+    .expect("inventory");
     let built = nixpave_deploy::fleet::build_all_rooted(&inv.hosts, &DeployOptions::default())
         .expect("builds");
     assert_eq!(built.count, 1);
-    let out = inv.hosts[0].profiles[0].path.out_path().to_string();
     let delete = || {
         std::process::Command::new("nix-store")
             .args(["--delete", &out])
