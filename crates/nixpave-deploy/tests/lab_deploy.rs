@@ -16,26 +16,6 @@ use nixpave_remote::{InventoryHost, SshOptions};
 const STATE_DIR: &str = "/nix/var/nixpave/deploy";
 const PROFILE: &str = "/nix/var/nix/profiles/system";
 
-fn connector(lab: &Lab) -> SshConnector {
-    let hosts = lab
-        .hosts()
-        .iter()
-        .map(|h| InventoryHost {
-            name: h.name().to_string(),
-            host: h.address().to_string(),
-            port: h.target().port,
-            user: Some("root".into()),
-            identity_file: Some(h.identity_file().to_path_buf()),
-            known_hosts: Some(h.known_hosts().to_path_buf()),
-        })
-        .collect();
-    let base = SshOptions {
-        connect_timeout: Duration::from_secs(5),
-        ..lab.host(0).ssh_options()
-    };
-    SshConnector::new(base, hosts)
-}
-
 /// One node per lab host (hostname = lab host name), profile `system` → `paths[i]`.
 fn hosts(lab: &Lab, paths: &[String], extra: serde_json::Value) -> Vec<Host> {
     let mut nodes = serde_json::Map::new();
@@ -57,11 +37,6 @@ fn hosts(lab: &Lab, paths: &[String], extra: serde_json::Value) -> Vec<Host> {
     inventory(serde_json::Value::Object(nodes)).hosts
 }
 
-fn inside(h: &LabHost, cmd: &str) -> String {
-    let out = h.run_inside(&["sh", "-c", cmd]).expect("nsenter");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 fn profile_of(h: &LabHost) -> String {
     inside(h, &format!("readlink -f {PROFILE}"))
 }
@@ -70,13 +45,6 @@ fn state_of(h: &LabHost) -> String {
     inside(
         h,
         &format!("sed -n 's/.*\"state\":\"\\([^\"]*\\)\".*/\\1/p' {STATE_DIR}/system.json"),
-    )
-}
-
-fn interface_of(h: &LabHost) -> String {
-    inside(
-        h,
-        "ip -o link show | awk -F': ' '$2 != \"lo\" { sub(/@.*/, \"\", $2); print $2; exit }'",
     )
 }
 

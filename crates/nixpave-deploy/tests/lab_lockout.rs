@@ -9,31 +9,10 @@ use std::time::{Duration, Instant};
 use common::*;
 use nixpave_deploy::{deploy_host, DeployOptions, Host, HostReport, Outcome, SshConnector};
 use nixpave_lab::testing::{Lab, LabHost};
-use nixpave_remote::{InventoryHost, SshOptions};
 
 const STATE_DIR: &str = "/nix/var/nixpave/deploy";
 /// Long enough that a rollback by confirm timeout could not pass for an instant one.
 const CONFIRM: u64 = 40;
-
-fn connector(lab: &Lab) -> SshConnector {
-    let hosts = lab
-        .hosts()
-        .iter()
-        .map(|h| InventoryHost {
-            name: h.name().to_string(),
-            host: h.address().to_string(),
-            port: h.target().port,
-            user: Some("root".into()),
-            identity_file: Some(h.identity_file().to_path_buf()),
-            known_hosts: Some(h.known_hosts().to_path_buf()),
-        })
-        .collect();
-    let base = SshOptions {
-        connect_timeout: Duration::from_secs(5),
-        ..lab.host(0).ssh_options()
-    };
-    SshConnector::new(base, hosts)
-}
 
 fn host(h: &LabHost, path: &str) -> Host {
     inventory(serde_json::json!({ h.name(): {
@@ -41,18 +20,6 @@ fn host(h: &LabHost, path: &str) -> Host {
         "profiles": { "system": { "path": path } } } }))
     .hosts
     .remove(0)
-}
-
-fn inside(h: &LabHost, cmd: &str) -> String {
-    let out = h.run_inside(&["sh", "-c", cmd]).expect("nsenter");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn interface_of(h: &LabHost) -> String {
-    inside(
-        h,
-        "ip -o link show | awk -F': ' '$2 != \"lo\" { sub(/@.*/, \"\", $2); print $2; exit }'",
-    )
 }
 
 fn deploy(h: &Host, conn: &SshConnector) -> HostReport {

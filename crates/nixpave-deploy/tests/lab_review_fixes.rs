@@ -6,35 +6,13 @@ mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::*;
 use nixpave_deploy::{deploy_host, DeployOptions, Host, HostReport, Outcome, SshConnector};
 use nixpave_lab::hosts::LabUser;
 use nixpave_lab::testing::{Lab, LabHost, LabOptions};
-use nixpave_remote::{InventoryHost, SshOptions};
 
 const STATE_DIR: &str = "/nix/var/nixpave/deploy";
-
-fn connector(lab: &Lab) -> SshConnector {
-    let hosts = lab
-        .hosts()
-        .iter()
-        .map(|h| InventoryHost {
-            name: h.name().to_string(),
-            host: h.address().to_string(),
-            port: h.target().port,
-            user: Some("root".into()),
-            identity_file: Some(h.identity_file().to_path_buf()),
-            known_hosts: Some(h.known_hosts().to_path_buf()),
-        })
-        .collect();
-    let base = SshOptions {
-        connect_timeout: Duration::from_secs(5),
-        ..lab.host(0).ssh_options()
-    };
-    SshConnector::new(base, hosts)
-}
 
 /// The node of lab host `h` with the given extra node fields (profiles included).
 fn host(h: &LabHost, node: serde_json::Value) -> Host {
@@ -56,11 +34,6 @@ fn deploy(host: &Host, conn: &SshConnector) -> HostReport {
     let events = Events::default();
     let sink = events.sink();
     deploy_host(host, conn, &DeployOptions::default(), &sink, 0)
-}
-
-fn inside(h: &LabHost, cmd: &str) -> String {
-    let out = h.run_inside(&["sh", "-c", cmd]).expect("nsenter");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn failing_check() -> serde_json::Value {

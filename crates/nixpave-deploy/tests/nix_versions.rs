@@ -44,26 +44,6 @@ fn deployer_nix() -> String {
     version
 }
 
-fn connector(lab: &Lab) -> SshConnector {
-    let hosts = lab
-        .hosts()
-        .iter()
-        .map(|h| InventoryHost {
-            name: h.name().to_string(),
-            host: h.address().to_string(),
-            port: h.target().port,
-            user: Some("root".into()),
-            identity_file: Some(h.identity_file().to_path_buf()),
-            known_hosts: Some(h.known_hosts().to_path_buf()),
-        })
-        .collect();
-    let base = SshOptions {
-        connect_timeout: Duration::from_secs(5),
-        ..lab.host(0).ssh_options()
-    };
-    SshConnector::new(base, hosts)
-}
-
 /// A fixture system as a derivation (not built): `(drv, out)`.
 fn instantiate(tag: &str) -> (String, String) {
     nix_conf_dir();

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 
-use nixpave_deploy::{Event, Inventory, Selection};
+use nixpave_deploy::{Event, Inventory, Selection, SshConnector};
+use nixpave_lab::testing::{Lab, LabHost};
+use nixpave_remote::{InventoryHost, SshOptions};
 
 /// A NIX_CONF_DIR with sandbox off and no substituters (nix 2.8 on Debian, no binary cache).
 pub fn nix_conf_dir() -> &'static Path {
@@ -96,4 +98,39 @@ pub fn generation_count(profile: &Path) -> usize {
         .output()
         .expect("nix-env");
     String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+/// A connector that reaches the lab's hosts by their names (`hostname = "host1"`), as root with the lab key.
+pub fn connector(lab: &Lab) -> SshConnector {
+    let hosts = lab
+        .hosts()
+        .iter()
+        .map(|h| InventoryHost {
+            name: h.name().to_string(),
+            host: h.address().to_string(),
+            port: h.target().port,
+            user: Some("root".into()),
+            identity_file: Some(h.identity_file().to_path_buf()),
+            known_hosts: Some(h.known_hosts().to_path_buf()),
+        })
+        .collect();
+    let base = SshOptions {
+        connect_timeout: std::time::Duration::from_secs(5),
+        ..lab.host(0).ssh_options()
+    };
+    SshConnector::new(base, hosts)
+}
+
+/// Runs `cmd` with `sh -c` inside the lab host (its namespaces, no ssh) and returns its trimmed stdout.
+pub fn inside(h: &LabHost, cmd: &str) -> String {
+    let out = h.run_inside(&["sh", "-c", cmd]).expect("nsenter");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The lab host's network interface (the one that is not `lo`).
+pub fn interface_of(h: &LabHost) -> String {
+    inside(
+        h,
+        "ip -o link show | awk -F': ' '$2 != \"lo\" { sub(/@.*/, \"\", $2); print $2; exit }'",
+    )
 }
