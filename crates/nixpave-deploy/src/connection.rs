@@ -30,7 +30,7 @@ pub trait Connector: Send + Sync {
     }
 }
 
-/// This machine as the target (tests of the pipeline with temp profile and state directories).
+/// This machine as the target, without ssh: `nixpave deploy --local`, and tests of the pipeline.
 #[derive(Debug, Default)]
 pub struct LocalConnector {
     logins: AtomicUsize,

@@ -414,3 +414,64 @@ fn deploy_rs_flake_on_nixos_shaped_hosts_and_the_booted_generation() {
     let table = text(&out);
     assert!(table.contains("BOOTED"), "{table}");
 }
+
+#[test]
+fn deploy_local_activates_the_machine_it_runs_on_without_ssh() {
+    // nixpave runs *inside* a lab host (its namespaces, its own /nix), as on a server deploying itself.
+    let lab = Lab::up(1).expect("lab up");
+    let h = lab.host(0);
+    let dir = tempfile::tempdir_in("/var/tmp").expect("flake dir"); // lab hosts have their own /tmp
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../nixpave-deploy/tests/fixtures");
+    std::fs::copy(fixtures.join("system.nix"), dir.path().join("system.nix")).expect("copy");
+    let tag = format!("local-{}", std::process::id());
+    let write = |fail: bool| {
+        std::fs::write(
+            dir.path().join("flake.nix"),
+            format!(
+                r#"{{ outputs = {{ self }}: {{ deploy.nodes.me = {{ hostname = "me.invalid";
+  profiles.system.path = import ./system.nix {{ tag = "{tag}-{fail}"; fail = {fail}; }}; }};
+  deploy.nodes.other = {{ hostname = "other.invalid"; profiles.system.path = import ./system.nix {{ tag = "x"; }}; }}; }}; }}"#
+            ),
+        )
+        .expect("flake");
+    };
+    let nixpave = |fragment: &str| {
+        let conf = h.state().root.join("etc-nix");
+        let flake = format!("{}{fragment}", dir.path().display());
+        let out = h
+            .run_inside(&[
+                "env",
+                &format!("NIX_CONF_DIR={}", conf.display()),
+                env!("CARGO_BIN_EXE_nixpave"),
+                "deploy",
+                &flake,
+                "--local",
+                "--state-dir",
+                STATE_DIR,
+                "--json",
+            ])
+            .expect("nsenter");
+        out
+    };
+    write(false);
+    // Two nodes selected: which one is "this machine" would be a guess.
+    let out = nixpave("");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let out = nixpave("#me");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(outcomes(&report(&out)), pairs(&[("me", "deployed")]));
+    assert_eq!(
+        inside(h, "cat /nix/var/nixpave-test/current"),
+        format!("{tag}-false")
+    );
+    // A failing release rolls back by itself here too.
+    write(true);
+    let out = nixpave("#me");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(outcomes(&report(&out)), pairs(&[("me", "rolled-back")]));
+    assert_eq!(
+        inside(h, "cat /nix/var/nixpave-test/current"),
+        format!("{tag}-false")
+    );
+    assert_eq!(h.accepted_logins(), 0, "no ssh at all");
+}

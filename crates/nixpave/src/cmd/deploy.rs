@@ -164,6 +164,11 @@ pub struct DeployArgs {
     /// Evaluate and build, show the plan, change nothing on any host.
     #[arg(long)]
     dry_run: bool,
+    /// Deploy the one selected node to the machine nixpave runs on, without ssh (colmena's `apply-local`):
+    /// same agent, health checks and auto rollback; the agent's own lockout checks stand in for the login
+    /// proof.
+    #[arg(long)]
+    local: bool,
 }
 
 /// Arguments of `nixpave status`.
@@ -365,6 +370,18 @@ pub fn run(args: DeployArgs) -> miette::Result<ExitCode> {
         Ok(f) => f,
         Err((code, report)) => return fail(code, report),
     };
+    if args.local && fleet.inventory.hosts.len() != 1 {
+        return fail(
+            exit::USAGE,
+            usage(format!(
+                "--local deploys one node to this machine, but {} are selected (pick one: FLAKE#node)",
+                fleet.inventory.hosts.len()
+            )),
+        );
+    }
+    let local = nixpave_deploy::LocalConnector::default();
+    let connector: &dyn nixpave_deploy::Connector =
+        if args.local { &local } else { &fleet.connector };
     let goal = if args.boot {
         Goal::Boot
     } else if args.dry_activate {
@@ -426,15 +443,10 @@ pub fn run(args: DeployArgs) -> miette::Result<ExitCode> {
     }
     let renderer = Renderer::new(args.fleet.json, hosts.iter().map(|h| h.name.clone()));
     let sink = |e: Event| renderer.event(e);
-    let mut report = nixpave_deploy::deploy_fleet(hosts, &fleet.connector, &opts, &rollout, &sink);
+    let mut report = nixpave_deploy::deploy_fleet(hosts, connector, &opts, &rollout, &sink);
     if args.rollback_succeeded == Some(true) && goal != Goal::DryActivate {
         report = nixpave_deploy::fleet::revoke_succeeded(
-            hosts,
-            report,
-            &fleet.connector,
-            goal,
-            &rollout,
-            &sink,
+            hosts, report, connector, goal, &rollout, &sink,
         );
     }
     renderer.finish(&report, |h| h.outcome.is_success())?;
