@@ -743,11 +743,18 @@ impl Renderer {
                 println!("{word}: {n} host(s)");
             }
         }
-        println!(
-            "{:<16} {:<13} {:>8}  {:<10} detail",
-            "HOST", "RESULT", "TIME", "GENERATION"
-        );
-        for h in report.hosts.iter().filter(|h| !compact || !ok(h)) {
+        let rows: Vec<&HostReport> = report
+            .hosts
+            .iter()
+            .filter(|h| !compact || !ok(h))
+            .collect();
+        if !rows.is_empty() {
+            println!(
+                "{:<16} {:<13} {:>8}  {:<10} detail",
+                "HOST", "RESULT", "TIME", "GENERATION"
+            );
+        }
+        for h in rows {
             println!(
                 "{:<16} {:<13} {:>7.1}s  {:<10} {}",
                 h.host,
