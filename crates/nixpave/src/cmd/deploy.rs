@@ -743,11 +743,7 @@ impl Renderer {
                 println!("{word}: {n} host(s)");
             }
         }
-        let rows: Vec<&HostReport> = report
-            .hosts
-            .iter()
-            .filter(|h| !compact || !ok(h))
-            .collect();
+        let rows: Vec<&HostReport> = report.hosts.iter().filter(|h| !compact || !ok(h)).collect();
         if !rows.is_empty() {
             println!(
                 "{:<16} {:<13} {:>8}  {:<10} detail",
