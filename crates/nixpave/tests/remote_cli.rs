@@ -289,7 +289,10 @@ fn facts_json_of_a_lab_host() {
     .expect("lab up");
     let out = run(nixpave(&lab).args(["facts", "--json", &format!("{}:host1", lab.name())]));
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let facts: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let all: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    // Always an array, also for one host.
+    assert_eq!(all[0]["host"], "host1");
+    let facts = &all[0]["facts"];
     assert_eq!(facts["lab_host"], true);
     assert_eq!(facts["is_root"], true);
     assert_eq!(facts["kexec"]["possible"], false);
@@ -470,7 +473,8 @@ fn lab_up_flavour_nixos_through_the_cli() {
     );
     let facts = cli(&["facts", "--json", &format!("{name}:host1")]);
     assert_eq!(facts.status.code(), Some(0), "{}", text(&facts.stderr));
-    let facts: serde_json::Value = serde_json::from_slice(&facts.stdout).expect("json");
+    let all: serde_json::Value = serde_json::from_slice(&facts.stdout).expect("json");
+    let facts = &all[0]["facts"];
     assert_eq!(facts["os"]["id"], "debian");
     assert_eq!(facts["os"]["is_nixos"], false);
     assert_eq!(facts["nix_path"], "/nix/var/nix/profiles/default/bin/nix");

@@ -54,21 +54,15 @@ pub fn run(args: FactsArgs) -> miette::Result<ExitCode> {
         })
         .collect();
     if args.json {
-        let value = if let [single] = results.as_slice() {
-            match single {
-                Ok(facts) => serde_json::to_value(facts).unwrap_or_default(),
-                Err((_, e)) => serde_json::json!({ "host": hosts[0].name, "error": e }),
-            }
-        } else {
-            hosts
-                .iter()
-                .zip(&results)
-                .map(|(h, r)| match r {
-                    Ok(f) => serde_json::json!({ "host": h.name, "facts": f }),
-                    Err((_, e)) => serde_json::json!({ "host": h.name, "error": e }),
-                })
-                .collect()
-        };
+        // Always an array, one `{host, facts}` or `{host, error}` per host, however many were asked for.
+        let value: serde_json::Value = hosts
+            .iter()
+            .zip(&results)
+            .map(|(h, r)| match r {
+                Ok(f) => serde_json::json!({ "host": h.name, "facts": f }),
+                Err((_, e)) => serde_json::json!({ "host": h.name, "error": e }),
+            })
+            .collect();
         println!(
             "{}",
             serde_json::to_string_pretty(&value).unwrap_or_default()
