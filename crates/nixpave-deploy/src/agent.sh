@@ -114,7 +114,7 @@ with_timeout() {
 # CONN is the deploy session's SSH_CONNECTION (client address, client port, server address, server port).
 lockout() {
   set -- $CONN
-  if [ $# -ge 4 ]; then
+  if [ $# -ge 4 ] && command -v ip >/dev/null 2>&1; then
     client=$1 server=$3 port=$4
     dev=$(ip route get "$client" 2>/dev/null | sed -n 's/.* dev \([^ ]*\).*/\1/p' | head -n 1)
     if [ -z "$dev" ]; then echo "route: no route back to the deployer ($client)"; return 0; fi
