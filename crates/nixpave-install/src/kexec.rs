@@ -328,12 +328,15 @@ pub fn upload(
 
 /// The script that unpacks the tarball in `dir` and starts `kexec/run` detached, so that the
 /// ssh session survives long enough to return. `run.rc` and `run.log` record the outcome.
+/// It starts with the shared-kernel guard (exit 3): a host sharing this machine's kernel is never
+/// kexec'd, whatever preflight concluded.
 pub fn launch_script(dir: &str, tarball: &str) -> String {
     let d = shell_quote(dir);
     format!(
-        "set -e; cd {d}; rm -rf kexec run.rc run.log; tar -xf {t}; \
+        "{guard}; set -e; cd {d}; rm -rf kexec run.rc run.log; tar -xf {t}; \
          setsid nohup sh -c './kexec/run > run.log 2>&1; echo $? > run.rc' > /dev/null 2>&1 < /dev/null &",
-        t = shell_quote(tarball)
+        t = shell_quote(tarball),
+        guard = nixpave_remote::SHARED_KERNEL_GUARD
     )
 }
 
@@ -498,16 +501,25 @@ mod tests {
         std::fs::create_dir_all(&work).unwrap();
         let t = nixpave_remote::LocalTransport;
         let dir = work.display().to_string();
-        let out = t
-            .run(
-                &[
-                    "sh".into(),
-                    "-c".into(),
-                    launch_script(&dir, &tar.display().to_string()),
-                ],
-                None,
-            )
+        // The guard comes first: in another mount namespace than PID 1's it refuses before unpacking.
+        let script = launch_script(&dir, &tar.display().to_string());
+        let guarded = std::process::Command::new("unshare")
+            .args(["--mount", "sh", "-c", &script])
+            .output()
             .unwrap();
+        assert_eq!(guarded.status.code(), Some(3));
+        assert!(
+            !work.join("kexec").exists(),
+            "the guard ran after unpacking"
+        );
+        // The rest of it, without the guard (this test machine may itself be a container, where the
+        // guard rightly refuses; the VM tests run it whole).
+        let unguarded = script
+            .strip_prefix(nixpave_remote::SHARED_KERNEL_GUARD)
+            .and_then(|rest| rest.strip_prefix(";"))
+            .expect("the script starts with the guard")
+            .to_string();
+        let out = t.run(&["sh".into(), "-c".into(), unguarded], None).unwrap();
         assert!(out.success(), "{}", out.stderr_tail(5));
         let mut status = None;
         for _ in 0..50 {

@@ -7,10 +7,9 @@ use nixpave_disk::Plan;
 
 use crate::disk::DiskEngine;
 use crate::events::{Event, Reporter};
-use crate::facts::{self, TargetFacts};
 use crate::kexec::{self, TarballInfo};
 use crate::phase::{Phase, PhaseSet};
-use crate::preflight::{self, DiskNeed, RamPolicy, Refusal, Requirements};
+use crate::preflight::{self, DiskNeed, Observed, RamPolicy, Refusal, Requirements};
 use crate::session::Session;
 use crate::state::{self, NodeState, ScheduleError, StateError, StateStore};
 use crate::steps::{self, Chown, CopySpec, EncryptionKey};
@@ -252,19 +251,18 @@ impl Ctx<'_, '_> {
         let mut announced = Instant::now() - Duration::from_secs(3600);
         loop {
             let r = self.spec.session.probe(self.spec.timeouts.probe);
-            match (&r, want_up) {
+            match (r, want_up) {
                 (Ok(()), true) | (Err(_), false) => return Ok(start.elapsed()),
-                (Err(e), true) => last = e.clone(),
+                // A changed or unknown host key will not fix itself: fail at once, strict checking stays on.
+                (Err(e), true) if e.is_refusal() => {
+                    return Err(format!(
+                        "ssh answers but refuses the host key: {e}\n  the system that answers does not have the \
+                         machine's host keys (they are copied into the new system unless the flake or --extra-files \
+                         brings its own, or --no-copy-host-keys was given)"
+                    ))
+                }
+                (Err(e), true) => last = e.to_string(),
                 (Ok(()), false) => {}
-            }
-            if want_up
-                && (last.contains("IDENTIFICATION HAS CHANGED")
-                    || last.contains("Host key verification failed"))
-            {
-                return Err(format!(
-                    "ssh answers but with a different host key: {last}\n  the installed system has new host keys; \
-                     install with --copy-host-keys (or remove the old key from known_hosts after checking it)"
-                ));
             }
             if start.elapsed() >= limit {
                 return Err(if want_up {
@@ -456,6 +454,8 @@ impl Ctx<'_, '_> {
             .wait_gone(&before, spec.timeouts.kexec_down, &mut check)
             .map_err(|e| format!("{e} after kexec/run:\n{}", status()))?;
         spec.session.reset();
+        // The installer only restores root's keys: a non-root login user does not exist there.
+        spec.session.use_root_login();
         self.progress(
             Phase::Kexec,
             format!(
@@ -469,21 +469,24 @@ impl Ctx<'_, '_> {
             self.wait_ssh(Phase::Kexec, true, spec.timeouts.kexec_up)?
         };
         spec.session.reset();
-        let facts = facts::gather(spec.session.transport(), &[]).map_err(|e| e.to_string())?;
-        if !facts.is_installer() && !steps::is_ram_fs(&facts.root_fstype) {
+        let facts =
+            nixpave_remote::gather_facts(spec.session.transport()).map_err(|e| e.to_string())?;
+        if !facts.os.is_nixos_installer {
             return Err(format!(
-                "the target came back ({} s) but does not run the installer (os-release ID={}, / is {}): kexec failed and it rebooted into its old system",
+                "the target came back ({} s) but does not run a NixOS installer (os-release ID={}, VARIANT_ID={}, / is {}): kexec failed and it rebooted into its old system",
                 up.as_secs(),
-                facts.os_id,
+                facts.os.id,
+                facts.os.variant_id,
                 facts.root_fstype
             ));
         }
         self.progress(
             Phase::Kexec,
             format!(
-                "installer up after {} s ({} MiB RAM)",
+                "installer up after {} s ({}, {} MiB RAM)",
                 up.as_secs(),
-                facts.mem_total_kib / 1024
+                facts.os.pretty_name,
+                facts.memory_bytes >> 20
             ),
         );
         Ok(())
@@ -580,8 +583,6 @@ impl Ctx<'_, '_> {
                 .map_err(|e| e.to_string())?;
             }
         }
-        self.progress(Phase::Install, "setting the system profile");
-        steps::set_profile(t, root, &spec.toplevel).map_err(|e| e.to_string())?;
         if let Some(dir) = &spec.extra_files {
             let n = steps::copy_extra_files(t, dir, root).map_err(|e| e.to_string())?;
             self.progress(
@@ -590,20 +591,59 @@ impl Ctx<'_, '_> {
             );
         }
         steps::chown(t, root, &spec.chown).map_err(|e| e.to_string())?;
-        if spec.copy_host_keys {
+        // Host identity across the reboot: the new system's own keys when it brings them (they are
+        // recorded as the host's keys), else the installer's, which are the machine's original ones.
+        let own_keys = steps::own_host_keys(t, root).map_err(|e| e.to_string())?;
+        if !own_keys.is_empty() {
+            let file = spec
+                .session
+                .record_host_keys(&own_keys)
+                .map_err(|e| format!("recording the new system's host keys: {e}"))?;
+            self.progress(
+                Phase::Install,
+                format!(
+                    "the new system brings its own host keys ({}); recorded in {file}",
+                    own_keys
+                        .iter()
+                        .filter_map(|k| k.split_whitespace().next())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+        } else if spec.copy_host_keys {
             steps::copy_host_keys(t, root).map_err(|e| e.to_string())?;
-            self.progress(Phase::Install, "copied the ssh host keys");
+            self.progress(
+                Phase::Install,
+                "copied the machine's ssh host keys (kept by the installer) into the new system",
+            );
         }
-        self.progress(Phase::Install, "installing the bootloader");
+        let method = steps::install_method(t).map_err(|e| e.to_string())?;
         let started = Instant::now();
-        let out = steps::install_bootloader(t, root).map_err(|e| e.to_string())?;
+        let out = match method {
+            steps::InstallMethod::NixosInstall => {
+                self.progress(
+                    Phase::Install,
+                    "installing with the installer's nixos-install",
+                );
+                steps::install_system_nixos_install(t, root, &spec.toplevel)
+                    .map_err(|e| e.to_string())?
+            }
+            steps::InstallMethod::Own => {
+                self.progress(
+                    Phase::Install,
+                    "no nixos-install on the target: setting the system profile, activating and installing the bootloader by ourselves",
+                );
+                steps::set_profile(t, root, &spec.toplevel).map_err(|e| e.to_string())?;
+                steps::install_system_own(t, root).map_err(|e| e.to_string())?
+            }
+        };
         for line in out.lines().take(20) {
             self.progress(Phase::Install, line.to_string());
         }
         self.progress(
             Phase::Install,
             format!(
-                "bootloader installed in {:.1} s",
+                "system and bootloader installed in {:.1} s",
                 started.elapsed().as_secs_f64()
             ),
         );
@@ -660,7 +700,7 @@ impl Ctx<'_, '_> {
         }
     }
 
-    fn preflight(&self, schedule: &[Phase]) -> Result<(TargetFacts, bool), InstallError> {
+    fn preflight(&self, schedule: &[Phase]) -> Result<(Observed, bool), InstallError> {
         let spec = self.spec;
         let node = spec.node.clone();
         let devices: Vec<String> = spec
@@ -668,14 +708,15 @@ impl Ctx<'_, '_> {
             .as_ref()
             .map(|d| d.needs.iter().map(|n| n.device.clone()).collect())
             .unwrap_or_default();
-        let facts =
-            facts::gather(spec.session.transport(), &devices).map_err(|e| InstallError::Phase {
+        let facts = preflight::observe(spec.session.transport(), &devices).map_err(|e| {
+            InstallError::Phase {
                 node: node.clone(),
                 phase: Phase::Preflight,
                 message: format!("gathering facts: {e}"),
                 left: left_behind(Phase::Preflight, &spec.root),
                 next: "check that `ssh` to the target works with the same options".into(),
-            })?;
+            }
+        })?;
         let kexec_needed = schedule.contains(&Phase::Kexec) && !facts.is_installer();
         if kexec_needed && spec.kexec.is_none() {
             return Err(InstallError::Input {
@@ -693,6 +734,7 @@ impl Ctx<'_, '_> {
         let req = Requirements {
             kexec: kexec_needed,
             disk: disk_runs,
+            reboot: schedule.contains(&Phase::Reboot),
             initrd_bytes: spec
                 .kexec
                 .as_ref()
@@ -881,7 +923,7 @@ pub fn install_all(specs: &[NodeSpec], inst: &Installer<'_>) -> Vec<Result<Summa
 
 /// Preflight alone, for `--dry-run`: gathers facts and checks them against what the selected
 /// phases need. Writes nothing (no state file either); the wipe confirmation is not asked.
-pub fn preflight_node(spec: &NodeSpec, inst: &Installer<'_>) -> Result<TargetFacts, InstallError> {
+pub fn preflight_node(spec: &NodeSpec, inst: &Installer<'_>) -> Result<Observed, InstallError> {
     let previous = inst.state.load(&spec.node)?;
     let schedule = state::schedule(
         &spec.phases,

@@ -14,7 +14,7 @@ CACHE=$2
 MIRROR=${NIXPAVE_LAB_MIRROR:-$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)}
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
 SUITE=${NIXPAVE_LAB_SUITE:-bookworm}
-PACKAGES=openssh-server,openssh-client,kexec-tools,gdisk,parted,fdisk,cryptsetup-bin,lvm2,thin-provisioning-tools,mdadm,dosfstools,e2fsprogs,btrfs-progs,xfsprogs,util-linux,mount,kmod,iproute2,procps,udev,busybox,nix-bin,grub-pc-bin,grub2-common,cpio,zstd,libdbi-perl
+PACKAGES=openssh-server,openssh-client,kexec-tools,gdisk,parted,fdisk,cryptsetup-bin,lvm2,thin-provisioning-tools,mdadm,dosfstools,e2fsprogs,btrfs-progs,xfsprogs,util-linux,mount,kmod,iproute2,procps,udev,busybox,nix-bin,grub-pc-bin,grub2-common,cpio,zstd,libdbi-perl,sudo
 # Kernel modules the guest and the installer keep (with their dependencies): storage, filesystems, net, crypto.
 MODULES="virtio_pci virtio_blk virtio_net virtio_rng virtio_scsi sd_mod ext4 vfat nls_cp437 nls_iso8859_1 nls_ascii btrfs xfs dm_mod dm_crypt dm_thin_pool dm_snapshot dm_mirror dm_raid raid0 raid1 raid10 raid456 md_mod loop qemu_fw_cfg crc32c_generic crc32c_intel xts aes_generic aesni_intel sha256_generic sha512_generic af_packet efivarfs squashfs overlay isofs zram"
 STAGE1_MODULES="virtio_pci virtio_blk ext4 crc32c_generic crc32c_intel"

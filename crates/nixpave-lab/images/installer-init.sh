@@ -38,7 +38,15 @@ if [ $restored = 0 ]; then  # nothing carried over: DHCP on every interface
   for d in /sys/class/net/*; do d=$(basename "$d"); [ "$d" = lo ] && continue
     ip link set "$d" up; busybox udhcpc -b -q -i "$d" -s /etc/udhcpc/default.script >/dev/null 2>&1; done
 fi
-echo "nixpave test installer" > /etc/nixpave-installer
+# Shows itself the way the real NixOS installer does: os-release with ID=nixos and VARIANT_ID=installer.
+rm -f /etc/os-release
+cat > /etc/os-release <<'OSR'
+NAME=NixOS
+ID=nixos
+PRETTY_NAME="NixOS (nixpave test installer)"
+VARIANT="Installer"
+VARIANT_ID=installer
+OSR
 mkdir -p /run/sshd; /usr/sbin/sshd -E /run/sshd.log
 log "sshd up"
 trap 'exec /usr/local/sbin/reboot' INT

@@ -61,9 +61,19 @@ pub struct InstallArgs {
     /// phase; repeatable. Contents travel on stdin, never in an argv or a log.
     #[arg(long, num_args = 2, value_names = ["REMOTE", "LOCAL"], action = clap::ArgAction::Append)]
     disk_encryption_keys: Vec<String>,
-    /// Copy the installer's ssh host keys into the new system (keeps known_hosts valid).
-    #[arg(long)]
+    /// Copy the installer's ssh host keys (the machine's original ones, kept across kexec) into the
+    /// new system. The default; kept for nixos-anywhere's command line.
+    #[arg(long, conflicts_with = "no_copy_host_keys")]
     copy_host_keys: bool,
+    /// Do not copy the machine's host keys into the new system (it then needs its own, from the
+    /// flake or --extra-files, or verify refuses the new key: checking stays strict).
+    #[arg(long)]
+    no_copy_host_keys: bool,
+    /// Log in as USER (--target USER@HOST) and become root with sudo, asking for its password once
+    /// (hidden, fed to sudo on stdin). After kexec nixpave logs in as root: the installer only
+    /// restores root's keys (root's and the sudo user's authorized keys, merged).
+    #[arg(long)]
+    ask_sudo_password: bool,
     /// Build the system here (`local`) or on the target (`target`).
     #[arg(long, default_value = "local", value_parser = ["local", "target"])]
     build_on: String,
@@ -332,20 +342,34 @@ fn prepare(
     };
     let options = SshOptions {
         name: Some(node.to_string()),
+        sudo_password: args.ask_sudo_password.then(super::password_once),
         ..super::ssh_options(
             args.identity.as_deref(),
             args.known_hosts.as_deref(),
             args.accept_new_host_key,
         )
     };
-    let ssh = SshTransport::connect(&target, options).map_err(|e| Failure {
+    // Resuming after kexec: the old system's login user is gone, the installer takes root's keys.
+    let state = StateStore::new(
+        args.state_dir
+            .clone()
+            .unwrap_or_else(StateStore::default_dir),
+    );
+    let after_kexec = args.resume
+        && matches!(state.load(node), Ok(Some(st)) if st.is_done(nixpave_install::Phase::Kexec));
+    let login = if after_kexec {
+        nixpave_install::session::root_target(&target)
+    } else {
+        target.clone()
+    };
+    let ssh = SshTransport::connect(&login, options.clone()).map_err(|e| Failure {
         code: super::connect_exit_code(&e),
         message: format!("{node}: {e}"),
     })?;
     Ok(Prepared {
         spec: NodeSpec {
             node: node.to_string(),
-            session: Box::new(RemoteSession::new(ssh)),
+            session: Box::new(RemoteSession::with_root_after_kexec(ssh, options)),
             toplevel,
             arch,
             phases: args.phases.clone(),
@@ -358,7 +382,7 @@ fn prepare(
                 .into_iter()
                 .map(|(path, owner)| Chown { path, owner })
                 .collect(),
-            copy_host_keys: args.copy_host_keys,
+            copy_host_keys: !args.no_copy_host_keys,
             substitute_on_destination: args.substitute_on_destination,
             build_on_target: drv,
             timeouts: Timeouts {
@@ -474,14 +498,14 @@ fn run_inner(args: InstallArgs) -> Result<u8, Failure> {
         let mut worst = exit::OK;
         for spec in &specs {
             match nixpave_install::preflight_node(spec, &installer) {
-                Ok(facts) => {
+                Ok(observed) => {
                     eprintln!(
                         "{}: preflight passed ({} {}, {} MiB RAM, installer: {})",
                         spec.node,
-                        facts.os_id,
-                        facts.arch,
-                        facts.mem_total_kib / 1024,
-                        facts.is_installer()
+                        observed.facts.os.id,
+                        observed.facts.arch,
+                        observed.facts.memory_bytes >> 20,
+                        observed.is_installer()
                     );
                     if let Some(d) = &spec.disk {
                         eprint!("{}", render_plan(&spec.node, &d.plan));
