@@ -29,6 +29,43 @@ fn start_vm(name: &str, memory_mib: u64, disks: u32) -> Vm {
     Vm::start_with_progress(&spec, &mut |l| eprintln!("vm: {l}")).expect("lab VM starts")
 }
 
+/// Adds `alice` (password `SUDO_PASSWORD`, in group sudo, which needs that password) with the lab key, and
+/// takes the key away from root: after kexec, root logins work only because the installer's kexec/run
+/// carried over the sudo user's keys (as nixos-images' does).
+const SUDO_PASSWORD: &str = "Pw-4471-tango";
+
+fn add_sudo_user_and_lock_root(vm: &Vm) {
+    vm.ssh_ok(&format!(
+        "set -e; useradd -m -s /bin/sh alice; echo 'alice:{SUDO_PASSWORD}' | chpasswd; usermod -aG sudo alice; \
+         install -d -m 700 -o alice -g alice /home/alice/.ssh; \
+         install -m 600 -o alice -g alice /root/.ssh/authorized_keys /home/alice/.ssh/authorized_keys; \
+         mv /root/.ssh/authorized_keys /root/.ssh/authorized_keys.moved-away"
+    ))
+    .expect("sudo user set up");
+}
+
+/// A session logging in as alice with sudo and a password (counted each time it is asked for).
+fn sudo_session(vm: &Vm, asked: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> RemoteSession {
+    let target = Target {
+        user: Some("alice".into()),
+        host: "127.0.0.1".into(),
+        port: Some(vm.ssh_port()),
+    };
+    let options = SshOptions {
+        identity_file: Some(vm.key()),
+        known_hosts: Some(vm.known_hosts()),
+        host_key_policy: HostKeyPolicy::Strict,
+        privilege: Privilege::Sudo,
+        sudo_password: Some(std::sync::Arc::new(move |_host: &str| {
+            asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Some(SUDO_PASSWORD.to_string())
+        })),
+        ..SshOptions::default()
+    };
+    let ssh = SshTransport::connect(&target, options.clone()).expect("ssh to the VM as alice");
+    RemoteSession::with_root_after_kexec(ssh, options)
+}
+
 fn session(vm: &Vm) -> RemoteSession {
     let target = Target {
         user: Some("root".into()),
@@ -402,11 +439,18 @@ fn e2e_luks_on_lvm_kexec_install_reboot_verify() {
     print_timings(&rec, "luks-on-lvm");
 }
 
+/// One run from a non-root login: `alice` with a password sudo (asked once) until kexec, root after it (the
+/// installer only has root, with alice's keys); mdadm raid1; no nixos-install on the test installer, so
+/// nixpave's own install steps run (activate, /etc/NIXOS, mtab, the root on /mnt); the machine's host key
+/// kept, so verify passes with strict checking against the known_hosts written before anything ran.
 #[test]
 #[ignore = "boots qemu VMs (minutes under TCG); run scripts/test-install.sh"]
-fn e2e_mdadm_raid1_in_one_run() {
+fn e2e_sudo_user_mdadm_raid1_in_one_run() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
     let vm = start_vm("inst-raid", 2048, 2);
     let run = prepare(&vm, "raid");
+    add_sudo_user_and_lock_root(&vm);
+    let known_hosts_before = std::fs::read(vm.known_hosts()).unwrap();
     let (p, mount) = raid1_plan();
     let disk = DiskSpec {
         plan: p,
@@ -414,7 +458,9 @@ fn e2e_mdadm_raid1_in_one_run() {
         needs: needs(&["/dev/vda", "/dev/vdb", "/dev/vdc"]),
         keys: Vec::new(),
     };
+    let asked = std::sync::Arc::new(AtomicUsize::new(0));
     let mut spec = node_spec(&vm, &run, "kexec,disk,install,reboot,verify", Some(disk));
+    spec.session = Box::new(sudo_session(&vm, asked.clone()));
     spec.extra_files = Some(extra_files(&vm, run.work.path()));
     let rec = Recorder::default();
     let engine = nixpave_install::disk::ExecEngine {
@@ -428,7 +474,37 @@ fn e2e_mdadm_raid1_in_one_run() {
             panic!("{e}");
         }
     }
-    print_timings(&rec, "raid1");
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        1,
+        "the sudo password is asked once"
+    );
+    // The installed system, as root over strict host-key checking: what nixos-install would have done.
+    let t = spec.session.transport();
+    let sh = |c: &str| {
+        let o = t.run(&["sh".into(), "-c".into(), c.into()], None).unwrap();
+        assert!(o.success(), "{c}: {}", o.stderr_tail(5));
+        o.stdout_str()
+    };
+    assert_eq!(sh("id -u").trim(), "0");
+    let record = sh("cat /boot/nixpave/install-record");
+    for what in ["activated-before", "root-on-mnt", "mtab-ok"] {
+        assert!(record.contains(what), "{what} missing: {record}");
+    }
+    let activated = sh("cat /etc/nixpave-activated");
+    assert!(
+        activated.starts_with("in_nixos_enter=1 nixos=yes"),
+        "{activated}"
+    );
+    sh("test -e /etc/NIXOS");
+    assert_eq!(
+        std::fs::read(vm.known_hosts()).unwrap(),
+        known_hosts_before,
+        "the machine kept its host key: nothing was re-recorded"
+    );
+    assert!(rec.json().contains("copied the machine's ssh host keys"));
+    assert!(rec.json().contains("no nixos-install on the target"));
+    print_timings(&rec, "sudo-user-raid1");
 }
 
 fn disk_sum(vm: &Vm) -> String {
@@ -479,6 +555,30 @@ fn preflight_refusals_in_a_vm_write_nothing() {
     let r = refusals(&spec);
     assert_eq!(r.len(), 1, "{r:?}");
     assert!(r[0].to_string().contains("/dev/vdz"));
+
+    // A tool kexec/run needs is missing on the old system: the refusal names it. The VM runs its own kernel:
+    // no shared-kernel refusal, and the guard itself lets it pass.
+    vm.ssh_ok("mv /usr/bin/setsid /usr/bin/setsid.hidden")
+        .unwrap();
+    let mut spec = node_spec(&vm, &run, "kexec,disk,install", Some(disk()));
+    spec.ram.headroom_mib = 0;
+    spec.ram.initrd_factor = 0.0;
+    let r = refusals(&spec);
+    assert_eq!(
+        r,
+        vec![Refusal::MissingTools {
+            tools: vec!["setsid".into()]
+        }]
+    );
+    eprintln!("{}", r[0]);
+    assert_eq!(
+        vm.ssh_ok(&format!("{}; echo go", nixpave_remote::SHARED_KERNEL_GUARD))
+            .unwrap()
+            .trim(),
+        "go"
+    );
+    vm.ssh_ok("mv /usr/bin/setsid.hidden /usr/bin/setsid")
+        .unwrap();
 
     vm.ssh_ok("sysctl -w kernel.kexec_load_disabled=1").unwrap();
     let mut spec = node_spec(&vm, &run, "kexec,disk,install", Some(disk()));
