@@ -233,6 +233,31 @@ pub enum Refusal {
 
 const MIB: u64 = 1024 * 1024;
 
+/// GPT overhead on a disk: the protective MBR and primary table before the first (1 MiB-aligned)
+/// partition, the backup table at the end.
+pub const GPT_OVERHEAD_BYTES: u64 = 2 * MIB;
+
+/// The least size a layout disk needs (pure): for a GPT, the fixed-size partitions, 1 MiB for each
+/// `100%` one and the table's overhead; 0 for contents nixpave cannot size from the layout alone.
+pub fn min_disk_bytes(disk: &nixpave_disk::model::Disk) -> u64 {
+    use nixpave_disk::model::size::{parse_size, Size};
+    use nixpave_disk::model::Content;
+    match &disk.content {
+        Some(Content::Gpt(gpt)) => {
+            gpt.partitions
+                .iter()
+                .map(|p| match parse_size(&p.size) {
+                    Ok(Size::Bytes(b)) => b,
+                    Ok(Size::Rest) => MIB,
+                    Err(_) => 0,
+                })
+                .sum::<u64>()
+                + GPT_OVERHEAD_BYTES
+        }
+        _ => 0,
+    }
+}
+
 /// Architectures nixpave knows how to install (`uname -m` spelling).
 pub const KNOWN_ARCHES: [&str; 4] = ["x86_64", "aarch64", "i686", "riscv64"];
 
@@ -528,6 +553,22 @@ mod tests {
         );
         assert_eq!(vm(1).disk_size("/dev/vda"), Some(4096 * MIB));
         assert_eq!(vm(1).disk_size("/dev/sdz"), None);
+    }
+
+    #[test]
+    fn min_disk_bytes_of_a_gpt_layout() {
+        let layout = nixpave_disk::Layout::from_json(&serde_json::json!({
+            "disk": { "main": { "type": "disk", "device": "/dev/vda", "content": {
+                "type": "gpt", "partitions": {
+                    "boot": { "size": "1M", "type": "EF02" },
+                    "esp": { "size": "512M", "type": "EF00" },
+                    "root": { "size": "100%" } } } } }
+        }))
+        .unwrap();
+        assert_eq!(
+            min_disk_bytes(&layout.disk["main"]),
+            (1 + 512 + 1) * MIB + GPT_OVERHEAD_BYTES
+        );
     }
 
     #[test]

@@ -412,6 +412,22 @@ impl Ctx<'_, '_> {
                 )
             }
         }
+        // Reached under another name after kexec: the machine's host keys (the installer keeps them)
+        // are recorded for it now, read over this authenticated connection, so checking stays strict.
+        let host_keys =
+            steps::own_host_keys(t, std::path::Path::new("/")).map_err(|e| e.to_string())?;
+        if let Some(name) = spec
+            .session
+            .prepare_post_kexec_login(&host_keys)
+            .map_err(|e| format!("recording the host keys for the login after kexec: {e}"))?
+        {
+            self.progress(
+                Phase::Kexec,
+                format!(
+                    "the machine's host keys recorded for {name}, where the installer will answer"
+                ),
+            );
+        }
         let before = self
             .boot_id()
             .ok_or("cannot read the target's boot id before kexec")?;

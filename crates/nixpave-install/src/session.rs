@@ -33,6 +33,16 @@ pub trait Session: Send + Sync {
     /// Records `keys` (`TYPE BASE64` lines) as the host's keys in the known_hosts file ssh checks,
     /// replacing the old entries; returns that file. For a new system that brings its own host keys.
     fn record_host_keys(&self, keys: &[String]) -> Result<String, TransportError>;
+    /// Before kexec: when the installer will be reached under another name or port
+    /// (`--post-kexec-host`, `--post-kexec-ssh-port`), records the machine's host keys (read over the
+    /// authenticated connection to the old system; the installer keeps them) for that name, so the
+    /// login after kexec stays strictly checked. Returns the name it recorded them for, if any.
+    fn prepare_post_kexec_login(
+        &self,
+        _host_keys: &[String],
+    ) -> Result<Option<String>, TransportError> {
+        Ok(None)
+    }
 }
 
 /// The local machine as a target (tests, and installing onto disks attached to this machine).
@@ -103,10 +113,22 @@ impl RemoteSession {
     /// Wraps a connected transport whose login user may not be root: after kexec the session
     /// logs in as root to the same host with `options` (escalation off, no sudo prompt).
     pub fn with_root_after_kexec(ssh: SshTransport, options: SshOptions) -> Self {
+        Self::with_login_after_kexec(ssh, options, None)
+    }
+
+    /// Like [`with_root_after_kexec`](Self::with_root_after_kexec), with the installer reached at
+    /// `after` (another address or port, `--post-kexec-host`/`--post-kexec-ssh-port`; its user is
+    /// always root). `None` means the same host and port.
+    pub fn with_login_after_kexec(
+        ssh: SshTransport,
+        options: SshOptions,
+        after: Option<Target>,
+    ) -> Self {
         let target = ssh.target().clone();
-        let root_login = (!target.is_root_user()).then(|| {
+        let after = root_target(after.as_ref().unwrap_or(&target));
+        let root_login = (after != target || !target.is_root_user()).then(|| {
             (
-                root_target(&target),
+                after,
                 SshOptions {
                     privilege: Privilege::None,
                     sudo_password: None,
@@ -197,40 +219,68 @@ impl Session for RemoteSession {
     }
 
     fn record_host_keys(&self, keys: &[String]) -> Result<String, TransportError> {
-        let file = match &self.known_hosts {
+        let target = self.ssh().target();
+        let file = self.known_hosts_file();
+        record_keys(&file, &known_hosts_pattern(&target.host, target.port), keys)?;
+        Ok(file.display().to_string())
+    }
+
+    fn prepare_post_kexec_login(
+        &self,
+        host_keys: &[String],
+    ) -> Result<Option<String>, TransportError> {
+        let Some((after, _)) = &self.root_login else {
+            return Ok(None);
+        };
+        let before = self.ssh.target();
+        let pattern = known_hosts_pattern(&after.host, after.port);
+        if pattern == known_hosts_pattern(&before.host, before.port) || host_keys.is_empty() {
+            return Ok(None);
+        }
+        record_keys(&self.known_hosts_file(), &pattern, host_keys)?;
+        Ok(Some(pattern))
+    }
+}
+
+impl RemoteSession {
+    fn known_hosts_file(&self) -> std::path::PathBuf {
+        match &self.known_hosts {
             Some(f) => f.clone(),
             None => std::env::var_os("HOME")
                 .map(std::path::PathBuf::from)
                 .unwrap_or_else(|| "/root".into())
                 .join(".ssh/known_hosts"),
-        };
-        let target = self.ssh().target();
-        let pattern = known_hosts_pattern(&target.host, target.port);
-        let io = |what: String| {
-            move |source| TransportError::Io {
-                host: "localhost".into(),
-                what,
-                source,
-            }
-        };
-        // Old entries go first (hashed ones too), then the new keys.
-        let _ = std::process::Command::new("ssh-keygen")
-            .args(["-R", &pattern, "-f"])
-            .arg(&file)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
-        let mut text = std::fs::read_to_string(&file).unwrap_or_default();
-        if !text.is_empty() && !text.ends_with('\n') {
-            text.push('\n');
         }
-        for key in keys {
-            text.push_str(&format!("{pattern} {key}\n"));
-        }
-        std::fs::write(&file, text).map_err(io(format!("writing {}", file.display())))?;
-        Ok(file.display().to_string())
     }
+}
+
+/// Replaces the entries of `pattern` in the known_hosts `file` with `keys` (`TYPE BASE64`).
+fn record_keys(
+    file: &std::path::Path,
+    pattern: &str,
+    keys: &[String],
+) -> Result<(), TransportError> {
+    // Old entries go first (hashed ones too), then the new keys.
+    let _ = std::process::Command::new("ssh-keygen")
+        .args(["-R", pattern, "-f"])
+        .arg(file)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    let _ = std::fs::remove_file(file.with_extension("old"));
+    let mut text = std::fs::read_to_string(file).unwrap_or_default();
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    for key in keys {
+        text.push_str(&format!("{pattern} {key}\n"));
+    }
+    std::fs::write(file, text).map_err(|source| TransportError::Io {
+        host: "localhost".into(),
+        what: format!("writing {}", file.display()),
+        source,
+    })
 }
 
 /// How known_hosts names a host (`host`, or `[host]:port` for another port than 22) (pure).
@@ -244,6 +294,33 @@ pub fn known_hosts_pattern(host: &str, port: Option<u16>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_are_recorded_replacing_old_entries_of_the_name_only() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("known_hosts");
+        std::fs::write(
+            &file,
+            "[h]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOLDOLDOLDOLDOLDOLDOLDOLDOLDOLDOLDOLDOLDOLDOLD\nother ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKEEPKEEPKEEPKEEPKEEPKEEPKEEPKEEPKEEPKEEPKEEP",
+        )
+        .unwrap();
+        record_keys(
+            &file,
+            "[h]:2222",
+            &["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINEWNEWNEWNEWNEWNEWNEWNEWNEWNEWNEWNEWNEWNEWNEW".into()],
+        )
+        .unwrap();
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(!text.contains("OLDOLD"), "{text}");
+        assert!(
+            text.contains("other ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKEEP"),
+            "{text}"
+        );
+        assert!(
+            text.contains("[h]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINEW"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn known_hosts_patterns() {

@@ -66,6 +66,29 @@ fn sudo_session(vm: &Vm, asked: std::sync::Arc<std::sync::atomic::AtomicUsize>) 
     RemoteSession::with_root_after_kexec(ssh, options)
 }
 
+/// Root at 127.0.0.1 until kexec, then at `localhost` (`--post-kexec-host`): a name known_hosts has no
+/// entry for, so the login after kexec works only because the machine's keys were recorded for it.
+fn post_kexec_session(vm: &Vm) -> RemoteSession {
+    let target = Target {
+        user: Some("root".into()),
+        host: "127.0.0.1".into(),
+        port: Some(vm.ssh_port()),
+    };
+    let options = SshOptions {
+        identity_file: Some(vm.key()),
+        known_hosts: Some(vm.known_hosts()),
+        host_key_policy: HostKeyPolicy::Strict,
+        privilege: Privilege::None,
+        ..SshOptions::default()
+    };
+    let ssh = SshTransport::connect(&target, options.clone()).expect("ssh to the VM");
+    let after = Target {
+        host: "localhost".into(),
+        ..target
+    };
+    RemoteSession::with_login_after_kexec(ssh, options, Some(after))
+}
+
 fn session(vm: &Vm) -> RemoteSession {
     let target = Target {
         user: Some("root".into()),
@@ -382,6 +405,11 @@ fn e2e_luks_on_lvm_kexec_install_reboot_verify() {
     };
     let mut spec = node_spec(&vm, &run, "kexec,disk,install", Some(disk));
     spec.extra_files = Some(extra_files(&vm, run.work.path()));
+    let localhost = format!("[localhost]:{}", vm.ssh_port());
+    assert!(!std::fs::read_to_string(vm.known_hosts())
+        .unwrap()
+        .contains(&localhost));
+    spec.session = Box::new(post_kexec_session(&vm));
     let rec = Recorder::default();
     let state = run.work.path().join("state");
     let engine = nixpave_install::disk::ExecEngine {
@@ -412,6 +440,14 @@ fn e2e_luks_on_lvm_kexec_install_reboot_verify() {
     );
     assert!(sh("ls /mnt/boot/grub/").contains("i386-pc"));
     assert!(!rec.json().contains(secret));
+    // The installer was reached at its post-kexec name, strictly checked with the machine's recorded keys.
+    assert!(
+        rec.json()
+            .contains(&format!("host keys recorded for {localhost}")),
+        "{}",
+        rec.json()
+    );
+    assert_eq!(t.host(), format!("root@localhost:{}", vm.ssh_port()));
     assert!(
         !std::fs::read_to_string(StateStore::new(&state).path(vm.name()))
             .unwrap()
@@ -449,8 +485,6 @@ fn e2e_sudo_user_mdadm_raid1_in_one_run() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let vm = start_vm("inst-raid", 2048, 2);
     let run = prepare(&vm, "raid");
-    add_sudo_user_and_lock_root(&vm);
-    let known_hosts_before = std::fs::read(vm.known_hosts()).unwrap();
     let (p, mount) = raid1_plan();
     let disk = DiskSpec {
         plan: p,
@@ -458,8 +492,10 @@ fn e2e_sudo_user_mdadm_raid1_in_one_run() {
         needs: needs(&["/dev/vda", "/dev/vdb", "/dev/vdc"]),
         keys: Vec::new(),
     };
-    let asked = std::sync::Arc::new(AtomicUsize::new(0));
     let mut spec = node_spec(&vm, &run, "kexec,disk,install,reboot,verify", Some(disk));
+    add_sudo_user_and_lock_root(&vm);
+    let known_hosts_before = std::fs::read(vm.known_hosts()).unwrap();
+    let asked = std::sync::Arc::new(AtomicUsize::new(0));
     spec.session = Box::new(sudo_session(&vm, asked.clone()));
     spec.extra_files = Some(extra_files(&vm, run.work.path()));
     let rec = Recorder::default();

@@ -13,7 +13,7 @@ use nixpave_disk::{LayoutSource, LoadOptions, Mode, Plan, PlanOptions};
 use nixpave_install::events::{render_line, Event};
 use nixpave_install::kexec::{self, KexecSource};
 use nixpave_install::phase::PhaseSet;
-use nixpave_install::preflight::{arch_of_system, DiskNeed};
+use nixpave_install::preflight::{arch_of_system, min_disk_bytes, DiskNeed};
 use nixpave_install::run::{DiskSpec, KexecSpec, NodeSpec, Timeouts};
 use nixpave_install::state::StateStore;
 use nixpave_install::steps::{Chown, EncryptionKey};
@@ -48,6 +48,11 @@ pub struct InstallArgs {
     /// Use DEVICE for the layout's disk NAME.
     #[arg(long, value_name = "NAME=DEVICE")]
     disk: Vec<String>,
+    /// What the disk phase does: `destroy,format,mount` (the default; wipes the layout's disks, after
+    /// confirmation), `format` (creates what does not exist yet, keeps what does, then mounts) or `mount`
+    /// (only mounts: reinstall keeping every filesystem and its data). `disko` means the default.
+    #[arg(long, default_value = "destroy,format,mount", value_parser = parse_disko_mode)]
+    disko_mode: Mode,
     /// Read the layout from this file (.nix or .json) instead of the node's `config.disko.devices`.
     #[arg(long, value_name = "FILE")]
     disk_config: Option<PathBuf>,
@@ -101,6 +106,19 @@ pub struct InstallArgs {
     /// known_hosts file.
     #[arg(long, value_name = "FILE")]
     known_hosts: Option<PathBuf>,
+    /// An ssh option (`KEY=VALUE`, as `ssh -o`) for every connection; repeatable.
+    #[arg(long, value_name = "KEY=VALUE")]
+    ssh_option: Vec<String>,
+    /// The ssh port when --target does not name one.
+    #[arg(long, short = 'p', value_name = "PORT")]
+    ssh_port: Option<u16>,
+    /// The installer answers on another address after kexec (a provider that changes it).
+    /// The machine's host keys are recorded for it before kexec, so checking stays strict.
+    #[arg(long, value_name = "HOST")]
+    post_kexec_host: Option<String>,
+    /// The installer's ssh port after kexec, when it differs.
+    #[arg(long, value_name = "PORT")]
+    post_kexec_ssh_port: Option<u16>,
     /// Record an unknown host key on first contact (a changed key is still refused).
     #[arg(long)]
     accept_new_host_key: bool,
@@ -113,6 +131,18 @@ pub struct InstallArgs {
     /// Seconds to wait for the installed system's ssh after the reboot.
     #[arg(long, default_value_t = 600)]
     reboot_timeout: u64,
+}
+
+/// `--disko-mode` (pure): nixos-anywhere's names and nixpave's.
+fn parse_disko_mode(s: &str) -> Result<Mode, String> {
+    match s {
+        "destroy,format,mount" | "disko" => Ok(Mode::DestroyFormatMount),
+        "format" | "format,mount" => Ok(Mode::FormatMount),
+        "mount" => Ok(Mode::Mount),
+        other => Err(format!(
+            "unknown disko mode `{other}` (expected destroy,format,mount, format or mount)"
+        )),
+    }
 }
 
 fn parse_phases(s: &str) -> Result<PhaseSet, String> {
@@ -274,9 +304,26 @@ fn prepare(
         Some(t) => t,
         None => flake_hostname(&args.flake, node)?,
     };
-    let target: Target = target
+    let mut target: Target = target
         .parse()
         .map_err(|e: nixpave_remote::TargetParseError| usage(e.to_string()))?;
+    if target.port.is_none() {
+        target.port = args.ssh_port;
+    }
+    for o in &args.ssh_option {
+        if !o.contains('=') {
+            return Err(usage(format!("--ssh-option {o}: expected KEY=VALUE")));
+        }
+    }
+    let after_kexec_target = (args.post_kexec_host.is_some() || args.post_kexec_ssh_port.is_some())
+        .then(|| Target {
+            user: Some("root".into()),
+            host: args
+                .post_kexec_host
+                .clone()
+                .unwrap_or_else(|| target.host.clone()),
+            port: args.post_kexec_ssh_port.or(target.port),
+        });
     let (toplevel, arch, drv) = match &args.system {
         Some(path) => (path.clone(), std::env::consts::ARCH.to_string(), None),
         None => {
@@ -307,7 +354,7 @@ fn prepare(
         match nixpave_disk::load_layout(&source, &options) {
             Ok(layout) => {
                 let plan_options = PlanOptions::default();
-                let plan = nixpave_disk::plan(&layout, Mode::DestroyFormatMount, &plan_options)
+                let plan = nixpave_disk::plan(&layout, args.disko_mode, &plan_options)
                     .map_err(|e| usage(format!("{node}: {e}")))?;
                 let mount = nixpave_disk::plan(&layout, Mode::Mount, &plan_options).ok();
                 let keys = pairs(&args.disk_encryption_keys)
@@ -324,9 +371,9 @@ fn prepare(
                         .disks()
                         .into_iter()
                         .map(|d| DiskNeed {
+                            min_bytes: layout.disk.get(&d.name).map_or(0, min_disk_bytes),
                             name: d.name,
                             device: d.device,
-                            min_bytes: 0,
                         })
                         .collect(),
                     keys,
@@ -343,6 +390,7 @@ fn prepare(
     let options = SshOptions {
         name: Some(node.to_string()),
         sudo_password: args.ask_sudo_password.then(super::password_once),
+        extra_options: args.ssh_option.clone(),
         ..super::ssh_options(
             args.identity.as_deref(),
             args.known_hosts.as_deref(),
@@ -357,10 +405,10 @@ fn prepare(
     );
     let after_kexec = args.resume
         && matches!(state.load(node), Ok(Some(st)) if st.is_done(nixpave_install::Phase::Kexec));
-    let login = if after_kexec {
-        nixpave_install::session::root_target(&target)
-    } else {
-        target.clone()
+    let login = match (after_kexec, &after_kexec_target) {
+        (true, Some(after)) => after.clone(),
+        (true, None) => nixpave_install::session::root_target(&target),
+        (false, _) => target.clone(),
     };
     let ssh = SshTransport::connect(&login, options.clone()).map_err(|e| Failure {
         code: super::connect_exit_code(&e),
@@ -369,7 +417,11 @@ fn prepare(
     Ok(Prepared {
         spec: NodeSpec {
             node: node.to_string(),
-            session: Box::new(RemoteSession::with_root_after_kexec(ssh, options)),
+            session: Box::new(RemoteSession::with_login_after_kexec(
+                ssh,
+                options,
+                after_kexec_target,
+            )),
             toplevel,
             arch,
             phases: args.phases.clone(),
@@ -620,5 +672,17 @@ mod tests {
         assert!(cli.args.resume && cli.args.copy_host_keys);
         assert!(Cli::try_parse_from(["install", "a", "--phases", "format"]).is_err());
         assert!(Cli::try_parse_from(["install", "a", "--build-on", "moon"]).is_err());
+        assert_eq!(cli.args.disko_mode, Mode::DestroyFormatMount);
+        for (given, mode) in [
+            ("mount", Mode::Mount),
+            ("format", Mode::FormatMount),
+            ("disko", Mode::DestroyFormatMount),
+        ] {
+            let c = Cli::try_parse_from(["install", "a", "--disko-mode", given])
+                .ok()
+                .unwrap();
+            assert_eq!(c.args.disko_mode, mode);
+        }
+        assert!(Cli::try_parse_from(["install", "a", "--disko-mode", "destroy"]).is_err());
     }
 }
