@@ -533,8 +533,28 @@ fn run_inner(args: InstallArgs) -> Result<u8, Failure> {
         }
         interactive && ask_wipe(node, plan, &ask_lock)
     };
+    // askPassword devices: asked now, hidden and twice, before anything runs (one answer per name).
+    let mut secrets = std::collections::BTreeMap::new();
+    for spec in &specs {
+        for (name, confirm) in spec
+            .disk
+            .as_ref()
+            .map(|d| nixpave_install::disk::prompts(&d.plan))
+            .unwrap_or_default()
+        {
+            if secrets.contains_key(&name) {
+                continue;
+            }
+            use nixpave_disk::exec::SecretPrompt;
+            let secret = super::disk_apply::TtyPrompt
+                .secret(&name, confirm)
+                .map_err(|e| usage(format!("{}: {e}", spec.node)))?;
+            secrets.insert(name, secret);
+        }
+    }
     let engine = nixpave_install::disk::ExecEngine {
         root_mountpoint: "/mnt".into(),
+        secrets: nixpave_install::disk::Secrets::new(secrets),
     };
     let installer = Installer {
         state: StateStore::new(
