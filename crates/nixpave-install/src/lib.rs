@@ -10,6 +10,7 @@
 
 pub mod disk;
 pub mod events;
+pub mod hwconfig;
 pub mod kexec;
 pub mod nix;
 pub mod phase;

@@ -621,6 +621,27 @@ fn e2e_sudo_user_ask_password_luks_on_raid1() {
     print_timings(&rec, "sudo-user-ask-password-luks-raid1");
 }
 
+/// Evaluates a generated hardware configuration module with nix (stand-in `lib`, `config`, `modulesPath`).
+fn eval_hardware_configuration(text: &str, work: &Path) -> serde_json::Value {
+    let file = work.join("hardware-configuration.nix");
+    std::fs::write(&file, text).unwrap();
+    let expr = format!(
+        "let m = import {} {{ config = {{ hardware.enableRedistributableFirmware = true; }}; \
+         lib = {{ mkDefault = x: x; }}; modulesPath = \"/m\"; }}; in m",
+        file.display()
+    );
+    let out = std::process::Command::new("nix-instantiate")
+        .args(["--eval", "--strict", "--json", "--expr", &expr])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// A UEFI layout through the planner: an ESP (vfat, EF00) on /boot and the ext4 root the test system boots.
 fn uefi_layout() -> nixpave_disk::Layout {
     nixpave_disk::Layout::from_json(&serde_json::json!({
@@ -654,7 +675,7 @@ fn uefi_install(bootloader: &str, label: &str) {
         needs: needs(&["/dev/vda"]),
         keys: Vec::new(),
     };
-    let mut spec = node_spec(&vm, &run, "kexec,disk,install,reboot,verify", Some(disk));
+    let mut spec = node_spec(&vm, &run, "kexec,disk,install", Some(disk));
     spec.extra_files = Some(extra_files(&vm, run.work.path()));
     let rec = Recorder::default();
     let engine = nixpave_install::disk::ExecEngine {
@@ -662,11 +683,34 @@ fn uefi_install(bootloader: &str, label: &str) {
         ..Default::default()
     };
     let state = run.work.path().join("state");
-    if let Err(e) = install_node(&spec, &installer(&rec, &state, &engine)) {
+    let inst = installer(&rec, &state, &engine);
+    if let Err(e) = install_node(&spec, &inst) {
         eprintln!("console:\n{}", vm.console_tail(80));
         panic!("{e}");
     }
-    let t = spec.session.transport();
+    // The hardware configuration of this machine, by nixpave (the test installer has neither tool),
+    // snapshot-tested and evaluated with nix.
+    let (text, source) = nixpave_install::hwconfig::generate(
+        spec.session.transport(),
+        nixpave_install::hwconfig::Kind::NixosGenerateConfig,
+        spec.disk.as_ref().map(|d| &d.plan),
+    )
+    .expect("hardware configuration");
+    assert_eq!(source, nixpave_install::hwconfig::Source::Nixpave);
+    insta::assert_snapshot!("uefi_vm_hardware_configuration", text);
+    let evaluated = eval_hardware_configuration(&text, run.work.path());
+    assert_eq!(evaluated["boot"]["loader"]["systemd-boot"]["enable"], true);
+    assert_eq!(evaluated["imports"][0], "/m/profiles/qemu-guest.nix");
+
+    // Reboot from the disk in UEFI mode, resumed as a new run.
+    let mut spec2 = node_spec(&vm, &run, "kexec,disk,install,reboot,verify", None);
+    spec2.resume = true;
+    drop(spec);
+    if let Err(e) = install_node(&spec2, &inst) {
+        eprintln!("console:\n{}", vm.console_tail(80));
+        panic!("{e}");
+    }
+    let t = spec2.session.transport();
     let o = t
         .run(
             &[
@@ -864,10 +908,17 @@ fn e2e_cli_killed_during_install_resumes_without_redoing_kexec_or_disk() {
     let state = run.work.path().join("state");
     let extra = extra_files(&vm, run.work.path());
     let args = cli_args(&vm, &run, &state, &extra);
+    let hardware = run.work.path().join("hardware-configuration.nix");
 
-    // First run: kill -9 as soon as the install phase starts.
+    // First run: kill -9 as soon as the install phase starts. It writes the hardware configuration after kexec.
+    let mut first = args.clone();
+    first.extend([
+        "--generate-hardware-config".to_string(),
+        "nixos-generate-config".into(),
+        hardware.display().to_string(),
+    ]);
     let mut child = std::process::Command::new(nixpave_bin())
-        .args(&args)
+        .args(&first)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -897,6 +948,13 @@ fn e2e_cli_killed_during_install_resumes_without_redoing_kexec_or_disk() {
         "{st:?}"
     );
     assert!(!st.is_done(Phase::Install));
+    let text = std::fs::read_to_string(&hardware).expect("the hardware configuration was written");
+    insta::assert_snapshot!("bios_vm_hardware_configuration", text);
+    let evaluated = eval_hardware_configuration(&text, run.work.path());
+    assert_eq!(evaluated["boot"]["loader"]["grub"]["enable"], true);
+    assert!(seen
+        .iter()
+        .any(|l| l.contains("hardware configuration written to")));
 
     // Second run with --resume, up to the install: kexec and disk are skipped, install runs.
     let mut resume = args.clone();

@@ -146,11 +146,15 @@ mkdir -p "$W/mnt"; mount "${LOOP}p1" "$W/mnt"
 mount --bind /dev "$W/mnt/dev"; mount -t proc proc "$W/mnt/proc"; mount -t sysfs sys "$W/mnt/sys"
 chroot "$W/mnt" grub-install --target=i386-pc --modules="part_msdos ext2 biosdisk serial" "$LOOP" >"$W/grub.log" 2>&1 ||
   { cat "$W/grub.log" >&2; exit 1; }
-mkfs.vfat -n ESP "${LOOP}p2" >/dev/null
+# The ESP is made as a file (mtools cannot size a loop partition) and written onto partition 2.
+truncate -s "$((ESP_MB - 1))M" "$W/mnt/tmp/esp.img"
+mkfs.vfat -n ESP "$W/mnt/tmp/esp.img" >/dev/null
 printf 'search --no-floppy --label nixpave-root --set=root\nset prefix=($root)/boot/grub\nconfigfile ($root)/boot/grub/grub.cfg\n' > "$W/mnt/tmp/efi.cfg"
-chroot "$W/mnt" env MTOOLS_SKIP_CHECK=1 sh -c "grub-mkstandalone -O x86_64-efi -o /tmp/BOOTX64.EFI 'boot/grub/grub.cfg=/tmp/efi.cfg' &&
-  mmd -i ${LOOP}p2 ::/EFI ::/EFI/BOOT && mcopy -i ${LOOP}p2 /tmp/BOOTX64.EFI ::/EFI/BOOT/BOOTX64.EFI" >>"$W/grub.log" 2>&1 ||
+chroot "$W/mnt" sh -c "grub-mkstandalone -O x86_64-efi -o /tmp/BOOTX64.EFI 'boot/grub/grub.cfg=/tmp/efi.cfg' &&
+  mmd -i /tmp/esp.img ::/EFI ::/EFI/BOOT && mcopy -i /tmp/esp.img /tmp/BOOTX64.EFI ::/EFI/BOOT/BOOTX64.EFI" >>"$W/grub.log" 2>&1 ||
   { cat "$W/grub.log" >&2; exit 1; }
+dd if="$W/mnt/tmp/esp.img" of="${LOOP}p2" bs=1M conv=fsync status=none
+rm -f "$W/mnt/tmp/esp.img"
 rm -f "$W/mnt/tmp/efi.cfg" "$W/mnt/tmp/BOOTX64.EFI"
 cleanup; LOOP=
 qemu-img convert -O qcow2 "$W/guest.img" "$W/guest.qcow2"; rm -f "$W/guest.img"

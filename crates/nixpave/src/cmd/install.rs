@@ -22,6 +22,9 @@ use nixpave_remote::{SshOptions, SshTransport, Target};
 
 use crate::exit;
 
+/// The toplevel of a node whose build waits for its hardware configuration.
+const DEFERRED_BUILD: &str = "(built after the hardware configuration is generated)";
+
 /// Arguments of `nixpave install`.
 #[derive(Debug, clap::Args)]
 pub struct InstallArgs {
@@ -88,6 +91,12 @@ pub struct InstallArgs {
     /// Install this prebuilt system closure instead of building the flake's toplevel.
     #[arg(long, value_name = "STORE_PATH")]
     system: Option<String>,
+    /// After kexec, generate the machine's hardware configuration and write it to PATH (beside the
+    /// flake), then build the system: `nixos-facter` (its JSON report) or `nixos-generate-config` (a
+    /// module, `--show-hardware-config --no-filesystems`), run on the installer when it has the tool,
+    /// else nixpave's own module from the machine's facts. One node at a time.
+    #[arg(long, num_args = 2, value_names = ["KIND", "PATH"])]
+    generate_hardware_config: Vec<String>,
     /// Continue from the last finished phase of an earlier run.
     #[arg(long)]
     resume: bool,
@@ -326,6 +335,12 @@ fn prepare(
         });
     let (toplevel, arch, drv) = match &args.system {
         Some(path) => (path.clone(), std::env::consts::ARCH.to_string(), None),
+        // Built once the hardware configuration is written beside the flake (after kexec).
+        None if !args.generate_hardware_config.is_empty() => (
+            DEFERRED_BUILD.to_string(),
+            std::env::consts::ARCH.to_string(),
+            None,
+        ),
         None => {
             let built = nixpave_install::nix::build_toplevel(&args.flake, node)
                 .map_err(|e| failed(format!("{node}: building the system: {e}")))?;
@@ -592,7 +607,18 @@ fn run_inner(args: InstallArgs) -> Result<u8, Failure> {
         eprintln!("dry run: nothing was written");
         return Ok(worst);
     }
-    let results = nixpave_install::install_all(&specs, &installer);
+    let results = match hardware_config(&args)? {
+        Some((kind, path)) => {
+            let spec = specs
+                .pop()
+                .filter(|_| nodes.len() == 1)
+                .ok_or_else(|| usage("--generate-hardware-config installs one node at a time"))?;
+            vec![install_with_hardware_config(
+                &args, spec, &installer, kind, &path,
+            )?]
+        }
+        None => nixpave_install::install_all(&specs, &installer),
+    };
     let failures: Vec<&InstallError> = results.iter().filter_map(|r| r.as_ref().err()).collect();
     for e in &failures {
         if !matches!(e, InstallError::Refused { .. }) || args.json {
@@ -608,6 +634,80 @@ fn run_inner(args: InstallArgs) -> Result<u8, Failure> {
             .max()
             .unwrap_or(exit::FAILED),
     })
+}
+
+/// `--generate-hardware-config KIND PATH`, checked (pure).
+fn hardware_config(
+    args: &InstallArgs,
+) -> Result<Option<(nixpave_install::hwconfig::Kind, PathBuf)>, Failure> {
+    match args.generate_hardware_config.as_slice() {
+        [] => Ok(None),
+        [kind, path] => Ok(Some((
+            kind.parse()
+                .map_err(|e: String| usage(format!("--generate-hardware-config: {e}")))?,
+            PathBuf::from(path),
+        ))),
+        _ => Err(usage("--generate-hardware-config KIND PATH")),
+    }
+}
+
+/// Preflight for every phase, then kexec alone, then the hardware configuration written to `path`,
+/// then (for a flake) the system build, then the remaining phases as a resumed run.
+fn install_with_hardware_config(
+    args: &InstallArgs,
+    spec: NodeSpec,
+    installer: &Installer<'_>,
+    kind: nixpave_install::hwconfig::Kind,
+    path: &std::path::Path,
+) -> Result<Result<nixpave_install::Summary, InstallError>, Failure> {
+    if let Err(e) = nixpave_install::preflight_node(&spec, installer) {
+        return Ok(Err(e));
+    }
+    let rest = spec.phases.clone();
+    let mut first = spec;
+    first.phases = PhaseSet::from_phases([nixpave_install::Phase::Kexec]);
+    if let Err(e) = nixpave_install::install_node(&first, installer) {
+        return Ok(Err(e));
+    }
+    let node = first.node.clone();
+    let (text, source) = nixpave_install::hwconfig::generate(
+        first.session.transport(),
+        kind,
+        first.disk.as_ref().map(|d| &d.plan),
+    )
+    .map_err(|e| {
+        failed(format!(
+            "{node}: generating the hardware configuration: {e}"
+        ))
+    })?;
+    std::fs::write(path, &text)
+        .map_err(|e| failed(format!("{node}: writing {}: {e}", path.display())))?;
+    installer
+        .reporter
+        .report(&nixpave_install::Event::Progress {
+            node: node.clone(),
+            phase: nixpave_install::Phase::Kexec,
+            message: format!(
+                "hardware configuration written to {} ({})",
+                path.display(),
+                match source {
+                    nixpave_install::hwconfig::Source::Tool => "by the installer's own tool",
+                    nixpave_install::hwconfig::Source::Nixpave =>
+                        "by nixpave from the machine's facts",
+                }
+            ),
+        });
+    let mut second = first;
+    if second.toplevel == DEFERRED_BUILD {
+        let built = nixpave_install::nix::build_toplevel(&args.flake, &node)
+            .map_err(|e| failed(format!("{node}: building the system: {e}")))?;
+        second.arch = arch_of_system(&built.system).to_string();
+        second.build_on_target = (args.build_on == "target").then(|| built.drv.clone());
+        second.toplevel = built.toplevel;
+    }
+    second.phases = rest;
+    second.resume = true;
+    Ok(nixpave_install::install_node(&second, installer))
 }
 
 /// Runs `nixpave install`.
