@@ -312,27 +312,18 @@ pub fn generate(
 mod tests {
     use super::*;
 
-    /// Captured from a lab VM under qemu (TCG, `-cpu max`), booted with UEFI.
+    /// Captured from a lab VM (qemu `pc`, TCG `-cpu max`, OVMF) in the test installer; the USB
+    /// controller line is added (that VM has none) to cover class 0c03.
     const QEMU_UEFI: &str =
         "arch=x86_64\ncpu_vendor=AuthenticAMD\ncpu_virtualisation=1\nvirt=qemu\nuefi=1\n\
-        dev 0x060000 \ndev 0x010180 ata_piix pata_acpi ata_generic \ndev 0x020000 virtio_pci \n\
-        dev 0x010000 virtio_pci \ndev 0x0c0300 uhci_hcd \ndev virtio-0x0001 virtio_net \n\
-        dev virtio-0x0002 virtio_blk \ndev virtio-0x0004 virtio_rng \n";
+        dev 0x060000 \ndev 0x060100 \ndev 0x010180 \ndev 0x068000 \ndev 0x020000 virtio_pci \n\
+        dev 0x00ff00 virtio_pci \ndev 0x010000 virtio_pci \ndev virtio-0x0001 virtio_net \n\
+        dev virtio-0x0004 virtio_rng \ndev virtio-0x0002 virtio_blk \ndev 0x0c0330 xhci_pci \n";
 
     #[test]
     fn parses_controllers_by_class() {
         let f = parse(QEMU_UEFI);
-        assert_eq!(
-            f.storage_modules,
-            [
-                "ata_generic",
-                "ata_piix",
-                "pata_acpi",
-                "uhci_hcd",
-                "virtio_blk",
-                "virtio_pci"
-            ]
-        );
+        assert_eq!(f.storage_modules, ["virtio_blk", "virtio_pci", "xhci_pci"]);
         assert_eq!(f.network_modules, ["virtio_net", "virtio_pci"]);
         assert!(f.uefi && f.cpu_virtualisation);
         assert_eq!((f.virt.as_str(), f.arch.as_str()), ("qemu", "x86_64"));

@@ -697,6 +697,19 @@ fn uefi_install(bootloader: &str, label: &str) {
     )
     .expect("hardware configuration");
     assert_eq!(source, nixpave_install::hwconfig::Source::Nixpave);
+    let raw = spec
+        .session
+        .transport()
+        .run(
+            &[
+                "sh".into(),
+                "-c".into(),
+                nixpave_install::hwconfig::FACTS_SCRIPT.into(),
+            ],
+            None,
+        )
+        .unwrap();
+    eprintln!("HARDWARE FACTS:\n{}", raw.stdout_str());
     insta::assert_snapshot!("uefi_vm_hardware_configuration", text);
     let evaluated = eval_hardware_configuration(&text, run.work.path());
     assert_eq!(evaluated["boot"]["loader"]["systemd-boot"]["enable"], true);

@@ -149,7 +149,8 @@ chroot "$W/mnt" grub-install --target=i386-pc --modules="part_msdos ext2 biosdis
 # The ESP is made as a file (mtools cannot size a loop partition) and written onto partition 2.
 truncate -s "$((ESP_MB - 1))M" "$W/mnt/tmp/esp.img"
 mkfs.vfat -n ESP "$W/mnt/tmp/esp.img" >/dev/null
-printf 'search --no-floppy --label nixpave-root --set=root\nset prefix=($root)/boot/grub\nconfigfile ($root)/boot/grub/grub.cfg\n' > "$W/mnt/tmp/efi.cfg"
+# Filesystem drivers are not autoloaded from a standalone image's memdisk: load them, then find the root.
+printf 'insmod part_msdos\ninsmod ext2\ninsmod search_label\nset root=(hd0,msdos1)\nsearch --no-floppy --label nixpave-root --set=root\nconfigfile ($root)/boot/grub/grub.cfg\n' > "$W/mnt/tmp/efi.cfg"
 chroot "$W/mnt" sh -c "grub-mkstandalone -O x86_64-efi -o /tmp/BOOTX64.EFI 'boot/grub/grub.cfg=/tmp/efi.cfg' &&
   mmd -i /tmp/esp.img ::/EFI ::/EFI/BOOT && mcopy -i /tmp/esp.img /tmp/BOOTX64.EFI ::/EFI/BOOT/BOOTX64.EFI" >>"$W/grub.log" 2>&1 ||
   { cat "$W/grub.log" >&2; exit 1; }
