@@ -24,6 +24,6 @@ pub use events::{Event, Reporter};
 pub use phase::{Phase, PhaseSet};
 pub use run::{
     install_all, install_node, preflight_node, FailureKind, InstallError, Installer, NodeSpec,
-    Summary, Timeouts,
+    PhaseError, Summary, Timeouts,
 };
 pub use session::{LocalSession, RemoteSession, Session};

@@ -135,6 +135,117 @@ pub struct Summary {
     pub total_seconds: f64,
 }
 
+/// Why a phase failed. Typed, so callers decide on the kind (a refused host key, a timeout, a
+/// failed command) without reading messages.
+#[derive(Debug, thiserror::Error)]
+pub enum PhaseError {
+    /// A command of the phase failed, or could not run.
+    #[error(transparent)]
+    Step(#[from] steps::StepError),
+    /// The connection failed.
+    #[error(transparent)]
+    Transport(#[from] nixpave_remote::TransportError),
+    /// The facts could not be gathered.
+    #[error(transparent)]
+    Facts(#[from] nixpave_remote::FactsError),
+    /// Something the phase needs was not given.
+    #[error("{0}")]
+    Missing(&'static str),
+    /// ssh answers, but with a host key that is refused: waiting would not change it.
+    #[error(
+        "ssh answers but refuses the host key: {0}\n  the system that answers does not have the machine's host keys \
+         (they are copied into the new system unless the flake or --extra-files brings its own, or \
+         --no-copy-host-keys was given)"
+    )]
+    HostKeyRefused(#[source] nixpave_remote::TransportError),
+    /// ssh did not come back in time.
+    #[error("ssh did not come back within {seconds} s (last error: {last}); check the machine's console")]
+    NotBack {
+        /// The limit.
+        seconds: u64,
+        /// The last probe's error.
+        last: String,
+    },
+    /// The old system still runs after kexec or reboot.
+    #[error("the target still runs the same system {seconds} s after {after}{details}")]
+    NotGone {
+        /// The limit.
+        seconds: u64,
+        /// `kexec/run` or `reboot`.
+        after: &'static str,
+        /// The run's log, when there is one.
+        details: String,
+    },
+    /// The target's boot id could not be read.
+    #[error("cannot read the target's boot id before {0}")]
+    NoBootId(&'static str),
+    /// `kexec/run` failed on the old system.
+    #[error("kexec/run exited with {rc}; the target still runs its old system:\n{log}")]
+    KexecRun {
+        /// Its exit status.
+        rc: i32,
+        /// Its log and the kernel log tail.
+        log: String,
+    },
+    /// After kexec the target is not a NixOS installer.
+    #[error("the target came back ({seconds} s) but does not run a NixOS installer (os-release ID={id}, VARIANT_ID={variant}, / is {root_fstype}): kexec failed and it rebooted into its old system")]
+    NotInstaller {
+        /// Seconds until it answered.
+        seconds: u64,
+        /// os-release `ID`.
+        id: String,
+        /// os-release `VARIANT_ID`.
+        variant: String,
+        /// Filesystem of `/`.
+        root_fstype: String,
+    },
+    /// The disk engine failed.
+    #[error("{0}")]
+    Disk(String),
+    /// Nothing is mounted where the new root should be.
+    #[error("nothing is mounted at {0} on the target; run the disk phase first (--phases disk,install,…)")]
+    NotMounted(String),
+    /// The machine booted another system than the installed one.
+    #[error("the target booted {booted}, not the installed {expected}: the bootloader did not pick the new system")]
+    WrongSystem {
+        /// What `/run/current-system` is.
+        booted: String,
+        /// The installed toplevel.
+        expected: String,
+    },
+    /// The install thread panicked (a bug).
+    #[error("internal error: the install thread panicked")]
+    Panicked,
+    /// A step failed; what it was doing comes first.
+    #[error("{what}: {source}")]
+    Context {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: Box<PhaseError>,
+    },
+}
+
+impl PhaseError {
+    fn context(self, what: impl Into<String>) -> PhaseError {
+        PhaseError::Context {
+            what: what.into(),
+            source: Box::new(self),
+        }
+    }
+
+    /// True when the failure is a refused host key (anywhere in the chain).
+    pub fn is_host_key_refusal(&self) -> bool {
+        match self {
+            PhaseError::HostKeyRefused(_) => true,
+            PhaseError::Transport(e) => e.is_refusal(),
+            PhaseError::Context { source, .. } => source.is_host_key_refusal(),
+            _ => false,
+        }
+    }
+}
+
 /// What kind of failure, for exit codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureKind {
@@ -178,14 +289,14 @@ pub enum InstallError {
     #[error(transparent)]
     State(#[from] StateError),
     /// A phase failed.
-    #[error("{node} [{phase}] failed: {message}\n  left behind: {left}\n  next: {next}")]
+    #[error("{node} [{phase}] failed: {error}\n  left behind: {left}\n  next: {next}")]
     Phase {
         /// Node name.
         node: String,
         /// The phase.
         phase: Phase,
         /// What failed and why.
-        message: String,
+        error: Box<PhaseError>,
         /// The state the target is in.
         left: String,
         /// What to do.
@@ -245,7 +356,12 @@ impl Ctx<'_, '_> {
     }
 
     /// Probes until ssh answers (`want_up`) or stops answering, within `limit`.
-    fn wait_ssh(&self, phase: Phase, want_up: bool, limit: Duration) -> Result<Duration, String> {
+    fn wait_ssh(
+        &self,
+        phase: Phase,
+        want_up: bool,
+        limit: Duration,
+    ) -> Result<Duration, PhaseError> {
         let start = Instant::now();
         let mut last = String::new();
         let mut announced = Instant::now() - Duration::from_secs(3600);
@@ -254,25 +370,26 @@ impl Ctx<'_, '_> {
             match (r, want_up) {
                 (Ok(()), true) | (Err(_), false) => return Ok(start.elapsed()),
                 // A changed or unknown host key will not fix itself: fail at once, strict checking stays on.
-                (Err(e), true) if e.is_refusal() => {
-                    return Err(format!(
-                        "ssh answers but refuses the host key: {e}\n  the system that answers does not have the \
-                         machine's host keys (they are copied into the new system unless the flake or --extra-files \
-                         brings its own, or --no-copy-host-keys was given)"
-                    ))
-                }
+                (Err(e), true) if e.is_refusal() => return Err(PhaseError::HostKeyRefused(e)),
                 (Err(e), true) => last = e.to_string(),
                 (Ok(()), false) => {}
             }
             if start.elapsed() >= limit {
                 return Err(if want_up {
-                    format!(
-                        "ssh did not come back within {} s (last error: {}); check the machine's console",
-                        limit.as_secs(),
-                        if last.is_empty() { "none" } else { last.trim() }
-                    )
+                    PhaseError::NotBack {
+                        seconds: limit.as_secs(),
+                        last: if last.is_empty() {
+                            "none".into()
+                        } else {
+                            last.trim().to_string()
+                        },
+                    }
                 } else {
-                    format!("the target still answers ssh after {} s", limit.as_secs())
+                    PhaseError::NotGone {
+                        seconds: limit.as_secs(),
+                        after: "the wait",
+                        details: String::new(),
+                    }
                 });
             }
             if announced.elapsed() >= Duration::from_secs(15) {
@@ -314,8 +431,9 @@ impl Ctx<'_, '_> {
         &self,
         before: &str,
         limit: Duration,
-        check: &mut dyn FnMut() -> Result<(), String>,
-    ) -> Result<bool, String> {
+        after: &'static str,
+        check: &mut dyn FnMut() -> Result<(), PhaseError>,
+    ) -> Result<bool, PhaseError> {
         let start = Instant::now();
         loop {
             match self.boot_id() {
@@ -324,16 +442,17 @@ impl Ctx<'_, '_> {
                 Some(_) => check()?,
             }
             if start.elapsed() >= limit {
-                return Err(format!(
-                    "the target still runs the same system {} s later",
-                    limit.as_secs()
-                ));
+                return Err(PhaseError::NotGone {
+                    seconds: limit.as_secs(),
+                    after,
+                    details: String::new(),
+                });
             }
             std::thread::sleep(self.spec.timeouts.poll);
         }
     }
 
-    fn upload_installer(&self, tarball: &TarballInfo, remote_tar: &str) -> Result<(), String> {
+    fn upload_installer(&self, tarball: &TarballInfo, remote_tar: &str) -> Result<(), PhaseError> {
         let spec = self.spec;
         let t = spec.session.transport();
         let total = tarball.size_bytes;
@@ -352,7 +471,9 @@ impl Ctx<'_, '_> {
                 });
             }
         })
-        .map_err(|e| format!("uploading the installer ({total} bytes): {e}"))?;
+        .map_err(|e| {
+            PhaseError::from(e).context(format!("uploading the installer ({total} bytes)"))
+        })?;
         if sent {
             self.progress(
                 Phase::Kexec,
@@ -370,12 +491,11 @@ impl Ctx<'_, '_> {
         Ok(())
     }
 
-    fn kexec(&self) -> Result<(), String> {
+    fn kexec(&self) -> Result<(), PhaseError> {
         let spec = self.spec;
-        let k = spec
-            .kexec
-            .as_ref()
-            .ok_or("the kexec phase needs an installer tarball (--kexec TARBALL|URL)")?;
+        let k = spec.kexec.as_ref().ok_or(PhaseError::Missing(
+            "the kexec phase needs an installer tarball (--kexec TARBALL|URL)",
+        ))?;
         let t = spec.session.transport();
         let remote_tar = format!("{}/installer.tar", k.remote_dir);
         match (&k.fetch_url, &k.tarball) {
@@ -395,8 +515,7 @@ impl Ctx<'_, '_> {
                         remote_tar.clone(),
                     ],
                     None,
-                )
-                .map_err(|e| e.to_string())?;
+                )?;
                 self.progress(
                     Phase::Kexec,
                     format!(
@@ -407,19 +526,20 @@ impl Ctx<'_, '_> {
             }
             (None, Some(tarball)) => self.upload_installer(tarball, &remote_tar)?,
             (None, None) => {
-                return Err(
-                    "the kexec phase needs an installer tarball (--kexec TARBALL|URL)".into(),
-                )
+                return Err(PhaseError::Missing(
+                    "the kexec phase needs an installer tarball (--kexec TARBALL|URL)",
+                ))
             }
         }
         // Reached under another name after kexec: the machine's host keys (the installer keeps them)
         // are recorded for it now, read over this authenticated connection, so checking stays strict.
-        let host_keys =
-            steps::own_host_keys(t, std::path::Path::new("/")).map_err(|e| e.to_string())?;
+        let host_keys = steps::own_host_keys(t, std::path::Path::new("/"))?;
         if let Some(name) = spec
             .session
             .prepare_post_kexec_login(&host_keys)
-            .map_err(|e| format!("recording the host keys for the login after kexec: {e}"))?
+            .map_err(|e| {
+                PhaseError::from(e).context("recording the host keys for the login after kexec")
+            })?
         {
             self.progress(
                 Phase::Kexec,
@@ -428,9 +548,7 @@ impl Ctx<'_, '_> {
                 ),
             );
         }
-        let before = self
-            .boot_id()
-            .ok_or("cannot read the target's boot id before kexec")?;
+        let before = self.boot_id().ok_or(PhaseError::NoBootId("kexec"))?;
         steps::run(
             t,
             "starting kexec/run",
@@ -440,8 +558,7 @@ impl Ctx<'_, '_> {
                 kexec::launch_script(&k.remote_dir, &remote_tar),
             ],
             None,
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         self.progress(
             Phase::Kexec,
             "kexec/run started; waiting for the old system to go away",
@@ -460,15 +577,19 @@ impl Ctx<'_, '_> {
             .unwrap_or_default()
         };
         let mut check = || match kexec::parse_status(&status()) {
-            Some(rc) if rc != 0 => Err(format!(
-                "kexec/run exited with {rc}; the target still runs its old system:\n{}",
-                status()
-            )),
+            Some(rc) if rc != 0 => Err(PhaseError::KexecRun { rc, log: status() }),
             _ => Ok(()),
         };
         let back = self
-            .wait_gone(&before, spec.timeouts.kexec_down, &mut check)
-            .map_err(|e| format!("{e} after kexec/run:\n{}", status()))?;
+            .wait_gone(&before, spec.timeouts.kexec_down, "kexec/run", &mut check)
+            .map_err(|e| match e {
+                PhaseError::NotGone { seconds, after, .. } => PhaseError::NotGone {
+                    seconds,
+                    after,
+                    details: format!(":\n{}", status()),
+                },
+                other => other,
+            })?;
         spec.session.reset();
         // The installer only restores root's keys: a non-root login user does not exist there.
         spec.session.use_root_login();
@@ -485,16 +606,14 @@ impl Ctx<'_, '_> {
             self.wait_ssh(Phase::Kexec, true, spec.timeouts.kexec_up)?
         };
         spec.session.reset();
-        let facts =
-            nixpave_remote::gather_facts(spec.session.transport()).map_err(|e| e.to_string())?;
+        let facts = nixpave_remote::gather_facts(spec.session.transport())?;
         if !facts.os.is_nixos_installer {
-            return Err(format!(
-                "the target came back ({} s) but does not run a NixOS installer (os-release ID={}, VARIANT_ID={}, / is {}): kexec failed and it rebooted into its old system",
-                up.as_secs(),
-                facts.os.id,
-                facts.os.variant_id,
-                facts.root_fstype
-            ));
+            return Err(PhaseError::NotInstaller {
+                seconds: up.as_secs(),
+                id: facts.os.id,
+                variant: facts.os.variant_id,
+                root_fstype: facts.root_fstype,
+            });
         }
         self.progress(
             Phase::Kexec,
@@ -508,15 +627,17 @@ impl Ctx<'_, '_> {
         Ok(())
     }
 
-    fn disk(&self) -> Result<(), String> {
+    fn disk(&self) -> Result<(), PhaseError> {
         let spec = self.spec;
         let d = spec
             .disk
             .as_ref()
-            .ok_or("the disk phase needs a layout (the flake's config.disko.devices or --disk-config FILE)")?;
+            .ok_or(PhaseError::Missing(
+                "the disk phase needs a layout (the flake's config.disko.devices or --disk-config FILE)",
+            ))?;
         let t = spec.session.transport();
         if !d.keys.is_empty() {
-            let landed = steps::upload_keys(t, &d.keys).map_err(|e| e.to_string())?;
+            let landed = steps::upload_keys(t, &d.keys)?;
             for (path, fs) in landed {
                 if steps::is_ram_fs(&fs) {
                     self.progress(
@@ -535,26 +656,26 @@ impl Ctx<'_, '_> {
         self.inst
             .disk_engine
             .apply(t, &d.plan, &mut |m| self.progress(Phase::Disk, m))
+            .map_err(PhaseError::Disk)
     }
 
-    fn install(&self) -> Result<(), String> {
+    fn install(&self) -> Result<(), PhaseError> {
         let spec = self.spec;
         let t = spec.session.transport();
         let root = &spec.root;
-        if !steps::is_mounted(t, root).map_err(|e| e.to_string())? {
+        if !steps::is_mounted(t, root)? {
             match spec.disk.as_ref().and_then(|d| d.mount_plan.as_ref()) {
                 Some(mount) => {
-                    self.progress(Phase::Install, format!("nothing mounted at {}; mounting the layout", root.display()));
+                    self.progress(
+                        Phase::Install,
+                        format!("nothing mounted at {}; mounting the layout", root.display()),
+                    );
                     self.inst
                         .disk_engine
-                        .apply(t, mount, &mut |m| self.progress(Phase::Install, m))?;
+                        .apply(t, mount, &mut |m| self.progress(Phase::Install, m))
+                        .map_err(PhaseError::Disk)?;
                 }
-                None => {
-                    return Err(format!(
-                        "nothing is mounted at {} on the target; run the disk phase first (--phases disk,install,…)",
-                        root.display()
-                    ))
-                }
+                None => return Err(PhaseError::NotMounted(root.display().to_string())),
             }
         }
         let copy = CopySpec {
@@ -570,7 +691,7 @@ impl Ctx<'_, '_> {
                     format!("copying {} into {}", spec.toplevel, copy.store_url),
                 );
                 let started = Instant::now();
-                steps::copy_closure(&copy, &spec.toplevel).map_err(|e| e.to_string())?;
+                steps::copy_closure(&copy, &spec.toplevel)?;
                 self.progress(
                     Phase::Install,
                     format!("closure copied in {:.1} s", started.elapsed().as_secs_f64()),
@@ -583,7 +704,7 @@ impl Ctx<'_, '_> {
                 );
                 let mut drv_copy = copy.clone();
                 drv_copy.nix_args.push("--derivation".into());
-                steps::copy_closure(&drv_copy, drv).map_err(|e| e.to_string())?;
+                steps::copy_closure(&drv_copy, drv)?;
                 steps::run(
                     t,
                     "building the system on the target",
@@ -595,26 +716,25 @@ impl Ctx<'_, '_> {
                         drv.clone(),
                     ],
                     None,
-                )
-                .map_err(|e| e.to_string())?;
+                )?;
             }
         }
         if let Some(dir) = &spec.extra_files {
-            let n = steps::copy_extra_files(t, dir, root).map_err(|e| e.to_string())?;
+            let n = steps::copy_extra_files(t, dir, root)?;
             self.progress(
                 Phase::Install,
                 format!("copied {n} extra entries from {}", dir.display()),
             );
         }
-        steps::chown(t, root, &spec.chown).map_err(|e| e.to_string())?;
+        steps::chown(t, root, &spec.chown)?;
         // Host identity across the reboot: the new system's own keys when it brings them (they are
         // recorded as the host's keys), else the installer's, which are the machine's original ones.
-        let own_keys = steps::own_host_keys(t, root).map_err(|e| e.to_string())?;
+        let own_keys = steps::own_host_keys(t, root)?;
         if !own_keys.is_empty() {
             let file = spec
                 .session
                 .record_host_keys(&own_keys)
-                .map_err(|e| format!("recording the new system's host keys: {e}"))?;
+                .map_err(|e| PhaseError::from(e).context("recording the new system's host keys"))?;
             self.progress(
                 Phase::Install,
                 format!(
@@ -627,13 +747,13 @@ impl Ctx<'_, '_> {
                 ),
             );
         } else if spec.copy_host_keys {
-            steps::copy_host_keys(t, root).map_err(|e| e.to_string())?;
+            steps::copy_host_keys(t, root)?;
             self.progress(
                 Phase::Install,
                 "copied the machine's ssh host keys (kept by the installer) into the new system",
             );
         }
-        let method = steps::install_method(t).map_err(|e| e.to_string())?;
+        let method = steps::install_method(t)?;
         let started = Instant::now();
         let out = match method {
             steps::InstallMethod::NixosInstall => {
@@ -641,16 +761,15 @@ impl Ctx<'_, '_> {
                     Phase::Install,
                     "installing with the installer's nixos-install",
                 );
-                steps::install_system_nixos_install(t, root, &spec.toplevel)
-                    .map_err(|e| e.to_string())?
+                steps::install_system_nixos_install(t, root, &spec.toplevel)?
             }
             steps::InstallMethod::Own => {
                 self.progress(
                     Phase::Install,
                     "no nixos-install on the target: setting the system profile, activating and installing the bootloader by ourselves",
                 );
-                steps::set_profile(t, root, &spec.toplevel).map_err(|e| e.to_string())?;
-                steps::install_system_own(t, root).map_err(|e| e.to_string())?
+                steps::set_profile(t, root, &spec.toplevel)?;
+                steps::install_system_own(t, root)?
             }
         };
         for line in out.lines().take(20) {
@@ -666,16 +785,15 @@ impl Ctx<'_, '_> {
         Ok(())
     }
 
-    fn reboot(&self) -> Result<(), String> {
+    fn reboot(&self) -> Result<(), PhaseError> {
         let spec = self.spec;
-        let before = self
-            .boot_id()
-            .ok_or("cannot read the installer's boot id before rebooting")?;
-        steps::start_reboot(spec.session.transport(), &spec.root).map_err(|e| e.to_string())?;
+        let before = self.boot_id().ok_or(PhaseError::NoBootId("rebooting"))?;
+        steps::start_reboot(spec.session.transport(), &spec.root)?;
         self.progress(Phase::Reboot, "unmounted; rebooting");
         let started = Instant::now();
-        self.wait_gone(&before, spec.timeouts.reboot_down, &mut || Ok(()))
-            .map_err(|e| format!("{e} after `reboot` (the installer did not reboot)"))?;
+        self.wait_gone(&before, spec.timeouts.reboot_down, "`reboot`", &mut || {
+            Ok(())
+        })?;
         self.progress(
             Phase::Reboot,
             format!(
@@ -687,16 +805,16 @@ impl Ctx<'_, '_> {
         Ok(())
     }
 
-    fn verify(&self) -> Result<(), String> {
+    fn verify(&self) -> Result<(), PhaseError> {
         let spec = self.spec;
         let up = self.wait_ssh(Phase::Verify, true, spec.timeouts.verify_up)?;
         spec.session.reset();
-        let current = steps::current_system(spec.session.transport()).map_err(|e| e.to_string())?;
+        let current = steps::current_system(spec.session.transport())?;
         if current != spec.toplevel {
-            return Err(format!(
-                "the target booted {current}, not the installed {}: the bootloader did not pick the new system",
-                spec.toplevel
-            ));
+            return Err(PhaseError::WrongSystem {
+                booted: current,
+                expected: spec.toplevel.clone(),
+            });
         }
         self.progress(
             Phase::Verify,
@@ -705,7 +823,7 @@ impl Ctx<'_, '_> {
         Ok(())
     }
 
-    fn run_phase(&self, phase: Phase) -> Result<(), String> {
+    fn run_phase(&self, phase: Phase) -> Result<(), PhaseError> {
         match phase {
             Phase::Preflight => Ok(()),
             Phase::Kexec => self.kexec(),
@@ -728,7 +846,7 @@ impl Ctx<'_, '_> {
             InstallError::Phase {
                 node: node.clone(),
                 phase: Phase::Preflight,
-                message: format!("gathering facts: {e}"),
+                error: Box::new(PhaseError::from(e).context("gathering facts")),
                 left: left_behind(Phase::Preflight, &spec.root),
                 next: "check that `ssh` to the target works with the same options".into(),
             }
@@ -876,18 +994,19 @@ pub fn install_node(spec: &NodeSpec, inst: &Installer<'_>) -> Result<Summary, In
                     seconds: secs,
                 });
             }
-            Err(message) => {
+            Err(error) => {
+                let message = error.to_string();
                 st.fail(phase, secs, &message);
                 inst.state.save(&st)?;
                 ctx.emit(Event::Failed {
                     node: node.clone(),
                     phase,
-                    error: message.clone(),
+                    error: message,
                 });
                 return Err(InstallError::Phase {
                     node: node.clone(),
                     phase,
-                    message,
+                    error: Box::new(error),
                     left: left_behind(phase, &spec.root),
                     next: format!(
                         "fix the cause, then `nixpave install {node} --resume` (finished phases are skipped; state in {})",
@@ -926,7 +1045,7 @@ pub fn install_all(specs: &[NodeSpec], inst: &Installer<'_>) -> Vec<Result<Summa
                     Err(InstallError::Phase {
                         node: spec.node.clone(),
                         phase: Phase::Preflight,
-                        message: "internal error: the install thread panicked".into(),
+                        error: Box::new(PhaseError::Panicked),
                         left: "unknown; see the state file".into(),
                         next: "report a bug; `--resume` continues from the last finished phase"
                             .into(),

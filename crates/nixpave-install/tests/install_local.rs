@@ -240,8 +240,9 @@ fn failure_is_recorded_and_resume_reruns_only_what_is_left() {
             err,
             InstallError::Phase {
                 phase: Phase::Install,
+                ref error,
                 ..
-            }
+            } if matches!(**error, nixpave_install::PhaseError::NotMounted(_))
         ),
         "{text}"
     );
