@@ -330,11 +330,14 @@ pub fn upload(
 /// ssh session survives long enough to return. `run.rc` and `run.log` record the outcome.
 /// It starts with the shared-kernel guard (exit 3): a host sharing this machine's kernel is never
 /// kexec'd, whatever preflight concluded.
-pub fn launch_script(dir: &str, tarball: &str) -> String {
+pub fn launch_script(dir: &str, tarball: &str, extra_flags: Option<&str>) -> String {
     let d = shell_quote(dir);
+    let args = extra_flags
+        .map(|f| format!(" --kexec-extra-flags {}", shell_quote(f)))
+        .unwrap_or_default();
     format!(
         "{guard}; set -e; cd {d}; rm -rf kexec run.rc run.log; tar -xf {t}; \
-         setsid nohup sh -c './kexec/run > run.log 2>&1; echo $? > run.rc' > /dev/null 2>&1 < /dev/null &",
+         setsid nohup sh -c './kexec/run \"$@\" > run.log 2>&1; echo $? > run.rc' kexec-run{args} > /dev/null 2>&1 < /dev/null &",
         t = shell_quote(tarball),
         guard = nixpave_remote::SHARED_KERNEL_GUARD
     )
@@ -480,7 +483,7 @@ mod tests {
         std::fs::create_dir_all(&k).unwrap();
         std::fs::write(
             k.join("run"),
-            "#!/bin/sh\necho 'kexec_load failed: Operation not permitted'\nexit 3\n",
+            "#!/bin/sh\necho \"args: $*\"\necho 'kexec_load failed: Operation not permitted'\nexit 3\n",
         )
         .unwrap();
         Command::new("chmod")
@@ -502,7 +505,7 @@ mod tests {
         let t = nixpave_remote::LocalTransport;
         let dir = work.display().to_string();
         // The guard comes first: in another mount namespace than PID 1's it refuses before unpacking.
-        let script = launch_script(&dir, &tar.display().to_string());
+        let script = launch_script(&dir, &tar.display().to_string(), Some("--mem-min=1 -x"));
         let guarded = std::process::Command::new("unshare")
             .args(["--mount", "sh", "-c", &script])
             .output()
@@ -535,5 +538,9 @@ mod tests {
         let (rc, text) = status.expect("run.rc appears");
         assert_eq!(rc, 3);
         assert!(text.contains("Operation not permitted"), "{text}");
+        assert!(
+            text.contains("args: --kexec-extra-flags --mem-min=1 -x"),
+            "{text}"
+        );
     }
 }

@@ -31,38 +31,81 @@ pub enum BuildError {
     },
 }
 
-/// The nix function that reads a node's toplevel derivation and system from the flake's outputs (pure).
+/// The nix function that reads a node's toplevel derivation, output path and system from the
+/// flake's outputs (pure).
 pub fn toplevel_function(node: &str) -> String {
     format!(
-        "f: let t = f.nixosConfigurations.${{{}}}.config.system.build.toplevel; in {{ drv = t.drvPath; system = t.system; }}",
+        "f: let t = f.nixosConfigurations.${{{}}}.config.system.build.toplevel; in {{ drv = t.drvPath; out = t.outPath; system = t.system; }}",
         nix_string(node)
     )
 }
 
-/// Builds `nixosConfigurations.NODE.config.system.build.toplevel` of `flake` locally.
-pub fn build_toplevel(flake: &str, node: &str) -> Result<BuiltSystem, BuildError> {
-    let opts = NixOptions::default();
+/// A node's toplevel, evaluated but not built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvaluatedSystem {
+    /// The node.
+    pub node: String,
+    /// The derivation.
+    pub drv: String,
+    /// Its output path (what the build, here or on the target, produces).
+    pub out: String,
+    /// The nix system it is built for.
+    pub system: String,
+}
+
+fn options(nix_args: &[String]) -> NixOptions {
+    NixOptions {
+        extra_args: nix_args.to_vec(),
+        ..NixOptions::default()
+    }
+}
+
+/// Evaluates `nixosConfigurations.NODE.config.system.build.toplevel` of `flake` (one `nix eval`).
+pub fn eval_toplevel(
+    flake: &str,
+    node: &str,
+    nix_args: &[String],
+) -> Result<EvaluatedSystem, BuildError> {
     let flake = nixpave_nix::flake::FlakeTarget::parse(flake).flake;
-    let v = eval_flake_json(&flake, &toplevel_function(node), &opts)?;
-    let (Some(drv), Some(system)) = (v["drv"].as_str(), v["system"].as_str()) else {
-        return Err(BuildError::NotASystem {
+    let v = eval_flake_json(&flake, &toplevel_function(node), &options(nix_args))?;
+    match (v["drv"].as_str(), v["out"].as_str(), v["system"].as_str()) {
+        (Some(drv), Some(out), Some(system)) => Ok(EvaluatedSystem {
+            node: node.to_string(),
+            drv: drv.into(),
+            out: out.into(),
+            system: system.into(),
+        }),
+        _ => Err(BuildError::NotASystem {
             node: node.to_string(),
             value: v.to_string(),
-        });
-    };
-    let built = nixpave_nix::build::build_derivations(&[drv.to_string()], &opts)?;
+        }),
+    }
+}
+
+/// Builds an evaluated toplevel on this machine (one `nix build`).
+pub fn build_evaluated(
+    eval: &EvaluatedSystem,
+    nix_args: &[String],
+) -> Result<BuiltSystem, BuildError> {
+    let built =
+        nixpave_nix::build::build_derivations(std::slice::from_ref(&eval.drv), &options(nix_args))?;
     let toplevel = built
-        .get(drv)
+        .get(&eval.drv)
         .cloned()
         .ok_or_else(|| BuildError::NotASystem {
-            node: node.to_string(),
-            value: format!("{drv} built without an output"),
+            node: eval.node.clone(),
+            value: format!("{} built without an output", eval.drv),
         })?;
     Ok(BuiltSystem {
         toplevel,
-        drv: drv.to_string(),
-        system: system.to_string(),
+        drv: eval.drv.clone(),
+        system: eval.system.clone(),
     })
+}
+
+/// Builds `nixosConfigurations.NODE.config.system.build.toplevel` of `flake` locally.
+pub fn build_toplevel(flake: &str, node: &str) -> Result<BuiltSystem, BuildError> {
+    build_evaluated(&eval_toplevel(flake, node, &[])?, &[])
 }
 
 #[cfg(test)]
@@ -73,7 +116,7 @@ mod tests {
     fn the_toplevel_function_quotes_the_node() {
         assert_eq!(
             toplevel_function("web-1"),
-            "f: let t = f.nixosConfigurations.${\"web-1\"}.config.system.build.toplevel; in { drv = t.drvPath; system = t.system; }"
+            "f: let t = f.nixosConfigurations.${\"web-1\"}.config.system.build.toplevel; in { drv = t.drvPath; out = t.outPath; system = t.system; }"
         );
     }
 
@@ -96,7 +139,10 @@ mod tests {
         )
         .unwrap();
         std::env::set_var("NIX_CONF_DIR", conf.path());
+        let eval = eval_toplevel(&dir.path().display().to_string(), "web-1", &[]).unwrap();
+        assert!(!std::path::Path::new(&eval.out).exists() || eval.out.ends_with("-sys"));
         let built = build_toplevel(&dir.path().display().to_string(), "web-1").unwrap();
+        assert_eq!(built.toplevel, eval.out);
         assert_eq!(built.system, "x86_64-linux");
         assert!(built.drv.ends_with("-sys.drv"), "{built:?}");
         assert_eq!(std::fs::read_to_string(&built.toplevel).unwrap(), "hi\n");

@@ -59,6 +59,9 @@ pub struct KexecSpec {
     pub fetch_url: Option<String>,
     /// Directory on the target where it is uploaded and unpacked.
     pub remote_dir: String,
+    /// `--kexec-extra-flags`: handed to `kexec/run` as `--kexec-extra-flags FLAGS` (nixos-images'
+    /// interface), which adds them to its `kexec --load` and `kexec -e`.
+    pub extra_flags: Option<String>,
 }
 
 /// The disk phase's input.
@@ -104,6 +107,10 @@ pub struct NodeSpec {
     pub substitute_on_destination: bool,
     /// `--build-on target`: the derivation to realise on the target instead of copying outputs.
     pub build_on_target: Option<String>,
+    /// `--force-kexec`: kexec even when the target already runs a NixOS installer.
+    pub force_kexec: bool,
+    /// Extra `nix` arguments for `nix copy` (`--option K V`, `-L`, `--show-trace`).
+    pub nix_args: Vec<String>,
     /// Every wait's bound.
     pub timeouts: Timeouts,
     /// The RAM rule for the installer.
@@ -555,7 +562,7 @@ impl Ctx<'_, '_> {
             vec![
                 "sh".into(),
                 "-c".into(),
-                kexec::launch_script(&k.remote_dir, &remote_tar),
+                kexec::launch_script(&k.remote_dir, &remote_tar, k.extra_flags.as_deref()),
             ],
             None,
         )?;
@@ -682,7 +689,7 @@ impl Ctx<'_, '_> {
             store_url: spec.session.store_url(root),
             env: spec.session.nix_env(),
             substitute_on_destination: spec.substitute_on_destination,
-            nix_args: Vec::new(),
+            nix_args: spec.nix_args.clone(),
         };
         match &spec.build_on_target {
             None => {
@@ -851,7 +858,8 @@ impl Ctx<'_, '_> {
                 next: "check that `ssh` to the target works with the same options".into(),
             }
         })?;
-        let kexec_needed = schedule.contains(&Phase::Kexec) && !facts.is_installer();
+        let kexec_needed =
+            schedule.contains(&Phase::Kexec) && (spec.force_kexec || !facts.is_installer());
         if kexec_needed && spec.kexec.is_none() {
             return Err(InstallError::Input {
                 node,
@@ -1030,18 +1038,30 @@ pub fn install_node(spec: &NodeSpec, inst: &Installer<'_>) -> Result<Summary, In
     })
 }
 
-/// Installs several nodes in parallel (one thread each); results in the order of `specs`.
-pub fn install_all(specs: &[NodeSpec], inst: &Installer<'_>) -> Vec<Result<Summary, InstallError>> {
+/// Installs several nodes in parallel, at most `max_parallel` at a time (0: all at once); results in
+/// the order of `specs`.
+pub fn install_all(
+    specs: &[NodeSpec],
+    inst: &Installer<'_>,
+    max_parallel: usize,
+) -> Vec<Result<Summary, InstallError>> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let workers = match max_parallel {
+        0 => specs.len(),
+        n => n.min(specs.len()),
+    };
+    let next = AtomicUsize::new(0);
+    let results: std::sync::Mutex<Vec<Option<Result<Summary, InstallError>>>> =
+        std::sync::Mutex::new(specs.iter().map(|_| None).collect());
     std::thread::scope(|s| {
-        let handles: Vec<_> = specs
-            .iter()
-            .map(|spec| s.spawn(move || install_node(spec, inst)))
-            .collect();
-        handles
-            .into_iter()
-            .zip(specs)
-            .map(|(h, spec)| {
-                h.join().unwrap_or_else(|_| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(spec) = specs.get(i) else { break };
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    install_node(spec, inst)
+                }))
+                .unwrap_or_else(|_| {
                     Err(InstallError::Phase {
                         node: spec.node.clone(),
                         phase: Phase::Preflight,
@@ -1050,10 +1070,28 @@ pub fn install_all(specs: &[NodeSpec], inst: &Installer<'_>) -> Vec<Result<Summa
                         next: "report a bug; `--resume` continues from the last finished phase"
                             .into(),
                     })
+                });
+                results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(r);
+            });
+        }
+    });
+    results
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+        .into_iter()
+        .zip(specs)
+        .map(|(r, spec)| {
+            r.unwrap_or_else(|| {
+                Err(InstallError::Phase {
+                    node: spec.node.clone(),
+                    phase: Phase::Preflight,
+                    error: Box::new(PhaseError::Panicked),
+                    left: "unknown; see the state file".into(),
+                    next: "report a bug".into(),
                 })
             })
-            .collect()
-    })
+        })
+        .collect()
 }
 
 /// Preflight alone, for `--dry-run`: gathers facts and checks them against what the selected

@@ -54,6 +54,8 @@ fn a_changed_host_key_fails_verify_at_once() {
         copy_host_keys: true,
         substitute_on_destination: false,
         build_on_target: None,
+        force_kexec: false,
+        nix_args: Vec::new(),
         timeouts: Timeouts {
             verify_up: Duration::from_secs(600),
             ..Timeouts::default()

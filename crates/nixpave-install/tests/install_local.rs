@@ -95,6 +95,8 @@ impl Fixture {
             copy_host_keys: false,
             substitute_on_destination: false,
             build_on_target: None,
+            force_kexec: false,
+            nix_args: Vec::new(),
             timeouts: Timeouts::default(),
             ram: Default::default(),
         }

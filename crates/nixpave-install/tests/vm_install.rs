@@ -292,6 +292,7 @@ fn tarball(vm: &Vm) -> KexecSpec {
         tarball: Some(kexec::inspect(&path).unwrap()),
         fetch_url: None,
         remote_dir: "/root/nixpave-kexec".into(),
+        extra_flags: None,
     }
 }
 
@@ -344,6 +345,8 @@ fn node_spec(vm: &Vm, run: &Run, phases: &str, disk: Option<DiskSpec>) -> NodeSp
         copy_host_keys: true,
         substitute_on_destination: false,
         build_on_target: None,
+        force_kexec: false,
+        nix_args: Vec::new(),
         timeouts: Timeouts {
             kexec_up: Duration::from_secs(400),
             verify_up: Duration::from_secs(400),

@@ -82,12 +82,34 @@ pub struct InstallArgs {
     /// restores root's keys (root's and the sudo user's authorized keys, merged).
     #[arg(long)]
     ask_sudo_password: bool,
-    /// Build the system here (`local`) or on the target (`target`).
-    #[arg(long, default_value = "local", value_parser = ["local", "target"])]
+    /// Build the system here (`local`), on the target (`remote`, also spelled `target`: only the
+    /// derivations are copied), or `auto`: here when this machine builds for the node's system, else remote.
+    #[arg(long, default_value = "local", value_parser = ["auto", "local", "remote", "target"])]
     build_on: String,
-    /// Let the target fetch store paths from its own substituters.
-    #[arg(long)]
+    /// Let the target fetch store paths from its own substituters (the default).
+    #[arg(long, conflicts_with = "no_substitute_on_destination")]
     substitute_on_destination: bool,
+    /// Copy every store path from here instead of letting the target substitute.
+    #[arg(long)]
+    no_substitute_on_destination: bool,
+    /// kexec even when the target already runs a NixOS installer.
+    #[arg(long)]
+    force_kexec: bool,
+    /// Extra flags for kexec, handed to the installer's `kexec/run --kexec-extra-flags`.
+    #[arg(long, value_name = "FLAGS", allow_hyphen_values = true)]
+    kexec_extra_flags: Option<String>,
+    /// A nix option for the build and the copy (`--option NAME VALUE`); repeatable.
+    #[arg(long, num_args = 2, value_names = ["NAME", "VALUE"], action = clap::ArgAction::Append)]
+    option: Vec<String>,
+    /// Show nix's build logs.
+    #[arg(long, short = 'L')]
+    print_build_logs: bool,
+    /// Show nix's evaluation traces.
+    #[arg(long)]
+    show_trace: bool,
+    /// Nodes installed at once (0: all).
+    #[arg(long, default_value_t = 4)]
+    max_parallel: usize,
     /// Install this prebuilt system closure instead of building the flake's toplevel.
     #[arg(long, value_name = "STORE_PATH")]
     system: Option<String>,
@@ -333,6 +355,7 @@ fn prepare(
                 .unwrap_or_else(|| target.host.clone()),
             port: args.post_kexec_ssh_port.or(target.port),
         });
+    let nix_args = nix_args(args);
     let (toplevel, arch, drv) = match &args.system {
         Some(path) => (path.clone(), std::env::consts::ARCH.to_string(), None),
         // Built once the hardware configuration is written beside the flake (after kexec).
@@ -342,13 +365,12 @@ fn prepare(
             None,
         ),
         None => {
-            let built = nixpave_install::nix::build_toplevel(&args.flake, node)
-                .map_err(|e| failed(format!("{node}: building the system: {e}")))?;
-            let drv = (args.build_on == "target").then(|| built.drv.clone());
+            let built = build(args, node, &nix_args)?;
+            let remote = built.toplevel.is_empty();
             (
-                built.toplevel,
+                if remote { built.out } else { built.toplevel },
                 arch_of_system(&built.system).to_string(),
-                drv,
+                remote.then_some(built.drv),
             )
         }
     };
@@ -450,8 +472,10 @@ fn prepare(
                 .map(|(path, owner)| Chown { path, owner })
                 .collect(),
             copy_host_keys: !args.no_copy_host_keys,
-            substitute_on_destination: args.substitute_on_destination,
+            substitute_on_destination: !args.no_substitute_on_destination,
             build_on_target: drv,
+            force_kexec: args.force_kexec,
+            nix_args,
             timeouts: Timeouts {
                 kexec_up: Duration::from_secs(args.kexec_timeout),
                 verify_up: Duration::from_secs(args.reboot_timeout),
@@ -510,6 +534,7 @@ fn run_inner(args: InstallArgs) -> Result<u8, Failure> {
                 tarball: None,
                 fetch_url: Some(url),
                 remote_dir: "/root/nixpave-kexec".into(),
+                extra_flags: args.kexec_extra_flags.clone(),
             }),
             (KexecSource::File(_), true) => {
                 return Err(usage("--kexec-fetch-on-target needs a --kexec URL"))
@@ -522,6 +547,7 @@ fn run_inner(args: InstallArgs) -> Result<u8, Failure> {
                     tarball: Some(tarball),
                     fetch_url: None,
                     remote_dir: "/root/nixpave-kexec".into(),
+                    extra_flags: args.kexec_extra_flags.clone(),
                 })
             }
         },
@@ -617,7 +643,7 @@ fn run_inner(args: InstallArgs) -> Result<u8, Failure> {
                 &args, spec, &installer, kind, &path,
             )?]
         }
-        None => nixpave_install::install_all(&specs, &installer),
+        None => nixpave_install::install_all(&specs, &installer, args.max_parallel),
     };
     let failures: Vec<&InstallError> = results.iter().filter_map(|r| r.as_ref().err()).collect();
     for e in &failures {
@@ -633,6 +659,59 @@ fn run_inner(args: InstallArgs) -> Result<u8, Failure> {
             .map(|e| exit_code_of(e.kind()))
             .max()
             .unwrap_or(exit::FAILED),
+    })
+}
+
+/// The extra `nix` arguments of `--option`, `-L` and `--show-trace` (pure).
+fn nix_args(args: &InstallArgs) -> Vec<String> {
+    let mut v = Vec::new();
+    for (name, value) in pairs(&args.option) {
+        v.extend(["--option".to_string(), name, value]);
+    }
+    if args.print_build_logs {
+        v.push("-L".into());
+    }
+    if args.show_trace {
+        v.push("--show-trace".into());
+    }
+    v
+}
+
+/// A node's system: built here (`toplevel` set), or, to be built on the target, only evaluated
+/// (`toplevel` empty, `out` its output path).
+struct Built {
+    toplevel: String,
+    out: String,
+    drv: String,
+    system: String,
+}
+
+/// Evaluates the node's toplevel, then builds it here unless `--build-on` says remote (or auto and
+/// this machine does not build for the node's system).
+fn build(args: &InstallArgs, node: &str, nix_args: &[String]) -> Result<Built, Failure> {
+    let eval = nixpave_install::nix::eval_toplevel(&args.flake, node, nix_args)
+        .map_err(|e| failed(format!("{node}: evaluating the system: {e}")))?;
+    let here = std::env::consts::ARCH == arch_of_system(&eval.system);
+    let remote = match args.build_on.as_str() {
+        "remote" | "target" => true,
+        "auto" => !here,
+        _ => false,
+    };
+    if remote {
+        return Ok(Built {
+            toplevel: String::new(),
+            out: eval.out,
+            drv: eval.drv,
+            system: eval.system,
+        });
+    }
+    let built = nixpave_install::nix::build_evaluated(&eval, nix_args)
+        .map_err(|e| failed(format!("{node}: building the system: {e}")))?;
+    Ok(Built {
+        out: built.toplevel.clone(),
+        toplevel: built.toplevel,
+        drv: built.drv,
+        system: built.system,
     })
 }
 
@@ -699,11 +778,14 @@ fn install_with_hardware_config(
         });
     let mut second = first;
     if second.toplevel == DEFERRED_BUILD {
-        let built = nixpave_install::nix::build_toplevel(&args.flake, &node)
-            .map_err(|e| failed(format!("{node}: building the system: {e}")))?;
+        let built = build(args, &node, &second.nix_args)?;
         second.arch = arch_of_system(&built.system).to_string();
-        second.build_on_target = (args.build_on == "target").then(|| built.drv.clone());
-        second.toplevel = built.toplevel;
+        second.build_on_target = built.toplevel.is_empty().then(|| built.drv.clone());
+        second.toplevel = if built.toplevel.is_empty() {
+            built.out
+        } else {
+            built.toplevel
+        };
     }
     second.phases = rest;
     second.resume = true;
