@@ -607,11 +607,13 @@ impl Ctx<'_, '_> {
                 start.elapsed().as_secs_f64()
             ),
         );
-        let up = if back {
-            start.elapsed()
-        } else {
-            self.wait_ssh(Phase::Kexec, true, spec.timeouts.kexec_up)?
-        };
+        // Even when the old login already reached the installer (`back`), the login after kexec is the one
+        // that counts from now on (root, maybe at another address): it must work before anything goes on.
+        self.wait_ssh(Phase::Kexec, true, spec.timeouts.kexec_up)?;
+        let up = start.elapsed();
+        if back {
+            tracing::debug!(node = %spec.node, "the installer answered the old login already");
+        }
         spec.session.reset();
         let facts = nixpave_remote::gather_facts(spec.session.transport())?;
         if !facts.os.is_nixos_installer {
