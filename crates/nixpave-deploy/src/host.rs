@@ -634,10 +634,9 @@ fn last_deploy_lines(log: &str, max: usize) -> Vec<String> {
     lines[from..].iter().map(|l| l.to_string()).collect()
 }
 
-/// Exits 3 when the session runs in another mount namespace than PID 1: a container or lab host sharing the
-/// machine's kernel, where rebooting would reboot that machine.
-const REBOOT_GUARD: &str = "if [ \"$(readlink /proc/1/ns/mnt)\" != \"$(readlink /proc/self/ns/mnt)\" ]; then \
-     echo 'this host shares its kernel with the machine it runs on (container or lab host)' >&2; exit 3; fi";
+/// Exits 3 when the host shares its kernel with the machine it runs on (container or lab host), where
+/// rebooting would reboot that machine: the one guard install and deploy share.
+const REBOOT_GUARD: &str = nixpave_remote::SHARED_KERNEL_GUARD;
 
 fn reboot_and_verify(
     run: &Run<'_>,

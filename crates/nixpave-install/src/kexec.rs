@@ -328,12 +328,18 @@ pub fn upload(
 
 /// The script that unpacks the tarball in `dir` and starts `kexec/run` detached, so that the
 /// ssh session survives long enough to return. `run.rc` and `run.log` record the outcome.
-pub fn launch_script(dir: &str, tarball: &str) -> String {
+/// It starts with the shared-kernel guard (exit 3): a host sharing this machine's kernel is never
+/// kexec'd, whatever preflight concluded.
+pub fn launch_script(dir: &str, tarball: &str, extra_flags: Option<&str>) -> String {
     let d = shell_quote(dir);
+    let args = extra_flags
+        .map(|f| format!(" --kexec-extra-flags {}", shell_quote(f)))
+        .unwrap_or_default();
     format!(
-        "set -e; cd {d}; rm -rf kexec run.rc run.log; tar -xf {t}; \
-         setsid nohup sh -c './kexec/run > run.log 2>&1; echo $? > run.rc' > /dev/null 2>&1 < /dev/null &",
-        t = shell_quote(tarball)
+        "{guard}; set -e; cd {d}; rm -rf kexec run.rc run.log; tar -xf {t}; \
+         setsid nohup sh -c './kexec/run \"$@\" > run.log 2>&1; echo $? > run.rc' kexec-run{args} > /dev/null 2>&1 < /dev/null &",
+        t = shell_quote(tarball),
+        guard = nixpave_remote::SHARED_KERNEL_GUARD
     )
 }
 
@@ -477,7 +483,7 @@ mod tests {
         std::fs::create_dir_all(&k).unwrap();
         std::fs::write(
             k.join("run"),
-            "#!/bin/sh\necho 'kexec_load failed: Operation not permitted'\nexit 3\n",
+            "#!/bin/sh\necho \"args: $*\"\necho 'kexec_load failed: Operation not permitted'\nexit 3\n",
         )
         .unwrap();
         Command::new("chmod")
@@ -498,16 +504,25 @@ mod tests {
         std::fs::create_dir_all(&work).unwrap();
         let t = nixpave_remote::LocalTransport;
         let dir = work.display().to_string();
-        let out = t
-            .run(
-                &[
-                    "sh".into(),
-                    "-c".into(),
-                    launch_script(&dir, &tar.display().to_string()),
-                ],
-                None,
-            )
+        // The guard comes first: in another mount namespace than PID 1's it refuses before unpacking.
+        let script = launch_script(&dir, &tar.display().to_string(), Some("--mem-min=1 -x"));
+        let guarded = std::process::Command::new("unshare")
+            .args(["--mount", "sh", "-c", &script])
+            .output()
             .unwrap();
+        assert_eq!(guarded.status.code(), Some(3));
+        assert!(
+            !work.join("kexec").exists(),
+            "the guard ran after unpacking"
+        );
+        // The rest of it, without the guard (this test machine may itself be a container, where the
+        // guard rightly refuses; the VM tests run it whole).
+        let unguarded = script
+            .strip_prefix(nixpave_remote::SHARED_KERNEL_GUARD)
+            .and_then(|rest| rest.strip_prefix(";"))
+            .expect("the script starts with the guard")
+            .to_string();
+        let out = t.run(&["sh".into(), "-c".into(), unguarded], None).unwrap();
         assert!(out.success(), "{}", out.stderr_tail(5));
         let mut status = None;
         for _ in 0..50 {
@@ -523,5 +538,9 @@ mod tests {
         let (rc, text) = status.expect("run.rc appears");
         assert_eq!(rc, 3);
         assert!(text.contains("Operation not permitted"), "{text}");
+        assert!(
+            text.contains("args: --kexec-extra-flags --mem-min=1 -x"),
+            "{text}"
+        );
     }
 }

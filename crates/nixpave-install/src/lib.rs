@@ -1,7 +1,7 @@
 //! Installing NixOS on a reachable Linux host: preflight → kexec → disk → install → reboot →
 //! verify, resumable.
 //!
-//! - [`preflight::check`] (pure): facts + requirements → refusals with numbers.
+//! - [`preflight::check`] (pure): nixpave-remote's facts + requirements → refusals with numbers.
 //! - [`state`]: the per-node state file and [`state::schedule`] (pure) that decides what a
 //!   `--resume` runs.
 //! - [`run::install_node`] / [`run::install_all`]: the orchestration over a [`session::Session`],
@@ -10,7 +10,7 @@
 
 pub mod disk;
 pub mod events;
-pub mod facts;
+pub mod hwconfig;
 pub mod kexec;
 pub mod nix;
 pub mod phase;
@@ -24,6 +24,6 @@ pub use events::{Event, Reporter};
 pub use phase::{Phase, PhaseSet};
 pub use run::{
     install_all, install_node, preflight_node, FailureKind, InstallError, Installer, NodeSpec,
-    Summary, Timeouts,
+    PhaseError, Summary, Timeouts,
 };
 pub use session::{LocalSession, RemoteSession, Session};

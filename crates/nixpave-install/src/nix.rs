@@ -1,17 +1,8 @@
-//! The few local nix calls the install needs (to be replaced by `nixpave_nix` once it lands):
-//! build a node's toplevel and read its system type and disk layout from a flake.
+//! Building a node's system with nixpave-nix: one `nix eval` for the toplevel's derivation and
+//! system type, then one `nix build` of that derivation (nix 2.8 and current nix alike).
 
-use std::process::Command;
-
-/// A nix call failed.
-#[derive(Debug, thiserror::Error)]
-#[error("`{command}` failed: {stderr}")]
-pub struct NixError {
-    /// The command line.
-    pub command: String,
-    /// Tail of its stderr.
-    pub stderr: String,
-}
+use nixpave_nix::flake::{eval_flake_json, nix_string};
+use nixpave_nix::invoke::{NixError, NixOptions};
 
 /// A built system closure.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,76 +15,97 @@ pub struct BuiltSystem {
     pub system: String,
 }
 
-fn nix(args: &[String]) -> Result<String, NixError> {
-    let command = format!("nix {}", args.join(" "));
-    let out = Command::new("nix")
-        .args(["--extra-experimental-features", "nix-command flakes"])
-        .args(args)
-        .output()
-        .map_err(|e| NixError {
-            command: command.clone(),
-            stderr: e.to_string(),
-        })?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let lines: Vec<&str> = err.lines().collect();
-        return Err(NixError {
-            command,
-            stderr: lines[lines.len().saturating_sub(15)..].join("\n"),
-        });
+/// Why a node's system could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// nix failed (evaluation or build).
+    #[error(transparent)]
+    Nix(#[from] NixError),
+    /// The evaluation did not give a derivation and a system.
+    #[error("nixosConfigurations.{node}: the toplevel evaluated to {value}, not a derivation with a system")]
+    NotASystem {
+        /// The node.
+        node: String,
+        /// What came back.
+        value: String,
+    },
+}
+
+/// The nix function that reads a node's toplevel derivation, output path and system from the
+/// flake's outputs (pure).
+pub fn toplevel_function(node: &str) -> String {
+    format!(
+        "f: let t = f.nixosConfigurations.${{{}}}.config.system.build.toplevel; in {{ drv = t.drvPath; out = t.outPath; system = t.system; }}",
+        nix_string(node)
+    )
+}
+
+/// A node's toplevel, evaluated but not built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvaluatedSystem {
+    /// The node.
+    pub node: String,
+    /// The derivation.
+    pub drv: String,
+    /// Its output path (what the build, here or on the target, produces).
+    pub out: String,
+    /// The nix system it is built for.
+    pub system: String,
+}
+
+fn options(nix_args: &[String]) -> NixOptions {
+    NixOptions {
+        extra_args: nix_args.to_vec(),
+        ..NixOptions::default()
     }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// The flake attribute of a node's configuration.
-pub fn config_attr(flake: &str, node: &str) -> String {
-    format!("{flake}#nixosConfigurations.\"{node}\".config")
+/// Evaluates `nixosConfigurations.NODE.config.system.build.toplevel` of `flake` (one `nix eval`).
+pub fn eval_toplevel(
+    flake: &str,
+    node: &str,
+    nix_args: &[String],
+) -> Result<EvaluatedSystem, BuildError> {
+    let flake = nixpave_nix::flake::FlakeTarget::parse(flake).flake;
+    let v = eval_flake_json(&flake, &toplevel_function(node), &options(nix_args))?;
+    match (v["drv"].as_str(), v["out"].as_str(), v["system"].as_str()) {
+        (Some(drv), Some(out), Some(system)) => Ok(EvaluatedSystem {
+            node: node.to_string(),
+            drv: drv.into(),
+            out: out.into(),
+            system: system.into(),
+        }),
+        _ => Err(BuildError::NotASystem {
+            node: node.to_string(),
+            value: v.to_string(),
+        }),
+    }
 }
 
-/// Builds `nixosConfigurations.NODE.config.system.build.toplevel` locally.
-pub fn build_toplevel(flake: &str, node: &str) -> Result<BuiltSystem, NixError> {
-    let attr = format!("{}.system.build.toplevel", config_attr(flake, node));
-    let json = nix(&[
-        "build".into(),
-        "--json".into(),
-        "--no-link".into(),
-        attr.clone(),
-    ])?;
-    let parsed = parse_build_json(&json).ok_or_else(|| NixError {
-        command: format!("nix build --json {attr}"),
-        stderr: format!("unexpected output: {json}"),
-    })?;
-    let system = nix(&["eval".into(), "--raw".into(), format!("{attr}.system")])?;
+/// Builds an evaluated toplevel on this machine (one `nix build`).
+pub fn build_evaluated(
+    eval: &EvaluatedSystem,
+    nix_args: &[String],
+) -> Result<BuiltSystem, BuildError> {
+    let built =
+        nixpave_nix::build::build_derivations(std::slice::from_ref(&eval.drv), &options(nix_args))?;
+    let toplevel = built
+        .get(&eval.drv)
+        .cloned()
+        .ok_or_else(|| BuildError::NotASystem {
+            node: eval.node.clone(),
+            value: format!("{} built without an output", eval.drv),
+        })?;
     Ok(BuiltSystem {
-        toplevel: parsed.1,
-        drv: parsed.0,
-        system,
+        toplevel,
+        drv: eval.drv.clone(),
+        system: eval.system.clone(),
     })
 }
 
-/// Reads `config.disko.devices` as JSON (`None` when the node has no disko config).
-pub fn disko_devices(flake: &str, node: &str) -> Result<Option<serde_json::Value>, NixError> {
-    let attr = format!("{}.disko.devices", config_attr(flake, node));
-    match nix(&["eval".into(), "--json".into(), attr]) {
-        Ok(json) => Ok(serde_json::from_str(&json).ok()),
-        Err(e)
-            if e.stderr.contains("does not provide attribute")
-                || e.stderr.contains("attribute 'disko' missing") =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// Parses `nix build --json` output into (drvPath, out path) (pure).
-pub fn parse_build_json(json: &str) -> Option<(String, String)> {
-    let v: serde_json::Value = serde_json::from_str(json).ok()?;
-    let first = v.as_array()?.first()?;
-    Some((
-        first.get("drvPath")?.as_str()?.to_string(),
-        first.get("outputs")?.get("out")?.as_str()?.to_string(),
-    ))
+/// Builds `nixosConfigurations.NODE.config.system.build.toplevel` of `flake` locally.
+pub fn build_toplevel(flake: &str, node: &str) -> Result<BuiltSystem, BuildError> {
+    build_evaluated(&eval_toplevel(flake, node, &[])?, &[])
 }
 
 #[cfg(test)]
@@ -101,22 +113,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_build_json() {
-        let j = r#"[{"drvPath":"/nix/store/a.drv","outputs":{"out":"/nix/store/b-sys"}}]"#;
+    fn the_toplevel_function_quotes_the_node() {
         assert_eq!(
-            parse_build_json(j),
-            Some(("/nix/store/a.drv".into(), "/nix/store/b-sys".into()))
+            toplevel_function("web-1"),
+            "f: let t = f.nixosConfigurations.${\"web-1\"}.config.system.build.toplevel; in { drv = t.drvPath; out = t.outPath; system = t.system; }"
         );
-        // nix 2.26 adds build times (captured shape).
-        let j = r#"[{"drvPath":"/nix/store/a.drv","outputs":{"out":"/nix/store/b-sys"},"startTime":1795983893,"stopTime":1795983894}]"#;
-        assert_eq!(
-            parse_build_json(j),
-            Some(("/nix/store/a.drv".into(), "/nix/store/b-sys".into()))
-        );
-        assert_eq!(parse_build_json("[]"), None);
-        assert_eq!(
-            config_attr("path:/f", "web"),
-            "path:/f#nixosConfigurations.\"web\".config"
-        );
+    }
+
+    /// A real flake with a NixOS-shaped node (a plain derivation with a `system` attribute), built with
+    /// this machine's nix.
+    #[test]
+    fn builds_a_flake_node() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("flake.nix"),
+            r#"{ outputs = { self }: { nixosConfigurations."web-1".config.system.build.toplevel =
+                 builtins.derivation { name = "sys"; system = "x86_64-linux"; builder = "/bin/sh";
+                   args = [ "-c" "echo hi > $out" ]; }; }; }"#,
+        )
+        .unwrap();
+        let conf = tempfile::tempdir().unwrap();
+        std::fs::write(
+            conf.path().join("nix.conf"),
+            "build-users-group =\nsandbox = false\nsubstituters =\nexperimental-features = nix-command flakes\n",
+        )
+        .unwrap();
+        std::env::set_var("NIX_CONF_DIR", conf.path());
+        let eval = eval_toplevel(&dir.path().display().to_string(), "web-1", &[]).unwrap();
+        assert!(!std::path::Path::new(&eval.out).exists() || eval.out.ends_with("-sys"));
+        let built = build_toplevel(&dir.path().display().to_string(), "web-1").unwrap();
+        assert_eq!(built.toplevel, eval.out);
+        assert_eq!(built.system, "x86_64-linux");
+        assert!(built.drv.ends_with("-sys.drv"), "{built:?}");
+        assert_eq!(std::fs::read_to_string(&built.toplevel).unwrap(), "hi\n");
+        let err = build_toplevel(&dir.path().display().to_string(), "nope").unwrap_err();
+        assert!(matches!(err, BuildError::Nix(_)), "{err}");
     }
 }

@@ -3,9 +3,86 @@
 //! [`check`] is a pure function (facts + what the layout and installer need → refusals), so
 //! every refusal is unit-tested; each refusal says the numbers it compared.
 
+use nixpave_remote::{Facts, Transport, TransportError};
 use serde::{Deserialize, Serialize};
 
-use crate::facts::TargetFacts;
+/// What preflight knows about a target: nixpave-remote's [`Facts`], plus what the layout's device
+/// paths resolve to there (`readlink -f`, for `/dev/disk/by-*` names).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Observed {
+    /// The host's facts (one round trip).
+    pub facts: Facts,
+    /// Requested device paths and what they resolve to, when they exist.
+    pub resolved: Vec<(String, String)>,
+}
+
+impl Observed {
+    /// True when the target already runs a NixOS installer (os-release `ID=nixos`,
+    /// `VARIANT_ID=installer`, or live media), so kexec is not needed.
+    pub fn is_installer(&self) -> bool {
+        self.facts.os.is_nixos_installer
+    }
+
+    /// The size of a whole disk given by any path that resolves to it.
+    pub fn disk_size(&self, device: &str) -> Option<u64> {
+        let real = self
+            .resolved
+            .iter()
+            .find(|(p, _)| p == device)
+            .map(|(_, r)| r.as_str())
+            .unwrap_or(device);
+        self.facts
+            .disks
+            .iter()
+            .find(|d| d.path == real || d.path == device)
+            .map(|d| d.size)
+    }
+}
+
+/// Gathers the facts (nixpave-remote's script) and resolves `devices`, in two round trips.
+pub fn observe(
+    t: &dyn Transport,
+    devices: &[String],
+) -> Result<Observed, nixpave_remote::FactsError> {
+    let facts = nixpave_remote::gather_facts(t)?;
+    let mut resolved = Vec::new();
+    if !devices.is_empty() {
+        let script =
+            "for p in \"$@\"; do [ -e \"$p\" ] && echo \"$p $(readlink -f \"$p\")\"; done; true";
+        let mut argv = vec![
+            "sh".to_string(),
+            "-c".into(),
+            script.into(),
+            "resolve".into(),
+        ];
+        argv.extend(devices.iter().cloned());
+        let out = t.run(&argv, None)?;
+        if !out.success() {
+            return Err(TransportError::Command {
+                host: t.host().to_string(),
+                command: "readlink -f <layout devices>".into(),
+                status: out.status,
+                stderr: out.stderr_tail(5),
+            }
+            .into());
+        }
+        for line in out.stdout_str().lines() {
+            if let Some((p, r)) = line.split_once(' ') {
+                resolved.push((p.to_string(), r.trim().to_string()));
+            }
+        }
+    }
+    Ok(Observed { facts, resolved })
+}
+
+/// What the installer's `kexec/run` (nixos-images) and nixpave's launcher need on the old system:
+/// `tar` and `gzip` to unpack the tarball, `find | cpio | gzip` to append the carried-over keys and
+/// network to the initrd, `setsid`/`nohup` to detach, `mktemp`, `readlink`, `sort` (kernel version
+/// check), `grep` (authorized keys), `cat`, `cp`. The tarball brings its own `kexec` and `ip`.
+pub const KEXEC_TOOLS: [&str; 12] = [
+    "tar", "gzip", "cpio", "find", "setsid", "nohup", "mktemp", "readlink", "sort", "grep", "cat",
+    "cp",
+];
 
 /// A disk the layout needs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +132,9 @@ pub struct Requirements {
     pub kexec: bool,
     /// True when the disk phase will run.
     pub disk: bool,
+    /// True when the reboot phase will run.
+    #[serde(default)]
+    pub reboot: bool,
     /// Size of the installer's initrd in bytes (from the tarball), when known.
     pub initrd_bytes: Option<u64>,
     /// The RAM rule.
@@ -90,9 +170,18 @@ pub enum Refusal {
     /// Commands do not run as root.
     #[error("commands on the target do not run as root (uid ≠ 0): log in as root or use a user with passwordless sudo")]
     NotRoot,
-    /// The installer tarball cannot be unpacked.
-    #[error("`tar` is missing on the target: it is needed to unpack the installer")]
-    NoTar,
+    /// The host shares its kernel with the machine it runs on: kexec or reboot would hit that machine.
+    #[error("the target shares its kernel with another system ({why}): kexec, partitioning or a reboot there would hit the machine it runs on; install onto the machine (or VM) itself")]
+    SharedKernel {
+        /// Why nixpave thinks so.
+        why: String,
+    },
+    /// Tools the installer's `kexec/run` needs are missing on the old system.
+    #[error("the target lacks {} needed by the installer's kexec/run (it unpacks the tarball and appends the carried-over keys and network to the initrd with find | cpio | gzip): install {} there, or boot a NixOS installer and leave kexec out of --phases", tools.join(", "), if tools.len() == 1 { "it" } else { "them" })]
+    MissingTools {
+        /// The missing tools.
+        tools: Vec<String>,
+    },
     /// Too little memory.
     #[error(
         "too little RAM for the installer: the target has {have_mib} MiB (MemTotal), the installer needs {need_mib} MiB \
@@ -144,6 +233,31 @@ pub enum Refusal {
 
 const MIB: u64 = 1024 * 1024;
 
+/// GPT overhead on a disk: the protective MBR and primary table before the first (1 MiB-aligned)
+/// partition, the backup table at the end.
+pub const GPT_OVERHEAD_BYTES: u64 = 2 * MIB;
+
+/// The least size a layout disk needs (pure): for a GPT, the fixed-size partitions, 1 MiB for each
+/// `100%` one and the table's overhead; 0 for contents nixpave cannot size from the layout alone.
+pub fn min_disk_bytes(disk: &nixpave_disk::model::Disk) -> u64 {
+    use nixpave_disk::model::size::{parse_size, Size};
+    use nixpave_disk::model::Content;
+    match &disk.content {
+        Some(Content::Gpt(gpt)) => {
+            gpt.partitions
+                .iter()
+                .map(|p| match parse_size(&p.size) {
+                    Ok(Size::Bytes(b)) => b,
+                    Ok(Size::Rest) => MIB,
+                    Err(_) => 0,
+                })
+                .sum::<u64>()
+                + GPT_OVERHEAD_BYTES
+        }
+        _ => 0,
+    }
+}
+
 /// Architectures nixpave knows how to install (`uname -m` spelling).
 pub const KNOWN_ARCHES: [&str; 4] = ["x86_64", "aarch64", "i686", "riscv64"];
 
@@ -153,23 +267,31 @@ pub fn arch_of_system(system: &str) -> &str {
 }
 
 /// Checks the facts against the requirements; an empty result means "go" (pure).
-pub fn check(facts: &TargetFacts, req: &Requirements) -> Vec<Refusal> {
+pub fn check(observed: &Observed, req: &Requirements) -> Vec<Refusal> {
+    let facts = &observed.facts;
     let mut out = Vec::new();
-    if facts.kernel != "Linux" {
+    if facts.kernel_name != "Linux" {
         out.push(Refusal::NotLinux {
-            kernel: if facts.kernel.is_empty() {
+            kernel: if facts.kernel_name.is_empty() {
                 "an unknown kernel".into()
             } else {
-                facts.kernel.clone()
+                facts.kernel_name.clone()
             },
         });
         return out;
     }
     // A container can still receive a closure into a mounted root; it cannot kexec or own disks.
-    if let (Some(c), true) = (&facts.container, req.kexec || req.disk) {
-        out.push(Refusal::Container {
-            container: c.clone(),
-        });
+    // A lab host says so precisely (it may also look like the container this machine is).
+    match (&facts.kexec.container, &facts.shared_kernel) {
+        (Some(c), _) if !facts.lab_host && (req.kexec || req.disk) => {
+            out.push(Refusal::Container {
+                container: c.clone(),
+            })
+        }
+        (_, Some(why)) if req.kexec || req.disk || req.reboot => {
+            out.push(Refusal::SharedKernel { why: why.clone() })
+        }
+        _ => {}
     }
     if !facts.is_root {
         out.push(Refusal::NotRoot);
@@ -185,7 +307,7 @@ pub fn check(facts: &TargetFacts, req: &Requirements) -> Vec<Refusal> {
         });
     }
     if req.kexec {
-        match facts.kexec_load_disabled {
+        match facts.kexec.load_disabled {
             None => out.push(Refusal::KexecUnavailable {
                 why: "the kernel has no kexec support (/proc/sys/kernel/kexec_load_disabled is absent)".into(),
             }),
@@ -194,14 +316,20 @@ pub fn check(facts: &TargetFacts, req: &Requirements) -> Vec<Refusal> {
             }),
             Some(false) => {}
         }
-        if !facts.has_tar {
-            out.push(Refusal::NoTar);
+        let missing: Vec<String> = KEXEC_TOOLS
+            .iter()
+            .filter(|t| !facts.has_tool(t))
+            .map(|t| t.to_string())
+            .collect();
+        if !missing.is_empty() {
+            out.push(Refusal::MissingTools { tools: missing });
         }
         if let Some(initrd) = req.initrd_bytes {
             let need = req.ram.needed_kib(initrd);
-            if facts.mem_total_kib < need {
+            let have_kib = facts.memory_bytes / 1024;
+            if have_kib < need {
                 out.push(Refusal::TooLittleRam {
-                    have_mib: facts.mem_total_kib / 1024,
+                    have_mib: have_kib / 1024,
                     need_mib: need.div_ceil(1024),
                     initrd_mib: initrd.div_ceil(MIB),
                     factor: req.ram.initrd_factor.to_string(),
@@ -211,7 +339,7 @@ pub fn check(facts: &TargetFacts, req: &Requirements) -> Vec<Refusal> {
         }
     }
     for need in &req.disks {
-        match facts.disk_size(&need.device) {
+        match observed.disk_size(&need.device) {
             None => out.push(Refusal::DiskMissing {
                 name: need.name.clone(),
                 device: need.device.clone(),
@@ -229,14 +357,14 @@ pub fn check(facts: &TargetFacts, req: &Requirements) -> Vec<Refusal> {
     out
 }
 
-fn present_disks(facts: &TargetFacts) -> String {
+fn present_disks(facts: &Facts) -> String {
     if facts.disks.is_empty() {
         return "none".into();
     }
     facts
         .disks
         .iter()
-        .map(|d| format!("{} {} MiB", d.path, d.size_bytes / MIB))
+        .map(|d| format!("{} {} MiB", d.path, d.size / MIB))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -244,29 +372,36 @@ fn present_disks(facts: &TargetFacts) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::facts::BlockDevice;
+    use nixpave_remote::{BlockDevice, KexecFacts, OsInfo};
 
-    fn vm(mem_mib: u64) -> TargetFacts {
-        TargetFacts {
-            kernel: "Linux".into(),
-            arch: "x86_64".into(),
-            os_id: "debian".into(),
-            root_fstype: "ext4".into(),
-            mem_total_kib: mem_mib * 1024,
-            kexec_load_disabled: Some(false),
-            has_tar: true,
-            is_root: true,
-            disks: vec![
-                BlockDevice {
-                    path: "/dev/vda".into(),
-                    size_bytes: 4096 * MIB,
-                },
-                BlockDevice {
-                    path: "/dev/vdb".into(),
-                    size_bytes: 1024 * MIB,
-                },
-            ],
+    fn vm(mem_mib: u64) -> Observed {
+        let disk = |path: &str, mib: u64| BlockDevice {
+            path: path.into(),
+            kind: "disk".into(),
+            size: mib * MIB,
             ..Default::default()
+        };
+        Observed {
+            facts: Facts {
+                kernel_name: "Linux".into(),
+                arch: "x86_64".into(),
+                os: OsInfo {
+                    id: "debian".into(),
+                    ..Default::default()
+                },
+                root_fstype: "ext4".into(),
+                memory_bytes: mem_mib * MIB,
+                kexec: KexecFacts {
+                    load_disabled: Some(false),
+                    possible: true,
+                    ..Default::default()
+                },
+                tools: KEXEC_TOOLS.iter().map(|t| t.to_string()).collect(),
+                is_root: true,
+                disks: vec![disk("/dev/vda", 4096), disk("/dev/vdb", 1024)],
+                ..Default::default()
+            },
+            resolved: vec![("/dev/disk/by-id/virtio-d1".into(), "/dev/vdb".into())],
         }
     }
 
@@ -274,6 +409,7 @@ mod tests {
         Requirements {
             kexec: true,
             disk: true,
+            reboot: true,
             initrd_bytes: Some(188 * MIB),
             ram: RamPolicy::default(),
             arch: "x86_64".into(),
@@ -314,13 +450,15 @@ mod tests {
     #[test]
     fn kexec_disabled_absent_and_container() {
         let mut f = vm(2048);
-        f.kexec_load_disabled = Some(true);
-        f.container = Some("lxc".into());
+        f.facts.kexec.load_disabled = Some(true);
+        f.facts.kexec.container = Some("lxc".into());
+        f.facts.shared_kernel = Some("it is a container (lxc)".into());
         let r = check(&f, &req());
         assert!(matches!(r[0], Refusal::Container { .. }));
         assert!(r[1].to_string().contains("kexec_load_disabled = 1"));
-        f.kexec_load_disabled = None;
-        f.container = None;
+        f.facts.kexec.load_disabled = None;
+        f.facts.kexec.container = None;
+        f.facts.shared_kernel = None;
         assert!(matches!(
             check(&f, &req())[0],
             Refusal::KexecUnavailable { .. }
@@ -349,17 +487,98 @@ mod tests {
     #[test]
     fn not_linux_unknown_arch_not_root() {
         let mut f = vm(2048);
-        f.kernel = "FreeBSD".into();
+        f.facts.kernel_name = "FreeBSD".into();
         assert_eq!(check(&f, &req()).len(), 1);
         let mut f = vm(2048);
-        f.arch = "sparc64".into();
-        f.is_root = false;
+        f.facts.arch = "sparc64".into();
+        f.facts.is_root = false;
         let r = check(&f, &req());
         assert!(r.contains(&Refusal::NotRoot));
         assert!(r
             .iter()
             .any(|x| matches!(x, Refusal::WrongArch { found, .. } if found == "sparc64")));
         assert_eq!(arch_of_system("aarch64-linux"), "aarch64");
+    }
+
+    #[test]
+    fn a_shared_kernel_refuses_kexec_disk_and_reboot_but_not_the_install_alone() {
+        let mut f = vm(2048);
+        f.facts.lab_host = true;
+        f.facts.kexec.container = Some("docker".into());
+        f.facts.shared_kernel =
+            Some("it is a nixpave lab host sharing the machine's kernel".into());
+        let r = check(&f, &req());
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert!(r[0].to_string().contains("lab host"), "{}", r[0]);
+        let install_only = Requirements {
+            kexec: false,
+            disk: false,
+            reboot: false,
+            disks: Vec::new(),
+            ..req()
+        };
+        assert_eq!(check(&f, &install_only), vec![]);
+        let reboot_only = Requirements {
+            reboot: true,
+            ..install_only
+        };
+        assert!(matches!(
+            check(&f, &reboot_only)[..],
+            [Refusal::SharedKernel { .. }]
+        ));
+    }
+
+    #[test]
+    fn missing_tools_are_listed_and_only_matter_for_kexec() {
+        let mut f = vm(2048);
+        f.facts.tools.retain(|t| t != "cpio" && t != "setsid");
+        let r = check(&f, &req());
+        assert_eq!(
+            r,
+            vec![Refusal::MissingTools {
+                tools: vec!["cpio".into(), "setsid".into()]
+            }]
+        );
+        assert!(r[0].to_string().contains("lacks cpio, setsid"), "{}", r[0]);
+        let mut no_kexec = req();
+        no_kexec.kexec = false;
+        assert_eq!(check(&f, &no_kexec), vec![]);
+    }
+
+    #[test]
+    fn disks_resolve_through_by_id_links() {
+        assert_eq!(
+            vm(1).disk_size("/dev/disk/by-id/virtio-d1"),
+            Some(1024 * MIB)
+        );
+        assert_eq!(vm(1).disk_size("/dev/vda"), Some(4096 * MIB));
+        assert_eq!(vm(1).disk_size("/dev/sdz"), None);
+    }
+
+    #[test]
+    fn min_disk_bytes_of_a_gpt_layout() {
+        let layout = nixpave_disk::Layout::from_json(&serde_json::json!({
+            "disk": { "main": { "type": "disk", "device": "/dev/vda", "content": {
+                "type": "gpt", "partitions": {
+                    "boot": { "size": "1M", "type": "EF02" },
+                    "esp": { "size": "512M", "type": "EF00" },
+                    "root": { "size": "100%" } } } } }
+        }))
+        .unwrap();
+        assert_eq!(
+            min_disk_bytes(&layout.disk["main"]),
+            (1 + 512 + 1) * MIB + GPT_OVERHEAD_BYTES
+        );
+    }
+
+    #[test]
+    fn observes_this_machine() {
+        let o = observe(&nixpave_remote::LocalTransport, &["/dev/null".into()]).unwrap();
+        assert_eq!(o.facts.kernel_name, "Linux");
+        assert_eq!(
+            o.resolved,
+            vec![("/dev/null".to_string(), "/dev/null".to_string())]
+        );
     }
 
     #[test]

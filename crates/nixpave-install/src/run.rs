@@ -7,10 +7,9 @@ use nixpave_disk::Plan;
 
 use crate::disk::DiskEngine;
 use crate::events::{Event, Reporter};
-use crate::facts::{self, TargetFacts};
 use crate::kexec::{self, TarballInfo};
 use crate::phase::{Phase, PhaseSet};
-use crate::preflight::{self, DiskNeed, RamPolicy, Refusal, Requirements};
+use crate::preflight::{self, DiskNeed, Observed, RamPolicy, Refusal, Requirements};
 use crate::session::Session;
 use crate::state::{self, NodeState, ScheduleError, StateError, StateStore};
 use crate::steps::{self, Chown, CopySpec, EncryptionKey};
@@ -60,6 +59,9 @@ pub struct KexecSpec {
     pub fetch_url: Option<String>,
     /// Directory on the target where it is uploaded and unpacked.
     pub remote_dir: String,
+    /// `--kexec-extra-flags`: handed to `kexec/run` as `--kexec-extra-flags FLAGS` (nixos-images'
+    /// interface), which adds them to its `kexec --load` and `kexec -e`.
+    pub extra_flags: Option<String>,
 }
 
 /// The disk phase's input.
@@ -105,6 +107,10 @@ pub struct NodeSpec {
     pub substitute_on_destination: bool,
     /// `--build-on target`: the derivation to realise on the target instead of copying outputs.
     pub build_on_target: Option<String>,
+    /// `--force-kexec`: kexec even when the target already runs a NixOS installer.
+    pub force_kexec: bool,
+    /// Extra `nix` arguments for `nix copy` (`--option K V`, `-L`, `--show-trace`).
+    pub nix_args: Vec<String>,
     /// Every wait's bound.
     pub timeouts: Timeouts,
     /// The RAM rule for the installer.
@@ -134,6 +140,117 @@ pub struct Summary {
     pub skipped: Vec<Phase>,
     /// Total seconds, preflight included.
     pub total_seconds: f64,
+}
+
+/// Why a phase failed. Typed, so callers decide on the kind (a refused host key, a timeout, a
+/// failed command) without reading messages.
+#[derive(Debug, thiserror::Error)]
+pub enum PhaseError {
+    /// A command of the phase failed, or could not run.
+    #[error(transparent)]
+    Step(#[from] steps::StepError),
+    /// The connection failed.
+    #[error(transparent)]
+    Transport(#[from] nixpave_remote::TransportError),
+    /// The facts could not be gathered.
+    #[error(transparent)]
+    Facts(#[from] nixpave_remote::FactsError),
+    /// Something the phase needs was not given.
+    #[error("{0}")]
+    Missing(&'static str),
+    /// ssh answers, but with a host key that is refused: waiting would not change it.
+    #[error(
+        "ssh answers but refuses the host key: {0}\n  the system that answers does not have the machine's host keys \
+         (they are copied into the new system unless the flake or --extra-files brings its own, or \
+         --no-copy-host-keys was given)"
+    )]
+    HostKeyRefused(#[source] nixpave_remote::TransportError),
+    /// ssh did not come back in time.
+    #[error("ssh did not come back within {seconds} s (last error: {last}); check the machine's console")]
+    NotBack {
+        /// The limit.
+        seconds: u64,
+        /// The last probe's error.
+        last: String,
+    },
+    /// The old system still runs after kexec or reboot.
+    #[error("the target still runs the same system {seconds} s after {after}{details}")]
+    NotGone {
+        /// The limit.
+        seconds: u64,
+        /// `kexec/run` or `reboot`.
+        after: &'static str,
+        /// The run's log, when there is one.
+        details: String,
+    },
+    /// The target's boot id could not be read.
+    #[error("cannot read the target's boot id before {0}")]
+    NoBootId(&'static str),
+    /// `kexec/run` failed on the old system.
+    #[error("kexec/run exited with {rc}; the target still runs its old system:\n{log}")]
+    KexecRun {
+        /// Its exit status.
+        rc: i32,
+        /// Its log and the kernel log tail.
+        log: String,
+    },
+    /// After kexec the target is not a NixOS installer.
+    #[error("the target came back ({seconds} s) but does not run a NixOS installer (os-release ID={id}, VARIANT_ID={variant}, / is {root_fstype}): kexec failed and it rebooted into its old system")]
+    NotInstaller {
+        /// Seconds until it answered.
+        seconds: u64,
+        /// os-release `ID`.
+        id: String,
+        /// os-release `VARIANT_ID`.
+        variant: String,
+        /// Filesystem of `/`.
+        root_fstype: String,
+    },
+    /// The disk engine failed.
+    #[error("{0}")]
+    Disk(String),
+    /// Nothing is mounted where the new root should be.
+    #[error("nothing is mounted at {0} on the target; run the disk phase first (--phases disk,install,…)")]
+    NotMounted(String),
+    /// The machine booted another system than the installed one.
+    #[error("the target booted {booted}, not the installed {expected}: the bootloader did not pick the new system")]
+    WrongSystem {
+        /// What `/run/current-system` is.
+        booted: String,
+        /// The installed toplevel.
+        expected: String,
+    },
+    /// The install thread panicked (a bug).
+    #[error("internal error: the install thread panicked")]
+    Panicked,
+    /// A step failed; what it was doing comes first.
+    #[error("{what}: {source}")]
+    Context {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: Box<PhaseError>,
+    },
+}
+
+impl PhaseError {
+    fn context(self, what: impl Into<String>) -> PhaseError {
+        PhaseError::Context {
+            what: what.into(),
+            source: Box::new(self),
+        }
+    }
+
+    /// True when the failure is a refused host key (anywhere in the chain).
+    pub fn is_host_key_refusal(&self) -> bool {
+        match self {
+            PhaseError::HostKeyRefused(_) => true,
+            PhaseError::Transport(e) => e.is_refusal(),
+            PhaseError::Context { source, .. } => source.is_host_key_refusal(),
+            _ => false,
+        }
+    }
 }
 
 /// What kind of failure, for exit codes.
@@ -179,14 +296,14 @@ pub enum InstallError {
     #[error(transparent)]
     State(#[from] StateError),
     /// A phase failed.
-    #[error("{node} [{phase}] failed: {message}\n  left behind: {left}\n  next: {next}")]
+    #[error("{node} [{phase}] failed: {error}\n  left behind: {left}\n  next: {next}")]
     Phase {
         /// Node name.
         node: String,
         /// The phase.
         phase: Phase,
         /// What failed and why.
-        message: String,
+        error: Box<PhaseError>,
         /// The state the target is in.
         left: String,
         /// What to do.
@@ -246,35 +363,40 @@ impl Ctx<'_, '_> {
     }
 
     /// Probes until ssh answers (`want_up`) or stops answering, within `limit`.
-    fn wait_ssh(&self, phase: Phase, want_up: bool, limit: Duration) -> Result<Duration, String> {
+    fn wait_ssh(
+        &self,
+        phase: Phase,
+        want_up: bool,
+        limit: Duration,
+    ) -> Result<Duration, PhaseError> {
         let start = Instant::now();
         let mut last = String::new();
         let mut announced = Instant::now() - Duration::from_secs(3600);
         loop {
             let r = self.spec.session.probe(self.spec.timeouts.probe);
-            match (&r, want_up) {
+            match (r, want_up) {
                 (Ok(()), true) | (Err(_), false) => return Ok(start.elapsed()),
-                (Err(e), true) => last = e.clone(),
+                // A changed or unknown host key will not fix itself: fail at once, strict checking stays on.
+                (Err(e), true) if e.is_refusal() => return Err(PhaseError::HostKeyRefused(e)),
+                (Err(e), true) => last = e.to_string(),
                 (Ok(()), false) => {}
-            }
-            if want_up
-                && (last.contains("IDENTIFICATION HAS CHANGED")
-                    || last.contains("Host key verification failed"))
-            {
-                return Err(format!(
-                    "ssh answers but with a different host key: {last}\n  the installed system has new host keys; \
-                     install with --copy-host-keys (or remove the old key from known_hosts after checking it)"
-                ));
             }
             if start.elapsed() >= limit {
                 return Err(if want_up {
-                    format!(
-                        "ssh did not come back within {} s (last error: {}); check the machine's console",
-                        limit.as_secs(),
-                        if last.is_empty() { "none" } else { last.trim() }
-                    )
+                    PhaseError::NotBack {
+                        seconds: limit.as_secs(),
+                        last: if last.is_empty() {
+                            "none".into()
+                        } else {
+                            last.trim().to_string()
+                        },
+                    }
                 } else {
-                    format!("the target still answers ssh after {} s", limit.as_secs())
+                    PhaseError::NotGone {
+                        seconds: limit.as_secs(),
+                        after: "the wait",
+                        details: String::new(),
+                    }
                 });
             }
             if announced.elapsed() >= Duration::from_secs(15) {
@@ -316,8 +438,9 @@ impl Ctx<'_, '_> {
         &self,
         before: &str,
         limit: Duration,
-        check: &mut dyn FnMut() -> Result<(), String>,
-    ) -> Result<bool, String> {
+        after: &'static str,
+        check: &mut dyn FnMut() -> Result<(), PhaseError>,
+    ) -> Result<bool, PhaseError> {
         let start = Instant::now();
         loop {
             match self.boot_id() {
@@ -326,16 +449,17 @@ impl Ctx<'_, '_> {
                 Some(_) => check()?,
             }
             if start.elapsed() >= limit {
-                return Err(format!(
-                    "the target still runs the same system {} s later",
-                    limit.as_secs()
-                ));
+                return Err(PhaseError::NotGone {
+                    seconds: limit.as_secs(),
+                    after,
+                    details: String::new(),
+                });
             }
             std::thread::sleep(self.spec.timeouts.poll);
         }
     }
 
-    fn upload_installer(&self, tarball: &TarballInfo, remote_tar: &str) -> Result<(), String> {
+    fn upload_installer(&self, tarball: &TarballInfo, remote_tar: &str) -> Result<(), PhaseError> {
         let spec = self.spec;
         let t = spec.session.transport();
         let total = tarball.size_bytes;
@@ -354,7 +478,9 @@ impl Ctx<'_, '_> {
                 });
             }
         })
-        .map_err(|e| format!("uploading the installer ({total} bytes): {e}"))?;
+        .map_err(|e| {
+            PhaseError::from(e).context(format!("uploading the installer ({total} bytes)"))
+        })?;
         if sent {
             self.progress(
                 Phase::Kexec,
@@ -372,12 +498,11 @@ impl Ctx<'_, '_> {
         Ok(())
     }
 
-    fn kexec(&self) -> Result<(), String> {
+    fn kexec(&self) -> Result<(), PhaseError> {
         let spec = self.spec;
-        let k = spec
-            .kexec
-            .as_ref()
-            .ok_or("the kexec phase needs an installer tarball (--kexec TARBALL|URL)")?;
+        let k = spec.kexec.as_ref().ok_or(PhaseError::Missing(
+            "the kexec phase needs an installer tarball (--kexec TARBALL|URL)",
+        ))?;
         let t = spec.session.transport();
         let remote_tar = format!("{}/installer.tar", k.remote_dir);
         match (&k.fetch_url, &k.tarball) {
@@ -397,8 +522,7 @@ impl Ctx<'_, '_> {
                         remote_tar.clone(),
                     ],
                     None,
-                )
-                .map_err(|e| e.to_string())?;
+                )?;
                 self.progress(
                     Phase::Kexec,
                     format!(
@@ -409,25 +533,39 @@ impl Ctx<'_, '_> {
             }
             (None, Some(tarball)) => self.upload_installer(tarball, &remote_tar)?,
             (None, None) => {
-                return Err(
-                    "the kexec phase needs an installer tarball (--kexec TARBALL|URL)".into(),
-                )
+                return Err(PhaseError::Missing(
+                    "the kexec phase needs an installer tarball (--kexec TARBALL|URL)",
+                ))
             }
         }
-        let before = self
-            .boot_id()
-            .ok_or("cannot read the target's boot id before kexec")?;
+        // Reached under another name after kexec: the machine's host keys (the installer keeps them)
+        // are recorded for it now, read over this authenticated connection, so checking stays strict.
+        let host_keys = steps::own_host_keys(t, std::path::Path::new("/"))?;
+        if let Some(name) = spec
+            .session
+            .prepare_post_kexec_login(&host_keys)
+            .map_err(|e| {
+                PhaseError::from(e).context("recording the host keys for the login after kexec")
+            })?
+        {
+            self.progress(
+                Phase::Kexec,
+                format!(
+                    "the machine's host keys recorded for {name}, where the installer will answer"
+                ),
+            );
+        }
+        let before = self.boot_id().ok_or(PhaseError::NoBootId("kexec"))?;
         steps::run(
             t,
             "starting kexec/run",
             vec![
                 "sh".into(),
                 "-c".into(),
-                kexec::launch_script(&k.remote_dir, &remote_tar),
+                kexec::launch_script(&k.remote_dir, &remote_tar, k.extra_flags.as_deref()),
             ],
             None,
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         self.progress(
             Phase::Kexec,
             "kexec/run started; waiting for the old system to go away",
@@ -446,16 +584,22 @@ impl Ctx<'_, '_> {
             .unwrap_or_default()
         };
         let mut check = || match kexec::parse_status(&status()) {
-            Some(rc) if rc != 0 => Err(format!(
-                "kexec/run exited with {rc}; the target still runs its old system:\n{}",
-                status()
-            )),
+            Some(rc) if rc != 0 => Err(PhaseError::KexecRun { rc, log: status() }),
             _ => Ok(()),
         };
         let back = self
-            .wait_gone(&before, spec.timeouts.kexec_down, &mut check)
-            .map_err(|e| format!("{e} after kexec/run:\n{}", status()))?;
+            .wait_gone(&before, spec.timeouts.kexec_down, "kexec/run", &mut check)
+            .map_err(|e| match e {
+                PhaseError::NotGone { seconds, after, .. } => PhaseError::NotGone {
+                    seconds,
+                    after,
+                    details: format!(":\n{}", status()),
+                },
+                other => other,
+            })?;
         spec.session.reset();
+        // The installer only restores root's keys: a non-root login user does not exist there.
+        spec.session.use_root_login();
         self.progress(
             Phase::Kexec,
             format!(
@@ -463,41 +607,46 @@ impl Ctx<'_, '_> {
                 start.elapsed().as_secs_f64()
             ),
         );
-        let up = if back {
-            start.elapsed()
-        } else {
-            self.wait_ssh(Phase::Kexec, true, spec.timeouts.kexec_up)?
-        };
+        // Even when the old login already reached the installer (`back`), the login after kexec is the one
+        // that counts from now on (root, maybe at another address): it must work before anything goes on.
+        self.wait_ssh(Phase::Kexec, true, spec.timeouts.kexec_up)?;
+        let up = start.elapsed();
+        if back {
+            tracing::debug!(node = %spec.node, "the installer answered the old login already");
+        }
         spec.session.reset();
-        let facts = facts::gather(spec.session.transport(), &[]).map_err(|e| e.to_string())?;
-        if !facts.is_installer() && !steps::is_ram_fs(&facts.root_fstype) {
-            return Err(format!(
-                "the target came back ({} s) but does not run the installer (os-release ID={}, / is {}): kexec failed and it rebooted into its old system",
-                up.as_secs(),
-                facts.os_id,
-                facts.root_fstype
-            ));
+        let facts = nixpave_remote::gather_facts(spec.session.transport())?;
+        if !facts.os.is_nixos_installer {
+            return Err(PhaseError::NotInstaller {
+                seconds: up.as_secs(),
+                id: facts.os.id,
+                variant: facts.os.variant_id,
+                root_fstype: facts.root_fstype,
+            });
         }
         self.progress(
             Phase::Kexec,
             format!(
-                "installer up after {} s ({} MiB RAM)",
+                "installer up after {} s ({}, {} MiB RAM)",
                 up.as_secs(),
-                facts.mem_total_kib / 1024
+                facts.os.pretty_name,
+                facts.memory_bytes >> 20
             ),
         );
         Ok(())
     }
 
-    fn disk(&self) -> Result<(), String> {
+    fn disk(&self) -> Result<(), PhaseError> {
         let spec = self.spec;
         let d = spec
             .disk
             .as_ref()
-            .ok_or("the disk phase needs a layout (the flake's config.disko.devices or --disk-config FILE)")?;
+            .ok_or(PhaseError::Missing(
+                "the disk phase needs a layout (the flake's config.disko.devices or --disk-config FILE)",
+            ))?;
         let t = spec.session.transport();
         if !d.keys.is_empty() {
-            let landed = steps::upload_keys(t, &d.keys).map_err(|e| e.to_string())?;
+            let landed = steps::upload_keys(t, &d.keys)?;
             for (path, fs) in landed {
                 if steps::is_ram_fs(&fs) {
                     self.progress(
@@ -516,33 +665,33 @@ impl Ctx<'_, '_> {
         self.inst
             .disk_engine
             .apply(t, &d.plan, &mut |m| self.progress(Phase::Disk, m))
+            .map_err(PhaseError::Disk)
     }
 
-    fn install(&self) -> Result<(), String> {
+    fn install(&self) -> Result<(), PhaseError> {
         let spec = self.spec;
         let t = spec.session.transport();
         let root = &spec.root;
-        if !steps::is_mounted(t, root).map_err(|e| e.to_string())? {
+        if !steps::is_mounted(t, root)? {
             match spec.disk.as_ref().and_then(|d| d.mount_plan.as_ref()) {
                 Some(mount) => {
-                    self.progress(Phase::Install, format!("nothing mounted at {}; mounting the layout", root.display()));
+                    self.progress(
+                        Phase::Install,
+                        format!("nothing mounted at {}; mounting the layout", root.display()),
+                    );
                     self.inst
                         .disk_engine
-                        .apply(t, mount, &mut |m| self.progress(Phase::Install, m))?;
+                        .apply(t, mount, &mut |m| self.progress(Phase::Install, m))
+                        .map_err(PhaseError::Disk)?;
                 }
-                None => {
-                    return Err(format!(
-                        "nothing is mounted at {} on the target; run the disk phase first (--phases disk,install,…)",
-                        root.display()
-                    ))
-                }
+                None => return Err(PhaseError::NotMounted(root.display().to_string())),
             }
         }
         let copy = CopySpec {
             store_url: spec.session.store_url(root),
             env: spec.session.nix_env(),
             substitute_on_destination: spec.substitute_on_destination,
-            nix_args: Vec::new(),
+            nix_args: spec.nix_args.clone(),
         };
         match &spec.build_on_target {
             None => {
@@ -551,7 +700,7 @@ impl Ctx<'_, '_> {
                     format!("copying {} into {}", spec.toplevel, copy.store_url),
                 );
                 let started = Instant::now();
-                steps::copy_closure(&copy, &spec.toplevel).map_err(|e| e.to_string())?;
+                steps::copy_closure(&copy, &spec.toplevel)?;
                 self.progress(
                     Phase::Install,
                     format!("closure copied in {:.1} s", started.elapsed().as_secs_f64()),
@@ -564,7 +713,7 @@ impl Ctx<'_, '_> {
                 );
                 let mut drv_copy = copy.clone();
                 drv_copy.nix_args.push("--derivation".into());
-                steps::copy_closure(&drv_copy, drv).map_err(|e| e.to_string())?;
+                steps::copy_closure(&drv_copy, drv)?;
                 steps::run(
                     t,
                     "building the system on the target",
@@ -576,50 +725,84 @@ impl Ctx<'_, '_> {
                         drv.clone(),
                     ],
                     None,
-                )
-                .map_err(|e| e.to_string())?;
+                )?;
             }
         }
-        self.progress(Phase::Install, "setting the system profile");
-        steps::set_profile(t, root, &spec.toplevel).map_err(|e| e.to_string())?;
         if let Some(dir) = &spec.extra_files {
-            let n = steps::copy_extra_files(t, dir, root).map_err(|e| e.to_string())?;
+            let n = steps::copy_extra_files(t, dir, root)?;
             self.progress(
                 Phase::Install,
                 format!("copied {n} extra entries from {}", dir.display()),
             );
         }
-        steps::chown(t, root, &spec.chown).map_err(|e| e.to_string())?;
-        if spec.copy_host_keys {
-            steps::copy_host_keys(t, root).map_err(|e| e.to_string())?;
-            self.progress(Phase::Install, "copied the ssh host keys");
+        steps::chown(t, root, &spec.chown)?;
+        // Host identity across the reboot: the new system's own keys when it brings them (they are
+        // recorded as the host's keys), else the installer's, which are the machine's original ones.
+        let own_keys = steps::own_host_keys(t, root)?;
+        if !own_keys.is_empty() {
+            let file = spec
+                .session
+                .record_host_keys(&own_keys)
+                .map_err(|e| PhaseError::from(e).context("recording the new system's host keys"))?;
+            self.progress(
+                Phase::Install,
+                format!(
+                    "the new system brings its own host keys ({}); recorded in {file}",
+                    own_keys
+                        .iter()
+                        .filter_map(|k| k.split_whitespace().next())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+        } else if spec.copy_host_keys {
+            steps::copy_host_keys(t, root)?;
+            self.progress(
+                Phase::Install,
+                "copied the machine's ssh host keys (kept by the installer) into the new system",
+            );
         }
-        self.progress(Phase::Install, "installing the bootloader");
+        let method = steps::install_method(t)?;
         let started = Instant::now();
-        let out = steps::install_bootloader(t, root).map_err(|e| e.to_string())?;
+        let out = match method {
+            steps::InstallMethod::NixosInstall => {
+                self.progress(
+                    Phase::Install,
+                    "installing with the installer's nixos-install",
+                );
+                steps::install_system_nixos_install(t, root, &spec.toplevel)?
+            }
+            steps::InstallMethod::Own => {
+                self.progress(
+                    Phase::Install,
+                    "no nixos-install on the target: setting the system profile, activating and installing the bootloader by ourselves",
+                );
+                steps::set_profile(t, root, &spec.toplevel)?;
+                steps::install_system_own(t, root)?
+            }
+        };
         for line in out.lines().take(20) {
             self.progress(Phase::Install, line.to_string());
         }
         self.progress(
             Phase::Install,
             format!(
-                "bootloader installed in {:.1} s",
+                "system and bootloader installed in {:.1} s",
                 started.elapsed().as_secs_f64()
             ),
         );
         Ok(())
     }
 
-    fn reboot(&self) -> Result<(), String> {
+    fn reboot(&self) -> Result<(), PhaseError> {
         let spec = self.spec;
-        let before = self
-            .boot_id()
-            .ok_or("cannot read the installer's boot id before rebooting")?;
-        steps::start_reboot(spec.session.transport(), &spec.root).map_err(|e| e.to_string())?;
+        let before = self.boot_id().ok_or(PhaseError::NoBootId("rebooting"))?;
+        steps::start_reboot(spec.session.transport(), &spec.root)?;
         self.progress(Phase::Reboot, "unmounted; rebooting");
         let started = Instant::now();
-        self.wait_gone(&before, spec.timeouts.reboot_down, &mut || Ok(()))
-            .map_err(|e| format!("{e} after `reboot` (the installer did not reboot)"))?;
+        self.wait_gone(&before, spec.timeouts.reboot_down, "`reboot`", &mut || {
+            Ok(())
+        })?;
         self.progress(
             Phase::Reboot,
             format!(
@@ -631,16 +814,16 @@ impl Ctx<'_, '_> {
         Ok(())
     }
 
-    fn verify(&self) -> Result<(), String> {
+    fn verify(&self) -> Result<(), PhaseError> {
         let spec = self.spec;
         let up = self.wait_ssh(Phase::Verify, true, spec.timeouts.verify_up)?;
         spec.session.reset();
-        let current = steps::current_system(spec.session.transport()).map_err(|e| e.to_string())?;
+        let current = steps::current_system(spec.session.transport())?;
         if current != spec.toplevel {
-            return Err(format!(
-                "the target booted {current}, not the installed {}: the bootloader did not pick the new system",
-                spec.toplevel
-            ));
+            return Err(PhaseError::WrongSystem {
+                booted: current,
+                expected: spec.toplevel.clone(),
+            });
         }
         self.progress(
             Phase::Verify,
@@ -649,7 +832,7 @@ impl Ctx<'_, '_> {
         Ok(())
     }
 
-    fn run_phase(&self, phase: Phase) -> Result<(), String> {
+    fn run_phase(&self, phase: Phase) -> Result<(), PhaseError> {
         match phase {
             Phase::Preflight => Ok(()),
             Phase::Kexec => self.kexec(),
@@ -660,7 +843,7 @@ impl Ctx<'_, '_> {
         }
     }
 
-    fn preflight(&self, schedule: &[Phase]) -> Result<(TargetFacts, bool), InstallError> {
+    fn preflight(&self, schedule: &[Phase]) -> Result<(Observed, bool), InstallError> {
         let spec = self.spec;
         let node = spec.node.clone();
         let devices: Vec<String> = spec
@@ -668,15 +851,17 @@ impl Ctx<'_, '_> {
             .as_ref()
             .map(|d| d.needs.iter().map(|n| n.device.clone()).collect())
             .unwrap_or_default();
-        let facts =
-            facts::gather(spec.session.transport(), &devices).map_err(|e| InstallError::Phase {
+        let facts = preflight::observe(spec.session.transport(), &devices).map_err(|e| {
+            InstallError::Phase {
                 node: node.clone(),
                 phase: Phase::Preflight,
-                message: format!("gathering facts: {e}"),
+                error: Box::new(PhaseError::from(e).context("gathering facts")),
                 left: left_behind(Phase::Preflight, &spec.root),
                 next: "check that `ssh` to the target works with the same options".into(),
-            })?;
-        let kexec_needed = schedule.contains(&Phase::Kexec) && !facts.is_installer();
+            }
+        })?;
+        let kexec_needed =
+            schedule.contains(&Phase::Kexec) && (spec.force_kexec || !facts.is_installer());
         if kexec_needed && spec.kexec.is_none() {
             return Err(InstallError::Input {
                 node,
@@ -693,6 +878,7 @@ impl Ctx<'_, '_> {
         let req = Requirements {
             kexec: kexec_needed,
             disk: disk_runs,
+            reboot: schedule.contains(&Phase::Reboot),
             initrd_bytes: spec
                 .kexec
                 .as_ref()
@@ -818,18 +1004,19 @@ pub fn install_node(spec: &NodeSpec, inst: &Installer<'_>) -> Result<Summary, In
                     seconds: secs,
                 });
             }
-            Err(message) => {
+            Err(error) => {
+                let message = error.to_string();
                 st.fail(phase, secs, &message);
                 inst.state.save(&st)?;
                 ctx.emit(Event::Failed {
                     node: node.clone(),
                     phase,
-                    error: message.clone(),
+                    error: message,
                 });
                 return Err(InstallError::Phase {
                     node: node.clone(),
                     phase,
-                    message,
+                    error: Box::new(error),
                     left: left_behind(phase, &spec.root),
                     next: format!(
                         "fix the cause, then `nixpave install {node} --resume` (finished phases are skipped; state in {})",
@@ -853,35 +1040,65 @@ pub fn install_node(spec: &NodeSpec, inst: &Installer<'_>) -> Result<Summary, In
     })
 }
 
-/// Installs several nodes in parallel (one thread each); results in the order of `specs`.
-pub fn install_all(specs: &[NodeSpec], inst: &Installer<'_>) -> Vec<Result<Summary, InstallError>> {
+/// Installs several nodes in parallel, at most `max_parallel` at a time (0: all at once); results in
+/// the order of `specs`.
+pub fn install_all(
+    specs: &[NodeSpec],
+    inst: &Installer<'_>,
+    max_parallel: usize,
+) -> Vec<Result<Summary, InstallError>> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let workers = match max_parallel {
+        0 => specs.len(),
+        n => n.min(specs.len()),
+    };
+    let next = AtomicUsize::new(0);
+    let results: std::sync::Mutex<Vec<Option<Result<Summary, InstallError>>>> =
+        std::sync::Mutex::new(specs.iter().map(|_| None).collect());
     std::thread::scope(|s| {
-        let handles: Vec<_> = specs
-            .iter()
-            .map(|spec| s.spawn(move || install_node(spec, inst)))
-            .collect();
-        handles
-            .into_iter()
-            .zip(specs)
-            .map(|(h, spec)| {
-                h.join().unwrap_or_else(|_| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(spec) = specs.get(i) else { break };
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    install_node(spec, inst)
+                }))
+                .unwrap_or_else(|_| {
                     Err(InstallError::Phase {
                         node: spec.node.clone(),
                         phase: Phase::Preflight,
-                        message: "internal error: the install thread panicked".into(),
+                        error: Box::new(PhaseError::Panicked),
                         left: "unknown; see the state file".into(),
                         next: "report a bug; `--resume` continues from the last finished phase"
                             .into(),
                     })
+                });
+                results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(r);
+            });
+        }
+    });
+    results
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+        .into_iter()
+        .zip(specs)
+        .map(|(r, spec)| {
+            r.unwrap_or_else(|| {
+                Err(InstallError::Phase {
+                    node: spec.node.clone(),
+                    phase: Phase::Preflight,
+                    error: Box::new(PhaseError::Panicked),
+                    left: "unknown; see the state file".into(),
+                    next: "report a bug".into(),
                 })
             })
-            .collect()
-    })
+        })
+        .collect()
 }
 
 /// Preflight alone, for `--dry-run`: gathers facts and checks them against what the selected
 /// phases need. Writes nothing (no state file either); the wipe confirmation is not asked.
-pub fn preflight_node(spec: &NodeSpec, inst: &Installer<'_>) -> Result<TargetFacts, InstallError> {
+pub fn preflight_node(spec: &NodeSpec, inst: &Installer<'_>) -> Result<Observed, InstallError> {
     let previous = inst.state.load(&spec.node)?;
     let schedule = state::schedule(
         &spec.phases,

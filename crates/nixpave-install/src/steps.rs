@@ -230,10 +230,15 @@ pub fn set_profile(t: &dyn Transport, root: &Path, toplevel: &str) -> Result<(),
     run(t, "setting the system profile", argv, None).map(|_| ())
 }
 
-/// The script that installs the bootloader the way nixos-install does: /dev, /proc, /sys and a
-/// fresh /run inside `root`, the activation script (its failure tolerated, as nixos-enter does),
-/// then `switch-to-configuration boot` with `NIXOS_INSTALL_BOOTLOADER=1`; mounts are undone on exit.
-pub const BOOTLOADER_SCRIPT: &str = r#"
+/// What nixos-install and nixos-enter do, for installers without them (run in a private mount
+/// namespace by [`install_system_own`], so every mount below disappears with it):
+/// `/mnt/etc/NIXOS` (switch-to-configuration refuses a root without it), `/etc/mtab` → `/proc/mounts`
+/// (GRUB needs it), /dev, /proc, /sys and a fresh /run in the root, the installer's resolv.conf
+/// bound over the new system's for the chroot only (the file is left as it was), the system's
+/// `activate` in the chroot (`IN_NIXOS_ENTER=1`, failures tolerated as nixos-enter does), the root
+/// rbound onto its own `/mnt` (for `boot.initrd.secrets`), then `switch-to-configuration boot` with
+/// `NIXOS_INSTALL_BOOTLOADER=1`.
+pub const INSTALL_SCRIPT: &str = r#"
 set -eu
 root=$1
 sys=/nix/var/nix/profiles/system
@@ -242,30 +247,100 @@ link=$(readlink "$root$sys") || { echo "$root$sys does not exist: the system pro
 case "$link" in /*) ;; *) link=$(dirname "$sys")/$link ;; esac
 top=$(readlink "$root$link" || echo "$link")
 [ -x "$root$top/bin/switch-to-configuration" ] || { echo "$top/bin/switch-to-configuration is missing or not executable in $root: the system closure does not look like a NixOS system" >&2; exit 2; }
-mkdir -p "$root/dev" "$root/proc" "$root/sys" "$root/run" "$root/tmp" "$root/etc"
-chmod 1777 "$root/tmp"
-cleanup() {
-  for m in run sys proc dev; do umount -R "$root/$m" 2>/dev/null || umount -Rl "$root/$m" 2>/dev/null || true; done
-}
-trap cleanup EXIT
+mount --make-rprivate /
+mkdir -p -m 0755 "$root/etc" "$root/dev" "$root/proc" "$root/sys" "$root/run" "$root/mnt"
+mkdir -p -m 1777 "$root/tmp"
+touch "$root/etc/NIXOS"
+ln -sfn /proc/mounts "$root/etc/mtab"
 mount --rbind /dev "$root/dev"
 mount -t proc proc "$root/proc"
 mount --rbind /sys "$root/sys"
 mount -t tmpfs -o mode=755 tmpfs "$root/run"
 ln -sfn "$top" "$root/run/current-system"
-[ -f /etc/resolv.conf ] && cp -L /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null || true
-if [ -x "$root$top/activate" ]; then
-  IN_NIXOS_ENTER=1 chroot "$root" "$top/activate" >&2 || echo "activation script reported errors (ignored, as nixos-install does)" >&2
+created=
+if [ -e /etc/resolv.conf ]; then
+  rc=$root/etc/resolv.conf
+  if [ -L "$rc" ]; then l=$(readlink "$rc"); case "$l" in /*) rc=$root$l ;; *) rc=$root/etc/$l ;; esac; fi
+  if [ ! -e "$rc" ]; then mkdir -p "$(dirname "$rc")"; : > "$rc"; created=$rc; fi
+  mount --bind /etc/resolv.conf "$rc" || echo "could not set up resolv.conf in the chroot" >&2
 fi
-NIXOS_INSTALL_BOOTLOADER=1 chroot "$root" "$top/bin/switch-to-configuration" boot
+if [ -x "$root$top/activate" ]; then
+  IN_NIXOS_ENTER=1 chroot "$root" "$top/activate" >&2 || echo "the activation script reported errors (ignored, as nixos-enter does)" >&2
+fi
+mount --rbind "$root" "$root/mnt"
+mount --make-rslave "$root/mnt"
+rc_status=0
+NIXOS_INSTALL_BOOTLOADER=1 chroot "$root" "$top/bin/switch-to-configuration" boot || rc_status=$?
+umount -R "$root/mnt" 2>/dev/null || umount -Rl "$root/mnt" 2>/dev/null || true
+if [ -n "$created" ]; then umount "$created" 2>/dev/null || true; rm -f "$created"; fi
+exit $rc_status
 "#;
 
-/// Installs the bootloader by running the system's own `switch-to-configuration boot` in `root`.
-pub fn install_bootloader(t: &dyn Transport, root: &Path) -> Result<String, StepError> {
+/// How the system gets installed into the mounted root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstallMethod {
+    /// The installer's own `nixos-install` (every real NixOS installer has it).
+    NixosInstall,
+    /// nixpave's own steps ([`INSTALL_SCRIPT`]), for installers without `nixos-install`.
+    Own,
+}
+
+/// Which method the target supports (`nixos-install` on its `PATH`).
+pub fn install_method(t: &dyn Transport) -> Result<InstallMethod, StepError> {
+    let out = t.run(&sh("command -v nixos-install >/dev/null".into(), &[]), None)?;
+    Ok(if out.success() {
+        InstallMethod::NixosInstall
+    } else {
+        InstallMethod::Own
+    })
+}
+
+/// The `nixos-install` argv for a closure already in `root`'s store (pure), as nixos-anywhere runs it.
+pub fn nixos_install_argv(root: &Path, toplevel: &str) -> Vec<String> {
+    vec![
+        "nixos-install".into(),
+        "--system".into(),
+        toplevel.into(),
+        "--no-root-passwd".into(),
+        "--no-channel-copy".into(),
+        "--root".into(),
+        root.display().to_string(),
+    ]
+}
+
+/// Installs with the installer's `nixos-install` (sets the profile, activates, installs the bootloader).
+pub fn install_system_nixos_install(
+    t: &dyn Transport,
+    root: &Path,
+    toplevel: &str,
+) -> Result<String, StepError> {
     let out = run(
         t,
-        "installing the bootloader (switch-to-configuration boot in a chroot)",
-        sh(BOOTLOADER_SCRIPT.into(), &[&root.display().to_string()]),
+        "installing the system with nixos-install",
+        nixos_install_argv(root, toplevel),
+        None,
+    )?;
+    Ok(format!(
+        "{}{}",
+        out.stdout_str(),
+        String::from_utf8_lossy(&out.stderr)
+    ))
+}
+
+/// Installs the system the way nixos-install does, by itself ([`INSTALL_SCRIPT`] in a private
+/// mount namespace); the system profile must be set already.
+pub fn install_system_own(t: &dyn Transport, root: &Path) -> Result<String, StepError> {
+    let mut argv: Vec<String> = vec![
+        "unshare".into(),
+        "--mount".into(),
+        "--fork".into(),
+        "--".into(),
+    ];
+    argv.extend(sh(INSTALL_SCRIPT.into(), &[&root.display().to_string()]));
+    let out = run(
+        t,
+        "installing the system (activate, then switch-to-configuration boot, in a chroot)",
+        argv,
         None,
     )?;
     Ok(out.stdout_str())
@@ -359,6 +434,27 @@ pub fn chown(t: &dyn Transport, root: &Path, pairs: &[Chown]) -> Result<(), Step
     Ok(())
 }
 
+/// The host keys the new system brings itself (from `--extra-files` or the flake), as
+/// `known_hosts`-style public keys (`TYPE BASE64`), read from `root/etc/ssh/ssh_host_*_key.pub`.
+pub fn own_host_keys(t: &dyn Transport, root: &Path) -> Result<Vec<String>, StepError> {
+    let out = run(
+        t,
+        "looking for the new system's own host keys",
+        sh(
+            "for k in \"$1\"/etc/ssh/ssh_host_*_key; do [ -f \"$k\" ] || continue; if [ -f \"$k.pub\" ]; then cut -d' ' -f1,2 \"$k.pub\"; else ssh-keygen -y -f \"$k\" | cut -d' ' -f1,2; fi; done".into(),
+            &[&root.display().to_string()],
+        ),
+        None,
+    )?;
+    Ok(out
+        .stdout_str()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect())
+}
+
 /// Copies the installer's ssh host keys into `root` so the installed system keeps them.
 pub fn copy_host_keys(t: &dyn Transport, root: &Path) -> Result<(), StepError> {
     let script = "set -e; mkdir -p -m 0755 \"$1/etc/ssh\"; for k in /etc/ssh/ssh_host_*; do [ -e \"$k\" ] && cp -p \"$k\" \"$1/etc/ssh/\"; done; chmod 600 \"$1\"/etc/ssh/ssh_host_*_key";
@@ -384,9 +480,14 @@ setsid nohup sh -c 'sleep 1; reboot || reboot -f || busybox reboot -f || echo b 
 "#;
 
 /// Unmounts everything, exports pools and starts a detached reboot (under nixpave's target `PATH`, which has
-/// the sbin directories and NixOS's, whatever transport runs it).
+/// the sbin directories and NixOS's, whatever transport runs it). The shared-kernel guard comes first: a
+/// host sharing this machine's kernel is never rebooted (exit 3, nothing unmounted).
 pub fn start_reboot(t: &dyn Transport, root: &Path) -> Result<(), StepError> {
-    let script = format!("{}\n{REBOOT_SCRIPT}", nixpave_remote::path_prelude());
+    let script = format!(
+        "{}\n{}\n{REBOOT_SCRIPT}",
+        nixpave_remote::path_prelude(),
+        nixpave_remote::SHARED_KERNEL_GUARD
+    );
     run(
         t,
         "unmounting and rebooting",
@@ -427,6 +528,14 @@ mod tests {
         assert_eq!(
             shell_join(&copy_argv(&spec, "/nix/store/x-sys")),
             "nix --extra-experimental-features nix-command copy --no-check-sigs --to 'ssh://root@h?remote-store=/mnt' --substitute-on-destination /nix/store/x-sys"
+        );
+    }
+
+    #[test]
+    fn nixos_install_argv_is_nixos_anywhere_s() {
+        assert_eq!(
+            shell_join(&nixos_install_argv(Path::new("/mnt"), "/nix/store/x-sys")),
+            "nixos-install --system /nix/store/x-sys --no-root-passwd --no-channel-copy --root /mnt"
         );
     }
 

@@ -28,7 +28,9 @@ builtins.derivation {
     /bin/mkdir -p $out/bin
     /bin/cp $busybox $out/bin/busybox
     /bin/ln -s busybox $out/bin/sh
-    printf '#!%s/bin/sh\necho "called=$1 install_bootloader=$NIXOS_INSTALL_BOOTLOADER root=$(%s/bin/busybox stat -c %%i /)" > /boot-record\n[ -e /dev/null ] && [ -e /proc/self ] && [ -d /sys/class ] && echo mounts-ok >> /boot-record\n' $out $out > $out/bin/switch-to-configuration
+    printf '#!%s/bin/sh\necho "called=$1 install_bootloader=$NIXOS_INSTALL_BOOTLOADER root=$(%s/bin/busybox stat -c %%i /)" > /boot-record\n[ -e /dev/null ] && [ -e /proc/self ] && [ -d /sys/class ] && echo mounts-ok >> /boot-record\n[ -e /activated ] && echo activated-before >> /boot-record\n[ -e /mnt/etc/NIXOS ] && [ -e /mnt/boot-record ] && echo root-on-mnt >> /boot-record\n[ "$(%s/bin/busybox readlink /etc/mtab)" = /proc/mounts ] && echo mtab-ok >> /boot-record\ntrue\n' $out $out $out > $out/bin/switch-to-configuration
+    printf '#!%s/bin/sh\necho "in_nixos_enter=$IN_NIXOS_ENTER nixos=$([ -e /etc/NIXOS ] && echo yes) resolv=$(%s/bin/busybox wc -c < /etc/resolv.conf)" > /activated\n' $out $out > $out/activate
+    /bin/chmod +x $out/activate
     /bin/chmod +x $out/bin/switch-to-configuration
   '' ];
 }
@@ -93,6 +95,8 @@ impl Fixture {
             copy_host_keys: false,
             substitute_on_destination: false,
             build_on_target: None,
+            force_kexec: false,
+            nix_args: Vec::new(),
             timeouts: Timeouts::default(),
             ram: Default::default(),
         }
@@ -171,10 +175,35 @@ fn install_phase_copies_sets_profile_and_runs_bootloader_in_a_chroot() {
         "{record}"
     );
     assert!(record.contains("mounts-ok"), "{record}");
-    // …and nothing stays mounted inside the root.
+    // What nixos-install/nixos-enter do: activate first (IN_NIXOS_ENTER=1, /etc/NIXOS there, the
+    // installer's resolv.conf bound in), /etc/mtab, the root rbound onto its own /mnt.
+    for what in ["activated-before", "root-on-mnt", "mtab-ok"] {
+        assert!(record.contains(what), "{what} missing: {record}");
+    }
+    let activated = std::fs::read_to_string(root.join("activated")).unwrap();
+    assert!(
+        activated.starts_with("in_nixos_enter=1 nixos=yes resolv="),
+        "{activated}"
+    );
+    if let Ok(resolv) = std::fs::read("/etc/resolv.conf") {
+        assert!(
+            activated
+                .trim()
+                .ends_with(&format!("resolv={}", resolv.len())),
+            "{activated}"
+        );
+    }
+    // resolv.conf is left as it was (there was none), the NIXOS marker and mtab stay.
+    assert!(!root.join("etc/resolv.conf").exists());
+    assert!(root.join("etc/NIXOS").exists());
+    assert_eq!(
+        std::fs::read_link(root.join("etc/mtab")).unwrap(),
+        PathBuf::from("/proc/mounts")
+    );
+    // …and nothing stays mounted inside the root (the private mount namespace took it all).
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
     assert!(
-        !mounts.contains(&format!("{}/proc", root.display())),
+        !mounts.contains(&format!("{}/", root.display())),
         "{mounts}"
     );
     // Extra files: modes kept, owned by root, --chown applied recursively.
@@ -213,8 +242,9 @@ fn failure_is_recorded_and_resume_reruns_only_what_is_left() {
             err,
             InstallError::Phase {
                 phase: Phase::Install,
+                ref error,
                 ..
-            }
+            } if matches!(**error, nixpave_install::PhaseError::NotMounted(_))
         ),
         "{text}"
     );
@@ -361,8 +391,8 @@ fn disk_phase_keys_land_0600_and_never_reach_an_argv() {
 
 #[test]
 fn disk_phase_in_a_container_is_refused_before_writing() {
-    let facts = nixpave_install::facts::gather(&nixpave_remote::LocalTransport, &[]).unwrap();
-    if facts.container.is_none() {
+    let facts = nixpave_remote::gather_facts(&nixpave_remote::LocalTransport).unwrap();
+    if facts.kexec.container.is_none() {
         eprintln!("not running in a container: nothing to check here");
         return;
     }

@@ -21,12 +21,77 @@ use nixpave_lab::vm::{Vm, VmSpec};
 use nixpave_remote::{HostKeyPolicy, Privilege, SshOptions, SshTransport, Target};
 
 fn start_vm(name: &str, memory_mib: u64, disks: u32) -> Vm {
+    start_vm_with(name, memory_mib, disks, false)
+}
+
+fn start_vm_with(name: &str, memory_mib: u64, disks: u32, uefi: bool) -> Vm {
     let spec = VmSpec::new(format!("{name}-{}", std::process::id() % 10000))
         .disks(disks)
         .disk_size(2 << 30)
         .memory_mib(memory_mib)
+        .uefi(uefi)
         .boot_timeout(Duration::from_secs(400));
     Vm::start_with_progress(&spec, &mut |l| eprintln!("vm: {l}")).expect("lab VM starts")
+}
+
+/// Adds `alice` (password `SUDO_PASSWORD`, in group sudo, which needs that password) with the lab key, and
+/// takes the key away from root: after kexec, root logins work only because the installer's kexec/run
+/// carried over the sudo user's keys (as nixos-images' does).
+const SUDO_PASSWORD: &str = "Pw-4471-tango";
+
+fn add_sudo_user_and_lock_root(vm: &Vm) {
+    vm.ssh_ok(&format!(
+        "set -e; useradd -m -s /bin/sh alice; echo 'alice:{SUDO_PASSWORD}' | chpasswd; usermod -aG sudo alice; \
+         install -d -m 700 -o alice -g alice /home/alice/.ssh; \
+         install -m 600 -o alice -g alice /root/.ssh/authorized_keys /home/alice/.ssh/authorized_keys; \
+         mv /root/.ssh/authorized_keys /root/.ssh/authorized_keys.moved-away"
+    ))
+    .expect("sudo user set up");
+}
+
+/// A session logging in as alice with sudo and a password (counted each time it is asked for).
+fn sudo_session(vm: &Vm, asked: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> RemoteSession {
+    let target = Target {
+        user: Some("alice".into()),
+        host: "127.0.0.1".into(),
+        port: Some(vm.ssh_port()),
+    };
+    let options = SshOptions {
+        identity_file: Some(vm.key()),
+        known_hosts: Some(vm.known_hosts()),
+        host_key_policy: HostKeyPolicy::Strict,
+        privilege: Privilege::Sudo,
+        sudo_password: Some(std::sync::Arc::new(move |_host: &str| {
+            asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Some(SUDO_PASSWORD.to_string())
+        })),
+        ..SshOptions::default()
+    };
+    let ssh = SshTransport::connect(&target, options.clone()).expect("ssh to the VM as alice");
+    RemoteSession::with_root_after_kexec(ssh, options)
+}
+
+/// Root at 127.0.0.1 until kexec, then at `localhost` (`--post-kexec-host`): a name known_hosts has no
+/// entry for, so the login after kexec works only because the machine's keys were recorded for it.
+fn post_kexec_session(vm: &Vm) -> RemoteSession {
+    let target = Target {
+        user: Some("root".into()),
+        host: "127.0.0.1".into(),
+        port: Some(vm.ssh_port()),
+    };
+    let options = SshOptions {
+        identity_file: Some(vm.key()),
+        known_hosts: Some(vm.known_hosts()),
+        host_key_policy: HostKeyPolicy::Strict,
+        privilege: Privilege::None,
+        ..SshOptions::default()
+    };
+    let ssh = SshTransport::connect(&target, options.clone()).expect("ssh to the VM");
+    let after = Target {
+        host: "localhost".into(),
+        ..target
+    };
+    RemoteSession::with_login_after_kexec(ssh, options, Some(after))
 }
 
 fn session(vm: &Vm) -> RemoteSession {
@@ -45,8 +110,9 @@ fn session(vm: &Vm) -> RemoteSession {
     RemoteSession::new(SshTransport::connect(&target, options).expect("ssh to the VM"))
 }
 
-/// Builds the test system from what the guest itself runs (kernel, stage 1, sshd, GRUB).
-fn test_system(vm: &Vm, conf: &Path, work: &Path, tag: &str) -> String {
+/// Builds the test system from what the guest itself runs (kernel, stage 1, sshd, the bootloaders) with a
+/// bootloader: `grub-bios`, `grub-efi` or `systemd-boot`.
+fn test_system_with(vm: &Vm, conf: &Path, work: &Path, tag: &str, bootloader: &str) -> String {
     let script = std::fs::read(fixtures().join("harvest.sh")).unwrap();
     let out = vm.ssh("sh -s", Some(&script)).unwrap();
     assert!(
@@ -63,6 +129,7 @@ fn test_system(vm: &Vm, conf: &Path, work: &Path, tag: &str) -> String {
             ("busybox", "/bin/busybox"),
             ("device", "/dev/vda"),
             ("tag", tag),
+            ("bootloader", bootloader),
         ],
         &[("harvest", &harvest)],
     )
@@ -225,6 +292,7 @@ fn tarball(vm: &Vm) -> KexecSpec {
         tarball: Some(kexec::inspect(&path).unwrap()),
         fetch_url: None,
         remote_dir: "/root/nixpave-kexec".into(),
+        extra_flags: None,
     }
 }
 
@@ -246,10 +314,14 @@ struct Run {
 }
 
 fn prepare(vm: &Vm, tag: &str) -> Run {
+    prepare_with(vm, tag, "grub-bios")
+}
+
+fn prepare_with(vm: &Vm, tag: &str, bootloader: &str) -> Run {
     let conf = nix_conf_dir();
     std::env::set_var("NIX_CONF_DIR", conf.path());
     let work = tempfile::tempdir().unwrap();
-    let toplevel = test_system(vm, conf.path(), work.path(), tag);
+    let toplevel = test_system_with(vm, conf.path(), work.path(), tag, bootloader);
     Run {
         _conf: conf,
         work,
@@ -273,6 +345,8 @@ fn node_spec(vm: &Vm, run: &Run, phases: &str, disk: Option<DiskSpec>) -> NodeSp
         copy_host_keys: true,
         substitute_on_destination: false,
         build_on_target: None,
+        force_kexec: false,
+        nix_args: Vec::new(),
         timeouts: Timeouts {
             kexec_up: Duration::from_secs(400),
             verify_up: Duration::from_secs(400),
@@ -345,10 +419,20 @@ fn e2e_luks_on_lvm_kexec_install_reboot_verify() {
     };
     let mut spec = node_spec(&vm, &run, "kexec,disk,install", Some(disk));
     spec.extra_files = Some(extra_files(&vm, run.work.path()));
+    let localhost = format!("[localhost]:{}", vm.ssh_port());
+    assert!(!std::fs::read_to_string(vm.known_hosts())
+        .unwrap()
+        .contains(&localhost));
+    spec.session = Box::new(post_kexec_session(&vm));
+    // nixos-images' kexec/run interface: extra flags for kexec (here one every kexec-tools has).
+    if let Some(k) = spec.kexec.as_mut() {
+        k.extra_flags = Some("--no-checks".into());
+    }
     let rec = Recorder::default();
     let state = run.work.path().join("state");
     let engine = nixpave_install::disk::ExecEngine {
         root_mountpoint: "/mnt".into(),
+        ..Default::default()
     };
     let inst = installer(&rec, &state, &engine);
     let first = install_node(&spec, &inst);
@@ -375,6 +459,14 @@ fn e2e_luks_on_lvm_kexec_install_reboot_verify() {
     );
     assert!(sh("ls /mnt/boot/grub/").contains("i386-pc"));
     assert!(!rec.json().contains(secret));
+    // The installer was reached at its post-kexec name, strictly checked with the machine's recorded keys.
+    assert!(
+        rec.json()
+            .contains(&format!("host keys recorded for {localhost}")),
+        "{}",
+        rec.json()
+    );
+    assert_eq!(t.host(), format!("root@localhost:{}", vm.ssh_port()));
     assert!(
         !std::fs::read_to_string(StateStore::new(&state).path(vm.name()))
             .unwrap()
@@ -402,33 +494,311 @@ fn e2e_luks_on_lvm_kexec_install_reboot_verify() {
     print_timings(&rec, "luks-on-lvm");
 }
 
+/// A disko layout through nixpave's planner: BIOS boot + the ext4 root the test system boots from on vda,
+/// an mdadm raid1 over vdb and vdc holding LUKS with `askPassword` (disko's default), ext4 on /data.
+fn raid1_ask_password_layout() -> nixpave_disk::Layout {
+    nixpave_disk::Layout::from_json(&serde_json::json!({
+        "disk": {
+            "main": { "type": "disk", "device": "/dev/vda", "content": { "type": "gpt", "partitions": {
+                "boot": { "size": "1M", "type": "EF02", "priority": 1 },
+                "root": { "size": "400M", "priority": 2, "content": {
+                    "type": "filesystem", "format": "ext4", "mountpoint": "/",
+                    "extraArgs": ["-L", "nixpave-root"] } } } } },
+            "d1": { "type": "disk", "device": "/dev/vdb", "content": { "type": "mdraid", "name": "data" } },
+            "d2": { "type": "disk", "device": "/dev/vdc", "content": { "type": "mdraid", "name": "data" } }
+        },
+        "mdadm": { "data": { "type": "mdadm", "level": 1, "content": {
+            "type": "luks", "name": "cryptdata", "askPassword": true,
+            "extraFormatArgs": ["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"],
+            "content": { "type": "filesystem", "format": "ext4", "mountpoint": "/data" } } } }
+    }))
+    .expect("the layout is valid")
+}
+
+/// From a non-root login: `alice` with a password sudo (asked once) until kexec, root after it (the
+/// installer only has root, with alice's keys). The disks come from a disko layout through the planner:
+/// mdadm raid1 with an `askPassword` LUKS volume, its passphrase given before the run and fed on stdin.
+/// No nixos-install on the test installer, so nixpave's own install steps run (activate, /etc/NIXOS, mtab,
+/// the root on /mnt). The machine's host key is kept, so verify passes with strict checking against the
+/// known_hosts written before anything ran.
 #[test]
 #[ignore = "boots qemu VMs (minutes under TCG); run scripts/test-install.sh"]
-fn e2e_mdadm_raid1_in_one_run() {
+fn e2e_sudo_user_ask_password_luks_on_raid1() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
     let vm = start_vm("inst-raid", 2048, 2);
     let run = prepare(&vm, "raid");
-    let (p, mount) = raid1_plan();
+    let layout = raid1_ask_password_layout();
+    let plan = |mode| nixpave_disk::plan(&layout, mode, &Default::default()).expect("plan");
     let disk = DiskSpec {
-        plan: p,
-        mount_plan: Some(mount),
+        plan: plan(Mode::DestroyFormatMount),
+        mount_plan: Some(plan(Mode::Mount)),
         needs: needs(&["/dev/vda", "/dev/vdb", "/dev/vdc"]),
         keys: Vec::new(),
     };
-    let mut spec = node_spec(&vm, &run, "kexec,disk,install,reboot,verify", Some(disk));
+    assert_eq!(
+        nixpave_install::disk::prompts(&disk.plan),
+        vec![("cryptdata".to_string(), true)]
+    );
+    let mut spec = node_spec(&vm, &run, "kexec,disk,install", Some(disk));
+    add_sudo_user_and_lock_root(&vm);
+    let known_hosts_before = std::fs::read(vm.known_hosts()).unwrap();
+    let asked = std::sync::Arc::new(AtomicUsize::new(0));
+    spec.session = Box::new(sudo_session(&vm, asked.clone()));
     spec.extra_files = Some(extra_files(&vm, run.work.path()));
     let rec = Recorder::default();
+    let passphrase = "luks-ask-8812-staple";
     let engine = nixpave_install::disk::ExecEngine {
         root_mountpoint: "/mnt".into(),
+        secrets: nixpave_install::disk::Secrets::new(
+            [("cryptdata".to_string(), passphrase.as_bytes().to_vec())].into(),
+        ),
     };
     let state = run.work.path().join("state");
-    match install_node(&spec, &installer(&rec, &state, &engine)) {
-        Ok(s) => assert_eq!(s.timings.last().unwrap().0, Phase::Verify),
+    let inst = installer(&rec, &state, &engine);
+    if let Err(e) = install_node(&spec, &inst) {
+        eprintln!("console:\n{}", vm.console_tail(60));
+        panic!("{e}");
+    }
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        1,
+        "the sudo password is asked once"
+    );
+    // In the installer, as root: LUKS2 on the raid opens with the passphrase (and only with it), mounted.
+    let t = spec.session.transport();
+    let sh = |c: &str, stdin: Option<&[u8]>| {
+        let o = t.run(&["sh".into(), "-c".into(), c.into()], stdin).unwrap();
+        (o.success(), o.stdout_str(), o.stderr_tail(5))
+    };
+    let (ok, out, err) = sh(
+        "id -u; cryptsetup status cryptdata; findmnt -no SOURCE /mnt/data; cat /proc/mdstat",
+        None,
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("0\n") && out.contains("LUKS2") && out.contains("raid1"),
+        "{out}"
+    );
+    let test_key = "cryptsetup open --test-passphrase --key-file=- \"$(cryptsetup status cryptdata | awk '/device:/ {print $2}')\"";
+    assert!(sh(test_key, Some(passphrase.as_bytes())).0);
+    assert!(!sh(test_key, Some(b"wrong")).0);
+    assert!(!rec.json().contains(passphrase));
+    assert!(
+        !std::fs::read_to_string(StateStore::new(&state).path(vm.name()))
+            .unwrap()
+            .contains(passphrase)
+    );
+    // What nixos-install would have done, seen in the new root.
+    let (ok, record, err) = sh(
+        "cat /mnt/boot/nixpave/install-record /mnt/etc/nixpave-activated; test -e /mnt/etc/NIXOS",
+        None,
+    );
+    assert!(ok, "{err}");
+    for what in [
+        "activated-before",
+        "root-on-mnt",
+        "mtab-ok",
+        "in_nixos_enter=1 nixos=yes",
+    ] {
+        assert!(record.contains(what), "{what} missing: {record}");
+    }
+    assert!(rec.json().contains("copied the machine's ssh host keys"));
+    assert!(rec.json().contains("no nixos-install on the target"));
+
+    // Reboot and verify, resumed as root (the login user is gone with the old system).
+    let mut spec2 = node_spec(&vm, &run, "kexec,disk,install,reboot,verify", None);
+    spec2.resume = true;
+    drop(spec);
+    let summary = match install_node(&spec2, &inst) {
+        Ok(s) => s,
         Err(e) => {
             eprintln!("console:\n{}", vm.console_tail(60));
             panic!("{e}");
         }
+    };
+    assert_eq!(
+        summary.skipped,
+        vec![Phase::Kexec, Phase::Disk, Phase::Install]
+    );
+    assert_eq!(
+        std::fs::read(vm.known_hosts()).unwrap(),
+        known_hosts_before,
+        "the machine kept its host key: nothing was re-recorded"
+    );
+    print_timings(&rec, "sudo-user-ask-password-luks-raid1");
+}
+
+/// The CPU-dependent lines of a generated hardware configuration (KVM module, microcode vendor) checked
+/// against the machine's /proc/cpuinfo, then named generically: the snapshot then holds on any host (TCG's
+/// `-cpu max` and KVM's `-cpu host` show different CPUs).
+fn cpu_neutral(text: &str, cpuinfo: &str) -> String {
+    let vendor = if cpuinfo.contains("GenuineIntel") {
+        "intel"
+    } else {
+        "amd"
+    };
+    assert!(
+        text.contains(&format!("hardware.cpu.{vendor}.updateMicrocode")),
+        "{text}"
+    );
+    let virtualisation = cpuinfo
+        .lines()
+        .any(|l| l.starts_with("flags") && (l.contains(" vmx") || l.contains(" svm")));
+    assert_eq!(
+        text.contains(&format!("\"kvm-{vendor}\"")),
+        virtualisation,
+        "{text}"
+    );
+    text.replace(&format!("\"kvm-{vendor}\""), "\"kvm-CPU\"")
+        .replace(&format!("hardware.cpu.{vendor}."), "hardware.cpu.CPU.")
+}
+
+/// Evaluates a generated hardware configuration module with nix (stand-in `lib`, `config`, `modulesPath`).
+fn eval_hardware_configuration(text: &str, work: &Path) -> serde_json::Value {
+    let file = work.join("hardware-configuration.nix");
+    std::fs::write(&file, text).unwrap();
+    let expr = format!(
+        "let m = import {} {{ config = {{ hardware.enableRedistributableFirmware = true; }}; \
+         lib = {{ mkDefault = x: x; }}; modulesPath = \"/m\"; }}; in m",
+        file.display()
+    );
+    let out = std::process::Command::new("nix-instantiate")
+        .args(["--eval", "--strict", "--json", "--expr", &expr])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A UEFI layout through the planner: an ESP (vfat, EF00) on /boot and the ext4 root the test system boots.
+fn uefi_layout() -> nixpave_disk::Layout {
+    nixpave_disk::Layout::from_json(&serde_json::json!({
+        "disk": { "main": { "type": "disk", "device": "/dev/vda", "content": { "type": "gpt", "partitions": {
+            "ESP": { "size": "64M", "type": "EF00", "priority": 1, "content": {
+                "type": "filesystem", "format": "vfat", "mountpoint": "/boot" } },
+            "root": { "size": "100%", "priority": 2, "content": {
+                "type": "filesystem", "format": "ext4", "mountpoint": "/",
+                "extraArgs": ["-L", "nixpave-root"] } } } } } }
+    }))
+    .expect("the layout is valid")
+}
+
+/// A UEFI machine (OVMF) booted from its Debian disk: kexec into the installer, an ESP + root layout, the test
+/// system with `bootloader`, reboot from the disk in UEFI mode; verify passes, and the firmware booted the
+/// boot entry the bootloader's installer wrote (`label`).
+fn uefi_install(bootloader: &str, label: &str) {
+    let vm = start_vm_with(&format!("inst-{bootloader}"), 2048, 0, true);
+    assert!(
+        vm.ssh_ok("test -d /sys/firmware/efi && echo uefi")
+            .unwrap()
+            .contains("uefi"),
+        "the old system did not boot with UEFI"
+    );
+    let run = prepare_with(&vm, bootloader, bootloader);
+    let layout = uefi_layout();
+    let plan = |mode| nixpave_disk::plan(&layout, mode, &Default::default()).expect("plan");
+    let disk = DiskSpec {
+        plan: plan(Mode::DestroyFormatMount),
+        mount_plan: Some(plan(Mode::Mount)),
+        needs: needs(&["/dev/vda"]),
+        keys: Vec::new(),
+    };
+    let mut spec = node_spec(&vm, &run, "kexec,disk,install", Some(disk));
+    spec.extra_files = Some(extra_files(&vm, run.work.path()));
+    let rec = Recorder::default();
+    let engine = nixpave_install::disk::ExecEngine {
+        root_mountpoint: "/mnt".into(),
+        ..Default::default()
+    };
+    let state = run.work.path().join("state");
+    let inst = installer(&rec, &state, &engine);
+    if let Err(e) = install_node(&spec, &inst) {
+        eprintln!("console:\n{}", vm.console_tail(80));
+        panic!("{e}");
     }
-    print_timings(&rec, "raid1");
+    // The hardware configuration of this machine, by nixpave (the test installer has neither tool),
+    // snapshot-tested and evaluated with nix.
+    let (text, source) = nixpave_install::hwconfig::generate(
+        spec.session.transport(),
+        nixpave_install::hwconfig::Kind::NixosGenerateConfig,
+        spec.disk.as_ref().map(|d| &d.plan),
+    )
+    .expect("hardware configuration");
+    assert_eq!(source, nixpave_install::hwconfig::Source::Nixpave);
+    let raw = spec
+        .session
+        .transport()
+        .run(
+            &[
+                "sh".into(),
+                "-c".into(),
+                nixpave_install::hwconfig::FACTS_SCRIPT.into(),
+            ],
+            None,
+        )
+        .unwrap();
+    eprintln!("HARDWARE FACTS:\n{}", raw.stdout_str());
+    let cpuinfo = vm.ssh_ok("cat /proc/cpuinfo").unwrap();
+    insta::assert_snapshot!(
+        "uefi_vm_hardware_configuration",
+        cpu_neutral(&text, &cpuinfo)
+    );
+    let evaluated = eval_hardware_configuration(&text, run.work.path());
+    assert_eq!(evaluated["boot"]["loader"]["systemd-boot"]["enable"], true);
+    assert_eq!(evaluated["imports"][0], "/m/profiles/qemu-guest.nix");
+
+    // Reboot from the disk in UEFI mode, resumed as a new run.
+    let mut spec2 = node_spec(&vm, &run, "kexec,disk,install,reboot,verify", None);
+    spec2.resume = true;
+    drop(spec);
+    if let Err(e) = install_node(&spec2, &inst) {
+        eprintln!("console:\n{}", vm.console_tail(80));
+        panic!("{e}");
+    }
+    let t = spec2.session.transport();
+    let o = t
+        .run(
+            &[
+                "sh".into(),
+                "-c".into(),
+                "test -d /sys/firmware/efi; mount -t efivarfs efivarfs /sys/firmware/efi/efivars 2>/dev/null; efibootmgr".into(),
+            ],
+            None,
+        )
+        .unwrap();
+    let entries = o.stdout_str();
+    assert!(o.success(), "{entries}{}", o.stderr_tail(5));
+    let current = entries
+        .lines()
+        .find_map(|l| l.strip_prefix("BootCurrent: "))
+        .unwrap_or_else(|| panic!("no BootCurrent: {entries}"))
+        .trim()
+        .to_string();
+    let booted = entries
+        .lines()
+        .find(|l| l.starts_with(&format!("Boot{current}")))
+        .unwrap_or_else(|| panic!("no entry {current}: {entries}"));
+    assert!(
+        booted.contains(label),
+        "booted {booted}, not {label}:\n{entries}"
+    );
+    print_timings(&rec, &format!("uefi-{bootloader}"));
+}
+
+#[test]
+#[ignore = "boots qemu VMs (minutes under TCG); run scripts/test-install.sh"]
+fn e2e_uefi_systemd_boot() {
+    uefi_install("systemd-boot", "Linux Boot Manager");
+}
+
+#[test]
+#[ignore = "boots qemu VMs (minutes under TCG); run scripts/test-install.sh"]
+fn e2e_uefi_grub_efi() {
+    uefi_install("grub-efi", "nixpave");
 }
 
 fn disk_sum(vm: &Vm) -> String {
@@ -479,6 +849,30 @@ fn preflight_refusals_in_a_vm_write_nothing() {
     let r = refusals(&spec);
     assert_eq!(r.len(), 1, "{r:?}");
     assert!(r[0].to_string().contains("/dev/vdz"));
+
+    // A tool kexec/run needs is missing on the old system: the refusal names it. The VM runs its own kernel:
+    // no shared-kernel refusal, and the guard itself lets it pass.
+    vm.ssh_ok("mv /usr/bin/setsid /usr/bin/setsid.hidden")
+        .unwrap();
+    let mut spec = node_spec(&vm, &run, "kexec,disk,install", Some(disk()));
+    spec.ram.headroom_mib = 0;
+    spec.ram.initrd_factor = 0.0;
+    let r = refusals(&spec);
+    assert_eq!(
+        r,
+        vec![Refusal::MissingTools {
+            tools: vec!["setsid".into()]
+        }]
+    );
+    eprintln!("{}", r[0]);
+    assert_eq!(
+        vm.ssh_ok(&format!("{}; echo go", nixpave_remote::SHARED_KERNEL_GUARD))
+            .unwrap()
+            .trim(),
+        "go"
+    );
+    vm.ssh_ok("mv /usr/bin/setsid.hidden /usr/bin/setsid")
+        .unwrap();
 
     vm.ssh_ok("sysctl -w kernel.kexec_load_disabled=1").unwrap();
     let mut spec = node_spec(&vm, &run, "kexec,disk,install", Some(disk()));
@@ -563,10 +957,17 @@ fn e2e_cli_killed_during_install_resumes_without_redoing_kexec_or_disk() {
     let state = run.work.path().join("state");
     let extra = extra_files(&vm, run.work.path());
     let args = cli_args(&vm, &run, &state, &extra);
+    let hardware = run.work.path().join("hardware-configuration.nix");
 
-    // First run: kill -9 as soon as the install phase starts.
+    // First run: kill -9 as soon as the install phase starts. It writes the hardware configuration after kexec.
+    let mut first = args.clone();
+    first.extend([
+        "--generate-hardware-config".to_string(),
+        "nixos-generate-config".into(),
+        hardware.display().to_string(),
+    ]);
     let mut child = std::process::Command::new(nixpave_bin())
-        .args(&args)
+        .args(&first)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -596,10 +997,21 @@ fn e2e_cli_killed_during_install_resumes_without_redoing_kexec_or_disk() {
         "{st:?}"
     );
     assert!(!st.is_done(Phase::Install));
+    let text = std::fs::read_to_string(&hardware).expect("the hardware configuration was written");
+    let cpuinfo = vm.ssh_ok("cat /proc/cpuinfo").unwrap();
+    insta::assert_snapshot!(
+        "bios_vm_hardware_configuration",
+        cpu_neutral(&text, &cpuinfo)
+    );
+    let evaluated = eval_hardware_configuration(&text, run.work.path());
+    assert_eq!(evaluated["boot"]["loader"]["grub"]["enable"], true);
+    assert!(seen
+        .iter()
+        .any(|l| l.contains("hardware configuration written to")));
 
-    // Second run with --resume: kexec and disk are skipped, the rest runs and verify passes.
+    // Second run with --resume, up to the install: kexec and disk are skipped, install runs.
     let mut resume = args.clone();
-    resume.push("--resume".into());
+    resume.extend(["--resume", "--phases", "kexec,disk,install"].map(String::from));
     let out = std::process::Command::new(nixpave_bin())
         .args(&resume)
         .output()
@@ -611,21 +1023,73 @@ fn e2e_cli_killed_during_install_resumes_without_redoing_kexec_or_disk() {
     }
     assert_eq!(out.status.code(), Some(0));
     let events = events_of(&text);
-    let started: Vec<&str> = events
+    let names = |kind: &str| -> Vec<String> {
+        events
+            .iter()
+            .filter(|e| e["event"] == kind)
+            .filter_map(|e| e["phase"].as_str().map(String::from))
+            .collect()
+    };
+    assert_eq!(names("phase_started"), vec!["preflight", "install"]);
+    assert_eq!(names("phase_skipped"), vec!["kexec", "disk"]);
+
+    // Third run: reinstall another system with --disko-mode mount, as onto a machine whose data must
+    // stay: the filesystems are only mounted (nothing formatted), a file written before survives, and
+    // the new system boots.
+    vm.ssh_ok("echo kept-5521 > /mnt/keep-me; umount -R /mnt")
+        .expect("in the installer");
+    let toplevel2 = nix_build(
+        run._conf.path(),
+        &fixtures().join("system.nix"),
+        &[
+            ("busybox", "/bin/busybox"),
+            ("device", "/dev/vda"),
+            ("tag", "resume2"),
+        ],
+        &[("harvest", &run.work.path().join("harvest.tar.gz"))],
+    );
+    let mut again: Vec<String> = args
         .iter()
-        .filter(|e| e["event"] == "phase_started")
-        .filter_map(|e| e["phase"].as_str())
+        .map(|a| {
+            if *a == run.toplevel {
+                toplevel2.clone()
+            } else {
+                a.clone()
+            }
+        })
         .collect();
-    assert_eq!(started, vec!["preflight", "install", "reboot", "verify"]);
-    let skipped: Vec<&str> = events
-        .iter()
-        .filter(|e| e["event"] == "phase_skipped")
-        .filter_map(|e| e["phase"].as_str())
-        .collect();
-    assert_eq!(skipped, vec!["kexec", "disk"]);
-    assert!(events.iter().any(|e| e["event"] == "finished"));
+    again.extend(
+        [
+            "--disko-mode",
+            "mount",
+            "--phases",
+            "disk,install,reboot,verify",
+        ]
+        .map(String::from),
+    );
+    let out = std::process::Command::new(nixpave_bin())
+        .args(&again)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    eprintln!("run 3:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        eprintln!("console:\n{}", vm.console_tail(60));
+    }
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        !text.contains("mkfs"),
+        "mount mode formats nothing:\n{text}"
+    );
+    assert_eq!(
+        vm.ssh_ok("cat /keep-me; readlink -f /run/current-system")
+            .expect("in the installed system")
+            .trim(),
+        format!("kept-5521\n{toplevel2}")
+    );
+    let events = events_of(&text);
     eprintln!(
-        "TIMINGS resume: {:?}",
+        "TIMINGS resume+mount-reinstall: {:?}",
         events.iter().find(|e| e["event"] == "finished")
     );
 }

@@ -14,7 +14,7 @@ CACHE=$2
 MIRROR=${NIXPAVE_LAB_MIRROR:-$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)}
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
 SUITE=${NIXPAVE_LAB_SUITE:-bookworm}
-PACKAGES=openssh-server,openssh-client,kexec-tools,gdisk,parted,fdisk,cryptsetup-bin,lvm2,thin-provisioning-tools,mdadm,dosfstools,e2fsprogs,btrfs-progs,xfsprogs,util-linux,mount,kmod,iproute2,procps,udev,busybox,nix-bin,grub-pc-bin,grub2-common,cpio,zstd,libdbi-perl
+PACKAGES=openssh-server,openssh-client,kexec-tools,gdisk,parted,fdisk,cryptsetup-bin,lvm2,thin-provisioning-tools,mdadm,dosfstools,e2fsprogs,btrfs-progs,xfsprogs,util-linux,mount,kmod,iproute2,procps,udev,busybox,nix-bin,grub-pc-bin,grub2-common,cpio,zstd,libdbi-perl,sudo,grub-efi-amd64-bin,systemd-boot,efibootmgr,mtools
 # Kernel modules the guest and the installer keep (with their dependencies): storage, filesystems, net, crypto.
 MODULES="virtio_pci virtio_blk virtio_net virtio_rng virtio_scsi sd_mod ext4 vfat nls_cp437 nls_iso8859_1 nls_ascii btrfs xfs dm_mod dm_crypt dm_thin_pool dm_snapshot dm_mirror dm_raid raid0 raid1 raid10 raid456 md_mod loop qemu_fw_cfg crc32c_generic crc32c_intel xts aes_generic aesni_intel sha256_generic sha512_generic af_packet efivarfs squashfs overlay isofs zram"
 STAGE1_MODULES="virtio_pci virtio_blk ext4 crc32c_generic crc32c_intel"
@@ -109,7 +109,8 @@ cp /bin/busybox "$I/kexec/busybox"   # static: kexec/run needs cpio even where t
 tar -C "$I" -cf - kexec | gzip -1 > "$W/kexec-installer.tar.gz"
 T2=$(date +%s); log "installer done ($(du -h "$I/kexec/initrd" | cut -f1) initrd) in $((T2-T1))s"
 
-# 5. Guest disk: stage-1 busybox initrd, GRUB (BIOS) in the MBR, ext4 root on partition 1.
+# 5. Guest disk: stage-1 busybox initrd, GRUB (BIOS) in the MBR, ext4 root on partition 1, and an EFI system
+#    partition 2 with a standalone GRUB at the removable path, so the same disk boots under SeaBIOS and OVMF.
 log "guest disk"
 S1=$W/stage1
 mkdir -p "$S1"/{bin,proc,sys,dev,newroot}
@@ -131,8 +132,9 @@ menuentry "nixpave lab guest" {
 }
 GRUB
 ROOT_MB=$(( $(du -sm "$R" | cut -f1) + 700 ))
-truncate -s "$((ROOT_MB + 2))M" "$W/guest.img"
-printf 'label: dos\nstart=2048, type=83, bootable\n' | sfdisk -q "$W/guest.img"
+ESP_MB=32
+truncate -s "$((ROOT_MB + ESP_MB + 2))M" "$W/guest.img"
+printf 'label: dos\nstart=2048, size=%dM, type=83, bootable\ntype=ef\n' "$ROOT_MB" | sfdisk -q "$W/guest.img"
 truncate -s "${ROOT_MB}M" "$W/root.ext4"
 mkfs.ext4 -q -F -L nixpave-root -d "$R" "$W/root.ext4"
 dd if="$W/root.ext4" of="$W/guest.img" bs=1M seek=1 conv=notrunc,sparse status=none
@@ -144,6 +146,17 @@ mkdir -p "$W/mnt"; mount "${LOOP}p1" "$W/mnt"
 mount --bind /dev "$W/mnt/dev"; mount -t proc proc "$W/mnt/proc"; mount -t sysfs sys "$W/mnt/sys"
 chroot "$W/mnt" grub-install --target=i386-pc --modules="part_msdos ext2 biosdisk serial" "$LOOP" >"$W/grub.log" 2>&1 ||
   { cat "$W/grub.log" >&2; exit 1; }
+# The ESP is made as a file (mtools cannot size a loop partition) and written onto partition 2.
+truncate -s "$((ESP_MB - 1))M" "$W/mnt/tmp/esp.img"
+mkfs.vfat -n ESP "$W/mnt/tmp/esp.img" >/dev/null
+# Filesystem drivers are not autoloaded from a standalone image's memdisk: load them, then find the root.
+printf 'insmod part_msdos\ninsmod ext2\ninsmod search_label\nset root=(hd0,msdos1)\nsearch --no-floppy --label nixpave-root --set=root\nconfigfile ($root)/boot/grub/grub.cfg\n' > "$W/mnt/tmp/efi.cfg"
+chroot "$W/mnt" sh -c "grub-mkstandalone -O x86_64-efi -o /tmp/BOOTX64.EFI 'boot/grub/grub.cfg=/tmp/efi.cfg' &&
+  mmd -i /tmp/esp.img ::/EFI ::/EFI/BOOT && mcopy -i /tmp/esp.img /tmp/BOOTX64.EFI ::/EFI/BOOT/BOOTX64.EFI" >>"$W/grub.log" 2>&1 ||
+  { cat "$W/grub.log" >&2; exit 1; }
+dd if="$W/mnt/tmp/esp.img" of="${LOOP}p2" bs=1M conv=fsync status=none
+rm -f "$W/mnt/tmp/esp.img"
+rm -f "$W/mnt/tmp/efi.cfg" "$W/mnt/tmp/BOOTX64.EFI"
 cleanup; LOOP=
 qemu-img convert -O qcow2 "$W/guest.img" "$W/guest.qcow2"; rm -f "$W/guest.img"
 T3=$(date +%s); log "guest disk done in $((T3-T2))s"

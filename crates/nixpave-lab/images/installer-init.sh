@@ -6,9 +6,11 @@ mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 mkdir -p /dev/pts /run /tmp /mnt; mount -t devpts devpts /dev/pts; mount -t tmpfs tmpfs /run
 log() { echo "nixpave-installer: $* uptime=$(cut -d' ' -f1 /proc/uptime)" > /dev/console; }
 log "init"
-for m in virtio_pci virtio_blk virtio_scsi sd_mod virtio_net virtio_rng dm_mod dm_crypt dm_thin_pool raid0 raid1 raid10 md_mod ext4 vfat btrfs xfs loop; do
+for m in virtio_pci virtio_blk virtio_scsi sd_mod virtio_net virtio_rng dm_mod dm_crypt dm_thin_pool raid0 raid1 raid10 md_mod ext4 vfat nls_cp437 nls_iso8859_1 btrfs xfs loop efivarfs; do
   modprobe "$m" 2>/dev/null
 done
+# Booted with UEFI (the firmware's runtime services survive kexec): boot entries can be written.
+[ -d /sys/firmware/efi ] && mount -t efivarfs efivarfs /sys/firmware/efi/efivars 2>/dev/null
 k=/nixpave-kexec
 mkdir -p /root/.ssh; chmod 700 /root/.ssh
 [ -f $k/ssh/authorized_keys ] && install -m 600 $k/ssh/authorized_keys /root/.ssh/authorized_keys
@@ -38,7 +40,15 @@ if [ $restored = 0 ]; then  # nothing carried over: DHCP on every interface
   for d in /sys/class/net/*; do d=$(basename "$d"); [ "$d" = lo ] && continue
     ip link set "$d" up; busybox udhcpc -b -q -i "$d" -s /etc/udhcpc/default.script >/dev/null 2>&1; done
 fi
-echo "nixpave test installer" > /etc/nixpave-installer
+# Shows itself the way the real NixOS installer does: os-release with ID=nixos and VARIANT_ID=installer.
+rm -f /etc/os-release
+cat > /etc/os-release <<'OSR'
+NAME=NixOS
+ID=nixos
+PRETTY_NAME="NixOS (nixpave test installer)"
+VARIANT="Installer"
+VARIANT_ID=installer
+OSR
 mkdir -p /run/sshd; /usr/sbin/sshd -E /run/sshd.log
 log "sshd up"
 trap 'exec /usr/local/sbin/reboot' INT

@@ -52,10 +52,12 @@ fn vm_kexec_into_the_test_installer_keeps_keys_and_network() {
     );
 
     // We are in the installer, running from RAM, with what kexec/run carried over.
-    assert!(vm
-        .ssh_ok("cat /etc/nixpave-installer")
-        .expect("marker")
-        .contains("installer"));
+    // It shows itself as the real installer does: os-release ID=nixos, VARIANT_ID=installer.
+    let os_release = vm.ssh_ok("cat /etc/os-release").expect("os-release");
+    assert!(
+        os_release.contains("ID=nixos") && os_release.contains("VARIANT_ID=installer"),
+        "{os_release}"
+    );
     let root_fs = vm
         .ssh_ok("findmnt -no FSTYPE / || stat -f -c %T /")
         .expect("root fs");
@@ -109,7 +111,7 @@ fn vm_kexec_into_the_test_installer_keeps_keys_and_network() {
         "/dev/vda1"
     );
     assert!(vm
-        .ssh("test -e /etc/nixpave-installer", None)
+        .ssh("grep -q '^VARIANT_ID=installer' /etc/os-release", None)
         .map(|o| !o.success())
         .unwrap_or(false));
 }

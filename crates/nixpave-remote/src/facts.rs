@@ -21,6 +21,9 @@ pub struct Facts {
     pub arch: String,
     /// `uname -r`.
     pub kernel: String,
+    /// `uname -s`, e.g. `Linux`.
+    #[serde(default)]
+    pub kernel_name: String,
     /// Total RAM in bytes.
     pub memory_bytes: u64,
     /// Whether this host can kexec into an installer, and why not.
@@ -44,6 +47,55 @@ pub struct Facts {
     pub root_fstype: String,
     /// True on a `nixpave lab` host (it shares this machine's kernel: never kexec it).
     pub lab_host: bool,
+    /// Why the host shares its kernel with another system (a lab host, a container, a session in
+    /// another mount namespace than PID 1's); `None` when it runs its own kernel. Such a host must
+    /// never be kexec'd or rebooted: that would take the machine it runs on down with it.
+    #[serde(default)]
+    pub shared_kernel: Option<String>,
+    /// Which of the tools an install uses on the old system are present (out of [`PROBED_TOOLS`]).
+    #[serde(default)]
+    pub tools: Vec<String>,
+}
+
+/// The tools whose presence [`Facts::tools`] reports: what a nixos-images `kexec/run` and its
+/// launcher need on the old system, the downloaders, and the NixOS installer's own tools.
+pub const PROBED_TOOLS: [&str; 17] = [
+    "tar",
+    "gzip",
+    "cpio",
+    "find",
+    "setsid",
+    "nohup",
+    "mktemp",
+    "readlink",
+    "sort",
+    "grep",
+    "cat",
+    "cp",
+    "ip",
+    "curl",
+    "wget",
+    "nixos-install",
+    "nixos-enter",
+];
+
+/// A shell snippet that exits 3 (with a message on stderr) when the session shares its kernel with
+/// another system: a `nixpave lab` host (its marker file), or a session in another mount namespace
+/// than PID 1's (a container or lab host). Run it as root, in the same command and right before
+/// anything that kexecs or reboots: it is the one guard install and deploy share.
+pub const SHARED_KERNEL_GUARD: &str = "if [ -e /etc/ssh/nixpave-lab-host ]; then \
+     echo 'this host shares its kernel with the machine it runs on (a nixpave lab host)' >&2; exit 3; fi; \
+     if [ \"$(readlink /proc/1/ns/mnt)\" != \"$(readlink /proc/self/ns/mnt)\" ]; then \
+     echo 'this host shares its kernel with the machine it runs on (container or lab host: another mount namespace than PID 1)' >&2; exit 3; fi";
+
+/// The exit status of [`SHARED_KERNEL_GUARD`] when it refuses.
+pub const SHARED_KERNEL_EXIT: i32 = 3;
+
+impl Facts {
+    /// True when `tool` (one of [`PROBED_TOOLS`]) is on the host's `PATH`.
+    pub fn has_tool(&self, tool: &str) -> bool {
+        self.tools.iter().any(|t| t == tool)
+    }
 }
 
 /// os-release, with the questions nixpave asks of it answered.
@@ -182,8 +234,27 @@ pub fn parse_facts(output: &str) -> Result<Facts, String> {
     if secure_boot == Some(true) {
         blockers.push("Secure Boot is on (unsigned kernels cannot be kexec'd)".to_string());
     }
+    let (ns_init, ns_self) = (get("mnt_ns_init").trim(), get("mnt_ns_self").trim());
+    let shared_kernel = if lab_host {
+        Some("it is a nixpave lab host sharing the machine's kernel".to_string())
+    } else if let Some(c) = &container {
+        Some(format!("it is a container ({c})"))
+    } else if ns_init != ns_self {
+        Some(if ns_init.is_empty() {
+            "PID 1's mount namespace cannot be read, so it cannot be told apart from a container"
+                .to_string()
+        } else {
+            format!("its session runs in another mount namespace ({ns_self}) than PID 1 ({ns_init}): a container or lab host")
+        })
+    } else {
+        None
+    };
     if lab_host {
         blockers.push("this is a nixpave lab host sharing the machine's kernel".to_string());
+    } else if container.is_none() {
+        if let Some(why) = &shared_kernel {
+            blockers.push(format!("the host shares its kernel: {why}"));
+        }
     }
     let uid = get("uid");
     let disks = match blocks.get("lsblk") {
@@ -194,6 +265,7 @@ pub fn parse_facts(output: &str) -> Result<Facts, String> {
         os,
         arch: get("arch").to_string(),
         kernel: get("kernel").to_string(),
+        kernel_name: get("kernel_name").trim().to_string(),
         memory_bytes: get("mem_total_kib").parse::<u64>().unwrap_or(0) * 1024,
         kexec: KexecFacts {
             possible: blockers.is_empty(),
@@ -222,6 +294,8 @@ pub fn parse_facts(output: &str) -> Result<Facts, String> {
             .collect(),
         root_fstype: get("root_fstype").to_string(),
         lab_host,
+        shared_kernel,
+        tools: get("tools").split_whitespace().map(String::from).collect(),
     })
 }
 
@@ -406,6 +480,10 @@ uefi=1
 secure_boot=0
 container=
 lab_host=0
+kernel_name=Linux
+tools= tar gzip cpio find setsid
+mnt_ns_init=mnt:[4026531841]
+mnt_ns_self=mnt:[4026531841]
 live_media=0
 root_fstype=ext4
 @@begin os-release
@@ -438,6 +516,9 @@ VERSION_ID="12"
         assert_eq!(f.arch, "x86_64");
         assert_eq!(f.memory_bytes, 2048000 * 1024);
         assert!(f.kexec.possible, "{:?}", f.kexec.blockers);
+        assert_eq!(f.kernel_name, "Linux");
+        assert_eq!(f.shared_kernel, None);
+        assert!(f.has_tool("cpio") && f.has_tool("setsid") && !f.has_tool("nixos-install"));
         assert_eq!(f.kexec.secure_boot, Some(false));
         assert!(f.kexec.uefi);
         assert_eq!(f.nix_version.as_deref(), Some("nix (Nix) 2.8.0"));
@@ -480,6 +561,50 @@ VERSION_ID="12"
     }
 
     #[test]
+    fn another_mount_namespace_than_pid_1_shares_the_kernel() {
+        let text = "mnt_ns_init=mnt:[4026531841]\nmnt_ns_self=mnt:[4026532999]\nkexec_load_disabled=0\n@@done\n";
+        let f = parse_facts(text).expect("parses");
+        assert!(f
+            .shared_kernel
+            .as_deref()
+            .unwrap_or_default()
+            .contains("mount namespace"));
+        assert!(!f.kexec.possible, "{:?}", f.kexec.blockers);
+        // Unreadable: as unsafe as a difference, like the guard.
+        let f = parse_facts("mnt_ns_init=\nmnt_ns_self=mnt:[1]\nkexec_load_disabled=0\n@@done\n")
+            .expect("parses");
+        assert!(f.shared_kernel.is_some() && !f.kexec.possible);
+        let f = parse_facts(
+            "mnt_ns_init=mnt:[1]\nmnt_ns_self=mnt:[1]\nkexec_load_disabled=0\n@@done\n",
+        )
+        .expect("parses");
+        assert_eq!(f.shared_kernel, None);
+        assert!(f.kexec.possible);
+    }
+
+    #[test]
+    fn the_guard_refuses_inside_another_mount_namespace_and_passes_here() {
+        let inside = std::process::Command::new("unshare")
+            .args(["--mount", "sh", "-c", SHARED_KERNEL_GUARD])
+            .output()
+            .expect("unshare");
+        assert_eq!(inside.status.code(), Some(SHARED_KERNEL_EXIT));
+        assert!(String::from_utf8_lossy(&inside.stderr).contains("shares its kernel"));
+        // PID 1 of its own pid namespace (with its own /proc) runs in PID 1's mount namespace: it passes.
+        let own = std::process::Command::new("unshare")
+            .args(["--mount", "--pid", "--fork", "--mount-proc", "sh", "-c"])
+            .arg(format!("{SHARED_KERNEL_GUARD}; echo go"))
+            .output()
+            .expect("unshare");
+        assert_eq!(
+            String::from_utf8_lossy(&own.stdout).trim(),
+            "go",
+            "{}",
+            String::from_utf8_lossy(&own.stderr)
+        );
+    }
+
+    #[test]
     fn old_lsblk_strings_and_single_mountpoint() {
         let text = "@@begin lsblk\n{\"blockdevices\":[{\"name\":\"sda\",\"type\":\"disk\",\
                     \"size\":\"1000\",\"rm\":\"1\",\"ro\":\"0\",\"mountpoint\":\"/mnt\"}]}\n\
@@ -504,5 +629,18 @@ VERSION_ID="12"
         assert!(!facts.arch.is_empty() && !facts.kernel.is_empty());
         assert!(facts.memory_bytes > 0);
         assert!(!facts.os.id.is_empty());
+        assert_eq!(facts.kernel_name, "Linux");
+        assert!(facts.has_tool("tar"));
+        // The facts and the guard agree about this machine (a container in CI, or its own kernel).
+        let guard = std::process::Command::new("sh")
+            .args(["-c", SHARED_KERNEL_GUARD])
+            .output()
+            .expect("sh");
+        assert_eq!(
+            facts.shared_kernel.is_some(),
+            guard.status.code() == Some(SHARED_KERNEL_EXIT),
+            "{:?}",
+            facts.shared_kernel
+        );
     }
 }

@@ -3,11 +3,21 @@
 exec 2>/dev/null
 echo "arch=$(uname -m)"
 echo "kernel=$(uname -r)"
+echo "kernel_name=$(uname -s)"
 echo "uid=$(id -u)"
 echo "user=$(id -un)"
 for tool in sudo doas run0 nix nix-store systemctl kexec lsblk; do
   if command -v "$tool" >/dev/null; then echo "has_$tool=1"; else echo "has_$tool=0"; fi
 done
+# The tools a kexec installer's `kexec/run` and its launcher use on the old system.
+tools=""
+for tool in tar gzip cpio find setsid nohup mktemp readlink sort grep cat cp ip curl wget nixos-install nixos-enter; do
+  command -v "$tool" >/dev/null && tools="$tools $tool"
+done
+echo "tools=$tools"
+# Another mount namespace than PID 1's: a container or lab host sharing this machine's kernel.
+echo "mnt_ns_init=$(readlink /proc/1/ns/mnt)"
+echo "mnt_ns_self=$(readlink /proc/self/ns/mnt)"
 if command -v nix >/dev/null; then
   echo "nix_version=$(nix --version | head -n1)"
   echo "nix_path=$(command -v nix)"

@@ -39,7 +39,10 @@ mod target;
 mod target_env;
 mod transport;
 
-pub use facts::{gather_facts, parse_facts, BlockDevice, Facts, FactsError, KexecFacts, OsInfo};
+pub use facts::{
+    gather_facts, parse_facts, BlockDevice, Facts, FactsError, KexecFacts, OsInfo, PROBED_TOOLS,
+    SHARED_KERNEL_EXIT, SHARED_KERNEL_GUARD,
+};
 pub use inventory::{
     Inventory, InventoryError, InventoryHost, ResolveError, ResolvedHost, TargetResolver,
 };

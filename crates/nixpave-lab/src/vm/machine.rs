@@ -32,6 +32,8 @@ pub struct VmSpec {
     pub state_root: Option<PathBuf>,
     /// Image cache; `None` uses [`cache_dir`].
     pub cache: Option<PathBuf>,
+    /// Boot with UEFI firmware (OVMF from Debian's `ovmf`) instead of SeaBIOS.
+    pub uefi: bool,
 }
 
 impl VmSpec {
@@ -47,7 +49,14 @@ impl VmSpec {
             accel: None,
             state_root: None,
             cache: None,
+            uefi: false,
         }
+    }
+
+    /// Boots with UEFI firmware (OVMF) instead of SeaBIOS; the guest image boots either way.
+    pub fn uefi(mut self, uefi: bool) -> Self {
+        self.uefi = uefi;
+        self
     }
 
     /// Sets the number of blank data disks.
@@ -160,7 +169,7 @@ impl Vm {
         let marker = dir.join(registry::MARKER);
         let record = serde_json::json!({
             "name": spec.name, "disks": spec.disks, "disk_size": spec.disk_size,
-            "memory_mib": spec.memory_mib, "cpus": spec.cpus, "images": images.dir,
+            "memory_mib": spec.memory_mib, "cpus": spec.cpus, "images": images.dir, "uefi": spec.uefi,
         });
         std::fs::write(&marker, format!("{record:#}\n"))
             .map_err(|e| VmError::io("writing", &marker, e))?;
@@ -241,6 +250,29 @@ impl Vm {
             )?;
             data_disks.push(disk);
         }
+        let uefi = if spec.uefi {
+            let vars = d.join("OVMF_VARS.fd");
+            std::fs::copy(super::qemu::OVMF_VARS, &vars).map_err(|e| {
+                VmError::io(
+                    "copying (install Debian's ovmf package)",
+                    Path::new(super::qemu::OVMF_VARS),
+                    e,
+                )
+            })?;
+            if !Path::new(super::qemu::OVMF_CODE).is_file() {
+                return Err(VmError::io(
+                    "reading (install Debian's ovmf package)",
+                    Path::new(super::qemu::OVMF_CODE),
+                    std::io::Error::from(std::io::ErrorKind::NotFound),
+                ));
+            }
+            Some(super::qemu::UefiFirmware {
+                code: super::qemu::OVMF_CODE.into(),
+                vars,
+            })
+        } else {
+            None
+        };
         Ok(QemuLayout {
             name: self.name.clone(),
             root_disk,
@@ -254,6 +286,7 @@ impl Vm {
             authorized_keys: d.join("authorized_keys"),
             host_key: d.join("ssh_host_ed25519_key"),
             accel: Accel::Tcg,
+            uefi,
         })
     }
 

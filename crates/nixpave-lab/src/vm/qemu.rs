@@ -78,7 +78,24 @@ pub struct QemuLayout {
     pub host_key: PathBuf,
     /// Accelerator.
     pub accel: Accel,
+    /// UEFI firmware (OVMF): the read-only code and this VM's own, writable variable store (boot
+    /// entries written by an installer survive the guest's reboots). `None`: SeaBIOS.
+    pub uefi: Option<UefiFirmware>,
 }
+
+/// OVMF's two flash images.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UefiFirmware {
+    /// `OVMF_CODE*.fd` (read-only).
+    pub code: PathBuf,
+    /// This VM's copy of `OVMF_VARS*.fd`.
+    pub vars: PathBuf,
+}
+
+/// Debian's `ovmf` package: firmware code and the pristine variable store, 4 MiB flavour.
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+/// See [`OVMF_CODE`].
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
 impl QemuLayout {
     /// The `qemu-system-x86_64` arguments (without the program name). qemu daemonizes once the VM runs.
@@ -86,6 +103,17 @@ impl QemuLayout {
         let mut a: Vec<String> = Vec::new();
         let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
         push(&self.accel.args());
+        if let Some(fw) = &self.uefi {
+            push(&[
+                "-drive",
+                &format!(
+                    "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                    fw.code.display()
+                ),
+                "-drive",
+                &format!("if=pflash,format=raw,unit=1,file={}", fw.vars.display()),
+            ]);
+        }
         push(&[
             "-machine",
             "pc",
@@ -170,6 +198,7 @@ mod tests {
             authorized_keys: d.join("authorized_keys"),
             host_key: d.join("ssh_host_ed25519_key"),
             accel: Accel::Tcg,
+            uefi: None,
         }
     }
 
@@ -191,6 +220,24 @@ mod tests {
              -fw_cfg name=opt/nixpave/authorized_keys,file=/v/t1/authorized_keys \
              -fw_cfg name=opt/nixpave/ssh_host_ed25519_key,file=/v/t1/ssh_host_ed25519_key \
              -fw_cfg name=opt/nixpave/hostname,string=t1"
+        );
+    }
+
+    #[test]
+    fn uefi_boots_ovmf_with_its_own_variable_store() {
+        let mut l = layout();
+        l.uefi = Some(UefiFirmware {
+            code: OVMF_CODE.into(),
+            vars: "/v/t1/OVMF_VARS.fd".into(),
+        });
+        let argv = l.argv().join(" ");
+        assert!(
+            argv.starts_with(
+                "-accel tcg,thread=multi -cpu max \
+                 -drive if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd \
+                 -drive if=pflash,format=raw,unit=1,file=/v/t1/OVMF_VARS.fd -machine pc"
+            ),
+            "{argv}"
         );
     }
 

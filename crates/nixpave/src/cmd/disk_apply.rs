@@ -321,7 +321,7 @@ fn confirm(words: &[String], host: &str) -> Result<bool, Failure> {
 
 /// Asks for LUKS passphrases on /dev/tty with echo off.
 #[derive(Default)]
-struct TtyPrompt;
+pub(crate) struct TtyPrompt;
 
 impl TtyPrompt {
     fn read_hidden(question: &str) -> Result<String, String> {

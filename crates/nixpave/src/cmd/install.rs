@@ -13,7 +13,7 @@ use nixpave_disk::{LayoutSource, LoadOptions, Mode, Plan, PlanOptions};
 use nixpave_install::events::{render_line, Event};
 use nixpave_install::kexec::{self, KexecSource};
 use nixpave_install::phase::PhaseSet;
-use nixpave_install::preflight::{arch_of_system, DiskNeed};
+use nixpave_install::preflight::{arch_of_system, min_disk_bytes, DiskNeed};
 use nixpave_install::run::{DiskSpec, KexecSpec, NodeSpec, Timeouts};
 use nixpave_install::state::StateStore;
 use nixpave_install::steps::{Chown, EncryptionKey};
@@ -21,6 +21,9 @@ use nixpave_install::{FailureKind, InstallError, Installer, RemoteSession, Repor
 use nixpave_remote::{SshOptions, SshTransport, Target};
 
 use crate::exit;
+
+/// The toplevel of a node whose build waits for its hardware configuration.
+const DEFERRED_BUILD: &str = "(built after the hardware configuration is generated)";
 
 /// Arguments of `nixpave install`.
 #[derive(Debug, clap::Args)]
@@ -48,6 +51,11 @@ pub struct InstallArgs {
     /// Use DEVICE for the layout's disk NAME.
     #[arg(long, value_name = "NAME=DEVICE")]
     disk: Vec<String>,
+    /// What the disk phase does: `destroy,format,mount` (the default; wipes the layout's disks, after
+    /// confirmation), `format` (creates what does not exist yet, keeps what does, then mounts) or `mount`
+    /// (only mounts: reinstall keeping every filesystem and its data). `disko` means the default.
+    #[arg(long, default_value = "destroy,format,mount", value_parser = parse_disko_mode)]
+    disko_mode: Mode,
     /// Read the layout from this file (.nix or .json) instead of the node's `config.disko.devices`.
     #[arg(long, value_name = "FILE")]
     disk_config: Option<PathBuf>,
@@ -61,18 +69,56 @@ pub struct InstallArgs {
     /// phase; repeatable. Contents travel on stdin, never in an argv or a log.
     #[arg(long, num_args = 2, value_names = ["REMOTE", "LOCAL"], action = clap::ArgAction::Append)]
     disk_encryption_keys: Vec<String>,
-    /// Copy the installer's ssh host keys into the new system (keeps known_hosts valid).
-    #[arg(long)]
+    /// Copy the installer's ssh host keys (the machine's original ones, kept across kexec) into the
+    /// new system. The default; kept for nixos-anywhere's command line.
+    #[arg(long, conflicts_with = "no_copy_host_keys")]
     copy_host_keys: bool,
-    /// Build the system here (`local`) or on the target (`target`).
-    #[arg(long, default_value = "local", value_parser = ["local", "target"])]
-    build_on: String,
-    /// Let the target fetch store paths from its own substituters.
+    /// Do not copy the machine's host keys into the new system (it then needs its own, from the
+    /// flake or --extra-files, or verify refuses the new key: checking stays strict).
     #[arg(long)]
+    no_copy_host_keys: bool,
+    /// Log in as USER (--target USER@HOST) and become root with sudo, asking for its password once
+    /// (hidden, fed to sudo on stdin). After kexec nixpave logs in as root: the installer only
+    /// restores root's keys (root's and the sudo user's authorized keys, merged).
+    #[arg(long)]
+    ask_sudo_password: bool,
+    /// Build the system here (`local`), on the target (`remote`, also spelled `target`: only the
+    /// derivations are copied), or `auto`: here when this machine builds for the node's system, else remote.
+    #[arg(long, default_value = "local", value_parser = ["auto", "local", "remote", "target"])]
+    build_on: String,
+    /// Let the target fetch store paths from its own substituters (the default).
+    #[arg(long, conflicts_with = "no_substitute_on_destination")]
     substitute_on_destination: bool,
+    /// Copy every store path from here instead of letting the target substitute.
+    #[arg(long)]
+    no_substitute_on_destination: bool,
+    /// kexec even when the target already runs a NixOS installer.
+    #[arg(long)]
+    force_kexec: bool,
+    /// Extra flags for kexec, handed to the installer's `kexec/run --kexec-extra-flags`.
+    #[arg(long, value_name = "FLAGS", allow_hyphen_values = true)]
+    kexec_extra_flags: Option<String>,
+    /// A nix option for the build and the copy (`--option NAME VALUE`); repeatable.
+    #[arg(long, num_args = 2, value_names = ["NAME", "VALUE"], action = clap::ArgAction::Append)]
+    option: Vec<String>,
+    /// Show nix's build logs.
+    #[arg(long, short = 'L')]
+    print_build_logs: bool,
+    /// Show nix's evaluation traces.
+    #[arg(long)]
+    show_trace: bool,
+    /// Nodes installed at once (0: all).
+    #[arg(long, default_value_t = 4)]
+    max_parallel: usize,
     /// Install this prebuilt system closure instead of building the flake's toplevel.
     #[arg(long, value_name = "STORE_PATH")]
     system: Option<String>,
+    /// After kexec, generate the machine's hardware configuration and write it to PATH (beside the
+    /// flake), then build the system: `nixos-facter` (its JSON report) or `nixos-generate-config` (a
+    /// module, `--show-hardware-config --no-filesystems`), run on the installer when it has the tool,
+    /// else nixpave's own module from the machine's facts. One node at a time.
+    #[arg(long, num_args = 2, value_names = ["KIND", "PATH"])]
+    generate_hardware_config: Vec<String>,
     /// Continue from the last finished phase of an earlier run.
     #[arg(long)]
     resume: bool,
@@ -91,6 +137,19 @@ pub struct InstallArgs {
     /// known_hosts file.
     #[arg(long, value_name = "FILE")]
     known_hosts: Option<PathBuf>,
+    /// An ssh option (`KEY=VALUE`, as `ssh -o`) for every connection; repeatable.
+    #[arg(long, value_name = "KEY=VALUE")]
+    ssh_option: Vec<String>,
+    /// The ssh port when --target does not name one.
+    #[arg(long, short = 'p', value_name = "PORT")]
+    ssh_port: Option<u16>,
+    /// The installer answers on another address after kexec (a provider that changes it).
+    /// The machine's host keys are recorded for it before kexec, so checking stays strict.
+    #[arg(long, value_name = "HOST")]
+    post_kexec_host: Option<String>,
+    /// The installer's ssh port after kexec, when it differs.
+    #[arg(long, value_name = "PORT")]
+    post_kexec_ssh_port: Option<u16>,
     /// Record an unknown host key on first contact (a changed key is still refused).
     #[arg(long)]
     accept_new_host_key: bool,
@@ -103,6 +162,18 @@ pub struct InstallArgs {
     /// Seconds to wait for the installed system's ssh after the reboot.
     #[arg(long, default_value_t = 600)]
     reboot_timeout: u64,
+}
+
+/// `--disko-mode` (pure): nixos-anywhere's names and nixpave's.
+fn parse_disko_mode(s: &str) -> Result<Mode, String> {
+    match s {
+        "destroy,format,mount" | "disko" => Ok(Mode::DestroyFormatMount),
+        "format" | "format,mount" => Ok(Mode::FormatMount),
+        "mount" => Ok(Mode::Mount),
+        other => Err(format!(
+            "unknown disko mode `{other}` (expected destroy,format,mount, format or mount)"
+        )),
+    }
 }
 
 fn parse_phases(s: &str) -> Result<PhaseSet, String> {
@@ -264,19 +335,42 @@ fn prepare(
         Some(t) => t,
         None => flake_hostname(&args.flake, node)?,
     };
-    let target: Target = target
+    let mut target: Target = target
         .parse()
         .map_err(|e: nixpave_remote::TargetParseError| usage(e.to_string()))?;
+    if target.port.is_none() {
+        target.port = args.ssh_port;
+    }
+    for o in &args.ssh_option {
+        if !o.contains('=') {
+            return Err(usage(format!("--ssh-option {o}: expected KEY=VALUE")));
+        }
+    }
+    let after_kexec_target = (args.post_kexec_host.is_some() || args.post_kexec_ssh_port.is_some())
+        .then(|| Target {
+            user: Some("root".into()),
+            host: args
+                .post_kexec_host
+                .clone()
+                .unwrap_or_else(|| target.host.clone()),
+            port: args.post_kexec_ssh_port.or(target.port),
+        });
+    let nix_args = nix_args(args);
     let (toplevel, arch, drv) = match &args.system {
         Some(path) => (path.clone(), std::env::consts::ARCH.to_string(), None),
+        // Built once the hardware configuration is written beside the flake (after kexec).
+        None if !args.generate_hardware_config.is_empty() => (
+            DEFERRED_BUILD.to_string(),
+            std::env::consts::ARCH.to_string(),
+            None,
+        ),
         None => {
-            let built = nixpave_install::nix::build_toplevel(&args.flake, node)
-                .map_err(|e| failed(format!("{node}: building the system: {e}")))?;
-            let drv = (args.build_on == "target").then(|| built.drv.clone());
+            let built = build(args, node, &nix_args)?;
+            let remote = built.toplevel.is_empty();
             (
-                built.toplevel,
+                if remote { built.out } else { built.toplevel },
                 arch_of_system(&built.system).to_string(),
-                drv,
+                remote.then_some(built.drv),
             )
         }
     };
@@ -297,7 +391,7 @@ fn prepare(
         match nixpave_disk::load_layout(&source, &options) {
             Ok(layout) => {
                 let plan_options = PlanOptions::default();
-                let plan = nixpave_disk::plan(&layout, Mode::DestroyFormatMount, &plan_options)
+                let plan = nixpave_disk::plan(&layout, args.disko_mode, &plan_options)
                     .map_err(|e| usage(format!("{node}: {e}")))?;
                 let mount = nixpave_disk::plan(&layout, Mode::Mount, &plan_options).ok();
                 let keys = pairs(&args.disk_encryption_keys)
@@ -314,9 +408,9 @@ fn prepare(
                         .disks()
                         .into_iter()
                         .map(|d| DiskNeed {
+                            min_bytes: layout.disk.get(&d.name).map_or(0, min_disk_bytes),
                             name: d.name,
                             device: d.device,
-                            min_bytes: 0,
                         })
                         .collect(),
                     keys,
@@ -332,20 +426,39 @@ fn prepare(
     };
     let options = SshOptions {
         name: Some(node.to_string()),
+        sudo_password: args.ask_sudo_password.then(super::password_once),
+        extra_options: args.ssh_option.clone(),
         ..super::ssh_options(
             args.identity.as_deref(),
             args.known_hosts.as_deref(),
             args.accept_new_host_key,
         )
     };
-    let ssh = SshTransport::connect(&target, options).map_err(|e| Failure {
+    // Resuming after kexec: the old system's login user is gone, the installer takes root's keys.
+    let state = StateStore::new(
+        args.state_dir
+            .clone()
+            .unwrap_or_else(StateStore::default_dir),
+    );
+    let after_kexec = args.resume
+        && matches!(state.load(node), Ok(Some(st)) if st.is_done(nixpave_install::Phase::Kexec));
+    let login = match (after_kexec, &after_kexec_target) {
+        (true, Some(after)) => after.clone(),
+        (true, None) => nixpave_install::session::root_target(&target),
+        (false, _) => target.clone(),
+    };
+    let ssh = SshTransport::connect(&login, options.clone()).map_err(|e| Failure {
         code: super::connect_exit_code(&e),
         message: format!("{node}: {e}"),
     })?;
     Ok(Prepared {
         spec: NodeSpec {
             node: node.to_string(),
-            session: Box::new(RemoteSession::new(ssh)),
+            session: Box::new(RemoteSession::with_login_after_kexec(
+                ssh,
+                options,
+                after_kexec_target,
+            )),
             toplevel,
             arch,
             phases: args.phases.clone(),
@@ -358,9 +471,11 @@ fn prepare(
                 .into_iter()
                 .map(|(path, owner)| Chown { path, owner })
                 .collect(),
-            copy_host_keys: args.copy_host_keys,
-            substitute_on_destination: args.substitute_on_destination,
+            copy_host_keys: !args.no_copy_host_keys,
+            substitute_on_destination: !args.no_substitute_on_destination,
             build_on_target: drv,
+            force_kexec: args.force_kexec,
+            nix_args,
             timeouts: Timeouts {
                 kexec_up: Duration::from_secs(args.kexec_timeout),
                 verify_up: Duration::from_secs(args.reboot_timeout),
@@ -419,6 +534,7 @@ fn run_inner(args: InstallArgs) -> Result<u8, Failure> {
                 tarball: None,
                 fetch_url: Some(url),
                 remote_dir: "/root/nixpave-kexec".into(),
+                extra_flags: args.kexec_extra_flags.clone(),
             }),
             (KexecSource::File(_), true) => {
                 return Err(usage("--kexec-fetch-on-target needs a --kexec URL"))
@@ -431,6 +547,7 @@ fn run_inner(args: InstallArgs) -> Result<u8, Failure> {
                     tarball: Some(tarball),
                     fetch_url: None,
                     remote_dir: "/root/nixpave-kexec".into(),
+                    extra_flags: args.kexec_extra_flags.clone(),
                 })
             }
         },
@@ -457,8 +574,28 @@ fn run_inner(args: InstallArgs) -> Result<u8, Failure> {
         }
         interactive && ask_wipe(node, plan, &ask_lock)
     };
+    // askPassword devices: asked now, hidden and twice, before anything runs (one answer per name).
+    let mut secrets = std::collections::BTreeMap::new();
+    for spec in &specs {
+        for (name, confirm) in spec
+            .disk
+            .as_ref()
+            .map(|d| nixpave_install::disk::prompts(&d.plan))
+            .unwrap_or_default()
+        {
+            if secrets.contains_key(&name) {
+                continue;
+            }
+            use nixpave_disk::exec::SecretPrompt;
+            let secret = super::disk_apply::TtyPrompt
+                .secret(&name, confirm)
+                .map_err(|e| usage(format!("{}: {e}", spec.node)))?;
+            secrets.insert(name, secret);
+        }
+    }
     let engine = nixpave_install::disk::ExecEngine {
         root_mountpoint: "/mnt".into(),
+        secrets: nixpave_install::disk::Secrets::new(secrets),
     };
     let installer = Installer {
         state: StateStore::new(
@@ -474,14 +611,14 @@ fn run_inner(args: InstallArgs) -> Result<u8, Failure> {
         let mut worst = exit::OK;
         for spec in &specs {
             match nixpave_install::preflight_node(spec, &installer) {
-                Ok(facts) => {
+                Ok(observed) => {
                     eprintln!(
                         "{}: preflight passed ({} {}, {} MiB RAM, installer: {})",
                         spec.node,
-                        facts.os_id,
-                        facts.arch,
-                        facts.mem_total_kib / 1024,
-                        facts.is_installer()
+                        observed.facts.os.id,
+                        observed.facts.arch,
+                        observed.facts.memory_bytes >> 20,
+                        observed.is_installer()
                     );
                     if let Some(d) = &spec.disk {
                         eprint!("{}", render_plan(&spec.node, &d.plan));
@@ -496,7 +633,18 @@ fn run_inner(args: InstallArgs) -> Result<u8, Failure> {
         eprintln!("dry run: nothing was written");
         return Ok(worst);
     }
-    let results = nixpave_install::install_all(&specs, &installer);
+    let results = match hardware_config(&args)? {
+        Some((kind, path)) => {
+            let spec = specs
+                .pop()
+                .filter(|_| nodes.len() == 1)
+                .ok_or_else(|| usage("--generate-hardware-config installs one node at a time"))?;
+            vec![install_with_hardware_config(
+                &args, spec, &installer, kind, &path,
+            )?]
+        }
+        None => nixpave_install::install_all(&specs, &installer, args.max_parallel),
+    };
     let failures: Vec<&InstallError> = results.iter().filter_map(|r| r.as_ref().err()).collect();
     for e in &failures {
         if !matches!(e, InstallError::Refused { .. }) || args.json {
@@ -512,6 +660,136 @@ fn run_inner(args: InstallArgs) -> Result<u8, Failure> {
             .max()
             .unwrap_or(exit::FAILED),
     })
+}
+
+/// The extra `nix` arguments of `--option`, `-L` and `--show-trace` (pure).
+fn nix_args(args: &InstallArgs) -> Vec<String> {
+    let mut v = Vec::new();
+    for (name, value) in pairs(&args.option) {
+        v.extend(["--option".to_string(), name, value]);
+    }
+    if args.print_build_logs {
+        v.push("-L".into());
+    }
+    if args.show_trace {
+        v.push("--show-trace".into());
+    }
+    v
+}
+
+/// A node's system: built here (`toplevel` set), or, to be built on the target, only evaluated
+/// (`toplevel` empty, `out` its output path).
+struct Built {
+    toplevel: String,
+    out: String,
+    drv: String,
+    system: String,
+}
+
+/// Evaluates the node's toplevel, then builds it here unless `--build-on` says remote (or auto and
+/// this machine does not build for the node's system).
+fn build(args: &InstallArgs, node: &str, nix_args: &[String]) -> Result<Built, Failure> {
+    let eval = nixpave_install::nix::eval_toplevel(&args.flake, node, nix_args)
+        .map_err(|e| failed(format!("{node}: evaluating the system: {e}")))?;
+    let here = std::env::consts::ARCH == arch_of_system(&eval.system);
+    let remote = match args.build_on.as_str() {
+        "remote" | "target" => true,
+        "auto" => !here,
+        _ => false,
+    };
+    if remote {
+        return Ok(Built {
+            toplevel: String::new(),
+            out: eval.out,
+            drv: eval.drv,
+            system: eval.system,
+        });
+    }
+    let built = nixpave_install::nix::build_evaluated(&eval, nix_args)
+        .map_err(|e| failed(format!("{node}: building the system: {e}")))?;
+    Ok(Built {
+        out: built.toplevel.clone(),
+        toplevel: built.toplevel,
+        drv: built.drv,
+        system: built.system,
+    })
+}
+
+/// `--generate-hardware-config KIND PATH`, checked (pure).
+fn hardware_config(
+    args: &InstallArgs,
+) -> Result<Option<(nixpave_install::hwconfig::Kind, PathBuf)>, Failure> {
+    match args.generate_hardware_config.as_slice() {
+        [] => Ok(None),
+        [kind, path] => Ok(Some((
+            kind.parse()
+                .map_err(|e: String| usage(format!("--generate-hardware-config: {e}")))?,
+            PathBuf::from(path),
+        ))),
+        _ => Err(usage("--generate-hardware-config KIND PATH")),
+    }
+}
+
+/// Preflight for every phase, then kexec alone, then the hardware configuration written to `path`,
+/// then (for a flake) the system build, then the remaining phases as a resumed run.
+fn install_with_hardware_config(
+    args: &InstallArgs,
+    spec: NodeSpec,
+    installer: &Installer<'_>,
+    kind: nixpave_install::hwconfig::Kind,
+    path: &std::path::Path,
+) -> Result<Result<nixpave_install::Summary, InstallError>, Failure> {
+    if let Err(e) = nixpave_install::preflight_node(&spec, installer) {
+        return Ok(Err(e));
+    }
+    let rest = spec.phases.clone();
+    let mut first = spec;
+    first.phases = PhaseSet::from_phases([nixpave_install::Phase::Kexec]);
+    if let Err(e) = nixpave_install::install_node(&first, installer) {
+        return Ok(Err(e));
+    }
+    let node = first.node.clone();
+    let (text, source) = nixpave_install::hwconfig::generate(
+        first.session.transport(),
+        kind,
+        first.disk.as_ref().map(|d| &d.plan),
+    )
+    .map_err(|e| {
+        failed(format!(
+            "{node}: generating the hardware configuration: {e}"
+        ))
+    })?;
+    std::fs::write(path, &text)
+        .map_err(|e| failed(format!("{node}: writing {}: {e}", path.display())))?;
+    installer
+        .reporter
+        .report(&nixpave_install::Event::Progress {
+            node: node.clone(),
+            phase: nixpave_install::Phase::Kexec,
+            message: format!(
+                "hardware configuration written to {} ({})",
+                path.display(),
+                match source {
+                    nixpave_install::hwconfig::Source::Tool => "by the installer's own tool",
+                    nixpave_install::hwconfig::Source::Nixpave =>
+                        "by nixpave from the machine's facts",
+                }
+            ),
+        });
+    let mut second = first;
+    if second.toplevel == DEFERRED_BUILD {
+        let built = build(args, &node, &second.nix_args)?;
+        second.arch = arch_of_system(&built.system).to_string();
+        second.build_on_target = built.toplevel.is_empty().then(|| built.drv.clone());
+        second.toplevel = if built.toplevel.is_empty() {
+            built.out
+        } else {
+            built.toplevel
+        };
+    }
+    second.phases = rest;
+    second.resume = true;
+    Ok(nixpave_install::install_node(&second, installer))
 }
 
 /// Runs `nixpave install`.
@@ -596,5 +874,17 @@ mod tests {
         assert!(cli.args.resume && cli.args.copy_host_keys);
         assert!(Cli::try_parse_from(["install", "a", "--phases", "format"]).is_err());
         assert!(Cli::try_parse_from(["install", "a", "--build-on", "moon"]).is_err());
+        assert_eq!(cli.args.disko_mode, Mode::DestroyFormatMount);
+        for (given, mode) in [
+            ("mount", Mode::Mount),
+            ("format", Mode::FormatMount),
+            ("disko", Mode::DestroyFormatMount),
+        ] {
+            let c = Cli::try_parse_from(["install", "a", "--disko-mode", given])
+                .ok()
+                .unwrap();
+            assert_eq!(c.args.disko_mode, mode);
+        }
+        assert!(Cli::try_parse_from(["install", "a", "--disko-mode", "destroy"]).is_err());
     }
 }
