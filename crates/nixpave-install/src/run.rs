@@ -319,6 +319,10 @@ impl InstallError {
                 FailureKind::Refused
             }
             InstallError::Input { .. } | InstallError::Schedule(_) => FailureKind::Usage,
+            // A refused host key is a refusal for safety, not a broken operation.
+            InstallError::Phase { error, .. } if error.is_host_key_refusal() => {
+                FailureKind::Refused
+            }
             InstallError::State(_) | InstallError::Phase { .. } => FailureKind::Failed,
         }
     }
@@ -347,6 +351,8 @@ fn left_behind(phase: Phase, root: &std::path::Path) -> String {
 struct Ctx<'a, 'b> {
     spec: &'b NodeSpec,
     inst: &'b Installer<'a>,
+    /// The new system's own host keys, found by the install phase (kept in the state file).
+    new_host_keys: std::sync::Mutex<Vec<String>>,
 }
 
 impl Ctx<'_, '_> {
@@ -740,14 +746,10 @@ impl Ctx<'_, '_> {
         // recorded as the host's keys), else the installer's, which are the machine's original ones.
         let own_keys = steps::own_host_keys(t, root)?;
         if !own_keys.is_empty() {
-            let file = spec
-                .session
-                .record_host_keys(&own_keys)
-                .map_err(|e| PhaseError::from(e).context("recording the new system's host keys"))?;
             self.progress(
                 Phase::Install,
                 format!(
-                    "the new system brings its own host keys ({}); recorded in {file}",
+                    "the new system brings its own host keys ({}); they are recorded as the host's once the installer is gone",
                     own_keys
                         .iter()
                         .filter_map(|k| k.split_whitespace().next())
@@ -755,6 +757,7 @@ impl Ctx<'_, '_> {
                         .join(", ")
                 ),
             );
+            *self.new_host_keys.lock().unwrap_or_else(|p| p.into_inner()) = own_keys;
         } else if spec.copy_host_keys {
             steps::copy_host_keys(t, root)?;
             self.progress(
@@ -828,6 +831,24 @@ impl Ctx<'_, '_> {
         self.progress(
             Phase::Verify,
             format!("{current} is running (ssh back after {} s)", up.as_secs()),
+        );
+        Ok(())
+    }
+
+    /// Before verify: the host keys the new system brought are recorded as the host's (the
+    /// installer, which still had the machine's old keys, is gone by then).
+    fn record_new_host_keys(&self, phase: Phase, st: &NodeState) -> Result<(), PhaseError> {
+        if phase != Phase::Verify || st.new_host_keys.is_empty() {
+            return Ok(());
+        }
+        let file = self
+            .spec
+            .session
+            .record_host_keys(&st.new_host_keys)
+            .map_err(|e| PhaseError::from(e).context("recording the new system's host keys"))?;
+        self.progress(
+            Phase::Verify,
+            format!("the new system's host keys recorded in {file}"),
         );
         Ok(())
     }
@@ -920,7 +941,11 @@ impl Ctx<'_, '_> {
 pub fn install_node(spec: &NodeSpec, inst: &Installer<'_>) -> Result<Summary, InstallError> {
     let started = Instant::now();
     let node = spec.node.clone();
-    let ctx = Ctx { spec, inst };
+    let ctx = Ctx {
+        spec,
+        inst,
+        new_host_keys: Default::default(),
+    };
     let previous = inst.state.load(&node)?;
     let schedule = state::schedule(
         &spec.phases,
@@ -991,10 +1016,17 @@ pub fn install_node(spec: &NodeSpec, inst: &Installer<'_>) -> Result<Summary, In
         st.start(phase);
         inst.state.save(&st)?;
         let t = Instant::now();
-        let result = ctx.run_phase(phase);
+        let result = ctx
+            .record_new_host_keys(phase, &st)
+            .and_then(|()| ctx.run_phase(phase));
         let secs = t.elapsed().as_secs_f64();
         match result {
             Ok(()) => {
+                if phase == Phase::Install {
+                    st.new_host_keys = std::mem::take(
+                        &mut *ctx.new_host_keys.lock().unwrap_or_else(|p| p.into_inner()),
+                    );
+                }
                 st.finish(phase, secs);
                 inst.state.save(&st)?;
                 timings.push((phase, secs));
@@ -1115,6 +1147,10 @@ pub fn preflight_node(spec: &NodeSpec, inst: &Installer<'_>) -> Result<Observed,
         disk_engine: inst.disk_engine,
         confirm: &no_confirm,
     };
-    let ctx = Ctx { spec, inst: &dry };
+    let ctx = Ctx {
+        spec,
+        inst: &dry,
+        new_host_keys: Default::default(),
+    };
     ctx.preflight(&schedule).map(|(facts, _)| facts)
 }

@@ -102,11 +102,11 @@ impl RemoteSession {
     /// Wraps a connected transport.
     pub fn new(ssh: SshTransport) -> Self {
         RemoteSession {
+            known_hosts: ssh.known_hosts().map(Path::to_path_buf),
             ssh,
             root_login: None,
             root: OnceLock::new(),
             as_root: AtomicBool::new(false),
-            known_hosts: None,
         }
     }
 

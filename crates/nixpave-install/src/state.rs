@@ -53,6 +53,10 @@ pub struct NodeState {
     /// The disk plan that the disk phase applies (kept so that a resume shows what was done).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_plan: Option<serde_json::Value>,
+    /// The host keys the new system brought itself (public, `TYPE BASE64`), read from the installed
+    /// root; recorded as the host's keys once the installer is gone, before verify.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub new_host_keys: Vec<String>,
     /// One record per phase that has started, in execution order.
     pub phases: Vec<PhaseRecord>,
 }
@@ -66,6 +70,7 @@ impl NodeState {
             target: target.to_string(),
             toplevel: None,
             disk_plan: None,
+            new_host_keys: Vec::new(),
             phases: Vec::new(),
         }
     }

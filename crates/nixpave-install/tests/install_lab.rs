@@ -83,4 +83,5 @@ fn a_changed_host_key_fails_verify_at_once() {
         other => panic!("expected a verify failure, got {other}"),
     }
     assert!(took < Duration::from_secs(60), "took {took:?}: {err}");
+    assert_eq!(err.kind(), nixpave_install::FailureKind::Refused, "exit 3");
 }

@@ -689,8 +689,9 @@ fn uefi_layout() -> nixpave_disk::Layout {
 
 /// A UEFI machine (OVMF) booted from its Debian disk: kexec into the installer, an ESP + root layout, the test
 /// system with `bootloader`, reboot from the disk in UEFI mode; verify passes, and the firmware booted the
-/// boot entry the bootloader's installer wrote (`label`).
-fn uefi_install(bootloader: &str, label: &str) {
+/// boot entry the bootloader's installer wrote (`label`). With `own_host_key` the new system brings its own
+/// host key (in --extra-files): nixpave records it, and verify's strict check passes against it.
+fn uefi_install(bootloader: &str, label: &str, own_host_key: bool) {
     let vm = start_vm_with(&format!("inst-{bootloader}"), 2048, 0, true);
     assert!(
         vm.ssh_ok("test -d /sys/firmware/efi && echo uefi")
@@ -707,8 +708,26 @@ fn uefi_install(bootloader: &str, label: &str) {
         needs: needs(&["/dev/vda"]),
         keys: Vec::new(),
     };
-    let mut spec = node_spec(&vm, &run, "kexec,disk,install", Some(disk));
-    spec.extra_files = Some(extra_files(&vm, run.work.path()));
+    // Two runs: kexec and disks, the hardware configuration in the installer, then the rest.
+    let mut spec = node_spec(&vm, &run, "kexec,disk", Some(disk));
+    let extra = extra_files(&vm, run.work.path());
+    let own_public = own_host_key.then(|| {
+        // The new system brings its own host key: it is installed, recorded, and verify checks it strictly.
+        let key = extra.join("etc/ssh/ssh_host_ed25519_key");
+        let made = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "new-system", "-f"])
+            .arg(&key)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+        public
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ")
+    });
+    spec.extra_files = Some(extra.clone());
     let rec = Recorder::default();
     let engine = nixpave_install::disk::ExecEngine {
         root_mountpoint: "/mnt".into(),
@@ -751,15 +770,33 @@ fn uefi_install(bootloader: &str, label: &str) {
     assert_eq!(evaluated["boot"]["loader"]["systemd-boot"]["enable"], true);
     assert_eq!(evaluated["imports"][0], "/m/profiles/qemu-guest.nix");
 
-    // Reboot from the disk in UEFI mode, resumed as a new run.
+    // Install, reboot from the disk in UEFI mode, verify: resumed as a new run.
     let mut spec2 = node_spec(&vm, &run, "kexec,disk,install,reboot,verify", None);
     spec2.resume = true;
+    spec2.extra_files = Some(extra);
     drop(spec);
     if let Err(e) = install_node(&spec2, &inst) {
         eprintln!("console:\n{}", vm.console_tail(80));
         panic!("{e}");
     }
     let t = spec2.session.transport();
+    if let Some(public) = &own_public {
+        assert!(
+            rec.json().contains("brings its own host keys"),
+            "{}",
+            rec.json()
+        );
+        let known = std::fs::read_to_string(vm.known_hosts()).unwrap();
+        assert!(known.contains(public.as_str()), "{known}");
+        let served = t
+            .run(
+                &["cat".into(), "/etc/ssh/ssh_host_ed25519_key.pub".into()],
+                None,
+            )
+            .unwrap()
+            .stdout_str();
+        assert!(served.contains(public.as_str()), "{served}");
+    }
     let o = t
         .run(
             &[
@@ -792,13 +829,13 @@ fn uefi_install(bootloader: &str, label: &str) {
 #[test]
 #[ignore = "boots qemu VMs (minutes under TCG); run scripts/test-install.sh"]
 fn e2e_uefi_systemd_boot() {
-    uefi_install("systemd-boot", "Linux Boot Manager");
+    uefi_install("systemd-boot", "Linux Boot Manager", false);
 }
 
 #[test]
 #[ignore = "boots qemu VMs (minutes under TCG); run scripts/test-install.sh"]
 fn e2e_uefi_grub_efi() {
-    uefi_install("grub-efi", "nixpave");
+    uefi_install("grub-efi", "nixpave", true);
 }
 
 fn disk_sum(vm: &Vm) -> String {

@@ -102,6 +102,11 @@ impl SshTransport {
         &self.target
     }
 
+    /// The known_hosts file given in the options (`None`: ssh's defaults, `~/.ssh/known_hosts`).
+    pub fn known_hosts(&self) -> Option<&Path> {
+        self.options.known_hosts.as_deref()
+    }
+
     /// The control socket of the master connection.
     pub fn control_path(&self) -> &Path {
         &self.control_path

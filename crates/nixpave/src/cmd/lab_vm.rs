@@ -30,6 +30,9 @@ pub enum VmCommand {
         /// Seconds to wait for ssh before giving up.
         #[arg(long, default_value_t = 300)]
         boot_timeout: u64,
+        /// Boot with UEFI firmware (OVMF, Debian's `ovmf`) instead of SeaBIOS.
+        #[arg(long)]
+        uefi: bool,
         /// Print the VM's inventory entry as JSON on stdout.
         #[arg(long)]
         json: bool,
@@ -83,6 +86,7 @@ pub fn run(command: VmCommand) -> miette::Result<ExitCode> {
             memory,
             cpus,
             boot_timeout,
+            uefi,
             json,
         } => {
             let sizes = vm::parse_size(&disk_size).and_then(|d| Ok((d, vm::parse_size(&memory)?)));
@@ -94,6 +98,7 @@ pub fn run(command: VmCommand) -> miette::Result<ExitCode> {
                 .disks(disks)
                 .disk_size(disk_size)
                 .memory_mib(memory >> 20)
+                .uefi(uefi)
                 .boot_timeout(Duration::from_secs(boot_timeout));
             spec.cpus = cpus;
             let started = std::time::Instant::now();
