@@ -74,18 +74,7 @@ fn sudo_session(vm: &Vm, asked: std::sync::Arc<std::sync::atomic::AtomicUsize>) 
 /// Root at 127.0.0.1 until kexec, then at `localhost` (`--post-kexec-host`): a name known_hosts has no
 /// entry for, so the login after kexec works only because the machine's keys were recorded for it.
 fn post_kexec_session(vm: &Vm) -> RemoteSession {
-    let target = Target {
-        user: Some("root".into()),
-        host: "127.0.0.1".into(),
-        port: Some(vm.ssh_port()),
-    };
-    let options = SshOptions {
-        identity_file: Some(vm.key()),
-        known_hosts: Some(vm.known_hosts()),
-        host_key_policy: HostKeyPolicy::Strict,
-        privilege: Privilege::None,
-        ..SshOptions::default()
-    };
+    let (target, options) = root_login(vm);
     let ssh = SshTransport::connect(&target, options.clone()).expect("ssh to the VM");
     let after = Target {
         host: "localhost".into(),
@@ -94,7 +83,8 @@ fn post_kexec_session(vm: &Vm) -> RemoteSession {
     RemoteSession::with_login_after_kexec(ssh, options, Some(after))
 }
 
-fn session(vm: &Vm) -> RemoteSession {
+/// Root at the VM's forwarded port with the VM's key, host keys checked strictly.
+fn root_login(vm: &Vm) -> (Target, SshOptions) {
     let target = Target {
         user: Some("root".into()),
         host: "127.0.0.1".into(),
@@ -107,6 +97,11 @@ fn session(vm: &Vm) -> RemoteSession {
         privilege: Privilege::None,
         ..SshOptions::default()
     };
+    (target, options)
+}
+
+fn session(vm: &Vm) -> RemoteSession {
+    let (target, options) = root_login(vm);
     RemoteSession::new(SshTransport::connect(&target, options).expect("ssh to the VM"))
 }
 
