@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use nixpave_nix::copy::CopyTo;
 use nixpave_nix::invoke::NixOptions;
 use nixpave_remote::{OutputStream, Transport, TransportError};
 
@@ -372,7 +373,7 @@ fn push(
     paths: &[String],
 ) -> Result<(), StepError> {
     run.phase(Phase::Push);
-    let Some(mut to) = conn.copy_to() else {
+    let Some(mut to) = CopyTo::over(conn) else {
         return Ok(());
     };
     let host = run.host;

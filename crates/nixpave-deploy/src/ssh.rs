@@ -7,10 +7,9 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use nixpave_nix::copy::CopyTo;
 use nixpave_remote::{
-    CommandOutput, InventoryHost, PasswordPrompt, Privilege, SshOptions, SshTransport, Target,
-    Transport, TransportError,
+    InventoryHost, PasswordPrompt, Privilege, SshConnection, SshOptions, SshTransport, Target,
+    TransportError,
 };
 
 use crate::connection::{Connection, Connector};
@@ -91,42 +90,14 @@ pub fn privilege_of(sudo: &str) -> Privilege {
     }
 }
 
-struct SshConnection {
-    transport: SshTransport,
-    address: String,
-    handshakes: Arc<AtomicUsize>,
-}
-
-impl Connection for SshConnection {
-    fn transport(&self) -> &dyn Transport {
-        &self.transport
-    }
-    fn run_fresh_login(&self, argv: &[String]) -> Result<CommandOutput, TransportError> {
-        self.handshakes.fetch_add(1, Ordering::Relaxed);
-        self.transport.run_fresh_login(argv)
-    }
-    fn copy_to(&self) -> Option<CopyTo> {
-        Some(CopyTo {
-            store_uri: self.transport.ssh_store_uri(),
-            ssh_opts: self.transport.nix_sshopts(),
-            substitute_on_destination: false,
-        })
-    }
-    fn address(&self) -> &str {
-        &self.address
-    }
-}
-
 impl Connector for SshConnector {
     fn connect(&self, host: &Host) -> Result<Box<dyn Connection>, TransportError> {
         let (target, opts) = self.target_for(host);
         self.handshakes.fetch_add(1, Ordering::Relaxed);
         let transport = SshTransport::connect(&target, opts)?;
-        Ok(Box::new(SshConnection {
-            address: transport.resolved_host(),
-            transport,
-            handshakes: Arc::clone(&self.handshakes),
-        }))
+        Ok(Box::new(
+            SshConnection::new(transport).counting_logins(Arc::clone(&self.handshakes)),
+        ))
     }
     fn handshakes(&self) -> usize {
         self.handshakes.load(Ordering::Relaxed)

@@ -163,8 +163,11 @@ impl Connection for NoNewLoginsConn {
             message: "connection refused".into(),
         })
     }
-    fn copy_to(&self) -> Option<nixpave_nix::copy::CopyTo> {
+    fn store_uri(&self) -> Option<String> {
         None
+    }
+    fn nix_sshopts(&self) -> String {
+        String::new()
     }
     fn address(&self) -> &str {
         "127.0.0.1"

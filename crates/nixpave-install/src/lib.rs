@@ -4,7 +4,7 @@
 //! - [`preflight::check`] (pure): nixpave-remote's facts + requirements → refusals with numbers.
 //! - [`state`]: the per-node state file and [`state::schedule`] (pure) that decides what a
 //!   `--resume` runs.
-//! - [`run::install_node`] / [`run::install_all`]: the orchestration over a [`session::Session`],
+//! - [`run::install_node`] / [`run::install_all`]: the orchestration over a [`nixpave_remote::Connection`],
 //!   reporting [`events::Event`]s.
 //! - [`steps`], [`kexec`]: the commands of each phase.
 
@@ -16,7 +16,6 @@ pub mod nix;
 pub mod phase;
 pub mod preflight;
 pub mod run;
-pub mod session;
 pub mod state;
 pub mod steps;
 
@@ -26,4 +25,3 @@ pub use run::{
     install_all, install_node, preflight_node, FailureKind, InstallError, Installer, NodeSpec,
     PhaseError, Summary, Timeouts,
 };
-pub use session::{LocalSession, RemoteSession, Session};

@@ -10,9 +10,9 @@ use crate::events::{Event, Reporter};
 use crate::kexec::{self, TarballInfo};
 use crate::phase::{Phase, PhaseSet};
 use crate::preflight::{self, DiskNeed, Observed, RamPolicy, Refusal, Requirements};
-use crate::session::Session;
 use crate::state::{self, NodeState, ScheduleError, StateError, StateStore};
 use crate::steps::{self, Chown, CopySpec, EncryptionKey};
+use nixpave_remote::Connection;
 
 /// Downloads `$1` to `$2` on the target with curl or wget (`--kexec-fetch-on-target`).
 const FETCH_SCRIPT: &str = "set -e; mkdir -p \"$(dirname \"$2\")\"; \
@@ -82,7 +82,7 @@ pub struct NodeSpec {
     /// Node name.
     pub node: String,
     /// How to reach it.
-    pub session: Box<dyn Session>,
+    pub session: Box<dyn Connection>,
     /// The system closure (built locally).
     pub toplevel: String,
     /// `uname -m` the closure is built for.

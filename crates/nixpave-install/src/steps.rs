@@ -159,7 +159,7 @@ pub fn is_mounted(t: &dyn Transport, root: &Path) -> Result<bool, StepError> {
 /// How the closure gets into the target's /mnt store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CopySpec {
-    /// The store URL (from [`crate::session::Session::store_url`]).
+    /// The store URL (from [`nixpave_remote::Connection::store_url`]).
     pub store_url: String,
     /// Environment for nix (`NIX_SSHOPTS`).
     pub env: Vec<(String, String)>,

@@ -10,8 +10,9 @@ use common::Recorder;
 use nixpave_install::phase::{Phase, PhaseSet};
 use nixpave_install::run::{Installer, NodeSpec, Timeouts};
 use nixpave_install::state::StateStore;
-use nixpave_install::{install_node, InstallError, PhaseError, RemoteSession};
+use nixpave_install::{install_node, InstallError, PhaseError};
 use nixpave_lab::testing::Lab;
+use nixpave_remote::SshConnection;
 use nixpave_remote::SshTransport;
 
 #[test]
@@ -41,7 +42,7 @@ fn a_changed_host_key_fails_verify_at_once() {
 
     let spec = NodeSpec {
         node: "lab1".into(),
-        session: Box::new(RemoteSession::new(ssh)),
+        session: Box::new(SshConnection::new(ssh)),
         toplevel: "/nix/store/00000000000000000000000000000000-nixpave-test-system".into(),
         arch: std::env::consts::ARCH.into(),
         phases: PhaseSet::parse("verify").unwrap(),

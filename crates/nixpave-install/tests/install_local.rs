@@ -13,7 +13,8 @@ use nixpave_install::phase::{Phase, PhaseSet};
 use nixpave_install::run::{DiskSpec, Installer, NodeSpec, Timeouts};
 use nixpave_install::state::{PhaseStatus, StateStore};
 use nixpave_install::steps::{self, Chown, EncryptionKey};
-use nixpave_install::{install_node, InstallError, LocalSession};
+use nixpave_install::{install_node, InstallError};
+use nixpave_remote::LocalConnection;
 
 /// A system whose switch-to-configuration records how it was called (inside the chroot).
 const SYSTEM: &str = r#"
@@ -82,7 +83,7 @@ impl Fixture {
     fn spec(&self, phases: &str, resume: bool) -> NodeSpec {
         NodeSpec {
             node: "local1".into(),
-            session: Box::new(LocalSession::new()),
+            session: Box::new(LocalConnection::new()),
             toplevel: self.toplevel.clone(),
             arch: std::env::consts::ARCH.into(),
             phases: PhaseSet::parse(phases).unwrap(),

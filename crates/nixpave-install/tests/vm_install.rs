@@ -16,8 +16,9 @@ use nixpave_install::preflight::{DiskNeed, Refusal};
 use nixpave_install::run::{DiskSpec, Installer, KexecSpec, NodeSpec, Timeouts};
 use nixpave_install::state::StateStore;
 use nixpave_install::steps::EncryptionKey;
-use nixpave_install::{install_node, InstallError, RemoteSession};
+use nixpave_install::{install_node, InstallError};
 use nixpave_lab::vm::{Vm, VmSpec};
+use nixpave_remote::SshConnection;
 use nixpave_remote::{HostKeyPolicy, Privilege, SshOptions, SshTransport, Target};
 
 fn start_vm(name: &str, memory_mib: u64, disks: u32) -> Vm {
@@ -50,7 +51,7 @@ fn add_sudo_user_and_lock_root(vm: &Vm) {
 }
 
 /// A session logging in as alice with sudo and a password (counted each time it is asked for).
-fn sudo_session(vm: &Vm, asked: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> RemoteSession {
+fn sudo_session(vm: &Vm, asked: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> SshConnection {
     let target = Target {
         user: Some("alice".into()),
         host: "127.0.0.1".into(),
@@ -68,19 +69,19 @@ fn sudo_session(vm: &Vm, asked: std::sync::Arc<std::sync::atomic::AtomicUsize>) 
         ..SshOptions::default()
     };
     let ssh = SshTransport::connect(&target, options.clone()).expect("ssh to the VM as alice");
-    RemoteSession::with_root_after_kexec(ssh, options)
+    SshConnection::with_root_after_kexec(ssh, options)
 }
 
 /// Root at 127.0.0.1 until kexec, then at `localhost` (`--post-kexec-host`): a name known_hosts has no
 /// entry for, so the login after kexec works only because the machine's keys were recorded for it.
-fn post_kexec_session(vm: &Vm) -> RemoteSession {
+fn post_kexec_session(vm: &Vm) -> SshConnection {
     let (target, options) = root_login(vm);
     let ssh = SshTransport::connect(&target, options.clone()).expect("ssh to the VM");
     let after = Target {
         host: "localhost".into(),
         ..target
     };
-    RemoteSession::with_login_after_kexec(ssh, options, Some(after))
+    SshConnection::with_login_after_kexec(ssh, options, Some(after))
 }
 
 /// Root at the VM's forwarded port with the VM's key, host keys checked strictly.
@@ -100,9 +101,9 @@ fn root_login(vm: &Vm) -> (Target, SshOptions) {
     (target, options)
 }
 
-fn session(vm: &Vm) -> RemoteSession {
+fn session(vm: &Vm) -> SshConnection {
     let (target, options) = root_login(vm);
-    RemoteSession::new(SshTransport::connect(&target, options).expect("ssh to the VM"))
+    SshConnection::new(SshTransport::connect(&target, options).expect("ssh to the VM"))
 }
 
 /// Builds the test system from what the guest itself runs (kernel, stage 1, sshd, the bootloaders) with a

@@ -19,6 +19,18 @@ pub struct CopyTo {
     pub substitute_on_destination: bool,
 }
 
+impl CopyTo {
+    /// Where `nix copy` pushes to `conn`'s host, through its master connection; `None` when the
+    /// host shares this machine's store.
+    pub fn over(conn: &dyn nixpave_remote::Connection) -> Option<CopyTo> {
+        Some(CopyTo {
+            store_uri: conn.store_uri()?,
+            ssh_opts: conn.nix_sshopts(),
+            substitute_on_destination: false,
+        })
+    }
+}
+
 /// Copies `.drv` files and their closures (not their outputs) so the destination can build them.
 pub fn copy_derivations(to: &CopyTo, drvs: &[String], opts: &NixOptions) -> Result<(), NixError> {
     let mut extended = opts.clone();

@@ -6,6 +6,8 @@
 //! - [`LocalTransport`]: this machine.
 //! - [`SshTransport`]: the system OpenSSH client with one ControlMaster connection per host
 //!   (also used by `nix copy` through [`SshTransport::nix_sshopts`]).
+//! - [`Connection`]: one open connection as deploy and install use it ([`SshConnection`],
+//!   [`LocalConnection`]): a transport, fresh logins, where `nix copy` pushes, host keys.
 //! - [`Facts`]: what a host is (OS, disks, kexec, nix), gathered in one round trip.
 //! - [`parallel`]: run something on many hosts at once; [`cancel`]: Ctrl-C handling.
 //! - [`Target`] and [`Inventory`]: where hosts are and how to log in.
@@ -29,6 +31,7 @@
 #![warn(missing_docs)]
 
 pub mod cancel;
+mod connection;
 mod facts;
 mod inventory;
 mod local;
@@ -39,6 +42,9 @@ mod target;
 mod target_env;
 mod transport;
 
+pub use connection::{
+    known_hosts_pattern, root_target, with_remote_store, Connection, LocalConnection, SshConnection,
+};
 pub use facts::{
     gather_facts, parse_facts, BlockDevice, Facts, FactsError, KexecFacts, OsInfo, PROBED_TOOLS,
     SHARED_KERNEL_EXIT, SHARED_KERNEL_GUARD,

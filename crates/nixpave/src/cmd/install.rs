@@ -17,7 +17,8 @@ use nixpave_install::preflight::{arch_of_system, min_disk_bytes, DiskNeed};
 use nixpave_install::run::{DiskSpec, KexecSpec, NodeSpec, Timeouts};
 use nixpave_install::state::StateStore;
 use nixpave_install::steps::{Chown, EncryptionKey};
-use nixpave_install::{FailureKind, InstallError, Installer, RemoteSession, Reporter};
+use nixpave_install::{FailureKind, InstallError, Installer, Reporter};
+use nixpave_remote::SshConnection;
 use nixpave_remote::{SshOptions, SshTransport, Target};
 
 use crate::exit;
@@ -444,7 +445,7 @@ fn prepare(
         && matches!(state.load(node), Ok(Some(st)) if st.is_done(nixpave_install::Phase::Kexec));
     let login = match (after_kexec, &after_kexec_target) {
         (true, Some(after)) => after.clone(),
-        (true, None) => nixpave_install::session::root_target(&target),
+        (true, None) => nixpave_remote::root_target(&target),
         (false, _) => target.clone(),
     };
     let ssh = SshTransport::connect(&login, options.clone()).map_err(|e| Failure {
@@ -454,7 +455,7 @@ fn prepare(
     Ok(Prepared {
         spec: NodeSpec {
             node: node.to_string(),
-            session: Box::new(RemoteSession::with_login_after_kexec(
+            session: Box::new(SshConnection::with_login_after_kexec(
                 ssh,
                 options,
                 after_kexec_target,

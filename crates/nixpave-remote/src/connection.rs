@@ -1,42 +1,82 @@
-//! How the installer reaches its target: a [`Transport`] plus what an install needs beyond
-//! running commands (a nix store URL for `nix copy`, liveness probes across kexec and reboot).
+//! An open connection to one host as deploy and install need it: a [`Transport`] plus what they
+//! need beyond running commands (a brand-new login as a liveness proof, where `nix copy` pushes,
+//! the host's address, host keys across kexec and reboot).
 //!
-//! [`RemoteSession`] wraps `nixpave_remote::SshTransport`; `nix copy` shares its master
-//! connection through `NIX_SSHOPTS`, and host-key checking stays on (the installer keeps the
-//! host keys across kexec).
+//! [`SshConnection`] wraps [`SshTransport`]; `nix copy` shares its master connection through
+//! `NIX_SSHOPTS`, and host-key checking stays on. [`LocalConnection`] is this machine, without ssh
+//! (`deploy --local`, installing onto local disks, tests of whole pipelines).
 
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use nixpave_remote::{
-    LocalTransport, Privilege, SshOptions, SshTransport, Target, Transport, TransportError,
+use crate::{
+    CommandOutput, LocalTransport, Privilege, SshOptions, SshTransport, Target, Transport,
+    TransportError,
 };
 
-/// A target as the install phases need it.
-pub trait Session: Send + Sync {
-    /// Runs commands and moves files on the target.
+/// An open connection to one host.
+pub trait Connection: Send + Sync {
+    /// Commands, uploads and reads (over the host's master connection).
     fn transport(&self) -> &dyn Transport;
-    /// The nix store URL of the store rooted at `root` on the target (for `nix copy --to`).
-    fn store_url(&self, root: &Path) -> String;
-    /// Environment for local `nix` commands that talk to the target (e.g. `NIX_SSHOPTS`).
-    fn nix_env(&self) -> Vec<(String, String)>;
-    /// One fresh login attempt, bounded by `timeout`; the typed error says why it failed (a
-    /// changed or unknown host key is a refusal, [`TransportError::is_refusal`], not a reason to wait).
-    fn probe(&self, timeout: Duration) -> Result<(), TransportError>;
-    /// Forgets cached connections (after kexec and reboot the old ones are dead).
-    fn reset(&self);
+    /// Runs `argv` over a brand-new login that does not reuse the master connection.
+    fn run_fresh_login(&self, argv: &[String]) -> Result<CommandOutput, TransportError>;
+    /// The nix store URI `nix copy --to` pushes to (the legacy `ssh://` store, which needs no
+    /// signatures); `None` when the host shares this machine's store.
+    fn store_uri(&self) -> Option<String>;
+    /// The value of `NIX_SSHOPTS` under which `nix copy` to [`store_uri`](Self::store_uri) reuses
+    /// the master connection (empty without ssh).
+    fn nix_sshopts(&self) -> String;
+    /// Address for deployer-side health checks.
+    fn address(&self) -> &str;
+
+    /// The store URL of the store rooted at `root` on the host (for `nix copy --to`).
+    fn store_url(&self, root: &Path) -> String {
+        match self.store_uri() {
+            Some(uri) => with_remote_store(&uri, root),
+            None if root == Path::new("/") => "auto".into(),
+            None => root.display().to_string(),
+        }
+    }
+    /// Environment for local `nix` commands that talk to the host (`NIX_SSHOPTS`).
+    fn nix_env(&self) -> Vec<(String, String)> {
+        match self.store_uri() {
+            Some(_) => vec![("NIX_SSHOPTS".into(), self.nix_sshopts())],
+            None => Vec::new(),
+        }
+    }
+    /// One fresh login attempt; the typed error says why it failed (a changed or unknown host
+    /// key is a refusal, [`TransportError::is_refusal`], not a reason to wait). The caller bounds
+    /// the wait; `_timeout` is the budget of this one attempt.
+    fn probe(&self, _timeout: Duration) -> Result<(), TransportError> {
+        let out = self.run_fresh_login(&["true".to_string()])?;
+        if out.success() {
+            Ok(())
+        } else {
+            Err(TransportError::Command {
+                host: self.transport().host().to_string(),
+                command: "true".into(),
+                status: out.status,
+                stderr: out.stderr_tail(3),
+            })
+        }
+    }
+    /// Forgets cached connections (after kexec and reboot the old ones are dead; the ssh
+    /// transport restarts its master by itself, so nothing to do by default).
+    fn reset(&self) {}
     /// From now on, log in as root: called once kexec has replaced the old system, because the
     /// installer only restores root's authorized keys (the old system's login user is gone).
     fn use_root_login(&self) {}
     /// Records `keys` (`TYPE BASE64` lines) as the host's keys in the known_hosts file ssh checks,
     /// replacing the old entries; returns that file. For a new system that brings its own host keys.
-    fn record_host_keys(&self, keys: &[String]) -> Result<String, TransportError>;
-    /// Before kexec: when the installer will be reached under another name or port
-    /// (`--post-kexec-host`, `--post-kexec-ssh-port`), records the machine's host keys (read over the
-    /// authenticated connection to the old system; the installer keeps them) for that name, so the
-    /// login after kexec stays strictly checked. Returns the name it recorded them for, if any.
+    fn record_host_keys(&self, _keys: &[String]) -> Result<String, TransportError> {
+        Ok("(none: local target)".into())
+    }
+    /// Before kexec: when the installer will be reached under another name or port, records the
+    /// machine's host keys (read over the authenticated connection to the old system; the
+    /// installer keeps them) for that name, so the login after kexec stays strictly checked.
+    /// Returns the name it recorded them for, if any.
     fn prepare_post_kexec_login(
         &self,
         _host_keys: &[String],
@@ -45,72 +85,80 @@ pub trait Session: Send + Sync {
     }
 }
 
-/// The local machine as a target (tests, and installing onto disks attached to this machine).
+/// This machine as the host, without ssh.
 #[derive(Debug, Default, Clone)]
-pub struct LocalSession {
+pub struct LocalConnection {
     transport: LocalTransport,
 }
 
-impl LocalSession {
-    /// A session on this machine.
+impl LocalConnection {
+    /// A connection to this machine.
     pub fn new() -> Self {
-        LocalSession::default()
+        LocalConnection::default()
     }
 }
 
-impl Session for LocalSession {
+impl Connection for LocalConnection {
     fn transport(&self) -> &dyn Transport {
         &self.transport
     }
-    fn store_url(&self, root: &Path) -> String {
-        if root == Path::new("/") {
-            "auto".into()
-        } else {
-            root.display().to_string()
-        }
+    fn run_fresh_login(&self, argv: &[String]) -> Result<CommandOutput, TransportError> {
+        self.transport.run(argv, None)
     }
-    fn nix_env(&self) -> Vec<(String, String)> {
-        Vec::new()
+    fn store_uri(&self) -> Option<String> {
+        None
     }
-    fn probe(&self, _timeout: Duration) -> Result<(), TransportError> {
-        Ok(())
+    fn nix_sshopts(&self) -> String {
+        String::new()
     }
-    fn reset(&self) {}
-    fn record_host_keys(&self, _keys: &[String]) -> Result<String, TransportError> {
-        Ok("(none: local target)".into())
+    fn address(&self) -> &str {
+        "127.0.0.1"
     }
 }
 
-/// A remote target over [`SshTransport`] (one ControlMaster connection, restarted by the
-/// transport after kexec and reboot; strict host keys: the installer keeps them).
+/// A host over [`SshTransport`] (one ControlMaster connection, restarted by the transport after
+/// kexec and reboot; strict host keys).
 ///
-/// A non-root login (`user@host`, sudo with or without a password) is used until kexec; from then
-/// on the session logs in as root with the same key, host-key file and options, as the installer
-/// only restores root's authorized keys (root's and the sudo user's keys, merged).
+/// For install, a non-root login (`user@host`, sudo with or without a password) is used until
+/// kexec; from then on the connection logs in as root with the same key, host-key file and
+/// options, as the installer only restores root's authorized keys (root's and the sudo user's
+/// keys, merged).
 #[derive(Debug)]
-pub struct RemoteSession {
+pub struct SshConnection {
     ssh: SshTransport,
     /// Where and how to log in as root after kexec (`None` when the login user is root already).
     root_login: Option<(Target, SshOptions)>,
     root: OnceLock<SshTransport>,
     as_root: AtomicBool,
     /// The known_hosts file ssh checks (`None`: `~/.ssh/known_hosts`).
-    known_hosts: Option<std::path::PathBuf>,
+    known_hosts: Option<PathBuf>,
+    /// The address ssh resolves the host to (asked once, when first needed).
+    address: OnceLock<String>,
+    /// Counts fresh logins (deploy reports its ssh handshakes).
+    logins: Option<Arc<AtomicUsize>>,
 }
 
-impl RemoteSession {
+impl SshConnection {
     /// Wraps a connected transport.
     pub fn new(ssh: SshTransport) -> Self {
-        RemoteSession {
+        SshConnection {
             known_hosts: ssh.known_hosts().map(Path::to_path_buf),
             ssh,
             root_login: None,
             root: OnceLock::new(),
             as_root: AtomicBool::new(false),
+            address: OnceLock::new(),
+            logins: None,
         }
     }
 
-    /// Wraps a connected transport whose login user may not be root: after kexec the session
+    /// Adds one to `counter` for every fresh login.
+    pub fn counting_logins(mut self, counter: Arc<AtomicUsize>) -> Self {
+        self.logins = Some(counter);
+        self
+    }
+
+    /// Wraps a connected transport whose login user may not be root: after kexec the connection
     /// logs in as root to the same host with `options` (escalation off, no sudo prompt).
     pub fn with_root_after_kexec(ssh: SshTransport, options: SshOptions) -> Self {
         Self::with_login_after_kexec(ssh, options, None)
@@ -137,15 +185,15 @@ impl RemoteSession {
             )
         });
         let known_hosts = options.known_hosts.clone();
-        RemoteSession {
+        SshConnection {
             root_login,
             known_hosts,
-            ..RemoteSession::new(ssh)
+            ..SshConnection::new(ssh)
         }
     }
 
-    /// The transport commands go through now (the root login once [`Session::use_root_login`]
-    /// was called and it connected).
+    /// The transport commands go through now (the root login once
+    /// [`Connection::use_root_login`] was called and it connected).
     pub fn ssh(&self) -> &SshTransport {
         if self.as_root.load(Ordering::SeqCst) {
             if let Some(root) = self.root.get() {
@@ -154,37 +202,40 @@ impl RemoteSession {
         }
         &self.ssh
     }
-}
 
-/// The same host and port as `target`, as root (pure).
-pub fn root_target(target: &Target) -> Target {
-    Target {
-        user: Some("root".into()),
-        ..target.clone()
+    fn known_hosts_file(&self) -> PathBuf {
+        match &self.known_hosts {
+            Some(f) => f.clone(),
+            None => std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| "/root".into())
+                .join(".ssh/known_hosts"),
+        }
     }
 }
 
-/// Adds `remote-store=ROOT` to a nix store URI that may already carry query parameters (pure).
-pub fn with_remote_store(uri: &str, root: &Path) -> String {
-    if root == Path::new("/") {
-        return uri.to_string();
-    }
-    let sep = if uri.contains('?') { '&' } else { '?' };
-    format!("{uri}{sep}remote-store={}", root.display())
-}
-
-impl Session for RemoteSession {
+impl Connection for SshConnection {
     fn transport(&self) -> &dyn Transport {
         self.ssh()
     }
 
-    fn store_url(&self, root: &Path) -> String {
-        // The legacy ssh:// store (nix-store --serve) needs no signatures and accepts a chroot store.
-        with_remote_store(&self.ssh().ssh_store_uri(), root)
+    fn run_fresh_login(&self, argv: &[String]) -> Result<CommandOutput, TransportError> {
+        if let Some(logins) = &self.logins {
+            logins.fetch_add(1, Ordering::Relaxed);
+        }
+        self.ssh().run_fresh_login(argv)
     }
 
-    fn nix_env(&self) -> Vec<(String, String)> {
-        self.ssh().nix_env()
+    fn store_uri(&self) -> Option<String> {
+        Some(self.ssh().ssh_store_uri())
+    }
+
+    fn nix_sshopts(&self) -> String {
+        self.ssh().nix_sshopts()
+    }
+
+    fn address(&self) -> &str {
+        self.address.get_or_init(|| self.ssh().resolved_host())
     }
 
     fn probe(&self, _timeout: Duration) -> Result<(), TransportError> {
@@ -211,8 +262,6 @@ impl Session for RemoteSession {
             })
         }
     }
-
-    fn reset(&self) {}
 
     fn use_root_login(&self) {
         self.as_root.store(true, Ordering::SeqCst);
@@ -242,24 +291,25 @@ impl Session for RemoteSession {
     }
 }
 
-impl RemoteSession {
-    fn known_hosts_file(&self) -> std::path::PathBuf {
-        match &self.known_hosts {
-            Some(f) => f.clone(),
-            None => std::env::var_os("HOME")
-                .map(std::path::PathBuf::from)
-                .unwrap_or_else(|| "/root".into())
-                .join(".ssh/known_hosts"),
-        }
+/// The same host and port as `target`, as root (pure).
+pub fn root_target(target: &Target) -> Target {
+    Target {
+        user: Some("root".into()),
+        ..target.clone()
     }
 }
 
+/// Adds `remote-store=ROOT` to a nix store URI that may already carry query parameters (pure).
+pub fn with_remote_store(uri: &str, root: &Path) -> String {
+    if root == Path::new("/") {
+        return uri.to_string();
+    }
+    let sep = if uri.contains('?') { '&' } else { '?' };
+    format!("{uri}{sep}remote-store={}", root.display())
+}
+
 /// Replaces the entries of `pattern` in the known_hosts `file` with `keys` (`TYPE BASE64`).
-fn record_keys(
-    file: &std::path::Path,
-    pattern: &str,
-    keys: &[String],
-) -> Result<(), TransportError> {
+fn record_keys(file: &Path, pattern: &str, keys: &[String]) -> Result<(), TransportError> {
     // Old entries go first (hashed ones too), then the new keys.
     let _ = std::process::Command::new("ssh-keygen")
         .args(["-R", pattern, "-f"])
@@ -341,7 +391,7 @@ mod tests {
     }
 
     #[test]
-    fn remote_store_parameter_is_appended() {
+    fn store_urls() {
         assert_eq!(
             with_remote_store("ssh://root@h", Path::new("/mnt")),
             "ssh://root@h?remote-store=/mnt"
@@ -354,5 +404,9 @@ mod tests {
             "ssh://u@h?remote-program=sudo%20-n%20nix-store&remote-store=/mnt"
         );
         assert_eq!(with_remote_store("ssh://h", Path::new("/")), "ssh://h");
+        let local = LocalConnection::new();
+        assert_eq!(local.store_url(Path::new("/")), "auto");
+        assert_eq!(local.store_url(Path::new("/mnt")), "/mnt");
+        assert!(local.nix_env().is_empty());
     }
 }
