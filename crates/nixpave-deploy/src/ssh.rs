@@ -21,6 +21,7 @@ pub struct SshConnector {
     known: BTreeMap<String, InventoryHost>,
     handshakes: Arc<AtomicUsize>,
     sudo_prompt: Option<PasswordPrompt>,
+    privilege: Option<Privilege>,
 }
 
 impl SshConnector {
@@ -34,6 +35,7 @@ impl SshConnector {
                 .collect(),
             handshakes: Arc::new(AtomicUsize::new(0)),
             sudo_prompt: None,
+            privilege: None,
         }
     }
 
@@ -43,12 +45,19 @@ impl SshConnector {
         self
     }
 
+    /// How every host's login becomes root, whatever its `sudo` setting says (`--become`).
+    pub fn with_privilege(mut self, privilege: Privilege) -> SshConnector {
+        self.privilege = Some(privilege);
+        self
+    }
+
     /// The ssh target and options for `host`.
     ///
     /// deploy-rs passes `sshOpts` to ssh verbatim and so does nixpave: they stand before nixpave's own options
     /// (ssh keeps the first value it sees), so `-F`, `-J`, `-p`, `-i`, `-o …` and every other option mean what
     /// they mean on the command line. A `hostname` that names a host of a nixpave inventory (a lab's) takes
-    /// that host's address, port, key and known_hosts, under the user's options.
+    /// that host's address, port, key and known_hosts; a key or known_hosts file given in the base options
+    /// (the command line) beats the inventory's.
     pub fn target_for(&self, host: &Host) -> (Target, SshOptions) {
         let mut opts = self.base.clone();
         opts.name = Some(host.name.clone());
@@ -57,10 +66,10 @@ impl SshConnector {
         if let Some(known) = known {
             target.host = known.host.clone();
             target.port = known.port;
-            if known.identity_file.is_some() {
+            if opts.identity_file.is_none() {
                 opts.identity_file = known.identity_file.clone();
             }
-            if known.known_hosts.is_some() {
+            if opts.known_hosts.is_none() {
                 opts.known_hosts = known.known_hosts.clone();
             }
         }
@@ -69,7 +78,9 @@ impl SshConnector {
                 .login_user(known.and_then(|k| k.user.as_deref())),
         );
         opts.user_args = host.settings.ssh_opts.clone();
-        opts.privilege = privilege_of(&host.settings.sudo);
+        opts.privilege = self
+            .privilege
+            .unwrap_or_else(|| privilege_of(&host.settings.sudo));
         if host.settings.interactive_sudo {
             opts.sudo_password = self.sudo_prompt.clone().or(opts.sudo_password);
         }

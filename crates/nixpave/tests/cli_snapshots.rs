@@ -31,6 +31,8 @@ fn help_of_the_fleet_commands() {
         &["rollback", "--help"],
         &["exec", "--help"],
         &["facts", "--help"],
+        &["install", "--help"],
+        &["disk", "apply", "--help"],
         &["lab", "up", "--help"],
         &["completions", "--help"],
     ] {

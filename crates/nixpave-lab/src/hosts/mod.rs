@@ -27,12 +27,15 @@ pub use up::up;
 /// Name of the lab used when none is given (`nixpave exec lab -- …`).
 pub const DEFAULT_LAB_NAME: &str = "lab";
 
-/// Directory holding the labs: `NIXPAVE_LAB_DIR`, else `/var/lib/nixpave/lab`.
+/// The directory holding the labs when `NIXPAVE_LAB_DIR` is not set (the CLI's `--lab-dir` default too).
+pub const DEFAULT_LAB_DIR: &str = "/var/lib/nixpave/lab";
+
+/// Directory holding the labs: `NIXPAVE_LAB_DIR`, else [`DEFAULT_LAB_DIR`].
 pub fn default_lab_dir() -> PathBuf {
     std::env::var_os("NIXPAVE_LAB_DIR")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/lib/nixpave/lab"))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_LAB_DIR))
 }
 
 /// Directories every lab host replaces with a private one.

@@ -14,7 +14,7 @@ pub fn state_root() -> PathBuf {
         .iter()
         .find_map(|var| std::env::var_os(var).filter(|v| !v.is_empty()))
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/lib/nixpave/lab"))
+        .unwrap_or_else(|| PathBuf::from(crate::hosts::DEFAULT_LAB_DIR))
 }
 
 /// The file that marks a directory under [`state_root`] as a VM's (and records how it was started).

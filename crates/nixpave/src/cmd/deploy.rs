@@ -19,6 +19,7 @@ use nixpave_nix::flake::FlakeTarget;
 use nixpave_nix::invoke::NixOptions;
 use nixpave_remote::{InventoryHost, SshOptions};
 
+use super::connect::{password_once, AskPassword, ConnectArgs};
 use crate::exit;
 
 /// Where the fleet and its connection details come from (shared by deploy, status and rollback).
@@ -41,12 +42,6 @@ pub struct FleetArgs {
     /// Take connection details from lab LAB (`nixpave lab up`): node hostnames are lab host names.
     #[arg(long, value_name = "LAB")]
     pub lab: Option<String>,
-    /// Private key for ssh.
-    #[arg(long, value_name = "FILE")]
-    pub identity: Option<PathBuf>,
-    /// ssh_config file for every ssh (`-F`); a `-F` in `sshOpts` wins over it.
-    #[arg(short = 'F', long, value_name = "FILE")]
-    pub ssh_config: Option<PathBuf>,
     /// Log in as USER on every host (deploy-rs `--ssh-user`; beats `sshUser`).
     #[arg(long, value_name = "USER")]
     pub ssh_user: Option<String>,
@@ -63,21 +58,14 @@ pub struct FleetArgs {
     /// Ask for the sudo password (deploy-rs `interactiveSudo`); asked once, fed to sudo on stdin.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub interactive_sudo: Option<bool>,
-    /// Same as `--interactive-sudo true`.
-    #[arg(long)]
-    pub ask_sudo_password: bool,
-    /// Record unknown host keys on first contact (changed keys are still refused).
-    #[arg(long)]
-    pub accept_new_host_key: bool,
-    /// ssh connect timeout in seconds.
-    #[arg(long, default_value_t = 10)]
-    pub connect_timeout: u64,
     /// Directory of the status records on the targets.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<String>,
     /// Machine-readable output: JSON events (one per line) and a final JSON report.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
 }
 
 /// Arguments of `nixpave deploy`.
@@ -245,9 +233,7 @@ fn load_fleet(
         }
     }
     if let Some(lab) = &args.lab {
-        let path = nixpave_lab::hosts::default_lab_dir()
-            .join(lab)
-            .join("inventory.json");
+        let path = args.connect.lab_dir.join(lab).join("inventory.json");
         let inv = nixpave_remote::Inventory::load(&path).map_err(|e| {
             (
                 exit::USAGE,
@@ -295,7 +281,7 @@ fn load_fleet(
     overrides.sudo = args.sudo.clone();
     overrides.interactive_sudo = args
         .interactive_sudo
-        .or(args.ask_sudo_password.then_some(true));
+        .or(args.connect.ask_sudo_password.then_some(true));
     if let Some(opts) = &args.ssh_opts {
         overrides.ssh_opts = shlex::split(opts).ok_or_else(|| {
             (
@@ -310,14 +296,18 @@ fn load_fleet(
             host.hostname = hostname.clone();
         }
     }
+    // The password goes only to hosts with `interactiveSudo` (the flag turned it on above).
     let base = SshOptions {
-        connect_timeout: Duration::from_secs(args.connect_timeout.max(1)),
-        ssh_config: args.ssh_config.clone(),
-        ..super::ssh_options(args.identity.as_deref(), None, args.accept_new_host_key)
+        sudo_password: None,
+        ..args.connect.ssh_options(AskPassword::Once)
     };
+    let mut connector = SshConnector::new(base, known).with_sudo_prompt(password_once());
+    if let Some(tool) = args.connect.become_tool {
+        connector = connector.with_privilege(tool.into());
+    }
     Ok(Fleet {
         inventory,
-        connector: SshConnector::new(base, known).with_sudo_prompt(super::password_once()),
+        connector,
     })
 }
 

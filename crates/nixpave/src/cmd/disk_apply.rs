@@ -4,6 +4,7 @@
 //! wiped and asks, then runs the plan step by step. Only parsing and rendering live here; the
 //! work is `nixpave_disk::exec`.
 
+use super::connect::{AskPassword, ConnectArgs};
 use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -58,18 +59,11 @@ pub struct ApplyArgs {
     /// Apply on this host over SSH (USER@HOST[:PORT]) instead of this machine.
     #[arg(long, value_name = "USER@HOST")]
     target: Option<String>,
-    /// SSH private key for --target.
-    #[arg(long, short = 'i', value_name = "FILE", requires = "target")]
-    identity: Option<PathBuf>,
-    /// known_hosts file for --target.
-    #[arg(long, value_name = "FILE", requires = "target")]
-    known_hosts: Option<PathBuf>,
-    /// Record an unknown host key on first contact (a changed key is still refused).
-    #[arg(long, requires = "target")]
-    accept_new_host_key: bool,
     /// Seconds to wait for the kernel to show a new partition table.
     #[arg(long, default_value_t = 10)]
     rescan_timeout: u64,
+    #[command(flatten)]
+    connect: ConnectArgs,
 }
 
 /// An error with the exit code it maps to.
@@ -198,13 +192,9 @@ fn connect(args: &ApplyArgs) -> Result<Box<dyn Transport>, Failure> {
         return Ok(Box::new(LocalTransport));
     };
     let target: Target = target.parse().map_err(Failure::usage)?;
-    let options = super::ssh_options(
-        args.identity.as_deref(),
-        args.known_hosts.as_deref(),
-        args.accept_new_host_key,
-    );
+    let options = args.connect.ssh_options(AskPassword::PerHost);
     let ssh = SshTransport::connect(&target, options).map_err(|e| Failure {
-        code: super::connect_exit_code(&e),
+        code: super::connect::connect_exit_code(&e),
         message: e.to_string(),
     })?;
     Ok(Box::new(ssh))

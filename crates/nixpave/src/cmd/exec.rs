@@ -1,59 +1,33 @@
 //! `nixpave exec`: one command on many hosts in parallel, output prefixed per host, a summary.
 //!
-//! Also home of [`ConnectArgs`], the connection options shared by every command that reaches
-//! hosts over ssh (`facts`, `exec`, …), and of resolving target words into connections.
+//! Also home of [`HostArgs`]: resolving target words into hosts (`facts`, `exec`).
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nixpave_remote::{
-    cancel, parallel, parallel::Slot, Inventory, OutputStream, PasswordPrompt, Privilege,
-    ResolvedHost, SshOptions, TargetResolver, Transport, TransportError,
+    cancel, parallel, parallel::Slot, Inventory, OutputStream, ResolvedHost, SshOptions,
+    TargetResolver, Transport, TransportError,
 };
+
+use super::connect::{AskPassword, ConnectArgs};
 
 use crate::exit;
 
-/// How to reach hosts: shared by every command that connects over ssh.
+/// Which hosts: target words resolved against an inventory and the labs, and how to reach them
+/// (shared by `exec` and `facts`).
 #[derive(Debug, Clone, clap::Args)]
-pub struct ConnectArgs {
+pub struct HostArgs {
     /// Inventory JSON file; its host names (and `all`) become valid targets.
     #[arg(long, value_name = "FILE")]
     pub inventory: Option<PathBuf>,
-    /// Directory of `nixpave lab` labs; a lab's name (`lab`) or `LAB:HOST` are valid targets.
-    #[arg(
-        long,
-        value_name = "DIR",
-        env = "NIXPAVE_LAB_DIR",
-        default_value = "/var/lib/nixpave/lab"
-    )]
-    pub lab_dir: PathBuf,
-    /// Private key to log in with.
-    #[arg(short = 'i', long, value_name = "FILE")]
-    pub identity: Option<PathBuf>,
-    /// known_hosts file to check host keys against (instead of ~/.ssh/known_hosts).
-    #[arg(long, value_name = "FILE")]
-    pub known_hosts: Option<PathBuf>,
-    /// Record the key of a host seen for the first time (a changed key is still refused).
-    #[arg(long)]
-    pub accept_new_host_key: bool,
-    /// ssh_config file to use instead of ~/.ssh/config.
-    #[arg(short = 'F', long, value_name = "FILE")]
-    pub ssh_config: Option<PathBuf>,
-    /// Seconds to wait for a host to answer.
-    #[arg(long, value_name = "SECS", default_value_t = 10)]
-    pub connect_timeout: u64,
-    /// How a non-root login user becomes root.
-    #[arg(long = "become", value_name = "TOOL", default_value = "sudo", value_parser = ["sudo", "doas", "run0", "none"])]
-    pub become_tool: String,
-    /// Ask for each host's sudo password once (read from the terminal, fed to sudo on stdin).
-    #[arg(long)]
-    pub ask_sudo_password: bool,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
 }
 
-impl ConnectArgs {
+impl HostArgs {
     /// Turns target words into hosts (inventory names, labs, `user@host:port`).
     pub fn resolve(&self, words: &[String]) -> Result<Vec<ResolvedHost>, String> {
         let inventory = match &self.inventory {
@@ -62,42 +36,16 @@ impl ConnectArgs {
         };
         TargetResolver {
             inventory,
-            lab_dir: Some(self.lab_dir.clone()),
+            lab_dir: Some(self.connect.lab_dir.clone()),
         }
         .resolve(words)
         .map_err(|e| e.to_string())
     }
 
-    /// ssh options from the flags (per-host inventory settings are added by
-    /// [`ResolvedHost::ssh_options`]).
+    /// ssh options from the flags; a sudo password is asked per host.
     pub fn ssh_options(&self) -> SshOptions {
-        SshOptions {
-            ssh_config: self.ssh_config.clone(),
-            connect_timeout: Duration::from_secs(self.connect_timeout.max(1)),
-            privilege: match self.become_tool.as_str() {
-                "doas" => Privilege::Doas,
-                "run0" => Privilege::Run0,
-                "none" => Privilege::None,
-                _ => Privilege::Sudo,
-            },
-            sudo_password: self.ask_sudo_password.then(terminal_password_prompt),
-            ..super::ssh_options(
-                self.identity.as_deref(),
-                self.known_hosts.as_deref(),
-                self.accept_new_host_key,
-            )
-        }
+        self.connect.ssh_options(AskPassword::PerHost)
     }
-}
-
-/// Asks on the terminal, one host at a time, with echo off (rpassword turns it back on however
-/// the read ends).
-fn terminal_password_prompt() -> PasswordPrompt {
-    let lock = Arc::new(Mutex::new(()));
-    Arc::new(move |host: &str| {
-        let _one_at_a_time = lock.lock().unwrap_or_else(|p| p.into_inner());
-        rpassword::prompt_password(format!("sudo password for {host}: ")).ok()
-    })
 }
 
 /// Arguments of `nixpave exec`.
@@ -120,7 +68,7 @@ pub struct ExecArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
-    pub connect: ConnectArgs,
+    pub hosts: HostArgs,
 }
 
 /// How one host's run ended.
@@ -135,7 +83,7 @@ enum HostResult {
 
 /// Runs `nixpave exec`.
 pub fn run(args: ExecArgs) -> miette::Result<ExitCode> {
-    let hosts = match args.connect.resolve(&args.targets) {
+    let hosts = match args.hosts.resolve(&args.targets) {
         Ok(hosts) => hosts,
         Err(e) => return Ok(usage_error(&e)),
     };
@@ -143,7 +91,7 @@ pub fn run(args: ExecArgs) -> miette::Result<ExitCode> {
         tracing::warn!("cannot install the Ctrl-C handler: {e}");
     }
     let argv = command_argv(&args.command);
-    let mut base = args.connect.ssh_options();
+    let mut base = args.hosts.ssh_options();
     base.command_timeout = args.timeout.map(Duration::from_secs);
     let width = hosts.iter().map(|h| h.name.len()).max().unwrap_or(0);
     let results = parallel::run(
@@ -349,7 +297,7 @@ mod tests {
         assert_eq!(args.command, ["uname", "-a"]);
         assert_eq!(args.parallel, 3);
         assert_eq!(
-            args.connect.known_hosts.as_deref(),
+            args.hosts.connect.known_hosts.as_deref(),
             Some(std::path::Path::new("/k"))
         );
     }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use nixpave_remote::parallel::{self, Slot};
 use nixpave_remote::{cancel, gather_facts, BlockDevice, Facts, SshTransport};
 
-use super::exec::{usage_error, ConnectArgs};
+use super::exec::{usage_error, HostArgs};
 use crate::exit;
 
 /// Arguments of `nixpave facts`.
@@ -22,19 +22,19 @@ pub struct FactsArgs {
     #[arg(long, short = 'p', default_value_t = 16)]
     pub parallel: usize,
     #[command(flatten)]
-    pub connect: ConnectArgs,
+    pub hosts: HostArgs,
 }
 
 /// Runs `nixpave facts`.
 pub fn run(args: FactsArgs) -> miette::Result<ExitCode> {
-    let hosts = match args.connect.resolve(&args.targets) {
+    let hosts = match args.hosts.resolve(&args.targets) {
         Ok(hosts) => hosts,
         Err(e) => return Ok(usage_error(&e)),
     };
     if let Err(e) = cancel::install_signal_handlers() {
         tracing::warn!("cannot install the Ctrl-C handler: {e}");
     }
-    let base = args.connect.ssh_options();
+    let base = args.hosts.ssh_options();
     let results = parallel::run(
         &hosts,
         args.parallel,

@@ -3,6 +3,7 @@
 //! Only argument parsing, input gathering (build, layout, tarball) and rendering live here; the
 //! work is `nixpave_install`.
 
+use super::connect::{AskPassword, ConnectArgs};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -78,11 +79,6 @@ pub struct InstallArgs {
     /// flake or --extra-files, or verify refuses the new key: checking stays strict).
     #[arg(long)]
     no_copy_host_keys: bool,
-    /// Log in as USER (--target USER@HOST) and become root with sudo, asking for its password once
-    /// (hidden, fed to sudo on stdin). After kexec nixpave logs in as root: the installer only
-    /// restores root's keys (root's and the sudo user's authorized keys, merged).
-    #[arg(long)]
-    ask_sudo_password: bool,
     /// Build the system here (`local`), on the target (`remote`, also spelled `target`: only the
     /// derivations are copied), or `auto`: here when this machine builds for the node's system, else remote.
     #[arg(long, default_value = "local", value_parser = ["auto", "local", "remote", "target"])]
@@ -132,15 +128,6 @@ pub struct InstallArgs {
     /// Print events as JSON lines on stdout.
     #[arg(long)]
     json: bool,
-    /// SSH private key.
-    #[arg(long, short = 'i', value_name = "FILE")]
-    identity: Option<PathBuf>,
-    /// known_hosts file.
-    #[arg(long, value_name = "FILE")]
-    known_hosts: Option<PathBuf>,
-    /// An ssh option (`KEY=VALUE`, as `ssh -o`) for every connection; repeatable.
-    #[arg(long, value_name = "KEY=VALUE")]
-    ssh_option: Vec<String>,
     /// The ssh port when --target does not name one.
     #[arg(long, short = 'p', value_name = "PORT")]
     ssh_port: Option<u16>,
@@ -151,9 +138,6 @@ pub struct InstallArgs {
     /// The installer's ssh port after kexec, when it differs.
     #[arg(long, value_name = "PORT")]
     post_kexec_ssh_port: Option<u16>,
-    /// Record an unknown host key on first contact (a changed key is still refused).
-    #[arg(long)]
-    accept_new_host_key: bool,
     /// Where per-node state files live (default: $NIXPAVE_STATE_DIR or ~/.local/state/nixpave/install).
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
@@ -163,6 +147,8 @@ pub struct InstallArgs {
     /// Seconds to wait for the installed system's ssh after the reboot.
     #[arg(long, default_value_t = 600)]
     reboot_timeout: u64,
+    #[command(flatten)]
+    connect: ConnectArgs,
 }
 
 /// `--disko-mode` (pure): nixos-anywhere's names and nixpave's.
@@ -342,11 +328,6 @@ fn prepare(
     if target.port.is_none() {
         target.port = args.ssh_port;
     }
-    for o in &args.ssh_option {
-        if !o.contains('=') {
-            return Err(usage(format!("--ssh-option {o}: expected KEY=VALUE")));
-        }
-    }
     let after_kexec_target = (args.post_kexec_host.is_some() || args.post_kexec_ssh_port.is_some())
         .then(|| Target {
             user: Some("root".into()),
@@ -427,13 +408,7 @@ fn prepare(
     };
     let options = SshOptions {
         name: Some(node.to_string()),
-        sudo_password: args.ask_sudo_password.then(super::password_once),
-        extra_options: args.ssh_option.clone(),
-        ..super::ssh_options(
-            args.identity.as_deref(),
-            args.known_hosts.as_deref(),
-            args.accept_new_host_key,
-        )
+        ..args.connect.ssh_options(AskPassword::Once)
     };
     // Resuming after kexec: the old system's login user is gone, the installer takes root's keys.
     let state = StateStore::new(
@@ -449,7 +424,7 @@ fn prepare(
         (false, _) => target.clone(),
     };
     let ssh = SshTransport::connect(&login, options.clone()).map_err(|e| Failure {
-        code: super::connect_exit_code(&e),
+        code: super::connect::connect_exit_code(&e),
         message: format!("{node}: {e}"),
     })?;
     Ok(Prepared {

@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+pub mod connect;
 pub mod deploy;
 pub mod disk;
 pub mod disk_apply;
@@ -42,52 +43,6 @@ pub enum Command {
         /// Directory for the pages (created if missing).
         dir: std::path::PathBuf,
     },
-}
-
-/// SSH options from a command's `-i`, `--known-hosts` and `--accept-new-host-key` flags.
-pub(crate) fn ssh_options(
-    identity: Option<&std::path::Path>,
-    known_hosts: Option<&std::path::Path>,
-    accept_new_host_key: bool,
-) -> nixpave_remote::SshOptions {
-    nixpave_remote::SshOptions {
-        identity_file: identity.map(Into::into),
-        known_hosts: known_hosts.map(Into::into),
-        host_key_policy: if accept_new_host_key {
-            nixpave_remote::HostKeyPolicy::AcceptNew
-        } else {
-            nixpave_remote::HostKeyPolicy::Strict
-        },
-        ..nixpave_remote::SshOptions::default()
-    }
-}
-
-/// A sudo password prompt that asks on the terminal (hidden) the first time a host needs it and gives the
-/// same answer to every other host of the run, as deploy-rs's `interactiveSudo` does. Without a terminal it
-/// answers nothing, and such hosts fail to connect with a message that says so.
-pub(crate) fn password_once() -> nixpave_remote::PasswordPrompt {
-    let answer: std::sync::Arc<std::sync::Mutex<Option<Option<String>>>> = Default::default();
-    std::sync::Arc::new(move |host: &str| {
-        let mut answer = answer.lock().unwrap_or_else(|p| p.into_inner());
-        if answer.is_none() {
-            *answer = Some(
-                rpassword::prompt_password(format!(
-                    "sudo password (asked once, used for {host} and every other host): "
-                ))
-                .ok(),
-            );
-        }
-        answer.clone().flatten()
-    })
-}
-
-/// The exit code of a failed connection: a host-key refusal is a safety refusal.
-pub(crate) fn connect_exit_code(error: &nixpave_remote::TransportError) -> u8 {
-    if error.is_refusal() {
-        crate::exit::REFUSED
-    } else {
-        crate::exit::FAILED
-    }
 }
 
 /// Runs one subcommand.
