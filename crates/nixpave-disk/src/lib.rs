@@ -24,7 +24,7 @@ pub mod plan;
 pub mod planner;
 pub mod render;
 
-pub use load::{load_layout, LayoutSource, LoadError, LoadOptions};
+pub use load::{load_layout, parse_disk_override, LayoutSource, LoadError, LoadOptions};
 pub use model::{DiskInfo, Layout, LayoutError};
 pub use nixos::nixos_config;
 pub use plan::{Guard, Mode, Operation, Plan, StdinSource};

@@ -35,6 +35,17 @@ impl LayoutSource {
     }
 }
 
+/// Parses one `--disk NAME=DEVICE` override (the device an absolute path); usable as a clap
+/// `value_parser`.
+pub fn parse_disk_override(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, device)) if !name.is_empty() && device.starts_with('/') => {
+            Ok((name.to_string(), device.to_string()))
+        }
+        _ => Err(format!("`{text}`: expected NAME=/dev/DEVICE")),
+    }
+}
+
 /// Options of [`load_layout`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LoadOptions {

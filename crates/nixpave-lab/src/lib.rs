@@ -6,5 +6,6 @@
 #![warn(missing_docs)]
 
 pub mod hosts;
+pub mod size;
 pub mod testing;
 pub mod vm;

@@ -20,7 +20,6 @@ pub use error::LabError;
 pub use files::{inventory, ssh_config};
 pub use nixos::{Flavour, HIDDEN_DIR, NIX_PROFILE_BIN, SESSION_PATH, SW_BIN};
 pub use state::{HostState, LabState, LoopDisk};
-pub use sys::parse_size;
 pub use teardown::down;
 pub use up::up;
 

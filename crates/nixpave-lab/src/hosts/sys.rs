@@ -163,49 +163,9 @@ pub(crate) fn terminate(pids: &[i32], grace: Duration) {
     }
 }
 
-/// Parses sizes like `2G`, `512M`, `1048576` (binary units).
-pub fn parse_size(text: &str) -> Result<u64, LabError> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| LabError::Spec(format!("bad size `{text}` (use e.g. 512M or 2G)")))?;
-    let shift = match unit
-        .trim_end_matches(['B', 'b', 'i'])
-        .to_ascii_uppercase()
-        .as_str()
-    {
-        "" => 0,
-        "K" => 10,
-        "M" => 20,
-        "G" => 30,
-        "T" => 40,
-        _ => {
-            return Err(LabError::Spec(format!(
-                "bad size unit in `{text}` (use K, M, G or T)"
-            )))
-        }
-    };
-    number
-        .checked_mul(1u64 << shift)
-        .ok_or_else(|| LabError::Spec(format!("size `{text}` is too large")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("2G").ok(), Some(2 << 30));
-        assert_eq!(parse_size("512MiB").ok(), Some(512 << 20));
-        assert_eq!(parse_size("4096").ok(), Some(4096));
-        assert!(parse_size("2X").is_err());
-        assert!(parse_size("G").is_err());
-    }
 
     #[test]
     fn missing_tools_name_their_debian_package() {

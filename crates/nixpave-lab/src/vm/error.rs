@@ -48,9 +48,6 @@ pub enum VmError {
     /// A VM name was not usable.
     #[error("invalid VM name {0:?}: use letters, digits, '-' and '_' (at most 40)")]
     BadName(String),
-    /// A size argument could not be parsed.
-    #[error("invalid size {0:?}: use a number with an optional K, M, G or T suffix (e.g. 4G)")]
-    BadSize(String),
     /// A VM with this name already runs.
     #[error("VM {name} already exists (state in {}); run `nixpave lab vm down {name}` first", dir.display())]
     Exists {

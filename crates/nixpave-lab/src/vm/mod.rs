@@ -21,11 +21,9 @@ mod keys;
 mod machine;
 mod qemu;
 mod registry;
-mod size;
 
 pub use error::VmError;
 pub use images::{cache_dir, Images};
 pub use machine::{SshOutput, Vm, VmSpec};
 pub use qemu::{Accel, QemuLayout};
 pub use registry::{list, state_root, VmStatus};
-pub use size::parse_size;

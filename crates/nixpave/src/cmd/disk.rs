@@ -36,8 +36,8 @@ pub struct LayoutArgs {
     #[arg(long = "argstr", num_args = 2, value_names = ["NAME", "VALUE"], action = clap::ArgAction::Append)]
     pub argstr: Vec<String>,
     /// Use DEVICE for the layout's disk NAME (repeatable), e.g. `--disk main=/dev/vdb`.
-    #[arg(long = "disk", value_name = "NAME=DEVICE", action = clap::ArgAction::Append)]
-    pub disk: Vec<String>,
+    #[arg(long = "disk", value_name = "NAME=DEVICE", value_parser = nixpave_disk::parse_disk_override)]
+    pub disk: Vec<(String, String)>,
 }
 
 /// Arguments of `nixpave disk plan`.
@@ -112,20 +112,11 @@ pub fn load_options(args: &LayoutArgs) -> Result<(LayoutSource, LoadOptions), St
             });
         }
     }
-    let mut disk_overrides = Vec::new();
-    for d in &args.disk {
-        match d.split_once('=') {
-            Some((n, dev)) if !n.is_empty() && dev.starts_with('/') => {
-                disk_overrides.push((n.to_string(), dev.to_string()))
-            }
-            _ => return Err(format!("--disk `{d}`: expected NAME=/dev/DEVICE")),
-        }
-    }
     Ok((
         source,
         LoadOptions {
             args: nix_args,
-            disk_overrides,
+            disk_overrides: args.disk.clone(),
         },
     ))
 }

@@ -42,8 +42,8 @@ pub struct ApplyArgs {
     #[arg(long, num_args = 2, value_names = ["NAME", "VALUE"], action = clap::ArgAction::Append)]
     argstr: Vec<String>,
     /// Use DEVICE for the layout's disk NAME.
-    #[arg(long, value_name = "NAME=DEVICE")]
-    disk: Vec<String>,
+    #[arg(long, value_name = "NAME=DEVICE", value_parser = nixpave_disk::parse_disk_override)]
+    disk: Vec<(String, String)>,
     /// Where the layout's filesystems are mounted.
     #[arg(long, default_value = "/mnt")]
     root_mountpoint: String,
@@ -242,14 +242,7 @@ fn make_plan(args: &ApplyArgs, transport: &dyn Transport) -> Result<Planned, Fai
             });
         }
     }
-    for spec in &args.disk {
-        let (name, device) = spec
-            .split_once('=')
-            .filter(|(n, d)| !n.is_empty() && d.starts_with('/'))
-            .ok_or_else(|| Failure::usage(format!("--disk {spec}: expected NAME=/dev/DEVICE")))?;
-        load.disk_overrides
-            .push((name.to_string(), device.to_string()));
-    }
+    load.disk_overrides.clone_from(&args.disk);
     let layout = nixpave_disk::load_layout(&source, &load).map_err(Failure::usage)?;
     // Known disk sizes let the planner refuse partitions that cannot fit.
     let facts = exec::probe(transport)?;

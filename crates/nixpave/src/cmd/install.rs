@@ -51,8 +51,8 @@ pub struct InstallArgs {
     #[arg(long, default_value = "kexec,disk,install,reboot,verify", value_parser = parse_phases)]
     phases: PhaseSet,
     /// Use DEVICE for the layout's disk NAME.
-    #[arg(long, value_name = "NAME=DEVICE")]
-    disk: Vec<String>,
+    #[arg(long, value_name = "NAME=DEVICE", value_parser = nixpave_disk::parse_disk_override)]
+    disk: Vec<(String, String)>,
     /// What the disk phase does: `destroy,format,mount` (the default; wipes the layout's disks, after
     /// confirmation), `format` (creates what does not exist yet, keeps what does, then mounts) or `mount`
     /// (only mounts: reinstall keeping every filesystem and its data). `disko` means the default.
@@ -193,19 +193,6 @@ fn pairs(values: &[String]) -> Vec<(String, String)> {
         .chunks(2)
         .filter(|c| c.len() == 2)
         .map(|c| (c[0].clone(), c[1].clone()))
-        .collect()
-}
-
-/// `NAME=DEVICE` list (pure).
-fn disk_overrides(values: &[String]) -> Result<Vec<(String, String)>, Failure> {
-    values
-        .iter()
-        .map(|v| match v.split_once('=') {
-            Some((n, d)) if !n.is_empty() && d.starts_with('/') => {
-                Ok((n.to_string(), d.to_string()))
-            }
-            _ => Err(usage(format!("--disk {v}: expected NAME=/dev/DEVICE"))),
-        })
         .collect()
 }
 
@@ -368,7 +355,7 @@ fn prepare(
         };
         let options = LoadOptions {
             args: Vec::new(),
-            disk_overrides: disk_overrides(&args.disk)?,
+            disk_overrides: args.disk.clone(),
         };
         match nixpave_disk::load_layout(&source, &options) {
             Ok(layout) => {
@@ -797,12 +784,13 @@ mod tests {
 
     #[test]
     fn disk_overrides_and_pairs() {
+        let parse = nixpave_disk::parse_disk_override;
         assert_eq!(
-            disk_overrides(&["main=/dev/vdb".into()]).ok().unwrap(),
-            vec![("main".to_string(), "/dev/vdb".to_string())]
+            parse("main=/dev/vdb"),
+            Ok(("main".to_string(), "/dev/vdb".to_string()))
         );
-        assert!(disk_overrides(&["main".into()]).is_err());
-        assert!(disk_overrides(&["main=vdb".into()]).is_err());
+        assert!(parse("main").is_err());
+        assert!(parse("main=vdb").is_err());
         assert_eq!(
             pairs(&["/a".into(), "1:2".into(), "/b".into(), "3:4".into()]),
             vec![("/a".into(), "1:2".into()), ("/b".into(), "3:4".into())]

@@ -38,8 +38,8 @@ pub enum LabCommand {
         #[arg(long, default_value_t = 0)]
         disks: usize,
         /// Size of each disk (e.g. 512M, 2G; sparse).
-        #[arg(long, default_value = "1G")]
-        disk_size: String,
+        #[arg(long, default_value = "1G", value_parser = nixpave_lab::size::parse_size)]
+        disk_size: u64,
         /// Also create this non-root user (password-less sudo, the lab key) on every host.
         #[arg(long = "user", value_name = "NAME")]
         users: Vec<String>,
@@ -101,7 +101,7 @@ pub fn run(command: LabCommand) -> miette::Result<ExitCode> {
                 name: lab.name,
                 hosts,
                 disks,
-                disk_size: hosts::parse_size(&disk_size)?,
+                disk_size,
                 dir: lab.dir,
                 users: users
                     .into_iter()

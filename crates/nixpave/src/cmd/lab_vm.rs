@@ -19,11 +19,11 @@ pub enum VmCommand {
         #[arg(long, default_value_t = 2)]
         disks: u32,
         /// Size of each data disk (sparse).
-        #[arg(long, default_value = "4G")]
-        disk_size: String,
+        #[arg(long, default_value = "4G", value_parser = nixpave_lab::size::parse_size)]
+        disk_size: u64,
         /// Guest memory.
-        #[arg(long, default_value = "2G")]
-        memory: String,
+        #[arg(long, default_value = "2G", value_parser = nixpave_lab::size::parse_size)]
+        memory: u64,
         /// Virtual CPUs.
         #[arg(long, default_value_t = 1)]
         cpus: u32,
@@ -89,11 +89,6 @@ pub fn run(command: VmCommand) -> miette::Result<ExitCode> {
             uefi,
             json,
         } => {
-            let sizes = vm::parse_size(&disk_size).and_then(|d| Ok((d, vm::parse_size(&memory)?)));
-            let (disk_size, memory) = match sizes {
-                Ok(s) => s,
-                Err(e) => return usage(e),
-            };
             let mut spec = VmSpec::new(&name)
                 .disks(disks)
                 .disk_size(disk_size)

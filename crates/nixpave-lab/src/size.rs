@@ -1,10 +1,17 @@
-//! Human sizes ("4G", "512M") for disks and memory.
+//! Human sizes ("4G", "512M") for lab disks and VM memory: the one size parser of the lab and
+//! its command line (disk layouts use sgdisk's syntax, `nixpave_disk::model::size`).
 
-use super::VmError;
+/// A size that could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid size {0:?}: use a number with an optional K, M, G or T suffix (e.g. 4G, 512M, 1.5G)"
+)]
+pub struct SizeError(pub String);
 
-/// Parses a size such as `4G`, `512M`, `1.5G` or `1073741824` into bytes (binary units: K = 1024).
-pub fn parse_size(text: &str) -> Result<u64, VmError> {
-    let bad = || VmError::BadSize(text.to_string());
+/// Parses a size such as `4G`, `512M`, `1.5G`, `2GiB` or `1073741824` into bytes (binary units:
+/// K = 1024); zero and negative sizes are refused. Usable as a clap `value_parser`.
+pub fn parse_size(text: &str) -> Result<u64, SizeError> {
+    let bad = || SizeError(text.to_string());
     let trimmed = text.trim();
     let trimmed = trimmed
         .strip_suffix("iB")
