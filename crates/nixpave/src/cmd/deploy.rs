@@ -20,7 +20,7 @@ use nixpave_nix::invoke::NixOptions;
 use nixpave_remote::{InventoryHost, SshOptions};
 
 use super::connect::{password_once, AskPassword, ConnectArgs};
-use crate::exit;
+use crate::exit::{self, CliError};
 
 /// Where the fleet and its connection details come from (shared by deploy, status and rollback).
 #[derive(Debug, clap::Args)]
@@ -190,8 +190,8 @@ struct Fleet {
     connector: SshConnector,
 }
 
-fn usage(message: String) -> miette::Report {
-    miette!(code = "nixpave::usage", "{message}")
+fn usage(message: String) -> CliError {
+    CliError::report(exit::USAGE, miette!(code = "nixpave::usage", "{message}"))
 }
 
 /// Loads the selected hosts and how to reach them. Errors in the inventory are usage errors (exit 2).
@@ -202,7 +202,7 @@ fn load_fleet(
     mut overrides: GeneralSettings,
     checks: bool,
     nix: &NixOptions,
-) -> Result<Fleet, (u8, miette::Report)> {
+) -> Result<Fleet, CliError> {
     let mut flakes: Vec<&str> = args
         .flakes
         .iter()
@@ -216,30 +216,22 @@ fn load_fleet(
     let mut known: Vec<InventoryHost> = Vec::new();
     let mut deploy_json = None;
     if let Some(path) = &args.inventory {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            (
-                exit::USAGE,
-                usage(format!("reading {}: {e}", path.display())),
-            )
-        })?;
-        let value: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| (exit::USAGE, usage(format!("{}: {e}", path.display()))))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| usage(format!("reading {}: {e}", path.display())))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| usage(format!("{}: {e}", path.display())))?;
         if value.get("nodes").is_some() {
             deploy_json = Some(value);
         } else {
             let inv: nixpave_remote::Inventory = serde_json::from_value(value)
-                .map_err(|e| (exit::USAGE, usage(format!("{}: {e}", path.display()))))?;
+                .map_err(|e| usage(format!("{}: {e}", path.display())))?;
             known.extend(inv.hosts);
         }
     }
     if let Some(lab) = &args.lab {
         let path = args.connect.lab_dir.join(lab).join("inventory.json");
-        let inv = nixpave_remote::Inventory::load(&path).map_err(|e| {
-            (
-                exit::USAGE,
-                usage(format!("lab {lab}: {e} (is it up? `nixpave lab up {lab}`)")),
-            )
-        })?;
+        let inv = nixpave_remote::Inventory::load(&path)
+            .map_err(|e| usage(format!("lab {lab}: {e} (is it up? `nixpave lab up {lab}`)")))?;
         known.extend(inv.hosts);
     }
     let inventory_error = |e: nixpave_deploy::InventoryError| {
@@ -247,7 +239,7 @@ fn load_fleet(
             nixpave_deploy::InventoryError::Eval { .. } => exit::FAILED,
             _ => exit::USAGE,
         };
-        (code, miette::Report::msg(error_chain(&e)))
+        CliError::from_error(code, e)
     };
     let mut inventory = match deploy_json {
         Some(v) => {
@@ -268,9 +260,8 @@ fn load_fleet(
         }
     };
     if inventory.hosts.is_empty() {
-        return Err((
-            exit::USAGE,
-            usage("no host matches the selection (check --on and FLAKE#node)".into()),
+        return Err(usage(
+            "no host matches the selection (check --on and FLAKE#node)".into(),
         ));
     }
     if args.lab.is_some() {
@@ -283,12 +274,8 @@ fn load_fleet(
         .interactive_sudo
         .or(args.connect.ask_sudo_password.then_some(true));
     if let Some(opts) = &args.ssh_opts {
-        overrides.ssh_opts = shlex::split(opts).ok_or_else(|| {
-            (
-                exit::USAGE,
-                usage(format!("--ssh-opts `{opts}`: unbalanced quotes")),
-            )
-        })?;
+        overrides.ssh_opts = shlex::split(opts)
+            .ok_or_else(|| usage(format!("--ssh-opts `{opts}`: unbalanced quotes")))?;
     }
     nixpave_deploy::overrides::apply_overrides(&mut inventory.hosts, &overrides);
     if let Some(hostname) = &args.hostname {
@@ -312,30 +299,14 @@ fn load_fleet(
 }
 
 /// The hosts a flake argument selects: `--on` plus its `#node.profile` fragment.
-fn selection_for(on: &Selection, target: &FlakeTarget) -> Result<Selection, (u8, miette::Report)> {
+fn selection_for(on: &Selection, target: &FlakeTarget) -> Result<Selection, CliError> {
     match &target.fragment {
         Some(fragment) => on
             .clone()
             .with_fragment(fragment)
-            .map_err(|e| (exit::USAGE, usage(e.to_string()))),
+            .map_err(|e| usage(e.to_string())),
         None => Ok(on.clone()),
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(":\n  ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
-fn fail(code: u8, report: miette::Report) -> miette::Result<ExitCode> {
-    eprintln!("{report:?}");
-    Ok(exit::code(code))
 }
 
 /// Runs `nixpave deploy`.
@@ -358,16 +329,14 @@ pub fn run(args: DeployArgs) -> miette::Result<ExitCode> {
     };
     let fleet = match load_fleet(&args.fleet, overrides, !args.skip_checks, &nix) {
         Ok(f) => f,
-        Err((code, report)) => return fail(code, report),
+        Err(e) => return Ok(e.exit()),
     };
     if args.local && fleet.inventory.hosts.len() != 1 {
-        return fail(
-            exit::USAGE,
-            usage(format!(
-                "--local deploys one node to this machine, but {} are selected (pick one: FLAKE#node)",
-                fleet.inventory.hosts.len()
-            )),
-        );
+        return Ok(usage(format!(
+            "--local deploys one node to this machine, but {} are selected (pick one: FLAKE#node)",
+            fleet.inventory.hosts.len()
+        ))
+        .exit());
     }
     let local = nixpave_deploy::LocalConnector::default();
     let connector: &dyn nixpave_deploy::Connector =
@@ -416,13 +385,13 @@ pub fn run(args: DeployArgs) -> miette::Result<ExitCode> {
             );
         }
         if let Err(e) = nixpave_deploy::build_checks(&fleet.inventory.checks, &opts) {
-            return fail(exit::FAILED, miette::Report::msg(error_chain(&e)));
+            return Ok(CliError::from_error(exit::FAILED, e).exit());
         }
     }
     // The built outputs stay GC roots until the deploy has ended.
     let _built = match nixpave_deploy::fleet::build_all_rooted(hosts, &opts) {
         Ok(built) => built,
-        Err(e) => return fail(exit::FAILED, miette::Report::msg(error_chain(&e))),
+        Err(e) => return Ok(CliError::from_error(exit::FAILED, e).exit()),
     };
     if args.dry_run {
         print_plan(&fleet.inventory, &rollout, &opts, args.fleet.json)?;
@@ -447,14 +416,13 @@ pub fn run(args: DeployArgs) -> miette::Result<ExitCode> {
 }
 
 fn fleet_exit(report: &FleetReport) -> u8 {
-    let failed = report.failed();
-    if failed == 0 {
-        exit::OK
-    } else if failed == report.hosts.len() {
-        exit::FAILED
-    } else {
-        exit::PARTIAL
-    }
+    exit::aggregate(report.hosts.iter().map(|h| {
+        if h.outcome.is_success() {
+            exit::OK
+        } else {
+            exit::FAILED
+        }
+    }))
 }
 
 fn print_plan(
@@ -804,7 +772,7 @@ pub fn status(args: StatusArgs) -> miette::Result<ExitCode> {
         &NixOptions::default(),
     ) {
         Ok(f) => f,
-        Err((code, report)) => return fail(code, report),
+        Err(e) => return Ok(e.exit()),
     };
     let hosts = &fleet.inventory.hosts;
     let rows = status_rows(hosts, |host| {
@@ -862,14 +830,13 @@ pub fn status(args: StatusArgs) -> miette::Result<ExitCode> {
             }
         }
     }
-    let unreachable = rows.iter().filter(|r| r.error.is_some()).count();
-    Ok(exit::code(if unreachable == 0 {
-        exit::OK
-    } else if unreachable == rows.len() {
-        exit::FAILED
-    } else {
-        exit::PARTIAL
-    }))
+    Ok(exit::code(exit::aggregate(rows.iter().map(|r| {
+        if r.error.is_some() {
+            exit::FAILED
+        } else {
+            exit::OK
+        }
+    }))))
 }
 
 /// Reads every host's status, at most 10 at a time (a worker takes the next host as soon as it
@@ -908,7 +875,7 @@ pub fn rollback(args: RollbackArgs) -> miette::Result<ExitCode> {
         &NixOptions::default(),
     ) {
         Ok(f) => f,
-        Err((code, report)) => return fail(code, report),
+        Err(e) => return Ok(e.exit()),
     };
     let hosts = &fleet.inventory.hosts;
     // Ctrl-C stops the waiting, not the rollbacks: they run detached on the hosts.
@@ -929,18 +896,13 @@ pub fn rollback(args: RollbackArgs) -> miette::Result<ExitCode> {
     if nixpave_remote::cancel::is_cancelled() {
         return Ok(exit::code(exit::INTERRUPTED));
     }
-    let failed = report
-        .hosts
-        .iter()
-        .filter(|h| h.outcome != Outcome::RolledBack)
-        .count();
-    Ok(exit::code(if failed == 0 {
-        exit::OK
-    } else if failed == report.hosts.len() {
-        exit::FAILED
-    } else {
-        exit::PARTIAL
-    }))
+    Ok(exit::code(exit::aggregate(report.hosts.iter().map(|h| {
+        if h.outcome == Outcome::RolledBack {
+            exit::OK
+        } else {
+            exit::FAILED
+        }
+    }))))
 }
 
 #[cfg(test)]

@@ -84,8 +84,7 @@ fn usage_error(message: impl std::fmt::Display, help: Option<String>) -> ExitCod
         Some(h) => miette::miette!(help = h, "{message}"),
         None => miette::miette!("{message}"),
     };
-    eprintln!("{report:?}");
-    exit::code(exit::USAGE)
+    exit::CliError::report(exit::USAGE, report).exit()
 }
 
 /// Turns `--arg`/`--argstr`/`--disk` into load options; `Err` is a message for exit code 2.

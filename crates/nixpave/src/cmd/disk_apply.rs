@@ -15,7 +15,7 @@ use nixpave_disk::{LayoutSource, LoadOptions, Mode, Plan, PlanOptions};
 use nixpave_nix::NixArg;
 use nixpave_remote::{LocalTransport, SshTransport, Target, Transport};
 
-use crate::exit;
+use crate::exit::{self, CliError};
 
 /// Arguments of `nixpave disk apply`.
 #[derive(Debug, clap::Args)]
@@ -66,33 +66,16 @@ pub struct ApplyArgs {
     connect: ConnectArgs,
 }
 
-/// An error with the exit code it maps to.
-struct Failure {
-    code: u8,
-    message: String,
-}
-
-impl Failure {
-    fn usage(message: impl std::fmt::Display) -> Self {
-        Failure {
-            code: exit::USAGE,
-            message: message.to_string(),
-        }
-    }
-}
-
-impl From<ApplyError> for Failure {
+impl From<ApplyError> for CliError {
     fn from(e: ApplyError) -> Self {
-        Failure {
-            code: if e.is_refusal() {
-                exit::REFUSED
-            } else if matches!(e, ApplyError::Interrupted { .. }) {
-                exit::INTERRUPTED
-            } else {
-                exit::FAILED
-            },
-            message: e.to_string(),
-        }
+        let code = if e.is_refusal() {
+            exit::REFUSED
+        } else if matches!(e, ApplyError::Interrupted { .. }) {
+            exit::INTERRUPTED
+        } else {
+            exit::FAILED
+        };
+        CliError::from_error(code, e)
     }
 }
 
@@ -104,10 +87,7 @@ pub fn run(args: ApplyArgs) -> miette::Result<ExitCode> {
     }
     match apply(&args) {
         Ok(()) => Ok(exit::code(exit::OK)),
-        Err(f) => {
-            eprintln!("error: {}", f.message);
-            Ok(exit::code(f.code))
-        }
+        Err(e) => Ok(e.exit()),
     }
 }
 
@@ -118,7 +98,7 @@ struct Planned {
     own_swaps: Vec<String>,
 }
 
-fn apply(args: &ApplyArgs) -> Result<(), Failure> {
+fn apply(args: &ApplyArgs) -> Result<(), CliError> {
     let transport = connect(args)?;
     let transport: &dyn Transport = transport.as_ref();
     let planned = make_plan(args, transport)?;
@@ -187,28 +167,26 @@ fn apply(args: &ApplyArgs) -> Result<(), Failure> {
 }
 
 /// The transport: this machine, or `--target` over SSH.
-fn connect(args: &ApplyArgs) -> Result<Box<dyn Transport>, Failure> {
+fn connect(args: &ApplyArgs) -> Result<Box<dyn Transport>, CliError> {
     let Some(target) = &args.target else {
         return Ok(Box::new(LocalTransport));
     };
-    let target: Target = target.parse().map_err(Failure::usage)?;
+    let target: Target = target.parse().map_err(CliError::usage)?;
     let options = args.connect.ssh_options(AskPassword::PerHost);
-    let ssh = SshTransport::connect(&target, options).map_err(|e| Failure {
-        code: super::connect::connect_exit_code(&e),
-        message: e.to_string(),
-    })?;
+    let ssh = SshTransport::connect(&target, options)
+        .map_err(|e| CliError::from_error(super::connect::connect_exit_code(&e), e))?;
     Ok(Box::new(ssh))
 }
 
 /// Loads and plans the layout (or reads a saved plan). Bad input is exit code 2.
-fn make_plan(args: &ApplyArgs, transport: &dyn Transport) -> Result<Planned, Failure> {
+fn make_plan(args: &ApplyArgs, transport: &dyn Transport) -> Result<Planned, CliError> {
     if let Some(path) = &args.plan {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| Failure::usage(format!("cannot read {}: {e}", path.display())))?;
+            .map_err(|e| CliError::usage(format!("cannot read {}: {e}", path.display())))?;
         let plan: Plan = serde_json::from_str(&text)
-            .map_err(|e| Failure::usage(format!("{} is not a plan: {e}", path.display())))?;
+            .map_err(|e| CliError::usage(format!("{} is not a plan: {e}", path.display())))?;
         if let Some(mode) = args.mode.filter(|m| *m != plan.mode) {
-            return Err(Failure::usage(format!(
+            return Err(CliError::usage(format!(
                 "--mode {mode} but {} is a `{}` plan; drop --mode or plan again",
                 path.display(),
                 plan.mode
@@ -221,9 +199,9 @@ fn make_plan(args: &ApplyArgs, transport: &dyn Transport) -> Result<Planned, Fai
         });
     }
     let source = match (&args.flake, &args.config) {
-        (Some(flake), _) => LayoutSource::flake(flake).map_err(Failure::usage)?,
+        (Some(flake), _) => LayoutSource::flake(flake).map_err(CliError::usage)?,
         (None, Some(config)) => LayoutSource::File(config.clone()),
-        (None, None) => return Err(Failure::usage("give a layout file, --flake or --plan")),
+        (None, None) => return Err(CliError::usage("give a layout file, --flake or --plan")),
     };
     let mut load = LoadOptions::default();
     for pair in args.arg.chunks(2) {
@@ -243,7 +221,7 @@ fn make_plan(args: &ApplyArgs, transport: &dyn Transport) -> Result<Planned, Fai
         }
     }
     load.disk_overrides.clone_from(&args.disk);
-    let layout = nixpave_disk::load_layout(&source, &load).map_err(Failure::usage)?;
+    let layout = nixpave_disk::load_layout(&source, &load).map_err(CliError::usage)?;
     // Known disk sizes let the planner refuse partitions that cannot fit.
     let facts = exec::probe(transport)?;
     let mut disk_sizes = BTreeMap::new();
@@ -261,7 +239,7 @@ fn make_plan(args: &ApplyArgs, transport: &dyn Transport) -> Result<Planned, Fai
         disk_sizes,
     };
     let mode = args.mode.unwrap_or(Mode::FormatMount);
-    let plan = nixpave_disk::plan(&layout, mode, &plan_options).map_err(Failure::usage)?;
+    let plan = nixpave_disk::plan(&layout, mode, &plan_options).map_err(CliError::usage)?;
     let for_layout = ApplyOptions::for_layout(&layout, mode, &args.root_mountpoint);
     Ok(Planned {
         plan,
@@ -271,15 +249,15 @@ fn make_plan(args: &ApplyArgs, transport: &dyn Transport) -> Result<Planned, Fai
 }
 
 /// Asks on the terminal for the host name or `yes`; refuses without a terminal.
-fn confirm(words: &[String], host: &str) -> Result<bool, Failure> {
+fn confirm(words: &[String], host: &str) -> Result<bool, CliError> {
     if !std::io::stdin().is_terminal() {
-        return Err(Failure {
-            code: exit::REFUSED,
-            message: format!(
+        return Err(CliError::msg(
+            exit::REFUSED,
+            format!(
                 "{host}: the plan wipes the disks listed above and there is no terminal to \
                  confirm on; nothing was changed. Pass --yes-wipe-all-disks to confirm."
             ),
-        });
+        ));
     }
     eprint!("Type the host name ({host}) or `yes` to wipe these disks, anything else aborts: ");
     let _ = std::io::stderr().flush();
@@ -287,18 +265,20 @@ fn confirm(words: &[String], host: &str) -> Result<bool, Failure> {
     std::io::stdin()
         .lock()
         .read_line(&mut answer)
-        .map_err(|e| Failure {
-            code: exit::REFUSED,
-            message: format!("cannot read the confirmation: {e}; nothing was changed"),
+        .map_err(|e| {
+            CliError::msg(
+                exit::REFUSED,
+                format!("cannot read the confirmation: {e}; nothing was changed"),
+            )
         })?;
     let answer = answer.trim();
     if words.iter().any(|w| w == answer) {
         Ok(true)
     } else {
-        Err(Failure {
-            code: exit::REFUSED,
-            message: format!("aborted (answer was `{answer}`); nothing was changed"),
-        })
+        Err(CliError::msg(
+            exit::REFUSED,
+            format!("aborted (answer was `{answer}`); nothing was changed"),
+        ))
     }
 }
 

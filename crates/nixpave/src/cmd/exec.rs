@@ -246,26 +246,16 @@ fn exit_status(rows: &[(&ResolvedHost, HostResult, Duration)]) -> u8 {
     if cancel::is_cancelled() {
         return exit::INTERRUPTED;
     }
-    let ok = rows
-        .iter()
-        .filter(|(_, r, _)| matches!(r, HostResult::Ran(Some(0), _)))
-        .count();
-    let refused = rows
-        .iter()
-        .filter(|(_, r, _)| matches!(r, HostResult::Error(e) if e.is_refusal()))
-        .count();
-    match ok {
-        n if n == rows.len() => exit::OK,
-        0 if refused == rows.len() => exit::REFUSED,
-        0 => exit::FAILED,
-        _ => exit::PARTIAL,
-    }
+    exit::aggregate(rows.iter().map(|(_, r, _)| match r {
+        HostResult::Ran(Some(0), _) => exit::OK,
+        HostResult::Error(e) => super::connect::connect_exit_code(e),
+        _ => exit::FAILED,
+    }))
 }
 
 /// Prints a bad-input error and returns exit status 2.
 pub(crate) fn usage_error(message: &str) -> ExitCode {
-    eprintln!("{:?}", miette::miette!("{message}"));
-    exit::code(exit::USAGE)
+    exit::CliError::usage(message).exit()
 }
 
 #[cfg(test)]

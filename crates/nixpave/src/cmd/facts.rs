@@ -75,18 +75,16 @@ pub fn run(args: FactsArgs) -> miette::Result<ExitCode> {
             }
         }
     }
-    let failed = results.iter().filter(|r| r.is_err()).count();
-    let refused = results
-        .iter()
-        .filter(|r| matches!(r, Err((true, _))))
-        .count();
-    Ok(exit::code(match failed {
-        _ if cancel::is_cancelled() => exit::INTERRUPTED,
-        0 => exit::OK,
-        n if n == refused && n == results.len() => exit::REFUSED,
-        n if n == results.len() => exit::FAILED,
-        _ => exit::PARTIAL,
-    }))
+    if cancel::is_cancelled() {
+        return Ok(exit::code(exit::INTERRUPTED));
+    }
+    Ok(exit::code(exit::aggregate(results.iter().map(
+        |r| match r {
+            Ok(_) => exit::OK,
+            Err((true, _)) => exit::REFUSED,
+            Err((false, _)) => exit::FAILED,
+        },
+    ))))
 }
 
 /// Human-readable facts of one host.

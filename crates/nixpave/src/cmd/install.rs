@@ -22,7 +22,7 @@ use nixpave_install::{FailureKind, InstallError, Installer, Reporter};
 use nixpave_remote::SshConnection;
 use nixpave_remote::{SshOptions, SshTransport, Target};
 
-use crate::exit;
+use crate::exit::{self, CliError};
 
 /// The toplevel of a node whose build waits for its hardware configuration.
 const DEFERRED_BUILD: &str = "(built after the hardware configuration is generated)";
@@ -167,24 +167,12 @@ fn parse_phases(s: &str) -> Result<PhaseSet, String> {
     PhaseSet::parse(s).map_err(|e| e.to_string())
 }
 
-/// An error with the exit code it maps to.
-struct Failure {
-    code: u8,
-    message: String,
+fn usage(message: impl std::fmt::Display) -> CliError {
+    CliError::usage(message)
 }
 
-fn usage(message: impl Into<String>) -> Failure {
-    Failure {
-        code: exit::USAGE,
-        message: message.into(),
-    }
-}
-
-fn failed(message: impl Into<String>) -> Failure {
-    Failure {
-        code: exit::FAILED,
-        message: message.into(),
-    }
+fn failed(message: impl std::fmt::Display) -> CliError {
+    CliError::failed(message)
 }
 
 /// Pairs of a `num_args = 2` option.
@@ -198,7 +186,7 @@ fn pairs(values: &[String]) -> Vec<(String, String)> {
 
 /// The target of each node from `--target` (pure): one bare target for a single node, else
 /// `NODE=TARGET` pairs. Nodes without one are `None` (looked up in the flake).
-fn targets_for(nodes: &[String], targets: &[String]) -> Result<Vec<Option<String>>, Failure> {
+fn targets_for(nodes: &[String], targets: &[String]) -> Result<Vec<Option<String>>, CliError> {
     let bare: Vec<&String> = targets.iter().filter(|t| !t.contains('=')).collect();
     if !bare.is_empty() && (nodes.len() > 1 || bare.len() > 1) {
         return Err(usage(
@@ -226,7 +214,7 @@ fn targets_for(nodes: &[String], targets: &[String]) -> Result<Vec<Option<String
 }
 
 /// Reads `deploy.nodes.NODE.hostname` from the flake.
-fn flake_hostname(flake: &str, node: &str) -> Result<String, Failure> {
+fn flake_hostname(flake: &str, node: &str) -> Result<String, CliError> {
     let out = std::process::Command::new("nix")
         .args([
             "--extra-experimental-features",
@@ -304,7 +292,7 @@ fn prepare(
     node: &str,
     target: Option<String>,
     kexec: Option<&KexecSpec>,
-) -> Result<Prepared, Failure> {
+) -> Result<Prepared, CliError> {
     let target = match target {
         Some(t) => t,
         None => flake_hostname(&args.flake, node)?,
@@ -410,9 +398,11 @@ fn prepare(
         (true, None) => nixpave_remote::root_target(&target),
         (false, _) => target.clone(),
     };
-    let ssh = SshTransport::connect(&login, options.clone()).map_err(|e| Failure {
-        code: super::connect::connect_exit_code(&e),
-        message: format!("{node}: {e}"),
+    let ssh = SshTransport::connect(&login, options.clone()).map_err(|e| {
+        CliError::msg(
+            super::connect::connect_exit_code(&e),
+            format!("{node}: {e}"),
+        )
     })?;
     Ok(Prepared {
         spec: NodeSpec {
@@ -457,7 +447,7 @@ fn exit_code_of(kind: FailureKind) -> u8 {
     }
 }
 
-fn run_inner(args: InstallArgs) -> Result<u8, Failure> {
+fn run_inner(args: InstallArgs) -> Result<u8, CliError> {
     if let Some(dir) = &args.extra_files {
         if !dir.is_dir() {
             return Err(usage(format!(
@@ -614,15 +604,10 @@ fn run_inner(args: InstallArgs) -> Result<u8, Failure> {
             eprintln!("{e}");
         }
     }
-    Ok(match (failures.len(), results.len()) {
-        (0, _) => exit::OK,
-        (f, n) if f < n => exit::PARTIAL,
-        _ => failures
-            .iter()
-            .map(|e| exit_code_of(e.kind()))
-            .max()
-            .unwrap_or(exit::FAILED),
-    })
+    Ok(exit::aggregate(results.iter().map(|r| match r {
+        Ok(_) => exit::OK,
+        Err(e) => exit_code_of(e.kind()),
+    })))
 }
 
 /// The extra `nix` arguments of `--option`, `-L` and `--show-trace` (pure).
@@ -651,7 +636,7 @@ struct Built {
 
 /// Evaluates the node's toplevel, then builds it here unless `--build-on` says remote (or auto and
 /// this machine does not build for the node's system).
-fn build(args: &InstallArgs, node: &str, nix_args: &[String]) -> Result<Built, Failure> {
+fn build(args: &InstallArgs, node: &str, nix_args: &[String]) -> Result<Built, CliError> {
     let eval = nixpave_install::nix::eval_toplevel(&args.flake, node, nix_args)
         .map_err(|e| failed(format!("{node}: evaluating the system: {e}")))?;
     let here = std::env::consts::ARCH == arch_of_system(&eval.system);
@@ -681,7 +666,7 @@ fn build(args: &InstallArgs, node: &str, nix_args: &[String]) -> Result<Built, F
 /// `--generate-hardware-config KIND PATH`, checked (pure).
 fn hardware_config(
     args: &InstallArgs,
-) -> Result<Option<(nixpave_install::hwconfig::Kind, PathBuf)>, Failure> {
+) -> Result<Option<(nixpave_install::hwconfig::Kind, PathBuf)>, CliError> {
     match args.generate_hardware_config.as_slice() {
         [] => Ok(None),
         [kind, path] => Ok(Some((
@@ -701,7 +686,7 @@ fn install_with_hardware_config(
     installer: &Installer<'_>,
     kind: nixpave_install::hwconfig::Kind,
     path: &std::path::Path,
-) -> Result<Result<nixpave_install::Summary, InstallError>, Failure> {
+) -> Result<Result<nixpave_install::Summary, InstallError>, CliError> {
     if let Err(e) = nixpave_install::preflight_node(&spec, installer) {
         return Ok(Err(e));
     }
@@ -759,10 +744,7 @@ fn install_with_hardware_config(
 pub fn run(args: InstallArgs) -> miette::Result<ExitCode> {
     match run_inner(args) {
         Ok(code) => Ok(exit::code(code)),
-        Err(f) => {
-            eprintln!("error: {}", f.message);
-            Ok(exit::code(f.code))
-        }
+        Err(e) => Ok(e.exit()),
     }
 }
 
