@@ -18,6 +18,10 @@ struct Cli {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // Error reports are not wrapped: they carry paths and commands that must stay copyable.
+    let _ = miette::set_hook(Box::new(|_| {
+        Box::new(miette::MietteHandlerOpts::new().wrap_lines(false).build())
+    }));
     let level = match cli.verbose {
         0 => "warn",
         1 => "info",
