@@ -1,7 +1,9 @@
 //! Inventories (named hosts with their login settings) and resolving command-line target
-//! words (`user@host:port`, `NAME`, `LAB`, `LAB:NAME`) into hosts.
+//! words (`user@host:port`, `NAME`, `GROUP`, `GROUP:NAME`) into hosts. Where groups come from
+//! (the labs' directory layout) is the caller's knowledge, behind [`HostGroups`].
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::ssh::SshOptions;
 use crate::target::{Target, TargetParseError};
@@ -150,17 +152,25 @@ pub enum ResolveError {
     Empty,
 }
 
+/// Named groups of hosts a target word can name (`GROUP`, `GROUP:HOST`): the labs, provided by
+/// nixpave-lab, which knows where they live.
+pub trait HostGroups: std::fmt::Debug + Send + Sync {
+    /// The inventory of the group called `name` and where it was read from (for messages);
+    /// `Ok(None)` when no group has that name.
+    fn group(&self, name: &str) -> Result<Option<(Inventory, String)>, InventoryError>;
+}
+
 /// Turns command-line target words into hosts.
 ///
-/// A word is, in this order: `all` or a host name of the `--inventory` file; `LAB` (every host)
-/// or `LAB:NAME` for a lab under the lab directory (`LAB_DIR/LAB/inventory.json`); else
-/// `[user@]host[:port]`. Words may be comma-separated lists.
+/// A word is, in this order: `all` or a host name of the `--inventory` file; `GROUP` (every host)
+/// or `GROUP:NAME` for a group of [`HostGroups`] (a lab); else `[user@]host[:port]`. Words may be
+/// comma-separated lists.
 #[derive(Debug, Clone, Default)]
 pub struct TargetResolver {
     /// The inventory given with `--inventory`, if any.
     pub inventory: Option<Inventory>,
-    /// Directory holding labs, one sub-directory per lab.
-    pub lab_dir: Option<PathBuf>,
+    /// Named groups of hosts (the labs), if any.
+    pub groups: Option<Arc<dyn HostGroups>>,
 }
 
 impl TargetResolver {
@@ -200,7 +210,7 @@ impl TargetResolver {
                 return Ok(vec![ResolvedHost::from_inventory(host)]);
             }
         }
-        if let Some(found) = self.resolve_lab_word(word)? {
+        if let Some(found) = self.resolve_group_word(word)? {
             return Ok(found);
         }
         let target: Target = word.parse()?;
@@ -212,24 +222,19 @@ impl TargetResolver {
         }])
     }
 
-    fn resolve_lab_word(&self, word: &str) -> Result<Option<Vec<ResolvedHost>>, ResolveError> {
-        let Some(dir) = &self.lab_dir else {
+    fn resolve_group_word(&self, word: &str) -> Result<Option<Vec<ResolvedHost>>, ResolveError> {
+        let Some(groups) = &self.groups else {
             return Ok(None);
         };
-        let (lab, host) = match word.split_once(':') {
-            // `host:22` is a port, not a lab host.
+        let (group, host) = match word.split_once(':') {
+            // `host:22` is a port, not a group's host.
             Some((_, rest)) if rest.parse::<u16>().is_ok() => return Ok(None),
-            Some((lab, host)) => (lab, Some(host)),
+            Some((group, host)) => (group, Some(host)),
             None => (word, None),
         };
-        if lab.is_empty() || lab.contains(['/', '@', '.']) {
+        let Some((inventory, path)) = groups.group(group)? else {
             return Ok(None);
-        }
-        let path = dir.join(lab).join("inventory.json");
-        if !path.is_file() {
-            return Ok(None);
-        }
-        let inventory = Inventory::load(&path)?;
+        };
         match host {
             None => Ok(Some(
                 inventory
@@ -242,7 +247,7 @@ impl TargetResolver {
                 Some(h) => Ok(Some(vec![ResolvedHost::from_inventory(h)])),
                 None => Err(ResolveError::UnknownHost {
                     name: name.to_string(),
-                    inventory: path.display().to_string(),
+                    inventory: path,
                     available: inventory
                         .hosts
                         .iter()
@@ -270,18 +275,20 @@ mod tests {
         }
     }
 
-    fn lab_dir() -> tempfile::TempDir {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let inv = Inventory {
-            hosts: vec![host("host1", "10.77.5.10"), host("host2", "10.77.5.11")],
-        };
-        std::fs::create_dir(dir.path().join("lab")).expect("mkdir");
-        std::fs::write(
-            dir.path().join("lab/inventory.json"),
-            serde_json::to_string(&inv).expect("json"),
-        )
-        .expect("write");
-        dir
+    /// One group, `lab`, held in memory (the real labs are nixpave-lab's `Labs`).
+    #[derive(Debug)]
+    struct OneLab;
+    impl HostGroups for OneLab {
+        fn group(&self, name: &str) -> Result<Option<(Inventory, String)>, InventoryError> {
+            Ok((name == "lab").then(|| {
+                let hosts = vec![host("host1", "10.77.5.10"), host("host2", "10.77.5.11")];
+                (Inventory { hosts }, "lab/inventory.json".to_string())
+            }))
+        }
+    }
+
+    fn labs() -> Option<Arc<dyn HostGroups>> {
+        Some(Arc::new(OneLab))
     }
 
     fn words(w: &[&str]) -> Vec<String> {
@@ -290,10 +297,9 @@ mod tests {
 
     #[test]
     fn resolves_labs_hosts_and_plain_targets() {
-        let dir = lab_dir();
         let r = TargetResolver {
             inventory: None,
-            lab_dir: Some(dir.path().to_path_buf()),
+            groups: labs(),
         };
         let all = r.resolve(&words(&["lab"])).expect("lab");
         assert_eq!(all.len(), 2);
@@ -322,10 +328,9 @@ mod tests {
 
     #[test]
     fn unknown_lab_host_names_the_available_ones() {
-        let dir = lab_dir();
         let r = TargetResolver {
             inventory: None,
-            lab_dir: Some(dir.path().to_path_buf()),
+            groups: labs(),
         };
         let err = r.resolve(&words(&["lab:host9"])).unwrap_err().to_string();
         assert!(
@@ -341,7 +346,7 @@ mod tests {
             inventory: Some(Inventory {
                 hosts: vec![host("web", "10.0.0.1"), host("db", "10.0.0.2")],
             }),
-            lab_dir: None,
+            groups: None,
         };
         assert_eq!(r.resolve(&words(&["all"])).expect("all").len(), 2);
         assert_eq!(

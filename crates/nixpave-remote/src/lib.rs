@@ -50,7 +50,8 @@ pub use facts::{
     SHARED_KERNEL_EXIT, SHARED_KERNEL_GUARD,
 };
 pub use inventory::{
-    Inventory, InventoryError, InventoryHost, ResolveError, ResolvedHost, TargetResolver,
+    HostGroups, Inventory, InventoryError, InventoryHost, ResolveError, ResolvedHost,
+    TargetResolver,
 };
 pub use local::LocalTransport;
 pub use ssh::{HostKeyPolicy, PasswordPrompt, Privilege, SshOptions, SshTransport};

@@ -37,6 +37,31 @@ pub fn default_lab_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_LAB_DIR))
 }
 
+/// The labs under a directory as named groups of hosts for target words (`LAB`, `LAB:HOST`):
+/// `DIR/LAB/inventory.json`, written by `lab up` (and by `lab vm up`, beside them).
+#[derive(Debug, Clone)]
+pub struct Labs {
+    /// The directory holding the labs.
+    pub dir: PathBuf,
+}
+
+impl nixpave_remote::HostGroups for Labs {
+    fn group(
+        &self,
+        name: &str,
+    ) -> Result<Option<(nixpave_remote::Inventory, String)>, nixpave_remote::InventoryError> {
+        if name.is_empty() || name.contains(['/', '@', '.']) {
+            return Ok(None);
+        }
+        let path = self.dir.join(name).join("inventory.json");
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let inventory = nixpave_remote::Inventory::load(&path)?;
+        Ok(Some((inventory, path.display().to_string())))
+    }
+}
+
 /// Directories every lab host replaces with a private one.
 const PRIVATE_DIRS: &[&str] = &[
     "/tmp",
@@ -260,6 +285,25 @@ pub(crate) fn port_open(address: &str, port: u16, timeout: Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labs_are_groups_of_hosts_by_directory() {
+        use nixpave_remote::HostGroups;
+        let dir = std::env::temp_dir().join(format!("nixpave-labs-test-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("lab")).unwrap();
+        std::fs::write(
+            dir.join("lab/inventory.json"),
+            r#"{"hosts": [{"name": "host1", "host": "10.77.5.10", "port": 22}]}"#,
+        )
+        .unwrap();
+        let labs = Labs { dir: dir.clone() };
+        let (inv, path) = labs.group("lab").unwrap().expect("the lab");
+        assert_eq!(inv.hosts[0].host, "10.77.5.10");
+        assert!(path.ends_with("lab/inventory.json"), "{path}");
+        assert!(labs.group("nolab").unwrap().is_none());
+        assert!(labs.group("a.b").unwrap().is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn names_and_counts_are_checked() {

@@ -229,9 +229,20 @@ fn load_fleet(
         }
     }
     if let Some(lab) = &args.lab {
-        let path = args.connect.lab_dir.join(lab).join("inventory.json");
-        let inv = nixpave_remote::Inventory::load(&path)
-            .map_err(|e| usage(format!("lab {lab}: {e} (is it up? `nixpave lab up {lab}`)")))?;
+        use nixpave_remote::HostGroups;
+        let labs = nixpave_lab::hosts::Labs {
+            dir: args.connect.lab_dir.clone(),
+        };
+        let inv = match labs.group(lab) {
+            Ok(Some((inv, _))) => inv,
+            Ok(None) => {
+                return Err(usage(format!(
+                    "lab {lab}: no such lab in {} (is it up? `nixpave lab up {lab}`)",
+                    labs.dir.display()
+                )))
+            }
+            Err(e) => return Err(usage(format!("lab {lab}: {e}"))),
+        };
         known.extend(inv.hosts);
     }
     let inventory_error = |e: nixpave_deploy::InventoryError| {

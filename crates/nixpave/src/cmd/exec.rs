@@ -36,7 +36,9 @@ impl HostArgs {
         };
         TargetResolver {
             inventory,
-            lab_dir: Some(self.connect.lab_dir.clone()),
+            groups: Some(std::sync::Arc::new(nixpave_lab::hosts::Labs {
+                dir: self.connect.lab_dir.clone(),
+            })),
         }
         .resolve(words)
         .map_err(|e| e.to_string())
