@@ -93,13 +93,13 @@ pub fn cache_path(cache_dir: &Path, url: &str) -> PathBuf {
     cache_dir.join(format!("{h:016x}-{name}"))
 }
 
-/// The default download cache: `$XDG_CACHE_HOME/nixpave/kexec` or `~/.cache/nixpave/kexec`.
+/// The default download cache: `$XDG_CACHE_HOME/nixpave/kexec` or `~/.cache/nixpave/kexec`
+/// (`/var/cache/nixpave/kexec` without a home directory).
 pub fn default_cache_dir() -> PathBuf {
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from("/var/cache"))
-        .join("nixpave/kexec")
+    directories::ProjectDirs::from("", "", "nixpave")
+        .map(|d| d.cache_dir().to_path_buf())
+        .unwrap_or_else(|| PathBuf::from("/var/cache/nixpave"))
+        .join("kexec")
 }
 
 /// Returns a local file for the source, downloading a URL only when it is not cached yet.

@@ -251,11 +251,11 @@ impl StateStore {
         if let Some(dir) = std::env::var_os("NIXPAVE_STATE_DIR") {
             return PathBuf::from(dir);
         }
-        let base = std::env::var_os("XDG_STATE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-            .unwrap_or_else(|| PathBuf::from("/var/lib"));
-        base.join("nixpave/install")
+        // `state_dir` is `$XDG_STATE_HOME/nixpave` or `~/.local/state/nixpave` on Linux.
+        directories::ProjectDirs::from("", "", "nixpave")
+            .and_then(|d| d.state_dir().map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("/var/lib/nixpave"))
+            .join("install")
     }
 
     /// The file of `node`.

@@ -714,20 +714,17 @@ impl Renderer {
         }
         let rows: Vec<&HostReport> = report.hosts.iter().filter(|h| !compact || !ok(h)).collect();
         if !rows.is_empty() {
-            println!(
-                "{:<16} {:<13} {:>8}  {:<10} detail",
-                "HOST", "RESULT", "TIME", "GENERATION"
-            );
-        }
-        for h in rows {
-            println!(
-                "{:<16} {:<13} {:>7.1}s  {:<10} {}",
-                h.host,
-                outcome_word(h),
-                h.duration_ms as f64 / 1000.0,
-                h.generation.map(|g| g.to_string()).unwrap_or("-".into()),
-                h.message
-            );
+            let mut table = super::table::new(&["HOST", "RESULT", "TIME", "GENERATION", "detail"]);
+            for h in rows {
+                table.add_row(vec![
+                    h.host.clone(),
+                    outcome_word(h).to_string(),
+                    format!("{:.1}s", h.duration_ms as f64 / 1000.0),
+                    h.generation.map(|g| g.to_string()).unwrap_or("-".into()),
+                    h.message.clone(),
+                ]);
+            }
+            println!("{}", super::table::render(table, &[2]));
         }
         for h in report
             .hosts
@@ -792,13 +789,22 @@ pub fn status(args: StatusArgs) -> miette::Result<ExitCode> {
     if args.fleet.json {
         println!("{}", serde_json::to_string_pretty(&rows).into_diagnostic()?);
     } else {
-        println!(
-            "{:<16} {:<10} {:<8} {:<4} {:<6} {:<24} current system",
-            "HOST", "REACHABLE", "PROFILE", "GEN", "BOOTED", "LAST DEPLOY"
-        );
+        let mut table = super::table::new(&[
+            "HOST",
+            "REACHABLE",
+            "PROFILE",
+            "GEN",
+            "BOOTED",
+            "LAST DEPLOY",
+            "current system",
+        ]);
+        let mut notes = Vec::new();
         for r in &rows {
             if let Some(e) = &r.error {
-                println!("{:<16} {:<10} {e}", r.host, "no");
+                let mut row = vec![r.host.clone(), "no".into()];
+                row.extend(["-"; 4].map(String::from));
+                row.push(e.to_string());
+                table.add_row(row);
                 continue;
             }
             for p in &r.profiles {
@@ -813,32 +819,35 @@ pub fn status(args: StatusArgs) -> miette::Result<ExitCode> {
                         }
                     })
                     .unwrap_or_else(|| "-".into());
-                println!(
-                    "{:<16} {:<10} {:<8} {:<4} {:<6} {:<24} {}",
-                    r.host,
-                    "yes",
-                    p.name,
+                table.add_row(vec![
+                    r.host.clone(),
+                    "yes".into(),
+                    p.name.clone(),
                     p.generation.map(|g| g.to_string()).unwrap_or("-".into()),
                     p.booted_generation
                         .map(|g| g.to_string())
                         .unwrap_or("-".into()),
                     last,
-                    p.current.as_deref().unwrap_or("-")
-                );
+                    p.current.as_deref().unwrap_or("-").to_string(),
+                ]);
             }
             if r.state
                 .as_ref()
                 .is_some_and(|s| s.booted_system != s.current_system)
             {
-                println!(
-                    "{:<16} booted system differs from current: {}",
-                    "",
+                notes.push(format!(
+                    "{}: booted system differs from current: {}",
+                    r.host,
                     r.state
                         .as_ref()
                         .and_then(|s| s.booted_system.clone())
                         .unwrap_or("-".into())
-                );
+                ));
             }
+        }
+        println!("{}", super::table::render(table, &[3, 4]));
+        for note in notes {
+            println!("{note}");
         }
     }
     Ok(exit::code(exit::aggregate(rows.iter().map(|r| {

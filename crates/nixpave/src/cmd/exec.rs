@@ -124,7 +124,7 @@ pub fn run(args: ExecArgs) -> miette::Result<ExitCode> {
     if args.json {
         print_json(&rows);
     } else {
-        print_summary(&rows, width);
+        print_summary(&rows);
     }
     Ok(exit::code(exit_status(&rows)))
 }
@@ -169,14 +169,9 @@ fn command_argv(command: &[String]) -> Vec<String> {
     }
 }
 
-fn print_summary(rows: &[(&ResolvedHost, HostResult, Duration)], width: usize) {
-    let width = width.max(4);
+fn print_summary(rows: &[(&ResolvedHost, HostResult, Duration)]) {
     let mut err = std::io::stderr().lock();
-    let _ = writeln!(
-        err,
-        "\n{:<width$}  {:<11}  {:>4}  {:>7}",
-        "HOST", "RESULT", "EXIT", "TIME"
-    );
+    let mut table = super::table::new(&["HOST", "RESULT", "EXIT", "TIME", ""]);
     for (host, result, time) in rows {
         let (label, code, detail) = match result {
             HostResult::Ran(Some(0), _) => ("ok", "0".to_string(), String::new()),
@@ -189,18 +184,15 @@ fn print_summary(rows: &[(&ResolvedHost, HostResult, Duration)], width: usize) {
             HostResult::Error(e) => ("error", "-".into(), e.to_string()),
             HostResult::Panicked(m) => ("error", "-".into(), format!("internal error: {m}")),
         };
-        let _ = writeln!(
-            err,
-            "{:<width$}  {label:<11}  {code:>4}  {:>6.2}s{}",
-            host.name,
-            time.as_secs_f64(),
-            if detail.is_empty() {
-                String::new()
-            } else {
-                format!("  {}", detail.replace('\n', "\n    "))
-            }
-        );
+        table.add_row(vec![
+            host.name.clone(),
+            label.to_string(),
+            code,
+            format!("{:.2}s", time.as_secs_f64()),
+            detail,
+        ]);
     }
+    let _ = writeln!(err, "\n{}", super::table::render(table, &[2, 3]));
     let ok = rows
         .iter()
         .filter(|(_, r, _)| matches!(r, HostResult::Ran(Some(0), _)))

@@ -149,17 +149,17 @@ fn up(spec: &LabSpec, json: bool) -> Result<ExitCode, LabError> {
         );
         return Ok(exit::code(exit::OK));
     }
-    println!("{:<8} {:<15} {:<8} DISKS", "HOST", "ADDRESS", "SSHD");
+    let mut table = super::table::new(&["HOST", "ADDRESS", "SSHD", "DISKS"]);
     for host in &state.hosts {
         let disks: Vec<&str> = host.disks.iter().map(|d| d.device.as_str()).collect();
-        println!(
-            "{:<8} {:<15} {:<8} {}",
-            host.name,
-            host.address,
+        table.add_row(vec![
+            host.name.clone(),
+            host.address.clone(),
             host.sshd_pid.map_or("-".into(), |p| p.to_string()),
-            disks.join(" ")
-        );
+            disks.join(" "),
+        ]);
     }
+    println!("{}", super::table::render(table, &[]));
     println!(
         "\nlab `{}` is up: {} hosts{} in {:.2} s\n  inventory   {}\n  ssh config  {}\n\
          try: nixpave exec {} -- uname -a    |    nixpave lab ssh host1    |    nixpave lab down",
@@ -193,24 +193,22 @@ fn status(lab: &LabSelect, json: bool) -> Result<ExitCode, LabError> {
         );
     } else {
         println!("lab `{}` in {}", state.name, state.dir.display());
-        println!(
-            "{:<8} {:<15} {:<8} {:<10} DISKS",
-            "HOST", "ADDRESS", "SSHD", "SSH PORT"
-        );
+        let mut table = super::table::new(&["HOST", "ADDRESS", "SSHD", "SSH PORT", "DISKS"]);
         for row in &rows {
-            println!(
-                "{:<8} {:<15} {:<8} {:<10} {}",
-                row.name,
-                row.address,
+            table.add_row(vec![
+                row.name.clone(),
+                row.address.clone(),
                 if row.sshd_running {
                     "running"
                 } else {
                     "stopped"
-                },
-                if row.reachable { "open" } else { "closed" },
-                row.disks.join(" ")
-            );
+                }
+                .to_string(),
+                if row.reachable { "open" } else { "closed" }.to_string(),
+                row.disks.join(" "),
+            ]);
         }
+        println!("{}", super::table::render(table, &[]));
     }
     let all_up = rows.iter().all(|r| r.sshd_running && r.reachable);
     Ok(exit::code(if all_up { exit::OK } else { exit::FAILED }))

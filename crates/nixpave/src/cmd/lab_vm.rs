@@ -151,22 +151,19 @@ pub fn run(command: VmCommand) -> miette::Result<ExitCode> {
             } else if all.is_empty() {
                 println!("no VMs (state directory {})", vm::state_root().display());
             } else {
-                println!(
-                    "{:<20} {:<8} {:>6} {:>8}  DIR",
-                    "NAME", "STATE", "PORT", "PID"
-                );
+                let mut table = super::table::new(&["NAME", "STATE", "PORT", "PID", "DIR"]);
                 for s in all {
                     let state = if s.running { "running" } else { "stopped" };
                     let pid = s.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
-                    println!(
-                        "{:<20} {:<8} {:>6} {:>8}  {}",
+                    table.add_row(vec![
                         s.name,
-                        state,
-                        s.ssh_port,
+                        state.to_string(),
+                        s.ssh_port.to_string(),
                         pid,
-                        s.dir.display()
-                    );
+                        s.dir.display().to_string(),
+                    ]);
                 }
+                println!("{}", super::table::render(table, &[2, 3]));
             }
             Ok(exit::code(exit::OK))
         }

@@ -11,6 +11,7 @@ pub mod facts;
 pub mod install;
 pub mod lab;
 pub mod lab_vm;
+pub mod table;
 
 /// The subcommands of `nixpave`.
 #[derive(Debug, clap::Subcommand)]
