@@ -50,17 +50,7 @@ pub trait Connection: Send + Sync {
     /// key is a refusal, [`TransportError::is_refusal`], not a reason to wait). The caller bounds
     /// the wait; `_timeout` is the budget of this one attempt.
     fn probe(&self, _timeout: Duration) -> Result<(), TransportError> {
-        let out = self.run_fresh_login(&["true".to_string()])?;
-        if out.success() {
-            Ok(())
-        } else {
-            Err(TransportError::Command {
-                host: self.transport().host().to_string(),
-                command: "true".into(),
-                status: out.status,
-                stderr: out.stderr_tail(3),
-            })
-        }
+        fresh_login_answers(self)
     }
     /// Forgets cached connections (after kexec and reboot the old ones are dead; the ssh
     /// transport restarts its master by itself, so nothing to do by default).
@@ -82,6 +72,21 @@ pub trait Connection: Send + Sync {
         _host_keys: &[String],
     ) -> Result<Option<String>, TransportError> {
         Ok(None)
+    }
+}
+
+/// Runs `true` over a brand-new login of `conn`: the liveness probe.
+fn fresh_login_answers<C: Connection + ?Sized>(conn: &C) -> Result<(), TransportError> {
+    let out = conn.run_fresh_login(&["true".to_string()])?;
+    if out.success() {
+        Ok(())
+    } else {
+        Err(TransportError::Command {
+            host: conn.transport().host().to_string(),
+            command: "true".into(),
+            status: out.status,
+            stderr: out.stderr_tail(3),
+        })
     }
 }
 
@@ -250,17 +255,7 @@ impl Connection for SshConnection {
             return Ok(());
         }
         // A brand-new login (not the master), so a dead master cannot fake liveness.
-        let out = self.ssh().run_fresh_login(&["true".to_string()])?;
-        if out.success() {
-            Ok(())
-        } else {
-            Err(TransportError::Command {
-                host: self.ssh().host().to_string(),
-                command: "true".into(),
-                status: out.status,
-                stderr: out.stderr_tail(3),
-            })
-        }
+        fresh_login_answers(self)
     }
 
     fn use_root_login(&self) {

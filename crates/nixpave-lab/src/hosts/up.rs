@@ -61,20 +61,10 @@ fn build(spec: &LabSpec, shared: &SharedState) -> Result<LabState, LabError> {
         }
     }
     let key = dir.join("id_ed25519");
-    sys::run(
+    new_key(
         "creating the lab ssh key",
-        "ssh-keygen",
-        &[
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-C",
-            &format!("nixpave-lab-{}", spec.name),
-            "-f",
-            &path_str(&key),
-        ],
+        &format!("nixpave-lab-{}", spec.name),
+        &key,
     )?;
     let public_key = read(&dir.join("id_ed25519.pub"))?;
     let subnet = create_bridge(shared)?;
@@ -208,20 +198,10 @@ fn bring_up_host(
     set_mode(&root.join("nix"), 0o755)?;
     set_mode(&root.join("etc-ssh"), 0o755)?;
     set_mode(&root.join("etc-nix"), 0o755)?;
-    sys::run(
+    new_key(
         &format!("creating the host key of {}", host.name),
-        "ssh-keygen",
-        &[
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-C",
-            &host.name,
-            "-f",
-            &path_str(&root.join("etc-ssh/ssh_host_ed25519_key")),
-        ],
+        &host.name,
+        &root.join("etc-ssh/ssh_host_ed25519_key"),
     )?;
     let mut sshd_config = files::sshd_config(host);
     if let Some(bin) = &spec.nix_bin {
@@ -469,4 +449,11 @@ fn read(path: &Path) -> Result<String, LabError> {
 
 fn path_str(path: &Path) -> String {
     path.to_string_lossy().into_owned()
+}
+
+/// A new ed25519 key pair without a passphrase at `file` (and `file.pub`).
+fn new_key(what: &str, comment: &str, file: &Path) -> Result<(), LabError> {
+    let file = path_str(file);
+    let args = ["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", &file];
+    sys::run(what, "ssh-keygen", &args).map(drop)
 }

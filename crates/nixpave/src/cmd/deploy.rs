@@ -771,14 +771,19 @@ fn outcome_word(r: &HostReport) -> &'static str {
     }
 }
 
-/// Runs `nixpave status`.
-pub fn status(args: StatusArgs) -> miette::Result<ExitCode> {
-    let fleet = match load_fleet(
-        &args.fleet,
+/// The fleet without command-line setting overrides and without checks (status, rollback).
+fn load_fleet_as_it_is(args: &FleetArgs) -> Result<Fleet, CliError> {
+    load_fleet(
+        args,
         GeneralSettings::default(),
         false,
         &NixOptions::default(),
-    ) {
+    )
+}
+
+/// Runs `nixpave status`.
+pub fn status(args: StatusArgs) -> miette::Result<ExitCode> {
+    let fleet = match load_fleet_as_it_is(&args.fleet) {
         Ok(f) => f,
         Err(e) => return Ok(e.exit()),
     };
@@ -888,12 +893,7 @@ fn status_rows(
 
 /// Runs `nixpave rollback`.
 pub fn rollback(args: RollbackArgs) -> miette::Result<ExitCode> {
-    let fleet = match load_fleet(
-        &args.fleet,
-        GeneralSettings::default(),
-        false,
-        &NixOptions::default(),
-    ) {
+    let fleet = match load_fleet_as_it_is(&args.fleet) {
         Ok(f) => f,
         Err(e) => return Ok(e.exit()),
     };

@@ -8,6 +8,7 @@ use nixpave_remote::{cancel, gather_facts, BlockDevice, Facts, SshTransport};
 
 use super::exec::{usage_error, HostArgs};
 use crate::exit;
+use nixpave_disk::exec::safety::human_size;
 
 /// Arguments of `nixpave facts`.
 #[derive(Debug, clap::Args)]
@@ -112,7 +113,7 @@ fn render(name: &str, f: &Facts) -> String {
     };
     let _ = writeln!(s, "  os        {os}{kind}");
     let _ = writeln!(s, "  kernel    {} {}", f.kernel, f.arch);
-    let _ = writeln!(s, "  memory    {}", human_bytes(f.memory_bytes));
+    let _ = writeln!(s, "  memory    {}", human_size(f.memory_bytes));
     let boot = if f.kexec.uefi { "UEFI" } else { "BIOS" };
     let sb = match f.kexec.secure_boot {
         Some(true) => ", Secure Boot on",
@@ -174,27 +175,12 @@ fn render_device(s: &mut String, d: &BlockDevice, depth: usize) {
         "{:indent$}{:<14} {:>10}  {}",
         "",
         d.path,
-        human_bytes(d.size),
+        human_size(d.size),
         details.join(", "),
         indent = depth * 2
     );
     for child in &d.children {
         render_device(s, child, depth + 1);
-    }
-}
-
-fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
     }
 }
 
@@ -204,8 +190,8 @@ mod tests {
 
     #[test]
     fn renders_sizes_and_kexec_blockers() {
-        assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(2 << 30), "2.0 GiB");
+        assert_eq!(human_size(512), "512 B");
+        assert_eq!(human_size(2 << 30), "2.0 GiB");
         let mut facts = Facts::default();
         facts.kexec.blockers = vec!["the host is a container (lxc)".into()];
         facts.disks = vec![BlockDevice {
