@@ -80,16 +80,7 @@ pub fn cache_path(cache_dir: &Path, url: &str) -> PathBuf {
         .next()
         .filter(|s| !s.is_empty())
         .unwrap_or("installer.tar");
-    let name: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let name = crate::state::safe_file_name(name);
     cache_dir.join(format!("{h:016x}-{name}"))
 }
 

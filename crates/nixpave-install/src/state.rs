@@ -261,17 +261,7 @@ impl StateStore {
     /// The file of `node`.
     pub fn path(&self, node: &str) -> PathBuf {
         // Node names are attribute names; keep anything path-like out of the file name.
-        let safe: String = node
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        self.dir.join(format!("{safe}.json"))
+        self.dir.join(format!("{}.json", safe_file_name(node)))
     }
 
     /// Loads the state of `node`; `None` when there is none.
@@ -307,6 +297,19 @@ impl StateStore {
         std::fs::write(&tmp, json).map_err(io)?;
         std::fs::rename(&tmp, &path).map_err(io)
     }
+}
+
+/// `name` with everything but ASCII letters, digits and `-_.` replaced by `_` (pure).
+pub(crate) fn safe_file_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
