@@ -114,3 +114,64 @@ impl Connector for SshConnector {
         self.handshakes.load(Ordering::Relaxed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::{GeneralSettings, Settings};
+    use std::path::Path;
+
+    fn host() -> Host {
+        Host {
+            name: "web1".into(),
+            hostname: "host1".into(),
+            tags: Vec::new(),
+            profiles: Vec::new(),
+            settings: Settings::resolve(&GeneralSettings {
+                sudo: Some("doas -u".into()),
+                ..Default::default()
+            }),
+            health_checks: Vec::new(),
+            keys: Vec::new(),
+        }
+    }
+
+    fn lab_host() -> InventoryHost {
+        InventoryHost {
+            name: "host1".into(),
+            host: "10.77.1.11".into(),
+            port: Some(22),
+            user: Some("root".into()),
+            identity_file: Some("/lab/id".into()),
+            known_hosts: Some("/lab/known_hosts".into()),
+        }
+    }
+
+    #[test]
+    fn the_inventory_fills_in_what_no_flag_gave() {
+        let (target, opts) =
+            SshConnector::new(SshOptions::default(), vec![lab_host()]).target_for(&host());
+        assert_eq!(target.host, "10.77.1.11");
+        assert_eq!(opts.identity_file.as_deref(), Some(Path::new("/lab/id")));
+        assert_eq!(
+            opts.known_hosts.as_deref(),
+            Some(Path::new("/lab/known_hosts"))
+        );
+        assert_eq!(opts.privilege, Privilege::Doas);
+    }
+
+    #[test]
+    fn a_flag_beats_the_inventory() {
+        let base = SshOptions {
+            identity_file: Some("/cli/key".into()),
+            known_hosts: Some("/cli/known".into()),
+            ..SshOptions::default()
+        };
+        let (_, opts) = SshConnector::new(base, vec![lab_host()])
+            .with_privilege(Privilege::Run0)
+            .target_for(&host());
+        assert_eq!(opts.identity_file.as_deref(), Some(Path::new("/cli/key")));
+        assert_eq!(opts.known_hosts.as_deref(), Some(Path::new("/cli/known")));
+        assert_eq!(opts.privilege, Privilege::Run0);
+    }
+}
