@@ -220,10 +220,13 @@ fn one_fleet_deploy_reaches_targets_of_both_versions() {
         versions[0].minor == 8 && versions[1] >= NixVersion::new(2, 15, 0),
         "{versions:?}"
     );
-    // Each lab has its own key and known_hosts: one inventory entry per target, named by role.
+    // Each lab has its own key and known_hosts: one inventory entry per target, named by role. The base
+    // options are what the command line would give: no key or known_hosts of their own (those would win).
     let conn = SshConnector::new(
         SshOptions {
             connect_timeout: Duration::from_secs(5),
+            identity_file: None,
+            known_hosts: None,
             ..old.host(0).ssh_options()
         },
         targets
