@@ -550,7 +550,8 @@ struct Counts {
 
 impl Renderer {
     fn new(json: bool, hosts: impl Iterator<Item = String>) -> Renderer {
-        let tty = std::io::stderr().is_terminal() && !json;
+        // -q: no progress at all (bars or phase lines); the result table still prints.
+        let tty = std::io::stderr().is_terminal() && !json && !crate::ui::quiet();
         let multi = tty.then(indicatif::MultiProgress::new);
         let summary = multi.as_ref().map(|m| {
             let bar = m.add(indicatif::ProgressBar::new_spinner());
@@ -706,6 +707,9 @@ impl Renderer {
     }
 
     fn plain(&self, host: &str, text: &str) {
+        if crate::ui::quiet() {
+            return;
+        }
         eprintln!(
             "[{:>5.1}s] {host}: {text}",
             self.started.elapsed().as_secs_f64()
@@ -752,9 +756,9 @@ impl Renderer {
         }
         for h in rows {
             println!(
-                "{:<16} {:<13} {:>7.1}s  {:<10} {}",
+                "{:<16} {} {:>7.1}s  {:<10} {}",
                 h.host,
-                outcome_word(h),
+                crate::ui::status(&format!("{:<13}", outcome_word(h))),
                 h.duration_ms as f64 / 1000.0,
                 h.generation.map(|g| g.to_string()).unwrap_or("-".into()),
                 h.message

@@ -241,8 +241,9 @@ fn print_summary(rows: &[(&ResolvedHost, HostResult, Duration)], width: usize) {
         };
         let _ = writeln!(
             err,
-            "{:<width$}  {label:<11}  {code:>4}  {:>6.2}s{}",
+            "{:<width$}  {}  {code:>4}  {:>6.2}s{}",
             host.name,
+            crate::ui::status_stderr(&format!("{label:<11}")),
             time.as_secs_f64(),
             if detail.is_empty() {
                 String::new()

@@ -7,6 +7,7 @@ pub mod disk;
 pub mod disk_apply;
 pub mod exec;
 pub mod facts;
+pub mod init;
 pub mod install;
 pub mod lab;
 pub mod lab_vm;
@@ -30,6 +31,8 @@ pub enum Command {
     Status(deploy::StatusArgs),
     /// Activate the previous generation on hosts.
     Rollback(deploy::RollbackArgs),
+    /// Write a flake for a fresh server from its facts: flake.nix, disk.nix, hardware-configuration.nix.
+    Init(init::InitArgs),
     /// Install NixOS on a reachable Linux host (kexec, disks, install, reboot, verify).
     Install(install::InstallArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -101,6 +104,7 @@ pub fn run(command: Command) -> miette::Result<ExitCode> {
         Command::Status(a) => deploy::status(a),
         Command::Rollback(a) => deploy::rollback(a),
         Command::Install(a) => install::run(a),
+        Command::Init(a) => init::run(a),
         // Both need the whole command line, which main.rs owns.
         Command::Completions { .. } | Command::Man { .. } => unreachable_here(),
     }
@@ -145,6 +149,8 @@ pub fn man_pages(cmd: clap::Command, dir: &std::path::Path) -> miette::Result<Ex
             }
         }
     }
-    eprintln!("wrote {written} man page(s) to {}", dir.display());
+    if !crate::ui::quiet() {
+        eprintln!("wrote {written} man page(s) to {}", dir.display());
+    }
     Ok(crate::exit::code(crate::exit::OK))
 }
