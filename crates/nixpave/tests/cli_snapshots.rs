@@ -126,3 +126,59 @@ fn quiet_drops_informational_messages_only() {
     assert_eq!(code, Some(2));
     assert!(stderr.contains("not a usable node name"), "{stderr}");
 }
+
+/// Every command reached by walking `--help`, as its words (`["lab", "vm", "up"]`).
+fn leaf_commands(path: Vec<String>, out: &mut Vec<Vec<String>>) {
+    let args: Vec<&str> = path.iter().map(String::as_str).chain(["--help"]).collect();
+    let (code, stdout, _) = nixpave(&args);
+    assert_eq!(code, Some(0), "{args:?}");
+    let subs: Vec<String> = stdout
+        .split("Commands:\n")
+        .nth(1)
+        .map(|rest| {
+            rest.lines()
+                .take_while(|l| !l.trim().is_empty())
+                .filter(|l| l.starts_with("  ") && !l.starts_with("   "))
+                .filter_map(|l| l.split_whitespace().next().map(String::from))
+                .filter(|w| w != "help")
+                .collect()
+        })
+        .unwrap_or_default();
+    if subs.is_empty() {
+        out.push(path);
+        return;
+    }
+    for sub in subs {
+        let mut p = path.clone();
+        p.push(sub);
+        leaf_commands(p, out);
+    }
+}
+
+/// `--json` wherever nixpave prints a table or a report; the commands without it print no table.
+#[test]
+fn every_command_that_reports_has_json() {
+    // Commands that print no table: a script, pages, an interactive shell, a log, a removal message.
+    const NO_TABLE: &[&str] = &[
+        "completions",
+        "man",
+        "lab ssh",
+        "lab down",
+        "lab vm down",
+        "lab vm console",
+        "lab vm ssh",
+    ];
+    let mut leaves = Vec::new();
+    leaf_commands(Vec::new(), &mut leaves);
+    assert!(leaves.len() >= 20, "{leaves:?}");
+    let mut without = Vec::new();
+    for leaf in &leaves {
+        let name = leaf.join(" ");
+        let args: Vec<&str> = leaf.iter().map(String::as_str).chain(["--help"]).collect();
+        let (_, stdout, _) = nixpave(&args);
+        if !stdout.contains("--json") && !NO_TABLE.contains(&name.as_str()) {
+            without.push(name);
+        }
+    }
+    assert!(without.is_empty(), "commands without --json: {without:?}");
+}
