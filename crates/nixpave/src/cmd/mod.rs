@@ -119,8 +119,17 @@ fn unreachable_here() -> miette::Result<ExitCode> {
 /// Writes `cmd`'s completion script for `shell` to stdout.
 pub fn completions(cmd: &mut clap::Command, shell: clap_complete::Shell) -> ExitCode {
     let name = cmd.get_name().to_string();
-    clap_complete::generate(shell, cmd, name, &mut std::io::stdout());
-    crate::exit::code(crate::exit::OK)
+    // Generated into memory first: clap_complete panics when its writer fails, and a closed pipe
+    // (`nixpave completions bash | head`) is no error.
+    let mut script = Vec::new();
+    clap_complete::generate(shell, cmd, name, &mut script);
+    match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("writing the completion script: {e}");
+            crate::exit::code(crate::exit::FAILED)
+        }
+        _ => crate::exit::code(crate::exit::OK),
+    }
 }
 
 /// Writes a man page for `cmd` and each of its subcommands (`nixpave-deploy.1`, `nixpave-lab-up.1`, …) into
