@@ -1,5 +1,6 @@
-//! docs/migrating.md names only flags nixpave has: every table row's nixpave column is read, and each
-//! flag in it must be in the `--help` of the command its table is about (`nixpave command: …`).
+//! The docs: docs/migrating.md names only flags nixpave has (every table row's nixpave column is read,
+//! and each flag in it must be in the `--help` of the command its table is about, `nixpave command: …`),
+//! and every command has a page in docs/commands with an example session.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
@@ -124,4 +125,59 @@ fn the_flag_reader_reads_cells() {
         flags_in("same: `-i`/`--identity` and `-s/--skip-checks`, `sshOpts = [ \"-p\" ]`"),
         ["-i", "--identity", "-s", "--skip-checks"]
     );
+}
+
+#[test]
+fn every_command_has_a_page_with_a_session() {
+    let out = Command::new(env!("CARGO_BIN_EXE_nixpave"))
+        .arg("--help")
+        .output()
+        .expect("nixpave runs");
+    let help = String::from_utf8_lossy(&out.stdout).into_owned();
+    let commands: Vec<&str> = help
+        .split("Commands:\n")
+        .nth(1)
+        .expect("a Commands section")
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .filter(|l| l.starts_with("  ") && !l.starts_with("   "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    assert!(commands.len() >= 10, "{commands:?}");
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/commands");
+    let pages: Vec<(String, String)> = std::fs::read_dir(dir)
+        .expect("docs/commands")
+        .map(|e| {
+            let path = e.expect("entry").path();
+            let text = std::fs::read_to_string(&path).expect("page");
+            (path.display().to_string(), text)
+        })
+        .collect();
+    let index =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/README.md"))
+            .expect("docs/README.md");
+    for cmd in commands {
+        let (path, text) = pages
+            .iter()
+            .find(|(_, t)| {
+                t.lines()
+                    .next()
+                    .is_some_and(|title| title.contains(&format!("nixpave {cmd}")))
+            })
+            .unwrap_or_else(|| panic!("no page in docs/commands has the title `nixpave {cmd}`"));
+        // A session: a console block with the command run and its exit status.
+        assert!(
+            text.contains("```console") && text.contains(&format!("$ nixpave {cmd}")),
+            "{path}: no example session of `nixpave {cmd}`"
+        );
+        let file = std::path::Path::new(path)
+            .file_name()
+            .unwrap()
+            .to_string_lossy();
+        assert!(
+            index.contains(&format!("commands/{file}")),
+            "docs/README.md does not link {file}"
+        );
+    }
 }
