@@ -137,16 +137,18 @@ fn apply(args: &ApplyArgs) -> Result<(), Failure> {
 
     let preflight = exec::preflight(transport, plan, &options)?;
     let host = transport.host().to_string();
-    eprintln!(
-        "nixpave disk apply: mode {} on {host}, {} steps{}",
-        plan.mode,
-        preflight.deactivation.len() + plan.operations.len(),
-        if args.dry_run {
-            " (dry run: nothing will be changed)"
-        } else {
-            ""
-        }
-    );
+    if !crate::ui::quiet() {
+        eprintln!(
+            "nixpave disk apply: mode {} on {host}, {} steps{}",
+            plan.mode,
+            preflight.deactivation.len() + plan.operations.len(),
+            if args.dry_run {
+                " (dry run: nothing will be changed)"
+            } else {
+                ""
+            }
+        );
+    }
     if args.json {
         // Machine consumers get the preflight (disks to wipe, deactivation steps) first.
         let event = serde_json::json!({ "event": "preflight", "preflight": &preflight });
@@ -173,7 +175,11 @@ fn apply(args: &ApplyArgs) -> Result<(), Failure> {
                 if let Ok(line) = serde_json::to_string(p) {
                     println!("{line}");
                 }
-            } else if p.state != StepState::Done {
+            } else if p.state != StepState::Done
+                // -q: no running or skipped steps; a dry run's would-run lines are its result.
+                && !(crate::ui::quiet()
+                    && matches!(p.state, StepState::Running | StepState::Skipped { .. }))
+            {
                 eprintln!("{}", p.render());
             }
         },
