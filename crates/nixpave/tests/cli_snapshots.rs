@@ -41,6 +41,14 @@ fn help_of_the_fleet_commands() {
     }
 }
 
+/// The top level: the global `-q/--quiet` and `--color` flags and every command, `init` included.
+#[test]
+fn help_of_the_top_level() {
+    let (code, stdout, _) = nixpave(&["--help"]);
+    assert_eq!(code, Some(0));
+    insta::assert_snapshot!("help-top", stdout);
+}
+
 #[test]
 fn usage_errors_name_the_problem_and_exit_2() {
     let dir = tempfile::tempdir().expect("tempdir");
