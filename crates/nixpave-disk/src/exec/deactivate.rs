@@ -195,6 +195,7 @@ mod tests {
         )
         .expect("valid json");
         Facts {
+            btrfs_subvolumes: Default::default(),
             devices,
             mounts: vec![
                 Mount {
@@ -203,6 +204,7 @@ mod tests {
                     fstype: "btrfs".into(),
                     majmin: "0:40".into(),
                     root: "/@".into(),
+                    options: Vec::new(),
                 },
                 Mount {
                     source: "/dev/dm-1".into(),
@@ -210,6 +212,7 @@ mod tests {
                     fstype: "btrfs".into(),
                     majmin: "0:40".into(),
                     root: "/@nix".into(),
+                    options: Vec::new(),
                 },
             ],
             swaps: vec![

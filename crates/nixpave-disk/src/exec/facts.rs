@@ -101,6 +101,10 @@ pub struct Mount {
     pub majmin: String,
     /// Path inside the filesystem that is mounted (`/@nix` for a btrfs subvolume).
     pub root: String,
+    /// Mount options: the mount's own, then the filesystem's (`rw`, `noatime`,
+    /// `compress=zstd:3`, `subvol=/@nix`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
 }
 
 /// One active swap area (a line of `/proc/swaps`).
@@ -121,6 +125,10 @@ pub struct Facts {
     pub mounts: Vec<Mount>,
     /// Active swap areas.
     pub swaps: Vec<Swap>,
+    /// btrfs subvolumes (paths from the top level, without leading `/`) by device node, for
+    /// the mounted btrfs filesystems [`probe_btrfs_subvolumes`] was asked about.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub btrfs_subvolumes: BTreeMap<String, Vec<String>>,
 }
 
 impl Facts {
@@ -261,7 +269,59 @@ pub fn probe_scoped(transport: &dyn Transport, scope: &[String]) -> Result<Facts
         devices,
         mounts,
         swaps: parse_swaps(&String::from_utf8_lossy(&swaps)),
+        btrfs_subvolumes: BTreeMap::new(),
     })
+}
+
+/// Fills [`Facts::btrfs_subvolumes`] for the btrfs filesystems among `devices` (device nodes)
+/// that are mounted somewhere: `btrfs subvolume list -a` on one of their mounts. Read-only.
+/// An unmounted btrfs is left out (its subvolumes are then unknown, not absent).
+pub fn probe_btrfs_subvolumes(
+    transport: &dyn Transport,
+    facts: &mut Facts,
+    devices: &[String],
+) -> Result<(), ApplyError> {
+    for path in devices {
+        let Some(device) = facts.find(path) else {
+            continue;
+        };
+        if device.fstype.as_deref() != Some("btrfs") {
+            continue;
+        }
+        let Some(mount) = facts.mounts_of(device).first().map(|m| m.target.clone()) else {
+            continue;
+        };
+        let node = device.path.clone();
+        let out = run_probe(transport, &["btrfs", "subvolume", "list", "-a", &mount])?;
+        if !out.success() {
+            return Err(ApplyError::Probe {
+                host: transport.host().to_string(),
+                command: format!("btrfs subvolume list -a {mount}"),
+                status: out.status,
+                stderr: out.stderr_tail(5),
+            });
+        }
+        facts
+            .btrfs_subvolumes
+            .insert(node, parse_subvolume_list(&out.stdout_str()));
+    }
+    Ok(())
+}
+
+/// Parses `btrfs subvolume list -a`: `ID 256 gen 9 top level 5 path <FS_TREE>/@root` → `@root`.
+pub fn parse_subvolume_list(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.split_once(" path ").map(|(_, p)| p))
+        .map(|p| {
+            p.trim_start_matches("<FS_TREE>/")
+                .trim_matches('/')
+                .to_string()
+        })
+        .filter(|p| !p.is_empty())
+        .collect();
+    out.sort();
+    out
 }
 
 /// The lsblk JSON shape (only the columns we ask for).
@@ -510,6 +570,14 @@ pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
                 target: unescape_octal(left[4]),
                 fstype: right[0].to_string(),
                 source: unescape_octal(right[1]),
+                options: left
+                    .get(5)
+                    .into_iter()
+                    .chain(right.get(2))
+                    .flat_map(|o| o.split(','))
+                    .filter(|o| !o.is_empty())
+                    .map(unescape_octal)
+                    .collect(),
             })
         })
         .collect()
@@ -645,6 +713,16 @@ mod tests {
         assert_eq!(mounts[1].root, "/@nix");
         assert_eq!(mounts[1].source, "/dev/loop3p2");
         assert_eq!(mounts[1].fstype, "btrfs");
+        assert_eq!(
+            mounts[1].options,
+            ["rw", "relatime", "rw", "subvol=/@nix"].map(String::from)
+        );
+    }
+
+    #[test]
+    fn parses_subvolume_lists() {
+        let text = "ID 256 gen 9 top level 5 path <FS_TREE>/@root\nID 257 gen 10 top level 5 path <FS_TREE>/nested/@nix\n";
+        assert_eq!(parse_subvolume_list(text), ["@root", "nested/@nix"]);
     }
 
     #[test]

@@ -288,6 +288,7 @@ mod tests {
         )
         .expect("valid json");
         Facts {
+            btrfs_subvolumes: Default::default(),
             devices,
             mounts: vec![
                 Mount {
@@ -296,6 +297,7 @@ mod tests {
                     fstype: "ext4".into(),
                     majmin: "254:1".into(),
                     root: "/".into(),
+                    options: Vec::new(),
                 },
                 Mount {
                     source: "/dev/vdb1".into(),
@@ -303,6 +305,7 @@ mod tests {
                     fstype: "ext4".into(),
                     majmin: "254:17".into(),
                     root: "/".into(),
+                    options: Vec::new(),
                 },
             ],
             swaps: vec![Swap {

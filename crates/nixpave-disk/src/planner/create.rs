@@ -323,66 +323,82 @@ fn btrfs(b: &Btrfs, _ctx: &mut Ctx) -> Vec<Operation> {
         })];
     let has_swap = !b.swap.is_empty() || b.subvolumes.values().any(|s| !s.swap.is_empty());
     if !b.subvolumes.is_empty() || has_swap {
+        let (mount, umount) = btrfs_top_mount(dev);
         let tmp = btrfs_temp_dir(dev);
-        body.push(
-            op(
-                dev,
-                format!("mount the top level of {dev} at {tmp} to create subvolumes"),
-                argv![
-                    "mount",
-                    "-t",
-                    "btrfs",
-                    "-o",
-                    "subvol=/",
-                    "-o",
-                    "X-mount.mkdir",
-                    dev,
-                    &tmp
-                ],
-            )
-            .guard(Guard::NotMounted {
-                device: dev.clone(),
-                target: tmp.clone(),
-            }),
-        );
+        body.push(mount);
         body.extend(swapfiles(&b.swap, &tmp, dev));
         for s in b.subvolumes.values() {
-            let rel = s.name.trim_start_matches('/');
-            let path = format!("{tmp}/{rel}");
-            if let Some((parent, _)) = rel.rsplit_once('/') {
-                let pdir = format!("{tmp}/{parent}");
-                body.push(
-                    op(
-                        dev,
-                        format!("create directory {pdir}"),
-                        argv!["mkdir", "-p", &pdir],
-                    )
-                    .guard(Guard::PathAbsent { path: pdir.clone() }),
-                );
-            }
-            let mut a = argv!["btrfs", "subvolume", "create"];
-            a.extend(s.extra_args.iter().cloned());
-            a.push(path.clone());
-            body.push(
-                op(
-                    dev,
-                    format!("create btrfs subvolume {} on {dev}", s.name),
-                    a,
-                )
-                .guard(Guard::SubvolumeAbsent { path: path.clone() }),
-            );
-            body.extend(swapfiles(&s.swap, &path, dev));
+            body.extend(subvolume(s, &tmp, dev));
         }
-        body.push(
-            op(dev, format!("unmount {tmp}"), argv!["umount", &tmp]).guard(Guard::Mounted {
-                target: tmp.clone(),
-            }),
-        );
+        body.push(umount);
     }
     with_hooks(&b.hooks, dev, body)
 }
 
-fn swapfiles(files: &BTreeMap<String, SwapFile>, dir: &str, dev: &str) -> Vec<Operation> {
+/// Mounting the top level of the btrfs on `dev` at [`btrfs_temp_dir`], and unmounting it.
+pub(crate) fn btrfs_top_mount(dev: &str) -> (Operation, Operation) {
+    let tmp = btrfs_temp_dir(dev);
+    let mount = op(
+        dev,
+        format!("mount the top level of {dev} at {tmp} to create subvolumes"),
+        argv![
+            "mount",
+            "-t",
+            "btrfs",
+            "-o",
+            "subvol=/",
+            "-o",
+            "X-mount.mkdir",
+            dev,
+            &tmp
+        ],
+    )
+    .guard(Guard::NotMounted {
+        device: dev.to_string(),
+        target: tmp.clone(),
+    });
+    let umount = op(dev, format!("unmount {tmp}"), argv!["umount", &tmp]).guard(Guard::Mounted {
+        target: tmp.clone(),
+    });
+    (mount, umount)
+}
+
+/// Creating one subvolume (and its swap files) below the top level mounted at `tmp`.
+pub(crate) fn subvolume(s: &Subvolume, tmp: &str, dev: &str) -> Vec<Operation> {
+    let mut body = Vec::new();
+    let rel = s.name.trim_start_matches('/');
+    let path = format!("{tmp}/{rel}");
+    if let Some((parent, _)) = rel.rsplit_once('/') {
+        let pdir = format!("{tmp}/{parent}");
+        body.push(
+            op(
+                dev,
+                format!("create directory {pdir}"),
+                argv!["mkdir", "-p", &pdir],
+            )
+            .guard(Guard::PathAbsent { path: pdir.clone() }),
+        );
+    }
+    let mut a = argv!["btrfs", "subvolume", "create"];
+    a.extend(s.extra_args.iter().cloned());
+    a.push(path.clone());
+    body.push(
+        op(
+            dev,
+            format!("create btrfs subvolume {} on {dev}", s.name),
+            a,
+        )
+        .guard(Guard::SubvolumeAbsent { path: path.clone() }),
+    );
+    body.extend(swapfiles(&s.swap, &path, dev));
+    body
+}
+
+pub(crate) fn swapfiles(
+    files: &BTreeMap<String, SwapFile>,
+    dir: &str,
+    dev: &str,
+) -> Vec<Operation> {
     files
         .values()
         .map(|f| {
