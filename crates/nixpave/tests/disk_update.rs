@@ -99,6 +99,7 @@ const LAYOUT_A: &str = r#"
 #[test]
 fn update_adds_partitions_subvolumes_swap_mount_options_and_a_blank_disk_keeping_data() {
     support::require_loop_devices();
+    let _mounts = mounts_lock();
     let mut scratch = Scratch::new("update-add");
     let dev = scratch.disk(1200);
     let extra = scratch.disk(64);
@@ -310,6 +311,7 @@ fn update_grows_a_mounted_ext4_online() {
 /// Formats a layout whose last partition fills the disk, grows the image by 300 MiB and
 /// applies the same layout in update mode.
 fn grow_case(format: &str, mounted: bool) {
+    let _mounts = mounts_lock();
     let mut scratch = Scratch::new("update-grow");
     let dev = scratch.disk(400);
     let root = scratch.root();
@@ -399,6 +401,7 @@ fn grow_case(format: &str, mounted: bool) {
 #[test]
 fn update_refuses_destructive_changes_and_writes_nothing() {
     support::require_loop_devices();
+    let _mounts = mounts_lock();
     let mut scratch = Scratch::new("update-refuse");
     let dev = scratch.disk(600);
     let root = scratch.root();
@@ -476,4 +479,98 @@ fn update_refuses_destructive_changes_and_writes_nothing() {
         std::fs::read_to_string(format!("{root}/data/keep")).expect("read"),
         "kept"
     );
+}
+
+/// Held by tests that mount loop partitions, and by the lab test while it creates its host:
+/// the lab host's new mount namespace copies every mount that exists at that moment and would
+/// keep those filesystems busy (and writing) after the test unmounts them.
+static MOUNT_NAMESPACES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn mounts_lock() -> std::sync::MutexGuard<'static, ()> {
+    MOUNT_NAMESPACES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[test]
+fn update_over_ssh_to_a_lab_host() {
+    support::require_loop_devices();
+    let lab = {
+        let _mounts = mounts_lock();
+        nixpave_lab::testing::Lab::with(nixpave_lab::testing::LabOptions {
+            hosts: 1,
+            disks: 1,
+            disk_size: 128 << 20,
+            ..Default::default()
+        })
+        .expect("lab up")
+    };
+    let host = lab.host(0);
+    let dev = host.disks()[0].clone();
+    let scratch = Scratch::new("update-ssh");
+    let root = scratch.root();
+    let a = write_layout(
+        &scratch,
+        "a.json",
+        &gpt(
+            r#""root": {"size": "48M", "content": {"type": "filesystem", "format": "ext4", "mountpoint": "/"}}"#,
+        ),
+    );
+    let b = write_layout(
+        &scratch,
+        "b.json",
+        &gpt(
+            r#""root": {"size": "48M", "content": {"type": "filesystem", "format": "ext4", "mountpoint": "/"}},
+               "srv": {"size": "32M", "content": {"type": "filesystem", "format": "ext4", "mountpoint": "/srv"}}"#,
+        ),
+    );
+    let target = host.target().to_string();
+    let identity = host.identity_file().to_string_lossy().into_owned();
+    let known_hosts = host.known_hosts().to_string_lossy().into_owned();
+    let ssh = [
+        "--target",
+        target.as_str(),
+        "-i",
+        identity.as_str(),
+        "--known-hosts",
+        known_hosts.as_str(),
+    ];
+    let with_ssh = |mode: &'static str| -> Vec<String> {
+        let mut v = vec!["--mode".to_string(), mode.to_string()];
+        v.extend(ssh.iter().map(|s| s.to_string()));
+        v
+    };
+    let run = |sub: &str, layout: &str, mode: &'static str| {
+        let args = with_ssh(mode);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        disk(sub, layout, &dev, &root, &args)
+    };
+    ok(run("apply", &a, "format,mount"));
+    let out = ok(run("plan", &b, "update"));
+    let plan = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        plan.contains("new partition 2 `disk-main-srv` (32 MiB"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("mounted at"),
+        "the host's own mounts are seen: {plan}"
+    );
+    ok(run("apply", &b, "update"));
+    assert_eq!(fstype(&format!("{dev}p2")), "ext4");
+    let findmnt = host
+        .run_inside(&[
+            "findmnt",
+            "-n",
+            "-o",
+            "SOURCE",
+            "--mountpoint",
+            &format!("{root}/srv"),
+        ])
+        .expect("findmnt inside the host");
+    assert_eq!(
+        String::from_utf8_lossy(&findmnt.stdout).trim(),
+        format!("{dev}p2")
+    );
+    ok(run("apply", &b, "unmount"));
 }
