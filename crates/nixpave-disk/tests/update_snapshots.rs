@@ -7,7 +7,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
-use nixpave_disk::exec::facts::{BlockDevice, Facts, Mount, Swap};
+use nixpave_disk::exec::facts::{BlockDevice, Facts, LogicalVolume, Mount, Swap, VolumeGroup};
 use nixpave_disk::model::size::{parse_position, Position, SECTOR};
 use nixpave_disk::model::{Content, Layout};
 use nixpave_disk::planner::update::{render_human, update, Class, Kind};
@@ -192,6 +192,55 @@ fn formatted(layout: &Layout, disk_size: u64) -> Facts {
         }
         facts.devices.push(dev);
     }
+    // Volume groups with 10 GiB free; "%" sizes count as 1 GiB.
+    let mut groups = std::collections::BTreeMap::new();
+    for vg in layout.lvm_vg.values() {
+        // `100%FREE` took what was left when the group was made.
+        let full = vg
+            .lvs
+            .iter()
+            .any(|lv| lv.size.ends_with("FREE") || lv.size.ends_with('%'));
+        let mut group = VolumeGroup {
+            free: if full { 0 } else { 10 * GIB },
+            extent: 4 << 20,
+            ..VolumeGroup::default()
+        };
+        for lv in &vg.lvs {
+            let size = match nixpave_disk::model::size::parse_size(&lv.size) {
+                Ok(nixpave_disk::model::size::Size::Bytes(b)) => b.div_ceil(4 << 20) * (4 << 20),
+                _ => GIB,
+            };
+            group.lvs.insert(
+                lv.name.clone(),
+                LogicalVolume {
+                    size,
+                    segtype: match lv.lvm_type.as_deref() {
+                        None => "linear".into(),
+                        Some("thinlv") => "thin".into(),
+                        Some(t) => t.into(),
+                    },
+                },
+            );
+            let mut dev = BlockDevice {
+                name: format!("{}-{}", vg.name, lv.name),
+                kname: format!("dm-{}", facts.devices.len()),
+                path: format!(
+                    "/dev/mapper/{}-{}",
+                    vg.name.replace('-', "--"),
+                    lv.name.replace('-', "--")
+                ),
+                size,
+                kind: "lvm".into(),
+                ..BlockDevice::default()
+            };
+            if let Some(c) = &lv.content {
+                content_facts(c, &mut dev, &mut facts, "/");
+            }
+            facts.devices.push(dev);
+        }
+        groups.insert(vg.name.clone(), group);
+    }
+    facts.volume_groups = Some(groups);
     for n in layout.nodev.values() {
         facts.mounts.push(Mount {
             source: n.device.clone(),
@@ -466,4 +515,65 @@ fn mount_options_and_subvolumes_are_additive() {
         render_human(&u)
     );
     insta::assert_snapshot!("subvolume-and-options", render_human(&u));
+}
+
+fn lvm_json(root_size: &str, extra: Option<serde_json::Value>) -> Layout {
+    let mut lvs = serde_json::json!({
+        "root": {"size": root_size, "content": {"type": "filesystem", "format": "ext4", "mountpoint": "/"}},
+        "data": {"size": "100%FREE", "content": {"type": "filesystem", "format": "xfs", "mountpoint": "/data"}}
+    });
+    if let Some(e) = extra {
+        lvs["home"] = e;
+    }
+    Layout::from_json(&serde_json::json!({
+        "disk": {"main": {"type": "disk", "device": "/dev/vda", "content": {"type": "gpt", "partitions": {
+            "pv": {"size": "100%", "content": {"type": "lvm_pv", "vg": "pool"}}}}}},
+        "lvm_vg": {"pool": {"type": "lvm_vg", "lvs": lvs}}
+    }))
+    .expect("valid layout")
+}
+
+#[test]
+fn lvm_volumes_are_added_grown_or_refused_from_vgs_and_lvs() {
+    let mut facts = formatted(&lvm_json("2G", None), 20 * GIB);
+    let u = update(&lvm_json("2G", None), &facts, &options()).expect("update plan");
+    assert!(u.plan().operations.is_empty(), "{}", render_human(&u));
+    // 10 GiB more in the group (a grown PV): 100%FREE grows into it.
+    if let Some(groups) = facts.volume_groups.as_mut() {
+        groups.get_mut("pool").expect("pool").free = 10 * GIB;
+    }
+    let u = update(&lvm_json("2G", None), &facts, &options()).expect("update plan");
+    assert_eq!(
+        u.of(Class::Growable).map(|d| d.kind).collect::<Vec<_>>(),
+        [Kind::LvGrown]
+    );
+    // A new LV, and root grown: additive and growable, lvcreate/lvextend + resize2fs.
+    let home = serde_json::json!({"size": "1G", "priority": 10, "content": {"type": "filesystem", "format": "ext4", "mountpoint": "/home"}});
+    let u = update(&lvm_json("3G", Some(home)), &facts, &options()).expect("update plan");
+    assert!(!u.has_destructive(), "{}", render_human(&u));
+    let plan = u.plan();
+    let programs: Vec<&str> = plan.operations.iter().map(|o| o.argv[0].as_str()).collect();
+    assert!(
+        programs.contains(&"lvcreate") && programs.contains(&"lvextend"),
+        "{programs:?}"
+    );
+    insta::assert_snapshot!("lvm-added-and-grown", render_human(&u));
+    // Root shrunk, an LV gone: destructive.
+    let mut facts2 = facts.clone();
+    if let Some(groups) = facts2.volume_groups.as_mut() {
+        groups.get_mut("pool").expect("pool").lvs.insert(
+            "old".into(),
+            LogicalVolume {
+                size: GIB,
+                segtype: "linear".into(),
+            },
+        );
+    }
+    let u = update(&lvm_json("1G", None), &facts2, &options()).expect("update plan");
+    let kinds: Vec<Kind> = u.of(Class::Destructive).map(|d| d.kind).collect();
+    assert!(
+        kinds.contains(&Kind::LvShrunk) && kinds.contains(&Kind::LvRemoved),
+        "{kinds:?}"
+    );
+    insta::assert_snapshot!("lvm-destructive", render_human(&u));
 }

@@ -196,6 +196,7 @@ mod tests {
         .expect("valid json");
         Facts {
             btrfs_subvolumes: Default::default(),
+            volume_groups: None,
             devices,
             mounts: vec![
                 Mount {

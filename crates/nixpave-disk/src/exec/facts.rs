@@ -129,6 +129,29 @@ pub struct Facts {
     /// the mounted btrfs filesystems [`probe_btrfs_subvolumes`] was asked about.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub btrfs_subvolumes: BTreeMap<String, Vec<String>>,
+    /// Active LVM volume groups by name, when [`probe_lvm`] ran (and LVM is installed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_groups: Option<BTreeMap<String, VolumeGroup>>,
+}
+
+/// An LVM volume group (`vgs`) and its logical volumes (`lvs`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeGroup {
+    /// Free space in bytes.
+    pub free: u64,
+    /// Extent size in bytes.
+    pub extent: u64,
+    /// Logical volumes by name.
+    pub lvs: BTreeMap<String, LogicalVolume>,
+}
+
+/// One logical volume.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogicalVolume {
+    /// Size in bytes.
+    pub size: u64,
+    /// Segment type (`linear`, `striped`, `raid1`, `thin`, `thin-pool`, …).
+    pub segtype: String,
 }
 
 impl Facts {
@@ -270,7 +293,98 @@ pub fn probe_scoped(transport: &dyn Transport, scope: &[String]) -> Result<Facts
         mounts,
         swaps: parse_swaps(&String::from_utf8_lossy(&swaps)),
         btrfs_subvolumes: BTreeMap::new(),
+        volume_groups: None,
     })
+}
+
+/// Fills [`Facts::volume_groups`] from `vgs` and `lvs` (JSON reports, sizes in bytes).
+/// Read-only. Without LVM tools on the machine it stays `None` (unknown, not empty).
+pub fn probe_lvm(transport: &dyn Transport, facts: &mut Facts) -> Result<(), ApplyError> {
+    let vgs = [
+        "vgs",
+        "--reportformat",
+        "json",
+        "--units",
+        "b",
+        "--nosuffix",
+        "-o",
+        "vg_name,vg_free,vg_extent_size",
+    ];
+    let lvs = [
+        "lvs",
+        "--reportformat",
+        "json",
+        "--units",
+        "b",
+        "--nosuffix",
+        "-o",
+        "vg_name,lv_name,lv_size,segtype",
+    ];
+    let vg_out = match transport.run(&vgs.map(String::from), None) {
+        Ok(out) if out.success() => out,
+        // No LVM here (missing program, or no device-mapper): unknown.
+        _ => return Ok(()),
+    };
+    let lv_out = run_probe(transport, &lvs)?;
+    if !lv_out.success() {
+        return Err(ApplyError::Probe {
+            host: transport.host().to_string(),
+            command: lvs.join(" "),
+            status: lv_out.status,
+            stderr: lv_out.stderr_tail(5),
+        });
+    }
+    facts.volume_groups = Some(parse_lvm_reports(
+        &vg_out.stdout_str(),
+        &lv_out.stdout_str(),
+    ));
+    Ok(())
+}
+
+/// Parses the JSON reports of `vgs` and `lvs` (see [`probe_lvm`]).
+pub fn parse_lvm_reports(vgs: &str, lvs: &str) -> BTreeMap<String, VolumeGroup> {
+    let rows = |text: &str, key: &str| -> Vec<BTreeMap<String, String>> {
+        serde_json::from_str::<serde_json::Value>(text)
+            .ok()
+            .and_then(|v| v["report"][0][key].as_array().cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|row| serde_json::from_value(row).ok())
+            .collect()
+    };
+    let num = |row: &BTreeMap<String, String>, k: &str| {
+        row.get(k)
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let mut out = BTreeMap::new();
+    for row in rows(vgs, "vg") {
+        if let Some(name) = row.get("vg_name") {
+            out.insert(
+                name.clone(),
+                VolumeGroup {
+                    free: num(&row, "vg_free"),
+                    extent: num(&row, "vg_extent_size"),
+                    lvs: BTreeMap::new(),
+                },
+            );
+        }
+    }
+    for row in rows(lvs, "lv") {
+        let (Some(vg), Some(lv)) = (row.get("vg_name"), row.get("lv_name")) else {
+            continue;
+        };
+        if let Some(group) = out.get_mut(vg) {
+            group.lvs.insert(
+                lv.clone(),
+                LogicalVolume {
+                    size: num(&row, "lv_size"),
+                    segtype: row.get("segtype").cloned().unwrap_or_default(),
+                },
+            );
+        }
+    }
+    out
 }
 
 /// Fills [`Facts::btrfs_subvolumes`] for the btrfs filesystems among `devices` (device nodes)
@@ -717,6 +831,18 @@ mod tests {
             mounts[1].options,
             ["rw", "relatime", "rw", "subvol=/@nix"].map(String::from)
         );
+    }
+
+    #[test]
+    fn parses_lvm_reports() {
+        let vgs = r#"{"report": [{"vg": [{"vg_name":"pool", "vg_free":"1073741824", "vg_extent_size":"4194304"}]}]}"#;
+        let lvs = r#"{"report": [{"lv": [{"vg_name":"pool", "lv_name":"root", "lv_size":"2147483648", "segtype":"linear"},
+            {"vg_name":"other", "lv_name":"x", "lv_size":"1", "segtype":"linear"}]}]}"#;
+        let groups = parse_lvm_reports(vgs, lvs);
+        assert_eq!(groups.len(), 1);
+        assert_eq!(groups["pool"].free, 1 << 30);
+        assert_eq!(groups["pool"].extent, 4 << 20);
+        assert_eq!(groups["pool"].lvs["root"].size, 2 << 30);
     }
 
     #[test]

@@ -546,40 +546,7 @@ pub(crate) fn lvm_vg(vg: &LvmVg, pvs: &[String], ctx: &mut Ctx) -> Vec<Operation
         .guard(Guard::VgAbsent { vg: name.clone() }),
     );
     for lv in &vg.lvs {
-        let mut a = argv!["lvcreate", "--yes"];
-        if lv.lvm_type.as_deref() == Some("thinlv") {
-            a.extend(argv!["-V", &lv.size]);
-        } else if lv.size.contains('%') {
-            let size = if lv.size.ends_with('%') {
-                format!("{}FREE", lv.size)
-            } else {
-                lv.size.clone()
-            };
-            a.extend(argv!["-l", size]);
-        } else {
-            a.extend(argv!["-L", &lv.size]);
-        }
-        a.extend(argv!["-n", &lv.name]);
-        if let Some(p) = &lv.pool {
-            a.push(format!("--thinpool={p}"));
-        }
-        if let Some(t) = lv.lvm_type.as_deref().filter(|t| *t != "thinlv") {
-            a.push(format!("--type={t}"));
-        }
-        a.extend(lv.extra_args.iter().cloned());
-        a.push(name.clone());
-        body.push(
-            op(
-                name,
-                format!("create logical volume {name}/{} ({})", lv.name, lv.size),
-                a,
-            )
-            .destructive()
-            .guard(Guard::LvAbsent {
-                vg: name.clone(),
-                lv: lv.name.clone(),
-            }),
-        );
+        body.push(lvcreate(name, lv).destructive());
     }
     for lv in &vg.lvs {
         if let Some(c) = &lv.content {
@@ -587,6 +554,41 @@ pub(crate) fn lvm_vg(vg: &LvmVg, pvs: &[String], ctx: &mut Ctx) -> Vec<Operation
         }
     }
     with_hooks(&vg.hooks, name, body)
+}
+
+/// `lvcreate` of one logical volume of `vg`, guarded by its absence.
+pub(crate) fn lvcreate(vg: &str, lv: &Lv) -> Operation {
+    let mut a = argv!["lvcreate", "--yes"];
+    if lv.lvm_type.as_deref() == Some("thinlv") {
+        a.extend(argv!["-V", &lv.size]);
+    } else if lv.size.contains('%') {
+        let size = if lv.size.ends_with('%') {
+            format!("{}FREE", lv.size)
+        } else {
+            lv.size.clone()
+        };
+        a.extend(argv!["-l", size]);
+    } else {
+        a.extend(argv!["-L", &lv.size]);
+    }
+    a.extend(argv!["-n", &lv.name]);
+    if let Some(p) = &lv.pool {
+        a.push(format!("--thinpool={p}"));
+    }
+    if let Some(t) = lv.lvm_type.as_deref().filter(|t| *t != "thinlv") {
+        a.push(format!("--type={t}"));
+    }
+    a.extend(lv.extra_args.iter().cloned());
+    a.push(vg.to_string());
+    op(
+        vg,
+        format!("create logical volume {vg}/{} ({})", lv.name, lv.size),
+        a,
+    )
+    .guard(Guard::LvAbsent {
+        vg: vg.to_string(),
+        lv: lv.name.clone(),
+    })
 }
 
 /// Brings back an existing array whose members carry its superblocks (stopped by `unmount`,

@@ -14,8 +14,10 @@
 //!   (a disk that got bigger); ext4, xfs and btrfs are grown with it, online when mounted.
 //! - Every operation acts on something new (guarded like `format`: a filesystem is only made
 //!   on a device without one) or grows something; none is marked destructive.
-//! - LVM, mdadm, ZFS and bcachefs aggregates, and what lies inside a closed LUKS container, are
-//!   not compared yet: they are listed in [`UpdatePlan::not_compared`].
+//! - LVM logical volumes are compared from `vgs`/`lvs`: a new one is made in the group's free
+//!   extents, a plain (linear) one grows into them with its filesystem. mdadm, ZFS and bcachefs
+//!   aggregates, and what lies inside a closed LUKS container, are not compared yet: they are
+//!   listed in [`UpdatePlan::not_compared`].
 
 use std::collections::BTreeMap;
 
@@ -28,7 +30,7 @@ use super::{Ctx, PlanError, PlanOptions};
 use crate::exec::facts::{normalize_path, BlockDevice, Facts};
 use crate::exec::resolve::{resolve, Resolution};
 use crate::model::size::{parse_position, Position, SECTOR};
-use crate::model::{Btrfs, Content, Disk, Gpt, GptPartition, Layout, Subvolume};
+use crate::model::{Btrfs, Content, Disk, Gpt, GptPartition, Layout, LvmVg, Subvolume};
 use crate::plan::{Mode, Operation, Plan, StdinSource};
 
 /// How a difference between the layout and the disks can be brought about.
@@ -103,6 +105,16 @@ pub enum Kind {
     MountTaken,
     /// A swap area that is not active.
     SwapEnabled,
+    /// An LVM logical volume.
+    Lv,
+    /// An LVM logical volume that is not there yet.
+    LvAdded,
+    /// An LVM logical volume grown into the group's free extents.
+    LvGrown,
+    /// An LVM logical volume that would have to shrink.
+    LvShrunk,
+    /// An LVM logical volume the layout no longer has.
+    LvRemoved,
 }
 
 /// One difference (or sameness) between the layout and the disks.
@@ -233,10 +245,8 @@ pub fn update(
             }
         }
     }
-    for name in layout.lvm_vg.keys() {
-        w.not_compared.push(format!(
-            "LVM volume group `{name}` (its logical volumes are not compared yet)"
-        ));
+    for vg in layout.lvm_vg.values() {
+        w.lvm_vg(vg);
     }
     for name in layout.mdadm.keys() {
         w.not_compared
@@ -702,8 +712,8 @@ impl Walker<'_> {
                     Kind::PartitionGrown,
                     format!("{subject}: {} → {}", mib(c.size), mib(new_size)),
                     format!(
-                        "it holds {fs}, which nixpave cannot grow in place (ext4, xfs and btrfs \
-                         can be grown)"
+                        "it holds {fs}, which nixpave cannot grow in place (ext4, xfs, btrfs and \
+                         LVM physical volumes can be grown)"
                     ),
                 );
                 return;
@@ -757,6 +767,179 @@ impl Walker<'_> {
         );
         if let Some(content) = &p.content {
             self.existing_content(&subject, content, c);
+        }
+    }
+
+    /// The logical volumes of a volume group that exists (from `vgs`/`lvs`).
+    fn lvm_vg(&mut self, vg: &LvmVg) {
+        let name = &vg.name;
+        let facts = self.facts;
+        let Some(groups) = &facts.volume_groups else {
+            self.not_compared.push(format!(
+                "LVM volume group `{name}` (no LVM tools or device-mapper on this machine)"
+            ));
+            return;
+        };
+        let Some(group) = groups.get(name) else {
+            self.not_compared.push(format!(
+                "LVM volume group `{name}` is not active here (made by `format`, not by update)"
+            ));
+            return;
+        };
+        let mut free = group.free;
+        let extent = group.extent.max(1);
+        for (lv_name, live) in &group.lvs {
+            if !vg.lvs.iter().any(|l| &l.name == lv_name) {
+                self.push_destructive(
+                    Kind::LvRemoved,
+                    format!(
+                        "logical volume {name}/{lv_name} ({}) is not in the layout",
+                        mib(live.size)
+                    ),
+                    "removing a logical volume destroys its data; nixpave never removes one \
+                     (lvremove it yourself, or keep it in the layout)"
+                        .to_string(),
+                );
+            }
+        }
+        for lv in &vg.lvs {
+            let subject = format!("logical volume {name}/{}", lv.name);
+            let node = format!(
+                "/dev/mapper/{}-{}",
+                name.replace('-', "--"),
+                lv.name.replace('-', "--")
+            );
+            let Some(live) = group.lvs.get(&lv.name) else {
+                let mut ops = vec![create::lvcreate(name, lv)];
+                let mut ctx = Ctx {
+                    root: self.ctx.root.clone(),
+                };
+                if let Some(c) = &lv.content {
+                    ops.extend(create::content(c, &mut ctx));
+                }
+                let fixed = crate::model::size::parse_size(&lv.size).ok();
+                if let Some(crate::model::size::Size::Bytes(b)) = fixed {
+                    if b > free {
+                        self.push_destructive(
+                            Kind::LvAdded,
+                            format!("new {subject} ({})", lv.size),
+                            format!(
+                                "the group has {} free; more space means a new physical volume \
+                                 (not done by update yet) or shrinking another volume",
+                                mib(free)
+                            ),
+                        );
+                        continue;
+                    }
+                    free -= b.div_ceil(extent) * extent;
+                }
+                self.push(
+                    Class::Additive,
+                    Kind::LvAdded,
+                    format!("new {subject} ({}) in the group's free space", lv.size),
+                    ops,
+                    (PHASE_CONTENT, format!("lv:{name}/{}", lv.name)),
+                );
+                if let Some(c) = &lv.content {
+                    self.new_mounts(c);
+                }
+                continue;
+            };
+            if lv.lvm_type.is_some() || live.segtype != "linear" {
+                self.same(
+                    Kind::Lv,
+                    format!(
+                        "{subject} ({}, {}; size not compared)",
+                        mib(live.size),
+                        live.segtype
+                    ),
+                );
+            } else {
+                let want = match crate::model::size::parse_size(&lv.size) {
+                    Ok(crate::model::size::Size::Bytes(b)) => Some(b.div_ceil(extent) * extent),
+                    _ if lv.size.trim() == "100%FREE" && free >= extent => {
+                        Some(live.size + (free / extent) * extent)
+                    }
+                    _ => None,
+                };
+                match want {
+                    Some(w) if w > live.size && w - live.size <= free => {
+                        let delta = w - live.size;
+                        free -= delta;
+                        let dev = facts.find(&node);
+                        let fs = dev.and_then(|d| d.fstype.clone());
+                        let mounted = dev.and_then(|d| self.mount_of(d));
+                        let fs_ops = match (&lv.content, fs.as_deref()) {
+                            (None, None) => Ok(Vec::new()),
+                            (Some(c), Some(f)) if expected_type(c) == Some(f) => {
+                                grow_fs(f, &lv.device, mounted)
+                            }
+                            (_, f) => Err(f.unwrap_or("unknown content").to_string()),
+                        };
+                        match fs_ops {
+                            Ok(fs_ops) => {
+                                let mut ops = vec![op(
+                                    &lv.device,
+                                    format!("grow {subject} to {}", mib(w)),
+                                    argv!["lvextend", "-L", format!("{w}b"), &lv.device],
+                                )];
+                                ops.extend(fs_ops);
+                                self.push(
+                                    Class::Growable,
+                                    Kind::LvGrown,
+                                    format!(
+                                        "{subject}: {} → {} from the group's free space{}",
+                                        mib(live.size),
+                                        mib(w),
+                                        fs.as_deref()
+                                            .map(|f| format!(", {f} grown with it"))
+                                            .unwrap_or_default()
+                                    ),
+                                    ops,
+                                    (PHASE_TABLE, format!("lv:{name}/{}", lv.name)),
+                                );
+                            }
+                            Err(f) => self.push_destructive(
+                                Kind::LvGrown,
+                                format!("{subject}: {} → {}", mib(live.size), mib(w)),
+                                format!(
+                                    "it holds {f}, which nixpave cannot grow in place (ext4, \
+                                     xfs and btrfs can be grown)"
+                                ),
+                            ),
+                        }
+                        if let (Some(c), Some(d)) = (&lv.content, dev) {
+                            self.existing_content(&subject, c, d);
+                        }
+                        continue;
+                    }
+                    Some(w) if w > live.size + extent => self.push_destructive(
+                        Kind::LvGrown,
+                        format!("{subject}: {} → {}", mib(live.size), mib(w)),
+                        format!(
+                            "the group has only {} free; more space means a new physical \
+                             volume (not done by update yet)",
+                            mib(free)
+                        ),
+                    ),
+                    Some(w) if w + extent <= live.size && lv.size.trim() != "100%FREE" => self
+                        .push_destructive(
+                            Kind::LvShrunk,
+                            format!("{subject}: {} → {}", mib(live.size), mib(w)),
+                            "shrinking cuts off the end of its filesystem: xfs cannot shrink \
+                             at all and ext4 only unmounted; nixpave does not shrink"
+                                .to_string(),
+                        ),
+                    _ => self.same(Kind::Lv, format!("{subject} ({})", mib(live.size))),
+                }
+            }
+            match (&lv.content, facts.find(&node)) {
+                (Some(c), Some(d)) => self.existing_content(&subject, c, d),
+                (Some(_), None) => self
+                    .not_compared
+                    .push(format!("the content of {subject} ({node} not found)")),
+                _ => {}
+            }
         }
     }
 
@@ -837,10 +1020,6 @@ impl Walker<'_> {
                     _ => {}
                 }
             }
-            Content::LvmPv(p) => self.not_compared.push(format!(
-                "LVM physical volume {} of `{}` is there; the group is not compared yet",
-                dev.path, p.vg
-            )),
             _ => {}
         }
     }
@@ -1171,6 +1350,12 @@ fn grow_fs(fs: &str, device: &str, mounted: Option<String>) -> Result<Vec<Operat
             },
             "btrfs",
         ),
+        // The PV grows; its group's new free extents are then there for logical volumes.
+        "LVM2_member" => vec![op(
+            device,
+            format!("grow the LVM physical volume on {device}"),
+            argv!["pvresize", device],
+        )],
         other => return Err(other.to_string()),
     })
 }

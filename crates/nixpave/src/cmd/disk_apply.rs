@@ -332,6 +332,9 @@ pub(crate) fn compare(
     layout: &nixpave_disk::Layout,
     root: &str,
 ) -> Result<UpdatePlan, Failure> {
+    // Comparing only looks: make that structural.
+    let read_only = exec::readonly::ReadOnly::new(transport);
+    let transport: &dyn Transport = &read_only;
     let mut facts = exec::probe(transport)?;
     // Subvolume lists of the layout's mounted btrfs filesystems.
     let btrfs: Vec<String> = facts
@@ -341,6 +344,9 @@ pub(crate) fn compare(
         .map(|d| d.path.clone())
         .collect();
     exec::facts::probe_btrfs_subvolumes(transport, &mut facts, &btrfs)?;
+    if !layout.lvm_vg.is_empty() {
+        exec::facts::probe_lvm(transport, &mut facts)?;
+    }
     let options = PlanOptions {
         root_mountpoint: root.to_string(),
         ..PlanOptions::default()
