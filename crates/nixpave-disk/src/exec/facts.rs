@@ -132,6 +132,9 @@ pub struct Facts {
     /// Active LVM volume groups by name, when [`probe_lvm`] ran (and LVM is installed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume_groups: Option<BTreeMap<String, VolumeGroup>>,
+    /// Files found by [`probe_paths`] (e.g. btrfs swap files that are not turned on).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub existing_files: Vec<String>,
 }
 
 /// An LVM volume group (`vgs`) and its logical volumes (`lvs`).
@@ -294,6 +297,7 @@ pub fn probe_scoped(transport: &dyn Transport, scope: &[String]) -> Result<Facts
         swaps: parse_swaps(&String::from_utf8_lossy(&swaps)),
         btrfs_subvolumes: BTreeMap::new(),
         volume_groups: None,
+        existing_files: Vec::new(),
     })
 }
 
@@ -338,6 +342,22 @@ pub fn probe_lvm(transport: &dyn Transport, facts: &mut Facts) -> Result<(), App
         &vg_out.stdout_str(),
         &lv_out.stdout_str(),
     ));
+    Ok(())
+}
+
+/// Adds to [`Facts::existing_files`] those of `paths` that exist (`test -e`). Read-only.
+pub fn probe_paths(
+    transport: &dyn Transport,
+    facts: &mut Facts,
+    paths: &[String],
+) -> Result<(), ApplyError> {
+    for path in paths {
+        if run_probe(transport, &["test", "-e", path])?.success()
+            && !facts.existing_files.contains(path)
+        {
+            facts.existing_files.push(path.clone());
+        }
+    }
     Ok(())
 }
 

@@ -137,6 +137,36 @@ pub struct Difference {
     phase: (u8, String),
 }
 
+/// Where the layout's btrfs swap files would be on this machine, below every mounted btrfs
+/// subvolume of the same name: the paths to probe ([`crate::exec::facts::probe_paths`]) so that
+/// a swap file that exists but is off counts as already there.
+pub fn swap_file_candidates(layout: &Layout, facts: &Facts) -> Vec<String> {
+    let mut out = Vec::new();
+    for (_, _, c) in crate::model::validate::contents(layout) {
+        let Content::Btrfs(b) = c else { continue };
+        let files = b.swap.values().map(|f| ("", f)).chain(
+            b.subvolumes
+                .values()
+                .flat_map(|s| s.swap.values().map(move |f| (s.name.as_str(), f))),
+        );
+        for (subvol, f) in files {
+            let fs_root = format!("/{}", subvol.trim_matches('/'));
+            for m in facts.mounts.iter().filter(|m| {
+                m.fstype == "btrfs" && normalize_path(&m.root) == normalize_path(&fs_root)
+            }) {
+                out.push(normalize_path(&format!(
+                    "{}/{}",
+                    m.target,
+                    f.path.trim_start_matches('/')
+                )));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// The result of [`update`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct UpdatePlan {
@@ -1118,10 +1148,26 @@ impl Walker<'_> {
         } else {
             format!("in subvolume {subvol}")
         };
-        if active {
+        let exists = facts.mounts.iter().any(|m| {
+            normalize_path(&m.root) == normalize_path(&fs_root)
+                && facts.same_device(&m.source, dev)
+                && facts
+                    .existing_files
+                    .iter()
+                    .any(|p| normalize_path(p) == normalize_path(&format!("{}/{rel}", m.target)))
+        });
+        if active || exists {
             self.same(
                 Kind::SwapFile,
-                format!("swap file {rel} {place} on {} (active)", dev.path),
+                format!(
+                    "swap file {rel} {place} on {} ({})",
+                    dev.path,
+                    if active {
+                        "active"
+                    } else {
+                        "exists; NixOS's swapDevices turns it on"
+                    }
+                ),
             );
             return;
         }

@@ -347,6 +347,8 @@ pub(crate) fn compare(
     if !layout.lvm_vg.is_empty() {
         exec::facts::probe_lvm(transport, &mut facts)?;
     }
+    let swap_files = update::swap_file_candidates(layout, &facts);
+    exec::facts::probe_paths(transport, &mut facts, &swap_files)?;
     let options = PlanOptions {
         root_mountpoint: root.to_string(),
         ..PlanOptions::default()
