@@ -1487,13 +1487,32 @@ fn missing_options(wanted: &[String], live: &[String]) -> Vec<String> {
                 && !o.starts_with("subvol=")
                 && !o.starts_with("comment=")
         })
-        .filter(|o| {
-            !live.iter().any(|l| {
-                l == *o || l.starts_with(&format!("{o}:")) || l.starts_with(&format!("{o},"))
-            })
-        })
+        .filter(|o| !shown(o, live))
         .cloned()
         .collect()
+}
+
+/// True when the mount table shows option `o`: as is, with a level (`compress=zstd:3`), with a
+/// value (`discard=async`), or as vfat spells `umask=077` (`fmask=0077,dmask=0077`).
+fn shown(o: &str, live: &[String]) -> bool {
+    let has = |want: &str| {
+        live.iter().any(|l| {
+            l == want
+                || l.starts_with(&format!("{want}:"))
+                || (!want.contains('=') && l.starts_with(&format!("{want}=")))
+        })
+    };
+    if let Some(mask) = o.strip_prefix("umask=") {
+        let octal = |v: &str| u32::from_str_radix(v, 8).ok();
+        let want = octal(mask);
+        let mask_of = |key: &str| {
+            live.iter()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(octal)
+        };
+        return want.is_some() && mask_of("fmask=") == want && mask_of("dmask=") == want;
+    }
+    has(o)
 }
 
 /// The type GUID of the sgdisk codes layouts use (a GUID stays itself); `None` when unknown.
@@ -1576,4 +1595,49 @@ pub fn render_human(u: &UpdatePlan) -> String {
         }
     ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_options_compare_as_the_mount_table_shows_them() {
+        let live: Vec<String> = [
+            "rw",
+            "noatime",
+            "compress=zstd:3",
+            "discard=async",
+            "fmask=0077",
+            "dmask=0077",
+        ]
+        .map(String::from)
+        .to_vec();
+        let want: Vec<String> = [
+            "defaults",
+            "noatime",
+            "compress=zstd",
+            "discard",
+            "umask=0077",
+            "nofail",
+            "x-systemd.automount",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert!(missing_options(&want, &live).is_empty());
+        let want: Vec<String> = ["nodev", "umask=0022", "compress=lzo"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(missing_options(&want, &live), want);
+    }
+
+    #[test]
+    fn free_regions_are_aligned_gaps() {
+        assert_eq!(free_regions(&[], 10_000), vec![(2048, 10_000)]);
+        assert_eq!(
+            free_regions(&[(2048, 4095), (8192, 9000)], 20_479),
+            vec![(4096, 8191), (10_240, 20_479)]
+        );
+        assert!(free_regions(&[(2048, 20_000)], 20_479).is_empty());
+    }
 }
