@@ -1502,6 +1502,9 @@ fn shown(o: &str, live: &[String]) -> bool {
                 || (!want.contains('=') && l.starts_with(&format!("{want}=")))
         })
     };
+    if has(o) {
+        return true;
+    }
     if let Some(mask) = o.strip_prefix("umask=") {
         let octal = |v: &str| u32::from_str_radix(v, 8).ok();
         let want = octal(mask);
@@ -1512,7 +1515,7 @@ fn shown(o: &str, live: &[String]) -> bool {
         };
         return want.is_some() && mask_of("fmask=") == want && mask_of("dmask=") == want;
     }
-    has(o)
+    false
 }
 
 /// The type GUID of the sgdisk codes layouts use (a GUID stays itself); `None` when unknown.
