@@ -499,7 +499,8 @@ fn mount_options_and_subvolumes_are_additive() {
     let facts = formatted(&a, 20 * GIB);
     let mut jb = json.clone();
     let subs = &mut jb["disk"]["main"]["content"]["partitions"]["root"]["content"]["subvolumes"];
-    subs["@nix"]["mountOptions"] = serde_json::json!(["noatime", "compress=zstd"]);
+    // compress is the filesystem's (btrfs keeps the first mount's): only noexec can differ.
+    subs["@nix"]["mountOptions"] = serde_json::json!(["noatime", "compress=zstd", "noexec"]);
     subs["@home"] = serde_json::json!({"mountpoint": "/home"});
     let b = Layout::from_json(&jb).expect("valid");
     let u = update(&b, &facts, &options()).expect("update plan");

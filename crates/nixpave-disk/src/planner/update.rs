@@ -1226,7 +1226,18 @@ impl Walker<'_> {
                 if facts.same_device(&m.source, dev)
                     && normalize_path(&m.root) == normalize_path(fs_root) =>
             {
-                let missing = missing_options(options, &m.options);
+                // btrfs keeps the options of the filesystem's first mount for all of its
+                // subvolumes (compress, ssd, …): only the per-mount VFS flags can differ.
+                let wanted: Vec<String> = if m.fstype == "btrfs" {
+                    options
+                        .iter()
+                        .filter(|o| VFS_FLAGS.contains(&o.as_str()))
+                        .cloned()
+                        .collect()
+                } else {
+                    options.to_vec()
+                };
+                let missing = missing_options(&wanted, &m.options);
                 self.mount_options_diff(
                     &format!("{}{}", dev.path, subvol_note(fs_root)),
                     &t,
@@ -1470,6 +1481,20 @@ fn subvol_note(fs_root: &str) -> String {
         format!(" (subvolume {})", fs_root.trim_start_matches('/'))
     }
 }
+
+/// Mount flags the VFS keeps per mount (not per filesystem).
+const VFS_FLAGS: [&str; 10] = [
+    "ro",
+    "rw",
+    "nosuid",
+    "nodev",
+    "noexec",
+    "noatime",
+    "nodiratime",
+    "relatime",
+    "strictatime",
+    "nosymfollow",
+];
 
 /// Layout mount options that the live mount does not show. Options that never show in the
 /// mount table (`defaults`, `nofail`, `x-systemd.*`, …) are not compared; `compress=zstd` is
