@@ -322,7 +322,11 @@ fn fixtures_and_examples_classify() {
 fn disko_examples_classify() {
     let dir =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference/disko/examples");
-    assert!(dir.is_dir(), "disko's examples are not at {}", dir.display());
+    assert!(
+        dir.is_dir(),
+        "disko's examples are not at {}",
+        dir.display()
+    );
     snapshot_all("disko", &nix_files(&dir));
 }
 

@@ -243,7 +243,10 @@ fn update_adds_partitions_subvolumes_swap_mount_options_and_a_blank_disk_keeping
         again.contains("Summary: 0 additive and 0 growable change(s), 0 step(s); 0 destructive"),
         "{again}"
     );
-    assert!(again.contains("swap file swapfile in subvolume @swap"), "{again}");
+    assert!(
+        again.contains("swap file swapfile in subvolume @swap"),
+        "{again}"
+    );
 
     // `nixos-config` of B describes the disks as they now are.
     let disk_arg = format!("main={dev}");
