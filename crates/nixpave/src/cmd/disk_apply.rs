@@ -332,23 +332,7 @@ pub(crate) fn compare(
     layout: &nixpave_disk::Layout,
     root: &str,
 ) -> Result<UpdatePlan, Failure> {
-    // Comparing only looks: make that structural.
-    let read_only = exec::readonly::ReadOnly::new(transport);
-    let transport: &dyn Transport = &read_only;
-    let mut facts = exec::probe(transport)?;
-    // Subvolume lists of the layout's mounted btrfs filesystems.
-    let btrfs: Vec<String> = facts
-        .all()
-        .into_iter()
-        .filter(|d| d.fstype.as_deref() == Some("btrfs"))
-        .map(|d| d.path.clone())
-        .collect();
-    exec::facts::probe_btrfs_subvolumes(transport, &mut facts, &btrfs)?;
-    if !layout.lvm_vg.is_empty() {
-        exec::facts::probe_lvm(transport, &mut facts)?;
-    }
-    let swap_files = update::swap_file_candidates(layout, &facts);
-    exec::facts::probe_paths(transport, &mut facts, &swap_files)?;
+    let facts = exec::probe_for_update(transport, layout)?;
     let options = PlanOptions {
         root_mountpoint: root.to_string(),
         ..PlanOptions::default()
