@@ -578,3 +578,27 @@ fn lvm_volumes_are_added_grown_or_refused_from_vgs_and_lvs() {
     );
     insta::assert_snapshot!("lvm-destructive", render_human(&u));
 }
+
+#[test]
+fn an_unnamed_partition_is_never_taken_for_a_layout_partition() {
+    // A partition made by another tool has no GPT name: it matches nothing, even in the slot the
+    // layout's partition would have.
+    let mut facts = formatted(&simple(), 20 * GIB);
+    facts.devices[0].children[2].partlabel = None;
+    let u = update(&simple(), &facts, &options()).expect("update plan");
+    let removed = u
+        .of(Class::Destructive)
+        .find(|d| d.kind == Kind::PartitionRemoved)
+        .expect("the unnamed partition is reported");
+    assert!(
+        removed
+            .why
+            .as_deref()
+            .is_some_and(|w| w.contains("no GPT name")),
+        "{removed:?}"
+    );
+    // The layout's `data` is new, and there is no room for it: refused, not put elsewhere.
+    assert!(u
+        .of(Class::Destructive)
+        .any(|d| d.kind == Kind::PartitionAdded));
+}

@@ -477,9 +477,16 @@ impl Walker<'_> {
                             .map(|f| format!(", {f}"))
                             .unwrap_or_default()
                     ),
-                    "removing a partition destroys its data; nixpave never deletes one (delete \
-                     it yourself, or keep it in the layout)"
-                        .to_string(),
+                    if c.partlabel.is_none() {
+                        "it has no GPT name, and partitions are matched by name: if the layout \
+                         means it, name it (sgdisk --change-name) as the layout's `label`; \
+                         removing it would destroy its data, which nixpave never does"
+                            .to_string()
+                    } else {
+                        "removing a partition destroys its data; nixpave never deletes one \
+                         (delete it yourself, or keep it in the layout)"
+                            .to_string()
+                    },
                 );
             }
         }
