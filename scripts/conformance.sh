@@ -105,4 +105,10 @@ for name in names:
 print("nixos-config: %d/%d examples match" % (ok, len(names)))
 sys.exit(0 if ok == len(names) else 1)
 PY
+
+# `--mode update` classification of every example against synthetic facts (insta snapshots).
+echo "update classification of disko's examples (snapshots):"
+if ! (cd "$repo" && cargo test -q -p nixpave-disk --test update_snapshots disko_examples -- --ignored); then
+  status=1
+fi
 exit $status

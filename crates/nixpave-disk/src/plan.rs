@@ -26,17 +26,22 @@ pub enum Mode {
     /// `destroy`, `format`, then `mount`.
     #[serde(rename = "destroy,format,mount")]
     DestroyFormatMount,
+    /// Bring live disks in line with a changed layout without wiping: only additions and
+    /// growth (see [`crate::planner::update`]).
+    #[serde(rename = "update")]
+    Update,
 }
 
 impl Mode {
     /// All modes, in the spelling the CLI accepts.
-    pub const ALL: [Mode; 6] = [
+    pub const ALL: [Mode; 7] = [
         Mode::Format,
         Mode::Mount,
         Mode::Unmount,
         Mode::Destroy,
         Mode::FormatMount,
         Mode::DestroyFormatMount,
+        Mode::Update,
     ];
 
     /// The CLI spelling, e.g. `format,mount`.
@@ -48,6 +53,7 @@ impl Mode {
             Mode::Unmount => "unmount",
             Mode::FormatMount => "format,mount",
             Mode::DestroyFormatMount => "destroy,format,mount",
+            Mode::Update => "update",
         }
     }
 

@@ -116,7 +116,8 @@ fn shipped_examples_plan_in_every_mode() {
         }
         let layout = load_layout(&LayoutSource::File(path.clone()), &LoadOptions::default())
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        for mode in Mode::ALL {
+        // `update` plans from the live disks' facts (update_snapshots.rs).
+        for mode in Mode::ALL.into_iter().filter(|m| *m != Mode::Update) {
             let p = plan(&layout, mode, &PlanOptions::default())
                 .unwrap_or_else(|e| panic!("{} {mode}: {e}", path.display()));
             assert!(!p.operations.is_empty(), "{} {mode}", path.display());

@@ -1,6 +1,8 @@
 //! The disk engine for real inside a VM (device mapper and md work there, not on the host): `nixpave disk apply`
 //! runs in the guest for LUKS on LVM, LVM thin, mdadm raid1 over two disks and btrfs (+ vfat), each verified with
-//! findmnt/lsblk, then unmounted, mounted again, and formatted again (a no-op that keeps the data).
+//! findmnt/lsblk, then unmounted, mounted again, formatted again and updated with the same layout (both no-ops
+//! that keep the data; the update leaves md, LVM and LUKS alone). Then LUKS on LVM is updated over ssh to a
+//! changed layout: a new LUKS logical volume and a grown xfs one.
 //! Ignored by default; `scripts/test-vm.sh` runs it (it builds the nixpave binary first).
 
 use std::path::{Path, PathBuf};
@@ -149,6 +151,19 @@ fn check_layout(vm: &Vm, e: &Expect) {
         "{}: data kept",
         e.layout
     );
+    // An update to the same layout finds everything there and runs nothing.
+    let update = apply(vm, e.layout, "update --root-mountpoint /mnt");
+    assert!(
+        update.contains("Summary: 0 additive and 0 growable change(s), 0 step(s); 0 destructive"),
+        "{}: update to the same layout\n{update}",
+        e.layout
+    );
+    assert_eq!(
+        uuids(vm),
+        before,
+        "{}: the update changed nothing",
+        e.layout
+    );
     apply(vm, e.layout, "unmount");
 }
 
@@ -252,6 +267,53 @@ fn vm_disk_apply_luks_lvm_thin_mdadm_btrfs_for_real() {
     );
     eprintln!(
         "TIMING vm_disk_luks_on_lvm_over_ssh_seconds={:.1}",
+        t0.elapsed().as_secs_f64()
+    );
+
+    // Day two, over ssh: a new LUKS logical volume inside the group, and /home grown by 256M (online xfs).
+    vm.ssh_ok("echo kept > /mnt/home/marker && sync")
+        .expect("write marker");
+    let t0 = std::time::Instant::now();
+    let out = std::process::Command::new(nixpave_binary())
+        .args(["disk", "apply"])
+        .arg(layouts.join("luks-on-lvm-update.json"))
+        .args(["--mode", "update", "--root-mountpoint", "/mnt", "--target"])
+        .arg(format!("root@127.0.0.1:{}", vm.ssh_port()))
+        .arg("-i")
+        .arg(vm.key())
+        .arg("--known-hosts")
+        .arg(vm.known_hosts())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("nixpave runs");
+    let shown = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "disk apply --mode update failed:\n{shown}"
+    );
+    assert!(shown.contains("new logical volume pool/srv"), "{shown}");
+    assert!(
+        shown.contains("logical volume pool/home: 512 MiB → 768 MiB"),
+        "{shown}"
+    );
+    vm.ssh_ok(
+        "test \"$(findmnt -no SOURCE /mnt/srv)\" = /dev/mapper/cryptsrv \
+         && cryptsetup status cryptsrv | grep -q 'type:.*LUKS2' \
+         && test \"$(lvs --noheadings --units m --nosuffix -o lv_size pool/home | tr -d ' ')\" = 768.00 \
+         && test \"$(findmnt -bno SIZE /mnt/home)\" -gt 700000000 \
+         && test \"$(findmnt -no SOURCE /mnt)\" = /dev/mapper/cryptroot",
+    )
+    .unwrap_or_else(|err| panic!("after the update: {err}\n{shown}"));
+    assert_eq!(
+        vm.ssh_ok("cat /mnt/home/marker").expect("marker").trim(),
+        "kept"
+    );
+    eprintln!(
+        "TIMING vm_disk_update_luks_on_lvm_over_ssh_seconds={:.1}",
         t0.elapsed().as_secs_f64()
     );
     init_proposes_for_the_vm_and_its_layout_applies(&vm);

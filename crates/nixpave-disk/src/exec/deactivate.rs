@@ -195,6 +195,9 @@ mod tests {
         )
         .expect("valid json");
         Facts {
+            btrfs_subvolumes: Default::default(),
+            volume_groups: None,
+            existing_files: Vec::new(),
             devices,
             mounts: vec![
                 Mount {
@@ -203,6 +206,7 @@ mod tests {
                     fstype: "btrfs".into(),
                     majmin: "0:40".into(),
                     root: "/@".into(),
+                    options: Vec::new(),
                 },
                 Mount {
                     source: "/dev/dm-1".into(),
@@ -210,6 +214,7 @@ mod tests {
                     fstype: "btrfs".into(),
                     majmin: "0:40".into(),
                     root: "/@nix".into(),
+                    options: Vec::new(),
                 },
             ],
             swaps: vec![

@@ -101,6 +101,10 @@ pub struct Mount {
     pub majmin: String,
     /// Path inside the filesystem that is mounted (`/@nix` for a btrfs subvolume).
     pub root: String,
+    /// Mount options: the mount's own, then the filesystem's (`rw`, `noatime`,
+    /// `compress=zstd:3`, `subvol=/@nix`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
 }
 
 /// One active swap area (a line of `/proc/swaps`).
@@ -121,6 +125,36 @@ pub struct Facts {
     pub mounts: Vec<Mount>,
     /// Active swap areas.
     pub swaps: Vec<Swap>,
+    /// btrfs subvolumes (paths from the top level, without leading `/`) by device node, for
+    /// the mounted btrfs filesystems [`probe_btrfs_subvolumes`] was asked about.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub btrfs_subvolumes: BTreeMap<String, Vec<String>>,
+    /// Active LVM volume groups by name, when [`probe_lvm`] ran (and LVM is installed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_groups: Option<BTreeMap<String, VolumeGroup>>,
+    /// Files found by [`probe_paths`] (e.g. btrfs swap files that are not turned on).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub existing_files: Vec<String>,
+}
+
+/// An LVM volume group (`vgs`) and its logical volumes (`lvs`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeGroup {
+    /// Free space in bytes.
+    pub free: u64,
+    /// Extent size in bytes.
+    pub extent: u64,
+    /// Logical volumes by name.
+    pub lvs: BTreeMap<String, LogicalVolume>,
+}
+
+/// One logical volume.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogicalVolume {
+    /// Size in bytes.
+    pub size: u64,
+    /// Segment type (`linear`, `striped`, `raid1`, `thin`, `thin-pool`, …).
+    pub segtype: String,
 }
 
 impl Facts {
@@ -261,7 +295,167 @@ pub fn probe_scoped(transport: &dyn Transport, scope: &[String]) -> Result<Facts
         devices,
         mounts,
         swaps: parse_swaps(&String::from_utf8_lossy(&swaps)),
+        btrfs_subvolumes: BTreeMap::new(),
+        volume_groups: None,
+        existing_files: Vec::new(),
     })
+}
+
+/// Fills [`Facts::volume_groups`] from `vgs` and `lvs` (JSON reports, sizes in bytes).
+/// Read-only. Without LVM tools on the machine it stays `None` (unknown, not empty).
+pub fn probe_lvm(transport: &dyn Transport, facts: &mut Facts) -> Result<(), ApplyError> {
+    let vgs = [
+        "vgs",
+        "--reportformat",
+        "json",
+        "--units",
+        "b",
+        "--nosuffix",
+        "-o",
+        "vg_name,vg_free,vg_extent_size",
+    ];
+    let lvs = [
+        "lvs",
+        "--reportformat",
+        "json",
+        "--units",
+        "b",
+        "--nosuffix",
+        "-o",
+        "vg_name,lv_name,lv_size,segtype",
+    ];
+    let vg_out = match transport.run(&vgs.map(String::from), None) {
+        Ok(out) if out.success() => out,
+        // No LVM here (missing program, or no device-mapper): unknown.
+        _ => return Ok(()),
+    };
+    let lv_out = run_probe(transport, &lvs)?;
+    if !lv_out.success() {
+        return Err(ApplyError::Probe {
+            host: transport.host().to_string(),
+            command: lvs.join(" "),
+            status: lv_out.status,
+            stderr: lv_out.stderr_tail(5),
+        });
+    }
+    facts.volume_groups = Some(parse_lvm_reports(
+        &vg_out.stdout_str(),
+        &lv_out.stdout_str(),
+    ));
+    Ok(())
+}
+
+/// Adds to [`Facts::existing_files`] those of `paths` that exist (`test -e`). Read-only.
+pub fn probe_paths(
+    transport: &dyn Transport,
+    facts: &mut Facts,
+    paths: &[String],
+) -> Result<(), ApplyError> {
+    for path in paths {
+        if run_probe(transport, &["test", "-e", path])?.success()
+            && !facts.existing_files.contains(path)
+        {
+            facts.existing_files.push(path.clone());
+        }
+    }
+    Ok(())
+}
+
+/// Parses the JSON reports of `vgs` and `lvs` (see [`probe_lvm`]).
+pub fn parse_lvm_reports(vgs: &str, lvs: &str) -> BTreeMap<String, VolumeGroup> {
+    let rows = |text: &str, key: &str| -> Vec<BTreeMap<String, String>> {
+        serde_json::from_str::<serde_json::Value>(text)
+            .ok()
+            .and_then(|v| v["report"][0][key].as_array().cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|row| serde_json::from_value(row).ok())
+            .collect()
+    };
+    let num = |row: &BTreeMap<String, String>, k: &str| {
+        row.get(k)
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let mut out = BTreeMap::new();
+    for row in rows(vgs, "vg") {
+        if let Some(name) = row.get("vg_name") {
+            out.insert(
+                name.clone(),
+                VolumeGroup {
+                    free: num(&row, "vg_free"),
+                    extent: num(&row, "vg_extent_size"),
+                    lvs: BTreeMap::new(),
+                },
+            );
+        }
+    }
+    for row in rows(lvs, "lv") {
+        let (Some(vg), Some(lv)) = (row.get("vg_name"), row.get("lv_name")) else {
+            continue;
+        };
+        if let Some(group) = out.get_mut(vg) {
+            group.lvs.insert(
+                lv.clone(),
+                LogicalVolume {
+                    size: num(&row, "lv_size"),
+                    segtype: row.get("segtype").cloned().unwrap_or_default(),
+                },
+            );
+        }
+    }
+    out
+}
+
+/// Fills [`Facts::btrfs_subvolumes`] for the btrfs filesystems among `devices` (device nodes)
+/// that are mounted somewhere: `btrfs subvolume list -a` on one of their mounts. Read-only.
+/// An unmounted btrfs is left out (its subvolumes are then unknown, not absent).
+pub fn probe_btrfs_subvolumes(
+    transport: &dyn Transport,
+    facts: &mut Facts,
+    devices: &[String],
+) -> Result<(), ApplyError> {
+    for path in devices {
+        let Some(device) = facts.find(path) else {
+            continue;
+        };
+        if device.fstype.as_deref() != Some("btrfs") {
+            continue;
+        }
+        let Some(mount) = facts.mounts_of(device).first().map(|m| m.target.clone()) else {
+            continue;
+        };
+        let node = device.path.clone();
+        let out = run_probe(transport, &["btrfs", "subvolume", "list", "-a", &mount])?;
+        if !out.success() {
+            return Err(ApplyError::Probe {
+                host: transport.host().to_string(),
+                command: format!("btrfs subvolume list -a {mount}"),
+                status: out.status,
+                stderr: out.stderr_tail(5),
+            });
+        }
+        facts
+            .btrfs_subvolumes
+            .insert(node, parse_subvolume_list(&out.stdout_str()));
+    }
+    Ok(())
+}
+
+/// Parses `btrfs subvolume list -a`: `ID 256 gen 9 top level 5 path <FS_TREE>/@root` → `@root`.
+pub fn parse_subvolume_list(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.split_once(" path ").map(|(_, p)| p))
+        .map(|p| {
+            p.trim_start_matches("<FS_TREE>/")
+                .trim_matches('/')
+                .to_string()
+        })
+        .filter(|p| !p.is_empty())
+        .collect();
+    out.sort();
+    out
 }
 
 /// The lsblk JSON shape (only the columns we ask for).
@@ -510,6 +704,14 @@ pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
                 target: unescape_octal(left[4]),
                 fstype: right[0].to_string(),
                 source: unescape_octal(right[1]),
+                options: left
+                    .get(5)
+                    .into_iter()
+                    .chain(right.get(2))
+                    .flat_map(|o| o.split(','))
+                    .filter(|o| !o.is_empty())
+                    .map(unescape_octal)
+                    .collect(),
             })
         })
         .collect()
@@ -645,6 +847,28 @@ mod tests {
         assert_eq!(mounts[1].root, "/@nix");
         assert_eq!(mounts[1].source, "/dev/loop3p2");
         assert_eq!(mounts[1].fstype, "btrfs");
+        assert_eq!(
+            mounts[1].options,
+            ["rw", "relatime", "rw", "subvol=/@nix"].map(String::from)
+        );
+    }
+
+    #[test]
+    fn parses_lvm_reports() {
+        let vgs = r#"{"report": [{"vg": [{"vg_name":"pool", "vg_free":"1073741824", "vg_extent_size":"4194304"}]}]}"#;
+        let lvs = r#"{"report": [{"lv": [{"vg_name":"pool", "lv_name":"root", "lv_size":"2147483648", "segtype":"linear"},
+            {"vg_name":"other", "lv_name":"x", "lv_size":"1", "segtype":"linear"}]}]}"#;
+        let groups = parse_lvm_reports(vgs, lvs);
+        assert_eq!(groups.len(), 1);
+        assert_eq!(groups["pool"].free, 1 << 30);
+        assert_eq!(groups["pool"].extent, 4 << 20);
+        assert_eq!(groups["pool"].lvs["root"].size, 2 << 30);
+    }
+
+    #[test]
+    fn parses_subvolume_lists() {
+        let text = "ID 256 gen 9 top level 5 path <FS_TREE>/@root\nID 257 gen 10 top level 5 path <FS_TREE>/nested/@nix\n";
+        assert_eq!(parse_subvolume_list(text), ["@root", "nested/@nix"]);
     }
 
     #[test]

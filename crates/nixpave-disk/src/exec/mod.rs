@@ -244,6 +244,32 @@ pub struct ApplyReport {
     pub commands: Vec<Vec<String>>,
 }
 
+/// Everything `update` mode compares a layout with, probed through a read-only transport:
+/// [`probe`], the subvolume lists of mounted btrfs filesystems, `vgs`/`lvs` when the layout has
+/// volume groups, and which of the layout's btrfs swap files exist.
+pub fn probe_for_update(
+    transport: &dyn Transport,
+    layout: &crate::Layout,
+) -> Result<Facts, ApplyError> {
+    // Comparing only looks: make that structural.
+    let read_only = readonly::ReadOnly::new(transport);
+    let transport: &dyn Transport = &read_only;
+    let mut facts = probe(transport)?;
+    let btrfs: Vec<String> = facts
+        .all()
+        .into_iter()
+        .filter(|d| d.fstype.as_deref() == Some("btrfs"))
+        .map(|d| d.path.clone())
+        .collect();
+    facts::probe_btrfs_subvolumes(transport, &mut facts, &btrfs)?;
+    if !layout.lvm_vg.is_empty() {
+        facts::probe_lvm(transport, &mut facts)?;
+    }
+    let swap_files = crate::planner::update::swap_file_candidates(layout, &facts);
+    facts::probe_paths(transport, &mut facts, &swap_files)?;
+    Ok(facts)
+}
+
 /// Runs a read-only probe command and returns its output, whatever its exit status.
 pub(crate) fn run_probe(
     transport: &dyn Transport,

@@ -41,7 +41,7 @@ pub fn is_read_only(argv: &[String]) -> bool {
         }
         "zpool" => matches!(args, ["list", ..] | ["import"]),
         "zfs" => matches!(args.first(), Some(&"list") | Some(&"get")),
-        "btrfs" => matches!(args, ["subvolume", "show", ..]),
+        "btrfs" => matches!(args, ["subvolume", "show" | "list", ..]),
         "sh" => args.get(1) == Some(&BLKID_EACH),
         _ => false,
     }

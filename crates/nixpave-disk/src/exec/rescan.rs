@@ -168,11 +168,22 @@ pub fn reread(session: &mut Session<'_>, disk: &str, timeout: Duration) -> Resul
         };
         if due {
             last_fix = Some(Instant::now());
+            let renumbered = |n: u32, list: &[PartEntry]| list.iter().any(|e| e.number == n);
             for stale in kernel.iter().filter(|k| !expected.contains(k)) {
                 let nr = stale.number.to_string();
-                let _ = session.probe_cmd(&["partx", "-d", "--nr", &nr, disk])?;
+                // Same number, other extent: a grown partition, maybe mounted. `partx -u`
+                // resizes it in place (BLKPG), where delete + add fails on a busy one.
+                let action = if renumbered(stale.number, &expected) {
+                    "-u"
+                } else {
+                    "-d"
+                };
+                let _ = session.probe_cmd(&["partx", action, "--nr", &nr, disk])?;
             }
-            for missing in expected.iter().filter(|e| !kernel.contains(e)) {
+            for missing in expected
+                .iter()
+                .filter(|e| !kernel.contains(e) && !renumbered(e.number, &kernel))
+            {
                 let nr = missing.number.to_string();
                 let _ = session.probe_cmd(&["partx", "-a", "--nr", &nr, disk])?;
             }

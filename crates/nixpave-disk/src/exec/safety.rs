@@ -288,6 +288,9 @@ mod tests {
         )
         .expect("valid json");
         Facts {
+            btrfs_subvolumes: Default::default(),
+            volume_groups: None,
+            existing_files: Vec::new(),
             devices,
             mounts: vec![
                 Mount {
@@ -296,6 +299,7 @@ mod tests {
                     fstype: "ext4".into(),
                     majmin: "254:1".into(),
                     root: "/".into(),
+                    options: Vec::new(),
                 },
                 Mount {
                     source: "/dev/vdb1".into(),
@@ -303,6 +307,7 @@ mod tests {
                     fstype: "ext4".into(),
                     majmin: "254:17".into(),
                     root: "/".into(),
+                    options: Vec::new(),
                 },
             ],
             swaps: vec![Swap {

@@ -323,66 +323,82 @@ fn btrfs(b: &Btrfs, _ctx: &mut Ctx) -> Vec<Operation> {
         })];
     let has_swap = !b.swap.is_empty() || b.subvolumes.values().any(|s| !s.swap.is_empty());
     if !b.subvolumes.is_empty() || has_swap {
+        let (mount, umount) = btrfs_top_mount(dev);
         let tmp = btrfs_temp_dir(dev);
-        body.push(
-            op(
-                dev,
-                format!("mount the top level of {dev} at {tmp} to create subvolumes"),
-                argv![
-                    "mount",
-                    "-t",
-                    "btrfs",
-                    "-o",
-                    "subvol=/",
-                    "-o",
-                    "X-mount.mkdir",
-                    dev,
-                    &tmp
-                ],
-            )
-            .guard(Guard::NotMounted {
-                device: dev.clone(),
-                target: tmp.clone(),
-            }),
-        );
+        body.push(mount);
         body.extend(swapfiles(&b.swap, &tmp, dev));
         for s in b.subvolumes.values() {
-            let rel = s.name.trim_start_matches('/');
-            let path = format!("{tmp}/{rel}");
-            if let Some((parent, _)) = rel.rsplit_once('/') {
-                let pdir = format!("{tmp}/{parent}");
-                body.push(
-                    op(
-                        dev,
-                        format!("create directory {pdir}"),
-                        argv!["mkdir", "-p", &pdir],
-                    )
-                    .guard(Guard::PathAbsent { path: pdir.clone() }),
-                );
-            }
-            let mut a = argv!["btrfs", "subvolume", "create"];
-            a.extend(s.extra_args.iter().cloned());
-            a.push(path.clone());
-            body.push(
-                op(
-                    dev,
-                    format!("create btrfs subvolume {} on {dev}", s.name),
-                    a,
-                )
-                .guard(Guard::SubvolumeAbsent { path: path.clone() }),
-            );
-            body.extend(swapfiles(&s.swap, &path, dev));
+            body.extend(subvolume(s, &tmp, dev));
         }
-        body.push(
-            op(dev, format!("unmount {tmp}"), argv!["umount", &tmp]).guard(Guard::Mounted {
-                target: tmp.clone(),
-            }),
-        );
+        body.push(umount);
     }
     with_hooks(&b.hooks, dev, body)
 }
 
-fn swapfiles(files: &BTreeMap<String, SwapFile>, dir: &str, dev: &str) -> Vec<Operation> {
+/// Mounting the top level of the btrfs on `dev` at [`btrfs_temp_dir`], and unmounting it.
+pub(crate) fn btrfs_top_mount(dev: &str) -> (Operation, Operation) {
+    let tmp = btrfs_temp_dir(dev);
+    let mount = op(
+        dev,
+        format!("mount the top level of {dev} at {tmp} to create subvolumes"),
+        argv![
+            "mount",
+            "-t",
+            "btrfs",
+            "-o",
+            "subvol=/",
+            "-o",
+            "X-mount.mkdir",
+            dev,
+            &tmp
+        ],
+    )
+    .guard(Guard::NotMounted {
+        device: dev.to_string(),
+        target: tmp.clone(),
+    });
+    let umount = op(dev, format!("unmount {tmp}"), argv!["umount", &tmp]).guard(Guard::Mounted {
+        target: tmp.clone(),
+    });
+    (mount, umount)
+}
+
+/// Creating one subvolume (and its swap files) below the top level mounted at `tmp`.
+pub(crate) fn subvolume(s: &Subvolume, tmp: &str, dev: &str) -> Vec<Operation> {
+    let mut body = Vec::new();
+    let rel = s.name.trim_start_matches('/');
+    let path = format!("{tmp}/{rel}");
+    if let Some((parent, _)) = rel.rsplit_once('/') {
+        let pdir = format!("{tmp}/{parent}");
+        body.push(
+            op(
+                dev,
+                format!("create directory {pdir}"),
+                argv!["mkdir", "-p", &pdir],
+            )
+            .guard(Guard::PathAbsent { path: pdir.clone() }),
+        );
+    }
+    let mut a = argv!["btrfs", "subvolume", "create"];
+    a.extend(s.extra_args.iter().cloned());
+    a.push(path.clone());
+    body.push(
+        op(
+            dev,
+            format!("create btrfs subvolume {} on {dev}", s.name),
+            a,
+        )
+        .guard(Guard::SubvolumeAbsent { path: path.clone() }),
+    );
+    body.extend(swapfiles(&s.swap, &path, dev));
+    body
+}
+
+pub(crate) fn swapfiles(
+    files: &BTreeMap<String, SwapFile>,
+    dir: &str,
+    dev: &str,
+) -> Vec<Operation> {
     files
         .values()
         .map(|f| {
@@ -530,40 +546,7 @@ pub(crate) fn lvm_vg(vg: &LvmVg, pvs: &[String], ctx: &mut Ctx) -> Vec<Operation
         .guard(Guard::VgAbsent { vg: name.clone() }),
     );
     for lv in &vg.lvs {
-        let mut a = argv!["lvcreate", "--yes"];
-        if lv.lvm_type.as_deref() == Some("thinlv") {
-            a.extend(argv!["-V", &lv.size]);
-        } else if lv.size.contains('%') {
-            let size = if lv.size.ends_with('%') {
-                format!("{}FREE", lv.size)
-            } else {
-                lv.size.clone()
-            };
-            a.extend(argv!["-l", size]);
-        } else {
-            a.extend(argv!["-L", &lv.size]);
-        }
-        a.extend(argv!["-n", &lv.name]);
-        if let Some(p) = &lv.pool {
-            a.push(format!("--thinpool={p}"));
-        }
-        if let Some(t) = lv.lvm_type.as_deref().filter(|t| *t != "thinlv") {
-            a.push(format!("--type={t}"));
-        }
-        a.extend(lv.extra_args.iter().cloned());
-        a.push(name.clone());
-        body.push(
-            op(
-                name,
-                format!("create logical volume {name}/{} ({})", lv.name, lv.size),
-                a,
-            )
-            .destructive()
-            .guard(Guard::LvAbsent {
-                vg: name.clone(),
-                lv: lv.name.clone(),
-            }),
-        );
+        body.push(lvcreate(name, lv).destructive());
     }
     for lv in &vg.lvs {
         if let Some(c) = &lv.content {
@@ -571,6 +554,41 @@ pub(crate) fn lvm_vg(vg: &LvmVg, pvs: &[String], ctx: &mut Ctx) -> Vec<Operation
         }
     }
     with_hooks(&vg.hooks, name, body)
+}
+
+/// `lvcreate` of one logical volume of `vg`, guarded by its absence.
+pub(crate) fn lvcreate(vg: &str, lv: &Lv) -> Operation {
+    let mut a = argv!["lvcreate", "--yes"];
+    if lv.lvm_type.as_deref() == Some("thinlv") {
+        a.extend(argv!["-V", &lv.size]);
+    } else if lv.size.contains('%') {
+        let size = if lv.size.ends_with('%') {
+            format!("{}FREE", lv.size)
+        } else {
+            lv.size.clone()
+        };
+        a.extend(argv!["-l", size]);
+    } else {
+        a.extend(argv!["-L", &lv.size]);
+    }
+    a.extend(argv!["-n", &lv.name]);
+    if let Some(p) = &lv.pool {
+        a.push(format!("--thinpool={p}"));
+    }
+    if let Some(t) = lv.lvm_type.as_deref().filter(|t| *t != "thinlv") {
+        a.push(format!("--type={t}"));
+    }
+    a.extend(lv.extra_args.iter().cloned());
+    a.push(vg.to_string());
+    op(
+        vg,
+        format!("create logical volume {vg}/{} ({})", lv.name, lv.size),
+        a,
+    )
+    .guard(Guard::LvAbsent {
+        vg: vg.to_string(),
+        lv: lv.name.clone(),
+    })
 }
 
 /// Brings back an existing array whose members carry its superblocks (stopped by `unmount`,

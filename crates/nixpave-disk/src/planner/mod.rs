@@ -23,6 +23,7 @@ pub use create::btrfs_temp_dir;
 mod mount;
 mod ops;
 mod sizes;
+pub mod update;
 
 use crate::model::validate::{device_order, members, TopDevice};
 use crate::model::{Content, Layout, LayoutError};
@@ -60,6 +61,10 @@ pub enum PlanError {
     /// The root mountpoint is not an absolute path.
     #[error("root mountpoint `{0}` is not an absolute path")]
     RootMountpoint(String),
+    /// `update` compares the layout with the live disks: it needs their facts
+    /// ([`update::update`]), not just the layout.
+    #[error("mode `update` needs the machine's facts: use planner::update::update")]
+    NeedsFacts,
 }
 
 /// Walk state shared by the stage builders.
@@ -72,6 +77,9 @@ pub(crate) struct Ctx {
 pub fn plan(layout: &Layout, mode: Mode, options: &PlanOptions) -> Result<Plan, PlanError> {
     if !options.root_mountpoint.starts_with('/') {
         return Err(PlanError::RootMountpoint(options.root_mountpoint.clone()));
+    }
+    if mode == Mode::Update {
+        return Err(PlanError::NeedsFacts);
     }
     check_disk_sizes(layout, &options.disk_sizes)?;
     let order = device_order(layout)?;

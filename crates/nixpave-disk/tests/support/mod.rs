@@ -120,9 +120,26 @@ impl Scratch {
         ])
         .trim()
         .to_string();
+        // The kernel keeps partition nodes that `partx -a` made on a loop device after it is
+        // detached (a killed test, a lazily unmounted filesystem still busy): a fresh, zeroed
+        // image must not inherit them, or it looks like a disk with unknown content.
+        quiet(&["partx", "-d", &dev]);
         self.images.push(image);
         self.disks.push(dev.clone());
         dev
+    }
+
+    /// Grows the backing file of disk `i` to `mib` MiB (`truncate`, the cloud's "the disk got
+    /// bigger") and makes the kernel see the new size (`losetup -c`).
+    pub fn grow(&self, i: usize, mib: u64) {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.images[i])
+            .expect("open the disk image");
+        file.set_len(mib * 1024 * 1024)
+            .expect("grow the disk image");
+        drop(file);
+        sh(&["losetup", "-c", &self.disks[i]]);
     }
 
     /// SHA-256 of the backing file of disk `i` (what a dry run must leave unchanged).

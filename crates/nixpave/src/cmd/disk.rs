@@ -45,18 +45,26 @@ pub struct LayoutArgs {
 pub struct PlanArgs {
     #[command(flatten)]
     layout: LayoutArgs,
-    /// What to plan: format, mount, unmount, destroy, format,mount, destroy,format,mount.
+    /// What to plan: format, mount, unmount, destroy, format,mount, destroy,format,mount, update.
+    /// `update` compares the layout with the live disks (read-only probes, here or on
+    /// --target) and classifies every difference: already there, additive, growable,
+    /// destructive.
     #[arg(long, short, default_value = "format,mount")]
     mode: String,
-    /// Where the target system gets mounted.
-    #[arg(long, default_value = "/mnt", value_name = "DIR")]
-    root_mountpoint: String,
+    /// Where the target system gets mounted [default: /mnt; with --mode update: /].
+    #[arg(long, value_name = "DIR")]
+    root_mountpoint: Option<String>,
+    /// With --mode update: probe this host over SSH (USER@HOST[:PORT]) instead of this machine.
+    #[arg(long, value_name = "USER@HOST")]
+    target: Option<String>,
     /// Print the plan as JSON.
     #[arg(long, conflicts_with = "script")]
     json: bool,
     /// Print the plan as a standalone bash script.
     #[arg(long)]
     script: bool,
+    #[command(flatten)]
+    connect: super::connect::ConnectArgs,
 }
 
 /// Arguments of `nixpave disk nixos-config`.
@@ -149,8 +157,18 @@ fn plan(args: PlanArgs) -> miette::Result<ExitCode> {
         Ok(l) => l,
         Err(code) => return Ok(code),
     };
+    let root = super::disk_apply::root_for(args.root_mountpoint.as_deref(), Some(mode));
+    if mode == Mode::Update {
+        return plan_update(&args, &layout, &root);
+    }
+    if args.target.is_some() {
+        return Ok(usage_error(
+            "--target is for --mode update (other modes plan from the layout alone)",
+            None,
+        ));
+    }
     let options = PlanOptions {
-        root_mountpoint: args.root_mountpoint.clone(),
+        root_mountpoint: root,
         ..PlanOptions::default()
     };
     let plan = match nixpave_disk::plan(&layout, mode, &options) {
@@ -165,6 +183,35 @@ fn plan(args: PlanArgs) -> miette::Result<ExitCode> {
         print!("{}", nixpave_disk::render::script(&plan));
     } else {
         print!("{}", nixpave_disk::render::human(&plan));
+    }
+    Ok(exit::code(exit::OK))
+}
+
+/// `disk plan --mode update`: the layout compared with the live disks, grouped by class.
+fn plan_update(
+    args: &PlanArgs,
+    layout: &nixpave_disk::Layout,
+    root: &str,
+) -> miette::Result<ExitCode> {
+    use super::disk_apply::{compare, connect_to};
+    if args.script {
+        return Ok(usage_error(
+            "--script is not available for --mode update (its steps depend on the live disks)",
+            None,
+        ));
+    }
+    let result = connect_to(args.target.as_deref(), &args.connect)
+        .and_then(|t| compare(t.as_ref(), layout, root));
+    let u = match result {
+        Ok(u) => u,
+        Err(e) => return Ok(e.exit()),
+    };
+    if args.json {
+        let text = serde_json::to_string_pretty(&u)
+            .map_err(|e| miette::miette!("cannot serialise the update plan: {e}"))?;
+        println!("{text}");
+    } else {
+        print!("{}", nixpave_disk::planner::update::render_human(&u));
     }
     Ok(exit::code(exit::OK))
 }

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use nixpave_disk::exec::{self, ApplyError, ApplyOptions, Progress, SecretPrompt, StepState};
+use nixpave_disk::planner::update::{self, UpdatePlan};
 use nixpave_disk::{LayoutSource, LoadOptions, Mode, Plan, PlanOptions};
 use nixpave_nix::NixArg;
 use nixpave_remote::{LocalTransport, SshTransport, Target, Transport};
@@ -23,8 +24,9 @@ pub struct ApplyArgs {
     /// Layout file (.nix or .json). Not needed with --flake or --plan.
     #[arg(required_unless_present_any = ["flake", "plan"])]
     config: Option<PathBuf>,
-    /// What to do: format, mount, unmount, destroy, format,mount, destroy,format,mount
-    /// [default: format,mount; with --plan: the plan's mode].
+    /// What to do: format, mount, unmount, destroy, format,mount, destroy,format,mount, update
+    /// [default: format,mount; with --plan: the plan's mode]. `update` changes live disks
+    /// without wiping: only additive and growable differences (see `disk plan --mode update`).
     #[arg(long, short)]
     mode: Option<Mode>,
     /// Read the layout from a flake: REF#NAME (diskoConfigurations.NAME or
@@ -44,9 +46,13 @@ pub struct ApplyArgs {
     /// Use DEVICE for the layout's disk NAME.
     #[arg(long, value_name = "NAME=DEVICE", value_parser = nixpave_disk::parse_disk_override)]
     disk: Vec<(String, String)>,
-    /// Where the layout's filesystems are mounted.
-    #[arg(long, default_value = "/mnt")]
-    root_mountpoint: String,
+    /// Where the layout's filesystems are mounted [default: /mnt; with --mode update: /].
+    #[arg(long, value_name = "DIR")]
+    root_mountpoint: Option<String>,
+    /// With --mode update: apply the additive and growable changes even though some
+    /// differences are destructive (those are left out and listed).
+    #[arg(long)]
+    skip_destructive: bool,
     /// Probe and show what would run; change nothing at all.
     #[arg(long)]
     dry_run: bool,
@@ -96,14 +102,26 @@ struct Planned {
     plan: Plan,
     disks: Vec<String>,
     own_swaps: Vec<String>,
+    /// Destructive differences an update leaves out (`--skip-destructive`).
+    left_out: Vec<String>,
+}
+
+/// The root mountpoint: as given, else `/` for an update of a live system, else `/mnt`.
+pub(crate) fn root_for(given: Option<&str>, mode: Option<Mode>) -> String {
+    match (given, mode) {
+        (Some(r), _) => r.to_string(),
+        (None, Some(Mode::Update)) => "/".to_string(),
+        (None, _) => "/mnt".to_string(),
+    }
 }
 
 fn apply(args: &ApplyArgs) -> Result<(), CliError> {
-    let transport = connect(args)?;
+    let transport = connect_to(args.target.as_deref(), &args.connect)?;
     let transport: &dyn Transport = transport.as_ref();
-    let planned = make_plan(args, transport)?;
+    let root = root_for(args.root_mountpoint.as_deref(), args.mode);
+    let planned = make_plan(args, transport, &root)?;
     let plan = &planned.plan;
-    let mut options = ApplyOptions::new(&args.root_mountpoint);
+    let mut options = ApplyOptions::new(&root);
     options.dry_run = args.dry_run;
     options.disks = planned.disks.clone();
     options.own_swaps = planned.own_swaps.clone();
@@ -158,6 +176,15 @@ fn apply(args: &ApplyArgs) -> Result<(), CliError> {
             }
         },
     )?;
+    if !planned.left_out.is_empty() {
+        eprintln!(
+            "left out (--skip-destructive), {} difference(s):",
+            planned.left_out.len()
+        );
+        for d in &planned.left_out {
+            eprintln!("  ! {d}");
+        }
+    }
     if args.dry_run {
         eprintln!(
             "dry run on {host}: {} steps would run, {} would be skipped; nothing was changed",
@@ -172,20 +199,23 @@ fn apply(args: &ApplyArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// The transport: this machine, or `--target` over SSH.
-fn connect(args: &ApplyArgs) -> Result<Box<dyn Transport>, CliError> {
-    let Some(target) = &args.target else {
+/// The transport: this machine, or `target` over SSH.
+pub(crate) fn connect_to(
+    target: Option<&str>,
+    connect: &ConnectArgs,
+) -> Result<Box<dyn Transport>, CliError> {
+    let Some(target) = target else {
         return Ok(Box::new(LocalTransport));
     };
     let target: Target = target.parse().map_err(CliError::usage)?;
-    let options = args.connect.ssh_options(AskPassword::PerHost);
+    let options = connect.ssh_options(AskPassword::PerHost);
     let ssh = SshTransport::connect(&target, options)
         .map_err(|e| CliError::from_error(super::connect::connect_exit_code(&e), e))?;
     Ok(Box::new(ssh))
 }
 
 /// Loads and plans the layout (or reads a saved plan). Bad input is exit code 2.
-fn make_plan(args: &ApplyArgs, transport: &dyn Transport) -> Result<Planned, CliError> {
+fn make_plan(args: &ApplyArgs, transport: &dyn Transport, root: &str) -> Result<Planned, CliError> {
     if let Some(path) = &args.plan {
         let text = std::fs::read_to_string(path)
             .map_err(|e| CliError::usage(format!("cannot read {}: {e}", path.display())))?;
@@ -202,6 +232,7 @@ fn make_plan(args: &ApplyArgs, transport: &dyn Transport) -> Result<Planned, Cli
             plan,
             disks: Vec::new(),
             own_swaps: Vec::new(),
+            left_out: Vec::new(),
         });
     }
     let source = match (&args.flake, &args.config) {
@@ -228,6 +259,9 @@ fn make_plan(args: &ApplyArgs, transport: &dyn Transport) -> Result<Planned, Cli
     }
     load.disk_overrides.clone_from(&args.disk);
     let layout = nixpave_disk::load_layout(&source, &load).map_err(CliError::usage)?;
+    if args.mode == Some(Mode::Update) {
+        return update_plan(args, transport, &layout, root);
+    }
     // Known disk sizes let the planner refuse partitions that cannot fit.
     let facts = exec::probe(transport)?;
     let mut disk_sizes = BTreeMap::new();
@@ -241,16 +275,71 @@ fn make_plan(args: &ApplyArgs, transport: &dyn Transport) -> Result<Planned, Cli
         }
     }
     let plan_options = PlanOptions {
-        root_mountpoint: args.root_mountpoint.clone(),
+        root_mountpoint: root.to_string(),
         disk_sizes,
     };
     let mode = args.mode.unwrap_or(Mode::FormatMount);
     let plan = nixpave_disk::plan(&layout, mode, &plan_options).map_err(CliError::usage)?;
-    let for_layout = ApplyOptions::for_layout(&layout, mode, &args.root_mountpoint);
+    let for_layout = ApplyOptions::for_layout(&layout, mode, root);
     Ok(Planned {
         plan,
         disks: for_layout.disks,
         own_swaps: for_layout.own_swaps,
+        left_out: Vec::new(),
+    })
+}
+
+/// Compares the layout with the machine's disks (read-only probes) and classifies every
+/// difference. Used by `disk plan --mode update` and `disk apply --mode update`.
+pub(crate) fn compare(
+    transport: &dyn Transport,
+    layout: &nixpave_disk::Layout,
+    root: &str,
+) -> Result<UpdatePlan, CliError> {
+    let facts = exec::probe_for_update(transport, layout)?;
+    let options = PlanOptions {
+        root_mountpoint: root.to_string(),
+        ..PlanOptions::default()
+    };
+    update::update(layout, &facts, &options).map_err(CliError::usage)
+}
+
+/// `--mode update`: shows the classified differences, refuses while a destructive one remains
+/// (unless `--skip-destructive`), and plans the additive and growable ones.
+fn update_plan(
+    args: &ApplyArgs,
+    transport: &dyn Transport,
+    layout: &nixpave_disk::Layout,
+    root: &str,
+) -> Result<Planned, CliError> {
+    let u = compare(transport, layout, root)?;
+    eprint!("{}", update::render_human(&u));
+    if args.json {
+        let event = serde_json::json!({ "event": "update", "update": &u });
+        println!("{event}");
+    }
+    let left_out: Vec<String> = u
+        .of(update::Class::Destructive)
+        .map(|d| d.description.clone())
+        .collect();
+    if !left_out.is_empty() && !args.skip_destructive {
+        return Err(CliError::msg(
+            exit::REFUSED,
+            format!(
+                "{}: {} difference(s) above cannot be done in place; nothing was changed. \
+                 Change the layout to keep what is there, or pass --skip-destructive to apply \
+                 only the additive and growable changes.",
+                transport.host(),
+                left_out.len()
+            ),
+        ));
+    }
+    let for_layout = ApplyOptions::for_layout(layout, Mode::Update, root);
+    Ok(Planned {
+        plan: u.plan(),
+        disks: for_layout.disks,
+        own_swaps: for_layout.own_swaps,
+        left_out,
     })
 }
 
