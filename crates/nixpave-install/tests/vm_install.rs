@@ -339,6 +339,7 @@ fn node_spec(vm: &Vm, run: &Run, phases: &str, disk: Option<DiskSpec>) -> NodeSp
         chown: Vec::new(),
         copy_host_keys: true,
         substitute_on_destination: false,
+        substituters: Default::default(),
         build_on_target: None,
         force_kexec: false,
         nix_args: Vec::new(),

@@ -16,7 +16,7 @@ use nixpave_install::phase::PhaseSet;
 use nixpave_install::preflight::{arch_of_system, min_disk_bytes, DiskNeed};
 use nixpave_install::run::{DiskSpec, KexecSpec, NodeSpec, Timeouts};
 use nixpave_install::state::StateStore;
-use nixpave_install::steps::{Chown, EncryptionKey};
+use nixpave_install::steps::{Chown, EncryptionKey, SubstituterSettings};
 use nixpave_install::{FailureKind, InstallError, Installer, RemoteSession, Reporter};
 use nixpave_remote::{SshOptions, SshTransport, Target};
 
@@ -447,6 +447,7 @@ fn prepare(
         (true, None) => nixpave_install::session::root_target(&target),
         (false, _) => target.clone(),
     };
+    let substituters = substituters(args, node)?;
     let ssh = SshTransport::connect(&login, options.clone()).map_err(|e| Failure {
         code: super::connect_exit_code(&e),
         message: format!("{node}: {e}"),
@@ -473,6 +474,7 @@ fn prepare(
                 .collect(),
             copy_host_keys: !args.no_copy_host_keys,
             substitute_on_destination: !args.no_substitute_on_destination,
+            substituters,
             build_on_target: drv,
             force_kexec: args.force_kexec,
             nix_args,
@@ -662,6 +664,28 @@ fn run_inner(args: InstallArgs) -> Result<u8, Failure> {
     })
 }
 
+/// What the installer's nix substitutes from besides its defaults: the flake's `nixConfig` (when the
+/// system comes from the flake) and `--option` substituters; nothing with `--no-substitute-on-destination`.
+fn substituters(args: &InstallArgs, node: &str) -> Result<SubstituterSettings, Failure> {
+    if args.no_substitute_on_destination {
+        return Ok(SubstituterSettings::default());
+    }
+    let from_flake = if args.system.is_none() {
+        let flake = nixpave_nix::flake::FlakeTarget::parse(&args.flake).flake;
+        nixpave_nix::flake::flake_nix_config(&flake, &Default::default())
+            .map_err(|e| failed(format!("{node}: reading the flake's nixConfig: {e}")))?
+    } else {
+        Vec::new()
+    };
+    let options = pairs(&args.option);
+    Ok(SubstituterSettings::from_settings(
+        from_flake
+            .iter()
+            .chain(options.iter())
+            .map(|(n, v)| (n.as_str(), v.as_str())),
+    ))
+}
+
 /// The extra `nix` arguments of `--option`, `-L` and `--show-trace` (pure).
 fn nix_args(args: &InstallArgs) -> Vec<String> {
     let mut v = Vec::new();
@@ -831,6 +855,39 @@ mod tests {
             pairs(&["/a".into(), "1:2".into(), "/b".into(), "3:4".into()]),
             vec![("/a".into(), "1:2".into()), ("/b".into(), "3:4".into())]
         );
+    }
+
+    #[test]
+    fn substituters_from_options_and_none_without_substitution() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: InstallArgs,
+        }
+        let base = [
+            "install",
+            "web1",
+            "--system",
+            "/nix/store/x-sys",
+            "--option",
+            "extra-substituters",
+            "https://c.example",
+            "--option",
+            "extra-trusted-public-keys",
+            "c-1:CCC=",
+            "--option",
+            "cores",
+            "2",
+        ];
+        let cli = Cli::try_parse_from(base).ok().unwrap();
+        let s = substituters(&cli.args, "web1").ok().unwrap();
+        assert_eq!(s.substituters, ["https://c.example"]);
+        assert_eq!(s.trusted_public_keys, ["c-1:CCC="]);
+        let off = Cli::try_parse_from(base.iter().chain(&["--no-substitute-on-destination"]))
+            .ok()
+            .unwrap();
+        assert!(substituters(&off.args, "web1").ok().unwrap().is_empty());
     }
 
     #[test]
