@@ -328,7 +328,7 @@ mod tests {
     /// refusal, nixos-generate-config falls back to nixpave's module.
     #[test]
     fn a_missing_nixos_facter_is_a_typed_error_not_a_module() {
-        let t = nixpave_remote::LocalTransport::default();
+        let t = nixpave_remote::LocalTransport;
         let has = |tool: &str| {
             t.run(
                 &["sh".into(), "-c".into(), format!("command -v {tool}")],
