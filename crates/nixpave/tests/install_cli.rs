@@ -297,3 +297,80 @@ fn ask_password_layout_prompts_hidden_twice_on_the_terminal() {
     assert!(run.argv_leaks.is_empty(), "in argv: {:?}", run.argv_leaks);
     assert!(!work.path().join("state").join("node1.json").exists());
 }
+
+/// Several nodes in one run, bounded by `--max-parallel`: two lab hosts, each refused in its own preflight
+/// (shared kernel) with its own event lines. With `--max-parallel 1` the second node starts only after
+/// the first has ended; with 2 both run, and the run's exit code is the worst node's.
+#[test]
+fn several_nodes_are_installed_at_most_max_parallel_at_a_time() {
+    let lab = Lab::up(2).expect("lab up");
+    let (a, b) = (lab.host(0), lab.host(1));
+    let work = tempfile::tempdir().expect("tempdir");
+    let target = |name: &str, h: &LabHost| {
+        let t = h.target();
+        format!("{name}={}@{}:{}", "root", t.host, t.port.unwrap_or(22))
+    };
+    let run = |max: &str| -> (Option<i32>, Vec<serde_json::Value>, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_nixpave"))
+            .args(["install", "n1,n2", "--system"])
+            .arg("/nix/store/00000000000000000000000000000000-nixpave-test-system")
+            .arg("--target")
+            .arg(target("n1", a))
+            .arg("--target")
+            .arg(target("n2", b))
+            .arg("-i")
+            .arg(a.identity_file())
+            .arg("--known-hosts")
+            .arg(a.known_hosts())
+            .arg("--kexec")
+            .arg(tarball(work.path()))
+            .arg("--disk-config")
+            .arg(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../nixpave-install/tests/fixtures/layout-root.nix"),
+            )
+            .args(["--yes-wipe-all-disks", "--json", "--max-parallel", max])
+            .arg("--state-dir")
+            .arg(work.path().join("state"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("nixpave runs");
+        let events = text(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        (out.status.code(), events, text(&out.stderr))
+    };
+    let positions = |events: &[serde_json::Value], node: &str| -> Vec<usize> {
+        events
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e["node"] == node)
+            .map(|(i, _)| i)
+            .collect()
+    };
+
+    let (code, events, stderr) = run("1");
+    assert_eq!(code, Some(3), "{stderr}");
+    for node in ["n1", "n2"] {
+        assert!(
+            events
+                .iter()
+                .any(|e| e["node"] == node && e["event"] == "refused"),
+            "{node} not refused: {events:?}"
+        );
+    }
+    let (n1, n2) = (positions(&events, "n1"), positions(&events, "n2"));
+    assert!(
+        n1.last() < n2.first(),
+        "--max-parallel 1 ran the nodes side by side: {events:?}"
+    );
+
+    let (code, events, stderr) = run("2");
+    assert_eq!(code, Some(3), "{stderr}");
+    // (Side by side here: the two preflights' events interleave, which is what the bound of 1 forbids.)
+    let (n1, n2) = (positions(&events, "n1"), positions(&events, "n2"));
+    assert!(!n1.is_empty() && !n2.is_empty(), "{events:?}");
+    assert!(!work.path().join("state").join("n1.json").exists());
+    assert!(!work.path().join("state").join("n2.json").exists());
+}
