@@ -86,7 +86,8 @@ pub struct InstallArgs {
     /// derivations are copied), or `auto`: here when this machine builds for the node's system, else remote.
     #[arg(long, default_value = "local", value_parser = ["auto", "local", "remote", "target"])]
     build_on: String,
-    /// Let the target fetch store paths from its own substituters (the default).
+    /// Let the target fetch store paths from its own substituters (the default), plus the flake's
+    /// `nixConfig` and `--option` substituters and trusted keys, written to its nix.conf.
     #[arg(long, conflicts_with = "no_substitute_on_destination")]
     substitute_on_destination: bool,
     /// Copy every store path from here instead of letting the target substitute.
@@ -115,8 +116,9 @@ pub struct InstallArgs {
     system: Option<String>,
     /// After kexec, generate the machine's hardware configuration and write it to PATH (beside the
     /// flake), then build the system: `nixos-facter` (its JSON report) or `nixos-generate-config` (a
-    /// module, `--show-hardware-config --no-filesystems`), run on the installer when it has the tool,
-    /// else nixpave's own module from the machine's facts. One node at a time.
+    /// module, `--show-hardware-config --no-filesystems`), run on the installer when it has the tool;
+    /// without nixos-generate-config nixpave writes the module from the machine's facts, without
+    /// nixos-facter it stops (nothing written). One node at a time.
     #[arg(long, num_args = 2, value_names = ["KIND", "PATH"])]
     generate_hardware_config: Vec<String>,
     /// Continue from the last finished phase of an earlier run.
