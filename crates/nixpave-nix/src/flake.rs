@@ -111,8 +111,9 @@ pub fn flake_nix_config(flake: &str, opts: &NixOptions) -> Result<Vec<(String, S
         .and_then(|(_, query)| query.split('&').find_map(|kv| kv.strip_prefix("dir=")))
         .map(|d| format!("/{}", d.trim_matches('/')))
         .unwrap_or_default();
+    // A `?dir=` flake's outPath is the source's root in nix 2.8 and the subdirectory in current nix.
     let function = format!(
-        "f: let c = (import (f.outPath + {})).nixConfig or {{}}; in builtins.mapAttrs (n: v: if builtins.isList v then builtins.concatStringsSep \" \" (map toString v) else if builtins.isBool v then (if v then \"true\" else \"false\") else toString v) c",
+        "f: let sub = f.outPath + {}; file = if builtins.pathExists sub then sub else f.outPath + \"/flake.nix\"; c = (import file).nixConfig or {{}}; in builtins.mapAttrs (n: v: if builtins.isList v then builtins.concatStringsSep \" \" (map toString v) else if builtins.isBool v then (if v then \"true\" else \"false\") else toString v) c",
         nix_string(&format!("{dir}/flake.nix"))
     );
     let value = eval_flake_json(flake, &function, opts)?;
