@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The slow install tests: real qemu VMs (TCG) booted from the lab image, kexec into the test installer,
 # real disk layouts (LUKS on LVM; an askPassword LUKS on mdadm raid1 through the planner, from a sudo user
-# with a password), GRUB-BIOS, and under UEFI (OVMF) systemd-boot and GRUB-EFI, reboot, verify; preflight
+# with a password), GRUB-BIOS, and under UEFI (OVMF) systemd-boot and GRUB-EFI (the latter through the
+# test installer's nixos-install, the others through nixpave's own install steps), reboot, verify; preflight
 # refusals (RAM, disks, a missing tool, kexec disabled); kill + --resume and a --disko-mode mount reinstall
 # through the CLI; hardware configuration generated in the VMs. Prints the phase timings (TIMINGS lines).
 # Usage: scripts/test-install.sh [TEST_NAME_FILTER]   (as root on Debian 12; ~15-25 min under TCG)

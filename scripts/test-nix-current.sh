@@ -30,6 +30,7 @@ tests=(
   nixpave-disk:plan_loader
   nixpave-disk:plan_snapshots
   nixpave-install:install_local
+  nixpave-install:install_substitute
   nixpave:deploy_cli
   nixpave:deploy_rs_flake
   nixpave:rollback_cli

@@ -3,7 +3,8 @@
 //!
 //! When the installer has the asked-for tool, it runs there (`nixos-facter` → its JSON report for
 //! `hardware.facter.reportPath`; `nixos-generate-config --show-hardware-config --no-filesystems` → a
-//! NixOS module). Otherwise nixpave writes the module itself from facts gathered in one round trip
+//! NixOS module). Without nixos-facter there is no report (a typed error: nixpave's module is not its
+//! JSON). Without nixos-generate-config nixpave writes the module itself from facts gathered in one round trip
 //! ([`FACTS_SCRIPT`], parsed by the pure [`parse`] and rendered by the pure [`render`]): storage, USB
 //! and network controller modules from the sysfs modaliases, the CPU's microcode vendor and KVM
 //! module, the virtualisation guest profile, initrd modules for the layout's stack (LVM, mdadm, LUKS)
@@ -53,6 +54,13 @@ pub enum HwConfigError {
     /// The target could not be reached or a command could not run.
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// `nixos-facter` was asked for and the installer has none. Its report is JSON read by
+    /// `hardware.facter.reportPath`: nixpave's own module is no stand-in for it, so nothing is written.
+    #[error("{tool} is not on the installer, and nixpave does not write its report in its place (a NixOS module is not the JSON report hardware.facter.reportPath reads); nothing was written. The installer is running: rerun with --resume and `--generate-hardware-config nixos-generate-config PATH` (nixpave writes that module from facts when the tool is missing), or use an installer that has {tool} (nixos-images' kexec installer does)")]
+    ToolMissing {
+        /// The tool asked for.
+        tool: String,
+    },
     /// The tool or the facts script failed.
     #[error("{what} failed (exit {status:?}): {stderr}")]
     Failed {
@@ -271,7 +279,8 @@ fn run_checked(t: &dyn Transport, what: &str, argv: Vec<String>) -> Result<Strin
 }
 
 /// Generates the configuration on the target (the installer): the asked-for tool when it is
-/// there, else nixpave's own module from facts and the layout's `plan` (when there is one).
+/// there, else, for `nixos-generate-config`, nixpave's own module from facts and the layout's `plan`
+/// (when there is one); a missing `nixos-facter` is [`HwConfigError::ToolMissing`].
 pub fn generate(
     t: &dyn Transport,
     kind: Kind,
@@ -304,6 +313,9 @@ pub fn generate(
         };
         return Ok((run_checked(t, tool, argv)?, Source::Tool));
     }
+    if kind == Kind::NixosFacter {
+        return Err(HwConfigError::ToolMissing { tool: tool.into() });
+    }
     let stack = plan.map(stack_modules).unwrap_or_default();
     Ok((render(&gather(t)?, &stack), Source::Nixpave))
 }
@@ -321,6 +333,32 @@ pub fn gather(t: &dyn Transport) -> Result<HardwareFacts, HwConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// On this machine (Debian: no nixos-facter, no nixos-generate-config): nixos-facter is a typed
+    /// refusal, nixos-generate-config falls back to nixpave's module.
+    #[test]
+    fn a_missing_nixos_facter_is_a_typed_error_not_a_module() {
+        let t = nixpave_remote::LocalTransport;
+        let has = |tool: &str| {
+            t.run(
+                &["sh".into(), "-c".into(), format!("command -v {tool}")],
+                None,
+            )
+            .map(|o| o.success())
+            .unwrap_or(false)
+        };
+        assert!(
+            !has("nixos-facter") && !has("nixos-generate-config"),
+            "this test needs a machine without the tools (the project's Debian test machines)"
+        );
+        match generate(&t, Kind::NixosFacter, None) {
+            Err(HwConfigError::ToolMissing { tool }) => assert_eq!(tool, "nixos-facter"),
+            other => panic!("expected ToolMissing, got {other:?}"),
+        }
+        let (text, source) = generate(&t, Kind::NixosGenerateConfig, None).expect("module");
+        assert_eq!(source, Source::Nixpave);
+        assert!(text.contains("boot.loader"), "{text}");
+    }
 
     /// Captured from a lab VM (qemu `pc`, TCG `-cpu max`, OVMF) in the test installer; the USB
     /// controller line is added (that VM has none) to cover class 0c03.

@@ -105,6 +105,8 @@ pub struct NodeSpec {
     pub copy_host_keys: bool,
     /// `--substitute-on-destination`.
     pub substitute_on_destination: bool,
+    /// Substituters (and their keys) the installer's nix adds when substituting on the destination.
+    pub substituters: steps::SubstituterSettings,
     /// `--build-on target`: the derivation to realise on the target instead of copying outputs.
     pub build_on_target: Option<String>,
     /// `--force-kexec`: kexec even when the target already runs a NixOS installer.
@@ -699,6 +701,21 @@ impl Ctx<'_, '_> {
             substitute_on_destination: spec.substitute_on_destination,
             nix_args: spec.nix_args.clone(),
         };
+        if spec.substitute_on_destination && !spec.substituters.is_empty() {
+            let path = steps::write_substituters(t, &spec.substituters)?;
+            self.progress(
+                Phase::Install,
+                format!(
+                    "the installer's nix also substitutes from {} ({} trusted keys), set in {path}",
+                    if spec.substituters.substituters.is_empty() {
+                        "its own substituters".to_string()
+                    } else {
+                        spec.substituters.substituters.join(" ")
+                    },
+                    spec.substituters.trusted_public_keys.len()
+                ),
+            );
+        }
         match &spec.build_on_target {
             None => {
                 self.progress(

@@ -169,6 +169,83 @@ pub struct CopySpec {
     pub nix_args: Vec<String>,
 }
 
+/// What the installer's nix substitutes from, besides its own defaults: the flake's `nixConfig` and the
+/// user's `--option` substituters and the keys that sign them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubstituterSettings {
+    /// Binary cache URLs.
+    pub substituters: Vec<String>,
+    /// `NAME:BASE64` public keys.
+    pub trusted_public_keys: Vec<String>,
+}
+
+impl SubstituterSettings {
+    /// Collects the substituter settings from nix settings pairs (`nixConfig` entries first, then
+    /// `--option NAME VALUE`): `substituters`, `trusted-public-keys` and their `extra-` forms, values
+    /// split at white space, each URL or key once, in order. Other settings are not the installer's.
+    pub fn from_settings<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let mut s = SubstituterSettings::default();
+        for (name, value) in pairs {
+            let list = match name.trim_start_matches("extra-") {
+                "substituters" => &mut s.substituters,
+                "trusted-public-keys" => &mut s.trusted_public_keys,
+                _ => continue,
+            };
+            for word in value.split_whitespace() {
+                if !list.iter().any(|w| w == word) {
+                    list.push(word.to_string());
+                }
+            }
+        }
+        s
+    }
+
+    /// Nothing to add.
+    pub fn is_empty(&self) -> bool {
+        self.substituters.is_empty() && self.trusted_public_keys.is_empty()
+    }
+
+    /// The `nix.conf` lines (pure): added to the installer's own settings (`extra-`), so its default
+    /// cache stays.
+    pub fn nix_conf(&self) -> String {
+        let mut text =
+            String::from("# written by nixpave install: the flake's and --option substituters\n");
+        if !self.substituters.is_empty() {
+            text.push_str(&format!(
+                "extra-substituters = {}\n",
+                self.substituters.join(" ")
+            ));
+        }
+        if !self.trusted_public_keys.is_empty() {
+            text.push_str(&format!(
+                "extra-trusted-public-keys = {}\n",
+                self.trusted_public_keys.join(" ")
+            ));
+        }
+        text
+    }
+}
+
+/// Writes `settings` as the installing user's own nix configuration on the target
+/// (`${XDG_CONFIG_HOME:-$HOME/.config}/nix/nix.conf`, in the installer's RAM): read by the nix that
+/// `nix copy --substitute-on-destination` starts there and by `nixos-install`'s nix, also on a real NixOS
+/// installer whose `/etc/nix/nix.conf` is a read-only store path. Returns the file's path.
+pub fn write_substituters(
+    t: &dyn Transport,
+    settings: &SubstituterSettings,
+) -> Result<String, StepError> {
+    let out = run(
+        t,
+        "writing the installer's nix substituters",
+        sh(
+            "set -e; d=${XDG_CONFIG_HOME:-$HOME/.config}/nix; mkdir -p \"$d\"; cat > \"$d/nix.conf\"; echo \"$d/nix.conf\"".into(),
+            &[],
+        ),
+        Some(settings.nix_conf().as_bytes()),
+    )?;
+    Ok(out.stdout_str().trim().to_string())
+}
+
 /// The local `nix copy` argv (pure).
 pub fn copy_argv(spec: &CopySpec, path: &str) -> Vec<String> {
     let mut v: Vec<String> = vec![
@@ -537,6 +614,29 @@ mod tests {
             shell_join(&nixos_install_argv(Path::new("/mnt"), "/nix/store/x-sys")),
             "nixos-install --system /nix/store/x-sys --no-root-passwd --no-channel-copy --root /mnt"
         );
+    }
+
+    #[test]
+    fn substituter_settings_from_nix_config_and_options() {
+        let s = SubstituterSettings::from_settings([
+            ("extra-substituters", "https://a.example  file:///srv/c"),
+            ("accept-flake-config", "true"),
+            ("extra-trusted-public-keys", "a-1:AAA="),
+            ("substituters", "https://a.example https://b.example"),
+            ("trusted-public-keys", "b-1:BBB= a-1:AAA="),
+        ]);
+        assert_eq!(
+            s.substituters,
+            ["https://a.example", "file:///srv/c", "https://b.example"]
+        );
+        assert_eq!(s.trusted_public_keys, ["a-1:AAA=", "b-1:BBB="]);
+        assert_eq!(
+            s.nix_conf(),
+            "# written by nixpave install: the flake's and --option substituters\n\
+             extra-substituters = https://a.example file:///srv/c https://b.example\n\
+             extra-trusted-public-keys = a-1:AAA= b-1:BBB=\n"
+        );
+        assert!(SubstituterSettings::from_settings([("cores", "2")]).is_empty());
     }
 
     #[test]

@@ -54,6 +54,7 @@ fn a_changed_host_key_fails_verify_at_once() {
         chown: Vec::new(),
         copy_host_keys: true,
         substitute_on_destination: false,
+        substituters: Default::default(),
         build_on_target: None,
         force_kexec: false,
         nix_args: Vec::new(),

@@ -95,6 +95,7 @@ impl Fixture {
             chown: Vec::new(),
             copy_host_keys: false,
             substitute_on_destination: false,
+            substituters: Default::default(),
             build_on_target: None,
             force_kexec: false,
             nix_args: Vec::new(),

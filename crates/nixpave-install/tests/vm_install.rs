@@ -340,6 +340,7 @@ fn node_spec(vm: &Vm, run: &Run, phases: &str, disk: Option<DiskSpec>) -> NodeSp
         chown: Vec::new(),
         copy_host_keys: true,
         substitute_on_destination: false,
+        substituters: Default::default(),
         build_on_target: None,
         force_kexec: false,
         nix_args: Vec::new(),
@@ -687,7 +688,11 @@ fn uefi_layout() -> nixpave_disk::Layout {
 /// system with `bootloader`, reboot from the disk in UEFI mode; verify passes, and the firmware booted the
 /// boot entry the bootloader's installer wrote (`label`). With `own_host_key` the new system brings its own
 /// host key (in --extra-files): nixpave records it, and verify's strict check passes against it.
-fn uefi_install(bootloader: &str, label: &str, own_host_key: bool) {
+/// `nixos_install`: after kexec, the test installer's own `nixos-install` and `nixos-enter` (written for the lab
+/// from the real ones' documented behaviour) are put on its PATH, so it stands for the real NixOS installer and
+/// nixpave takes the nixos-install branch: nixos-install sets the profile, marks the root, rbinds it onto
+/// /mnt/mnt and runs `switch-to-configuration boot` through nixos-enter, after the system's activation.
+fn uefi_install(bootloader: &str, label: &str, own_host_key: bool, nixos_install: bool) {
     let vm = start_vm_with(&format!("inst-{bootloader}"), 2048, 0, true);
     assert!(
         vm.ssh_ok("test -d /sys/firmware/efi && echo uefi")
@@ -766,6 +771,20 @@ fn uefi_install(bootloader: &str, label: &str, own_host_key: bool) {
     assert_eq!(evaluated["boot"]["loader"]["systemd-boot"]["enable"], true);
     assert_eq!(evaluated["imports"][0], "/m/profiles/qemu-guest.nix");
 
+    if nixos_install {
+        spec.session
+            .transport()
+            .run(
+                &[
+                    "sh".into(),
+                    "-c".into(),
+                    "ln -s /usr/local/lib/nixpave-lab/nixos-install /usr/local/lib/nixpave-lab/nixos-enter /usr/local/sbin/".into(),
+                ],
+                None,
+            )
+            .map(|o| assert!(o.success(), "{}", o.stderr_tail(5)))
+            .unwrap();
+    }
     // Install, reboot from the disk in UEFI mode, verify: resumed as a new run.
     let mut spec2 = node_spec(&vm, &run, "kexec,disk,install,reboot,verify", None);
     spec2.resume = true;
@@ -774,6 +793,28 @@ fn uefi_install(bootloader: &str, label: &str, own_host_key: bool) {
     if let Err(e) = install_node(&spec2, &inst) {
         eprintln!("console:\n{}", vm.console_tail(80));
         panic!("{e}");
+    }
+    let events = rec.json();
+    if nixos_install {
+        // nixos-install ran (its own last words), and what it must provide around switch-to-configuration
+        // was there: the activation first (through nixos-enter), the root on /mnt, /etc/mtab.
+        for what in [
+            "installing with the installer's nixos-install",
+            "installing the boot loader...",
+            "installation finished!",
+            "activated-before",
+            "root-on-mnt",
+            "mtab-ok",
+            "in_nixos_enter=1 nixos=yes",
+        ] {
+            assert!(events.contains(what), "{what} missing: {events}");
+        }
+        assert!(!events.contains("no nixos-install on the target"));
+    } else {
+        assert!(
+            events.contains("no nixos-install on the target"),
+            "{events}"
+        );
     }
     let t = spec2.session.transport();
     if let Some(public) = &own_public {
@@ -825,13 +866,15 @@ fn uefi_install(bootloader: &str, label: &str, own_host_key: bool) {
 #[test]
 #[ignore = "boots qemu VMs (minutes under TCG); run scripts/test-install.sh"]
 fn e2e_uefi_systemd_boot() {
-    uefi_install("systemd-boot", "Linux Boot Manager", false);
+    uefi_install("systemd-boot", "Linux Boot Manager", false, false);
 }
 
+/// GRUB-EFI on an installer that has `nixos-install` (as every real NixOS installer): nixpave's nixos-install
+/// branch, the new system's own host key.
 #[test]
 #[ignore = "boots qemu VMs (minutes under TCG); run scripts/test-install.sh"]
 fn e2e_uefi_grub_efi() {
-    uefi_install("grub-efi", "nixpave", true);
+    uefi_install("grub-efi", "nixpave", true, true);
 }
 
 fn disk_sum(vm: &Vm) -> String {

@@ -78,6 +78,10 @@ rm -rf "$R"/usr/share/{doc,man,info,locale,lintian,linda} "$R"/var/cache/apt/* "
 install -m 0755 "$SRC/guest-init.sh" "$R/sbin/nixpave-init"
 install -m 0755 "$SRC/power.sh" "$R/usr/local/sbin/reboot"
 ln -sf reboot "$R/usr/local/sbin/poweroff"
+# The lab's nixos-install and nixos-enter, off PATH: a test links them into /usr/local/sbin when the installer
+# should stand for the real NixOS one (which has them); otherwise it stands for an installer without them.
+install -D -m 0755 "$SRC/nixos-install.sh" "$R/usr/local/lib/nixpave-lab/nixos-install"
+install -D -m 0755 "$SRC/nixos-enter.sh" "$R/usr/local/lib/nixpave-lab/nixos-enter"
 mkdir -p "$R/etc/nix" "$R/root/.ssh" "$R/nix/var/nix/profiles"
 chmod 700 "$R/root/.ssh"
 printf 'build-users-group =\nsandbox = false\nsubstituters =\nexperimental-features = nix-command flakes\n' > "$R/etc/nix/nix.conf"

@@ -102,6 +102,31 @@ pub fn eval_flake_json(
     })
 }
 
+/// The flake's `nixConfig` (the settings it asks nix to use, e.g. `extra-substituters`), as
+/// `(name, value)` pairs with list values joined by spaces, in name order; empty when it has none.
+/// Read from the flake's own `flake.nix` (in the `?dir=` subdirectory when the reference names one).
+pub fn flake_nix_config(flake: &str, opts: &NixOptions) -> Result<Vec<(String, String)>, NixError> {
+    let dir = flake
+        .split_once('?')
+        .and_then(|(_, query)| query.split('&').find_map(|kv| kv.strip_prefix("dir=")))
+        .map(|d| format!("/{}", d.trim_matches('/')))
+        .unwrap_or_default();
+    // A `?dir=` flake's outPath is the source's root in nix 2.8 and the subdirectory in current nix.
+    let function = format!(
+        "f: let sub = f.outPath + {}; file = if builtins.pathExists sub then sub else f.outPath + \"/flake.nix\"; c = (import file).nixConfig or {{}}; in builtins.mapAttrs (n: v: if builtins.isList v then builtins.concatStringsSep \" \" (map toString v) else if builtins.isBool v then (if v then \"true\" else \"false\") else toString v) c",
+        nix_string(&format!("{dir}/flake.nix"))
+    );
+    let value = eval_flake_json(flake, &function, opts)?;
+    Ok(value
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

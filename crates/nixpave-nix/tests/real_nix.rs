@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use nixpave_nix::build::build_derivations;
 use nixpave_nix::copy::{copy_closure, CopyTo};
-use nixpave_nix::flake::eval_flake_json;
+use nixpave_nix::flake::{eval_flake_json, flake_nix_config};
 use nixpave_nix::invoke::NixOptions;
 use nixpave_nix::{eval_file, eval_flake_attr, local_version, NixVersion};
 
@@ -261,4 +261,63 @@ fn a_flake_in_a_git_work_tree_is_read_as_nix_reads_it_untracked_files_stay_out()
     )
     .expect("evaluates");
     assert_eq!(seen, serde_json::json!(true));
+}
+
+#[test]
+fn reads_a_flake_s_nix_config_also_from_a_subdirectory() {
+    conf();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sub = dir.path().join("infra");
+    std::fs::create_dir_all(&sub).expect("mkdir");
+    std::fs::write(
+        sub.join("flake.nix"),
+        r#"{
+  nixConfig = {
+    extra-substituters = [ "https://cache.example.org" "file:///srv/cache" ];
+    extra-trusted-public-keys = [ "cache.example.org-1:AAAA=" ];
+    accept-flake-config = true;
+  };
+  outputs = { self }: { };
+}"#,
+    )
+    .expect("flake.nix");
+    std::fs::write(dir.path().join("flake.nix"), "{ outputs = { self }: { }; }")
+        .expect("flake.nix");
+    let opts = NixOptions::default();
+    let got = flake_nix_config(&format!("path:{}", sub.display()), &opts).expect("nixConfig");
+    assert_eq!(
+        got,
+        vec![
+            ("accept-flake-config".to_string(), "true".to_string()),
+            (
+                "extra-substituters".to_string(),
+                "https://cache.example.org file:///srv/cache".to_string()
+            ),
+            (
+                "extra-trusted-public-keys".to_string(),
+                "cache.example.org-1:AAAA=".to_string()
+            ),
+        ]
+    );
+    // In a git work tree (`git+file://TOP?dir=infra`): the subdirectory's flake.nix, not the top one; a
+    // flake without nixConfig gives nothing.
+    let git = |args: &[&str]| {
+        let ok = Command::new("git")
+            .arg("-C")
+            .arg(dir.path())
+            .args(args)
+            .status()
+            .expect("git");
+        assert!(ok.success(), "git {args:?}");
+    };
+    git(&["init", "-q"]);
+    git(&["add", "flake.nix", "infra/flake.nix"]);
+    let top = format!("git+file://{}", dir.path().display());
+    assert_eq!(
+        flake_nix_config(&format!("{top}?dir=infra"), &opts)
+            .expect("nixConfig")
+            .len(),
+        3
+    );
+    assert!(flake_nix_config(&top, &opts).expect("nixConfig").is_empty());
 }

@@ -24,6 +24,14 @@ const SCRIPTS: &[(&str, &str)] = &[
     ),
     ("kexec-run.sh", include_str!("../../images/kexec-run.sh")),
     ("power.sh", include_str!("../../images/power.sh")),
+    (
+        "nixos-install.sh",
+        include_str!("../../images/nixos-install.sh"),
+    ),
+    (
+        "nixos-enter.sh",
+        include_str!("../../images/nixos-enter.sh"),
+    ),
 ];
 
 /// Where built images are cached: `NIXPAVE_LAB_CACHE`, default `/var/cache/nixpave/lab`.
@@ -187,12 +195,14 @@ mod tests {
             std::env::temp_dir().join(format!("nixpave-images-syntax-{}", std::process::id()));
         write_scripts(&dir).unwrap();
         for (name, _) in SCRIPTS {
-            // build-images.sh uses bash; the rest run under the guest's or the old system's /bin/sh.
-            let shell = if *name == "build-images.sh" {
-                "bash"
-            } else {
-                "sh"
-            };
+            // Scripts with a bash shebang run under bash; the rest under the guest's or the old system's /bin/sh.
+            let text = std::fs::read_to_string(dir.join(name)).unwrap();
+            let shell =
+                if text.starts_with("#!/usr/bin/env bash") || text.starts_with("#!/bin/bash") {
+                    "bash"
+                } else {
+                    "sh"
+                };
             let out = Command::new(shell)
                 .arg("-n")
                 .arg(dir.join(name))

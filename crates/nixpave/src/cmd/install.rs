@@ -17,7 +17,7 @@ use nixpave_install::phase::PhaseSet;
 use nixpave_install::preflight::{arch_of_system, min_disk_bytes, DiskNeed};
 use nixpave_install::run::{DiskSpec, KexecSpec, NodeSpec, Timeouts};
 use nixpave_install::state::StateStore;
-use nixpave_install::steps::{Chown, EncryptionKey};
+use nixpave_install::steps::{Chown, EncryptionKey, SubstituterSettings};
 use nixpave_install::{FailureKind, InstallError, Installer, Reporter};
 use nixpave_remote::SshConnection;
 use nixpave_remote::{SshOptions, SshTransport, Target};
@@ -83,7 +83,8 @@ pub struct InstallArgs {
     /// derivations are copied), or `auto`: here when this machine builds for the node's system, else remote.
     #[arg(long, default_value = "local", value_parser = ["auto", "local", "remote", "target"])]
     build_on: String,
-    /// Let the target fetch store paths from its own substituters (the default).
+    /// Let the target fetch store paths from its own substituters (the default), plus the flake's
+    /// `nixConfig` and `--option` substituters and trusted keys, written to its nix.conf.
     #[arg(long, conflicts_with = "no_substitute_on_destination")]
     substitute_on_destination: bool,
     /// Copy every store path from here instead of letting the target substitute.
@@ -112,8 +113,9 @@ pub struct InstallArgs {
     system: Option<String>,
     /// After kexec, generate the machine's hardware configuration and write it to PATH (beside the
     /// flake), then build the system: `nixos-facter` (its JSON report) or `nixos-generate-config` (a
-    /// module, `--show-hardware-config --no-filesystems`), run on the installer when it has the tool,
-    /// else nixpave's own module from the machine's facts. One node at a time.
+    /// module, `--show-hardware-config --no-filesystems`), run on the installer when it has the tool;
+    /// without nixos-generate-config nixpave writes the module from the machine's facts, without
+    /// nixos-facter it stops (nothing written). One node at a time.
     #[arg(long, num_args = 2, value_names = ["KIND", "PATH"])]
     generate_hardware_config: Vec<String>,
     /// Continue from the last finished phase of an earlier run.
@@ -404,6 +406,7 @@ fn prepare(
         (true, None) => nixpave_remote::root_target(&target),
         (false, _) => target.clone(),
     };
+    let substituters = substituters(args, node)?;
     let ssh = SshTransport::connect(&login, options.clone()).map_err(|e| {
         CliError::msg(
             super::connect::connect_exit_code(&e),
@@ -432,6 +435,7 @@ fn prepare(
                 .collect(),
             copy_host_keys: !args.no_copy_host_keys,
             substitute_on_destination: !args.no_substitute_on_destination,
+            substituters,
             build_on_target: drv,
             force_kexec: args.force_kexec,
             nix_args,
@@ -616,6 +620,28 @@ fn run_inner(args: InstallArgs) -> Result<u8, CliError> {
     })))
 }
 
+/// What the installer's nix substitutes from besides its defaults: the flake's `nixConfig` (when the
+/// system comes from the flake) and `--option` substituters; nothing with `--no-substitute-on-destination`.
+fn substituters(args: &InstallArgs, node: &str) -> Result<SubstituterSettings, CliError> {
+    if args.no_substitute_on_destination {
+        return Ok(SubstituterSettings::default());
+    }
+    let from_flake = if args.system.is_none() {
+        let flake = nixpave_nix::flake::FlakeTarget::parse(&args.flake).flake;
+        nixpave_nix::flake::flake_nix_config(&flake, &Default::default())
+            .map_err(|e| failed(format!("{node}: reading the flake's nixConfig: {e}")))?
+    } else {
+        Vec::new()
+    };
+    let options = pairs(&args.option);
+    Ok(SubstituterSettings::from_settings(
+        from_flake
+            .iter()
+            .chain(options.iter())
+            .map(|(n, v)| (n.as_str(), v.as_str())),
+    ))
+}
+
 /// The extra `nix` arguments of `--option`, `-L` and `--show-trace` (pure).
 fn nix_args(args: &InstallArgs) -> Vec<String> {
     let mut v = Vec::new();
@@ -783,6 +809,39 @@ mod tests {
             pairs(&["/a".into(), "1:2".into(), "/b".into(), "3:4".into()]),
             vec![("/a".into(), "1:2".into()), ("/b".into(), "3:4".into())]
         );
+    }
+
+    #[test]
+    fn substituters_from_options_and_none_without_substitution() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: InstallArgs,
+        }
+        let base = [
+            "install",
+            "web1",
+            "--system",
+            "/nix/store/x-sys",
+            "--option",
+            "extra-substituters",
+            "https://c.example",
+            "--option",
+            "extra-trusted-public-keys",
+            "c-1:CCC=",
+            "--option",
+            "cores",
+            "2",
+        ];
+        let cli = Cli::try_parse_from(base).ok().unwrap();
+        let s = substituters(&cli.args, "web1").ok().unwrap();
+        assert_eq!(s.substituters, ["https://c.example"]);
+        assert_eq!(s.trusted_public_keys, ["c-1:CCC="]);
+        let off = Cli::try_parse_from(base.iter().chain(&["--no-substitute-on-destination"]))
+            .ok()
+            .unwrap();
+        assert!(substituters(&off.args, "web1").ok().unwrap().is_empty());
     }
 
     #[test]
