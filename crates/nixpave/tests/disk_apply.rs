@@ -1,8 +1,7 @@
 //! `nixpave disk apply` end to end on real loop devices: the binary loads a layout, plans it and
 //! applies it; results are checked with partx/sfdisk/blkid/findmnt.
 
-#[path = "../../nixpave-disk/tests/support/mod.rs"]
-mod support;
+use nixpave_testsupport as support;
 
 use std::process::Output;
 

@@ -1,8 +1,10 @@
-//! Test support: real loop-device disks in a scratch directory, cleaned up even on panic.
+//! Test support shared by nixpave's test suites (a dev-dependency only, never published): real
+//! loop-device disks in a scratch directory, cleaned up even on panic; partition facts read
+//! with partx/blkid/findmnt; and the one skip rule (`NIXPAVE_REQUIRE_ALL=1` makes a skip fail).
 //!
-//! Everything is named uniquely (pid + counter) and only what this module created is touched:
+//! Everything is named uniquely (pid + counter) and only what this crate created is touched:
 //! other tests on the same machine use loop devices too.
-#![allow(dead_code)]
+#![warn(missing_docs)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
