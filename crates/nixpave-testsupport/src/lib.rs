@@ -270,3 +270,31 @@ pub fn partition_nodes(dev: &str) -> Vec<String> {
     nodes.sort();
     nodes
 }
+
+/// The directory of pre-evaluated disk layouts: the JSON that the real nix loader makes of each
+/// `crates/nixpave-disk/fixtures/*.nix` and `examples/*.nix`, so that the pure planner's tests
+/// run without a nix binary. `scripts/update-disk-fixtures.sh` writes them; a test in
+/// `nixpave-disk/tests/plan_loader.rs` evaluates every layout with nix and fails when one is stale.
+pub fn evaluated_layouts_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../nixpave-disk/fixtures/evaluated")
+}
+
+/// The pre-evaluated JSON of the layout `source` (a `.nix` file in nixpave-disk's `fixtures/`
+/// or in the repository's `examples/`): `evaluated/NAME.json`, or `evaluated/examples/NAME.json`
+/// for an example.
+pub fn evaluated_layout(source: &Path) -> PathBuf {
+    let stem = source
+        .file_stem()
+        .unwrap_or_else(|| panic!("{} has no file name", source.display()));
+    let is_example = source
+        .parent()
+        .and_then(|p| p.file_name())
+        .is_some_and(|d| d == "examples");
+    let dir = evaluated_layouts_dir();
+    let dir = if is_example {
+        dir.join("examples")
+    } else {
+        dir
+    };
+    dir.join(stem).with_extension("json")
+}
