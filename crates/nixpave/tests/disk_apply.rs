@@ -734,7 +734,7 @@ fn disk_apply_interrupted_stops_between_steps_and_resumes() {
         ),
     );
     let bin = assert_cmd::cargo::cargo_bin("nixpave");
-    let child = std::process::Command::new(&bin)
+    let mut child = std::process::Command::new(&bin)
         .args([
             "disk",
             "apply",
@@ -749,11 +749,33 @@ fn disk_apply_interrupted_stops_between_steps_and_resumes() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("start nixpave");
-    std::thread::sleep(std::time::Duration::from_millis(2500));
+    // Interrupted when it says it is creating partition 2 (its progress line), not after a guess
+    // of how long steps take.
+    let (lines, progress) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().expect("stderr piped");
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+            let Ok(line) = line else { break };
+            all.push_str(&line);
+            all.push('\n');
+            let _ = lines.send(line);
+        }
+        all
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match progress.recv_timeout(left) {
+            Ok(line) if line.contains("create partition 2") => break,
+            Ok(_) => {}
+            Err(e) => panic!("no progress line for partition 2 within 60 s: {e}"),
+        }
+    }
     sh(&["kill", "-INT", &child.id().to_string()]);
     let out = child.wait_with_output().expect("wait for nixpave");
-    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = reader.join().expect("stderr reader");
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("interrupted after"), "{stderr}");
     assert!(stderr.contains("run the same command again"), "{stderr}");
     let before = partitions(&disk).len();
