@@ -298,3 +298,50 @@ pub fn evaluated_layout(source: &Path) -> PathBuf {
     };
     dir.join(stem).with_extension("json")
 }
+
+/// The shape of a JSON value, for snapshot tests of `--json` output that must not depend on
+/// times, addresses or devices: every leaf becomes its type (`"<string>"`, `"<number>"`,
+/// `"<bool>"`; `null` stays), an array becomes the shape of its first element, and objects
+/// deeper than `depth` become `"<object>"`. Strings under the keys in `keep` (closed vocabularies
+/// such as `event`, `state`, `phase`) stay as they are.
+pub fn json_shape(value: &serde_json::Value, depth: usize, keep: &[&str]) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Null => Value::Null,
+        Value::Bool(_) => "<bool>".into(),
+        Value::Number(_) => "<number>".into(),
+        Value::String(_) => "<string>".into(),
+        Value::Array(items) => match items.first() {
+            Some(first) => Value::Array(vec![json_shape(first, depth, keep)]),
+            None => Value::Array(Vec::new()),
+        },
+        Value::Object(_) if depth == 0 => "<object>".into(),
+        Value::Object(fields) => Value::Object(
+            fields
+                .iter()
+                .map(|(k, v)| {
+                    let shaped = match v {
+                        Value::String(_) if keep.contains(&k.as_str()) => v.clone(),
+                        _ => json_shape(v, depth - 1, keep),
+                    };
+                    (k.clone(), shaped)
+                })
+                .collect(),
+        ),
+    }
+}
+
+/// [`json_shape`] of every line of a JSON-lines stream, each distinct shape once, in order of
+/// first appearance (what an event stream's snapshot pins: its kinds of events and their fields).
+pub fn json_lines_shapes(text: &str, depth: usize, keep: &[&str]) -> Vec<serde_json::Value> {
+    let mut shapes: Vec<serde_json::Value> = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        let shape = json_shape(&value, depth, keep);
+        if !shapes.contains(&shape) {
+            shapes.push(shape);
+        }
+    }
+    shapes
+}

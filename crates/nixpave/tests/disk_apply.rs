@@ -30,6 +30,16 @@ fn write_layout(scratch: &Scratch, name: &str, json: &str) -> String {
     path.to_string_lossy().into_owned()
 }
 
+/// A scratch with one loop disk of `mib` MiB, its root mountpoint, and the layout `json` (its
+/// `DISK` replaced by the disk's device) written to `file`: `(scratch, disk, root, layout path)`.
+fn one_disk(tag: &str, mib: u64, file: &str, json: &str) -> (Scratch, String, String, String) {
+    let mut scratch = Scratch::new(tag);
+    let disk = scratch.disk(mib);
+    let root = scratch.root();
+    let layout = write_layout(&scratch, file, &json.replace("DISK", &disk));
+    (scratch, disk, root, layout)
+}
+
 /// JSON progress events (`--json`) of the steps that actually ran.
 fn ran_commands(out: &Output) -> Vec<String> {
     String::from_utf8_lossy(&out.stdout)
@@ -516,15 +526,12 @@ fn disk_apply_refuses_unsafe_disks_and_bad_input() {
 #[test]
 fn disk_apply_runs_a_saved_plan() {
     support::require_loop_devices();
-    let mut scratch = Scratch::new("cli-planfile");
-    let disk = scratch.disk(64);
-    let root = scratch.root();
-    let layout = write_layout(
-        &scratch,
+    let (scratch, disk, root, layout) = one_disk(
+        "cli-planfile",
+        64,
         "saved.json",
-        &r#"{"disk": {"saved": {"type": "disk", "device": "DISK", "content": {"type": "gpt", "partitions": {
- "data": {"size": "100%", "content": {"type": "filesystem", "format": "ext4", "mountpoint": "/"}}}}}}}"#
-            .replace("DISK", &disk),
+        r#"{"disk": {"saved": {"type": "disk", "device": "DISK", "content": {"type": "gpt", "partitions": {
+ "data": {"size": "100%", "content": {"type": "filesystem", "format": "ext4", "mountpoint": "/"}}}}}}}"#,
     );
     let plan = Command::cargo_bin("nixpave")
         .expect("binary")
@@ -830,4 +837,30 @@ fn disk_apply_refuses_the_running_root_disk() {
         assert!(stderr.contains("running system's root"), "{stderr}");
         assert!(stderr.contains("nothing was changed"), "{stderr}");
     }
+}
+
+/// `disk apply --json` speaks the one event envelope (README, "JSON output"): every line has
+/// `event` and `host`, times are `_ms` integers. Pinned as shapes (no devices, no times).
+#[test]
+fn disk_apply_json_events_follow_the_envelope() {
+    support::require_loop_devices();
+    let (_scratch, _disk, root, layout) = one_disk(
+        "cli-json",
+        64,
+        "json.json",
+        r#"{"disk": {"j": {"type": "disk", "device": "DISK", "content": {"type": "gpt", "partitions": {"p1": {"size": "16M", "content": {"type": "filesystem", "format": "ext4"}}}}}}}"#,
+    );
+    let args = ["--root-mountpoint", &root, "--mode", "format", "--json"];
+    let out = apply(&[&[layout.as_str()][..], &args].concat());
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for line in stdout.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+        assert_eq!(v["host"], "localhost", "{line}");
+    }
+    let shapes = support::json_lines_shapes(&stdout, 3, &["event", "state", "host"]);
+    insta::assert_snapshot!(
+        "json-disk-apply",
+        serde_json::to_string_pretty(&shapes).expect("json")
+    );
 }

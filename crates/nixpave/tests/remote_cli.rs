@@ -459,6 +459,8 @@ fn lab_up_flavour_nixos_through_the_cli() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let up: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(up["flavour"], "nixos");
+    assert!(up["duration_ms"].is_u64(), "{up}");
+    assert_eq!(up["hosts"][0]["host"], "host1", "{up}");
     let ssh = cli(&[
         "lab",
         "ssh",
@@ -605,4 +607,35 @@ fn ask_sudo_password_prompts_once_per_host_on_the_terminal() {
         );
     }
     assert!(shown.contains("2/2 hosts succeeded"), "{shown}");
+}
+
+/// `exec`, `facts` and `lab status` with `--json` speak the one envelope (README, "JSON output"):
+/// one document, each host's entry named by `host`, times as `duration_ms`. Pinned as shapes.
+#[test]
+fn json_outputs_of_exec_facts_and_lab_share_the_envelope() {
+    let lab = Lab::up(1).expect("lab up");
+    let keep = ["host", "result"];
+    let mut shapes = serde_json::Map::new();
+    for (name, args, depth) in [
+        ("exec", vec!["exec", "--json", lab.name(), "--", "true"], 3),
+        // The facts themselves have their own type; the envelope is the rows around them.
+        ("facts", vec!["facts", "--json", lab.name()], 1),
+        (
+            "lab status",
+            vec!["lab", "status", "--name", lab.name(), "--json"],
+            3,
+        ),
+    ] {
+        let out = run(nixpave(&lab).args(&args));
+        assert_eq!(out.status.code(), Some(0), "{name}: {}", text(&out.stderr));
+        let value: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        shapes.insert(
+            name.into(),
+            nixpave_testsupport::json_shape(&value, depth, &keep),
+        );
+    }
+    insta::assert_snapshot!(
+        "json-exec-facts-lab",
+        serde_json::to_string_pretty(&shapes).expect("json")
+    );
 }

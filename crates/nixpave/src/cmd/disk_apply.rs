@@ -123,8 +123,11 @@ fn apply(args: &ApplyArgs) -> Result<(), CliError> {
     );
     if args.json {
         // Machine consumers get the preflight (disks to wipe, deactivation steps) first.
-        let event = serde_json::json!({ "event": "preflight", "preflight": &preflight });
-        println!("{event}");
+        super::json::emit(
+            "preflight",
+            &host,
+            serde_json::json!({ "preflight": &preflight }),
+        );
     }
     let mut confirmed = args.yes_wipe_all_disks;
     if preflight.wipes {
@@ -144,14 +147,23 @@ fn apply(args: &ApplyArgs) -> Result<(), CliError> {
         &mut prompt,
         &mut |p: &Progress| {
             if json {
-                if let Ok(line) = serde_json::to_string(p) {
-                    println!("{line}");
-                }
+                super::json::emit("step", &host, p);
             } else if p.state != StepState::Done {
                 eprintln!("{}", p.render());
             }
         },
     )?;
+    if json {
+        super::json::emit(
+            "finished",
+            &host,
+            serde_json::json!({
+                "dry_run": args.dry_run,
+                "ran": report.ran,
+                "skipped": report.skipped,
+            }),
+        );
+    }
     if args.dry_run {
         eprintln!(
             "dry run on {host}: {} steps would run, {} would be skipped; nothing was changed",

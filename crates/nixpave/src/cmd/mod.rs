@@ -9,6 +9,7 @@ pub mod disk_apply;
 pub mod exec;
 pub mod facts;
 pub mod install;
+pub mod json;
 pub mod lab;
 pub mod lab_vm;
 pub mod table;
