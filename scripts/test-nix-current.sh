@@ -32,6 +32,8 @@ tests=(
   nixpave:deploy_cli
   nixpave:deploy_rs_flake
   nixpave:rollback_cli
+  nixpave:init_cli
+  nixpave:root_flake
 )
 args=()
 for t in "${tests[@]}"; do

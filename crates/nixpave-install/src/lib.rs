@@ -7,10 +7,13 @@
 //! - [`run::install_node`] / [`run::install_all`]: the orchestration over a [`nixpave_remote::Connection`],
 //!   reporting [`events::Event`]s.
 //! - [`steps`], [`kexec`]: the commands of each phase.
+//! - [`init`] (pure): a flake directory (flake.nix, disk.nix, hardware-configuration.nix)
+//!   proposed from a machine's facts, for `nixpave init`.
 
 pub mod disk;
 pub mod events;
 pub mod hwconfig;
+pub mod init;
 pub mod kexec;
 pub mod nix;
 pub mod phase;

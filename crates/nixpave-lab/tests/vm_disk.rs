@@ -254,9 +254,104 @@ fn vm_disk_apply_luks_lvm_thin_mdadm_btrfs_for_real() {
         "TIMING vm_disk_luks_on_lvm_over_ssh_seconds={:.1}",
         t0.elapsed().as_secs_f64()
     );
+    init_proposes_for_the_vm_and_its_layout_applies(&vm);
     assert!(
         failures.is_empty(),
         "layouts that failed in the VM:\n{}",
         failures.join("\n\n")
+    );
+}
+
+/// `nixpave init` against this VM (a system disk and two 3 GiB disks): the mirror is offered for the
+/// two equal disks, `--layout zfs-mirror` takes both, and the luks-lvm layout it writes for vdb is
+/// applied for real (`nixpave disk apply` over ssh) and mounts as proposed. A few seconds on top of
+/// the VM the test already booted.
+fn init_proposes_for_the_vm_and_its_layout_applies(vm: &Vm) {
+    let t0 = std::time::Instant::now();
+    let work = vm.dir().join("init");
+    let init = |dir: &str, extra: &[&str]| {
+        let out = std::process::Command::new(nixpave_binary())
+            .args(["init", "vm1", "--target"])
+            .arg(format!("root@127.0.0.1:{}", vm.ssh_port()))
+            .arg("-i")
+            .arg(vm.key())
+            .arg("--known-hosts")
+            .arg(vm.known_hosts())
+            .arg("--dir")
+            .arg(work.join(dir))
+            .args(extra)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("nixpave runs");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "init {extra:?} failed:\n{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let stdout = init("default", &[]);
+    assert!(
+        stdout.contains("/dev/vdb and /dev/vdc are the same size (3.0 GiB)"),
+        "{stdout}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&init("mirror", &["--layout", "zfs-mirror", "--json"])).unwrap();
+    assert_eq!(
+        v["disks"],
+        serde_json::json!(["/dev/vdb", "/dev/vdc"]),
+        "{v}"
+    );
+    let flake = std::fs::read_to_string(work.join("mirror/flake.nix")).unwrap();
+    assert!(
+        flake.contains(&format!("sshOpts = [ \"-p\" \"{}\" ];", vm.ssh_port())),
+        "{flake}"
+    );
+    init("luks", &["--layout", "luks-lvm", "--disk", "/dev/vdb"]);
+    let hw = std::fs::read_to_string(work.join("luks/hardware-configuration.nix")).unwrap();
+    assert!(
+        hw.contains("qemu-guest.nix") && hw.contains("\"dm-crypt\""),
+        "{hw}"
+    );
+    assert!(hw.contains("\"virtio_blk\""), "{hw}");
+
+    vm.ssh_ok("umount -R /mnt 2>/dev/null; umask 077 && printf 'init-secret' > /tmp/disk.key")
+        .expect("key file");
+    let out = std::process::Command::new(nixpave_binary())
+        .args(["disk", "apply"])
+        .arg(work.join("luks/disk.nix"))
+        .args([
+            "--mode",
+            "destroy,format,mount",
+            "--yes-wipe-all-disks",
+            "--target",
+        ])
+        .arg(format!("root@127.0.0.1:{}", vm.ssh_port()))
+        .arg("-i")
+        .arg(vm.key())
+        .arg("--known-hosts")
+        .arg(vm.known_hosts())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("nixpave runs");
+    assert!(
+        out.status.success(),
+        "disk apply of init's luks-lvm layout failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        mounts_under_mnt(vm),
+        [
+            ("/mnt".to_string(), "ext4".to_string()),
+            ("/mnt/boot".into(), "vfat".into())
+        ]
+    );
+    vm.ssh_ok("test \"$(findmnt -no SOURCE /mnt)\" = /dev/mapper/pool-root && cryptsetup status crypted >/dev/null")
+        .expect("root is an LV inside LUKS");
+    eprintln!(
+        "TIMING vm_disk_init_seconds={:.1}",
+        t0.elapsed().as_secs_f64()
     );
 }

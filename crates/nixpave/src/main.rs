@@ -2,6 +2,7 @@
 
 mod cmd;
 mod exit;
+mod ui;
 
 use clap::Parser;
 
@@ -12,16 +13,19 @@ struct Cli {
     /// More log output (repeat for more).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Less output: no progress and no informational messages; results and errors only.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// Colour: auto (when the output is a terminal and NO_COLOR is unset or empty), always, never.
+    #[arg(long, global = true, value_name = "WHEN", default_value = "auto")]
+    color: ui::ColorChoice,
     #[command(subcommand)]
     command: cmd::Command,
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    // Error reports are not wrapped: they carry paths and commands that must stay copyable.
-    let _ = miette::set_hook(Box::new(|_| {
-        Box::new(miette::MietteHandlerOpts::new().wrap_lines(false).build())
-    }));
+    let ui = ui::init(cli.color, cli.quiet);
     let level = match cli.verbose {
         0 => "warn",
         1 => "info",
@@ -33,6 +37,7 @@ fn main() -> std::process::ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("NIXPAVE_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
+        .with_ansi(ui.color_stderr)
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {

@@ -82,3 +82,29 @@ fn man_pages_for_every_command_render_with_man() {
     assert!(text.contains("nixpave-deploy"), "{text}");
     assert!(text.contains("--ssh-opts"), "{text}");
 }
+
+/// `nixpave completions bash | head` is no error: a closed pipe ends the script quietly (clap_complete
+/// alone would panic).
+#[test]
+fn a_closed_pipe_is_not_a_panic() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nixpave"))
+        .args(["completions", "powershell"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("nixpave runs");
+    let mut first = [0u8; 16];
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_exact(&mut first)
+        .expect("read");
+    // The reader is gone now (dropped above); the script is larger than a pipe's buffer.
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -864,3 +864,46 @@ fn disk_apply_json_events_follow_the_envelope() {
         serde_json::to_string_pretty(&shapes).expect("json")
     );
 }
+
+/// `-q`: no header and no per-step lines, but the wipe summary (a safety message) and the result
+/// stay; a second `format` under `-q` prints only its result line.
+#[test]
+fn quiet_apply_prints_the_wipe_summary_and_the_result_only() {
+    support::require_loop_devices();
+    let mut scratch = Scratch::new("cli-quiet");
+    let disk = scratch.disk(64);
+    let layout = write_layout(
+        &scratch,
+        "layout.json",
+        r#"{"disk": {"q": {"type": "disk", "device": "/dev/placeholder", "content": {"type": "gpt",
+            "partitions": {"data": {"size": "100%", "content": {"type": "filesystem", "format": "ext4"}}}}}}}"#,
+    );
+    let disk_arg = format!("q={disk}");
+    let run = |extra: &[&str]| {
+        let mut cmd = Command::cargo_bin("nixpave").expect("nixpave binary");
+        cmd.args(["-q", "disk", "apply", &layout, "--disk", &disk_arg])
+            .args(extra)
+            .write_stdin("");
+        cmd.output().expect("run nixpave")
+    };
+    let root = scratch.root();
+    let out = run(&[
+        "--mode",
+        "destroy,format,mount",
+        "--yes-wipe-all-disks",
+        "--root-mountpoint",
+        &root,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("will be WIPED"), "{stderr}");
+    assert!(stderr.contains("steps ran"), "{stderr}");
+    assert!(!stderr.contains("nixpave disk apply: mode"), "{stderr}");
+    assert!(!stderr.contains("[1/"), "{stderr}");
+    let out = run(&["--mode", "format,mount", "--root-mountpoint", &root]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("skipped (already done)"), "{stderr}");
+    assert_eq!(fstype(&partition_nodes(&disk)[0]), "ext4");
+}

@@ -519,7 +519,8 @@ struct Counts {
 
 impl Renderer {
     fn new(json: bool, hosts: impl Iterator<Item = String>) -> Renderer {
-        let tty = std::io::stderr().is_terminal() && !json;
+        // -q: no progress at all (bars or phase lines); the result table still prints.
+        let tty = std::io::stderr().is_terminal() && !json && !crate::ui::quiet();
         let multi = tty.then(indicatif::MultiProgress::new);
         let summary = multi.as_ref().map(|m| {
             let bar = m.add(indicatif::ProgressBar::new_spinner());
@@ -675,6 +676,9 @@ impl Renderer {
     }
 
     fn plain(&self, host: &str, text: &str) {
+        if crate::ui::quiet() {
+            return;
+        }
         eprintln!(
             "[{:>5.1}s] {host}: {text}",
             self.started.elapsed().as_secs_f64()
@@ -718,7 +722,7 @@ impl Renderer {
             for h in rows {
                 table.add_row(vec![
                     h.host.clone(),
-                    outcome_word(h).to_string(),
+                    crate::ui::status(outcome_word(h)),
                     format!("{:.1}s", h.duration_ms as f64 / 1000.0),
                     h.generation.map(|g| g.to_string()).unwrap_or("-".into()),
                     h.message.clone(),

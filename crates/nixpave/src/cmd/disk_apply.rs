@@ -111,16 +111,18 @@ fn apply(args: &ApplyArgs) -> Result<(), CliError> {
 
     let preflight = exec::preflight(transport, plan, &options)?;
     let host = transport.host().to_string();
-    eprintln!(
-        "nixpave disk apply: mode {} on {host}, {} steps{}",
-        plan.mode,
-        preflight.deactivation.len() + plan.operations.len(),
-        if args.dry_run {
-            " (dry run: nothing will be changed)"
-        } else {
-            ""
-        }
-    );
+    if !crate::ui::quiet() {
+        eprintln!(
+            "nixpave disk apply: mode {} on {host}, {} steps{}",
+            plan.mode,
+            preflight.deactivation.len() + plan.operations.len(),
+            if args.dry_run {
+                " (dry run: nothing will be changed)"
+            } else {
+                ""
+            }
+        );
+    }
     if args.json {
         // Machine consumers get the preflight (disks to wipe, deactivation steps) first.
         super::json::emit(
@@ -148,7 +150,11 @@ fn apply(args: &ApplyArgs) -> Result<(), CliError> {
         &mut |p: &Progress| {
             if json {
                 super::json::emit("step", &host, p);
-            } else if p.state != StepState::Done {
+            } else if p.state != StepState::Done
+                // -q: no running or skipped steps; a dry run's would-run lines are its result.
+                && !(crate::ui::quiet()
+                    && matches!(p.state, StepState::Running | StepState::Skipped { .. }))
+            {
                 eprintln!("{}", p.render());
             }
         },

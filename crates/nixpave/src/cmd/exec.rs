@@ -186,7 +186,7 @@ fn print_summary(rows: &[(&ResolvedHost, HostResult, Duration)]) {
         };
         table.add_row(vec![
             host.name.clone(),
-            label.to_string(),
+            crate::ui::status_stderr(label),
             code,
             format!("{:.2}s", time.as_secs_f64()),
             detail,

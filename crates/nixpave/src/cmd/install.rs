@@ -249,7 +249,13 @@ impl Reporter for Printer {
             if let Ok(line) = serde_json::to_string(event) {
                 println!("{line}");
             }
-        } else {
+        } else if !crate::ui::quiet()
+            || matches!(
+                event,
+                Event::Refused { .. } | Event::Failed { .. } | Event::Finished { .. }
+            )
+        {
+            // -q: how each node ended, not how it got there.
             eprintln!("{}", render_line(event));
         }
     }

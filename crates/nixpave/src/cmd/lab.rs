@@ -160,6 +160,9 @@ fn up(spec: &LabSpec, json: bool) -> Result<ExitCode, LabError> {
         ]);
     }
     println!("{}", super::table::render(table, &[]));
+    if crate::ui::quiet() {
+        return Ok(exit::code(exit::OK));
+    }
     println!(
         "\nlab `{}` is up: {} hosts{} in {:.2} s\n  inventory   {}\n  ssh config  {}\n\
          try: nixpave exec {} -- uname -a    |    nixpave lab ssh host1    |    nixpave lab down",

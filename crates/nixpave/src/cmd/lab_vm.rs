@@ -97,12 +97,15 @@ pub fn run(command: VmCommand) -> miette::Result<ExitCode> {
                 .boot_timeout(Duration::from_secs(boot_timeout));
             spec.cpus = cpus;
             let started = std::time::Instant::now();
-            let machine =
-                match Vm::start_with_progress(&spec, &mut |line| eprintln!("[{name}] {line}")) {
-                    Ok(m) => m,
-                    Err(e @ (VmError::BadName(_) | VmError::Exists { .. })) => return usage(e),
-                    Err(e) => return Err(report(e)),
-                };
+            let machine = match Vm::start_with_progress(&spec, &mut |line| {
+                if !crate::ui::quiet() {
+                    eprintln!("[{name}] {line}")
+                }
+            }) {
+                Ok(m) => m,
+                Err(e @ (VmError::BadName(_) | VmError::Exists { .. })) => return usage(e),
+                Err(e) => return Err(report(e)),
+            };
             eprintln!(
                 "[{name}] up in {:.1}s: ssh {}",
                 started.elapsed().as_secs_f64(),
@@ -187,8 +190,12 @@ pub fn run(command: VmCommand) -> miette::Result<ExitCode> {
             ))
         }
         VmCommand::Images { json } => {
-            let images = Images::ensure(&vm::cache_dir(), &mut |line| eprintln!("{line}"))
-                .map_err(report)?;
+            let images = Images::ensure(&vm::cache_dir(), &mut |line| {
+                if !crate::ui::quiet() {
+                    eprintln!("{line}")
+                }
+            })
+            .map_err(report)?;
             if json {
                 let value = serde_json::json!({
                     "dir": images.dir,

@@ -8,6 +8,7 @@ pub mod disk;
 pub mod disk_apply;
 pub mod exec;
 pub mod facts;
+pub mod init;
 pub mod install;
 pub mod json;
 pub mod lab;
@@ -33,6 +34,8 @@ pub enum Command {
     Status(deploy::StatusArgs),
     /// Activate the previous generation on hosts.
     Rollback(deploy::RollbackArgs),
+    /// Write a flake for a fresh server from its facts: flake.nix, disk.nix, hardware-configuration.nix.
+    Init(init::InitArgs),
     /// Install NixOS on a reachable Linux host (kexec, disks, install, reboot, verify).
     Install(install::InstallArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -58,6 +61,7 @@ pub fn run(command: Command) -> miette::Result<ExitCode> {
         Command::Status(a) => deploy::status(a),
         Command::Rollback(a) => deploy::rollback(a),
         Command::Install(a) => install::run(a),
+        Command::Init(a) => init::run(a),
         // Both need the whole command line, which main.rs owns.
         Command::Completions { .. } | Command::Man { .. } => unreachable_here(),
     }
@@ -72,8 +76,17 @@ fn unreachable_here() -> miette::Result<ExitCode> {
 /// Writes `cmd`'s completion script for `shell` to stdout.
 pub fn completions(cmd: &mut clap::Command, shell: clap_complete::Shell) -> ExitCode {
     let name = cmd.get_name().to_string();
-    clap_complete::generate(shell, cmd, name, &mut std::io::stdout());
-    crate::exit::code(crate::exit::OK)
+    // Generated into memory first: clap_complete panics when its writer fails, and a closed pipe
+    // (`nixpave completions bash | head`) is no error.
+    let mut script = Vec::new();
+    clap_complete::generate(shell, cmd, name, &mut script);
+    match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("writing the completion script: {e}");
+            crate::exit::code(crate::exit::FAILED)
+        }
+        _ => crate::exit::code(crate::exit::OK),
+    }
 }
 
 /// Writes a man page for `cmd` and each of its subcommands (`nixpave-deploy.1`, `nixpave-lab-up.1`, …) into
@@ -102,6 +115,8 @@ pub fn man_pages(cmd: clap::Command, dir: &std::path::Path) -> miette::Result<Ex
             }
         }
     }
-    eprintln!("wrote {written} man page(s) to {}", dir.display());
+    if !crate::ui::quiet() {
+        eprintln!("wrote {written} man page(s) to {}", dir.display());
+    }
     Ok(crate::exit::code(crate::exit::OK))
 }
