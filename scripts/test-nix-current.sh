@@ -28,7 +28,6 @@ tests=(
   nixpave-nix
   nixpave-deploy
   nixpave-disk:plan_loader
-  nixpave-disk:plan_snapshots
   nixpave-install:install_local
   nixpave-install:install_substitute
   nixpave:deploy_cli

@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Every test must really run here: a test that would skip itself (see `skip` in
-# crates/nixpave-disk/tests/support/mod.rs) fails instead.
+# crates/nixpave-testsupport) fails instead.
 export NIXPAVE_REQUIRE_ALL=1
 
 step() { printf '\n==> %s\n' "$*"; }

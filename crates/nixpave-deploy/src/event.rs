@@ -4,7 +4,7 @@ use serde::Serialize;
 
 /// The step a host is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "snake_case")]
 pub enum Phase {
     /// Opening the master connection.
     Connect,
@@ -104,7 +104,8 @@ pub enum Event {
     },
     /// The host is done.
     Finished {
-        /// Its report.
+        /// Its report (its fields, `host` first among them, sit in the event itself).
+        #[serde(flatten)]
         report: HostReport,
     },
 }

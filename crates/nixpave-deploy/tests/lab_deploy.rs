@@ -695,13 +695,17 @@ fn agent_runs_on_a_nixos_shaped_host_with_an_empty_or_a_systemd_environment() {
     upload(&bare_path, &bare);
     let c = activation(&unconfirmed, "envbare3");
     start_agent_with_env(&t, &bare_path, &c, &[]);
-    std::thread::sleep(Duration::from_secs(3));
+    // Its failure is the event to wait for (the log line), not a guess of how long it takes.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !inside(h, &format!("tail -n 5 {STATE_DIR}/system.log")).contains("not found") {
+        assert!(
+            Instant::now() < deadline,
+            "the agent without PATH never failed: {}",
+            inside(h, &format!("tail -n 5 {STATE_DIR}/system.log"))
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let record = inside(h, &format!("cat {STATE_DIR}/system.json"));
     assert!(!record.contains("envbare3"), "{record}");
-    assert!(
-        inside(h, &format!("tail -n 5 {STATE_DIR}/system.log")).contains("not found"),
-        "{}",
-        inside(h, &format!("tail -n 5 {STATE_DIR}/system.log"))
-    );
     assert_eq!(profile_of(h), next);
 }

@@ -1,7 +1,7 @@
 //! The executor on real loop devices with hand-written plans (the planner has its own tests):
 //! partition-table rescans without udev, idempotent guards, refusals, dry runs, failure reports.
 
-mod support;
+use nixpave_testsupport as support;
 
 use nixpave_disk::exec::{self, ApplyError, ApplyOptions, ApplyReport, Progress};
 use nixpave_disk::{Guard, Mode, Operation, Plan};

@@ -201,3 +201,54 @@ fn flakes_provide_disko_configurations_or_nixos_configurations() {
     let err = load_layout(&source, &LoadOptions::default()).expect_err("missing config");
     assert!(matches!(err, LoadError::Eval(_)), "{err:?}");
 }
+
+/// The planner's snapshot tests read pre-evaluated JSON (no nix binary needed); this test is
+/// where the real loader still runs: it evaluates every fixture and shipped example with nix and
+/// fails when its JSON is stale or missing. `scripts/update-disk-fixtures.sh` rewrites them
+/// (`NIXPAVE_UPDATE_FIXTURES=1`).
+#[test]
+fn evaluated_json_fixtures_are_what_nix_makes_of_the_layouts() {
+    let update = std::env::var_os("NIXPAVE_UPDATE_FIXTURES").is_some_and(|v| v == "1");
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut sources = Vec::new();
+    for dir in [manifest.join("fixtures"), manifest.join("../../examples")] {
+        for entry in std::fs::read_dir(&dir).expect("read layouts dir") {
+            let path = entry.expect("dir entry").path();
+            if path.extension().is_some_and(|e| e == "nix") {
+                sources.push(path);
+            }
+        }
+    }
+    sources.sort();
+    assert!(sources.len() >= 9, "fixtures and examples: {sources:?}");
+    let mut stale = Vec::new();
+    for source in &sources {
+        let evaluated = nixpave_nix::eval_file(source, &[])
+            .unwrap_or_else(|e| panic!("{}: {e}", source.display()));
+        let json_path = nixpave_testsupport::evaluated_layout(source);
+        let text = serde_json::to_string_pretty(&evaluated).expect("serialise") + "\n";
+        if update {
+            std::fs::create_dir_all(json_path.parent().expect("parent")).expect("mkdir");
+            std::fs::write(&json_path, &text).expect("write fixture");
+            continue;
+        }
+        let committed = std::fs::read_to_string(&json_path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+        if committed.as_ref() != Some(&evaluated) {
+            stale.push(json_path.display().to_string());
+        } else {
+            // The JSON loads to the same layout as the .nix file does.
+            assert_eq!(
+                load(source, LoadOptions::default()).expect("load .nix"),
+                load(&json_path, LoadOptions::default()).expect("load .json"),
+                "{}",
+                source.display()
+            );
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "stale or missing pre-evaluated layouts (run scripts/update-disk-fixtures.sh): {stale:?}"
+    );
+}

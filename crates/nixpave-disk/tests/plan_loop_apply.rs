@@ -10,7 +10,7 @@ use nixpave_disk::{plan, Layout, Mode, PlanOptions};
 use nixpave_remote::LocalTransport;
 use serde_json::json;
 
-mod support;
+use nixpave_testsupport as support;
 
 fn sh(argv: &[&str]) -> (bool, String) {
     let out = Command::new(argv[0])

@@ -1,5 +1,6 @@
 //! Snapshot tests of plans, scripts and NixOS fragments for the project's own fixture layouts
-//! (`fixtures/*.nix`, evaluated with the real nix CLI).
+//! (`fixtures/*.nix`), read from their pre-evaluated JSON (`fixtures/evaluated/`): no nix binary
+//! needed. `plan_loader.rs` checks that JSON against the real nix loader.
 
 use std::path::PathBuf;
 
@@ -9,6 +10,7 @@ fn fixture(name: &str) -> nixpave_disk::Layout {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures")
         .join(name);
+    let path = nixpave_testsupport::evaluated_layout(&path);
     load_layout(&LayoutSource::File(path), &LoadOptions::default())
         .unwrap_or_else(|e| panic!("{name}: {e}"))
 }
@@ -114,7 +116,8 @@ fn shipped_examples_plan_in_every_mode() {
         if path.extension().and_then(|e| e.to_str()) != Some("nix") {
             continue;
         }
-        let layout = load_layout(&LayoutSource::File(path.clone()), &LoadOptions::default())
+        let evaluated = nixpave_testsupport::evaluated_layout(&path);
+        let layout = load_layout(&LayoutSource::File(evaluated), &LoadOptions::default())
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         // `update` plans from the live disks' facts (update_snapshots.rs).
         for mode in Mode::ALL.into_iter().filter(|m| *m != Mode::Update) {

@@ -12,16 +12,24 @@ fn argv(words: &[&str]) -> Vec<String> {
 #[test]
 fn cancellation_stops_run_within_but_not_a_plain_run() {
     let started = Instant::now();
-    let canceller = std::thread::spawn(|| {
-        std::thread::sleep(Duration::from_millis(300));
-        cancel::request_cancel();
-    });
+    // Cancelled when the command says it runs (its first line), not after a guessed delay.
+    let mut ran = false;
     let err = LocalTransport
-        .run_within(&argv(&["sleep", "30"]), None, None, &mut |_, _| {})
+        .run_within(
+            &argv(&["sh", "-c", "echo running; exec sleep 30"]),
+            None,
+            None,
+            &mut |_, line| {
+                if line == "running" {
+                    ran = true;
+                    cancel::request_cancel();
+                }
+            },
+        )
         .unwrap_err();
+    assert!(ran, "the command ran before it was cancelled");
     assert!(matches!(err, TransportError::Interrupted { .. }), "{err}");
     assert!(started.elapsed() < Duration::from_secs(10));
-    canceller.join().expect("canceller thread");
     // Cancelled: run_within does not start anything more …
     let err = LocalTransport
         .run_within(&argv(&["true"]), None, None, &mut |_, _| {})

@@ -120,6 +120,13 @@ fn deploy_status_rollback(lab: Lab, tag: &str) {
     let out = env.nixpave(&["deploy", &flake, "--lab", &lab, "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(outcomes(&final_report(&out)), ["deployed", "deployed"]);
+    // The JSON envelope (README, "JSON output"): per-host events name the host in `host`.
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let event: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+        if ["phase", "log", "finished"].contains(&event["event"].as_str().unwrap_or_default()) {
+            assert!(event["host"].is_string(), "{line}");
+        }
+    }
 
     let out = env.nixpave(&["deploy", &flake, "--lab", &lab, "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));

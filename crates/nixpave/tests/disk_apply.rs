@@ -1,8 +1,7 @@
 //! `nixpave disk apply` end to end on real loop devices: the binary loads a layout, plans it and
 //! applies it; results are checked with partx/sfdisk/blkid/findmnt.
 
-#[path = "../../nixpave-disk/tests/support/mod.rs"]
-mod support;
+use nixpave_testsupport as support;
 
 use std::process::Output;
 
@@ -29,6 +28,16 @@ fn write_layout(scratch: &Scratch, name: &str, json: &str) -> String {
     let path = scratch.dir.join(name);
     std::fs::write(&path, json).expect("write layout");
     path.to_string_lossy().into_owned()
+}
+
+/// A scratch with one loop disk of `mib` MiB, its root mountpoint, and the layout `json` (its
+/// `DISK` replaced by the disk's device) written to `file`: `(scratch, disk, root, layout path)`.
+fn one_disk(tag: &str, mib: u64, file: &str, json: &str) -> (Scratch, String, String, String) {
+    let mut scratch = Scratch::new(tag);
+    let disk = scratch.disk(mib);
+    let root = scratch.root();
+    let layout = write_layout(&scratch, file, &json.replace("DISK", &disk));
+    (scratch, disk, root, layout)
 }
 
 /// JSON progress events (`--json`) of the steps that actually ran.
@@ -517,15 +526,12 @@ fn disk_apply_refuses_unsafe_disks_and_bad_input() {
 #[test]
 fn disk_apply_runs_a_saved_plan() {
     support::require_loop_devices();
-    let mut scratch = Scratch::new("cli-planfile");
-    let disk = scratch.disk(64);
-    let root = scratch.root();
-    let layout = write_layout(
-        &scratch,
+    let (scratch, disk, root, layout) = one_disk(
+        "cli-planfile",
+        64,
         "saved.json",
-        &r#"{"disk": {"saved": {"type": "disk", "device": "DISK", "content": {"type": "gpt", "partitions": {
- "data": {"size": "100%", "content": {"type": "filesystem", "format": "ext4", "mountpoint": "/"}}}}}}}"#
-            .replace("DISK", &disk),
+        r#"{"disk": {"saved": {"type": "disk", "device": "DISK", "content": {"type": "gpt", "partitions": {
+ "data": {"size": "100%", "content": {"type": "filesystem", "format": "ext4", "mountpoint": "/"}}}}}}}"#,
     );
     let plan = Command::cargo_bin("nixpave")
         .expect("binary")
@@ -735,7 +741,7 @@ fn disk_apply_interrupted_stops_between_steps_and_resumes() {
         ),
     );
     let bin = assert_cmd::cargo::cargo_bin("nixpave");
-    let child = std::process::Command::new(&bin)
+    let mut child = std::process::Command::new(&bin)
         .args([
             "disk",
             "apply",
@@ -750,11 +756,33 @@ fn disk_apply_interrupted_stops_between_steps_and_resumes() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("start nixpave");
-    std::thread::sleep(std::time::Duration::from_millis(2500));
+    // Interrupted when it says it is creating partition 2 (its progress line), not after a guess
+    // of how long steps take.
+    let (lines, progress) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().expect("stderr piped");
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+            let Ok(line) = line else { break };
+            all.push_str(&line);
+            all.push('\n');
+            let _ = lines.send(line);
+        }
+        all
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match progress.recv_timeout(left) {
+            Ok(line) if line.contains("create partition 2") => break,
+            Ok(_) => {}
+            Err(e) => panic!("no progress line for partition 2 within 60 s: {e}"),
+        }
+    }
     sh(&["kill", "-INT", &child.id().to_string()]);
     let out = child.wait_with_output().expect("wait for nixpave");
-    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = reader.join().expect("stderr reader");
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("interrupted after"), "{stderr}");
     assert!(stderr.contains("run the same command again"), "{stderr}");
     let before = partitions(&disk).len();
@@ -809,6 +837,32 @@ fn disk_apply_refuses_the_running_root_disk() {
         assert!(stderr.contains("running system's root"), "{stderr}");
         assert!(stderr.contains("nothing was changed"), "{stderr}");
     }
+}
+
+/// `disk apply --json` speaks the one event envelope (README, "JSON output"): every line has
+/// `event` and `host`, times are `_ms` integers. Pinned as shapes (no devices, no times).
+#[test]
+fn disk_apply_json_events_follow_the_envelope() {
+    support::require_loop_devices();
+    let (_scratch, _disk, root, layout) = one_disk(
+        "cli-json",
+        64,
+        "json.json",
+        r#"{"disk": {"j": {"type": "disk", "device": "DISK", "content": {"type": "gpt", "partitions": {"p1": {"size": "16M", "content": {"type": "filesystem", "format": "ext4"}}}}}}}"#,
+    );
+    let args = ["--root-mountpoint", &root, "--mode", "format", "--json"];
+    let out = apply(&[&[layout.as_str()][..], &args].concat());
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for line in stdout.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+        assert_eq!(v["host"], "localhost", "{line}");
+    }
+    let shapes = support::json_lines_shapes(&stdout, 3, &["event", "state", "host"]);
+    insta::assert_snapshot!(
+        "json-disk-apply",
+        serde_json::to_string_pretty(&shapes).expect("json")
+    );
 }
 
 /// `-q`: no header and no per-step lines, but the wipe summary (a safety message) and the result

@@ -3,8 +3,7 @@
 //! findmnt and /proc/swaps; the data must be intact; destructive changes are refused with
 //! nothing written (the image's checksum is unchanged).
 
-#[path = "../../nixpave-disk/tests/support/mod.rs"]
-mod support;
+use nixpave_testsupport as support;
 
 use std::process::Output;
 use std::time::Instant;

@@ -202,6 +202,7 @@ fn init_writes_a_flake_that_evaluates_and_plans_and_never_overwrites() {
         .unwrap();
     let v: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
     assert_eq!(v["layout"], "zfs-mirror");
+    assert_eq!(v["host"], "web1");
     assert_eq!(v["disks"], serde_json::json!(disks));
     check_files(&dir, "web1", &disks, true);
     let plan = plans(&lab, &dir, &disks);

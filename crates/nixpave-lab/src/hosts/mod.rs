@@ -223,7 +223,8 @@ pub fn load(dir: &Path, name: &str) -> Result<LabState, LabError> {
 /// How one host of a running lab is doing.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct HostStatus {
-    /// Host name.
+    /// Host name (`host` in JSON, as in every `--json` output).
+    #[serde(rename = "host")]
     pub name: String,
     /// Its address.
     pub address: String,

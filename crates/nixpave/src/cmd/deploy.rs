@@ -593,7 +593,7 @@ impl Renderer {
             Event::Phase { host, phase } => {
                 let name = serde_json::to_value(phase)
                     .ok()
-                    .and_then(|v| v.as_str().map(String::from))
+                    .and_then(|v| v.as_str().map(|s| s.replace('_', "-")))
                     .unwrap_or_default();
                 if let Ok(mut p) = self.phases.lock() {
                     p.insert(host.clone(), name.clone());

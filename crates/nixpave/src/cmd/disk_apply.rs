@@ -143,8 +143,11 @@ fn apply(args: &ApplyArgs) -> Result<(), CliError> {
     }
     if args.json {
         // Machine consumers get the preflight (disks to wipe, deactivation steps) first.
-        let event = serde_json::json!({ "event": "preflight", "preflight": &preflight });
-        println!("{event}");
+        super::json::emit(
+            "preflight",
+            &host,
+            serde_json::json!({ "preflight": &preflight }),
+        );
     }
     let mut confirmed = args.yes_wipe_all_disks;
     if preflight.wipes {
@@ -164,9 +167,7 @@ fn apply(args: &ApplyArgs) -> Result<(), CliError> {
         &mut prompt,
         &mut |p: &Progress| {
             if json {
-                if let Ok(line) = serde_json::to_string(p) {
-                    println!("{line}");
-                }
+                super::json::emit("step", &host, p);
             } else if p.state != StepState::Done
                 // -q: no running or skipped steps; a dry run's would-run lines are its result.
                 && !(crate::ui::quiet()
@@ -184,6 +185,18 @@ fn apply(args: &ApplyArgs) -> Result<(), CliError> {
         for d in &planned.left_out {
             eprintln!("  ! {d}");
         }
+    }
+    if json {
+        super::json::emit(
+            "finished",
+            &host,
+            serde_json::json!({
+                "dry_run": args.dry_run,
+                "ran": report.ran,
+                "skipped": report.skipped,
+                "left_out": &planned.left_out,
+            }),
+        );
     }
     if args.dry_run {
         eprintln!(
@@ -315,8 +328,11 @@ fn update_plan(
     let u = compare(transport, layout, root)?;
     eprint!("{}", update::render_human(&u));
     if args.json {
-        let event = serde_json::json!({ "event": "update", "update": &u });
-        println!("{event}");
+        super::json::emit(
+            "update",
+            transport.host(),
+            serde_json::json!({ "update": &u }),
+        );
     }
     let left_out: Vec<String> = u
         .of(update::Class::Destructive)

@@ -223,7 +223,7 @@ fn print_json(rows: &[(&ResolvedHost, HostResult, Duration)]) {
                 "target": host.target.to_string(),
                 "result": label,
                 "exit": exit,
-                "seconds": time.as_secs_f64(),
+                "duration_ms": u64::try_from(time.as_millis()).unwrap_or(u64::MAX),
                 "stdout": out.map(|o| o.stdout_str()),
                 "stderr": out.map(|o| String::from_utf8_lossy(&o.stderr).into_owned()),
                 "error": error,

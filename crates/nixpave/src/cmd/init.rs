@@ -158,6 +158,7 @@ pub fn run(args: InitArgs) -> miette::Result<ExitCode> {
     let next = next_commands(&args.name, &dir, layout, host.target.port, &host.target);
     if args.json {
         let value = serde_json::json!({
+            "host": args.name,
             "dir": dir.display().to_string(),
             "layout": proposal.layout,
             "disks": proposal.disks,

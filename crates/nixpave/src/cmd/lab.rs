@@ -139,7 +139,7 @@ fn up(spec: &LabSpec, json: bool) -> Result<ExitCode, LabError> {
             "dir": state.dir,
             "inventory": state.dir.join("inventory.json"),
             "ssh_config": state.dir.join("ssh_config"),
-            "seconds": elapsed.as_secs_f64(),
+            "duration_ms": u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
             "flavour": spec.flavour,
             "hosts": hosts::status(&state),
         });

@@ -10,6 +10,7 @@ pub mod exec;
 pub mod facts;
 pub mod init;
 pub mod install;
+pub mod json;
 pub mod lab;
 pub mod lab_vm;
 pub mod table;

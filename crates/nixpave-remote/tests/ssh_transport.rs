@@ -395,22 +395,30 @@ fn a_connection_that_dies_mid_command_fails_by_keepalive() {
     };
     let ssh = SshTransport::connect(&host.target(), options).expect("connect");
     let netns = host.state().netns.clone();
-    let cutter = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(500));
-        std::process::Command::new("ip")
-            .args(["-n", &netns, "link", "set", "eth0", "down"])
-            .status()
-    });
+    // The link goes down once the command says it runs on the host (its first line).
+    let mut cut = None;
     let started = Instant::now();
-    let result = ssh.run(&argv(&["sleep", "60"]), None);
+    let result = ssh.run_streaming(
+        &argv(&["sh", "-c", "echo running; exec sleep 60"]),
+        None,
+        &mut |_, line| {
+            if line == "running" && cut.is_none() {
+                cut = Some(
+                    std::process::Command::new("ip")
+                        .args(["-n", &netns, "link", "set", "eth0", "down"])
+                        .status(),
+                );
+            }
+        },
+    );
     let elapsed = started.elapsed();
-    assert!(cutter.join().expect("thread").expect("ip").success());
+    assert!(cut.expect("the command ran").expect("ip").success());
     let err = result.unwrap_err();
     assert!(matches!(err, TransportError::Connection { .. }), "{err:?}");
     assert!(elapsed < Duration::from_secs(15), "took {elapsed:?}");
     let text = err.to_string();
     assert!(
-        text.contains("while running `sleep 60`") && text.contains("partly run"),
+        text.contains("exec sleep 60") && text.contains("partly run"),
         "{text}"
     );
 }
@@ -552,7 +560,12 @@ fn a_vanished_master_is_reopened() {
         .output()
         .expect("ssh -O exit");
     assert!(stop.status.success());
-    std::thread::sleep(Duration::from_millis(200));
+    // The master is gone once its control socket is.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ssh.control_path().exists() {
+        assert!(Instant::now() < deadline, "the master never exited");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(sh(&ssh, "echo again").contains("again"));
     assert_eq!(host.accepted_logins(), 2);
 }
@@ -576,12 +589,19 @@ fn a_command_over_its_time_limit_is_stopped_on_the_host_too() {
     );
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(err.to_string().contains("host1") && err.to_string().contains("sleep 47"));
-    // Both sleeps (the whole tree) are gone on the host.
-    std::thread::sleep(Duration::from_millis(300));
-    let ps = host
-        .run_inside(&["sh", "-c", "ps -eo args | grep -c '^sleep 47' || true"])
-        .expect("ps");
-    assert_eq!(String::from_utf8_lossy(&ps.stdout).trim(), "0");
+    // Both sleeps (the whole tree) are gone on the host (soon: the kill is asynchronous).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ps = host
+            .run_inside(&["sh", "-c", "ps -eo args | grep -c '^sleep 47' || true"])
+            .expect("ps");
+        let left = String::from_utf8_lossy(&ps.stdout).trim().to_string();
+        if left == "0" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{left} sleeps left on the host");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // The connection is still usable.
     assert!(sh(&ssh, "echo fine").contains("fine"));
 }

@@ -1,8 +1,10 @@
-//! Test support: real loop-device disks in a scratch directory, cleaned up even on panic.
+//! Test support shared by nixpave's test suites (a dev-dependency only, never published): real
+//! loop-device disks in a scratch directory, cleaned up even on panic; partition facts read
+//! with partx/blkid/findmnt; and the one skip rule (`NIXPAVE_REQUIRE_ALL=1` makes a skip fail).
 //!
-//! Everything is named uniquely (pid + counter) and only what this module created is touched:
+//! Everything is named uniquely (pid + counter) and only what this crate created is touched:
 //! other tests on the same machine use loop devices too.
-#![allow(dead_code)]
+#![warn(missing_docs)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -284,4 +286,79 @@ pub fn partition_nodes(dev: &str) -> Vec<String> {
         .unwrap_or_default();
     nodes.sort();
     nodes
+}
+
+/// The directory of pre-evaluated disk layouts: the JSON that the real nix loader makes of each
+/// `crates/nixpave-disk/fixtures/*.nix` and `examples/*.nix`, so that the pure planner's tests
+/// run without a nix binary. `scripts/update-disk-fixtures.sh` writes them; a test in
+/// `nixpave-disk/tests/plan_loader.rs` evaluates every layout with nix and fails when one is stale.
+pub fn evaluated_layouts_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../nixpave-disk/fixtures/evaluated")
+}
+
+/// The pre-evaluated JSON of the layout `source` (a `.nix` file in nixpave-disk's `fixtures/`
+/// or in the repository's `examples/`): `evaluated/NAME.json`, or `evaluated/examples/NAME.json`
+/// for an example.
+pub fn evaluated_layout(source: &Path) -> PathBuf {
+    let stem = source
+        .file_stem()
+        .unwrap_or_else(|| panic!("{} has no file name", source.display()));
+    let is_example = source
+        .parent()
+        .and_then(|p| p.file_name())
+        .is_some_and(|d| d == "examples");
+    let dir = evaluated_layouts_dir();
+    let dir = if is_example {
+        dir.join("examples")
+    } else {
+        dir
+    };
+    dir.join(stem).with_extension("json")
+}
+
+/// The shape of a JSON value, for snapshot tests of `--json` output that must not depend on
+/// times, addresses or devices: every leaf becomes its type (`"<string>"`, `"<number>"`,
+/// `"<bool>"`; `null` stays), an array becomes the shape of its first element, and objects
+/// deeper than `depth` become `"<object>"`. Strings under the keys in `keep` (closed vocabularies
+/// such as `event`, `state`, `phase`) stay as they are.
+pub fn json_shape(value: &serde_json::Value, depth: usize, keep: &[&str]) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Null => Value::Null,
+        Value::Bool(_) => "<bool>".into(),
+        Value::Number(_) => "<number>".into(),
+        Value::String(_) => "<string>".into(),
+        Value::Array(items) => match items.first() {
+            Some(first) => Value::Array(vec![json_shape(first, depth, keep)]),
+            None => Value::Array(Vec::new()),
+        },
+        Value::Object(_) if depth == 0 => "<object>".into(),
+        Value::Object(fields) => Value::Object(
+            fields
+                .iter()
+                .map(|(k, v)| {
+                    let shaped = match v {
+                        Value::String(_) if keep.contains(&k.as_str()) => v.clone(),
+                        _ => json_shape(v, depth - 1, keep),
+                    };
+                    (k.clone(), shaped)
+                })
+                .collect(),
+        ),
+    }
+}
+
+/// [`json_shape`] of every line of a JSON-lines stream, each distinct shape once, in order of
+/// first appearance (what an event stream's snapshot pins: its kinds of events and their fields).
+pub fn json_lines_shapes(text: &str, depth: usize, keep: &[&str]) -> Vec<serde_json::Value> {
+    let mut shapes: Vec<serde_json::Value> = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        let shape = json_shape(&value, depth, keep);
+        if !shapes.contains(&shape) {
+            shapes.push(shape);
+        }
+    }
+    shapes
 }
