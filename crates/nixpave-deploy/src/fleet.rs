@@ -83,8 +83,10 @@ pub fn build_all_rooted(hosts: &[Host], opts: &DeployOptions) -> Result<Built, B
                 source: e,
             })
         })?;
-    nixpave_nix::build::build_derivations_rooted(&drvs, &opts.nix, &roots.path().join("result"))
-        .map_err(BuildError)?;
+    crate::timing::timed("-", "build", || {
+        nixpave_nix::build::build_derivations_rooted(&drvs, &opts.nix, &roots.path().join("result"))
+    })
+    .map_err(BuildError)?;
     Ok(Built {
         count: drvs.len(),
         _roots: Some(roots),
@@ -103,7 +105,10 @@ pub fn build_checks(
     opts: &DeployOptions,
 ) -> Result<usize, CheckError> {
     let drvs: Vec<String> = checks.values().cloned().collect();
-    nixpave_nix::build::build_derivations(&drvs, &opts.nix).map_err(CheckError)?;
+    crate::timing::timed("-", "checks", || {
+        nixpave_nix::build::build_derivations(&drvs, &opts.nix)
+    })
+    .map_err(CheckError)?;
     Ok(drvs.len())
 }
 

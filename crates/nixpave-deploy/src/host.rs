@@ -15,6 +15,7 @@ use crate::health;
 use crate::inventory::{Host, Profile};
 use crate::keys::UploadAt;
 use crate::status::{probe, probe_with_keys, AgentState, StatusRecord};
+use crate::timing;
 
 /// How a deploy runs (command-line options).
 #[derive(Debug, Clone)]
@@ -103,7 +104,7 @@ impl Run<'_> {
             salt,
         };
         run.phase(Phase::Connect);
-        let conn = connector.connect(host).map_err(|e| {
+        let conn = timing::timed(&host.name, "connect", || connector.connect(host)).map_err(|e| {
             let mut r = run.report(
                 Outcome::Failed,
                 format!("cannot connect to {}: {e}", host.hostname),
@@ -171,8 +172,10 @@ fn deploy_connected(
         .collect();
     let key_refs: Vec<(&str, &std::path::Path)> =
         key_dests.iter().map(|(n, d)| (*n, d.as_path())).collect();
-    let before =
-        probe_with_keys(t, &host.profiles, true, &key_refs).map_err(transport_err(Phase::Probe))?;
+    let before = timing::timed(&host.name, "probe", || {
+        probe_with_keys(t, &host.profiles, true, &key_refs)
+    })
+    .map_err(transport_err(Phase::Probe))?;
 
     // A no-op: every profile already on the wanted path, confirmed by its last deploy.
     let unchanged = opts.goal == Goal::Switch
@@ -231,7 +234,7 @@ fn deploy_connected(
         .map(|(p, _)| p.path.out_path().to_string())
         .collect();
     if !missing.is_empty() {
-        push(run, conn, opts, &missing)?;
+        timing::timed(&host.name, "push", || push(run, conn, opts, &missing))?;
     }
 
     upload_keys(run, t, UploadAt::PreActivation)?;
@@ -461,6 +464,7 @@ fn activate_profile(
     a.confirm_timeout += health::budget_seconds(&run.host.health_checks);
     a.health_checks = !run.host.health_checks.is_empty() && opts.goal != Goal::DryActivate;
     run.phase(Phase::Activate);
+    let since = Instant::now();
     let launched = t.run_streaming(
         &["sh".into(), "-c".into(), a.launch_script()],
         Some(AGENT_SCRIPT.as_bytes()),
@@ -470,6 +474,7 @@ fn activate_profile(
             }
         },
     );
+    timing::record(&run.host.name, "activate", since);
     // A lost connection here does not stop the agent: find out what it did.
     let ready = match launched {
         Ok(out) if out.success() => parse_record(&out.stdout_str()),
@@ -496,6 +501,7 @@ fn activate_profile(
     }
 
     run.phase(Phase::HealthCheck);
+    let since = Instant::now();
     let mut failures = Vec::new();
     for check in &run.host.health_checks {
         let started = Instant::now();
@@ -507,6 +513,9 @@ fn activate_profile(
             )),
             Err(f) => failures.push(f),
         }
+    }
+    if !run.host.health_checks.is_empty() {
+        timing::record(&run.host.name, "health", since);
     }
     if !failures.is_empty() {
         for f in &failures {
@@ -546,11 +555,13 @@ fn activate_profile(
     run.phase(Phase::Confirm);
     // Magic rollback wants the proof that a new login still works; without it the verdict of the health
     // checks goes over the existing connection.
+    let since = Instant::now();
     let confirmed = if a.magic_rollback {
         conn.run_fresh_login(&a.confirm_argv())
     } else {
         t.run(&a.confirm_argv(), None)
     };
+    timing::record(&run.host.name, "confirm", since);
     match confirmed {
         Ok(out) if out.success() => {}
         Ok(out) => run.log(format!(
@@ -559,7 +570,7 @@ fn activate_profile(
         )),
         Err(e) => run.log(format!("new ssh connection failed, not confirming: {e}")),
     }
-    wait_final(run, t, &a, profile)
+    timing::timed(&run.host.name, "wait", || wait_final(run, t, &a, profile))
 }
 
 /// Waits (retrying over a lost connection) until the agent's record is final.

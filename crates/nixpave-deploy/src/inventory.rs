@@ -346,8 +346,10 @@ impl Inventory {
         opts: &nixpave_nix::invoke::NixOptions,
     ) -> Result<Inventory, InventoryError> {
         let function = eval_apply_function(selection, checks);
-        let value =
-            nixpave_nix::flake::eval_flake_json(flake, &function, opts).map_err(|source| {
+        let value = crate::timing::timed("-", "eval", || {
+            nixpave_nix::flake::eval_flake_json(flake, &function, opts)
+        })
+        .map_err(|source| {
                 InventoryError::Eval {
                     flake: flake.to_string(),
                     source,

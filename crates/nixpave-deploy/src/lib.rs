@@ -42,6 +42,7 @@ pub mod select;
 pub mod settings;
 pub mod ssh;
 pub mod status;
+pub mod timing;
 
 pub use agent::Goal;
 pub use connection::{Connection, Connector, LocalConnector};
