@@ -1,23 +1,28 @@
 #!/usr/bin/env bash
 # Where a deploy's wall time goes, on N lab hosts (default 20): a fresh deploy and a no-op redeploy, each
 # with nixpave's timing events on (`NIXPAVE_LOG=nixpave::timing=info`, see crates/nixpave-deploy/src/timing.rs).
-# Prints per step: how many times it ran, its mean and max per host, and its sum over hosts; fleet-wide steps
-# (eval, build) once. Steps: eval, checks, build (fleet), connect (ssh master), probe, push (nix copy),
+# Prints the median wall time and per step: how many times it ran, its mean and max per host, and its sum over
+# hosts; fleet-wide steps (eval, build) once. Steps: eval, checks, build (fleet), connect (ssh master), probe, push (nix copy),
 # activate (agent upload + start + activation + the agent's "ready" poll), confirm (the fresh login), wait
 # (the final record; includes the agent's confirmation poll). Needs root.
 #
 #   bench/breakdown.sh                 # 20 hosts, release build
 #   HOSTS=5 PARALLEL=1 bench/breakdown.sh
+#   ROUNDS=3 NIXPAVE="/tmp/nixpave-old target/release/nixpave" bench/breakdown.sh   # two builds, alternating
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 HOSTS=${HOSTS:-20}
 PARALLEL=${PARALLEL:-}
+ROUNDS=${ROUNDS:-1}
 NIXPAVE=${NIXPAVE:-}
 if [ -z "$NIXPAVE" ]; then
   cargo build --release -p nixpave >&2
   NIXPAVE=${CARGO_TARGET_DIR:-target}/release/nixpave
 fi
+# NIXPAVE may name several binaries (before/after a change): the first one runs the lab.
+read -r -a BINARIES <<< "$NIXPAVE"
+NIXPAVE=${BINARIES[0]}
 mkdir -p /var/tmp
 WORK=$(mktemp -d /var/tmp/nixpave-breakdown.XXXXXX)
 export NIXPAVE_LAB_DIR=$WORK/labs
@@ -33,10 +38,11 @@ cleanup() {
 trap cleanup EXIT
 "$NIXPAVE" lab up --name "$LAB" --hosts "$HOSTS" >/dev/null
 
-flake=$WORK/flake
-mkdir -p "$flake"
-cp crates/nixpave-deploy/tests/fixtures/system.nix "$flake/system.nix"
-cat > "$flake/flake.nix" <<NIX
+# A fresh flake (new tag, so a new system) per deploy.
+write_flake() { # DIR
+  mkdir -p "$1"
+  cp crates/nixpave-deploy/tests/fixtures/system.nix "$1/system.nix"
+  cat > "$1/flake.nix" <<NIX
 { outputs = { self }: let sys = import ./system.nix { tag = "breakdown-$(date +%s%N)"; }; in {
   deploy.nodes = builtins.listToAttrs (map (i: {
     name = "host\${toString i}";
@@ -44,24 +50,42 @@ cat > "$flake/flake.nix" <<NIX
   }) (builtins.genList (i: i + 1) $HOSTS));
 }; }
 NIX
+}
 
 par=()
 [ -z "$PARALLEL" ] || par=(--parallel "$PARALLEL")
-for run in fresh no-op; do
-  t0=$(date +%s.%N)
-  NIXPAVE_LOG=nixpave::timing=info "$NIXPAVE" deploy "path:$flake" --lab "$LAB" "${par[@]}" --json \
-    > "$WORK/$run.json" 2> "$WORK/$run.log"
-  t1=$(date +%s.%N)
-  echo "== $run: $HOSTS hosts, wall $(echo "$t1 - $t0" | bc) s, $(tail -n 1 "$WORK/$run.json" | jq -r '[.hosts[].outcome] | group_by(.) | map("\(.[0])=\(length)") | join(",")')"
-  python3 - "$WORK/$run.log" <<'PY'
-import re, sys, collections
-steps = collections.OrderedDict()
-for line in open(sys.argv[1], errors="replace"):
-    m = re.search(r"step=(\S+) host=(\S+) ms=(\d+)", line)
-    if m:
-        steps.setdefault(m.group(1), []).append(int(m.group(3)))
-print(f"  {'step':<9} {'n':>4} {'mean ms':>8} {'max ms':>7} {'sum ms':>8}")
-for step, ms in steps.items():
-    print(f"  {step:<9} {len(ms):>4} {sum(ms)/len(ms):>8.0f} {max(ms):>7} {sum(ms):>8}")
-PY
+# Rounds alternate the binaries, so a busy machine hurts them alike; the summary is per binary and kind.
+for round in $(seq "$ROUNDS"); do
+  for bin in "${BINARIES[@]}"; do
+    b=$(basename "$bin")
+    rm -rf "$WORK/flake"
+    write_flake "$WORK/flake"
+    for kind in fresh no-op; do
+      t0=$(date +%s.%N)
+      NIXPAVE_LOG=nixpave::timing=info "$bin" deploy "path:$WORK/flake" --lab "$LAB" "${par[@]}" --json \
+        > "$WORK/out.json" 2> "$WORK/out.log"
+      t1=$(date +%s.%N)
+      outcomes=$(tail -n 1 "$WORK/out.json" | jq -r '[.hosts[].outcome] | group_by(.) | map("\(.[0])=\(length)") | join(",")')
+      echo "round $round $b $kind: wall $(echo "$t1 - $t0" | bc) s, $outcomes" >&2
+      { echo "run $b $kind wall_ms $(echo "($t1 - $t0) * 1000 / 1" | bc)"; grep -o 'step=[^ ]* host=[^ ]* ms=[0-9]*' "$WORK/out.log" | sed "s/^/run $b $kind /"; } >> "$WORK/all"
+    done
+  done
 done
+python3 - "$WORK/all" "$HOSTS" <<'PY'
+import sys, re, statistics, collections
+walls = collections.defaultdict(list)
+steps = collections.defaultdict(lambda: collections.defaultdict(list))
+for line in open(sys.argv[1]):
+    f = line.split()
+    if f[3] == "wall_ms":
+        walls[(f[1], f[2])].append(int(f[4]))
+    else:
+        m = re.match(r"step=(\S+) host=(\S+) ms=(\d+)", " ".join(f[3:]))
+        steps[(f[1], f[2])][m.group(1)].append(int(m.group(3)))
+for key in walls:
+    w = walls[key]
+    print(f"== {key[0]} {key[1]}, {sys.argv[2]} hosts: wall median {statistics.median(w)/1000:.2f} s (runs: {', '.join(f'{x/1000:.2f}' for x in w)})")
+    print(f"  {'step':<9} {'n':>4} {'mean ms':>8} {'max ms':>7} {'sum ms':>8}")
+    for step, ms in steps[key].items():
+        print(f"  {step:<9} {len(ms):>4} {sum(ms)/len(ms):>8.0f} {max(ms):>7} {sum(ms):>8}")
+PY

@@ -555,23 +555,36 @@ fn activate_profile(
     run.phase(Phase::Confirm);
     // Magic rollback wants the proof that a new login still works; without it the verdict of the health
     // checks goes over the existing connection.
+    // The proof login also waits for the final record: confirmation and final wait in one round trip. Should
+    // it not see the record in time, the wait goes on over the master connection.
     let since = Instant::now();
+    let argv = a.confirm_and_wait_argv(CONFIRM_WAIT_SECONDS);
     let confirmed = if a.magic_rollback {
-        conn.run_fresh_login(&a.confirm_argv())
+        conn.run_fresh_login(&argv)
     } else {
-        t.run(&a.confirm_argv(), None)
+        t.run(&argv, None)
     };
     timing::record(&run.host.name, "confirm", since);
     match confirmed {
-        Ok(out) if out.success() => {}
-        Ok(out) => run.log(format!(
-            "confirmation over a new connection failed: {}",
-            out.stderr_tail(3)
-        )),
+        Ok(out) => {
+            if let Some(r) = parse_record(&out.stdout_str()).filter(|r| r.is_final()) {
+                return Ok(r);
+            }
+            if !out.success() {
+                run.log(format!(
+                    "confirmation over a new connection failed: {}",
+                    out.stderr_tail(3)
+                ));
+            }
+        }
         Err(e) => run.log(format!("new ssh connection failed, not confirming: {e}")),
     }
     timing::timed(&run.host.name, "wait", || wait_final(run, t, &a, profile))
 }
+
+/// How long the confirmation login waits for the agent's final record before the wait moves to the master
+/// connection (the agent sees the confirmation within 50 ms; a rollback it starts instead takes longer).
+const CONFIRM_WAIT_SECONDS: u64 = 20;
 
 /// Waits (retrying over a lost connection) until the agent's record is final.
 fn wait_final(

@@ -349,12 +349,10 @@ impl Inventory {
         let value = crate::timing::timed("-", "eval", || {
             nixpave_nix::flake::eval_flake_json(flake, &function, opts)
         })
-        .map_err(|source| {
-                InventoryError::Eval {
-                    flake: flake.to_string(),
-                    source,
-                }
-            })?;
+        .map_err(|source| InventoryError::Eval {
+            flake: flake.to_string(),
+            source,
+        })?;
         Self::from_json(value, selection)
     }
 }
