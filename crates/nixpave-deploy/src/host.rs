@@ -34,6 +34,9 @@ pub struct DeployOptions {
     pub force: bool,
     /// Options for local nix calls.
     pub nix: NixOptions,
+    /// The fleet's build running alongside (streaming): a host waits for its own profiles before pushing.
+    /// `None`: everything was built before the deploy started.
+    pub builds: Option<std::sync::Arc<crate::fleet::Builds>>,
 }
 
 impl Default for DeployOptions {
@@ -46,6 +49,7 @@ impl Default for DeployOptions {
             build_on_target: false,
             force: false,
             nix: NixOptions::default(),
+            builds: None,
         }
     }
 }
@@ -234,6 +238,11 @@ fn deploy_connected(
         .map(|(p, _)| p.path.out_path().to_string())
         .collect();
     if !missing.is_empty() {
+        if let Some(builds) = &opts.builds {
+            run.phase(Phase::Push);
+            timing::timed(&host.name, "build-wait", || builds.wait_for(host))
+                .map_err(|e| StepError::new(Phase::Push, e))?;
+        }
         timing::timed(&host.name, "push", || push(run, conn, opts, &missing))?;
     }
 

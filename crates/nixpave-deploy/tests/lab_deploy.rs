@@ -705,3 +705,60 @@ fn agent_runs_on_a_nixos_shaped_host_with_an_empty_or_a_systemd_environment() {
     );
     assert_eq!(profile_of(h), next);
 }
+
+#[test]
+fn a_host_pushes_as_soon_as_its_own_profile_is_built() {
+    // Streaming: host1's profile builds at once, host2's takes 6 s; host1 is deployed while host2's still
+    // builds, and host2 follows once its build is done.
+    let lab = Lab::up(2).expect("lab up");
+    let conn = connector(&lab);
+    let quick = instantiate_system(&[("tag", &unique("quick"))]);
+    let slow = instantiate_system(&[("tag", &unique("slow")), ("buildDelay", "6")]);
+    let mut nodes = serde_json::Map::new();
+    for (h, path) in lab.hosts().iter().zip([&quick, &slow]) {
+        nodes.insert(
+            h.name().to_string(),
+            serde_json::json!({ "hostname": h.name(), "stateDir": STATE_DIR,
+                                "profiles": { "system": { "path": path } } }),
+        );
+    }
+    let hosts = inventory(serde_json::Value::Object(nodes)).hosts;
+    let mut opts = DeployOptions::default();
+    let builds =
+        std::sync::Arc::new(nixpave_deploy::fleet::Builds::new(&hosts, &opts).expect("builds"));
+    opts.builds = Some(std::sync::Arc::clone(&builds));
+    let started = Instant::now();
+    let finished: std::sync::Mutex<Vec<(String, Duration)>> = Default::default();
+    let sink = |e: Event| {
+        if let Event::Finished { report } = e {
+            finished
+                .lock()
+                .expect("lock")
+                .push((report.host, started.elapsed()));
+        }
+    };
+    let (report, built) = std::thread::scope(|s| {
+        let build = s.spawn(|| builds.run(&opts, &|_, _| {}));
+        let report = deploy_fleet(&hosts, &conn, &opts, &RolloutSettings::default(), &sink);
+        (report, build.join().expect("build thread"))
+    });
+    assert_eq!(built.expect("built"), 2);
+    assert!(report.all_ok(), "{:?}", report.hosts);
+    let finished = finished.into_inner().expect("lock");
+    let at = |name: &str| {
+        finished
+            .iter()
+            .find(|(h, _)| h == name)
+            .map(|(_, t)| *t)
+            .expect("finished")
+    };
+    assert!(
+        at("host1") < Duration::from_secs(5),
+        "host1 waited for host2's build: {finished:?}"
+    );
+    assert!(at("host2") >= Duration::from_secs(6), "{finished:?}");
+    assert_eq!(
+        profile_of(&lab.hosts()[1]),
+        slow["out"].as_str().expect("out")
+    );
+}

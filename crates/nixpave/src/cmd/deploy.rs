@@ -395,7 +395,7 @@ pub fn run(args: DeployArgs) -> miette::Result<ExitCode> {
         max_failures: args.max_failures,
         canary: args.canary,
     });
-    let opts = nixpave_deploy::DeployOptions {
+    let mut opts = nixpave_deploy::DeployOptions {
         goal,
         reboot: args.reboot,
         reboot_timeout: Duration::from_secs(args.reboot_timeout),
@@ -409,6 +409,7 @@ pub fn run(args: DeployArgs) -> miette::Result<ExitCode> {
         build_on_target: args.build_on_target,
         force: args.force,
         nix,
+        builds: None,
     };
     let hosts = &fleet.inventory.hosts;
     if !args.fleet.json {
@@ -429,21 +430,38 @@ pub fn run(args: DeployArgs) -> miette::Result<ExitCode> {
             return fail(exit::FAILED, miette::Report::msg(error_chain(&e)));
         }
     }
-    // The built outputs stay GC roots until the deploy has ended.
-    let _built = match nixpave_deploy::fleet::build_all_rooted(hosts, &opts) {
-        Ok(built) => built,
-        Err(e) => return fail(exit::FAILED, miette::Report::msg(error_chain(&e))),
-    };
     if args.dry_run {
+        // The built outputs stay GC roots until the plan is shown.
+        let _built = match nixpave_deploy::fleet::build_all_rooted(hosts, &opts) {
+            Ok(built) => built,
+            Err(e) => return fail(exit::FAILED, miette::Report::msg(error_chain(&e))),
+        };
         print_plan(&fleet.inventory, &rollout, &opts, args.fleet.json)?;
         return Ok(exit::code(exit::OK));
     }
     if let Err(e) = nixpave_remote::cancel::install_signal_handlers() {
         tracing::warn!("cannot install the Ctrl-C handler: {e}");
     }
+    // Streaming: the build runs on its own thread while the hosts connect and probe; each host pushes as
+    // soon as its own profiles are built. The outputs stay GC roots until the deploy has ended.
+    let builds = match nixpave_deploy::fleet::Builds::new(hosts, &opts) {
+        Ok(b) => std::sync::Arc::new(b),
+        Err(e) => return fail(exit::FAILED, miette::Report::msg(error_chain(&e))),
+    };
+    opts.builds = Some(std::sync::Arc::clone(&builds));
     let renderer = Renderer::new(args.fleet.json, hosts.iter().map(|h| h.name.clone()));
     let sink = |e: Event| renderer.event(e);
-    let mut report = nixpave_deploy::deploy_fleet(hosts, connector, &opts, &rollout, &sink);
+    let progress = |done: u64, expected: u64| renderer.build_progress(done, expected);
+    let (mut report, built) = std::thread::scope(|scope| {
+        let build = scope.spawn(|| builds.run(&opts, &progress));
+        let report = nixpave_deploy::deploy_fleet(hosts, connector, &opts, &rollout, &sink);
+        (report, build.join())
+    });
+    match built {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => renderer.note(&error_chain(&e)),
+        Err(_) => renderer.note("internal error: the build thread panicked"),
+    }
     if args.rollback_succeeded == Some(true) && goal != Goal::DryActivate {
         report = nixpave_deploy::fleet::revoke_succeeded(
             hosts, report, connector, goal, &rollout, &sink,
@@ -591,6 +609,23 @@ impl Renderer {
             line.push_str(&format!(" — {phase}"));
         }
         bar.set_message(line);
+    }
+
+    /// The fleet's build progress on the counter line (derivations built of those to build).
+    fn build_progress(&self, done: u64, expected: u64) {
+        if expected > 0 {
+            self.update_summary(Some(&format!("build {done}/{expected}")));
+        }
+    }
+
+    /// A fleet-wide message (the build failed): above the progress lines on a terminal, else on stderr
+    /// (also with `--json`, whose stdout keeps its events).
+    fn note(&self, text: &str) {
+        if let Some(m) = &self.multi {
+            let _ = m.println(text);
+        } else {
+            eprintln!("{text}");
+        }
     }
 
     /// The line of an active host, made when it becomes active.
