@@ -37,6 +37,8 @@ pub struct DeployOptions {
     /// The fleet's build running alongside (streaming): a host waits for its own profiles before pushing.
     /// `None`: everything was built before the deploy started.
     pub builds: Option<std::sync::Arc<crate::fleet::Builds>>,
+    /// Push through this binary cache (once per closure) and let the targets fetch from it.
+    pub cache: Option<std::sync::Arc<crate::cache::Cache>>,
 }
 
 impl Default for DeployOptions {
@@ -50,6 +52,7 @@ impl Default for DeployOptions {
             force: false,
             nix: NixOptions::default(),
             builds: None,
+            cache: None,
         }
     }
 }
@@ -415,6 +418,28 @@ fn push(
             });
         }
         run.log("built on the host");
+        return Ok(());
+    }
+    if let Some(cache) = &opts.cache {
+        // One upload for the fleet: the first host that needs a closure pushes it to the cache, the others
+        // wait for that push; then each target fetches from the cache by itself.
+        timing::timed(&host.name, "cache-push", || cache.push(paths, &opts.nix))
+            .map_err(|e| StepError::new(Phase::Push, format!("pushing to the cache: {e}")))?;
+        let out = timing::timed(&host.name, "cache-fetch", || {
+            conn.transport().run(&cache.fetch_argv(paths), None)
+        })
+        .map_err(transport_err(Phase::Push))?;
+        if !out.success() {
+            return Err(StepError {
+                phase: Phase::Push,
+                message: format!(
+                    "fetching from the cache {} failed (exit {:?})",
+                    cache.substituter, out.status
+                ),
+                log_tail: out.stderr_tail(10).lines().map(String::from).collect(),
+            });
+        }
+        run.log(format!("fetched {} path(s) from the cache", paths.len()));
         return Ok(());
     }
     nixpave_nix::copy::copy_closure(&to, paths, &opts.nix)

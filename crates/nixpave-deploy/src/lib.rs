@@ -29,6 +29,7 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod cache;
 pub mod connection;
 pub mod event;
 pub mod fleet;

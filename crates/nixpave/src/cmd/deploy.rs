@@ -164,6 +164,16 @@ pub struct DeployArgs {
     /// Evaluate and build, show the plan, change nothing on any host.
     #[arg(long)]
     dry_run: bool,
+    /// Push each closure once to this binary cache (`file://DIR?secret-key=FILE`, `s3://…`, `http(s)://…`,
+    /// `ssh-ng://…`) and let the targets fetch it from there in parallel, trusting its key for that call only.
+    #[arg(long, value_name = "STORE-URI")]
+    cache: Option<String>,
+    /// The URL targets fetch the cache from (needed for a local `file://` cache, e.g. served over HTTP).
+    #[arg(long, value_name = "URL", requires = "cache")]
+    cache_url: Option<String>,
+    /// The public key targets trust for the cache (default: derived from the URI's `secret-key=FILE`).
+    #[arg(long, value_name = "NAME:KEY", requires = "cache")]
+    cache_public_key: Option<String>,
     /// Deploy the one selected node to the machine nixpave runs on, without ssh (colmena's `apply-local`):
     /// same agent, health checks and auto rollback; the agent's own lockout checks stand in for the login
     /// proof.
@@ -410,7 +420,19 @@ pub fn run(args: DeployArgs) -> miette::Result<ExitCode> {
         force: args.force,
         nix,
         builds: None,
+        cache: None,
     };
+    if let Some(uri) = &args.cache {
+        match nixpave_deploy::cache::Cache::new(
+            uri,
+            args.cache_url.as_deref(),
+            args.cache_public_key.as_deref(),
+            &opts.nix,
+        ) {
+            Ok(cache) => opts.cache = Some(std::sync::Arc::new(cache)),
+            Err(e) => return fail(exit::USAGE, usage(error_chain(&e))),
+        }
+    }
     let hosts = &fleet.inventory.hosts;
     if !args.fleet.json {
         eprintln!(
