@@ -442,9 +442,22 @@ fn push(
         run.log(format!("fetched {} path(s) from the cache", paths.len()));
         return Ok(());
     }
-    nixpave_nix::copy::copy_closure(&to, paths, &opts.nix)
-        .map_err(|e| StepError::new(Phase::Push, e.to_string()))?;
-    run.log(format!("pushed {} path(s)", paths.len()));
+    let mut progress = nixpave_nix::progress::CopyProgress::default();
+    let mut shown = Instant::now();
+    nixpave_nix::copy::copy_closure_streaming(&to, paths, &opts.nix, &mut |event| {
+        if progress.add(&event) && shown.elapsed() >= Duration::from_millis(250) {
+            shown = Instant::now();
+            (run.emit)(Event::Progress {
+                host: host.name.clone(),
+                text: progress.text(),
+            });
+        }
+    })
+    .map_err(|e| StepError::new(Phase::Push, e.to_string()))?;
+    run.log(format!(
+        "pushed {} path(s)",
+        paths.len().max(progress.paths.1 as usize)
+    ));
     Ok(())
 }
 

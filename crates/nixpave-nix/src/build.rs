@@ -70,38 +70,7 @@ fn build_with(
     }
     let out = match on_event {
         None => run_nix("nix", &args, opts, &[])?,
-        Some(on_event) => {
-            args.splice(
-                2..2,
-                ["--log-format".to_string(), "internal-json".to_string()],
-            );
-            let mut reader = crate::progress::LogReader::default();
-            let mut messages: Vec<String> = Vec::new();
-            let result =
-                crate::invoke::run_nix_streaming("nix", &args, opts, &[], &mut |stream, line| {
-                    if stream != nixpave_remote::OutputStream::Stderr {
-                        return;
-                    }
-                    match reader.line(line) {
-                        Some(crate::progress::LogEvent::Message(text)) => messages.push(text),
-                        Some(event) => on_event(event),
-                        None => {}
-                    }
-                });
-            match result {
-                // The JSON log is no message for a person: the error gets nix's messages instead.
-                Err(NixError::Failed {
-                    command, status, ..
-                }) => {
-                    return Err(NixError::Failed {
-                        command,
-                        status,
-                        stderr: crate::invoke::tail(&messages.join("\n"), 20),
-                    })
-                }
-                other => other?,
-            }
-        }
+        Some(on_event) => crate::progress::run_with_log(&args, opts, &[], on_event)?,
     };
     let built = parse_build_json(&out.stdout)?;
     if let Some(missing) = drv_paths.iter().find(|d| !built.contains_key(*d)) {

@@ -11,8 +11,9 @@ const ACT_COPY_PATH: u64 = 100;
 const ACT_COPY_PATHS: u64 = 103;
 const ACT_BUILDS: u64 = 104;
 const ACT_BUILD: u64 = 105;
-/// Result types: `resProgress` (done, expected, running, failed) and `resSetExpected`.
+/// Result types: `resProgress` (done, expected, running, failed) and `resSetExpected` (activity type, n).
 const RES_PROGRESS: u64 = 105;
+const RES_SET_EXPECTED: u64 = 106;
 
 /// What one log line told.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,13 +38,17 @@ pub enum LogEvent {
         /// Paths to copy in all.
         expected: u64,
     },
-    /// Bytes of the path being copied: done and expected.
+    /// Bytes of one path being copied: done and expected.
     CopyBytes {
+        /// The path's activity (several are copied at once).
+        id: u64,
         /// Bytes copied of this path.
         done: u64,
         /// Its size.
         expected: u64,
     },
+    /// Bytes a copy will move in all.
+    CopyBytesExpected(u64),
     /// A message nix printed (errors and warnings, at nix's level 0 or 1), as text.
     Message(String),
 }
@@ -93,17 +98,105 @@ impl LogReader {
                         expected: num(1),
                     }),
                     ACT_COPY_PATH => Some(LogEvent::CopyBytes {
+                        id: id?,
                         done: num(0),
                         expected: num(1),
                     }),
                     _ => None,
                 }
             }
+            "result"
+                if json.get("type")?.as_u64()? == RES_SET_EXPECTED
+                    && num(0) == ACT_COPY_PATH
+                    && self.activities.get(&id?)?.0 == ACT_COPY_PATHS =>
+            {
+                Some(LogEvent::CopyBytesExpected(num(1)))
+            }
             "msg" if json.get("level")?.as_u64()? <= 1 => {
                 Some(LogEvent::Message(json.get("msg")?.as_str()?.to_string()))
             }
             _ => None,
         }
+    }
+}
+
+/// Runs `nix ARGS` (ARGS starting with [`crate::invoke::experimental_args`]) with its log as JSON, handing
+/// every event to `on_event`. A failure carries nix's error messages as text, not the JSON log.
+pub fn run_with_log(
+    args: &[String],
+    opts: &crate::invoke::NixOptions,
+    env: &[(String, String)],
+    on_event: &mut dyn FnMut(LogEvent),
+) -> Result<crate::invoke::NixOutput, crate::invoke::NixError> {
+    let mut args = args.to_vec();
+    let at = 2.min(args.len());
+    args.splice(
+        at..at,
+        ["--log-format".to_string(), "internal-json".to_string()],
+    );
+    let mut reader = LogReader::default();
+    let mut messages: Vec<String> = Vec::new();
+    let result = crate::invoke::run_nix_streaming("nix", &args, opts, env, &mut |stream, line| {
+        if stream != nixpave_remote::OutputStream::Stderr {
+            return;
+        }
+        match reader.line(line) {
+            Some(LogEvent::Message(text)) => messages.push(text),
+            Some(event) => on_event(event),
+            None => {}
+        }
+    });
+    match result {
+        Err(crate::invoke::NixError::Failed {
+            command, status, ..
+        }) => Err(crate::invoke::NixError::Failed {
+            command,
+            status,
+            stderr: crate::invoke::tail(&messages.join("\n"), 20),
+        }),
+        other => other,
+    }
+}
+
+/// How far a copy is, summed up from its [`LogEvent`]s.
+#[derive(Debug, Default, Clone)]
+pub struct CopyProgress {
+    /// Paths copied and to copy.
+    pub paths: (u64, u64),
+    /// Bytes expected in all.
+    pub bytes_expected: u64,
+    by_path: HashMap<u64, u64>,
+}
+
+impl CopyProgress {
+    /// Takes in one event; true when something changed.
+    pub fn add(&mut self, event: &LogEvent) -> bool {
+        match *event {
+            LogEvent::CopyPaths { done, expected } => self.paths = (done, expected),
+            LogEvent::CopyBytes { id, done, .. } => {
+                self.by_path.insert(id, done);
+            }
+            LogEvent::CopyBytesExpected(n) => self.bytes_expected = n,
+            _ => return false,
+        }
+        true
+    }
+
+    /// Bytes copied so far.
+    pub fn bytes_done(&self) -> u64 {
+        self.by_path.values().sum()
+    }
+
+    /// `3/10 paths, 12.5/50.0 MiB`.
+    pub fn text(&self) -> String {
+        let mib = |b: u64| b as f64 / 1048576.0;
+        format!(
+            "{}/{} paths, {:.1}/{:.1} MiB",
+            self.paths.0,
+            self.paths.1,
+            mib(self.bytes_done()),
+            mib(self.bytes_expected)
+        )
     }
 }
 

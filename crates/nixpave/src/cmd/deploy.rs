@@ -376,6 +376,9 @@ pub fn run(args: DeployArgs) -> miette::Result<ExitCode> {
         remote_build: args.remote_build.then_some(true),
         ..Default::default()
     };
+    if !args.fleet.json {
+        eprintln!("evaluating the fleet…");
+    }
     let fleet = match load_fleet(&args.fleet, overrides, !args.skip_checks, &nix) {
         Ok(f) => f,
         Err((code, report)) => return fail(code, report),
@@ -671,6 +674,10 @@ impl Renderer {
 
     fn event(&self, e: Event) {
         if self.json {
+            // Progress is for a person at a terminal.
+            if matches!(e, Event::Progress { .. }) {
+                return;
+            }
             if let Ok(line) = serde_json::to_string(&e) {
                 println!("{line}");
             }
@@ -704,6 +711,13 @@ impl Renderer {
                     Some(bar) => bar.set_message(format!("{phase}: {line}")),
                     None if self.verbose => self.plain(host, &format!("{phase}: {line}")),
                     None => {}
+                }
+            }
+            Event::Progress { host, text } => {
+                if self.multi.is_some() {
+                    if let Some(bar) = self.bar(host) {
+                        bar.set_message(format!("push: {text}"));
+                    }
                 }
             }
             Event::Wave {
