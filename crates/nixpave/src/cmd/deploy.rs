@@ -376,7 +376,7 @@ pub fn run(args: DeployArgs) -> miette::Result<ExitCode> {
         remote_build: args.remote_build.then_some(true),
         ..Default::default()
     };
-    if !args.fleet.json {
+    if !args.fleet.json && std::io::stderr().is_terminal() {
         eprintln!("evaluating the fleet…");
     }
     let fleet = match load_fleet(&args.fleet, overrides, !args.skip_checks, &nix) {
@@ -577,6 +577,10 @@ struct Renderer {
     multi: Option<indicatif::MultiProgress>,
     summary: Option<indicatif::ProgressBar>,
     bars: Mutex<HashMap<String, indicatif::ProgressBar>>,
+    /// Active hosts without a line of their own: the terminal has no room left (locked after `bars`).
+    hidden: Mutex<std::collections::HashSet<String>>,
+    /// Host lines that fit the terminal (its height less the counter line and some room).
+    max_lines: usize,
     phases: Mutex<HashMap<String, String>>,
     counts: Mutex<Counts>,
     verbose: bool,
@@ -589,6 +593,8 @@ struct Counts {
     done: usize,
     failed: usize,
     active: usize,
+    /// Active hosts without a line of their own.
+    hidden: usize,
 }
 
 impl Renderer {
@@ -610,6 +616,10 @@ impl Renderer {
             multi,
             summary,
             bars: Mutex::new(HashMap::new()),
+            hidden: Mutex::new(Default::default()),
+            max_lines: (console::Term::stderr().size().0 as usize)
+                .saturating_sub(4)
+                .max(3),
             phases: Mutex::new(HashMap::new()),
             counts: Mutex::new(Counts {
                 total: hosts.count(),
@@ -630,6 +640,9 @@ impl Renderer {
             "{}/{} done · {} failed · {} active · {} waiting",
             c.done, c.total, c.failed, c.active, waiting
         );
+        if c.hidden > 0 {
+            line.push_str(&format!(" ({} active not shown)", c.hidden));
+        }
         if let Some(phase) = phase {
             line.push_str(&format!(" — {phase}"));
         }
@@ -654,12 +667,24 @@ impl Renderer {
     }
 
     /// The line of an active host, made when it becomes active.
+    /// `None` on a terminal means the host is active without a line (no room left): it is counted.
     fn bar(&self, host: &str) -> Option<indicatif::ProgressBar> {
         let multi = self.multi.as_ref()?;
         let mut bars = self.bars.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(bar) = bars.get(host) {
             return Some(bar.clone());
         }
+        let mut hidden = self.hidden.lock().unwrap_or_else(|p| p.into_inner());
+        if bars.len() >= self.max_lines {
+            if hidden.insert(host.to_string()) {
+                let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+                c.active += 1;
+                c.hidden += 1;
+            }
+            return None;
+        }
+        let was_hidden = hidden.remove(host);
+        drop(hidden);
         let bar = multi.add(indicatif::ProgressBar::new_spinner());
         bar.set_style(
             indicatif::ProgressStyle::with_template("  {spinner} {prefix:<16} {elapsed:>4} {msg}")
@@ -668,7 +693,12 @@ impl Renderer {
         bar.set_prefix(host.to_string());
         bar.enable_steady_tick(Duration::from_millis(200));
         bars.insert(host.to_string(), bar.clone());
-        self.counts.lock().unwrap_or_else(|p| p.into_inner()).active += 1;
+        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if was_hidden {
+            c.hidden -= 1;
+        } else {
+            c.active += 1;
+        }
         Some(bar)
     }
 
@@ -697,6 +727,7 @@ impl Renderer {
                         bar.set_message(name.clone());
                         self.update_summary(Some(&name));
                     }
+                    None if self.multi.is_some() => self.update_summary(Some(&name)),
                     None => self.plain(host, &name),
                 }
             }
@@ -709,6 +740,7 @@ impl Renderer {
                     .unwrap_or_default();
                 match self.bar(host) {
                     Some(bar) => bar.set_message(format!("{phase}: {line}")),
+                    None if self.multi.is_some() => {}
                     None if self.verbose => self.plain(host, &format!("{phase}: {line}")),
                     None => {}
                 }
@@ -740,15 +772,19 @@ impl Renderer {
             Event::Finished { report } => {
                 let word = outcome_word(report);
                 let ok = report.outcome.is_success();
-                let bar = self
-                    .bars
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&report.host);
+                let (bar, was_hidden) = {
+                    let mut bars = self.bars.lock().unwrap_or_else(|p| p.into_inner());
+                    let bar = bars.remove(&report.host);
+                    let mut hidden = self.hidden.lock().unwrap_or_else(|p| p.into_inner());
+                    (bar, hidden.remove(&report.host))
+                };
                 {
                     let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-                    if bar.is_some() {
+                    if bar.is_some() || was_hidden {
                         c.active = c.active.saturating_sub(1);
+                    }
+                    if was_hidden {
+                        c.hidden = c.hidden.saturating_sub(1);
                     }
                     if ok {
                         c.done += 1;
