@@ -11,46 +11,18 @@
 #   ROUNDS=3 NIXPAVE="/tmp/nixpave-old target/release/nixpave" bench/breakdown.sh   # two builds, alternating
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/common.sh
 
 HOSTS=${HOSTS:-20}
 PARALLEL=${PARALLEL:-}
 ROUNDS=${ROUNDS:-1}
-NIXPAVE=${NIXPAVE:-}
-if [ -z "$NIXPAVE" ]; then
-  cargo build --release -p nixpave >&2
-  NIXPAVE=${CARGO_TARGET_DIR:-target}/release/nixpave
-fi
+bench_setup nixpave-breakdown
 # NIXPAVE may name several binaries (before/after a change): the first one runs the lab.
 read -r -a BINARIES <<< "$NIXPAVE"
 NIXPAVE=${BINARIES[0]}
-mkdir -p /var/tmp
-WORK=$(mktemp -d /var/tmp/nixpave-breakdown.XXXXXX)
-export NIXPAVE_LAB_DIR=$WORK/labs
-export NIX_CONF_DIR=$WORK/nixconf
-mkdir -p "$NIX_CONF_DIR" "$NIXPAVE_LAB_DIR"
-printf 'experimental-features = nix-command flakes\nbuild-users-group =\nsubstituters =\nsandbox = false\n' \
-  > "$NIX_CONF_DIR/nix.conf"
 LAB=bd$$
-cleanup() {
-  "$NIXPAVE" lab down --name "$LAB" >/dev/null 2>&1 || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+LABS+=("$LAB")
 "$NIXPAVE" lab up --name "$LAB" --hosts "$HOSTS" >/dev/null
-
-# A fresh flake (new tag, so a new system) per deploy.
-write_flake() { # DIR
-  mkdir -p "$1"
-  cp crates/nixpave-deploy/tests/fixtures/system.nix "$1/system.nix"
-  cat > "$1/flake.nix" <<NIX
-{ outputs = { self }: let sys = import ./system.nix { tag = "breakdown-$(date +%s%N)"; }; in {
-  deploy.nodes = builtins.listToAttrs (map (i: {
-    name = "host\${toString i}";
-    value = { hostname = "host\${toString i}"; profiles.system.path = sys; };
-  }) (builtins.genList (i: i + 1) $HOSTS));
-}; }
-NIX
-}
 
 par=()
 [ -z "$PARALLEL" ] || par=(--parallel "$PARALLEL")
@@ -59,7 +31,7 @@ for round in $(seq "$ROUNDS"); do
   for bin in "${BINARIES[@]}"; do
     b=$(basename "$bin")
     rm -rf "$WORK/flake"
-    write_flake "$WORK/flake"
+    write_fleet_flake "$WORK/flake" "$HOSTS" "breakdown-$(date +%s%N)"
     for kind in fresh no-op; do
       t0=$(date +%s.%N)
       NIXPAVE_LOG=nixpave::timing=info "$bin" deploy "path:$WORK/flake" --lab "$LAB" "${par[@]}" --json \

@@ -9,29 +9,16 @@
 #   HOSTS=5 MIB=10 bench/cache.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/common.sh
 
 HOSTS=${HOSTS:-20}
 MIB=${MIB:-50}
-NIXPAVE=${NIXPAVE:-}
-if [ -z "$NIXPAVE" ]; then
-  cargo build --release -p nixpave >&2
-  NIXPAVE=${CARGO_TARGET_DIR:-target}/release/nixpave
-fi
-mkdir -p /var/tmp
-WORK=$(mktemp -d /var/tmp/nixpave-cache-bench.XXXXXX)
-export NIXPAVE_LAB_DIR=$WORK/labs
-export NIX_CONF_DIR=$WORK/nixconf
-mkdir -p "$NIX_CONF_DIR" "$NIXPAVE_LAB_DIR" "$WORK/cache"
-printf 'experimental-features = nix-command flakes\nbuild-users-group =\nsubstituters =\nsandbox = false\n' \
-  > "$NIX_CONF_DIR/nix.conf"
+bench_setup nixpave-cache-bench
+mkdir -p "$WORK/cache"
 LAB=cb$$
+LABS+=("$LAB")
 SERVER=
-cleanup() {
-  [ -z "$SERVER" ] || kill "$SERVER" 2>/dev/null || true
-  "$NIXPAVE" lab down --name "$LAB" >/dev/null 2>&1 || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+bench_extra_cleanup() { [ -z "$SERVER" ] || kill "$SERVER" 2>/dev/null; }
 # One host more than the targets: the last one serves the cache.
 "$NIXPAVE" lab up --name "$LAB" --hosts "$((HOSTS + 1))" >/dev/null
 bridge=$(jq -r .bridge "$NIXPAVE_LAB_DIR/$LAB/state.json")

@@ -8,44 +8,21 @@
 #   HOSTS=50 PARALLEL= bench/scale.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/common.sh
 
 HOSTS=${HOSTS:-200}
 PARALLEL=${PARALLEL-50}
 TTY=${TTY:-bench/scale-tty.txt}
-NIXPAVE=${NIXPAVE:-}
-if [ -z "$NIXPAVE" ]; then
-  cargo build --release -p nixpave >&2
-  NIXPAVE=${CARGO_TARGET_DIR:-target}/release/nixpave
-fi
+bench_setup nixpave-scale
 NIXPAVE=$(realpath "$NIXPAVE")
-mkdir -p /var/tmp
-WORK=$(mktemp -d /var/tmp/nixpave-scale.XXXXXX)
-export NIXPAVE_LAB_DIR=$WORK/labs
-export NIX_CONF_DIR=$WORK/nixconf
-mkdir -p "$NIX_CONF_DIR" "$NIXPAVE_LAB_DIR"
-printf 'experimental-features = nix-command flakes\nbuild-users-group =\nsubstituters =\nsandbox = false\n' \
-  > "$NIX_CONF_DIR/nix.conf"
 LAB=sc$$
-cleanup() {
-  "$NIXPAVE" lab down --name "$LAB" >/dev/null 2>&1 || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+LABS+=("$LAB")
 t0=$(date +%s.%N)
 "$NIXPAVE" lab up --name "$LAB" --hosts "$HOSTS" >/dev/null
 echo "lab up: $HOSTS hosts in $(echo "$(date +%s.%N) - $t0" | bc) s"
 
 flake=$WORK/flake
-mkdir -p "$flake"
-cp crates/nixpave-deploy/tests/fixtures/system.nix "$flake/system.nix"
-cat > "$flake/flake.nix" <<NIX
-{ outputs = { self }: let sys = import ./system.nix { tag = "scale-$(date +%s%N)"; }; in {
-  deploy.nodes = builtins.listToAttrs (map (i: {
-    name = "host\${toString i}";
-    value = { hostname = "host\${toString i}"; profiles.system.path = sys; };
-  }) (builtins.genList (i: i + 1) $HOSTS));
-}; }
-NIX
+write_fleet_flake "$flake" "$HOSTS" "scale-$(date +%s%N)"
 
 par=()
 [ -z "$PARALLEL" ] || par=(--parallel "$PARALLEL")
