@@ -184,16 +184,25 @@ fn deploy_connected(
     })
     .map_err(transport_err(Phase::Probe))?;
 
-    // A no-op: every profile already on the wanted path, confirmed by its last deploy.
+    // A no-op: every profile already on the wanted path, confirmed by its last deploy. A profile that another
+    // tool deployed (no record of nixpave's) counts when it is on the wanted path and, for a system, that
+    // system is the running one: the same one round trip as nixpave's own no-op, no re-activation.
     let unchanged = opts.goal == Goal::Switch
         && !opts.force
         && !opts.reboot
-        && host.profiles.iter().zip(&before.profiles).all(|(p, s)| {
-            s.current.as_deref() == Some(p.path.out_path())
-                && s.last.as_ref().is_some_and(|r| {
-                    r.state == AgentState::Confirmed && r.path == p.path.out_path()
-                })
-        });
+        && host
+            .profiles
+            .iter()
+            .zip(&before.profiles)
+            .enumerate()
+            .all(|(i, (p, s))| {
+                let wanted = p.path.out_path();
+                s.current.as_deref() == Some(wanted)
+                    && match &s.last {
+                        Some(r) => r.state == AgentState::Confirmed && r.path == wanted,
+                        None => s.wanted_system.is_none() || before.runs_wanted_system(i, wanted),
+                    }
+            });
     if unchanged {
         // Keys live apart from the system (under /run/keys they are gone after a reboot): a key whose
         // contents, mode or owner differ from the inventory's is uploaded even though the system is unchanged.
