@@ -8,41 +8,10 @@
 #   SIZES="1 5" bench/deploy.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/common.sh
 
 SIZES=${SIZES:-"1 5 20"}
-NIXPAVE=${NIXPAVE:-}
-if [ -z "$NIXPAVE" ]; then
-  cargo build --release -p nixpave >&2
-  NIXPAVE=${CARGO_TARGET_DIR:-target}/release/nixpave
-fi
-# Not under /tmp: lab hosts get a private /tmp.
-mkdir -p /var/tmp
-WORK=$(mktemp -d /var/tmp/nixpave-bench.XXXXXX)
-export NIXPAVE_LAB_DIR=$WORK/labs
-export NIX_CONF_DIR=$WORK/nixconf
-mkdir -p "$NIX_CONF_DIR" "$NIXPAVE_LAB_DIR"
-printf 'experimental-features = nix-command flakes\nbuild-users-group =\nsubstituters =\nsandbox = false\n' \
-  > "$NIX_CONF_DIR/nix.conf"
-LABS=()
-cleanup() {
-  for lab in "${LABS[@]}"; do "$NIXPAVE" lab down --name "$lab" >/dev/null 2>&1 || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-# A flake with N nodes host1..hostN, all on one tiny test system tagged TAG.
-write_flake() { # DIR N TAG
-  mkdir -p "$1"
-  cp crates/nixpave-deploy/tests/fixtures/system.nix "$1/system.nix"
-  cat > "$1/flake.nix" <<NIX
-{ outputs = { self }: let sys = import ./system.nix { tag = "$3"; }; in {
-  deploy.nodes = builtins.listToAttrs (map (i: {
-    name = "host\${toString i}";
-    value = { hostname = "host\${toString i}"; profiles.system.path = sys; };
-  }) (builtins.genList (i: i + 1) $2));
-}; }
-NIX
-}
+bench_setup nixpave-bench
 
 now() { date +%s.%N; }
 run() { # LABEL N PARALLEL FLAKE LAB
@@ -66,7 +35,7 @@ for n in $SIZES; do
   "$NIXPAVE" lab up --name "$lab" --hosts "$n" >/dev/null
   for par in 1 default; do
     flake=$WORK/flake-$n-$par
-    write_flake "$flake" "$n" "bench-$n-$par-$(date +%s%N)"
+    write_fleet_flake "$flake" "$n" "bench-$n-$par-$(date +%s%N)"
     run fresh "$n" "$par" "$flake" "$lab"
     run no-op "$n" "$par" "$flake" "$lab"
   done

@@ -316,21 +316,34 @@ impl Activation {
         self.wait_argv("final", self.final_timeout())
     }
 
+    fn marker_script(&self, suffix: &str) -> String {
+        format!(
+            "printf %s {} > {}",
+            shell_quote(&self.id),
+            shell_quote(&format!("{}/{}.{suffix}", self.state_dir, self.name))
+        )
+    }
+
     fn marker_argv(&self, suffix: &str) -> Vec<String> {
-        vec![
-            "sh".into(),
-            "-c".into(),
-            format!(
-                "printf %s {} > {}",
-                shell_quote(&self.id),
-                shell_quote(&format!("{}/{}.{suffix}", self.state_dir, self.name))
-            ),
-        ]
+        vec!["sh".into(), "-c".into(), self.marker_script(suffix)]
     }
 
     /// Creates the confirmation file (run over a NEW ssh connection: that it works is the proof).
     pub fn confirm_argv(&self) -> Vec<String> {
         self.marker_argv("confirm")
+    }
+
+    /// Creates the confirmation file, then waits at most `seconds` for this deploy's final record and prints it:
+    /// the proof login and the final wait in one round trip. Exits 3 when the record is not final in time.
+    pub fn confirm_and_wait_argv(&self, seconds: u64) -> Vec<String> {
+        let marker = self.marker_script("confirm");
+        let wait = self
+            .wait_argv("final", seconds)
+            .iter()
+            .map(|w| shell_quote(w))
+            .collect::<Vec<_>>()
+            .join(" ");
+        vec!["sh".into(), "-c".into(), format!("{marker} && exec {wait}")]
     }
 
     /// Tells the agent to roll back now (a health check failed).

@@ -92,7 +92,7 @@ with_timeout() {
   set -- /bin/sh "$0" activate -p "$PROFILE" -s "$1" -g "$2" -u "$RUNAS"
   if command -v setsid >/dev/null 2>&1; then setsid "$@" & else "$@" & fi
   pid=$!
-  ticks=0 limit=$((ACTIVATE * 5))
+  ticks=0 limit=$((ACTIVATE * 20))
   while kill -0 "$pid" 2>/dev/null; do
     if [ "$ticks" -ge "$limit" ]; then
       log "activation still running after ${ACTIVATE}s: killing it"
@@ -103,8 +103,7 @@ with_timeout() {
       wait "$pid" 2>/dev/null
       return 124
     fi
-    sleep 0.2
-    ticks=$((ticks + 1))
+    nap
   done
   wait "$pid"
 }
@@ -211,7 +210,9 @@ do_run() {
     return 0
   fi
   status waiting-confirmation
-  ticks=0 limit=$((CONFIRM * 5))
+  # Time is counted in 50 ms units: `nap` polls every 50 ms for the first seconds (when the confirmation
+  # comes), then every 200 ms.
+  ticks=0 limit=$((CONFIRM * 20))
   while [ "$ticks" -lt "$limit" ]; do
     if [ -f "$CONFIRM_FILE" ] && [ "$(cat "$CONFIRM_FILE" 2>/dev/null)" = "$ID" ]; then
       status confirmed
@@ -221,8 +222,7 @@ do_run() {
       if [ "$MAGIC" = 1 ] || [ "$AUTO" = 1 ]; then rollback health-check-failed; else status failed health-check-failed; fi
       return 0
     fi
-    sleep 0.2
-    ticks=$((ticks + 1))
+    nap
   done
   if [ "$MAGIC" = 1 ]; then
     rollback no-confirmation
@@ -232,8 +232,19 @@ do_run() {
   fi
 }
 
-state_of() { sed -n 's/.*"state":"\([^"]*\)".*/\1/p' "$STATUS" 2>/dev/null; }
-id_of() { sed -n 's/.*"id":"\([^"]*\)".*/\1/p' "$STATUS" 2>/dev/null; }
+# Sleeps one poll interval and counts it in $ticks (50 ms units): 50 ms for the first 3 s, then 200 ms. Short
+# waits (a confirmation, a quick activation) end within 50 ms of the event; long ones cost few wake-ups.
+nap() {
+  if [ "$ticks" -lt 60 ]; then sleep 0.05; ticks=$((ticks + 1)); else sleep 0.2; ticks=$((ticks + 4)); fi
+}
+
+# Reads the status record into $REC, $REC_ID and $REC_STATE with shell builtins only (no fork per poll).
+read_record() {
+  REC= REC_ID= REC_STATE=
+  [ -r "$STATUS" ] && IFS= read -r REC < "$STATUS" 2>/dev/null
+  case $REC in *'"id":"'*) REC_ID=${REC#*\"id\":\"}; REC_ID=${REC_ID%%\"*} ;; esac
+  case $REC in *'"state":"'*) REC_STATE=${REC#*\"state\":\"}; REC_STATE=${REC_STATE%%\"*} ;; esac
+}
 
 # With -l N: copies the agent log's lines after line N to stderr as they appear (progress for the deployer).
 follow_log() {
@@ -247,18 +258,20 @@ follow_log() {
 
 # Blocks until this deploy's record reaches the wanted stage, then prints it.
 do_wait() {
-  ticks=0 limit=$((TIMEOUT * 5))
+  ticks=0 limit=$((TIMEOUT * 20))
   while :; do
     follow_log
-    if [ "$(id_of)" = "$ID" ]; then
-      case $WAITFOR:$(state_of) in
+    read_record
+    if [ "$REC_ID" = "$ID" ]; then
+      case $WAITFOR:$REC_STATE in
         ready:waiting-confirmation | *:confirmed | *:rolled-back | *:failed | *:rollback-failed | *:dry-activated)
-          cat "$STATUS"
+          follow_log
+          echo "$REC"
           return 0 ;;
       esac
     fi
     # The record is not ours yet and no agent holds the lock: it died (or never started).
-    if [ "$(id_of)" != "$ID" ] && [ "$ticks" -ge 25 ] && ! lock_holder >/dev/null; then
+    if [ "$REC_ID" != "$ID" ] && [ "$ticks" -ge 100 ] && ! lock_holder >/dev/null; then
       echo "nixpave-agent: the agent of deploy $ID is not running; see $LOG" >&2
       return 4
     fi
@@ -267,8 +280,7 @@ do_wait() {
       cat "$STATUS" >&2 2>/dev/null
       return 3
     fi
-    sleep 0.2
-    ticks=$((ticks + 1))
+    nap
   done
 }
 

@@ -93,6 +93,14 @@ pub enum Event {
         /// The line.
         line: String,
     },
+    /// How far the host's push is (paths, bytes), at most a few times a second. Renderers show it on a
+    /// terminal only; `--json` leaves it out.
+    Progress {
+        /// Node name.
+        host: String,
+        /// E.g. `3/10 paths, 12.5/50.0 MiB`.
+        text: String,
+    },
     /// A wave of the rollout starts.
     Wave {
         /// Wave number, from 1.

@@ -74,7 +74,208 @@ pub fn build_all_rooted(hosts: &[Host], opts: &DeployOptions) -> Result<Built, B
         .collect();
     drvs.sort();
     drvs.dedup();
-    let roots = tempfile::Builder::new()
+    let roots = roots_dir()?;
+    crate::timing::timed("-", "build", || {
+        nixpave_nix::build::build_derivations_rooted(&drvs, &opts.nix, &roots.path().join("result"))
+    })
+    .map_err(BuildError)?;
+    Ok(Built {
+        count: drvs.len(),
+        _roots: Some(roots),
+    })
+}
+
+/// The fleet's build as it runs, shared by the build thread and the hosts: a host goes on to push as soon as
+/// its own profiles are built, while the others still build ([`Builds::run`], [`Builds::wait_for`]).
+pub struct Builds {
+    /// Derivation → its output, for the derivations this build makes.
+    outputs: std::collections::HashMap<String, String>,
+    state: Mutex<BuildState>,
+    changed: std::sync::Condvar,
+    /// Keeps the outputs GC roots until dropped.
+    roots: Option<tempfile::TempDir>,
+}
+
+#[derive(Default)]
+struct BuildState {
+    built: std::collections::HashSet<String>,
+    /// `Some` once the nix build ended: `Err` with why it failed.
+    ended: Option<Result<(), String>>,
+}
+
+impl std::fmt::Debug for Builds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builds")
+            .field("derivations", &self.outputs.len())
+            .finish()
+    }
+}
+
+impl Builds {
+    /// The build of every derivation of `hosts` (none with `build_on_target`, none of `remoteBuild` nodes).
+    /// Derivations whose output is already valid in the store count as built from the start.
+    pub fn new(hosts: &[Host], opts: &DeployOptions) -> Result<Builds, BuildError> {
+        let outputs: std::collections::HashMap<String, String> = if opts.build_on_target {
+            Default::default()
+        } else {
+            hosts
+                .iter()
+                .filter(|h| !h.settings.remote_build)
+                .flat_map(|h| &h.profiles)
+                .filter_map(|p| match &p.path {
+                    ProfilePath::Derivation { drv_path, out_path } => {
+                        Some((drv_path.clone(), out_path.clone()))
+                    }
+                    ProfilePath::Store(_) => None,
+                })
+                .collect()
+        };
+        let roots = if outputs.is_empty() {
+            None
+        } else {
+            Some(roots_dir()?)
+        };
+        let builds = Builds {
+            outputs,
+            state: Mutex::new(BuildState::default()),
+            changed: std::sync::Condvar::new(),
+            roots,
+        };
+        builds.refresh(&opts.nix);
+        Ok(builds)
+    }
+
+    /// Runs the one `nix build` (call it on a thread of its own); `progress` hears (built, to build) as it
+    /// changes. Returns how many derivations were asked for.
+    pub fn run(
+        &self,
+        opts: &DeployOptions,
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<usize, BuildError> {
+        let mut drvs: Vec<String> = self.outputs.keys().cloned().collect();
+        drvs.sort();
+        let result = match &self.roots {
+            None => Ok(Default::default()),
+            Some(roots) => crate::timing::timed("-", "build", || {
+                nixpave_nix::build::build_derivations_streaming(
+                    &drvs,
+                    &opts.nix,
+                    &roots.path().join("result"),
+                    &mut |event| self.heard(event, &opts.nix, progress),
+                )
+            }),
+        };
+        let mut state = self.lock();
+        match &result {
+            Ok(_) => {
+                state.built.extend(drvs.iter().cloned());
+                state.ended = Some(Ok(()));
+            }
+            Err(e) => state.ended = Some(Err(e.to_string())),
+        }
+        drop(state);
+        self.changed.notify_all();
+        result.map(|_| drvs.len()).map_err(BuildError)
+    }
+
+    fn heard(
+        &self,
+        event: nixpave_nix::progress::LogEvent,
+        nix: &nixpave_nix::invoke::NixOptions,
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) {
+        use nixpave_nix::progress::LogEvent;
+        // nix 2.8 ends a build's activity only when the whole build ends, but counts it done at once. On every
+        // count, outputs that nix has finished writing (canonicalised: mtime 1) are candidates, and those the
+        // store says are valid are built. Without a sandbox a build writes its output in place, so existing
+        // is not enough.
+        if let LogEvent::Builds { done, expected, .. } = event {
+            progress(done, expected);
+        }
+        if matches!(event, LogEvent::Builds { .. } | LogEvent::BuildStopped(_)) {
+            self.refresh(nix);
+        }
+    }
+
+    /// Marks the outputs that are now valid in the store as built.
+    fn refresh(&self, nix: &nixpave_nix::invoke::NixOptions) {
+        let candidates: Vec<(String, String)> = {
+            let state = self.lock();
+            self.outputs
+                .iter()
+                .filter(|(drv, out)| !state.built.contains(*drv) && finished_writing(out))
+                .map(|(d, o)| (d.clone(), o.clone()))
+                .collect()
+        };
+        if candidates.is_empty() {
+            return;
+        }
+        let mut args = vec![
+            "--check-validity".to_string(),
+            "--print-invalid".to_string(),
+        ];
+        args.extend(candidates.iter().map(|(_, out)| out.clone()));
+        let Ok(out) = nixpave_nix::invoke::run_nix("nix-store", &args, nix, &[]) else {
+            return;
+        };
+        let invalid: std::collections::HashSet<&str> = out.stdout.lines().map(str::trim).collect();
+        let mut state = self.lock();
+        state.built.extend(
+            candidates
+                .into_iter()
+                .filter(|(_, out)| !invalid.contains(out.as_str()))
+                .map(|(drv, _)| drv),
+        );
+        drop(state);
+        self.changed.notify_all();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BuildState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until every derivation of `host` that this build makes is built. `Err` says why not (the build
+    /// failed, or Ctrl-C).
+    pub fn wait_for(&self, host: &Host) -> Result<(), String> {
+        let wanted: Vec<&str> = host
+            .profiles
+            .iter()
+            .filter_map(|p| p.path.drv_path())
+            .filter(|d| self.outputs.contains_key(*d))
+            .collect();
+        let mut state = self.lock();
+        loop {
+            if wanted.iter().all(|d| state.built.contains(*d)) {
+                return Ok(());
+            }
+            if let Some(Err(e)) = &state.ended {
+                return Err(format!("building its profile failed: {e}"));
+            }
+            if state.ended.is_some() {
+                return Err("the build ended without building its profile".into());
+            }
+            if nixpave_remote::cancel::is_cancelled() {
+                return Err("interrupted while waiting for the build".into());
+            }
+            state = self
+                .changed
+                .wait_timeout(state, std::time::Duration::from_millis(200))
+                .map(|(guard, _)| guard)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+}
+
+/// True when the store path `out` exists with nix's canonical mtime (1 s after the epoch): nix is done
+/// writing it (it may still be registering it).
+fn finished_writing(out: &str) -> bool {
+    std::fs::symlink_metadata(out)
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| t == std::time::UNIX_EPOCH + std::time::Duration::from_secs(1))
+}
+
+fn roots_dir() -> Result<tempfile::TempDir, BuildError> {
+    tempfile::Builder::new()
         .prefix("nixpave-roots-")
         .tempdir()
         .map_err(|e| {
@@ -82,13 +283,7 @@ pub fn build_all_rooted(hosts: &[Host], opts: &DeployOptions) -> Result<Built, B
                 command: "creating a directory for the build's GC roots".into(),
                 source: e,
             })
-        })?;
-    nixpave_nix::build::build_derivations_rooted(&drvs, &opts.nix, &roots.path().join("result"))
-        .map_err(BuildError)?;
-    Ok(Built {
-        count: drvs.len(),
-        _roots: Some(roots),
-    })
+        })
 }
 
 /// Building the flakes' checks failed: nothing was deployed.
@@ -103,7 +298,10 @@ pub fn build_checks(
     opts: &DeployOptions,
 ) -> Result<usize, CheckError> {
     let drvs: Vec<String> = checks.values().cloned().collect();
-    nixpave_nix::build::build_derivations(&drvs, &opts.nix).map_err(CheckError)?;
+    crate::timing::timed("-", "checks", || {
+        nixpave_nix::build::build_derivations(&drvs, &opts.nix)
+    })
+    .map_err(CheckError)?;
     Ok(drvs.len())
 }
 

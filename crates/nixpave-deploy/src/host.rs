@@ -16,6 +16,7 @@ use crate::health;
 use crate::inventory::{Host, Profile};
 use crate::keys::UploadAt;
 use crate::status::{probe, probe_with_keys, AgentState, StatusRecord};
+use crate::timing;
 
 /// How a deploy runs (command-line options).
 #[derive(Debug, Clone)]
@@ -34,6 +35,11 @@ pub struct DeployOptions {
     pub force: bool,
     /// Options for local nix calls.
     pub nix: NixOptions,
+    /// The fleet's build running alongside (streaming): a host waits for its own profiles before pushing.
+    /// `None`: everything was built before the deploy started.
+    pub builds: Option<std::sync::Arc<crate::fleet::Builds>>,
+    /// Push through this binary cache (once per closure) and let the targets fetch from it.
+    pub cache: Option<std::sync::Arc<crate::cache::Cache>>,
 }
 
 impl Default for DeployOptions {
@@ -46,6 +52,8 @@ impl Default for DeployOptions {
             build_on_target: false,
             force: false,
             nix: NixOptions::default(),
+            builds: None,
+            cache: None,
         }
     }
 }
@@ -104,7 +112,7 @@ impl Run<'_> {
             salt,
         };
         run.phase(Phase::Connect);
-        let conn = connector.connect(host).map_err(|e| {
+        let conn = timing::timed(&host.name, "connect", || connector.connect(host)).map_err(|e| {
             let mut r = run.report(
                 Outcome::Failed,
                 format!("cannot connect to {}: {e}", host.hostname),
@@ -172,19 +180,30 @@ fn deploy_connected(
         .collect();
     let key_refs: Vec<(&str, &std::path::Path)> =
         key_dests.iter().map(|(n, d)| (*n, d.as_path())).collect();
-    let before =
-        probe_with_keys(t, &host.profiles, true, &key_refs).map_err(transport_err(Phase::Probe))?;
+    let before = timing::timed(&host.name, "probe", || {
+        probe_with_keys(t, &host.profiles, true, &key_refs)
+    })
+    .map_err(transport_err(Phase::Probe))?;
 
-    // A no-op: every profile already on the wanted path, confirmed by its last deploy.
+    // A no-op: every profile already on the wanted path, confirmed by its last deploy. A profile that another
+    // tool deployed (no record of nixpave's) counts when it is on the wanted path and, for a system, that
+    // system is the running one: the same one round trip as nixpave's own no-op, no re-activation.
     let unchanged = opts.goal == Goal::Switch
         && !opts.force
         && !opts.reboot
-        && host.profiles.iter().zip(&before.profiles).all(|(p, s)| {
-            s.current.as_deref() == Some(p.path.out_path())
-                && s.last.as_ref().is_some_and(|r| {
-                    r.state == AgentState::Confirmed && r.path == p.path.out_path()
-                })
-        });
+        && host
+            .profiles
+            .iter()
+            .zip(&before.profiles)
+            .enumerate()
+            .all(|(i, (p, s))| {
+                let wanted = p.path.out_path();
+                s.current.as_deref() == Some(wanted)
+                    && match &s.last {
+                        Some(r) => r.state == AgentState::Confirmed && r.path == wanted,
+                        None => s.wanted_system.is_none() || before.runs_wanted_system(i, wanted),
+                    }
+            });
     if unchanged {
         // Keys live apart from the system (under /run/keys they are gone after a reboot): a key whose
         // contents, mode or owner differ from the inventory's is uploaded even though the system is unchanged.
@@ -232,7 +251,12 @@ fn deploy_connected(
         .map(|(p, _)| p.path.out_path().to_string())
         .collect();
     if !missing.is_empty() {
-        push(run, conn, opts, &missing)?;
+        if let Some(builds) = &opts.builds {
+            run.phase(Phase::Push);
+            timing::timed(&host.name, "build-wait", || builds.wait_for(host))
+                .map_err(|e| StepError::new(Phase::Push, e))?;
+        }
+        timing::timed(&host.name, "push", || push(run, conn, opts, &missing))?;
     }
 
     upload_keys(run, t, UploadAt::PreActivation)?;
@@ -406,9 +430,44 @@ fn push(
         run.log("built on the host");
         return Ok(());
     }
-    nixpave_nix::copy::copy_closure(&to, paths, &opts.nix)
-        .map_err(|e| StepError::new(Phase::Push, e.to_string()))?;
-    run.log(format!("pushed {} path(s)", paths.len()));
+    if let Some(cache) = &opts.cache {
+        // One upload for the fleet: the first host that needs a closure pushes it to the cache, the others
+        // wait for that push; then each target fetches from the cache by itself.
+        timing::timed(&host.name, "cache-push", || cache.push(paths, &opts.nix))
+            .map_err(|e| StepError::new(Phase::Push, format!("pushing to the cache: {e}")))?;
+        let out = timing::timed(&host.name, "cache-fetch", || {
+            conn.transport().run(&cache.fetch_argv(paths), None)
+        })
+        .map_err(transport_err(Phase::Push))?;
+        if !out.success() {
+            return Err(StepError {
+                phase: Phase::Push,
+                message: format!(
+                    "fetching from the cache {} failed (exit {:?})",
+                    cache.substituter, out.status
+                ),
+                log_tail: out.stderr_tail(10).lines().map(String::from).collect(),
+            });
+        }
+        run.log(format!("fetched {} path(s) from the cache", paths.len()));
+        return Ok(());
+    }
+    let mut progress = nixpave_nix::progress::CopyProgress::default();
+    let mut shown = Instant::now();
+    nixpave_nix::copy::copy_closure_streaming(&to, paths, &opts.nix, &mut |event| {
+        if progress.add(&event) && shown.elapsed() >= Duration::from_millis(250) {
+            shown = Instant::now();
+            (run.emit)(Event::Progress {
+                host: host.name.clone(),
+                text: progress.text(),
+            });
+        }
+    })
+    .map_err(|e| StepError::new(Phase::Push, e.to_string()))?;
+    run.log(format!(
+        "pushed {} path(s)",
+        paths.len().max(progress.paths.1 as usize)
+    ));
     Ok(())
 }
 
@@ -462,6 +521,7 @@ fn activate_profile(
     a.confirm_timeout += health::budget_seconds(&run.host.health_checks);
     a.health_checks = !run.host.health_checks.is_empty() && opts.goal != Goal::DryActivate;
     run.phase(Phase::Activate);
+    let since = Instant::now();
     let launched = t.run_streaming(
         &["sh".into(), "-c".into(), a.launch_script()],
         Some(AGENT_SCRIPT.as_bytes()),
@@ -471,6 +531,7 @@ fn activate_profile(
             }
         },
     );
+    timing::record(&run.host.name, "activate", since);
     // A lost connection here does not stop the agent: find out what it did.
     let ready = match launched {
         Ok(out) if out.success() => parse_record(&out.stdout_str()),
@@ -497,6 +558,7 @@ fn activate_profile(
     }
 
     run.phase(Phase::HealthCheck);
+    let since = Instant::now();
     let mut failures = Vec::new();
     for check in &run.host.health_checks {
         let started = Instant::now();
@@ -508,6 +570,9 @@ fn activate_profile(
             )),
             Err(f) => failures.push(f),
         }
+    }
+    if !run.host.health_checks.is_empty() {
+        timing::record(&run.host.name, "health", since);
     }
     if !failures.is_empty() {
         for f in &failures {
@@ -547,21 +612,36 @@ fn activate_profile(
     run.phase(Phase::Confirm);
     // Magic rollback wants the proof that a new login still works; without it the verdict of the health
     // checks goes over the existing connection.
+    // The proof login also waits for the final record: confirmation and final wait in one round trip. Should
+    // it not see the record in time, the wait goes on over the master connection.
+    let since = Instant::now();
+    let argv = a.confirm_and_wait_argv(CONFIRM_WAIT_SECONDS);
     let confirmed = if a.magic_rollback {
-        conn.run_fresh_login(&a.confirm_argv())
+        conn.run_fresh_login(&argv)
     } else {
-        t.run(&a.confirm_argv(), None)
+        t.run(&argv, None)
     };
+    timing::record(&run.host.name, "confirm", since);
     match confirmed {
-        Ok(out) if out.success() => {}
-        Ok(out) => run.log(format!(
-            "confirmation over a new connection failed: {}",
-            out.stderr_tail(3)
-        )),
+        Ok(out) => {
+            if let Some(r) = parse_record(&out.stdout_str()).filter(|r| r.is_final()) {
+                return Ok(r);
+            }
+            if !out.success() {
+                run.log(format!(
+                    "confirmation over a new connection failed: {}",
+                    out.stderr_tail(3)
+                ));
+            }
+        }
         Err(e) => run.log(format!("new ssh connection failed, not confirming: {e}")),
     }
-    wait_final(run, t, &a, profile)
+    timing::timed(&run.host.name, "wait", || wait_final(run, t, &a, profile))
 }
+
+/// How long the confirmation login waits for the agent's final record before the wait moves to the master
+/// connection (the agent sees the confirmation within 50 ms; a rollback it starts instead takes longer).
+const CONFIRM_WAIT_SECONDS: u64 = 20;
 
 /// Waits (retrying over a lost connection) until the agent's record is final.
 fn wait_final(

@@ -338,22 +338,74 @@ impl Inventory {
     }
 
     /// [`from_flake`](Self::from_flake), also collecting the derivations of the flake's
-    /// `checks.<current system>` in the same evaluation when `checks` is true.
+    /// `checks.<current system>` in the same evaluation when `checks` is true. At most
+    /// [`eval_node_limit`] nodes are evaluated by one nix process.
     pub fn load_flake(
         flake: &str,
         selection: &Selection,
         checks: bool,
         opts: &nixpave_nix::invoke::NixOptions,
     ) -> Result<Inventory, InventoryError> {
-        let function = eval_apply_function(selection, checks);
-        let value =
-            nixpave_nix::flake::eval_flake_json(flake, &function, opts).map_err(|source| {
-                InventoryError::Eval {
-                    flake: flake.to_string(),
-                    source,
+        Self::load_flake_chunked(flake, selection, checks, eval_node_limit(), opts)
+    }
+
+    /// [`load_flake`](Self::load_flake) with at most `limit` nodes per `nix eval` (colmena's
+    /// `--eval-node-limit`): a fleet up to `limit` nodes is one evaluation; a larger one is first listed
+    /// (names only: no system is evaluated), then evaluated `limit` nodes at a time, one process after the
+    /// other, so the evaluator's memory stays that of `limit` systems whatever the fleet's size.
+    pub fn load_flake_chunked(
+        flake: &str,
+        selection: &Selection,
+        checks: bool,
+        limit: usize,
+        opts: &nixpave_nix::invoke::NixOptions,
+    ) -> Result<Inventory, InventoryError> {
+        let limit = limit.max(1);
+        let eval = |function: String| {
+            crate::timing::timed("-", "eval", || {
+                nixpave_nix::flake::eval_flake_json(flake, &function, opts)
+            })
+            .map_err(|source| InventoryError::Eval {
+                flake: flake.to_string(),
+                source,
+            })
+        };
+        let first = eval(eval_chunk_function(selection, checks, None, limit))?;
+        let Some(names) = first
+            .get("_nixpaveNames")
+            .and_then(|n| n.as_array())
+            .cloned()
+        else {
+            return Self::from_json(first, selection);
+        };
+        let names: Vec<String> = names
+            .iter()
+            .filter_map(|n| n.as_str().map(String::from))
+            .collect();
+        let mut merged: Option<serde_json::Value> = None;
+        for (i, chunk) in names.chunks(limit).enumerate() {
+            let part = eval(eval_chunk_function(
+                selection,
+                checks && i == 0,
+                Some(chunk),
+                limit,
+            ))?;
+            match &mut merged {
+                None => merged = Some(part),
+                Some(all) => {
+                    if let (Some(into), Some(from)) = (
+                        all.get_mut("nodes").and_then(|n| n.as_object_mut()),
+                        part.get("nodes").and_then(|n| n.as_object()),
+                    ) {
+                        into.extend(from.clone());
+                    }
                 }
-            })?;
-        Self::from_json(value, selection)
+            }
+        }
+        Self::from_json(
+            merged.unwrap_or_else(|| serde_json::json!({ "nodes": {} })),
+            selection,
+        )
     }
 }
 
@@ -365,8 +417,41 @@ impl Inventory {
 ///
 /// With `checks`, the result also has `_nixpaveChecks`: the drvPath of every `checks.<currentSystem>` entry.
 pub fn eval_apply_function(selection: &Selection, checks: bool) -> String {
+    eval_chunk_function(selection, checks, None, usize::MAX)
+}
+
+/// Nodes one `nix eval` evaluates at most, as colmena's heuristic has it: the memory available now, less
+/// 1 GiB for the system, at 512 MiB per node (at least one node).
+pub fn eval_node_limit() -> usize {
+    let available_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemAvailable:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    (available_kib.saturating_sub(1024 * 1024) / (512 * 1024)).max(1) as usize
+}
+
+/// [`eval_apply_function`] for the nodes `only` (all selected ones when `None`); when more than `limit` nodes
+/// are selected and `only` is `None`, the function returns just `{ _nixpaveNames = [ … ]; }` (nothing else is
+/// forced), for evaluating them in chunks.
+pub fn eval_chunk_function(
+    selection: &Selection,
+    checks: bool,
+    only: Option<&[String]>,
+    limit: usize,
+) -> String {
     let selectors = nixpave_nix::flake::nix_string(&selection.to_nix_json().to_string());
     let checks = if checks { "true" } else { "false" };
+    let only = match only {
+        Some(names) => {
+            nixpave_nix::flake::nix_string(&serde_json::Value::from(names.to_vec()).to_string())
+        }
+        None => "\"null\"".to_string(),
+    };
+    let limit = limit.min(1 << 30);
     format!(
         r#"flake:
 let
@@ -385,11 +470,14 @@ let
       then builtins.mapAttrs (_: p: p // {{ path = pathInfo p.path; }}) node.profiles
       else {{ system = {{ path = pathInfo (toplevel name); }}; }};
   }} // (if node ? keys then {{ keys = builtins.mapAttrs (_: keyInfo) node.keys; }} else {{ }});
-  names = builtins.filter (n: selected n deploy.nodes.${{n}}) (builtins.attrNames deploy.nodes);
+  only = builtins.fromJSON {only};
+  allNames = builtins.filter (n: selected n deploy.nodes.${{n}}) (builtins.attrNames deploy.nodes);
+  names = if only == null then allNames else builtins.filter (n: builtins.elem n only) allNames;
   checks = if {checks}
     then builtins.mapAttrs (_: c: c.drvPath) (flake.checks.${{builtins.currentSystem}} or {{ }})
     else {{ }};
-in (builtins.removeAttrs deploy [ "nodes" ]) // {{
+in if only == null && builtins.length names > {limit} then {{ _nixpaveNames = names; }}
+else (builtins.removeAttrs deploy [ "nodes" ]) // {{
   nodes = builtins.listToAttrs (map (n: {{ name = n; value = nodeInfo n deploy.nodes.${{n}}; }}) names);
   _nixpaveChecks = checks;
 }}"#

@@ -29,6 +29,7 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod cache;
 pub mod connection;
 pub mod event;
 pub mod fleet;
@@ -42,6 +43,7 @@ pub mod select;
 pub mod settings;
 pub mod ssh;
 pub mod status;
+pub mod timing;
 
 pub use agent::Goal;
 pub use connection::{Connection, Connector, LocalConnector};

@@ -331,3 +331,45 @@ fn a_profile_of_another_user_is_activated_as_that_user() {
     let log = std::fs::read_to_string(sb.dir.path().join("state/system.log")).expect("log");
     assert!(log.contains("switch (as nobody)"), "{log}");
 }
+
+#[test]
+fn a_profile_another_tool_deployed_on_the_wanted_path_is_a_no_op_unless_its_system_is_not_running()
+{
+    // deploy-rs-style profile (no bin/switch-to-configuration), set by hand as another tool would: nixpave
+    // finds it on the wanted path with no record of its own and leaves it alone.
+    let sb = Sandbox::new();
+    let app = build_system(&[("tag", &unique("foreign")), ("kind", "activate")]);
+    let set = |sb: &Sandbox, path: &str| {
+        let out = std::process::Command::new("nix-env")
+            .arg("-p")
+            .arg(sb.profile())
+            .args(["--set", path])
+            .output()
+            .expect("nix-env");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let host = sb.host(&app, serde_json::json!({}));
+    set(&sb, &app);
+    let report = deploy(&host, Goal::Switch);
+    assert_eq!(report.outcome, Outcome::Unchanged, "{report:?}");
+    assert!(
+        !sb.dir.path().join("state/system.log").exists(),
+        "the agent never ran"
+    );
+    // A system on the wanted path that is not the running one (this machine runs no such system) is
+    // activated as usual.
+    let sb = Sandbox::new();
+    let sys = build_system(&[("tag", &unique("foreignsys"))]);
+    let host = sb.host(&sys, serde_json::json!({}));
+    set(&sb, &sys);
+    let report = deploy(&host, Goal::Switch);
+    assert_eq!(report.outcome, Outcome::Deployed, "{report:?}");
+    assert!(
+        sb.dir.path().join("state/system.log").exists(),
+        "the agent ran"
+    );
+}

@@ -191,3 +191,44 @@ fn built_profiles_stay_gc_roots_until_the_deploy_ends() {
         String::from_utf8_lossy(&deleted.stderr)
     );
 }
+
+#[test]
+fn large_fleets_are_listed_without_evaluating_systems_then_evaluated_in_chunks() {
+    nix_conf_dir();
+    // Listing the nodes of a fleet larger than the limit forces no system: these would all throw.
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("flake.nix"),
+        r#"{ outputs = { self }: { deploy.nodes = builtins.listToAttrs (map (n: { name = n;
+             value = { hostname = n; profiles.system.path = throw "system ${n} evaluated"; }; })
+             [ "a" "b" "c" ]); }; }"#,
+    )
+    .expect("flake");
+    let flake = FlakeTarget::parse(&format!("path:{}", dir.path().display()));
+    let function =
+        nixpave_deploy::inventory::eval_chunk_function(&Selection::default(), true, None, 2);
+    let listed =
+        nixpave_nix::flake::eval_flake_json(&flake.flake, &function, &NixOptions::default())
+            .expect("listing forces no system");
+    assert_eq!(
+        listed,
+        serde_json::json!({ "_nixpaveNames": ["a", "b", "c"] })
+    );
+
+    // One node per evaluation gives the same fleet as one evaluation of all.
+    let fixtures = FlakeTarget::parse(&fixtures().display().to_string());
+    let whole = eval(&Selection::default());
+    let chunked = Inventory::load_flake_chunked(
+        &fixtures.flake,
+        &Selection::default(),
+        false,
+        1,
+        &NixOptions::default(),
+    )
+    .expect("evaluates in chunks");
+    assert_eq!(
+        serde_json::to_value(&chunked.hosts).expect("json"),
+        serde_json::to_value(&whole.hosts).expect("json")
+    );
+    assert_eq!(chunked.checks, whole.checks);
+}

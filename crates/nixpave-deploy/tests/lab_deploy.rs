@@ -709,3 +709,192 @@ fn agent_runs_on_a_nixos_shaped_host_with_an_empty_or_a_systemd_environment() {
     assert!(!record.contains("envbare3"), "{record}");
     assert_eq!(profile_of(h), next);
 }
+
+#[test]
+fn a_host_pushes_as_soon_as_its_own_profile_is_built() {
+    // Streaming: host1's profile builds at once, host2's takes 6 s; host1 is deployed while host2's still
+    // builds, and host2 follows once its build is done.
+    let lab = Lab::up(2).expect("lab up");
+    let conn = connector(&lab);
+    let quick = instantiate_system(&[("tag", &unique("quick"))]);
+    let slow = instantiate_system(&[("tag", &unique("slow")), ("buildDelay", "6")]);
+    let mut nodes = serde_json::Map::new();
+    for (h, path) in lab.hosts().iter().zip([&quick, &slow]) {
+        nodes.insert(
+            h.name().to_string(),
+            serde_json::json!({ "hostname": h.name(), "stateDir": STATE_DIR,
+                                "profiles": { "system": { "path": path } } }),
+        );
+    }
+    let hosts = inventory(serde_json::Value::Object(nodes)).hosts;
+    let mut opts = DeployOptions::default();
+    let builds =
+        std::sync::Arc::new(nixpave_deploy::fleet::Builds::new(&hosts, &opts).expect("builds"));
+    opts.builds = Some(std::sync::Arc::clone(&builds));
+    let started = Instant::now();
+    let finished: std::sync::Mutex<Vec<(String, Duration)>> = Default::default();
+    let sink = |e: Event| {
+        if let Event::Finished { report } = e {
+            finished
+                .lock()
+                .expect("lock")
+                .push((report.host, started.elapsed()));
+        }
+    };
+    let (report, built) = std::thread::scope(|s| {
+        let build = s.spawn(|| builds.run(&opts, &|_, _| {}));
+        let report = deploy_fleet(&hosts, &conn, &opts, &RolloutSettings::default(), &sink);
+        (report, build.join().expect("build thread"))
+    });
+    assert_eq!(built.expect("built"), 2);
+    assert!(report.all_ok(), "{:?}", report.hosts);
+    let finished = finished.into_inner().expect("lock");
+    let at = |name: &str| {
+        finished
+            .iter()
+            .find(|(h, _)| h == name)
+            .map(|(_, t)| *t)
+            .expect("finished")
+    };
+    assert!(
+        at("host1") < Duration::from_secs(5),
+        "host1 waited for host2's build: {finished:?}"
+    );
+    assert!(at("host2") >= Duration::from_secs(6), "{finished:?}");
+    assert_eq!(
+        profile_of(&lab.hosts()[1]),
+        slow["out"].as_str().expect("out")
+    );
+}
+
+/// A minimal HTTP file server (GET only) on `addr`, counting the `.narinfo` requests per client address:
+/// enough for nix's HTTP binary cache protocol.
+fn serve_dir(
+    addr: &str,
+    dir: std::path::PathBuf,
+) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, Write};
+    let listener = std::net::TcpListener::bind((addr, 0)).expect("bind on the bridge");
+    let port = listener.local_addr().expect("addr").port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = std::sync::Arc::clone(&seen);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let dir = dir.clone();
+            let log = std::sync::Arc::clone(&log);
+            std::thread::spawn(move || {
+                let peer = stream
+                    .peer_addr()
+                    .map(|a| a.ip().to_string())
+                    .unwrap_or_default();
+                let mut reader = std::io::BufReader::new(stream.try_clone().expect("clone"));
+                let mut out = stream;
+                loop {
+                    let mut request = String::new();
+                    if reader.read_line(&mut request).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut line = String::new();
+                    while reader.read_line(&mut line).unwrap_or(0) > 2 {
+                        line.clear();
+                    }
+                    let path = request.split_whitespace().nth(1).unwrap_or("/").to_string();
+                    if path.ends_with(".narinfo") {
+                        log.lock().expect("lock").push(peer.clone());
+                    }
+                    let file = dir.join(path.trim_start_matches('/'));
+                    let reply = match std::fs::read(&file) {
+                        Ok(body) if !path.contains("..") => {
+                            let mut r = format!(
+                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                                body.len()
+                            )
+                            .into_bytes();
+                            r.extend(body);
+                            r
+                        }
+                        _ => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec(),
+                    };
+                    if out.write_all(&reply).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, seen)
+}
+
+#[test]
+fn through_a_signed_binary_cache_the_closure_is_uploaded_once_and_every_target_fetches_it() {
+    let lab = Lab::up(3).expect("lab up");
+    let conn = connector(&lab);
+    let sys = build_system(&[("tag", &unique("cache"))]);
+    let work = tempfile::tempdir().expect("tempdir");
+    let cache_dir = work.path().join("cache");
+    let key = work.path().join("cache.sec");
+    let out = std::process::Command::new("nix")
+        .args([
+            "--extra-experimental-features",
+            "nix-command",
+            "key",
+            "generate-secret",
+        ])
+        .args(["--key-name", "nixpave-test-cache"])
+        .output()
+        .expect("nix key");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(&key, &out.stdout).expect("key");
+    // Served over HTTP from the lab's bridge address, as a deployer would serve it to its fleet.
+    let bridge = format!("10.77.{}.1", lab.state().subnet);
+    std::fs::create_dir_all(&cache_dir).expect("cache dir");
+    let (port, requests) = serve_dir(&bridge, cache_dir.clone());
+    let cache = nixpave_deploy::cache::Cache::new(
+        &format!(
+            "file://{}?secret-key={}&compression=none",
+            cache_dir.display(),
+            key.display()
+        ),
+        Some(&format!("http://{bridge}:{port}")),
+        None,
+        &Default::default(),
+    )
+    .expect("cache");
+    assert!(cache.public_key.starts_with("nixpave-test-cache:"));
+    let hosts = hosts(&lab, &vec![sys.clone(); 3], serde_json::json!({}));
+    let opts = DeployOptions {
+        cache: Some(std::sync::Arc::new(cache)),
+        ..Default::default()
+    };
+    let events = Events::default();
+    let sink = events.sink();
+    let report = deploy_fleet(&hosts, &conn, &opts, &RolloutSettings::default(), &sink);
+    assert!(report.all_ok(), "{:?}", report.hosts);
+    for h in lab.hosts() {
+        assert_eq!(profile_of(h), sys);
+    }
+    // One upload: the system's narinfo is in the cache once, signed.
+    let hash = sys
+        .trim_start_matches("/nix/store/")
+        .split('-')
+        .next()
+        .expect("hash");
+    let narinfo =
+        std::fs::read_to_string(cache_dir.join(format!("{hash}.narinfo"))).expect("narinfo");
+    assert!(narinfo.contains("Sig: nixpave-test-cache:"), "{narinfo}");
+    // Every target fetched it from the cache itself.
+    let mut peers = requests.lock().expect("lock").clone();
+    peers.sort();
+    peers.dedup();
+    let mut addresses: Vec<String> = lab
+        .hosts()
+        .iter()
+        .map(|h| h.address().to_string())
+        .collect();
+    addresses.sort();
+    assert_eq!(peers, addresses);
+}

@@ -29,10 +29,31 @@ pub fn build_derivations_rooted(
     build(drv_paths, opts, Some(out_link))
 }
 
+/// [`build_derivations_rooted`], telling `on_event` as it happens which derivation finished and how far the
+/// builds are (nix's `--log-format internal-json`, see [`crate::progress`]): a caller can go on with one
+/// derivation's output while others still build. A failure carries nix's error messages as text.
+pub fn build_derivations_streaming(
+    drv_paths: &[String],
+    opts: &NixOptions,
+    out_link: &std::path::Path,
+    on_event: &mut dyn FnMut(crate::progress::LogEvent),
+) -> Result<BTreeMap<String, String>, NixError> {
+    build_with(drv_paths, opts, Some(out_link), Some(on_event))
+}
+
 fn build(
     drv_paths: &[String],
     opts: &NixOptions,
     out_link: Option<&std::path::Path>,
+) -> Result<BTreeMap<String, String>, NixError> {
+    build_with(drv_paths, opts, out_link, None)
+}
+
+fn build_with(
+    drv_paths: &[String],
+    opts: &NixOptions,
+    out_link: Option<&std::path::Path>,
+    on_event: Option<&mut dyn FnMut(crate::progress::LogEvent)>,
 ) -> Result<BTreeMap<String, String>, NixError> {
     if drv_paths.is_empty() {
         return Ok(BTreeMap::new());
@@ -47,7 +68,10 @@ fn build(
             );
         }
     }
-    let out = run_nix("nix", &args, opts, &[])?;
+    let out = match on_event {
+        None => run_nix("nix", &args, opts, &[])?,
+        Some(on_event) => crate::progress::run_with_log(&args, opts, &[], on_event)?,
+    };
     let built = parse_build_json(&out.stdout)?;
     if let Some(missing) = drv_paths.iter().find(|d| !built.contains_key(*d)) {
         return Err(NixError::BadOutput {

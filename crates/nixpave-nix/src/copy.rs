@@ -40,6 +40,25 @@ pub fn copy_derivations(to: &CopyTo, drvs: &[String], opts: &NixOptions) -> Resu
 
 /// Copies the closures of `paths` to the destination store with one `nix copy`.
 pub fn copy_closure(to: &CopyTo, paths: &[String], opts: &NixOptions) -> Result<(), NixError> {
+    copy_closure_with(to, paths, opts, None)
+}
+
+/// [`copy_closure`], telling `on_event` how far the copy is (paths and bytes, see [`crate::progress`]).
+pub fn copy_closure_streaming(
+    to: &CopyTo,
+    paths: &[String],
+    opts: &NixOptions,
+    on_event: &mut dyn FnMut(crate::progress::LogEvent),
+) -> Result<(), NixError> {
+    copy_closure_with(to, paths, opts, Some(on_event))
+}
+
+fn copy_closure_with(
+    to: &CopyTo,
+    paths: &[String],
+    opts: &NixOptions,
+    on_event: Option<&mut dyn FnMut(crate::progress::LogEvent)>,
+) -> Result<(), NixError> {
     let mut args = experimental_args();
     args.extend(["copy", "--to"].map(String::from));
     args.push(to.store_uri.clone());
@@ -52,11 +71,10 @@ pub fn copy_closure(to: &CopyTo, paths: &[String], opts: &NixOptions) -> Result<
         timeout: opts.timeout.or(Some(COPY_TIMEOUT)),
         ..opts.clone()
     };
-    run_nix(
-        "nix",
-        &args,
-        &opts,
-        &[("NIX_SSHOPTS".into(), to.ssh_opts.clone())],
-    )?;
+    let env = [("NIX_SSHOPTS".to_string(), to.ssh_opts.clone())];
+    match on_event {
+        None => run_nix("nix", &args, &opts, &env)?,
+        Some(on_event) => crate::progress::run_with_log(&args, &opts, &env, on_event)?,
+    };
     Ok(())
 }

@@ -86,6 +86,38 @@ pub fn run_nix(
     opts: &NixOptions,
     env: &[(String, String)],
 ) -> Result<NixOutput, NixError> {
+    run_nix_streaming(program, args, opts, env, &mut |_, _| {})
+}
+
+/// [`run_nix`] with `stdin` as the command's input (secrets go there, never in argv).
+pub fn run_nix_with_stdin(
+    program: &str,
+    args: &[String],
+    opts: &NixOptions,
+    stdin: &[u8],
+) -> Result<NixOutput, NixError> {
+    run_nix_inner(program, args, opts, &[], Some(stdin), &mut |_, _| {})
+}
+
+/// [`run_nix`], handing every output line to `on_line` as it comes (for progress).
+pub fn run_nix_streaming(
+    program: &str,
+    args: &[String],
+    opts: &NixOptions,
+    env: &[(String, String)],
+    on_line: &mut dyn FnMut(nixpave_remote::OutputStream, &str),
+) -> Result<NixOutput, NixError> {
+    run_nix_inner(program, args, opts, env, None, on_line)
+}
+
+fn run_nix_inner(
+    program: &str,
+    args: &[String],
+    opts: &NixOptions,
+    env: &[(String, String)],
+    stdin: Option<&[u8]>,
+    on_line: &mut dyn FnMut(nixpave_remote::OutputStream, &str),
+) -> Result<NixOutput, NixError> {
     let command = std::iter::once(program.to_string())
         .chain(args.iter().cloned())
         .collect::<Vec<_>>()
@@ -96,7 +128,7 @@ pub fn run_nix(
     for (k, v) in opts.env.iter().chain(env) {
         cmd.env(k, v);
     }
-    let out = run_local(cmd, &command, opts.timeout)?;
+    let out = run_local_streaming(cmd, &command, opts.timeout, stdin, on_line)?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     if !out.success() {
@@ -116,14 +148,24 @@ pub(crate) fn run_local(
     command: &str,
     timeout: Option<Duration>,
 ) -> Result<nixpave_remote::CommandOutput, NixError> {
+    run_local_streaming(cmd, command, timeout, None, &mut |_, _| {})
+}
+
+fn run_local_streaming(
+    cmd: Command,
+    command: &str,
+    timeout: Option<Duration>,
+    stdin: Option<&[u8]>,
+    on_line: &mut dyn FnMut(nixpave_remote::OutputStream, &str),
+) -> Result<nixpave_remote::CommandOutput, NixError> {
     let run = ChildRun {
         host: "localhost",
         shown: command,
-        stdin: None,
+        stdin,
         timeout,
         cancellable: true,
     };
-    run_child(cmd, run, &mut |_, _| {}).map_err(|e| match e {
+    run_child(cmd, run, on_line).map_err(|e| match e {
         TransportError::Timeout { seconds, .. } => NixError::Timeout {
             command: command.to_string(),
             seconds,

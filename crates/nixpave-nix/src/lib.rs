@@ -9,6 +9,7 @@ pub mod copy;
 pub mod eval;
 pub mod flake;
 pub mod invoke;
+pub mod progress;
 pub mod version;
 
 pub use eval::{eval_file, eval_flake_attr, EvalError, NixArg};

@@ -52,6 +52,30 @@ pub fn build_system(args: &[(&str, &str)]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Instantiates (does not build) a variant of the fixture system: `{"drv": …, "out": …}` as a flake
+/// evaluation gives profile paths.
+pub fn instantiate_system(args: &[(&str, &str)]) -> serde_json::Value {
+    nix_conf_dir();
+    let mut cmd = Command::new("nix-instantiate");
+    cmd.arg(fixtures().join("system.nix"));
+    for (k, v) in args {
+        cmd.args(["--argstr", k, v]);
+    }
+    let out = cmd.output().expect("nix-instantiate runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let drv = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let q = Command::new("nix-store")
+        .args(["-q", "--outputs", &drv])
+        .output()
+        .expect("nix-store runs");
+    let out_path = String::from_utf8_lossy(&q.stdout).trim().to_string();
+    serde_json::json!({ "drv": drv, "out": out_path })
+}
+
 /// A unique tag for fixture generations (so every test builds its own variants).
 pub fn unique(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()

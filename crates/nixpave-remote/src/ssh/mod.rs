@@ -167,14 +167,18 @@ impl SshTransport {
     /// use the master: proves that a fresh login works (the magic-rollback check).
     pub fn run_fresh_login(&self, argv: &[String]) -> Result<CommandOutput, TransportError> {
         let mut cmd = Command::new("ssh");
+        let stdin = self.escalation.stdin(None);
         // First, so that neither the user's options nor their ssh_config can route the proof through a
         // connection that already exists.
         cmd.args(["-o", "ControlMaster=no", "-o", "ControlPath=none", "-T"])
-            .args(self.common_args())
-            .arg(&self.target.host)
+            .args(self.common_args());
+        if stdin.is_none() {
+            // Nothing secret (no sudo password) goes over this login.
+            cmd.args(fresh_login_kex());
+        }
+        cmd.arg(&self.target.host)
             .arg(shell_join(&self.escalation.wrap(argv)));
         let shown = shell_join(argv);
-        let stdin = self.escalation.stdin(None);
         let out = run_child(
             cmd,
             ChildRun {
@@ -199,7 +203,45 @@ impl SshTransport {
         }
         Ok(out)
     }
+}
 
+/// For the fresh-login proof when it carries no secrets (no sudo password on its stdin): curve25519 key exchange first (the rest of the
+/// default list behind it), after the user's own options so an explicit `-o KexAlgorithms` of theirs wins.
+/// OpenSSH 9.0 made the post-quantum hybrid sntrup761x25519 the default; its handshake costs several
+/// times the CPU on both ends, and a fleet deploy makes one such login per host. The master connection
+/// (keys, sudo passwords) keeps ssh's defaults. Empty for older clients (curve25519 is already first there).
+fn fresh_login_kex() -> &'static [&'static str] {
+    static MODERN: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+        Command::new("ssh")
+            .arg("-V")
+            .stdin(Stdio::null())
+            .output()
+            .ok()
+            .and_then(|o| openssh_major(&String::from_utf8_lossy(&o.stderr)))
+            .is_some_and(|major| major >= 9)
+    });
+    if *MODERN {
+        &[
+            "-o",
+            "KexAlgorithms=^curve25519-sha256,curve25519-sha256@libssh.org",
+        ]
+    } else {
+        &[]
+    }
+}
+
+/// The major version of `ssh -V`'s `OpenSSH_9.2p1 …`.
+fn openssh_major(version: &str) -> Option<u32> {
+    version
+        .trim()
+        .strip_prefix("OpenSSH_")?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
+}
+
+impl SshTransport {
     /// The host name ssh really connects to, after ssh_config and the user's options (`ssh -G`): an alias
     /// such as `web1` from a `-F` file becomes its `HostName`. Falls back to the target's host.
     pub fn resolved_host(&self) -> String {
@@ -388,6 +430,16 @@ fn is_flag_with_value(word: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn openssh_versions_are_read_from_ssh_v() {
+        assert_eq!(
+            openssh_major("OpenSSH_9.2p1 Debian-2+deb12u10, OpenSSL 3.0.19 27 Jan 2026\n"),
+            Some(9)
+        );
+        assert_eq!(openssh_major("OpenSSH_8.4p1 Debian-5+deb11u3"), Some(8));
+        assert_eq!(openssh_major("Sun_SSH_1.1"), None);
+    }
 
     #[test]
     fn nix_sshopts_leave_out_words_with_spaces_and_their_flags() {

@@ -152,6 +152,16 @@ pub struct DeployArgs {
     /// Evaluate and build, show the plan, change nothing on any host.
     #[arg(long)]
     dry_run: bool,
+    /// Push each closure once to this binary cache (`file://DIR?secret-key=FILE`, `s3://…`, `http(s)://…`,
+    /// `ssh-ng://…`) and let the targets fetch it from there in parallel, trusting its key for that call only.
+    #[arg(long, value_name = "STORE-URI")]
+    cache: Option<String>,
+    /// The URL targets fetch the cache from (needed for a local `file://` cache, e.g. served over HTTP).
+    #[arg(long, value_name = "URL", requires = "cache")]
+    cache_url: Option<String>,
+    /// The public key targets trust for the cache (default: derived from the URI's `secret-key=FILE`).
+    #[arg(long, value_name = "NAME:KEY", requires = "cache")]
+    cache_public_key: Option<String>,
     /// Deploy the one selected node to the machine nixpave runs on, without ssh (colmena's `apply-local`):
     /// same agent, health checks and auto rollback; the agent's own lockout checks stand in for the login
     /// proof.
@@ -338,6 +348,9 @@ pub fn run(args: DeployArgs) -> miette::Result<ExitCode> {
         remote_build: args.remote_build.then_some(true),
         ..Default::default()
     };
+    if !args.fleet.json && std::io::stderr().is_terminal() {
+        eprintln!("evaluating the fleet…");
+    }
     let fleet = match load_fleet(&args.fleet, overrides, !args.skip_checks, &nix) {
         Ok(f) => f,
         Err(e) => return Ok(e.exit()),
@@ -365,7 +378,7 @@ pub fn run(args: DeployArgs) -> miette::Result<ExitCode> {
         max_failures: args.max_failures,
         canary: args.canary,
     });
-    let opts = nixpave_deploy::DeployOptions {
+    let mut opts = nixpave_deploy::DeployOptions {
         goal,
         reboot: args.reboot,
         reboot_timeout: Duration::from_secs(args.reboot_timeout),
@@ -379,7 +392,20 @@ pub fn run(args: DeployArgs) -> miette::Result<ExitCode> {
         build_on_target: args.build_on_target,
         force: args.force,
         nix,
+        builds: None,
+        cache: None,
     };
+    if let Some(uri) = &args.cache {
+        match nixpave_deploy::cache::Cache::new(
+            uri,
+            args.cache_url.as_deref(),
+            args.cache_public_key.as_deref(),
+            &opts.nix,
+        ) {
+            Ok(cache) => opts.cache = Some(std::sync::Arc::new(cache)),
+            Err(e) => return Ok(CliError::from_error(exit::USAGE, e).exit()),
+        }
+    }
     let hosts = &fleet.inventory.hosts;
     if !args.fleet.json {
         eprintln!(
@@ -399,21 +425,38 @@ pub fn run(args: DeployArgs) -> miette::Result<ExitCode> {
             return Ok(CliError::from_error(exit::FAILED, e).exit());
         }
     }
-    // The built outputs stay GC roots until the deploy has ended.
-    let _built = match nixpave_deploy::fleet::build_all_rooted(hosts, &opts) {
-        Ok(built) => built,
-        Err(e) => return Ok(CliError::from_error(exit::FAILED, e).exit()),
-    };
     if args.dry_run {
+        // The built outputs stay GC roots until the plan is shown.
+        let _built = match nixpave_deploy::fleet::build_all_rooted(hosts, &opts) {
+            Ok(built) => built,
+            Err(e) => return Ok(CliError::from_error(exit::FAILED, e).exit()),
+        };
         print_plan(&fleet.inventory, &rollout, &opts, args.fleet.json)?;
         return Ok(exit::code(exit::OK));
     }
     if let Err(e) = nixpave_remote::cancel::install_signal_handlers() {
         tracing::warn!("cannot install the Ctrl-C handler: {e}");
     }
+    // Streaming: the build runs on its own thread while the hosts connect and probe; each host pushes as
+    // soon as its own profiles are built. The outputs stay GC roots until the deploy has ended.
+    let builds = match nixpave_deploy::fleet::Builds::new(hosts, &opts) {
+        Ok(b) => std::sync::Arc::new(b),
+        Err(e) => return Ok(CliError::from_error(exit::FAILED, e).exit()),
+    };
+    opts.builds = Some(std::sync::Arc::clone(&builds));
     let renderer = Renderer::new(args.fleet.json, hosts.iter().map(|h| h.name.clone()));
     let sink = |e: Event| renderer.event(e);
-    let mut report = nixpave_deploy::deploy_fleet(hosts, connector, &opts, &rollout, &sink);
+    let progress = |done: u64, expected: u64| renderer.build_progress(done, expected);
+    let (mut report, built) = std::thread::scope(|scope| {
+        let build = scope.spawn(|| builds.run(&opts, &progress));
+        let report = nixpave_deploy::deploy_fleet(hosts, connector, &opts, &rollout, &sink);
+        (report, build.join())
+    });
+    match built {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => renderer.note(&format!("{:?}", miette::Report::from_err(e))),
+        Err(_) => renderer.note("internal error: the build thread panicked"),
+    }
     if args.rollback_succeeded == Some(true) && goal != Goal::DryActivate {
         report = nixpave_deploy::fleet::revoke_succeeded(
             hosts, report, connector, goal, &rollout, &sink,
@@ -503,6 +546,10 @@ struct Renderer {
     multi: Option<indicatif::MultiProgress>,
     summary: Option<indicatif::ProgressBar>,
     bars: Mutex<HashMap<String, indicatif::ProgressBar>>,
+    /// Active hosts without a line of their own: the terminal has no room left (locked after `bars`).
+    hidden: Mutex<std::collections::HashSet<String>>,
+    /// Host lines that fit the terminal (its height less the counter line and some room).
+    max_lines: usize,
     phases: Mutex<HashMap<String, String>>,
     counts: Mutex<Counts>,
     verbose: bool,
@@ -515,6 +562,8 @@ struct Counts {
     done: usize,
     failed: usize,
     active: usize,
+    /// Active hosts without a line of their own.
+    hidden: usize,
 }
 
 impl Renderer {
@@ -537,6 +586,10 @@ impl Renderer {
             multi,
             summary,
             bars: Mutex::new(HashMap::new()),
+            hidden: Mutex::new(Default::default()),
+            max_lines: (console::Term::stderr().size().0 as usize)
+                .saturating_sub(4)
+                .max(3),
             phases: Mutex::new(HashMap::new()),
             counts: Mutex::new(Counts {
                 total: hosts.count(),
@@ -557,19 +610,51 @@ impl Renderer {
             "{}/{} done · {} failed · {} active · {} waiting",
             c.done, c.total, c.failed, c.active, waiting
         );
+        if c.hidden > 0 {
+            line.push_str(&format!(" ({} active not shown)", c.hidden));
+        }
         if let Some(phase) = phase {
             line.push_str(&format!(" — {phase}"));
         }
         bar.set_message(line);
     }
 
+    /// The fleet's build progress on the counter line (derivations built of those to build).
+    fn build_progress(&self, done: u64, expected: u64) {
+        if expected > 0 {
+            self.update_summary(Some(&format!("build {done}/{expected}")));
+        }
+    }
+
+    /// A fleet-wide message (the build failed): above the progress lines on a terminal, else on stderr
+    /// (also with `--json`, whose stdout keeps its events).
+    fn note(&self, text: &str) {
+        if let Some(m) = &self.multi {
+            let _ = m.println(text);
+        } else {
+            eprintln!("{text}");
+        }
+    }
+
     /// The line of an active host, made when it becomes active.
+    /// `None` on a terminal means the host is active without a line (no room left): it is counted.
     fn bar(&self, host: &str) -> Option<indicatif::ProgressBar> {
         let multi = self.multi.as_ref()?;
         let mut bars = self.bars.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(bar) = bars.get(host) {
             return Some(bar.clone());
         }
+        let mut hidden = self.hidden.lock().unwrap_or_else(|p| p.into_inner());
+        if bars.len() >= self.max_lines {
+            if hidden.insert(host.to_string()) {
+                let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+                c.active += 1;
+                c.hidden += 1;
+            }
+            return None;
+        }
+        let was_hidden = hidden.remove(host);
+        drop(hidden);
         let bar = multi.add(indicatif::ProgressBar::new_spinner());
         bar.set_style(
             indicatif::ProgressStyle::with_template("  {spinner} {prefix:<16} {elapsed:>4} {msg}")
@@ -578,12 +663,21 @@ impl Renderer {
         bar.set_prefix(host.to_string());
         bar.enable_steady_tick(Duration::from_millis(200));
         bars.insert(host.to_string(), bar.clone());
-        self.counts.lock().unwrap_or_else(|p| p.into_inner()).active += 1;
+        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if was_hidden {
+            c.hidden -= 1;
+        } else {
+            c.active += 1;
+        }
         Some(bar)
     }
 
     fn event(&self, e: Event) {
         if self.json {
+            // Progress is for a person at a terminal.
+            if matches!(e, Event::Progress { .. }) {
+                return;
+            }
             if let Ok(line) = serde_json::to_string(&e) {
                 println!("{line}");
             }
@@ -603,6 +697,7 @@ impl Renderer {
                         bar.set_message(name.clone());
                         self.update_summary(Some(&name));
                     }
+                    None if self.multi.is_some() => self.update_summary(Some(&name)),
                     None => self.plain(host, &name),
                 }
             }
@@ -615,8 +710,16 @@ impl Renderer {
                     .unwrap_or_default();
                 match self.bar(host) {
                     Some(bar) => bar.set_message(format!("{phase}: {line}")),
+                    None if self.multi.is_some() => {}
                     None if self.verbose => self.plain(host, &format!("{phase}: {line}")),
                     None => {}
+                }
+            }
+            Event::Progress { host, text } => {
+                if self.multi.is_some() {
+                    if let Some(bar) = self.bar(host) {
+                        bar.set_message(format!("push: {text}"));
+                    }
                 }
             }
             Event::Wave {
@@ -639,15 +742,19 @@ impl Renderer {
             Event::Finished { report } => {
                 let word = outcome_word(report);
                 let ok = report.outcome.is_success();
-                let bar = self
-                    .bars
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&report.host);
+                let (bar, was_hidden) = {
+                    let mut bars = self.bars.lock().unwrap_or_else(|p| p.into_inner());
+                    let bar = bars.remove(&report.host);
+                    let mut hidden = self.hidden.lock().unwrap_or_else(|p| p.into_inner());
+                    (bar, hidden.remove(&report.host))
+                };
                 {
                     let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-                    if bar.is_some() {
+                    if bar.is_some() || was_hidden {
                         c.active = c.active.saturating_sub(1);
+                    }
+                    if was_hidden {
+                        c.hidden = c.hidden.saturating_sub(1);
                     }
                     if ok {
                         c.done += 1;
