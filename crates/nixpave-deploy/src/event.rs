@@ -10,6 +10,9 @@ pub enum Phase {
     Connect,
     /// Reading the host's current state.
     Probe,
+    /// `--disk-update`: comparing the node's disk layout with its disks and applying the
+    /// additive and growable changes (before anything is pushed or activated).
+    Disk,
     /// Building or copying the closure.
     Push,
     /// Uploading keys.
@@ -101,6 +104,16 @@ pub enum Event {
         hosts: Vec<String>,
         /// True for the canary wave.
         canary: bool,
+    },
+    /// `--disk-update`: how the node's disk layout compares with its disks, shown before
+    /// anything is changed.
+    DiskPlan {
+        /// Node name.
+        host: String,
+        /// The classified differences, grouped by class, for humans.
+        text: String,
+        /// The same, for machines.
+        update: nixpave_disk::planner::update::UpdatePlan,
     },
     /// The host is done.
     Finished {

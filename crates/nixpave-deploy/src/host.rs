@@ -34,6 +34,8 @@ pub struct DeployOptions {
     pub force: bool,
     /// Options for local nix calls.
     pub nix: NixOptions,
+    /// `--disk-update`: bring each node's disks to its flake's layout before activating.
+    pub disk_update: Option<std::sync::Arc<crate::disk_update::DiskUpdate>>,
 }
 
 impl Default for DeployOptions {
@@ -46,6 +48,7 @@ impl Default for DeployOptions {
             build_on_target: false,
             force: false,
             nix: NixOptions::default(),
+            disk_update: None,
         }
     }
 }
@@ -174,6 +177,10 @@ fn deploy_connected(
         key_dests.iter().map(|(n, d)| (*n, d.as_path())).collect();
     let before =
         probe_with_keys(t, &host.profiles, true, &key_refs).map_err(transport_err(Phase::Probe))?;
+    if let Some(disks) = &opts.disk_update {
+        crate::disk_update::step(run.host, run.emit, t, disks)
+            .map_err(|e| StepError::new(Phase::Disk, e.to_string()))?;
+    }
 
     // A no-op: every profile already on the wanted path, confirmed by its last deploy.
     let unchanged = opts.goal == Goal::Switch

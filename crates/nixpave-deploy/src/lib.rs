@@ -30,6 +30,7 @@
 
 pub mod agent;
 pub mod connection;
+pub mod disk_update;
 pub mod event;
 pub mod fleet;
 pub mod health;
