@@ -206,3 +206,43 @@ pub(crate) fn step(
         },
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    fn run(disks: &DiskUpdate, node: &str) -> (Result<(), DiskStepError>, Vec<String>, usize) {
+        let logs = RefCell::new(Vec::new());
+        let shown = RefCell::new(0);
+        let r = disks.run(
+            node,
+            &nixpave_remote::LocalTransport,
+            &|_, _| *shown.borrow_mut() += 1,
+            &|l| logs.borrow_mut().push(l),
+        );
+        (r, logs.into_inner(), shown.into_inner())
+    }
+
+    #[test]
+    fn a_node_without_a_layout_is_skipped_with_a_note() {
+        let disks = DiskUpdate::from_layouts(BTreeMap::from([("web".into(), NodeLayout::None)]));
+        for node in ["web", "not-in-the-map"] {
+            let (r, logs, shown) = run(&disks, node);
+            assert!(r.is_ok());
+            assert_eq!(shown, 0);
+            assert!(logs[0].contains("disk step skipped"), "{logs:?}");
+        }
+    }
+
+    #[test]
+    fn a_layout_that_did_not_load_fails_the_node_before_probing() {
+        let disks = DiskUpdate::from_layouts(BTreeMap::from([(
+            "web".into(),
+            NodeLayout::Error("bad attribute".into()),
+        )]));
+        let (r, _, shown) = run(&disks, "web");
+        assert!(matches!(r, Err(DiskStepError::Load(ref m)) if m == "bad attribute"));
+        assert_eq!(shown, 0);
+    }
+}
