@@ -10,6 +10,9 @@ pub enum Phase {
     Connect,
     /// Reading the host's current state.
     Probe,
+    /// `--disk-update`: comparing the node's disk layout with its disks and applying the
+    /// additive and growable changes (before anything is pushed or activated).
+    Disk,
     /// Building or copying the closure.
     Push,
     /// Uploading keys.
@@ -77,7 +80,7 @@ pub struct HostReport {
 
 /// Something that happened during a deploy.
 #[derive(Debug, Clone, Serialize)]
-#[serde(tag = "event", rename_all = "kebab-case")]
+#[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     /// The host entered a phase.
     Phase {
@@ -109,6 +112,16 @@ pub enum Event {
         hosts: Vec<String>,
         /// True for the canary wave.
         canary: bool,
+    },
+    /// `--disk-update`: how the node's disk layout compares with its disks, shown before
+    /// anything is changed.
+    DiskPlan {
+        /// Node name.
+        host: String,
+        /// The classified differences, grouped by class, for humans.
+        text: String,
+        /// The same, for machines.
+        update: nixpave_disk::planner::update::UpdatePlan,
     },
     /// The host is done.
     Finished {

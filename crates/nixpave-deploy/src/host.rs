@@ -40,6 +40,8 @@ pub struct DeployOptions {
     pub builds: Option<std::sync::Arc<crate::fleet::Builds>>,
     /// Push through this binary cache (once per closure) and let the targets fetch from it.
     pub cache: Option<std::sync::Arc<crate::cache::Cache>>,
+    /// `--disk-update`: bring each node's disks to its flake's layout before activating.
+    pub disk_update: Option<std::sync::Arc<crate::disk_update::DiskUpdate>>,
 }
 
 impl Default for DeployOptions {
@@ -54,6 +56,7 @@ impl Default for DeployOptions {
             nix: NixOptions::default(),
             builds: None,
             cache: None,
+            disk_update: None,
         }
     }
 }
@@ -184,6 +187,10 @@ fn deploy_connected(
         probe_with_keys(t, &host.profiles, true, &key_refs)
     })
     .map_err(transport_err(Phase::Probe))?;
+    if let Some(disks) = &opts.disk_update {
+        crate::disk_update::step(run.host, run.emit, t, disks)
+            .map_err(|e| StepError::new(Phase::Disk, e.to_string()))?;
+    }
 
     // A no-op: every profile already on the wanted path, confirmed by its last deploy. A profile that another
     // tool deployed (no record of nixpave's) counts when it is on the wanted path and, for a system, that

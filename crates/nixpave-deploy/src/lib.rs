@@ -31,6 +31,7 @@
 pub mod agent;
 pub mod cache;
 pub mod connection;
+pub mod disk_update;
 pub mod event;
 pub mod fleet;
 pub mod health;

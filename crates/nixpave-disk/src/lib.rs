@@ -24,7 +24,9 @@ pub mod plan;
 pub mod planner;
 pub mod render;
 
-pub use load::{load_layout, parse_disk_override, LayoutSource, LoadError, LoadOptions};
+pub use load::{
+    flake_has_layout, load_layout, parse_disk_override, LayoutSource, LoadError, LoadOptions,
+};
 pub use model::{DiskInfo, Layout, LayoutError};
 pub use nixos::nixos_config;
 pub use plan::{Guard, Mode, Operation, Plan, StdinSource};

@@ -158,6 +158,24 @@ fn drop_internal(v: &mut serde_json::Value) {
     }
 }
 
+/// True when the flake carries a layout for `name`: `diskoConfigurations.NAME`, or
+/// `nixosConfigurations.NAME` with `config.disko.devices` (the two places [`load_layout`] reads a
+/// flake layout from). A flake without such a configuration has no layout for it.
+pub fn flake_has_layout(flake_ref: &str, name: &str) -> Result<bool, LoadError> {
+    if nixpave_nix::eval::flake_has_attr(flake_ref, "diskoConfigurations", name)? {
+        return Ok(true);
+    }
+    if !nixpave_nix::eval::flake_has_attr(flake_ref, "nixosConfigurations", name)? {
+        return Ok(false);
+    }
+    let has = nixpave_nix::eval_flake_attr(
+        flake_ref,
+        &format!("nixosConfigurations.\"{name}\".config"),
+        Some("c: c ? disko && c.disko ? devices"),
+    )?;
+    Ok(has.as_bool().unwrap_or(false))
+}
+
 fn read_flake(flake_ref: &str, name: &str) -> Result<serde_json::Value, LoadError> {
     let mut v = if nixpave_nix::eval::flake_has_attr(flake_ref, "diskoConfigurations", name)? {
         nixpave_nix::eval_flake_attr(flake_ref, &format!("diskoConfigurations.\"{name}\""), None)?

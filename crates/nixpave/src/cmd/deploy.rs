@@ -167,6 +167,11 @@ pub struct DeployArgs {
     /// proof.
     #[arg(long)]
     local: bool,
+    /// Before activating a node whose flake has a disk layout (`config.disko.devices`), compare
+    /// it with the node's disks, show the differences and apply the additive and growable ones
+    /// (as `disk apply --mode update`); a destructive difference fails the node, nothing written.
+    #[arg(long)]
+    disk_update: bool,
 }
 
 /// Arguments of `nixpave status`.
@@ -394,6 +399,9 @@ pub fn run(args: DeployArgs) -> miette::Result<ExitCode> {
         nix,
         builds: None,
         cache: None,
+        disk_update: args
+            .disk_update
+            .then(|| disk_update(&args.fleet, &fleet.inventory.hosts, goal)),
     };
     if let Some(uri) = &args.cache {
         match nixpave_deploy::cache::Cache::new(
@@ -467,6 +475,28 @@ pub fn run(args: DeployArgs) -> miette::Result<ExitCode> {
         return Ok(exit::code(exit::INTERRUPTED));
     }
     Ok(exit::code(fleet_exit(&report)))
+}
+
+/// `--disk-update`: the selected nodes' layouts, read from the flakes given (a dry activation
+/// only compares).
+fn disk_update(
+    args: &FleetArgs,
+    hosts: &[nixpave_deploy::Host],
+    goal: Goal,
+) -> std::sync::Arc<nixpave_deploy::disk_update::DiskUpdate> {
+    let mut flakes: Vec<String> = args
+        .flakes
+        .iter()
+        .chain(&args.targets)
+        .map(|f| FlakeTarget::parse(f).flake)
+        .collect();
+    if flakes.is_empty() {
+        flakes.push(".".into());
+    }
+    let flakes: Vec<&str> = flakes.iter().map(String::as_str).collect();
+    let disks = nixpave_deploy::disk_update::DiskUpdate::load(&flakes, hosts)
+        .dry_run(goal == Goal::DryActivate);
+    std::sync::Arc::new(disks)
 }
 
 fn fleet_exit(report: &FleetReport) -> u8 {
@@ -737,6 +767,16 @@ impl Renderer {
                         let _ = m.println(line);
                     }
                     None => eprintln!("{line}: {}", hosts.join(", ")),
+                }
+            }
+            Event::DiskPlan { host, text, .. } => {
+                for line in text.lines() {
+                    match &self.multi {
+                        Some(m) => {
+                            let _ = m.println(format!("{host}: {line}"));
+                        }
+                        None => self.plain(host, line),
+                    }
                 }
             }
             Event::Finished { report } => {
