@@ -60,6 +60,6 @@ pub use ssh::{HostKeyPolicy, PasswordPrompt, Privilege, SshOptions, SshTransport
 pub use target::{Target, TargetParseError};
 pub use target_env::{path_prelude, with_target_path, TARGET_PATH, TARGET_SHELL};
 pub use transport::{
-    last_lines, shell_join, shell_quote, CommandOutput, OutputStream, Transport, TransportError,
-    UploadSpec,
+    argv, last_lines, shell_join, shell_quote, CommandOutput, OutputStream, Transport,
+    TransportError, UploadSpec,
 };

@@ -15,7 +15,7 @@ use nixpave_remote::Transport;
 use serde::{Deserialize, Serialize};
 
 use super::error::ApplyError;
-use super::run_probe;
+use super::{probe_failed, run_probe};
 
 /// Probes every device given as an argument, one blank line after each.
 pub(crate) const BLKID_EACH: &str =
@@ -164,26 +164,15 @@ pub fn probe(transport: &dyn Transport) -> Result<Facts, ApplyError> {
 /// (kernel names; all devices when empty): opening other disks' devices is slow on big hosts
 /// and briefly keeps their partitions busy for whoever is re-partitioning them.
 pub fn probe_scoped(transport: &dyn Transport, scope: &[String]) -> Result<Facts, ApplyError> {
-    let mut columns = LSBLK_COLUMNS;
-    let mut lsblk = run_probe(
-        transport,
-        &["lsblk", "--json", "--bytes", "--output", columns],
-    )?;
+    let mut argv = ["lsblk", "--json", "--bytes", "--output", LSBLK_COLUMNS];
+    let mut lsblk = run_probe(transport, &argv)?;
     if !lsblk.success() && lsblk.stderr_tail(5).contains("unknown column") {
         // util-linux before 2.37 (Debian 11, Ubuntu 20.04) has MOUNTPOINT only.
-        columns = LSBLK_COLUMNS_OLD;
-        lsblk = run_probe(
-            transport,
-            &["lsblk", "--json", "--bytes", "--output", columns],
-        )?;
+        argv[4] = LSBLK_COLUMNS_OLD;
+        lsblk = run_probe(transport, &argv)?;
     }
     if !lsblk.success() {
-        return Err(ApplyError::Probe {
-            host: transport.host().to_string(),
-            command: format!("lsblk --json --bytes --output {columns}"),
-            status: lsblk.status,
-            stderr: lsblk.stderr_tail(5),
-        });
+        return Err(probe_failed(transport, &argv, &lsblk));
     }
     let mut devices = parse_lsblk(&lsblk.stdout_str()).map_err(|e| ApplyError::Probe {
         host: transport.host().to_string(),
@@ -264,12 +253,7 @@ pub fn probe_lvm(transport: &dyn Transport, facts: &mut Facts) -> Result<(), App
     };
     let lv_out = run_probe(transport, &lvs)?;
     if !lv_out.success() {
-        return Err(ApplyError::Probe {
-            host: transport.host().to_string(),
-            command: lvs.join(" "),
-            status: lv_out.status,
-            stderr: lv_out.stderr_tail(5),
-        });
+        return Err(probe_failed(transport, &lvs, &lv_out));
     }
     facts.volume_groups = Some(parse_lvm_reports(
         &vg_out.stdout_str(),
@@ -359,14 +343,10 @@ pub fn probe_btrfs_subvolumes(
             continue;
         };
         let node = device.path.clone();
-        let out = run_probe(transport, &["btrfs", "subvolume", "list", "-a", &mount])?;
+        let argv = ["btrfs", "subvolume", "list", "-a", &mount];
+        let out = run_probe(transport, &argv)?;
         if !out.success() {
-            return Err(ApplyError::Probe {
-                host: transport.host().to_string(),
-                command: format!("btrfs subvolume list -a {mount}"),
-                status: out.status,
-                stderr: out.stderr_tail(5),
-            });
+            return Err(probe_failed(transport, &argv, &out));
         }
         facts
             .btrfs_subvolumes
