@@ -226,26 +226,21 @@ pub fn probe_scoped(transport: &dyn Transport, scope: &[String]) -> Result<Facts
 /// Fills [`Facts::volume_groups`] from `vgs` and `lvs` (JSON reports, sizes in bytes).
 /// Read-only. Without LVM tools on the machine it stays `None` (unknown, not empty).
 pub fn probe_lvm(transport: &dyn Transport, facts: &mut Facts) -> Result<(), ApplyError> {
-    let vgs = [
-        "vgs",
-        "--reportformat",
-        "json",
-        "--units",
-        "b",
-        "--nosuffix",
-        "-o",
-        "vg_name,vg_free,vg_extent_size",
-    ];
-    let lvs = [
-        "lvs",
-        "--reportformat",
-        "json",
-        "--units",
-        "b",
-        "--nosuffix",
-        "-o",
-        "vg_name,lv_name,lv_size,segtype",
-    ];
+    // A JSON report with sizes in plain bytes.
+    let report = |command, columns| {
+        [
+            command,
+            "--reportformat",
+            "json",
+            "--units",
+            "b",
+            "--nosuffix",
+            "-o",
+            columns,
+        ]
+    };
+    let vgs = report("vgs", "vg_name,vg_free,vg_extent_size");
+    let lvs = report("lvs", "vg_name,lv_name,lv_size,segtype");
     let vg_out = match transport.run(&vgs.map(String::from), None) {
         Ok(out) if out.success() => out,
         // No LVM here (missing program, or no device-mapper): unknown.
