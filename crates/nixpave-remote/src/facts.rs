@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::blockdev::{self, BlockDevice, LSBLK_COLUMNS, LSBLK_COLUMNS_OLD};
 use crate::transport::{Transport, TransportError};
 
-/// The script run on the host (POSIX sh).
+/// The script run on the host (POSIX sh); its arguments are the lsblk columns, new and old.
 const SCRIPT: &str = include_str!("facts.sh");
 
 /// Everything nixpave needs to know about a host before acting on it.
@@ -132,48 +133,6 @@ pub struct KexecFacts {
     pub secure_boot: Option<bool>,
 }
 
-/// One block device from `lsblk --json --bytes`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BlockDevice {
-    /// Kernel name, e.g. `sda`.
-    pub name: String,
-    /// Device path, e.g. `/dev/sda`.
-    pub path: String,
-    /// `disk`, `part`, `loop`, `rom`, …
-    pub kind: String,
-    /// Size in bytes.
-    pub size: u64,
-    /// Model, when known.
-    pub model: Option<String>,
-    /// Serial number, when known.
-    pub serial: Option<String>,
-    /// Filesystem (or signature) type on the device.
-    pub fstype: Option<String>,
-    /// Filesystem label.
-    pub label: Option<String>,
-    /// Filesystem UUID.
-    pub uuid: Option<String>,
-    /// GPT partition label.
-    pub partlabel: Option<String>,
-    /// Where it is mounted.
-    pub mountpoints: Vec<String>,
-    /// Partition table type (`gpt`, `dos`).
-    pub pttype: Option<String>,
-    /// Removable device.
-    pub removable: bool,
-    /// Read-only device.
-    pub read_only: bool,
-    /// Partitions and holders.
-    pub children: Vec<BlockDevice>,
-}
-
-impl BlockDevice {
-    /// True when this device or anything below it is mounted.
-    pub fn in_use(&self) -> bool {
-        !self.mountpoints.is_empty() || self.children.iter().any(BlockDevice::in_use)
-    }
-}
-
 /// Why facts could not be gathered.
 #[derive(Debug, thiserror::Error)]
 pub enum FactsError {
@@ -192,7 +151,8 @@ pub enum FactsError {
 
 /// Runs the facts script on `transport` (one round trip) and parses its output.
 pub fn gather_facts(transport: &dyn Transport) -> Result<Facts, FactsError> {
-    let out = transport.run_script(SCRIPT, &[], None)?;
+    let columns = [LSBLK_COLUMNS.to_string(), LSBLK_COLUMNS_OLD.to_string()];
+    let out = transport.run_script(SCRIPT, &columns, None)?;
     parse_facts(&out.stdout_str()).map_err(|reason| FactsError::Parse {
         host: transport.host().to_string(),
         reason: if out.success() {
@@ -354,106 +314,10 @@ fn parse_os_release(text: &str) -> OsInfo {
     }
 }
 
-/// lsblk's JSON: numbers may be numbers or strings depending on the version; `mountpoints`
-/// (2.37+) or `mountpoint` (older).
-#[derive(Deserialize)]
-struct LsblkOutput {
-    blockdevices: Vec<LsblkDevice>,
-}
-
-#[derive(Deserialize)]
-struct LsblkDevice {
-    name: String,
-    #[serde(default)]
-    path: Option<String>,
-    #[serde(default, rename = "type")]
-    kind: Option<String>,
-    #[serde(default)]
-    size: Option<serde_json::Value>,
-    #[serde(default)]
-    model: Option<String>,
-    #[serde(default)]
-    serial: Option<String>,
-    #[serde(default)]
-    fstype: Option<String>,
-    #[serde(default)]
-    label: Option<String>,
-    #[serde(default)]
-    uuid: Option<String>,
-    #[serde(default)]
-    partlabel: Option<String>,
-    #[serde(default)]
-    mountpoints: Option<Vec<Option<String>>>,
-    #[serde(default)]
-    mountpoint: Option<String>,
-    #[serde(default)]
-    pttype: Option<String>,
-    #[serde(default)]
-    rm: Option<serde_json::Value>,
-    #[serde(default)]
-    ro: Option<serde_json::Value>,
-    #[serde(default)]
-    children: Vec<LsblkDevice>,
-}
-
-fn json_u64(v: &Option<serde_json::Value>) -> u64 {
-    match v {
-        Some(serde_json::Value::Number(n)) => n.as_u64().unwrap_or(0),
-        Some(serde_json::Value::String(s)) => s.trim().parse().unwrap_or(0),
-        _ => 0,
-    }
-}
-
-fn json_bool(v: &Option<serde_json::Value>) -> bool {
-    match v {
-        Some(serde_json::Value::Bool(b)) => *b,
-        Some(serde_json::Value::Number(n)) => n.as_u64() == Some(1),
-        Some(serde_json::Value::String(s)) => s.trim() == "1",
-        _ => false,
-    }
-}
-
-fn non_empty(v: Option<String>) -> Option<String> {
-    v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
-}
-
-impl From<LsblkDevice> for BlockDevice {
-    fn from(d: LsblkDevice) -> Self {
-        let mut mountpoints: Vec<String> = d
-            .mountpoints
-            .unwrap_or_default()
-            .into_iter()
-            .flatten()
-            .collect();
-        if let Some(m) = d.mountpoint {
-            mountpoints.push(m);
-        }
-        BlockDevice {
-            path: d.path.unwrap_or_else(|| format!("/dev/{}", d.name)),
-            name: d.name,
-            kind: d.kind.unwrap_or_default(),
-            size: json_u64(&d.size),
-            model: non_empty(d.model),
-            serial: non_empty(d.serial),
-            fstype: non_empty(d.fstype),
-            label: non_empty(d.label),
-            uuid: non_empty(d.uuid),
-            partlabel: non_empty(d.partlabel),
-            mountpoints,
-            pttype: non_empty(d.pttype),
-            removable: json_bool(&d.rm),
-            read_only: json_bool(&d.ro),
-            children: d.children.into_iter().map(BlockDevice::from).collect(),
-        }
-    }
-}
-
 fn parse_lsblk(json: &str) -> Result<Vec<BlockDevice>, String> {
-    let parsed: LsblkOutput = serde_json::from_str(json).map_err(|e| format!("lsblk JSON: {e}"))?;
-    Ok(parsed
-        .blockdevices
+    Ok(blockdev::parse_lsblk(json)
+        .map_err(|e| format!("lsblk JSON: {e}"))?
         .into_iter()
-        .map(BlockDevice::from)
         // Detached loop devices and empty drives are not disks.
         .filter(|d| d.size > 0)
         .collect())

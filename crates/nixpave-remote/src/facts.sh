@@ -50,7 +50,6 @@ echo "@@begin os-release"
 cat /etc/os-release || cat /usr/lib/os-release
 echo "@@end os-release"
 echo "@@begin lsblk"
-lsblk --json --bytes -o NAME,PATH,TYPE,SIZE,MODEL,SERIAL,FSTYPE,LABEL,UUID,PARTLABEL,MOUNTPOINTS,RM,RO,PTTYPE \
-  || lsblk --json --bytes -o NAME,PATH,TYPE,SIZE,MODEL,SERIAL,FSTYPE,LABEL,UUID,MOUNTPOINT,RM,RO,PTTYPE
+lsblk --json --bytes -o "$1" || lsblk --json --bytes -o "$2"
 echo "@@end lsblk"
 echo "@@done"

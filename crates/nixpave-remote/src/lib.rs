@@ -30,6 +30,7 @@
 
 #![warn(missing_docs)]
 
+pub mod blockdev;
 pub mod cancel;
 mod connection;
 mod facts;
@@ -42,11 +43,12 @@ mod target;
 mod target_env;
 mod transport;
 
+pub use blockdev::BlockDevice;
 pub use connection::{
     known_hosts_pattern, root_target, with_remote_store, Connection, LocalConnection, SshConnection,
 };
 pub use facts::{
-    gather_facts, parse_facts, BlockDevice, Facts, FactsError, KexecFacts, OsInfo, PROBED_TOOLS,
+    gather_facts, parse_facts, Facts, FactsError, KexecFacts, OsInfo, PROBED_TOOLS,
     SHARED_KERNEL_EXIT, SHARED_KERNEL_GUARD,
 };
 pub use inventory::{
@@ -58,6 +60,6 @@ pub use ssh::{HostKeyPolicy, PasswordPrompt, Privilege, SshOptions, SshTransport
 pub use target::{Target, TargetParseError};
 pub use target_env::{path_prelude, with_target_path, TARGET_PATH, TARGET_SHELL};
 pub use transport::{
-    last_lines, shell_join, shell_quote, CommandOutput, OutputStream, Transport, TransportError,
-    UploadSpec,
+    argv, last_lines, shell_join, shell_quote, CommandOutput, OutputStream, Transport,
+    TransportError, UploadSpec,
 };

@@ -259,6 +259,11 @@ pub fn last_lines(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// An owned argv (what [`Transport::run`] takes) from string slices.
+pub fn argv(words: &[&str]) -> Vec<String> {
+    words.iter().map(|w| w.to_string()).collect()
+}
+
 /// Renders an argv as a shell-safe command line (for messages and for `ssh`).
 pub fn shell_join(argv: &[String]) -> String {
     argv.iter()

@@ -195,9 +195,6 @@ mod tests {
         )
         .expect("valid json");
         Facts {
-            btrfs_subvolumes: Default::default(),
-            volume_groups: None,
-            existing_files: Vec::new(),
             devices,
             mounts: vec![
                 Mount {
@@ -227,6 +224,7 @@ mod tests {
                     kind: "file".into(),
                 },
             ],
+            ..Facts::default()
         }
     }
 

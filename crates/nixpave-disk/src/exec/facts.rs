@@ -8,85 +8,18 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// The one block-device type and lsblk parser live in nixpave-remote (host facts use them too).
+pub use nixpave_remote::blockdev::{parse_lsblk, BlockDevice};
+use nixpave_remote::blockdev::{LSBLK_COLUMNS, LSBLK_COLUMNS_OLD};
 use nixpave_remote::Transport;
 use serde::{Deserialize, Serialize};
 
 use super::error::ApplyError;
-use super::run_probe;
-
-/// Columns asked from `lsblk` (all exist in util-linux 2.37+).
-const LSBLK_COLUMNS: &str =
-    "NAME,KNAME,PATH,SIZE,TYPE,MODEL,SERIAL,WWN,TRAN,MOUNTPOINTS,START,PKNAME,RO,FSTYPE,LABEL,UUID,PARTLABEL,PARTUUID,PARTTYPE,PTTYPE";
-
-/// The same for util-linux before 2.37 (no MOUNTPOINTS, no START: read from sysfs then).
-const LSBLK_COLUMNS_OLD: &str =
-    "NAME,KNAME,PATH,SIZE,TYPE,MODEL,SERIAL,WWN,TRAN,MOUNTPOINT,PKNAME,RO,FSTYPE,LABEL,UUID,PARTLABEL,PARTUUID,PARTTYPE,PTTYPE";
+use super::{probe_failed, run_probe};
 
 /// Probes every device given as an argument, one blank line after each.
 pub(crate) const BLKID_EACH: &str =
     r#"for d in "$@"; do blkid -p -o export -- "$d" 2>/dev/null; echo; done"#;
-
-/// One block device as the kernel and its on-disk signatures describe it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct BlockDevice {
-    /// Device name as lsblk prints it (`sda1`, `loop0p2`, `cryptroot`).
-    pub name: String,
-    /// Kernel name (`dm-0` for device-mapper devices).
-    pub kname: String,
-    /// Device node (`/dev/sda1`, `/dev/mapper/cryptroot`).
-    pub path: String,
-    /// Size in bytes.
-    pub size: u64,
-    /// lsblk type: `disk`, `part`, `loop`, `crypt`, `lvm`, `raid1`, `md`, `rom`, …
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// Disk model, when the kernel knows it.
-    pub model: Option<String>,
-    /// Disk serial number, when the kernel knows it.
-    pub serial: Option<String>,
-    /// World wide name, when the kernel knows it.
-    pub wwn: Option<String>,
-    /// Transport (`sata`, `nvme`, `virtio`, …), when the kernel knows it.
-    pub tran: Option<String>,
-    /// Start of a partition in 512-byte sectors.
-    pub start: Option<u64>,
-    /// Partition number (from the partition table, or the trailing digits of the name).
-    pub partn: Option<u32>,
-    /// Filesystem or volume signature type (`ext4`, `swap`, `crypto_LUKS`, `LVM2_member`, …).
-    pub fstype: Option<String>,
-    /// Filesystem label.
-    pub label: Option<String>,
-    /// Filesystem UUID.
-    pub uuid: Option<String>,
-    /// GPT partition name.
-    pub partlabel: Option<String>,
-    /// Partition UUID (GPT) or `PTUUID-NN` (msdos).
-    pub partuuid: Option<String>,
-    /// Partition type (GPT type GUID or msdos `0xNN`).
-    pub parttype: Option<String>,
-    /// Partition table type on a whole device (`gpt`, `dos`).
-    pub pttype: Option<String>,
-    /// Where the device is mounted (several for btrfs subvolumes and bind mounts).
-    pub mountpoints: Vec<String>,
-    /// Devices stacked on this one (partitions, device-mapper, md).
-    pub children: Vec<BlockDevice>,
-}
-
-impl BlockDevice {
-    /// This device and every device stacked on it, depth first (parents before children).
-    pub fn walk(&self) -> Vec<&BlockDevice> {
-        let mut out = vec![self];
-        for child in &self.children {
-            out.extend(child.walk());
-        }
-        out
-    }
-
-    /// True for a whole device that can carry a partition table.
-    pub fn is_whole(&self) -> bool {
-        self.kind != "part"
-    }
-}
 
 /// One mounted filesystem (a line of `/proc/self/mountinfo`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -231,26 +164,15 @@ pub fn probe(transport: &dyn Transport) -> Result<Facts, ApplyError> {
 /// (kernel names; all devices when empty): opening other disks' devices is slow on big hosts
 /// and briefly keeps their partitions busy for whoever is re-partitioning them.
 pub fn probe_scoped(transport: &dyn Transport, scope: &[String]) -> Result<Facts, ApplyError> {
-    let mut columns = LSBLK_COLUMNS;
-    let mut lsblk = run_probe(
-        transport,
-        &["lsblk", "--json", "--bytes", "--output", columns],
-    )?;
+    let mut argv = ["lsblk", "--json", "--bytes", "--output", LSBLK_COLUMNS];
+    let mut lsblk = run_probe(transport, &argv)?;
     if !lsblk.success() && lsblk.stderr_tail(5).contains("unknown column") {
         // util-linux before 2.37 (Debian 11, Ubuntu 20.04) has MOUNTPOINT only.
-        columns = LSBLK_COLUMNS_OLD;
-        lsblk = run_probe(
-            transport,
-            &["lsblk", "--json", "--bytes", "--output", columns],
-        )?;
+        argv[4] = LSBLK_COLUMNS_OLD;
+        lsblk = run_probe(transport, &argv)?;
     }
     if !lsblk.success() {
-        return Err(ApplyError::Probe {
-            host: transport.host().to_string(),
-            command: format!("lsblk --json --bytes --output {columns}"),
-            status: lsblk.status,
-            stderr: lsblk.stderr_tail(5),
-        });
+        return Err(probe_failed(transport, &argv, &lsblk));
     }
     let mut devices = parse_lsblk(&lsblk.stdout_str()).map_err(|e| ApplyError::Probe {
         host: transport.host().to_string(),
@@ -304,26 +226,21 @@ pub fn probe_scoped(transport: &dyn Transport, scope: &[String]) -> Result<Facts
 /// Fills [`Facts::volume_groups`] from `vgs` and `lvs` (JSON reports, sizes in bytes).
 /// Read-only. Without LVM tools on the machine it stays `None` (unknown, not empty).
 pub fn probe_lvm(transport: &dyn Transport, facts: &mut Facts) -> Result<(), ApplyError> {
-    let vgs = [
-        "vgs",
-        "--reportformat",
-        "json",
-        "--units",
-        "b",
-        "--nosuffix",
-        "-o",
-        "vg_name,vg_free,vg_extent_size",
-    ];
-    let lvs = [
-        "lvs",
-        "--reportformat",
-        "json",
-        "--units",
-        "b",
-        "--nosuffix",
-        "-o",
-        "vg_name,lv_name,lv_size,segtype",
-    ];
+    // A JSON report with sizes in plain bytes.
+    let report = |command, columns| {
+        [
+            command,
+            "--reportformat",
+            "json",
+            "--units",
+            "b",
+            "--nosuffix",
+            "-o",
+            columns,
+        ]
+    };
+    let vgs = report("vgs", "vg_name,vg_free,vg_extent_size");
+    let lvs = report("lvs", "vg_name,lv_name,lv_size,segtype");
     let vg_out = match transport.run(&vgs.map(String::from), None) {
         Ok(out) if out.success() => out,
         // No LVM here (missing program, or no device-mapper): unknown.
@@ -331,12 +248,7 @@ pub fn probe_lvm(transport: &dyn Transport, facts: &mut Facts) -> Result<(), App
     };
     let lv_out = run_probe(transport, &lvs)?;
     if !lv_out.success() {
-        return Err(ApplyError::Probe {
-            host: transport.host().to_string(),
-            command: lvs.join(" "),
-            status: lv_out.status,
-            stderr: lv_out.stderr_tail(5),
-        });
+        return Err(probe_failed(transport, &lvs, &lv_out));
     }
     facts.volume_groups = Some(parse_lvm_reports(
         &vg_out.stdout_str(),
@@ -426,14 +338,10 @@ pub fn probe_btrfs_subvolumes(
             continue;
         };
         let node = device.path.clone();
-        let out = run_probe(transport, &["btrfs", "subvolume", "list", "-a", &mount])?;
+        let argv = ["btrfs", "subvolume", "list", "-a", &mount];
+        let out = run_probe(transport, &argv)?;
         if !out.success() {
-            return Err(ApplyError::Probe {
-                host: transport.host().to_string(),
-                command: format!("btrfs subvolume list -a {mount}"),
-                status: out.status,
-                stderr: out.stderr_tail(5),
-            });
+            return Err(probe_failed(transport, &argv, &out));
         }
         facts
             .btrfs_subvolumes
@@ -456,116 +364,6 @@ pub fn parse_subvolume_list(text: &str) -> Vec<String> {
         .collect();
     out.sort();
     out
-}
-
-/// The lsblk JSON shape (only the columns we ask for).
-#[derive(Deserialize)]
-struct LsblkOutput {
-    blockdevices: Vec<LsblkDevice>,
-}
-
-#[derive(Deserialize)]
-struct LsblkDevice {
-    name: String,
-    kname: Option<String>,
-    path: Option<String>,
-    size: Option<serde_json::Value>,
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    model: Option<String>,
-    serial: Option<String>,
-    wwn: Option<String>,
-    tran: Option<String>,
-    start: Option<serde_json::Value>,
-    #[serde(default)]
-    mountpoints: Vec<Option<String>>,
-    mountpoint: Option<String>,
-    fstype: Option<String>,
-    label: Option<String>,
-    uuid: Option<String>,
-    partlabel: Option<String>,
-    partuuid: Option<String>,
-    parttype: Option<String>,
-    pttype: Option<String>,
-    partn: Option<serde_json::Value>,
-    #[serde(default)]
-    children: Vec<LsblkDevice>,
-}
-
-/// Numbers come as JSON numbers from `--bytes --json`, as strings from older util-linux.
-fn json_u64(value: &Option<serde_json::Value>) -> Option<u64> {
-    match value.as_ref()? {
-        serde_json::Value::Number(n) => n.as_u64(),
-        serde_json::Value::String(s) => s.trim().parse().ok(),
-        _ => None,
-    }
-}
-
-fn non_empty(value: Option<String>) -> Option<String> {
-    value
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
-}
-
-/// Trailing digits of a partition's kernel name (`nvme0n1p3` → 3, `sda12` → 12).
-fn trailing_number(name: &str) -> Option<u32> {
-    let digits: String = name
-        .chars()
-        .rev()
-        .take_while(|c| c.is_ascii_digit())
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
-    digits.parse().ok()
-}
-
-impl From<LsblkDevice> for BlockDevice {
-    fn from(d: LsblkDevice) -> Self {
-        let kind = d.kind.unwrap_or_default();
-        let kname = d.kname.unwrap_or_else(|| d.name.clone());
-        let partn = json_u64(&d.partn)
-            .and_then(|n| u32::try_from(n).ok())
-            .or_else(|| (kind == "part").then(|| trailing_number(&kname)).flatten());
-        let mut mountpoints: Vec<String> = d.mountpoints.into_iter().flatten().collect();
-        if let Some(mp) = d.mountpoint {
-            if !mountpoints.contains(&mp) {
-                mountpoints.push(mp);
-            }
-        }
-        BlockDevice {
-            path: d.path.unwrap_or_else(|| format!("/dev/{}", d.name)),
-            name: d.name,
-            kname,
-            size: json_u64(&d.size).unwrap_or(0),
-            kind,
-            model: non_empty(d.model),
-            serial: non_empty(d.serial),
-            wwn: non_empty(d.wwn),
-            tran: non_empty(d.tran),
-            start: json_u64(&d.start),
-            partn,
-            fstype: non_empty(d.fstype),
-            label: non_empty(d.label),
-            uuid: non_empty(d.uuid),
-            partlabel: non_empty(d.partlabel),
-            partuuid: non_empty(d.partuuid),
-            parttype: non_empty(d.parttype),
-            pttype: non_empty(d.pttype),
-            mountpoints,
-            children: d.children.into_iter().map(BlockDevice::from).collect(),
-        }
-    }
-}
-
-/// Parses `lsblk --json --bytes --output …` into a device tree.
-pub fn parse_lsblk(json: &str) -> Result<Vec<BlockDevice>, serde_json::Error> {
-    let out: LsblkOutput = serde_json::from_str(json)?;
-    Ok(out
-        .blockdevices
-        .into_iter()
-        .map(BlockDevice::from)
-        .collect())
 }
 
 /// Parses `blkid -p -o export DEV…`: one block of `KEY=value` lines per device, blank-line
@@ -800,23 +598,6 @@ mod tests {
             Some("/dev/vda")
         );
         assert!(facts.top_level_of("/dev/nope").is_none());
-    }
-
-    #[test]
-    fn parses_old_lsblk_without_mountpoints_or_start() {
-        let old = r#"{"blockdevices": [{"name": "sda", "kname": "sda", "path": "/dev/sda",
-            "size": "1000", "type": "disk", "mountpoint": null, "children": [
-              {"name": "sda1", "kname": "sda1", "path": "/dev/sda1", "size": "500",
-               "type": "part", "mountpoint": "/boot"}]}]}"#;
-        let devices = parse_lsblk(old).expect("old lsblk json");
-        assert_eq!(devices[0].size, 1000);
-        assert!(devices[0].mountpoints.is_empty());
-        assert_eq!(
-            devices[0].children[0].mountpoints,
-            vec!["/boot".to_string()]
-        );
-        assert_eq!(devices[0].children[0].start, None);
-        assert_eq!(devices[0].children[0].partn, Some(1));
     }
 
     #[test]

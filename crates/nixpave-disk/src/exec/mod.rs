@@ -275,8 +275,21 @@ pub(crate) fn run_probe(
     transport: &dyn Transport,
     argv: &[&str],
 ) -> Result<CommandOutput, ApplyError> {
-    let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
-    Ok(transport.run(&argv, None)?)
+    Ok(transport.run(&nixpave_remote::argv(argv), None)?)
+}
+
+/// The error for a probe command (`argv`) that ran and failed.
+pub(crate) fn probe_failed(
+    transport: &dyn Transport,
+    argv: &[&str],
+    out: &CommandOutput,
+) -> ApplyError {
+    ApplyError::Probe {
+        host: transport.host().to_string(),
+        command: argv.join(" "),
+        status: out.status,
+        stderr: out.stderr_tail(5),
+    }
 }
 
 /// Probes the machine, works out which disks the plan changes and refuses (before anything is

@@ -89,10 +89,7 @@ impl Transport for ReadOnly<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn argv(words: &[&str]) -> Vec<String> {
-        words.iter().map(|w| w.to_string()).collect()
-    }
+    use nixpave_remote::argv;
 
     #[test]
     fn lets_only_probes_through() {

@@ -288,9 +288,6 @@ mod tests {
         )
         .expect("valid json");
         Facts {
-            btrfs_subvolumes: Default::default(),
-            volume_groups: None,
-            existing_files: Vec::new(),
             devices,
             mounts: vec![
                 Mount {
@@ -314,6 +311,7 @@ mod tests {
                 path: "/dev/vdb2".into(),
                 kind: "partition".into(),
             }],
+            ..Facts::default()
         }
     }
 

@@ -682,14 +682,18 @@ impl Walker<'_> {
         );
         // A partition that runs to the end only grows when at least 1 MiB was added.
         let grows = desired > end && desired - end >= ALIGN && desired <= limit;
+        // Only called on a shrink or a blocked grow, where `desired` lies past `start`.
+        let resize = || {
+            format!(
+                "{subject}: {} → {}",
+                mib(c.size),
+                mib((desired + 1 - start) * SECTOR)
+            )
+        };
         if desired + ALIGN <= end && !to_end {
             self.push_destructive(
                 Kind::PartitionShrunk,
-                format!(
-                    "{subject}: {} → {}",
-                    mib(c.size),
-                    mib((desired + 1 - start) * SECTOR)
-                ),
+                resize(),
                 format!(
                     "shrinking cuts off the end of what it holds ({}): xfs cannot shrink at \
                      all and ext4 or btrfs only after moving their data; nixpave does not shrink",
@@ -699,11 +703,7 @@ impl Walker<'_> {
         } else if !to_end && desired > end && desired - end >= ALIGN && desired > limit {
             self.push_destructive(
                 Kind::PartitionShrunk,
-                format!(
-                    "{subject}: {} → {}",
-                    mib(c.size),
-                    mib((desired + 1 - start) * SECTOR)
-                ),
+                resize(),
                 format!(
                     "only {} are free right after it; growing it further means moving the \
                      partition that follows",
