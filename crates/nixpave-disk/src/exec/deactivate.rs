@@ -197,6 +197,7 @@ mod tests {
         Facts {
             btrfs_subvolumes: Default::default(),
             volume_groups: None,
+            zfs: None,
             existing_files: Vec::new(),
             devices,
             mounts: vec![

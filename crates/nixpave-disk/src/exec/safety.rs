@@ -290,6 +290,7 @@ mod tests {
         Facts {
             btrfs_subvolumes: Default::default(),
             volume_groups: None,
+            zfs: None,
             existing_files: Vec::new(),
             devices,
             mounts: vec![
