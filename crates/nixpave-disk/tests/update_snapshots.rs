@@ -5,9 +5,11 @@
 
 use std::path::{Path, PathBuf};
 
-use nixpave_disk::exec::facts::{BlockDevice, Facts, LogicalVolume, Mount, Swap, VolumeGroup};
+use nixpave_disk::exec::facts::{
+    BlockDevice, Facts, LogicalVolume, Mount, Swap, VolumeGroup, ZfsDataset, ZfsFacts,
+};
 use nixpave_disk::model::size::{parse_position, Position, SECTOR};
-use nixpave_disk::model::{Content, Layout};
+use nixpave_disk::model::{Content, Dataset, Layout};
 use nixpave_disk::planner::update::{render_human, update, Class, Kind};
 use nixpave_disk::{load_layout, LayoutSource, LoadOptions, PlanOptions};
 
@@ -239,6 +241,7 @@ fn formatted(layout: &Layout, disk_size: u64) -> Facts {
         groups.insert(vg.name.clone(), group);
     }
     facts.volume_groups = Some(groups);
+    facts.zfs = Some(zfs_facts(layout, "/"));
     for n in layout.nodev.values() {
         facts.mounts.push(Mount {
             source: n.device.clone(),
@@ -250,6 +253,79 @@ fn formatted(layout: &Layout, disk_size: u64) -> Facts {
         });
     }
     facts
+}
+
+/// What `zpool list` and `zfs list` show after `format` of the layout's pools under `root`:
+/// every pool imported, every dataset (and the parents `zfs create -p` made) with the layout's
+/// properties and mountpoints, every volume at its size.
+fn zfs_facts(layout: &Layout, root: &str) -> ZfsFacts {
+    let mut z = ZfsFacts::default();
+    let props = |opts: &std::collections::BTreeMap<String, String>| {
+        opts.iter()
+            .filter(|(k, _)| k.as_str() != "mountpoint")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    let mountpoint = |opts: &std::collections::BTreeMap<String, String>, mp: &Option<String>| {
+        let m = opts.get("mountpoint").or(mp.as_ref())?;
+        Some(if m.starts_with('/') {
+            join(root, m)
+        } else {
+            m.clone()
+        })
+    };
+    for pool in layout.zpool.values() {
+        z.pools.push(pool.name.clone());
+        z.datasets.insert(
+            pool.name.clone(),
+            ZfsDataset {
+                kind: "filesystem".into(),
+                volsize: None,
+                mountpoint: mountpoint(&pool.root_fs_options, &pool.mountpoint),
+                properties: props(&pool.root_fs_options),
+            },
+        );
+        for ds in pool.datasets.values() {
+            let (full, live) = match ds {
+                Dataset::Fs(f) => (
+                    &f.full_name,
+                    ZfsDataset {
+                        kind: "filesystem".into(),
+                        volsize: None,
+                        mountpoint: mountpoint(&f.options, &f.mountpoint),
+                        properties: props(&f.options),
+                    },
+                ),
+                Dataset::Volume(v) => (
+                    &v.full_name,
+                    ZfsDataset {
+                        kind: "volume".into(),
+                        volsize: v.size.as_deref().and_then(|s| {
+                            match nixpave_disk::model::size::parse_size(s) {
+                                Ok(nixpave_disk::model::size::Size::Bytes(b)) => Some(b),
+                                _ => None,
+                            }
+                        }),
+                        mountpoint: None,
+                        properties: props(&v.options),
+                    },
+                ),
+            };
+            // parents made by `zfs create -p`
+            let mut parent = full.as_str();
+            while let Some((p, _)) = parent.rsplit_once('/') {
+                z.datasets
+                    .entry(p.to_string())
+                    .or_insert_with(|| ZfsDataset {
+                        kind: "filesystem".into(),
+                        ..ZfsDataset::default()
+                    });
+                parent = p;
+            }
+            z.datasets.insert(full.clone(), live);
+        }
+    }
+    z
 }
 
 /// The same facts with the highest-numbered partition of every disk gone.
@@ -315,6 +391,172 @@ fn fixtures_and_examples_classify() {
     let crate_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     snapshot_all("fixture", &nix_files(&crate_dir.join("fixtures")));
     snapshot_all("example", &nix_files(&crate_dir.join("../../examples")));
+}
+
+/// For every layout with a pool: a dataset added (the layout's last one not in `zfs list`), a
+/// volume grown (the live one at half the layout's size), a dataset removed (one more in
+/// `zfs list` than in the layout).
+fn snapshot_zfs(tag: &str, layouts: &[(String, Layout)]) -> usize {
+    let mut n = 0;
+    for (name, layout) in layouts.iter().filter(|(_, l)| !l.zpool.is_empty()) {
+        n += 1;
+        let same = formatted(layout, 20 * GIB);
+        let mut cases = Vec::new();
+        let mut added = same.clone();
+        let z = added.zfs.as_mut().expect("zfs facts");
+        let last = layout
+            .zpool
+            .values()
+            .flat_map(|p| p.datasets.values())
+            .map(|d| match d {
+                Dataset::Fs(f) => f.full_name.clone(),
+                Dataset::Volume(v) => v.full_name.clone(),
+            })
+            .next_back();
+        if let Some(last) = last {
+            z.datasets.remove(&last);
+            cases.push(("dataset-added", added));
+        }
+        let mut grown = same.clone();
+        let z = grown.zfs.as_mut().expect("zfs facts");
+        if let Some(v) = z
+            .datasets
+            .values_mut()
+            .find(|d| d.kind == "volume" && d.volsize.is_some())
+        {
+            v.volsize = v.volsize.map(|s| s / 2);
+            cases.push(("zvol-grown", grown));
+        }
+        let mut removed = same;
+        let z = removed.zfs.as_mut().expect("zfs facts");
+        let pool = z.pools[0].clone();
+        z.datasets.insert(
+            format!("{pool}/old-data"),
+            ZfsDataset {
+                kind: "filesystem".into(),
+                mountpoint: Some("/old-data".into()),
+                ..ZfsDataset::default()
+            },
+        );
+        cases.push(("dataset-removed", removed));
+        for (case, facts) in cases {
+            let u = update(layout, &facts, &options()).expect("update plan");
+            let kind = match case {
+                "dataset-added" => Kind::DatasetAdded,
+                "zvol-grown" => Kind::ZvolGrown,
+                _ => Kind::DatasetRemoved,
+            };
+            assert!(
+                u.differences.iter().any(|d| d.kind == kind),
+                "{name} {case}: {u:#?}"
+            );
+            insta::assert_snapshot!(format!("zfs-{tag}-{name}.{case}"), render_human(&u));
+        }
+    }
+    n
+}
+
+#[test]
+fn zfs_datasets_of_fixtures_and_examples_are_compared() {
+    let crate_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let n = snapshot_zfs("fixture", &nix_files(&crate_dir.join("fixtures")))
+        + snapshot_zfs("example", &nix_files(&crate_dir.join("../../examples")));
+    assert!(n >= 2, "the project's ZFS fixtures are gone ({n} found)");
+}
+
+#[test]
+#[ignore = "needs disko's examples in ../shared next to the repository; run by scripts/conformance.sh"]
+fn zfs_datasets_of_disko_examples_are_compared() {
+    let dir =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference/disko/examples");
+    assert!(snapshot_zfs("disko", &nix_files(&dir)) >= 4);
+}
+
+fn zfs_json() -> serde_json::Value {
+    serde_json::json!({
+        "disk": {"a": {"type": "disk", "device": "/dev/vda", "content": {"type": "zfs", "pool": "tank"}}},
+        "zpool": {"tank": {"type": "zpool", "rootFsOptions": {"compression": "zstd"}, "datasets": {
+            "home": {"type": "zfs_fs", "mountpoint": "/home", "options": {"recordsize": "128K"}},
+            "secret": {"type": "zfs_fs", "options": {"encryption": "on", "keyformat": "passphrase", "keylocation": "file:///run/key"}},
+            "vm": {"type": "zfs_volume", "size": "10G"}
+        }}}
+    })
+}
+
+#[test]
+fn zfs_properties_pools_and_tools_are_classified() {
+    let layout = Layout::from_json(&zfs_json()).expect("layout");
+    let same = formatted(&layout, 20 * GIB);
+    // equal sizes in another spelling (zfs list -p) are the same
+    let mut facts = same.clone();
+    let z = facts.zfs.as_mut().expect("zfs");
+    z.datasets
+        .get_mut("tank/home")
+        .expect("home")
+        .properties
+        .insert("recordsize".into(), "131072".into());
+    z.datasets
+        .get_mut("tank/secret")
+        .expect("secret")
+        .properties
+        .insert("encryption".into(), "aes-256-gcm".into());
+    let u = update(&layout, &facts, &options()).expect("plan");
+    assert!(
+        u.differences.iter().all(|d| d.class == Class::AlreadyThere),
+        "{u:#?}"
+    );
+    // recordsize changes in place; encryption does not; a shrunk volume does not
+    let mut facts = same.clone();
+    let z = facts.zfs.as_mut().expect("zfs");
+    z.datasets
+        .get_mut("tank/home")
+        .expect("home")
+        .properties
+        .insert("recordsize".into(), "1048576".into());
+    z.datasets
+        .get_mut("tank/secret")
+        .expect("secret")
+        .properties
+        .insert("encryption".into(), "off".into());
+    z.datasets.get_mut("tank/vm").expect("vm").volsize = Some(20 * GIB);
+    let u = update(&layout, &facts, &options()).expect("plan");
+    let kinds: Vec<(Class, Kind)> = u
+        .differences
+        .iter()
+        .filter(|d| d.class != Class::AlreadyThere)
+        .map(|d| (d.class, d.kind))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (Class::Additive, Kind::DatasetProperty),
+            (Class::Destructive, Kind::DatasetProperty),
+            (Class::Destructive, Kind::ZvolShrunk),
+        ]
+    );
+    assert!(u
+        .differences
+        .iter()
+        .filter(|d| d.class == Class::Destructive)
+        .all(|d| d.why.is_some()));
+    insta::assert_snapshot!("zfs-properties", render_human(&u));
+    // a pool that is not imported cannot be made in place
+    let mut facts = same.clone();
+    facts.zfs.as_mut().expect("zfs").pools.clear();
+    let u = update(&layout, &facts, &options()).expect("plan");
+    let pool = u
+        .differences
+        .iter()
+        .find(|d| d.kind == Kind::Pool)
+        .expect("pool difference");
+    assert_eq!(pool.class, Class::Destructive);
+    assert!(pool.why.as_deref().is_some_and(|w| w.contains("vdevs")));
+    // no ZFS tools: not compared, said so
+    let mut facts = same;
+    facts.zfs = None;
+    let u = update(&layout, &facts, &options()).expect("plan");
+    assert!(u.differences.iter().all(|d| d.kind != Kind::Pool));
+    assert!(u.not_compared.iter().any(|n| n.contains("ZFS pool `tank`")));
 }
 
 #[test]

@@ -68,6 +68,31 @@ pub struct Facts {
     /// Files found by [`probe_paths`] (e.g. btrfs swap files that are not turned on).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub existing_files: Vec<String>,
+    /// Imported ZFS pools and their datasets, when [`probe_zfs`] ran (and ZFS is installed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zfs: Option<ZfsFacts>,
+}
+
+/// Imported ZFS pools (`zpool list`) and their datasets and volumes (`zfs list`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ZfsFacts {
+    /// Names of the imported pools.
+    pub pools: Vec<String>,
+    /// Datasets and volumes by full name (`pool/a/b`), the pools' root datasets included.
+    pub datasets: BTreeMap<String, ZfsDataset>,
+}
+
+/// One ZFS dataset or volume.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ZfsDataset {
+    /// `filesystem` or `volume`.
+    pub kind: String,
+    /// A volume's size in bytes.
+    pub volsize: Option<u64>,
+    /// The `mountpoint` property as listed (under the pool's altroot), `None` for a volume.
+    pub mountpoint: Option<String>,
+    /// Further properties asked for (those the layout sets), parsable values (`zfs list -p`).
+    pub properties: BTreeMap<String, String>,
 }
 
 /// An LVM volume group (`vgs`) and its logical volumes (`lvs`).
@@ -220,6 +245,7 @@ pub fn probe_scoped(transport: &dyn Transport, scope: &[String]) -> Result<Facts
         btrfs_subvolumes: BTreeMap::new(),
         volume_groups: None,
         existing_files: Vec::new(),
+        zfs: None,
     })
 }
 
@@ -255,6 +281,89 @@ pub fn probe_lvm(transport: &dyn Transport, facts: &mut Facts) -> Result<(), App
         &lv_out.stdout_str(),
     ));
     Ok(())
+}
+
+/// Fills [`Facts::zfs`] from `zpool list` and `zfs list` (filesystems and volumes, with the
+/// properties in `properties` as extra columns). Read-only. Without ZFS on the machine (no
+/// program, no module) it stays `None` (unknown, not empty).
+pub fn probe_zfs(
+    transport: &dyn Transport,
+    facts: &mut Facts,
+    properties: &[String],
+) -> Result<(), ApplyError> {
+    let pools = match transport.run(&zpool_list_argv(), None) {
+        Ok(out) if out.success() => out,
+        _ => return Ok(()),
+    };
+    let argv = zfs_list_argv(properties);
+    let out = transport.run(&argv, None)?;
+    if !out.success() {
+        return Err(ApplyError::Probe {
+            host: transport.host().to_string(),
+            command: argv.join(" "),
+            status: out.status,
+            stderr: out.stderr_tail(5),
+        });
+    }
+    facts.zfs = Some(ZfsFacts {
+        pools: pools
+            .stdout_str()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect(),
+        datasets: parse_zfs_list(&out.stdout_str(), properties),
+    });
+    Ok(())
+}
+
+fn zpool_list_argv() -> Vec<String> {
+    ["zpool", "list", "-H", "-o", "name"]
+        .map(String::from)
+        .to_vec()
+}
+
+/// `zfs list -H -p` of filesystems and volumes: name, type, volsize, mountpoint, then `properties`.
+pub fn zfs_list_argv(properties: &[String]) -> Vec<String> {
+    let mut columns = vec!["name", "type", "volsize", "mountpoint"];
+    columns.extend(properties.iter().map(String::as_str));
+    ["zfs", "list", "-H", "-p", "-t", "filesystem,volume", "-o"]
+        .map(String::from)
+        .into_iter()
+        .chain([columns.join(",")])
+        .collect()
+}
+
+/// Parses `zfs list -H -p` output with the columns of [`zfs_list_argv`] (tab-separated, `-`
+/// for none). Lines with too few columns are skipped.
+pub fn parse_zfs_list(text: &str, properties: &[String]) -> BTreeMap<String, ZfsDataset> {
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let cols: Vec<&str> = line.split('\t').collect();
+        if cols.len() < 4 + properties.len() || cols[0].is_empty() {
+            continue;
+        }
+        let some = |v: &str| (v != "-" && !v.is_empty()).then(|| v.to_string());
+        out.insert(
+            cols[0].to_string(),
+            ZfsDataset {
+                kind: cols[1].to_string(),
+                volsize: cols[2].parse().ok(),
+                mountpoint: if cols[1] == "volume" {
+                    None
+                } else {
+                    some(cols[3])
+                },
+                properties: properties
+                    .iter()
+                    .zip(&cols[4..])
+                    .filter_map(|(k, v)| some(v).map(|v| (k.clone(), v)))
+                    .collect(),
+            },
+        );
+    }
+    out
 }
 
 /// Adds to [`Facts::existing_files`] those of `paths` that exist (`test -e`). Read-only.
@@ -670,5 +779,34 @@ mod tests {
         assert!(path_is_under("/anything", "/"));
         assert_eq!(normalize_path("/mnt//boot/"), "/mnt/boot");
         assert_eq!(normalize_path("/"), "/");
+    }
+
+    #[test]
+    fn zfs_list_output_parses_into_datasets_and_volumes() {
+        let props = vec!["compression".to_string(), "encryption".to_string()];
+        assert_eq!(
+            zfs_list_argv(&props).join(" "),
+            "zfs list -H -p -t filesystem,volume -o name,type,volsize,mountpoint,compression,encryption"
+        );
+        let text = "tank\tfilesystem\t-\t/mnt/tank\tzstd\toff\n\
+                    tank/home\tfilesystem\t-\t/mnt/home\tzstd\taes-256-gcm\n\
+                    tank/vm\tvolume\t10737418240\t-\tzstd\toff\n\
+                    tank/legacy\tfilesystem\t-\tlegacy\t-\toff\n\
+                    short\tline\n";
+        let ds = parse_zfs_list(text, &props);
+        assert_eq!(
+            ds.keys().collect::<Vec<_>>(),
+            ["tank", "tank/home", "tank/legacy", "tank/vm"]
+        );
+        let vm = &ds["tank/vm"];
+        assert_eq!(vm.kind, "volume");
+        assert_eq!(vm.volsize, Some(10 << 30));
+        assert_eq!(vm.mountpoint, None);
+        let home = &ds["tank/home"];
+        assert_eq!(home.volsize, None);
+        assert_eq!(home.mountpoint.as_deref(), Some("/mnt/home"));
+        assert_eq!(home.properties["encryption"], "aes-256-gcm");
+        assert_eq!(ds["tank/legacy"].mountpoint.as_deref(), Some("legacy"));
+        assert!(!ds["tank/legacy"].properties.contains_key("compression"));
     }
 }

@@ -246,7 +246,8 @@ pub struct ApplyReport {
 
 /// Everything `update` mode compares a layout with, probed through a read-only transport:
 /// [`probe`], the subvolume lists of mounted btrfs filesystems, `vgs`/`lvs` when the layout has
-/// volume groups, and which of the layout's btrfs swap files exist.
+/// volume groups, `zpool list`/`zfs list` when it has pools, and which of the layout's btrfs
+/// swap files exist.
 pub fn probe_for_update(
     transport: &dyn Transport,
     layout: &crate::Layout,
@@ -264,6 +265,10 @@ pub fn probe_for_update(
     facts::probe_btrfs_subvolumes(transport, &mut facts, &btrfs)?;
     if !layout.lvm_vg.is_empty() {
         facts::probe_lvm(transport, &mut facts)?;
+    }
+    if !layout.zpool.is_empty() {
+        let properties = crate::planner::update::zfs_properties(layout);
+        facts::probe_zfs(transport, &mut facts, &properties)?;
     }
     let swap_files = crate::planner::update::swap_file_candidates(layout, &facts);
     facts::probe_paths(transport, &mut facts, &swap_files)?;

@@ -9,7 +9,7 @@ use crate::model::*;
 use crate::plan::{Guard, Operation, StdinSource};
 
 /// ZFS properties that can only be set at creation (left out of `zfs set`).
-const ONETIME_PROPS: [&str; 8] = [
+pub(crate) const ONETIME_PROPS: [&str; 8] = [
     "encryption",
     "casesensitivity",
     "utf8only",
@@ -799,68 +799,74 @@ pub(crate) fn zpool(pool: &Zpool, members: &[String], ctx: &mut Ctx) -> Vec<Oper
     }
     for ds in pool.datasets.values() {
         match ds {
-            Dataset::Fs(f) => {
-                let mut opts = f.options.clone();
-                if let Some(m) = &f.mountpoint {
-                    opts.entry("mountpoint".into()).or_insert_with(|| m.clone());
-                }
-                let mut a = argv!["zfs", "create", "-up", &f.full_name];
-                for (k, v) in &opts {
-                    a.extend(argv!["-o", format!("{k}={v}")]);
-                }
-                let mut o = op(
-                    &f.full_name,
-                    format!("create ZFS dataset {}", f.full_name),
-                    a,
-                )
-                .guard(Guard::DatasetAbsent {
-                    dataset: f.full_name.clone(),
-                });
-                if keylocation_prompt(&f.options) {
-                    o.stdin = Some(StdinSource::Prompt {
-                        name: f.full_name.clone(),
-                        confirm: true,
-                    });
-                }
-                body.extend(with_hooks(&f.hooks, &f.full_name, vec![o]));
-            }
-            Dataset::Volume(v) => {
-                let mut a = argv!["zfs", "create", &v.full_name];
-                for (k, val) in &v.options {
-                    a.extend(argv!["-o", format!("{k}={val}")]);
-                }
-                if let Some(s) = &v.size {
-                    a.extend(argv!["-V", s]);
-                }
-                a.extend(v.extra_args.iter().cloned());
-                let mut o = op(
-                    &v.full_name,
-                    format!(
-                        "create ZFS volume {} ({})",
-                        v.full_name,
-                        v.size.as_deref().unwrap_or("no size")
-                    ),
-                    a,
-                )
-                .destructive()
-                .guard(Guard::DatasetAbsent {
-                    dataset: v.full_name.clone(),
-                });
-                if keylocation_prompt(&v.options) {
-                    o.stdin = Some(StdinSource::Prompt {
-                        name: v.full_name.clone(),
-                        confirm: true,
-                    });
-                }
-                let mut vb = vec![o];
-                if let Some(c) = &v.content {
-                    vb.extend(content(c, ctx));
-                }
-                body.extend(with_hooks(&v.hooks, &v.full_name, vb));
-            }
+            Dataset::Fs(f) => body.extend(zfs_fs(f)),
+            Dataset::Volume(v) => body.extend(zfs_volume(v, ctx)),
         }
     }
     with_hooks(&pool.hooks, name, body)
+}
+
+/// Create operations of a ZFS dataset (`zfs create -up`, its options and mountpoint).
+pub(crate) fn zfs_fs(f: &ZfsFs) -> Vec<Operation> {
+    let mut opts = f.options.clone();
+    if let Some(m) = &f.mountpoint {
+        opts.entry("mountpoint".into()).or_insert_with(|| m.clone());
+    }
+    let mut a = argv!["zfs", "create", "-up", &f.full_name];
+    for (k, v) in &opts {
+        a.extend(argv!["-o", format!("{k}={v}")]);
+    }
+    let mut o = op(
+        &f.full_name,
+        format!("create ZFS dataset {}", f.full_name),
+        a,
+    )
+    .guard(Guard::DatasetAbsent {
+        dataset: f.full_name.clone(),
+    });
+    if keylocation_prompt(&f.options) {
+        o.stdin = Some(StdinSource::Prompt {
+            name: f.full_name.clone(),
+            confirm: true,
+        });
+    }
+    with_hooks(&f.hooks, &f.full_name, vec![o])
+}
+
+/// Create operations of a ZFS volume and its content.
+pub(crate) fn zfs_volume(v: &ZfsVolume, ctx: &mut Ctx) -> Vec<Operation> {
+    let mut a = argv!["zfs", "create", &v.full_name];
+    for (k, val) in &v.options {
+        a.extend(argv!["-o", format!("{k}={val}")]);
+    }
+    if let Some(s) = &v.size {
+        a.extend(argv!["-V", s]);
+    }
+    a.extend(v.extra_args.iter().cloned());
+    let mut o = op(
+        &v.full_name,
+        format!(
+            "create ZFS volume {} ({})",
+            v.full_name,
+            v.size.as_deref().unwrap_or("no size")
+        ),
+        a,
+    )
+    .destructive()
+    .guard(Guard::DatasetAbsent {
+        dataset: v.full_name.clone(),
+    });
+    if keylocation_prompt(&v.options) {
+        o.stdin = Some(StdinSource::Prompt {
+            name: v.full_name.clone(),
+            confirm: true,
+        });
+    }
+    let mut vb = vec![o];
+    if let Some(c) = &v.content {
+        vb.extend(content(c, ctx));
+    }
+    with_hooks(&v.hooks, &v.full_name, vb)
 }
 
 /// One member of a bcachefs filesystem: its device and the format arguments that go before it.

@@ -274,7 +274,7 @@ fn has_key(options: &BTreeMap<String, String>) -> bool {
     options.get("keylocation").is_some_and(|k| k != "none")
 }
 
-fn zfs_fs_mount(
+pub(crate) fn zfs_fs_mount(
     name: &str,
     options: &BTreeMap<String, String>,
     mountpoint: &Option<String>,

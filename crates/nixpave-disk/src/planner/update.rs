@@ -15,9 +15,13 @@
 //! - Every operation acts on something new (guarded like `format`: a filesystem is only made
 //!   on a device without one) or grows something; none is marked destructive.
 //! - LVM logical volumes are compared from `vgs`/`lvs`: a new one is made in the group's free
-//!   extents, a plain (linear) one grows into them with its filesystem. mdadm, ZFS and bcachefs
-//!   aggregates, and what lies inside a closed LUKS container, are not compared yet: they are
-//!   listed in [`UpdatePlan::not_compared`].
+//!   extents, a plain (linear) one grows into them with its filesystem.
+//! - ZFS pools are compared from `zpool list`/`zfs list`: a new dataset or volume is created
+//!   in the imported pool, a volume grows (`volsize`), a property that ZFS can change is set;
+//!   a missing pool, a removed dataset, a shrunk volume or a creation-only property is
+//!   destructive.
+//! - mdadm and bcachefs aggregates, and what lies inside a closed LUKS container, are not
+//!   compared yet: they are listed in [`UpdatePlan::not_compared`].
 
 use std::collections::BTreeMap;
 
@@ -30,7 +34,9 @@ use super::{Ctx, PlanError, PlanOptions};
 use crate::exec::facts::{normalize_path, BlockDevice, Facts};
 use crate::exec::resolve::{resolve, Resolution};
 use crate::model::size::{parse_position, Position, SECTOR};
-use crate::model::{Btrfs, Content, Disk, Gpt, GptPartition, Layout, LvmVg, Subvolume};
+use crate::model::{
+    Btrfs, Content, Dataset, Disk, Gpt, GptPartition, Layout, LvmVg, Subvolume, Zpool,
+};
 use crate::plan::{Mode, Operation, Plan, StdinSource};
 
 /// How a difference between the layout and the disks can be brought about.
@@ -115,6 +121,20 @@ pub enum Kind {
     LvShrunk,
     /// An LVM logical volume the layout no longer has.
     LvRemoved,
+    /// A ZFS pool.
+    Pool,
+    /// A ZFS dataset or volume.
+    Dataset,
+    /// A ZFS dataset or volume that is not there yet.
+    DatasetAdded,
+    /// A ZFS dataset or volume on the pool that the layout no longer has.
+    DatasetRemoved,
+    /// A ZFS property that differs from the layout's.
+    DatasetProperty,
+    /// A ZFS volume grown (`volsize`).
+    ZvolGrown,
+    /// A ZFS volume that would have to shrink.
+    ZvolShrunk,
 }
 
 /// One difference (or sameness) between the layout and the disks.
@@ -162,6 +182,28 @@ pub fn swap_file_candidates(layout: &Layout, facts: &Facts) -> Vec<String> {
             }
         }
     }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The ZFS properties the layout sets on pools' root datasets, datasets and volumes (besides
+/// `mountpoint`): the extra columns [`crate::exec::facts::probe_zfs`] asks `zfs list` for.
+pub fn zfs_properties(layout: &Layout) -> Vec<String> {
+    let mut out: Vec<String> = layout
+        .zpool
+        .values()
+        .flat_map(|p| {
+            p.root_fs_options
+                .keys()
+                .chain(p.datasets.values().flat_map(|d| match d {
+                    Dataset::Fs(f) => f.options.keys(),
+                    Dataset::Volume(v) => v.options.keys(),
+                }))
+        })
+        .filter(|k| k.as_str() != "mountpoint")
+        .cloned()
+        .collect();
     out.sort();
     out.dedup();
     out
@@ -215,6 +257,9 @@ const PHASE_SWAP: u8 = 3;
 
 /// 1 MiB in sectors: sgdisk's alignment, and the slack below which sizes count as equal.
 const ALIGN: u64 = 2048;
+/// Size difference below which a ZFS volume counts as unchanged (volsize is rounded to the
+/// volume's block size, at most 128 KiB).
+const ZVOL_SLACK: u64 = 128 << 10;
 /// Sectors the backup GPT takes at the end of the disk.
 const BACKUP_GPT: u64 = 33;
 
@@ -282,10 +327,8 @@ pub fn update(
         w.not_compared
             .push(format!("mdadm array `{name}` (left untouched)"));
     }
-    for name in layout.zpool.keys() {
-        w.not_compared.push(format!(
-            "ZFS pool `{name}` (its datasets and volumes are not compared yet)"
-        ));
+    for pool in layout.zpool.values() {
+        w.zpool(pool);
     }
     for name in layout.bcachefs_filesystems.keys() {
         w.not_compared
@@ -808,6 +851,268 @@ impl Walker<'_> {
     }
 
     /// The logical volumes of a volume group that exists (from `vgs`/`lvs`).
+    fn zpool(&mut self, pool: &Zpool) {
+        let name = &pool.name;
+        let Some(zfs) = &self.facts.zfs else {
+            self.not_compared.push(format!(
+                "ZFS pool `{name}` (no ZFS tools or module on this machine)"
+            ));
+            return;
+        };
+        if !zfs.pools.contains(name) {
+            self.push_destructive(
+                Kind::Pool,
+                format!("ZFS pool `{name}` is not imported here"),
+                "creating a pool needs its vdevs; the disks are in use (import the pool if it \
+                 exists, or make it with `format` on disks that are free)"
+                    .to_string(),
+            );
+            return;
+        }
+        self.same(Kind::Pool, format!("ZFS pool `{name}` is imported"));
+        let mut root_props = pool.root_fs_options.clone();
+        if let Some(m) = &pool.mountpoint {
+            root_props
+                .entry("mountpoint".into())
+                .or_insert_with(|| m.clone());
+        }
+        self.zfs_properties(name, &root_props);
+        // Parents that `zfs create -p` made for the layout's datasets count as the layout's.
+        let wanted: Vec<&str> = pool
+            .datasets
+            .values()
+            .map(|d| match d {
+                Dataset::Fs(f) => f.full_name.as_str(),
+                Dataset::Volume(v) => v.full_name.as_str(),
+            })
+            .collect();
+        let prefix = format!("{name}/");
+        for (full, live) in zfs.datasets.range(prefix.clone()..) {
+            if !full.starts_with(&prefix) {
+                break;
+            }
+            let kept = wanted
+                .iter()
+                .any(|w| *w == full || w.starts_with(&format!("{full}/")));
+            if !kept {
+                self.push_destructive(
+                    Kind::DatasetRemoved,
+                    format!("ZFS {} {full} is not in the layout", live.kind),
+                    format!(
+                        "removing a ZFS {} destroys its data and snapshots; nixpave never \
+                         removes one (zfs destroy it yourself, or keep it in the layout)",
+                        live.kind
+                    ),
+                );
+            }
+        }
+        for ds in pool.datasets.values() {
+            match ds {
+                Dataset::Fs(f) => match zfs.datasets.get(&f.full_name) {
+                    None => {
+                        self.push(
+                            Class::Additive,
+                            Kind::DatasetAdded,
+                            format!("new ZFS dataset {}", f.full_name),
+                            create::zfs_fs(f),
+                            (PHASE_CONTENT, format!("zfs:{}", f.full_name)),
+                        );
+                        // `zfs create -u` leaves it unmounted: mount it like `mount` mode does.
+                        let mount = mount::zfs_fs_mount(
+                            &f.full_name,
+                            &f.options,
+                            &f.mountpoint,
+                            &f.mount_options,
+                            &self.ctx,
+                            Dir::Mount,
+                        );
+                        if let Some((mp, o)) = mount {
+                            self.new_dataset_mount(&f.full_name, &mp, o);
+                        }
+                    }
+                    Some(live) if live.kind != "filesystem" => {
+                        self.zfs_kind_changed(&f.full_name, &live.kind, "filesystem")
+                    }
+                    Some(_) => {
+                        self.same(Kind::Dataset, format!("ZFS dataset {}", f.full_name));
+                        let mut props = f.options.clone();
+                        if let Some(m) = &f.mountpoint {
+                            props
+                                .entry("mountpoint".into())
+                                .or_insert_with(|| m.clone());
+                        }
+                        self.zfs_properties(&f.full_name, &props);
+                    }
+                },
+                Dataset::Volume(v) => match zfs.datasets.get(&v.full_name) {
+                    None => {
+                        let mut ctx = Ctx {
+                            root: self.ctx.root.clone(),
+                        };
+                        let ops = create::zfs_volume(v, &mut ctx);
+                        self.push(
+                            Class::Additive,
+                            Kind::DatasetAdded,
+                            format!(
+                                "new ZFS volume {} ({})",
+                                v.full_name,
+                                v.size.as_deref().unwrap_or("no size")
+                            ),
+                            ops,
+                            (PHASE_CONTENT, format!("zfs:{}", v.full_name)),
+                        );
+                        if let Some(c) = &v.content {
+                            self.new_mounts(c);
+                        }
+                    }
+                    Some(live) if live.kind != "volume" => {
+                        self.zfs_kind_changed(&v.full_name, &live.kind, "volume")
+                    }
+                    Some(live) => {
+                        self.zvol_size(v, live.volsize);
+                        self.zfs_properties(&v.full_name, &v.options);
+                    }
+                },
+            }
+        }
+    }
+
+    fn new_dataset_mount(&mut self, full: &str, mp: &str, o: Operation) {
+        let t = target(&self.ctx.root, mp);
+        let taken = self
+            .facts
+            .mounts
+            .iter()
+            .rev()
+            .find(|m| normalize_path(&m.target) == normalize_path(&t));
+        match taken {
+            Some(m) => self.push_destructive(
+                Kind::MountTaken,
+                format!("mount ZFS dataset {full} at {t}"),
+                format!(
+                    "{t} has {} ({}) mounted; mounting the new dataset over it would hide it: \
+                     unmount it first or change the mountpoint",
+                    m.source, m.fstype
+                ),
+            ),
+            None => self.push(
+                Class::Additive,
+                Kind::MountAdded,
+                format!("mount {full} at {t}"),
+                vec![o],
+                (PHASE_MOUNT, t.clone()),
+            ),
+        }
+    }
+
+    fn zfs_kind_changed(&mut self, full: &str, have: &str, want: &str) {
+        self.push_destructive(
+            Kind::Dataset,
+            format!("ZFS {full} is a {have}, the layout has a {want}"),
+            format!(
+                "a ZFS {have} cannot become a {want}; it would have to be destroyed and made \
+                 again, losing its data"
+            ),
+        );
+    }
+
+    fn zvol_size(&mut self, v: &crate::model::ZfsVolume, live: Option<u64>) {
+        let subject = format!("ZFS volume {}", v.full_name);
+        let want = match v.size.as_deref().map(crate::model::size::parse_size) {
+            Some(Ok(crate::model::size::Size::Bytes(b))) => Some(b),
+            _ => None,
+        };
+        let (Some(want), Some(live)) = (want, live) else {
+            self.same(Kind::Dataset, format!("{subject} (size not compared)"));
+            return;
+        };
+        if want.abs_diff(live) < ZVOL_SLACK {
+            self.same(Kind::Dataset, format!("{subject} ({})", mib(live)));
+        } else if want < live {
+            self.push_destructive(
+                Kind::ZvolShrunk,
+                format!("{subject}: {} → {}", mib(live), mib(want)),
+                "shrinking a ZFS volume cuts off the end of the device and whatever the \
+                 filesystem or data on it keeps there; ZFS does not move it"
+                    .to_string(),
+            );
+        } else {
+            let fs_note = match v.content.as_ref().and_then(expected_type) {
+                Some(fs) => format!(" (the {fs} on it is not grown: grow it once the volume is)"),
+                None => String::new(),
+            };
+            self.push(
+                Class::Growable,
+                Kind::ZvolGrown,
+                format!("{subject}: {} → {}{fs_note}", mib(live), mib(want)),
+                vec![op(
+                    &v.full_name,
+                    format!("grow {subject} to {}", mib(want)),
+                    argv!["zfs", "set", format!("volsize={want}"), &v.full_name],
+                )],
+                (PHASE_CONTENT, format!("zfs:{}", v.full_name)),
+            );
+        }
+    }
+
+    /// Compares the layout's properties of dataset `full` with the live ones: those ZFS can
+    /// change are set (`zfs set`), creation-only ones that differ are destructive.
+    fn zfs_properties(&mut self, full: &str, wanted: &BTreeMap<String, String>) {
+        let Some(live) = self.facts.zfs.as_ref().and_then(|z| z.datasets.get(full)) else {
+            return;
+        };
+        let mut set = Vec::new();
+        for (k, want) in wanted {
+            let have = if k == "mountpoint" {
+                live.mountpoint.clone()
+            } else {
+                live.properties.get(k).cloned()
+            };
+            let want_live = if k == "mountpoint" && want.starts_with('/') {
+                target(&self.ctx.root, want)
+            } else {
+                want.clone()
+            };
+            if have
+                .as_deref()
+                .is_some_and(|h| zfs_value_eq(k, &want_live, h))
+            {
+                continue;
+            }
+            let have = have.unwrap_or_else(|| "unset".into());
+            if create::ONETIME_PROPS.contains(&k.as_str()) {
+                self.push_destructive(
+                    Kind::DatasetProperty,
+                    format!("ZFS {full}: {k} is {have}, the layout has {want}"),
+                    format!(
+                        "{k} is fixed when a dataset is created; changing it means a new \
+                         dataset and copying the data over (zfs send/receive)"
+                    ),
+                );
+            } else {
+                set.push((k.clone(), want.clone(), have));
+            }
+        }
+        if set.is_empty() {
+            return;
+        }
+        let mut a = argv!["zfs", "set"];
+        a.extend(set.iter().map(|(k, v, _)| format!("{k}={v}")));
+        a.push(full.to_string());
+        let what = set
+            .iter()
+            .map(|(k, v, h)| format!("{k} {h} → {v}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        self.push(
+            Class::Additive,
+            Kind::DatasetProperty,
+            format!("ZFS {full}: set {what}"),
+            vec![op(full, format!("set properties of {full}"), a)],
+            (PHASE_CONTENT, format!("zfs:{full}")),
+        );
+    }
+
     fn lvm_vg(&mut self, vg: &LvmVg) {
         let name = &vg.name;
         let facts = self.facts;
@@ -1479,6 +1784,22 @@ fn change_reason(have: &str, want: &str, device: &str) -> String {
              (copy the data off first, or keep {have} in the layout)"
         )
     }
+}
+
+/// True when ZFS lists value `have` for property `k` that the layout gives as `want`: the same
+/// word, the same size (`128K` = `131072`), or `encryption=on` met by a cipher name.
+fn zfs_value_eq(k: &str, want: &str, have: &str) -> bool {
+    if want.eq_ignore_ascii_case(have) {
+        return true;
+    }
+    if k == "encryption" && want == "on" {
+        return have != "off";
+    }
+    let bytes = |v: &str| match crate::model::size::parse_size(v) {
+        Ok(crate::model::size::Size::Bytes(b)) => Some(b),
+        _ => None,
+    };
+    bytes(want).is_some_and(|w| Some(w) == bytes(have))
 }
 
 fn subvol_note(fs_root: &str) -> String {
