@@ -2,8 +2,8 @@
 
 use miette::miette;
 use nixpave_deploy::settings::GeneralSettings;
+use nixpave_deploy::source::{self, InventoryFile, SourceError};
 use nixpave_deploy::{Inventory, Selection, SshConnector};
-use nixpave_nix::flake::FlakeTarget;
 use nixpave_nix::invoke::NixOptions;
 use nixpave_remote::{InventoryHost, SshOptions};
 
@@ -32,29 +32,19 @@ pub(super) fn load_fleet(
     checks: bool,
     nix: &NixOptions,
 ) -> Result<Fleet, CliError> {
-    let mut flakes: Vec<&str> = args
+    let flakes: Vec<&str> = args
         .flakes
         .iter()
         .chain(&args.targets)
         .map(String::as_str)
         .collect();
-    if flakes.is_empty() {
-        flakes.push(".");
-    }
     let on = Selection::parse_on(&args.on);
     let mut known: Vec<InventoryHost> = Vec::new();
     let mut deploy_json = None;
     if let Some(path) = &args.inventory {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| usage(format!("reading {}: {e}", path.display())))?;
-        let value: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| usage(format!("{}: {e}", path.display())))?;
-        if value.get("nodes").is_some() {
-            deploy_json = Some(value);
-        } else {
-            let inv: nixpave_remote::Inventory = serde_json::from_value(value)
-                .map_err(|e| usage(format!("{}: {e}", path.display())))?;
-            known.extend(inv.hosts);
+        match InventoryFile::read(path).map_err(source_error)? {
+            InventoryFile::Nodes(value) => deploy_json = Some(value),
+            InventoryFile::Hosts(hosts) => known.extend(hosts),
         }
     }
     if let Some(lab) = &args.lab {
@@ -74,36 +64,8 @@ pub(super) fn load_fleet(
         };
         known.extend(inv.hosts);
     }
-    let inventory_error = |e: nixpave_deploy::InventoryError| {
-        let code = match e {
-            nixpave_deploy::InventoryError::Eval { .. } => exit::FAILED,
-            _ => exit::USAGE,
-        };
-        CliError::from_error(code, e)
-    };
-    let mut inventory = match deploy_json {
-        Some(v) => {
-            let target = FlakeTarget::parse(flakes[0]);
-            let selection = selection_for(&on, &target)?;
-            Inventory::from_json(v, &selection).map_err(inventory_error)?
-        }
-        None => {
-            let mut all = Inventory::default();
-            for flake in &flakes {
-                let target = FlakeTarget::parse(flake);
-                let selection = selection_for(&on, &target)?;
-                let one = Inventory::load_flake(&target.flake, &selection, checks, nix)
-                    .map_err(inventory_error)?;
-                all.merge(one).map_err(inventory_error)?;
-            }
-            all
-        }
-    };
-    if inventory.hosts.is_empty() {
-        return Err(usage(
-            "no host matches the selection (check --on and FLAKE#node)".into(),
-        ));
-    }
+    let mut inventory =
+        source::load_selected(&flakes, &on, deploy_json, checks, nix).map_err(source_error)?;
     if args.lab.is_some() {
         nixpave_deploy::overrides::use_private_state_dir(&mut inventory.hosts, LAB_STATE_DIR);
     }
@@ -138,14 +100,17 @@ pub(super) fn load_fleet(
     })
 }
 
-/// The hosts a flake argument selects: `--on` plus its `#node.profile` fragment.
-fn selection_for(on: &Selection, target: &FlakeTarget) -> Result<Selection, CliError> {
-    match &target.fragment {
-        Some(fragment) => on
-            .clone()
-            .with_fragment(fragment)
-            .map_err(|e| usage(e.to_string())),
-        None => Ok(on.clone()),
+/// Inventory and selection errors are usage errors (exit 2), a failed evaluation is not (exit 1).
+fn source_error(e: SourceError) -> CliError {
+    let code = if e.is_usage() {
+        exit::USAGE
+    } else {
+        exit::FAILED
+    };
+    match e {
+        // Keeps the nix error as the diagnostic's source.
+        SourceError::Inventory(e) => CliError::from_error(code, e),
+        e => usage(e.to_string()),
     }
 }
 
