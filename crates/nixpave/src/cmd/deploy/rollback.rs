@@ -28,8 +28,8 @@ pub fn rollback(args: RollbackArgs) -> miette::Result<ExitCode> {
         parallel: Some(args.parallel),
         ..Default::default()
     };
-    let report = nixpave_deploy::fleet::run_waves(hosts, &rollout, sink, &|host, salt| {
-        nixpave_deploy::rollback_host(host, &fleet.connector, args.goal, sink, salt)
+    let report = nixpave_deploy::fleet::run_waves(hosts, &rollout, sink, &|host, host_index| {
+        nixpave_deploy::rollback_host(host, &fleet.connector, args.goal, sink, host_index)
     });
     renderer.finish(&report, |h| h.outcome == Outcome::RolledBack)?;
     if nixpave_remote::cancel::is_cancelled() {
