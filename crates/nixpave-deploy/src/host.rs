@@ -100,14 +100,15 @@ impl Run<'_> {
         });
     }
 
-    /// Starts a run on `host`: announces the connect phase and opens the host's connection,
-    /// or returns the failed report.
-    fn connect<'a>(
+    /// Starts a run on `host`: announces the connect phase, opens the host's connection and runs
+    /// `work` on it; a failed connection is the host's report.
+    fn with_connection<'a>(
         host: &'a Host,
         connector: &dyn Connector,
         emit: EventSink<'a>,
         host_index: usize,
-    ) -> (Run<'a>, Result<Box<dyn Connection>, HostReport>) {
+        work: impl FnOnce(&Run<'a>, &dyn Connection) -> HostReport,
+    ) -> HostReport {
         let run = Run {
             host,
             emit,
@@ -115,15 +116,17 @@ impl Run<'_> {
             host_index,
         };
         run.phase(Phase::Connect);
-        let conn = timing::timed(&host.name, "connect", || connector.connect(host)).map_err(|e| {
-            let mut r = run.report(
-                Outcome::Failed,
-                format!("cannot connect to {}: {e}", host.hostname),
-            );
-            r.failed_phase = Some(Phase::Connect);
-            r
-        });
-        (run, conn)
+        match timing::timed(&host.name, "connect", || connector.connect(host)) {
+            Ok(conn) => work(&run, conn.as_ref()),
+            Err(e) => {
+                let mut r = run.report(
+                    Outcome::Failed,
+                    format!("cannot connect to {}: {e}", host.hostname),
+                );
+                r.failed_phase = Some(Phase::Connect);
+                r
+            }
+        }
     }
 
     fn report(&self, outcome: Outcome, message: String) -> HostReport {
@@ -148,20 +151,21 @@ pub fn deploy_host(
     emit: EventSink<'_>,
     host_index: usize,
 ) -> HostReport {
-    let (run, conn) = Run::connect(host, connector, emit, host_index);
-    let conn = match conn {
-        Ok(c) => c,
-        Err(report) => return report,
-    };
-    match deploy_connected(&run, conn.as_ref(), opts) {
-        Ok(report) => report,
-        Err(e) => {
-            let mut r = run.report(Outcome::Failed, e.message);
-            r.failed_phase = Some(e.phase);
-            r.log_tail = e.log_tail;
-            r
-        }
-    }
+    Run::with_connection(
+        host,
+        connector,
+        emit,
+        host_index,
+        |run, conn| match deploy_connected(run, conn, opts) {
+            Ok(report) => report,
+            Err(e) => {
+                let mut r = run.report(Outcome::Failed, e.message);
+                r.failed_phase = Some(e.phase);
+                r.log_tail = e.log_tail;
+                r
+            }
+        },
+    )
 }
 
 fn transport_err(phase: Phase) -> impl Fn(TransportError) -> StepError {
@@ -792,31 +796,28 @@ pub fn rollback_host(
     emit: EventSink<'_>,
     host_index: usize,
 ) -> HostReport {
-    let (run, conn) = Run::connect(host, connector, emit, host_index);
-    let conn = match conn {
-        Ok(c) => c,
-        Err(report) => return report,
-    };
-    let t = conn.transport();
-    run.phase(Phase::Activate);
-    let mut last = None;
-    for (i, profile) in host.profiles.iter().enumerate() {
-        match rollback_profile(t, profile, goal, &new_deploy_id(host_index * 16 + i)) {
-            Ok(r) => last = Some(r),
-            Err(message) => {
-                let mut r = run.report(Outcome::Failed, message);
-                r.failed_phase = Some(Phase::Activate);
-                r.log_tail = agent_log_tail(t, profile);
-                return r;
+    Run::with_connection(host, connector, emit, host_index, |run, conn| {
+        let t = conn.transport();
+        run.phase(Phase::Activate);
+        let mut last = None;
+        for (i, profile) in host.profiles.iter().enumerate() {
+            match rollback_profile(t, profile, goal, &new_deploy_id(host_index * 16 + i)) {
+                Ok(r) => last = Some(r),
+                Err(message) => {
+                    let mut r = run.report(Outcome::Failed, message);
+                    r.failed_phase = Some(Phase::Activate);
+                    r.log_tail = agent_log_tail(t, profile);
+                    return r;
+                }
             }
         }
-    }
-    let mut r = run.report(Outcome::RolledBack, "rolled back by hand".into());
-    if let Some(rec) = last {
-        r.generation = rec.generation;
-        r.path = Some(rec.path);
-    }
-    r
+        let mut r = run.report(Outcome::RolledBack, "rolled back by hand".into());
+        if let Some(rec) = last {
+            r.generation = rec.generation;
+            r.path = Some(rec.path);
+        }
+        r
+    })
 }
 
 /// Activates the generation before the current one of `profile` (the agent's manual rollback, run in the
