@@ -398,13 +398,14 @@ fn fnv1a(data: &[u8]) -> u64 {
     })
 }
 
-/// A fresh deploy id: time and process based, alphanumeric.
-pub fn new_deploy_id(salt: usize) -> String {
+/// A fresh deploy id: time and process based, alphanumeric; `index` (host index × 16 + profile)
+/// tells apart ids made in the same instant.
+pub fn new_deploy_id(index: usize) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or_default();
-    format!("{:x}{:x}{salt:x}", nanos, std::process::id())
+    format!("{:x}{:x}{index:x}", nanos, std::process::id())
 }
 
 #[cfg(test)]

@@ -314,8 +314,8 @@ pub fn deploy_fleet(
     rollout: &RolloutSettings,
     emit: EventSink<'_>,
 ) -> FleetReport {
-    run_waves(hosts, rollout, emit, &|host, salt| {
-        deploy_host(host, connector, opts, emit, salt)
+    run_waves(hosts, rollout, emit, &|host, host_index| {
+        deploy_host(host, connector, opts, emit, host_index)
     })
     .with_handshakes(connector.handshakes())
 }
@@ -352,8 +352,8 @@ pub fn revoke_succeeded(
         parallel: rollout.parallel,
         ..Default::default()
     };
-    let reverted = run_waves(&revoke, &rollout, emit, &|host, salt| {
-        crate::host::rollback_host(host, connector, goal, emit, salt)
+    let reverted = run_waves(&revoke, &rollout, emit, &|host, host_index| {
+        crate::host::rollback_host(host, connector, goal, emit, host_index)
     });
     for r in reverted.hosts {
         if let Some(slot) = report.hosts.iter_mut().find(|h| h.host == r.host) {

@@ -15,7 +15,7 @@ use crate::event::{Event, EventSink, HostReport, Outcome, Phase};
 use crate::health;
 use crate::inventory::{Host, Profile};
 use crate::keys::UploadAt;
-use crate::status::{probe, probe_with_keys, AgentState, StatusRecord};
+use crate::status::{read_state, read_state_with_keys, AgentState, StatusRecord};
 use crate::timing;
 
 /// How a deploy runs (command-line options).
@@ -65,7 +65,7 @@ struct Run<'a> {
     host: &'a Host,
     emit: EventSink<'a>,
     started: Instant,
-    salt: usize,
+    host_index: usize,
 }
 
 /// Why a step failed.
@@ -100,30 +100,33 @@ impl Run<'_> {
         });
     }
 
-    /// Starts a run on `host`: announces the connect phase and opens the host's connection,
-    /// or returns the failed report.
-    fn connect<'a>(
+    /// Starts a run on `host`: announces the connect phase, opens the host's connection and runs
+    /// `work` on it; a failed connection is the host's report.
+    fn with_connection<'a>(
         host: &'a Host,
         connector: &dyn Connector,
         emit: EventSink<'a>,
-        salt: usize,
-    ) -> (Run<'a>, Result<Box<dyn Connection>, HostReport>) {
+        host_index: usize,
+        work: impl FnOnce(&Run<'a>, &dyn Connection) -> HostReport,
+    ) -> HostReport {
         let run = Run {
             host,
             emit,
             started: Instant::now(),
-            salt,
+            host_index,
         };
         run.phase(Phase::Connect);
-        let conn = timing::timed(&host.name, "connect", || connector.connect(host)).map_err(|e| {
-            let mut r = run.report(
-                Outcome::Failed,
-                format!("cannot connect to {}: {e}", host.hostname),
-            );
-            r.failed_phase = Some(Phase::Connect);
-            r
-        });
-        (run, conn)
+        match timing::timed(&host.name, "connect", || connector.connect(host)) {
+            Ok(conn) => work(&run, conn.as_ref()),
+            Err(e) => {
+                let mut r = run.report(
+                    Outcome::Failed,
+                    format!("cannot connect to {}: {e}", host.hostname),
+                );
+                r.failed_phase = Some(Phase::Connect);
+                r
+            }
+        }
     }
 
     fn report(&self, outcome: Outcome, message: String) -> HostReport {
@@ -146,22 +149,23 @@ pub fn deploy_host(
     connector: &dyn Connector,
     opts: &DeployOptions,
     emit: EventSink<'_>,
-    salt: usize,
+    host_index: usize,
 ) -> HostReport {
-    let (run, conn) = Run::connect(host, connector, emit, salt);
-    let conn = match conn {
-        Ok(c) => c,
-        Err(report) => return report,
-    };
-    match deploy_connected(&run, conn.as_ref(), opts) {
-        Ok(report) => report,
-        Err(e) => {
-            let mut r = run.report(Outcome::Failed, e.message);
-            r.failed_phase = Some(e.phase);
-            r.log_tail = e.log_tail;
-            r
-        }
-    }
+    Run::with_connection(
+        host,
+        connector,
+        emit,
+        host_index,
+        |run, conn| match deploy_connected(run, conn, opts) {
+            Ok(report) => report,
+            Err(e) => {
+                let mut r = run.report(Outcome::Failed, e.message);
+                r.failed_phase = Some(e.phase);
+                r.log_tail = e.log_tail;
+                r
+            }
+        },
+    )
 }
 
 fn transport_err(phase: Phase) -> impl Fn(TransportError) -> StepError {
@@ -184,7 +188,7 @@ fn deploy_connected(
     let key_refs: Vec<(&str, &std::path::Path)> =
         key_dests.iter().map(|(n, d)| (*n, d.as_path())).collect();
     let before = timing::timed(&host.name, "probe", || {
-        probe_with_keys(t, &host.profiles, true, &key_refs)
+        read_state_with_keys(t, &host.profiles, true, &key_refs)
     })
     .map_err(transport_err(Phase::Probe))?;
     if let Some(disks) = &opts.disk_update {
@@ -353,7 +357,7 @@ fn revert_earlier(
         if record.previous_path.is_empty() || record.previous_path == record.path {
             continue;
         }
-        let id = new_deploy_id(run.salt * 16 + 8 + i);
+        let id = new_deploy_id(run.host_index * 16 + 8 + i);
         match rollback_profile(t, profile, goal, &id) {
             Ok(_) => {
                 run.log(format!(
@@ -522,7 +526,7 @@ fn activate_profile(
     index: usize,
 ) -> Result<StatusRecord, StepError> {
     let t = conn.transport();
-    let id = new_deploy_id(run.salt * 16 + index);
+    let id = new_deploy_id(run.host_index * 16 + index);
     let mut a = Activation::for_profile(profile, opts.goal, &id);
     // The target waits for the health checks too: they run inside its confirmation window.
     a.confirm_timeout += health::budget_seconds(&run.host.health_checks);
@@ -758,7 +762,7 @@ fn reboot_and_verify(
     let deadline = Instant::now() + opts.reboot_timeout;
     std::thread::sleep(Duration::from_secs(3));
     while Instant::now() < deadline {
-        if let Ok(state) = probe(t, &run.host.profiles, true) {
+        if let Ok(state) = read_state(t, &run.host.profiles, true) {
             if !state.boot_id.is_empty() && state.boot_id != old_boot {
                 return if state.runs_wanted_system(0, wanted) {
                     Ok(())
@@ -790,33 +794,30 @@ pub fn rollback_host(
     connector: &dyn Connector,
     goal: Goal,
     emit: EventSink<'_>,
-    salt: usize,
+    host_index: usize,
 ) -> HostReport {
-    let (run, conn) = Run::connect(host, connector, emit, salt);
-    let conn = match conn {
-        Ok(c) => c,
-        Err(report) => return report,
-    };
-    let t = conn.transport();
-    run.phase(Phase::Activate);
-    let mut last = None;
-    for (i, profile) in host.profiles.iter().enumerate() {
-        match rollback_profile(t, profile, goal, &new_deploy_id(salt * 16 + i)) {
-            Ok(r) => last = Some(r),
-            Err(message) => {
-                let mut r = run.report(Outcome::Failed, message);
-                r.failed_phase = Some(Phase::Activate);
-                r.log_tail = agent_log_tail(t, profile);
-                return r;
+    Run::with_connection(host, connector, emit, host_index, |run, conn| {
+        let t = conn.transport();
+        run.phase(Phase::Activate);
+        let mut last = None;
+        for (i, profile) in host.profiles.iter().enumerate() {
+            match rollback_profile(t, profile, goal, &new_deploy_id(host_index * 16 + i)) {
+                Ok(r) => last = Some(r),
+                Err(message) => {
+                    let mut r = run.report(Outcome::Failed, message);
+                    r.failed_phase = Some(Phase::Activate);
+                    r.log_tail = agent_log_tail(t, profile);
+                    return r;
+                }
             }
         }
-    }
-    let mut r = run.report(Outcome::RolledBack, "rolled back by hand".into());
-    if let Some(rec) = last {
-        r.generation = rec.generation;
-        r.path = Some(rec.path);
-    }
-    r
+        let mut r = run.report(Outcome::RolledBack, "rolled back by hand".into());
+        if let Some(rec) = last {
+            r.generation = rec.generation;
+            r.path = Some(rec.path);
+        }
+        r
+    })
 }
 
 /// Activates the generation before the current one of `profile` (the agent's manual rollback, run in the

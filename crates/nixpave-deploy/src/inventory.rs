@@ -443,11 +443,11 @@ pub fn eval_chunk_function(
     only: Option<&[String]>,
     limit: usize,
 ) -> String {
-    let selectors = nixpave_nix::flake::nix_string(&selection.to_nix_json().to_string());
+    let selectors = nixpave_nix::eval::nix_string(&selection.to_nix_json().to_string());
     let checks = if checks { "true" } else { "false" };
     let only = match only {
         Some(names) => {
-            nixpave_nix::flake::nix_string(&serde_json::Value::from(names.to_vec()).to_string())
+            nixpave_nix::eval::nix_string(&serde_json::Value::from(names.to_vec()).to_string())
         }
         None => "\"null\"".to_string(),
     };

@@ -42,6 +42,7 @@ pub mod overrides;
 pub mod rollout;
 pub mod select;
 pub mod settings;
+pub mod source;
 pub mod ssh;
 pub mod status;
 pub mod timing;

@@ -1,4 +1,4 @@
-//! The status record the agent writes on the target, and the one-round-trip probe that reads a host's state.
+//! The status record the agent writes on the target, and [`read_state`]: one round trip that reads a host's state.
 
 use serde::{Deserialize, Serialize};
 
@@ -146,7 +146,7 @@ pub fn key_fingerprint(mode: u32, user: &str, group: &str, contents: &[u8]) -> S
 }
 
 /// Probe lines for keys: `key<TAB>NAME<TAB>MODE USER GROUP SHA256` for each key file that exists.
-fn key_probe_script(keys: &[(&str, &std::path::Path)]) -> String {
+fn key_state_script(keys: &[(&str, &std::path::Path)]) -> String {
     let mut s = String::new();
     for (name, dest) in keys {
         let d = shell_quote(&dest.display().to_string());
@@ -159,8 +159,8 @@ fn key_probe_script(keys: &[(&str, &std::path::Path)]) -> String {
     s
 }
 
-/// The shell script of [`probe`]: one line per fact, `KEY<TAB>PROFILE<TAB>VALUE`.
-pub fn probe_script(profiles: &[(&str, &str, Option<&str>, &str)]) -> String {
+/// The shell script of [`read_state`]: one line per fact, `KEY<TAB>PROFILE<TAB>VALUE`.
+pub fn state_script(profiles: &[(&str, &str, Option<&str>, &str)]) -> String {
     // A system is named by its resolved `bin/switch-to-configuration`, so that a deploy-rs `activate.nixos`
     // wrapper (a profile linking to the toplevel's files) and the toplevel it wraps compare equal.
     let mut s = String::from(
@@ -195,8 +195,8 @@ pub fn probe_script(profiles: &[(&str, &str, Option<&str>, &str)]) -> String {
     s
 }
 
-/// Parses the output of [`probe_script`].
-pub fn parse_probe(stdout: &str, names: &[&str]) -> HostState {
+/// Parses the output of [`state_script`].
+pub fn parse_state(stdout: &str, names: &[&str]) -> HostState {
     let mut state = HostState {
         profiles: names
             .iter()
@@ -265,16 +265,16 @@ pub fn generation_of_link(link: &str) -> Option<u64> {
 }
 
 /// Reads a host's state in one round trip. `wanted` gives per profile the store path about to be deployed.
-pub fn probe(
+pub fn read_state(
     transport: &dyn Transport,
     profiles: &[Profile],
     with_wanted: bool,
 ) -> Result<HostState, TransportError> {
-    probe_with_keys(transport, profiles, with_wanted, &[])
+    read_state_with_keys(transport, profiles, with_wanted, &[])
 }
 
-/// [`probe`], also fingerprinting the key files `keys` (name, destination) in the same round trip.
-pub fn probe_with_keys(
+/// [`read_state`], also fingerprinting the key files `keys` (name, destination) in the same round trip.
+pub fn read_state_with_keys(
     transport: &dyn Transport,
     profiles: &[Profile],
     with_wanted: bool,
@@ -291,7 +291,7 @@ pub fn probe_with_keys(
             )
         })
         .collect();
-    let script = probe_script(&rows) + &key_probe_script(keys);
+    let script = state_script(&rows) + &key_state_script(keys);
     let out = transport.run(&["sh".into(), "-c".into(), script], None)?;
     if !out.success() {
         return Err(TransportError::Command {
@@ -302,7 +302,7 @@ pub fn probe_with_keys(
         });
     }
     let names: Vec<&str> = profiles.iter().map(|p| p.name.as_str()).collect();
-    Ok(parse_probe(&out.stdout_str(), &names))
+    Ok(parse_state(&out.stdout_str(), &names))
 }
 
 #[cfg(test)]
@@ -315,7 +315,7 @@ mod tests {
                    profile\tsystem\t/nix/store/x\nlink\tsystem\tsystem-3-link\n\
                    record\tsystem\t{\"id\":\"a\",\"name\":\"system\",\"profile\":\"/p\",\"path\":\"/nix/store/x\",\"goal\":\"switch\",\"state\":\"confirmed\",\"reason\":\"\",\"previous_path\":\"\",\"previous_generation\":null,\"generation\":3,\"failed_generation\":null,\"started\":1,\"updated\":2}\n\
                    present\tsystem\tyes\n";
-        let st = parse_probe(out, &["system"]);
+        let st = parse_state(out, &["system"]);
         assert_eq!(st.boot_id, "b-1");
         assert_eq!(st.booted_system, None);
         let p = &st.profiles[0];
@@ -333,17 +333,17 @@ mod tests {
                    booted\t-\t/nix/store/top\npresent\tsystem\tyes\n\
                    wantedsys\tsystem\t/nix/store/top/bin/switch-to-configuration\n\
                    bootedgen\tsystem\tsystem-2-link\nbootedgen\tsystem\tsystem-4-link\n";
-        let st = parse_probe(out, &["system"]);
+        let st = parse_state(out, &["system"]);
         assert!(st.runs_wanted_system(0, "/nix/store/top"));
         assert!(st.runs_wanted_system(0, "/nix/store/wrapper"));
         assert_eq!(st.profiles[0].booted_generation, Some(4));
-        let other = parse_probe(
+        let other = parse_state(
             "current\t-\t/nix/store/old\ncurrentsys\t-\t/nix/store/old/bin/switch-to-configuration\n\
              wantedsys\tsystem\t/nix/store/top/bin/switch-to-configuration\n",
             &["system"],
         );
         assert!(!other.runs_wanted_system(0, "/nix/store/wrapper"));
-        let unknown = parse_probe("current\t-\t/nix/store/old\n", &["system"]);
+        let unknown = parse_state("current\t-\t/nix/store/old\n", &["system"]);
         assert!(!unknown.runs_wanted_system(0, "/nix/store/wrapper"));
     }
 
@@ -388,7 +388,7 @@ pub struct ProfileStatus {
 pub fn host_status(host: &crate::inventory::Host, connector: &dyn crate::Connector) -> HostStatus {
     let read = || -> Result<HostState, TransportError> {
         let conn = connector.connect(host)?;
-        probe(conn.transport(), &host.profiles, false)
+        read_state(conn.transport(), &host.profiles, false)
     };
     match read() {
         Ok(state) => HostStatus {

@@ -10,6 +10,8 @@
 //! - [`init`] (pure): a flake directory (flake.nix, disk.nix, hardware-configuration.nix)
 //!   proposed from a machine's facts, for `nixpave init`.
 
+#![warn(missing_docs)]
+
 pub mod disk;
 pub mod events;
 pub mod hwconfig;

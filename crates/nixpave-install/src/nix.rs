@@ -1,7 +1,8 @@
 //! Building a node's system with nixpave-nix: one `nix eval` for the toplevel's derivation and
 //! system type, then one `nix build` of that derivation (nix 2.8 and current nix alike).
 
-use nixpave_nix::flake::{eval_flake_json, nix_string};
+use nixpave_nix::eval::nix_string;
+use nixpave_nix::flake::eval_flake_json;
 use nixpave_nix::invoke::{NixError, NixOptions};
 
 /// A built system closure.

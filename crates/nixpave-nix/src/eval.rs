@@ -159,7 +159,8 @@ let
 in resolve
 "#;
 
-/// A Nix string literal for `s` (escapes `"`, `\` and `${`).
+/// A Nix string literal for `s`: escapes `"`, `\\`, `${` (as `\${`; a lone `$` stays), newline, tab and
+/// carriage return. The one quoting function for text spliced into Nix expressions.
 pub fn nix_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
@@ -225,7 +226,7 @@ pub fn eval_flake_attr(
     attr: &str,
     apply: Option<&str>,
 ) -> Result<serde_json::Value, EvalError> {
-    let flake = normalise_flake_ref(flake_ref);
+    let flake = crate::flake::normalise_flake_ref(flake_ref);
     let apply = match apply {
         Some(f) => format!("v: {RESOLVE} (({f}) v)"),
         None => RESOLVE.to_string(),
@@ -235,7 +236,7 @@ pub fn eval_flake_attr(
 
 /// True when the flake has the attribute (evaluates `builtins.hasAttr` along the path).
 pub fn flake_has_attr(flake_ref: &str, output: &str, name: &str) -> Result<bool, EvalError> {
-    let flake = normalise_flake_ref(flake_ref);
+    let flake = crate::flake::normalise_flake_ref(flake_ref);
     let apply = format!("o: builtins.hasAttr {} o", nix_string(name));
     match eval_installable(&format!("{flake}#{output}"), &apply) {
         Ok(v) => Ok(v.as_bool().unwrap_or(false)),
@@ -257,17 +258,6 @@ fn eval_installable(installable: &str, apply: &str) -> Result<serde_json::Value,
         apply,
     ]);
     run_json(cmd, installable)
-}
-
-/// A local directory flake ref becomes an absolute path so nix finds it from any cwd.
-fn normalise_flake_ref(flake_ref: &str) -> String {
-    let p = Path::new(flake_ref);
-    if !flake_ref.contains(':') && p.exists() {
-        if let Ok(abs) = std::fs::canonicalize(p) {
-            return abs.display().to_string();
-        }
-    }
-    flake_ref.to_string()
 }
 
 /// Runs a nix command (through the one process runner: [`EVAL_TIMEOUT`], cancellable) and
@@ -315,5 +305,8 @@ mod tests {
     #[test]
     fn nix_string_escapes_quotes_backslashes_and_interpolation() {
         assert_eq!(nix_string(r#"a"b\c${d}$e"#), r#""a\"b\\c\${d}$e""#);
+        assert_eq!(nix_string("a\"b${c}\\"), "\"a\\\"b\\${c}\\\\\"");
+        assert_eq!(nix_string("1\n2\t3\r$"), r#""1\n2\t3\r$""#);
+        assert_eq!(nix_string("$${x}"), r#""$\${x}""#);
     }
 }

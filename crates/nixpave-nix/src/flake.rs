@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use crate::eval::nix_string;
 use crate::invoke::{experimental_args, run_nix, NixError, NixOptions};
 
 /// A flake reference split from its `#fragment`, e.g. `./infra#web1.system`.
@@ -24,15 +25,22 @@ impl FlakeTarget {
             None => (text, None),
         };
         let flake = if flake.is_empty() { "." } else { flake };
-        let flake = if flake.contains(':') {
-            flake.to_string()
-        } else {
-            let path = Path::new(flake);
-            let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-            local_flake_ref(&abs)
-        };
-        FlakeTarget { flake, fragment }
+        FlakeTarget {
+            flake: normalise_flake_ref(flake),
+            fragment,
+        }
     }
+}
+
+/// A flake reference (without fragment) as nix reads it from any working directory: a local
+/// directory becomes [`local_flake_ref`] of its absolute path; a reference with a scheme is kept.
+pub fn normalise_flake_ref(flake: &str) -> String {
+    if flake.contains(':') {
+        return flake.to_string();
+    }
+    let path = Path::new(flake);
+    let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    local_flake_ref(&abs)
 }
 
 /// The flake reference nix itself makes of the local directory `dir` (absolute): `git+file` when a
@@ -47,22 +55,6 @@ pub fn local_flake_ref(dir: &Path) -> String {
         }
         _ => format!("git+file://{}", top.display()),
     }
-}
-
-/// Quotes `text` as a nix string literal.
-pub fn nix_string(text: &str) -> String {
-    let mut out = String::from("\"");
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '$' => out.push_str("\\$"),
-            '\n' => out.push_str("\\n"),
-            _ => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// Evaluates `(FUNCTION) flakeOutputs` to JSON in one `nix eval` call.
@@ -157,10 +149,5 @@ mod tests {
             local_flake_ref(&top.join("infra/prod")),
             format!("git+file://{}?dir=infra/prod", top.display())
         );
-    }
-
-    #[test]
-    fn nix_strings_escape_interpolation() {
-        assert_eq!(nix_string("a\"b${c}\\"), "\"a\\\"b\\${c}\\\\\"");
     }
 }

@@ -5,6 +5,8 @@
 //! #739, #705). The executor resolves them from [`Facts`] (sysfs through lsblk, plus `blkid -p`)
 //! instead, preferring the disks the plan is about when several devices match.
 
+use std::collections::BTreeMap;
+
 use super::facts::{BlockDevice, Facts};
 
 /// What a path resolved to.
@@ -191,6 +193,21 @@ fn by_id_matches<'a>(facts: &'a Facts, name: &str) -> Vec<&'a BlockDevice> {
     found
 }
 
+/// The sizes of the layout's disks that exist on the machine, by the device path the layout gives
+/// (for [`crate::PlanOptions::disk_sizes`]: the planner refuses partitions that cannot fit). A path
+/// that does not resolve to one device is left out, so that disk is not checked.
+pub fn disk_sizes(layout: &crate::Layout, facts: &Facts) -> BTreeMap<String, u64> {
+    let mut sizes = BTreeMap::new();
+    for disk in layout.disks() {
+        if let Resolution::Node(node) = resolve(&disk.device, facts, &[]) {
+            if let Some(device) = facts.find(&node) {
+                sizes.insert(disk.device, device.size);
+            }
+        }
+    }
+    sizes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,5 +316,21 @@ mod tests {
         );
         assert_eq!(resolve("/mnt/boot", &f, &[]), Resolution::Verbatim);
         assert_eq!(resolve("/dev/md/raid1", &f, &[]), Resolution::Verbatim);
+    }
+
+    #[test]
+    fn disk_sizes_come_from_the_facts_and_leave_out_unknown_disks() {
+        let mut f = facts();
+        f.devices[0].size = 8 << 30;
+        let layout = crate::Layout::from_json(&serde_json::json!({"disko": {"devices": {"disk": {
+            "main": {"device": "/dev/vda", "content": {"type": "gpt", "partitions": {}}},
+            "gone": {"device": "/dev/disk/by-id/nothing", "content": {"type": "gpt", "partitions": {}}},
+        }}}}))
+        .expect("valid layout");
+        let sizes = disk_sizes(&layout, &f);
+        assert_eq!(
+            sizes.into_iter().collect::<Vec<_>>(),
+            [("/dev/vda".to_string(), 8 << 30)]
+        );
     }
 }

@@ -5,7 +5,6 @@
 //! work is `nixpave_disk::exec`.
 
 use super::connect::{AskPassword, ConnectArgs};
-use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -277,16 +276,7 @@ fn make_plan(args: &ApplyArgs, transport: &dyn Transport, root: &str) -> Result<
     }
     // Known disk sizes let the planner refuse partitions that cannot fit.
     let facts = exec::probe(transport)?;
-    let mut disk_sizes = BTreeMap::new();
-    for disk in layout.disks() {
-        if let exec::resolve::Resolution::Node(node) =
-            exec::resolve::resolve(&disk.device, &facts, &[])
-        {
-            if let Some(device) = facts.find(&node) {
-                disk_sizes.insert(disk.device.clone(), device.size);
-            }
-        }
-    }
+    let disk_sizes = exec::resolve::disk_sizes(&layout, &facts);
     let plan_options = PlanOptions {
         root_mountpoint: root.to_string(),
         disk_sizes,
