@@ -64,6 +64,13 @@ pub enum DiskStepError {
     Apply(#[source] exec::ApplyError),
 }
 
+impl DiskStepError {
+    /// True when the node was refused for safety with nothing written (destructive differences).
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, DiskStepError::Destructive { .. })
+    }
+}
+
 impl DiskUpdate {
     /// Reads the layout of every host from the first of `flakes` that has a
     /// `nixosConfigurations` entry (or `diskoConfigurations` entry) of the host's node name.

@@ -72,6 +72,10 @@ pub struct HostReport {
     pub path: Option<String>,
     /// Phase where it failed.
     pub failed_phase: Option<Phase>,
+    /// It failed by refusing, for safety, before anything was changed on it (a destructive disk
+    /// update): the command exits 3 when every failed host refused. Left out of JSON when false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub refused: bool,
     /// What happened, in one sentence (why it failed or rolled back).
     pub message: String,
     /// Last log lines of the host (agent log, command output) when it did not succeed.

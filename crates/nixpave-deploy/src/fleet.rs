@@ -462,6 +462,7 @@ fn bare_report(host: &Host, outcome: Outcome, message: String) -> HostReport {
         generation: None,
         path: None,
         failed_phase: None,
+        refused: false,
         message,
         log_tail: Vec::new(),
     }

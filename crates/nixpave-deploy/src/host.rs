@@ -73,6 +73,8 @@ struct StepError {
     phase: Phase,
     message: String,
     log_tail: Vec<String>,
+    /// Stopped for safety before anything was changed (the host's report says so).
+    refused: bool,
 }
 
 impl StepError {
@@ -81,6 +83,7 @@ impl StepError {
             phase,
             message: message.into(),
             log_tail: Vec::new(),
+            refused: false,
         }
     }
 }
@@ -137,6 +140,7 @@ impl Run<'_> {
             generation: None,
             path: None,
             failed_phase: None,
+            refused: false,
             message,
             log_tail: Vec::new(),
         }
@@ -161,6 +165,7 @@ pub fn deploy_host(
             Err(e) => {
                 let mut r = run.report(Outcome::Failed, e.message);
                 r.failed_phase = Some(e.phase);
+                r.refused = e.refused;
                 r.log_tail = e.log_tail;
                 r
             }
@@ -192,8 +197,10 @@ fn deploy_connected(
     })
     .map_err(transport_err(Phase::Probe))?;
     if let Some(disks) = &opts.disk_update {
-        crate::disk_update::step(run.host, run.emit, t, disks)
-            .map_err(|e| StepError::new(Phase::Disk, e.to_string()))?;
+        crate::disk_update::step(run.host, run.emit, t, disks).map_err(|e| StepError {
+            refused: e.is_refusal(),
+            ..StepError::new(Phase::Disk, e.to_string())
+        })?;
     }
 
     // A no-op: every profile already on the wanted path, confirmed by its last deploy. A profile that another
@@ -433,6 +440,7 @@ fn push(
             .map_err(transport_err(Phase::Push))?;
         if !out.success() {
             return Err(StepError {
+                refused: false,
                 phase: Phase::Push,
                 message: format!("building on the host failed (exit {:?})", out.status),
                 log_tail: out.stderr_tail(15).lines().map(String::from).collect(),
@@ -452,6 +460,7 @@ fn push(
         .map_err(transport_err(Phase::Push))?;
         if !out.success() {
             return Err(StepError {
+                refused: false,
                 phase: Phase::Push,
                 message: format!(
                     "fetching from the cache {} failed (exit {:?})",
@@ -682,6 +691,7 @@ fn wait_final(
                 }
                 if out.status == Some(EXIT_AGENT_GONE) {
                     return Err(StepError {
+                        refused: false,
                         phase: Phase::Activate,
                         message: out.stderr_tail(2),
                         log_tail: agent_log_tail(t, profile),
@@ -694,6 +704,7 @@ fn wait_final(
         std::thread::sleep(Duration::from_secs(1));
     }
     Err(StepError {
+        refused: false,
         phase: Phase::Wait,
         message: format!(
             "no final status from the agent for profile {} within {} s: {last_error}",

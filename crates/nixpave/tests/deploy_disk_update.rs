@@ -212,15 +212,17 @@ fn deploy_disk_update_adds_a_partition_and_refuses_a_destructive_layout() {
     assert_eq!(support::fstype(&format!("{dev}p1")), "ext4");
     assert_eq!(env.current_release(), tag("v3"));
 
-    // A destructive layout: the node fails in the disk phase, nothing written, not activated.
+    // A destructive layout: the node is refused in the disk phase (exit 3, as `disk apply
+    // --mode update` refuses), nothing written, not activated.
     let before = support::sh(&["sha256sum", &dev]);
     let c = gpt(&dev, &format!("{DATA_XFS}, {SRV_EXT4}"));
     env.write(&tag("v4"), Some(&c));
     let out = env.deploy(&["--disk-update"]);
-    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     let ev = events(&out);
     let report = finished(&ev);
     assert_eq!(report["outcome"], "failed", "{}", text(&out));
+    assert_eq!(report["refused"], true, "{}", text(&out));
     assert_eq!(report["failed_phase"], "disk", "{}", text(&out));
     let message = report["message"].as_str().unwrap_or_default();
     assert!(message.contains("cannot be done in place"), "{message}");

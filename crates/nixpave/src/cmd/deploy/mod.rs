@@ -363,6 +363,8 @@ fn fleet_exit(report: &FleetReport) -> u8 {
     exit::aggregate(report.hosts.iter().map(|h| {
         if h.outcome.is_success() {
             exit::OK
+        } else if h.refused {
+            exit::REFUSED
         } else {
             exit::FAILED
         }
