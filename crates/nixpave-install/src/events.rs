@@ -6,21 +6,23 @@ use crate::phase::Phase;
 use crate::preflight::Refusal;
 
 /// Something that happened during an install. Serialised as one JSON object per line with
-/// `--json` (`{"event":"phase_started","node":"web1","phase":"kexec"}`).
+/// `--json` in the CLI's one envelope (README, "JSON output"): the kind in `event`, the host in
+/// `host`, times as integer milliseconds in `*_ms` fields
+/// (`{"event":"phase_finished","host":"web1","phase":"kexec","duration_ms":55250}`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     /// A phase begins.
     PhaseStarted {
-        /// Node name.
-        node: String,
+        /// The host (the node's name).
+        host: String,
         /// The phase.
         phase: Phase,
     },
     /// A phase is skipped (already done, not selected, or not needed).
     PhaseSkipped {
-        /// Node name.
-        node: String,
+        /// The host (the node's name).
+        host: String,
         /// The phase.
         phase: Phase,
         /// Why.
@@ -28,8 +30,8 @@ pub enum Event {
     },
     /// A step inside a phase, for humans.
     Progress {
-        /// Node name.
-        node: String,
+        /// The host (the node's name).
+        host: String,
         /// The phase.
         phase: Phase,
         /// What is happening.
@@ -37,8 +39,8 @@ pub enum Event {
     },
     /// Bytes transferred so far out of a total (uploads).
     Transfer {
-        /// Node name.
-        node: String,
+        /// The host (the node's name).
+        host: String,
         /// The phase.
         phase: Phase,
         /// What is transferred.
@@ -50,24 +52,24 @@ pub enum Event {
     },
     /// A phase finished.
     PhaseFinished {
-        /// Node name.
-        node: String,
+        /// The host (the node's name).
+        host: String,
         /// The phase.
         phase: Phase,
-        /// Its wall-clock time.
-        seconds: f64,
+        /// Its wall-clock time in milliseconds.
+        duration_ms: u64,
     },
     /// Preflight refused; nothing was written.
     Refused {
-        /// Node name.
-        node: String,
+        /// The host (the node's name).
+        host: String,
         /// Every reason.
         refusals: Vec<Refusal>,
     },
     /// A phase failed.
     Failed {
-        /// Node name.
-        node: String,
+        /// The host (the node's name).
+        host: String,
         /// The phase.
         phase: Phase,
         /// The error, rendered.
@@ -75,13 +77,32 @@ pub enum Event {
     },
     /// The node is installed; per-phase times.
     Finished {
-        /// Node name.
-        node: String,
-        /// Seconds per phase that ran, in order.
-        timings: Vec<(Phase, f64)>,
-        /// Total seconds.
-        total_seconds: f64,
+        /// The host (the node's name).
+        host: String,
+        /// Time of each phase that ran, in order.
+        timings: Vec<PhaseTiming>,
+        /// Total milliseconds, preflight included.
+        total_ms: u64,
     },
+}
+
+/// How long one phase took (a row of [`Event::Finished`]'s `timings`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PhaseTiming {
+    /// The phase.
+    pub phase: Phase,
+    /// Its wall-clock time in milliseconds.
+    pub duration_ms: u64,
+}
+
+/// Milliseconds of a duration, as the JSON envelope carries times (saturating).
+pub fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Formats milliseconds as seconds with one decimal, for human lines.
+fn secs(ms: u64) -> String {
+    format!("{:.1} s", ms as f64 / 1000.0)
 }
 
 /// Where events go. Must be shareable between the threads of a parallel install.
@@ -99,54 +120,55 @@ impl<F: Fn(&Event) + Send + Sync> Reporter for F {
 /// Renders an event as one human line (`web1 [kexec] waiting for ssh to come back`).
 pub fn render_line(event: &Event) -> String {
     match event {
-        Event::PhaseStarted { node, phase } => format!("{node} [{phase}] started"),
+        Event::PhaseStarted { host, phase } => format!("{host} [{phase}] started"),
         Event::PhaseSkipped {
-            node,
+            host,
             phase,
             reason,
-        } => format!("{node} [{phase}] skipped: {reason}"),
+        } => format!("{host} [{phase}] skipped: {reason}"),
         Event::Progress {
-            node,
+            host,
             phase,
             message,
-        } => format!("{node} [{phase}] {message}"),
+        } => format!("{host} [{phase}] {message}"),
         Event::Transfer {
-            node,
+            host,
             phase,
             what,
             done,
             total,
         } => format!(
-            "{node} [{phase}] {what}: {} / {} MiB ({}%)",
+            "{host} [{phase}] {what}: {} / {} MiB ({}%)",
             done / (1 << 20),
             total / (1 << 20),
             if *total == 0 { 100 } else { done * 100 / total }
         ),
         Event::PhaseFinished {
-            node,
+            host,
             phase,
-            seconds,
-        } => format!("{node} [{phase}] done in {seconds:.1} s"),
-        Event::Refused { node, refusals } => {
-            let mut s = format!("{node} [preflight] refused, nothing was written:");
+            duration_ms,
+        } => format!("{host} [{phase}] done in {}", secs(*duration_ms)),
+        Event::Refused { host, refusals } => {
+            let mut s = format!("{host} [preflight] refused, nothing was written:");
             for r in refusals {
                 s.push_str("\n  - ");
                 s.push_str(&r.to_string());
             }
             s
         }
-        Event::Failed { node, phase, error } => format!("{node} [{phase}] FAILED: {error}"),
+        Event::Failed { host, phase, error } => format!("{host} [{phase}] FAILED: {error}"),
         Event::Finished {
-            node,
+            host,
             timings,
-            total_seconds,
+            total_ms,
         } => {
             let parts: Vec<String> = timings
                 .iter()
-                .map(|(p, s)| format!("{p} {s:.1} s"))
+                .map(|t| format!("{} {}", t.phase, secs(t.duration_ms)))
                 .collect();
             format!(
-                "{node} installed in {total_seconds:.1} s ({})",
+                "{host} installed in {} ({})",
+                secs(*total_ms),
                 parts.join(", ")
             )
         }
@@ -160,17 +182,17 @@ mod tests {
     #[test]
     fn json_and_line_forms() {
         let e = Event::PhaseFinished {
-            node: "web1".into(),
+            host: "web1".into(),
             phase: Phase::Kexec,
-            seconds: 55.25,
+            duration_ms: 55_250,
         };
         assert_eq!(
             serde_json::to_string(&e).unwrap(),
-            r#"{"event":"phase_finished","node":"web1","phase":"kexec","seconds":55.25}"#
+            r#"{"event":"phase_finished","host":"web1","phase":"kexec","duration_ms":55250}"#
         );
         assert_eq!(render_line(&e), "web1 [kexec] done in 55.2 s");
         let t = Event::Transfer {
-            node: "n".into(),
+            host: "n".into(),
             phase: Phase::Kexec,
             what: "installer".into(),
             done: 64 << 20,

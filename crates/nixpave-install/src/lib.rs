@@ -24,7 +24,7 @@ pub mod run;
 pub mod state;
 pub mod steps;
 
-pub use events::{Event, Reporter};
+pub use events::{Event, PhaseTiming, Reporter};
 pub use phase::{Phase, PhaseSet};
 pub use run::{
     install_all, install_node, preflight_node, FailureKind, InstallError, Installer, NodeSpec,

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use nixpave_disk::Plan;
 
 use crate::disk::DiskEngine;
-use crate::events::{Event, Reporter};
+use crate::events::{millis, Event, PhaseTiming, Reporter};
 use crate::kexec::TarballInfo;
 use crate::phase::{Phase, PhaseSet};
 use crate::preflight::{self, DiskNeed, Observed, RamPolicy, Refusal, Requirements};
@@ -138,12 +138,12 @@ pub struct Installer<'a> {
 pub struct Summary {
     /// Node name.
     pub node: String,
-    /// Seconds per phase that ran.
-    pub timings: Vec<(Phase, f64)>,
+    /// Time of each phase that ran, in order.
+    pub timings: Vec<PhaseTiming>,
     /// Phases that were skipped (done before, or not needed).
     pub skipped: Vec<Phase>,
-    /// Total seconds, preflight included.
-    pub total_seconds: f64,
+    /// Total milliseconds, preflight included.
+    pub total_ms: u64,
 }
 
 /// Why a phase failed. Typed, so callers decide on the kind (a refused host key, a timeout, a
@@ -366,7 +366,7 @@ impl Ctx<'_, '_> {
 
     fn progress(&self, phase: Phase, message: impl Into<String>) {
         self.emit(Event::Progress {
-            node: self.spec.node.clone(),
+            host: self.spec.node.clone(),
             phase,
             message: message.into(),
         });
@@ -438,7 +438,7 @@ impl Ctx<'_, '_> {
         let refusals = preflight::check(&facts, &req);
         if !refusals.is_empty() {
             self.emit(Event::Refused {
-                node: node.clone(),
+                host: node.clone(),
                 refusals: refusals.clone(),
             });
             return Err(InstallError::Refused { node, refusals });
@@ -483,23 +483,26 @@ pub fn install_node(spec: &NodeSpec, inst: &Installer<'_>) -> Result<Summary, In
         .collect();
     for p in &skipped {
         ctx.emit(Event::PhaseSkipped {
-            node: node.clone(),
+            host: node.clone(),
             phase: *p,
             reason: "finished in an earlier run".into(),
         });
     }
 
     ctx.emit(Event::PhaseStarted {
-        node: node.clone(),
+        host: node.clone(),
         phase: Phase::Preflight,
     });
     let t0 = Instant::now();
     let (_facts, kexec_needed) = ctx.preflight(&schedule)?;
-    let mut timings = vec![(Phase::Preflight, t0.elapsed().as_secs_f64())];
-    ctx.emit(Event::PhaseFinished {
-        node: node.clone(),
+    let mut timings = vec![PhaseTiming {
         phase: Phase::Preflight,
-        seconds: timings[0].1,
+        duration_ms: millis(t0.elapsed()),
+    }];
+    ctx.emit(Event::PhaseFinished {
+        host: node.clone(),
+        phase: Phase::Preflight,
+        duration_ms: timings[0].duration_ms,
     });
 
     let mut st = match (spec.resume, previous) {
@@ -519,7 +522,7 @@ pub fn install_node(spec: &NodeSpec, inst: &Installer<'_>) -> Result<Summary, In
     for phase in schedule {
         if phase == Phase::Kexec && !kexec_needed {
             ctx.emit(Event::PhaseSkipped {
-                node: node.clone(),
+                host: node.clone(),
                 phase,
                 reason: "the target already runs a NixOS installer".into(),
             });
@@ -529,7 +532,7 @@ pub fn install_node(spec: &NodeSpec, inst: &Installer<'_>) -> Result<Summary, In
             continue;
         }
         ctx.emit(Event::PhaseStarted {
-            node: node.clone(),
+            host: node.clone(),
             phase,
         });
         st.start(phase);
@@ -538,7 +541,8 @@ pub fn install_node(spec: &NodeSpec, inst: &Installer<'_>) -> Result<Summary, In
         let result = ctx
             .record_new_host_keys(phase, &st)
             .and_then(|()| ctx.run_phase(phase));
-        let secs = t.elapsed().as_secs_f64();
+        let elapsed = t.elapsed();
+        let secs = elapsed.as_secs_f64();
         match result {
             Ok(()) => {
                 if phase == Phase::Install {
@@ -548,11 +552,12 @@ pub fn install_node(spec: &NodeSpec, inst: &Installer<'_>) -> Result<Summary, In
                 }
                 st.finish(phase, secs);
                 inst.state.save(&st)?;
-                timings.push((phase, secs));
+                let duration_ms = millis(elapsed);
+                timings.push(PhaseTiming { phase, duration_ms });
                 ctx.emit(Event::PhaseFinished {
-                    node: node.clone(),
+                    host: node.clone(),
                     phase,
-                    seconds: secs,
+                    duration_ms,
                 });
             }
             Err(error) => {
@@ -560,7 +565,7 @@ pub fn install_node(spec: &NodeSpec, inst: &Installer<'_>) -> Result<Summary, In
                 st.fail(phase, secs, &message);
                 inst.state.save(&st)?;
                 ctx.emit(Event::Failed {
-                    node: node.clone(),
+                    host: node.clone(),
                     phase,
                     error: message,
                 });
@@ -577,17 +582,17 @@ pub fn install_node(spec: &NodeSpec, inst: &Installer<'_>) -> Result<Summary, In
             }
         }
     }
-    let total_seconds = started.elapsed().as_secs_f64();
+    let total_ms = millis(started.elapsed());
     ctx.emit(Event::Finished {
-        node: node.clone(),
+        host: node.clone(),
         timings: timings.clone(),
-        total_seconds,
+        total_ms,
     });
     Ok(Summary {
         node,
         timings,
         skipped,
-        total_seconds,
+        total_ms,
     })
 }
 

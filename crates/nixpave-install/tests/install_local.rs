@@ -157,8 +157,28 @@ fn install_phase_copies_sets_profile_and_runs_bootloader_in_a_chroot() {
     let state_dir = fx.dir.path().join("state");
     let summary = install_node(&spec, &installer(&rec, &state_dir)).unwrap();
     assert_eq!(
-        summary.timings.iter().map(|t| t.0).collect::<Vec<_>>(),
+        summary.timings.iter().map(|t| t.phase).collect::<Vec<_>>(),
         vec![Phase::Preflight, Phase::Install]
+    );
+    // The events in the CLI's JSON envelope (README, "JSON output"): `host`, snake_case kinds,
+    // integer milliseconds in `*_ms`; the last event carries the summary's times.
+    let lines: Vec<String> = rec
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| serde_json::to_string(e).unwrap())
+        .collect();
+    let last: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    assert_eq!(last["event"], "finished");
+    assert_eq!(last["host"], "local1");
+    assert_eq!(last["total_ms"].as_u64(), Some(summary.total_ms));
+    assert_eq!(last["timings"][1]["phase"], "install");
+    assert!(last["timings"][1]["duration_ms"].is_u64(), "{last}");
+    let shapes = nixpave_testsupport::json_lines_shapes(&lines.join("\n"), 3, &["event", "phase"]);
+    insta::assert_snapshot!(
+        "json-install-events",
+        serde_json::to_string_pretty(&shapes).unwrap()
     );
 
     let root = fx.root();
@@ -282,7 +302,7 @@ fn failure_is_recorded_and_resume_reruns_only_what_is_left() {
         keys: Vec::new(),
     });
     let summary = install_node(&spec, &installer(&rec, &state_dir)).unwrap();
-    assert_eq!(summary.timings.last().unwrap().0, Phase::Install);
+    assert_eq!(summary.timings.last().unwrap().phase, Phase::Install);
     // A second --resume has nothing left to do and says so.
     let again = install_node(&spec, &installer(&rec, &state_dir)).unwrap_err();
     assert!(again.to_string().contains("nothing to resume"), "{again}");

@@ -386,12 +386,18 @@ fn extra_files(vm: &Vm, work: &Path) -> PathBuf {
 fn print_timings(rec: &Recorder, label: &str) {
     for e in rec.events.lock().unwrap().iter() {
         if let nixpave_install::Event::Finished {
-            timings,
-            total_seconds,
-            ..
+            timings, total_ms, ..
         } = e
         {
-            eprintln!("TIMINGS {label}: {timings:?} total {total_seconds:.1} s");
+            let phases: Vec<String> = timings
+                .iter()
+                .map(|t| format!("{} {:.1} s", t.phase, t.duration_ms as f64 / 1000.0))
+                .collect();
+            eprintln!(
+                "TIMINGS {label}: {} total {:.1} s",
+                phases.join(", "),
+                *total_ms as f64 / 1000.0
+            );
         }
     }
 }

@@ -124,7 +124,7 @@ fn vm_cli_up_status_console_ssh_down() {
 
     let status = nixpave(&state, &["lab", "vm", "status", "--json"]);
     let list: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status JSON");
-    assert_eq!(list[0]["name"], "cli1");
+    assert_eq!(list[0]["host"], "cli1");
     assert_eq!(list[0]["running"], true);
     assert_eq!(list[0]["ssh_port"].as_u64(), Some(port));
 

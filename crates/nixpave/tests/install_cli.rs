@@ -345,18 +345,26 @@ fn several_nodes_are_installed_at_most_max_parallel_at_a_time() {
         events
             .iter()
             .enumerate()
-            .filter(|(_, e)| e["node"] == node)
+            .filter(|(_, e)| e["host"] == node)
             .map(|(i, _)| i)
             .collect()
     };
 
     let (code, events, stderr) = run("1");
     assert_eq!(code, Some(3), "{stderr}");
+    // The envelope of install's events (README, "JSON output"): kinds and fields, no values. With
+    // --max-parallel 1 the order of the lines is fixed.
+    let lines: Vec<String> = events.iter().map(|e| e.to_string()).collect();
+    let shapes = nixpave_testsupport::json_lines_shapes(&lines.join("\n"), 3, &["event", "phase"]);
+    insta::assert_snapshot!(
+        "json-install-refused",
+        serde_json::to_string_pretty(&shapes).expect("json")
+    );
     for node in ["n1", "n2"] {
         assert!(
             events
                 .iter()
-                .any(|e| e["node"] == node && e["event"] == "refused"),
+                .any(|e| e["host"] == node && e["event"] == "refused"),
             "{node} not refused: {events:?}"
         );
     }

@@ -29,7 +29,7 @@ impl Ctx<'_, '_> {
             if pct / 10 != last_pct / 10 || done == total {
                 last_pct = pct;
                 self.emit(Event::Transfer {
-                    node: spec.node.clone(),
+                    host: spec.node.clone(),
                     phase: Phase::Kexec,
                     what: "installer upload".into(),
                     done,

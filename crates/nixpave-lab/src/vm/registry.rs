@@ -122,10 +122,12 @@ pub(crate) fn read_inventory(dir: &Path) -> Result<Inventory, VmError> {
     })
 }
 
-/// What `lab vm status` shows about one VM.
+/// What `lab vm status` shows about one VM. With `--json` the VM's name is in `host`, as in every
+/// `--json` output (README, "JSON output").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VmStatus {
-    /// Name.
+    /// Name (`host` in JSON).
+    #[serde(rename = "host")]
     pub name: String,
     /// Whether its qemu process runs.
     pub running: bool,
@@ -175,6 +177,22 @@ mod tests {
         for bad in ["", "../x", "a b", "-x", "a/b", &"x".repeat(41)] {
             assert!(check_name(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn status_rows_carry_the_name_in_host() {
+        let row = VmStatus {
+            name: "vm1".into(),
+            running: false,
+            pid: None,
+            ssh_port: 2222,
+            dir: "/var/tmp/vms/vm1".into(),
+        };
+        assert_eq!(
+            serde_json::to_value(&row).unwrap(),
+            serde_json::json!({"host": "vm1", "running": false, "pid": null, "ssh_port": 2222,
+                "dir": "/var/tmp/vms/vm1"})
+        );
     }
 
     #[test]

@@ -744,7 +744,7 @@ fn install_with_hardware_config(
     installer
         .reporter
         .report(&nixpave_install::Event::Progress {
-            node: node.clone(),
+            host: node.clone(),
             phase: nixpave_install::Phase::Kexec,
             message: format!(
                 "hardware configuration written to {} ({})",
