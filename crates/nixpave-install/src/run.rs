@@ -227,6 +227,9 @@ pub enum PhaseError {
     /// The install thread panicked (a bug).
     #[error("internal error: the install thread panicked")]
     Panicked,
+    /// Interrupted (Ctrl-C) before this node's turn came; nothing was done on it.
+    #[error("not started: interrupted before this node's turn; nothing was done on it")]
+    NotStarted,
     /// A step failed; what it was doing comes first.
     #[error("{what}: {source}")]
     Context {
@@ -603,50 +606,37 @@ pub fn install_all(
     inst: &Installer<'_>,
     max_parallel: usize,
 ) -> Vec<Result<Summary, InstallError>> {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let workers = match max_parallel {
-        0 => specs.len(),
-        n => n.min(specs.len()),
-    };
-    let next = AtomicUsize::new(0);
-    let results: std::sync::Mutex<Vec<Option<Result<Summary, InstallError>>>> =
-        std::sync::Mutex::new(specs.iter().map(|_| None).collect());
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some(spec) = specs.get(i) else { break };
-                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    install_node(spec, inst)
-                }))
-                .unwrap_or_else(|_| {
-                    Err(InstallError::Phase {
-                        node: spec.node.clone(),
-                        phase: Phase::Preflight,
-                        error: Box::new(PhaseError::Panicked),
-                        left: "unknown; see the state file".into(),
-                        next: "report a bug; `--resume` continues from the last finished phase"
-                            .into(),
-                    })
-                });
-                results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(r);
-            });
-        }
-    });
-    results
-        .into_inner()
-        .unwrap_or_else(|p| p.into_inner())
+    // The one bounded executor of the workspace: a panicking node is an error of its own, and
+    // nodes not yet started when Ctrl-C comes are reported as such.
+    let slots = nixpave_remote::parallel::run(
+        specs,
+        max_parallel,
+        || false,
+        |spec| install_node(spec, inst),
+    );
+    slots
         .into_iter()
         .zip(specs)
-        .map(|(r, spec)| {
-            r.unwrap_or_else(|| {
-                Err(InstallError::Phase {
-                    node: spec.node.clone(),
-                    phase: Phase::Preflight,
-                    error: Box::new(PhaseError::Panicked),
-                    left: "unknown; see the state file".into(),
-                    next: "report a bug".into(),
-                })
+        .map(|(slot, spec)| {
+            let (error, left, next) = match slot {
+                nixpave_remote::parallel::Slot::Done(r) => return r,
+                nixpave_remote::parallel::Slot::Panicked(_) => (
+                    PhaseError::Panicked,
+                    "unknown; see the state file",
+                    "report a bug; `--resume` continues from the last finished phase",
+                ),
+                nixpave_remote::parallel::Slot::NotStarted => (
+                    PhaseError::NotStarted,
+                    "nothing was done on this node",
+                    "run the install again for it",
+                ),
+            };
+            Err(InstallError::Phase {
+                node: spec.node.clone(),
+                phase: Phase::Preflight,
+                error: Box::new(error),
+                left: left.into(),
+                next: next.into(),
             })
         })
         .collect()
