@@ -49,7 +49,7 @@ pub trait Connection: Send + Sync {
     /// One fresh login attempt; the typed error says why it failed (a changed or unknown host
     /// key is a refusal, [`TransportError::is_refusal`], not a reason to wait). The caller bounds
     /// the wait; `_timeout` is the budget of this one attempt.
-    fn probe(&self, _timeout: Duration) -> Result<(), TransportError> {
+    fn try_login(&self, _timeout: Duration) -> Result<(), TransportError> {
         fresh_login_answers(self)
     }
     /// Forgets cached connections (after kexec and reboot the old ones are dead; the ssh
@@ -243,7 +243,7 @@ impl Connection for SshConnection {
         self.address.get_or_init(|| self.ssh().resolved_host())
     }
 
-    fn probe(&self, _timeout: Duration) -> Result<(), TransportError> {
+    fn try_login(&self, _timeout: Duration) -> Result<(), TransportError> {
         if let (true, Some((target, options)), None) = (
             self.as_root.load(Ordering::SeqCst),
             &self.root_login,

@@ -17,7 +17,7 @@ impl Ctx<'_, '_> {
         let mut last = String::new();
         let mut announced = Instant::now() - Duration::from_secs(3600);
         loop {
-            let r = self.spec.session.probe(self.spec.timeouts.probe);
+            let r = self.spec.session.try_login(self.spec.timeouts.probe);
             match (r, want_up) {
                 (Ok(()), true) | (Err(_), false) => return Ok(start.elapsed()),
                 // A changed or unknown host key will not fix itself: fail at once, strict checking stays on.
