@@ -213,7 +213,9 @@ pub fn run(args: DeployArgs) -> miette::Result<ExitCode> {
         remote_build: args.remote_build.then_some(true),
         ..Default::default()
     };
-    if !args.fleet.json && std::io::stderr().is_terminal() {
+    // Progress words: not in JSON mode, not with -q.
+    let chatty = !args.fleet.json && !crate::ui::quiet();
+    if chatty && std::io::stderr().is_terminal() {
         eprintln!("evaluating the fleet…");
     }
     let fleet = match load_fleet(&args.fleet, overrides, !args.skip_checks, &nix) {
@@ -275,7 +277,7 @@ pub fn run(args: DeployArgs) -> miette::Result<ExitCode> {
         }
     }
     let hosts = &fleet.inventory.hosts;
-    if !args.fleet.json {
+    if chatty {
         eprintln!(
             "building {} profile(s) of {} host(s)…",
             hosts.iter().map(|h| h.profiles.len()).sum::<usize>(),
@@ -283,7 +285,7 @@ pub fn run(args: DeployArgs) -> miette::Result<ExitCode> {
         );
     }
     if !fleet.inventory.checks.is_empty() {
-        if !args.fleet.json {
+        if chatty {
             eprintln!(
                 "building {} check(s) of the flake(s)…",
                 fleet.inventory.checks.len()
