@@ -362,3 +362,14 @@ pub fn json_lines_shapes(text: &str, depth: usize, keep: &[&str]) -> Vec<serde_j
     }
     shapes
 }
+
+/// Held by tests that mount loop partitions, and by tests while they create a lab host: the lab
+/// host's new mount namespace (`unshare --mount`) copies every mount that exists at that moment
+/// and keeps those filesystems busy after the test unmounts them, so their partitions could not
+/// be deleted when a disk is wiped. One lock per test binary.
+pub fn mounts_lock() -> std::sync::MutexGuard<'static, ()> {
+    static MOUNT_NAMESPACES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    MOUNT_NAMESPACES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

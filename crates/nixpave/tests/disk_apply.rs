@@ -73,22 +73,10 @@ fn swaps() -> String {
 
 const SECTORS_PER_MIB: u64 = 2048;
 
-/// Held by tests that mount loop partitions, and by the lab test while it creates its host: a
-/// new mount namespace (the lab host's `unshare --mount`) copies every mount that exists at that
-/// moment and keeps those filesystems busy after the test unmounts them, so the partitions could
-/// not be deleted when the disk is wiped.
-static MOUNT_NAMESPACES: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn mounts_lock() -> std::sync::MutexGuard<'static, ()> {
-    MOUNT_NAMESPACES
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 #[test]
 fn disk_apply_gpt_btrfs_xfs_swap_tmpfs_end_to_end() {
     support::require_loop_devices();
-    let _mounts = mounts_lock();
+    let _mounts = support::mounts_lock();
     let mut scratch = Scratch::new("cli-gpt");
     let disk = scratch.disk(1024);
     let root = scratch.root();
@@ -267,7 +255,7 @@ fn disk_apply_gpt_btrfs_xfs_swap_tmpfs_end_to_end() {
 #[test]
 fn disk_apply_msdos_table_and_hybrid_mbr() {
     support::require_loop_devices();
-    let _mounts = mounts_lock();
+    let _mounts = support::mounts_lock();
     let mut scratch = Scratch::new("cli-msdos");
     let disk = scratch.disk(256);
     let root = scratch.root();
@@ -379,7 +367,7 @@ fn disk_apply_msdos_table_and_hybrid_mbr() {
 #[test]
 fn disk_apply_dry_run_leaves_the_disk_unchanged() {
     support::require_loop_devices();
-    let _mounts = mounts_lock();
+    let _mounts = support::mounts_lock();
     let mut scratch = Scratch::new("cli-dry");
     let disk = scratch.disk(128);
     let root = scratch.root();
@@ -439,7 +427,7 @@ fn disk_apply_dry_run_leaves_the_disk_unchanged() {
 #[test]
 fn disk_apply_refuses_unsafe_disks_and_bad_input() {
     support::require_loop_devices();
-    let _mounts = mounts_lock();
+    let _mounts = support::mounts_lock();
     let mut scratch = Scratch::new("cli-refuse");
     let disk = scratch.disk(128);
     let root = scratch.root();
@@ -576,7 +564,7 @@ fn disk_apply_runs_a_saved_plan() {
 fn disk_apply_over_ssh_to_a_lab_host() {
     support::require_loop_devices();
     let lab = {
-        let _mounts = mounts_lock();
+        let _mounts = support::mounts_lock();
         nixpave_lab::testing::Lab::with(nixpave_lab::testing::LabOptions {
             hosts: 1,
             disks: 1,

@@ -98,7 +98,7 @@ const LAYOUT_A: &str = r#"
 #[test]
 fn update_adds_partitions_subvolumes_swap_mount_options_and_a_blank_disk_keeping_data() {
     support::require_loop_devices();
-    let _mounts = mounts_lock();
+    let _mounts = support::mounts_lock();
     let mut scratch = Scratch::new("update-add");
     let dev = scratch.disk(1200);
     let extra = scratch.disk(64);
@@ -314,7 +314,7 @@ fn update_grows_a_mounted_ext4_online() {
 /// Formats a layout whose last partition fills the disk, grows the image by 300 MiB and
 /// applies the same layout in update mode.
 fn grow_case(format: &str, mounted: bool) {
-    let _mounts = mounts_lock();
+    let _mounts = support::mounts_lock();
     let mut scratch = Scratch::new("update-grow");
     let dev = scratch.disk(400);
     let root = scratch.root();
@@ -404,7 +404,7 @@ fn grow_case(format: &str, mounted: bool) {
 #[test]
 fn update_refuses_destructive_changes_and_writes_nothing() {
     support::require_loop_devices();
-    let _mounts = mounts_lock();
+    let _mounts = support::mounts_lock();
     let mut scratch = Scratch::new("update-refuse");
     let dev = scratch.disk(600);
     let root = scratch.root();
@@ -484,22 +484,11 @@ fn update_refuses_destructive_changes_and_writes_nothing() {
     );
 }
 
-/// Held by tests that mount loop partitions, and by the lab test while it creates its host:
-/// the lab host's new mount namespace copies every mount that exists at that moment and would
-/// keep those filesystems busy (and writing) after the test unmounts them.
-static MOUNT_NAMESPACES: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn mounts_lock() -> std::sync::MutexGuard<'static, ()> {
-    MOUNT_NAMESPACES
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 #[test]
 fn update_over_ssh_to_a_lab_host() {
     support::require_loop_devices();
     let lab = {
-        let _mounts = mounts_lock();
+        let _mounts = support::mounts_lock();
         nixpave_lab::testing::Lab::with(nixpave_lab::testing::LabOptions {
             hosts: 1,
             disks: 1,
