@@ -38,14 +38,13 @@ fn hosts(lab: &Lab, paths: &[String], extra: serde_json::Value) -> Vec<Host> {
 }
 
 fn profile_of(h: &LabHost) -> String {
-    inside(h, &format!("readlink -f {PROFILE}"))
+    h.sh(&format!("readlink -f {PROFILE}"))
 }
 
 fn state_of(h: &LabHost) -> String {
-    inside(
-        h,
-        &format!("sed -n 's/.*\"state\":\"\\([^\"]*\\)\".*/\\1/p' {STATE_DIR}/system.json"),
-    )
+    h.sh(&format!(
+        "sed -n 's/.*\"state\":\"\\([^\"]*\\)\".*/\\1/p' {STATE_DIR}/system.json"
+    ))
 }
 
 fn run(
@@ -94,14 +93,11 @@ fn five_hosts_in_parallel_with_keys_then_noop_costs_one_login() {
         assert_eq!(profile_of(h), sys);
         assert_eq!(state_of(h), "confirmed");
         assert_eq!(
-            inside(
-                h,
-                "stat -c '%a %U %G' /tmp/nixpave-keys/api-token; cat /tmp/nixpave-keys/api-token"
-            ),
+            h.sh("stat -c '%a %U %G' /tmp/nixpave-keys/api-token; cat /tmp/nixpave-keys/api-token"),
             "640 root daemon\nt0ps3cret"
         );
         assert_eq!(
-            inside(h, "stat -c '%a %U %G' /tmp/nixpave-keys/late"),
+            h.sh("stat -c '%a %U %G' /tmp/nixpave-keys/late"),
             "600 root root"
         );
     }
@@ -113,10 +109,7 @@ fn five_hosts_in_parallel_with_keys_then_noop_costs_one_login() {
     }
     for (h, before) in lab.hosts().iter().zip(logins) {
         assert_eq!(h.accepted_logins() - before, 1, "{}", h.name());
-        assert_eq!(
-            inside(h, "cat /nix/var/nixpave-test/activations | wc -l"),
-            "1"
-        );
+        assert_eq!(h.sh("cat /nix/var/nixpave-test/activations | wc -l"), "1");
     }
 }
 
@@ -178,7 +171,7 @@ fn activation_that_cuts_the_network_rolls_back_by_itself() {
     let lab = Lab::up(1).expect("lab up");
     let conn = connector(&lab);
     let h = lab.host(0);
-    let iface = interface_of(h);
+    let iface = h.interface();
     assert!(!iface.is_empty());
     let good = build_system(&[("tag", &unique("netok")), ("netUp", &iface)]);
     let one = |p: &str| hosts(&lab, &[p.to_string()], serde_json::json!({})).remove(0);
@@ -259,7 +252,7 @@ fn batches_stop_after_the_first_failing_wave() {
         report.hosts[0].message
     );
     assert_eq!(
-        inside(lab.host(0), &format!("readlink {PROFILE} || echo none")),
+        lab.host(0).sh(&format!("readlink {PROFILE} || echo none")),
         "none"
     );
     let waves = events
@@ -271,7 +264,7 @@ fn batches_stop_after_the_first_failing_wave() {
         .count();
     assert_eq!(waves, 1);
     assert_eq!(
-        inside(lab.host(2), &format!("readlink {PROFILE} || echo none")),
+        lab.host(2).sh(&format!("readlink {PROFILE} || echo none")),
         "none"
     );
 }
@@ -298,10 +291,8 @@ fn dry_activate_leaves_the_profile_untouched() {
     );
     assert_eq!(profile_of(lab.host(0)), one);
     assert_eq!(
-        inside(
-            lab.host(0),
-            &format!("nix-env -p {PROFILE} --list-generations | wc -l")
-        ),
+        lab.host(0)
+            .sh(&format!("nix-env -p {PROFILE} --list-generations | wc -l")),
         "1"
     );
 }
@@ -371,7 +362,8 @@ fn killed_deployer_still_rolls_back() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(profile_of(h), good);
-    assert!(inside(h, &format!("cat {STATE_DIR}/system.json"))
+    assert!(h
+        .sh(&format!("cat {STATE_DIR}/system.json"))
         .contains("\"reason\":\"no-confirmation\""));
 }
 
@@ -448,7 +440,7 @@ fn nixos_shaped_hosts_deploy_with_keys_then_noop_then_roll_back_a_failed_activat
     let conn = connector(&lab);
     for h in lab.hosts() {
         assert_eq!(
-            inside(h, "command -v ln; ls /usr/bin | tr '\\n' ' '"),
+            h.sh("command -v ln; ls /usr/bin | tr '\\n' ' '"),
             "/run/current-system/sw/bin/ln\nbash env sh"
         );
     }
@@ -468,17 +460,13 @@ fn nixos_shaped_hosts_deploy_with_keys_then_noop_then_roll_back_a_failed_activat
         assert_eq!(profile_of(h), sys);
         assert_eq!(state_of(h), "confirmed");
         assert_eq!(
-            inside(
-                h,
-                "stat -c '%a %U %G' /run/keys/api-token; cat /run/keys/api-token; echo; stat -c '%a' /run/keys/late"
+            h.sh("stat -c '%a %U %G' /run/keys/api-token; cat /run/keys/api-token; echo; stat -c '%a' /run/keys/late"
             ),
             "640 root daemon\nt0ps3cret\n600"
         );
         // The agent went to root's private directory, not to a shared name in /tmp.
         assert_eq!(
-            inside(
-                h,
-                "stat -c '%a %U' /tmp/nixpave-agent; ls /tmp/nixpave-agent | grep -c '^agent-'; ls /tmp | grep -c '^nixpave-agent-' || true"
+            h.sh("stat -c '%a %U' /tmp/nixpave-agent; ls /tmp/nixpave-agent | grep -c '^agent-'; ls /tmp | grep -c '^nixpave-agent-' || true"
             ),
             "700 root\n1\n0"
         );
@@ -515,10 +503,9 @@ fn nixos_shaped_hosts_deploy_with_keys_then_noop_then_roll_back_a_failed_activat
     assert_eq!(profile_of(lab.host(1)), next);
     // The failed generation is kept, the profile points at the good one again.
     assert_eq!(
-        inside(
-            lab.host(0),
-            &format!("nix-env -p {PROFILE} --list-generations | wc -l; readlink {PROFILE}")
-        ),
+        lab.host(0).sh(&format!(
+            "nix-env -p {PROFILE} --list-generations | wc -l; readlink {PROFILE}"
+        )),
         "2\nsystem-1-link"
     );
 }
@@ -530,7 +517,7 @@ fn nixos_shaped_host_rolls_back_by_itself_without_confirmation() {
     let lab = Lab::up_nixos(1).expect("lab up");
     let conn = connector(&lab);
     let h = lab.host(0);
-    let iface = interface_of(h);
+    let iface = h.interface();
     assert!(!iface.is_empty());
     let good = build_system(&[("tag", &unique("nxnetok")), ("netUp", &iface)]);
     let one = |p: &str| hosts(&lab, &[p.to_string()], serde_json::json!({})).remove(0);
@@ -546,7 +533,8 @@ fn nixos_shaped_host_rolls_back_by_itself_without_confirmation() {
         report.message
     );
     assert_eq!(profile_of(h), good);
-    assert!(inside(h, &format!("cat {STATE_DIR}/system.json"))
+    assert!(h
+        .sh(&format!("cat {STATE_DIR}/system.json"))
         .contains("\"reason\":\"no-confirmation\""));
     assert!(h.connect().is_ok());
 }
@@ -578,14 +566,14 @@ fn start_agent_with_env(
 fn wait_for_state(h: &LabHost, id: &str, wanted: &str) {
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
-        let record = inside(h, &format!("cat {STATE_DIR}/system.json"));
+        let record = h.sh(&format!("cat {STATE_DIR}/system.json"));
         if record.contains(&format!("\"id\":\"{id}\"")) && state_of(h) == wanted {
             return;
         }
         assert!(
             Instant::now() < deadline,
             "deploy {id} never reached {wanted}: {record}\nlog:\n{}",
-            inside(h, &format!("tail -n 20 {STATE_DIR}/system.log"))
+            h.sh(&format!("tail -n 20 {STATE_DIR}/system.log"))
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -685,7 +673,8 @@ fn agent_runs_on_a_nixos_shaped_host_with_an_empty_or_a_systemd_environment() {
     assert_eq!(profile_of(h), unconfirmed);
     wait_for_state(h, &b.id, "rolled-back");
     assert_eq!(profile_of(h), next);
-    assert!(inside(h, &format!("cat {STATE_DIR}/system.json"))
+    assert!(h
+        .sh(&format!("cat {STATE_DIR}/system.json"))
         .contains("\"reason\":\"no-confirmation\""));
 
     // Control: the same agent without its PATH line cannot even take its lock on this host.
@@ -697,15 +686,18 @@ fn agent_runs_on_a_nixos_shaped_host_with_an_empty_or_a_systemd_environment() {
     start_agent_with_env(&t, &bare_path, &c, &[]);
     // Its failure is the event to wait for (the log line), not a guess of how long it takes.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !inside(h, &format!("tail -n 5 {STATE_DIR}/system.log")).contains("not found") {
+    while !h
+        .sh(&format!("tail -n 5 {STATE_DIR}/system.log"))
+        .contains("not found")
+    {
         assert!(
             Instant::now() < deadline,
             "the agent without PATH never failed: {}",
-            inside(h, &format!("tail -n 5 {STATE_DIR}/system.log"))
+            h.sh(&format!("tail -n 5 {STATE_DIR}/system.log"))
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let record = inside(h, &format!("cat {STATE_DIR}/system.json"));
+    let record = h.sh(&format!("cat {STATE_DIR}/system.json"));
     assert!(!record.contains("envbare3"), "{record}");
     assert_eq!(profile_of(h), next);
 }

@@ -30,7 +30,7 @@ fn deploy(h: &Host, conn: &SshConnector) -> HostReport {
 
 /// The agent's record of the last deploy: (state, reason, updated - started in seconds).
 fn record(h: &LabHost) -> (String, String, u64) {
-    let text = inside(h, &format!("cat {STATE_DIR}/system.json"));
+    let text = h.sh(&format!("cat {STATE_DIR}/system.json"));
     let v: serde_json::Value = serde_json::from_str(&text).expect("status record");
     (
         v["state"].as_str().unwrap_or_default().into(),
@@ -44,7 +44,7 @@ fn a_link_going_down_rolls_back_within_three_seconds() {
     let lab = Lab::up(1).expect("lab up");
     let h = lab.host(0);
     let conn = connector(&lab);
-    let iface = interface_of(h);
+    let iface = h.interface();
     let good = build_system(&[("tag", &unique("lock-ok")), ("netUp", &iface)]);
     let r = deploy(&host(h, &good), &conn);
     assert_eq!(r.outcome, Outcome::Deployed, "{r:?}");
@@ -63,8 +63,10 @@ fn a_link_going_down_rolls_back_within_three_seconds() {
         started.elapsed() < Duration::from_secs(CONFIRM),
         "waited for the confirm timeout"
     );
-    assert_eq!(inside(h, "readlink -f /nix/var/nix/profiles/system"), good);
-    assert!(inside(h, &format!("cat {STATE_DIR}/system.log")).contains("lockout after activation"));
+    assert_eq!(h.sh("readlink -f /nix/var/nix/profiles/system"), good);
+    assert!(h
+        .sh(&format!("cat {STATE_DIR}/system.log"))
+        .contains("lockout after activation"));
 }
 
 #[test]
@@ -88,13 +90,15 @@ fn a_configuration_sshd_rejects_rolls_back_at_once() {
     assert!(took <= 3, "the host took {took} s to roll back");
     assert!(started.elapsed() < Duration::from_secs(CONFIRM));
     // The previous generation put the configuration back.
-    assert!(!inside(h, "cat /etc/ssh/sshd_config").contains("nixpave-test-broken"));
-    assert!(inside(h, "sshd -t && echo ok").ends_with("ok"));
+    assert!(!h
+        .sh("cat /etc/ssh/sshd_config")
+        .contains("nixpave-test-broken"));
+    assert!(h.sh("sshd -t && echo ok").ends_with("ok"));
 
     // What was already broken before the activation is not a lockout of this deploy.
-    inside(h, "echo 'AlreadyBroken yes' >> /etc/ssh/sshd_config");
+    h.sh("echo 'AlreadyBroken yes' >> /etc/ssh/sshd_config");
     let other = build_system(&[("tag", &unique("sshd-pre"))]);
     let r = deploy(&host(h, &other), &conn);
-    inside(h, "sed -i '/AlreadyBroken/d' /etc/ssh/sshd_config");
+    h.sh("sed -i '/AlreadyBroken/d' /etc/ssh/sshd_config");
     assert_eq!(r.outcome, Outcome::Deployed, "{r:?}");
 }

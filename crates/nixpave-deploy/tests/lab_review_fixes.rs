@@ -53,25 +53,22 @@ fn health_checks_run_without_magic_rollback() {
         serde_json::json!({ "magicRollback": false, "autoRollback": auto,
             "healthChecks": failing_check(), "profiles": { "system": { "path": path } } })
     };
-    inside(
-        h,
-        "mkdir -p /nix/var/nixpave-test && touch /nix/var/nixpave-test/healthy",
-    );
+    h.sh("mkdir -p /nix/var/nixpave-test && touch /nix/var/nixpave-test/healthy");
     let r = deploy(&host(h, node(&v1, true)), &conn);
     assert_eq!(r.outcome, Outcome::Deployed, "{r:?}");
 
     // The check fails: with auto rollback the host goes back to v1 even though magic rollback is off.
-    inside(h, "rm -f /nix/var/nixpave-test/healthy");
+    h.sh("rm -f /nix/var/nixpave-test/healthy");
     let r = deploy(&host(h, node(&v2, true)), &conn);
     assert_eq!(r.outcome, Outcome::RolledBack, "{r:?}");
     assert!(r.message.contains("health check failed"), "{r:?}");
-    assert_eq!(inside(h, "readlink -f /nix/var/nix/profiles/system"), v1);
+    assert_eq!(h.sh("readlink -f /nix/var/nix/profiles/system"), v1);
 
     // With auto rollback off too, the failure is reported and the new generation stays.
     let r = deploy(&host(h, node(&v3, false)), &conn);
     assert_eq!(r.outcome, Outcome::Failed, "{r:?}");
     assert!(r.message.contains("health check failed"), "{r:?}");
-    assert_eq!(inside(h, "readlink -f /nix/var/nix/profiles/system"), v3);
+    assert_eq!(h.sh("readlink -f /nix/var/nix/profiles/system"), v3);
 }
 
 #[test]
@@ -95,17 +92,17 @@ fn keys_that_changed_are_uploaded_on_a_no_op() {
     assert_eq!(h.accepted_logins() - logins, 1, "one login for a no-op");
 
     // The key was lost (e.g. /run/keys after a reboot), then its contents and its mode change.
-    inside(h, "rm -f /tmp/np-keys/token");
+    h.sh("rm -f /tmp/np-keys/token");
     let r = deploy(&host(h, node("one", "0600")), &conn);
     assert_eq!(r.outcome, Outcome::Unchanged, "{r:?}");
     assert!(r.message.contains("token"), "{r:?}");
-    assert_eq!(inside(h, "cat /tmp/np-keys/token"), "one");
+    assert_eq!(h.sh("cat /tmp/np-keys/token"), "one");
     let r = deploy(&host(h, node("two", "0600")), &conn);
     assert!(r.message.contains("token"), "{r:?}");
-    assert_eq!(inside(h, "cat /tmp/np-keys/token"), "two");
+    assert_eq!(h.sh("cat /tmp/np-keys/token"), "two");
     let r = deploy(&host(h, node("two", "0640")), &conn);
     assert!(r.message.contains("token"), "{r:?}");
-    assert_eq!(inside(h, "stat -c %a /tmp/np-keys/token"), "640");
+    assert_eq!(h.sh("stat -c %a /tmp/np-keys/token"), "640");
 }
 
 #[test]
@@ -139,13 +136,13 @@ fn a_later_profile_failing_reverts_the_earlier_profiles_of_the_node() {
         r.message.contains("earlier profiles reverted: system"),
         "{r:?}"
     );
-    assert_eq!(inside(h, "readlink -f /nix/var/nix/profiles/system"), sys1);
+    assert_eq!(h.sh("readlink -f /nix/var/nix/profiles/system"), sys1);
     assert_eq!(
-        inside(h, "readlink -f /nix/var/nix/profiles/per-user/root/app"),
+        h.sh("readlink -f /nix/var/nix/profiles/per-user/root/app"),
         app1
     );
     // The earlier profile's old system was activated again, after the new one.
-    let activations = inside(h, "cat /nix/var/nixpave-test/activations");
+    let activations = h.sh("cat /nix/var/nixpave-test/activations");
     let last = activations.lines().last().unwrap_or_default();
     assert!(last.starts_with("p-sys1"), "{activations}");
 }
@@ -179,7 +176,7 @@ fn interactive_sudo_asks_once_and_feeds_the_password_on_stdin() {
             "profiles": { "system": { "path": sys } } });
         let r = deploy(&host(h, node), &conn);
         assert_eq!(r.outcome, Outcome::Deployed, "{r:?}");
-        assert_eq!(inside(h, "readlink -f /nix/var/nix/profiles/system"), sys);
+        assert_eq!(h.sh("readlink -f /nix/var/nix/profiles/system"), sys);
         assert!(
             h.sshd_log().contains("for deployer from"),
             "{}",

@@ -46,23 +46,8 @@ fn deployer_nix() -> String {
 
 /// A fixture system as a derivation (not built): `(drv, out)`.
 fn instantiate(tag: &str) -> (String, String) {
-    nix_conf_dir();
-    let drv = Command::new("nix-instantiate")
-        .arg(fixtures().join("system.nix"))
-        .args(["--argstr", "tag", tag])
-        .output()
-        .expect("nix-instantiate");
-    assert!(
-        drv.status.success(),
-        "{}",
-        String::from_utf8_lossy(&drv.stderr)
-    );
-    let drv = String::from_utf8_lossy(&drv.stdout).trim().to_string();
-    let out = Command::new("nix-store")
-        .args(["-q", "--outputs", &drv])
-        .output()
-        .expect("nix-store -q");
-    let out = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let (drv, out) =
+        nixpave_testsupport::nix_instantiate(&fixtures().join("system.nix"), &[("tag", tag)]);
     assert!(
         drv.ends_with(".drv") && out.starts_with("/nix/store/"),
         "{drv} {out}"

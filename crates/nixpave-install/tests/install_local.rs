@@ -38,29 +38,17 @@ builtins.derivation {
 "#;
 
 struct Fixture {
-    _conf: tempfile::TempDir,
     dir: tempfile::TempDir,
     toplevel: String,
 }
 
 impl Fixture {
     fn new(tag: &str) -> Fixture {
-        let conf = nix_conf_dir();
         let dir = tempfile::tempdir().unwrap();
         let nix = dir.path().join("system.nix");
         std::fs::write(&nix, SYSTEM).unwrap();
-        let toplevel = nix_build(
-            conf.path(),
-            &nix,
-            &[("busybox", "/bin/busybox"), ("tag", tag)],
-            &[],
-        );
-        std::env::set_var("NIX_CONF_DIR", conf.path());
-        Fixture {
-            _conf: conf,
-            dir,
-            toplevel,
-        }
+        let toplevel = nix_build(&nix, &[("busybox", "/bin/busybox"), ("tag", tag)], &[]);
+        Fixture { dir, toplevel }
     }
 
     fn root(&self) -> PathBuf {

@@ -80,14 +80,11 @@ fn sigs(host: &LabHost, root: &str, path: &str) -> String {
 
 #[test]
 fn the_destination_substitutes_from_the_flake_s_signed_cache() {
-    let conf = nix_conf_dir();
-    std::env::set_var("NIX_CONF_DIR", conf.path());
     // Outside /tmp: the lab host has its own /tmp, and reads the cache from here.
     let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
     let tag = format!("{:x}", std::process::id());
     std::fs::write(dir.path().join("system.nix"), SYSTEM).expect("system.nix");
     let toplevel = nix_build(
-        conf.path(),
         &dir.path().join("system.nix"),
         &[("busybox", "/bin/busybox"), ("tag", &tag)],
         &[],

@@ -108,7 +108,7 @@ fn session(vm: &Vm) -> SshConnection {
 
 /// Builds the test system from what the guest itself runs (kernel, stage 1, sshd, the bootloaders) with a
 /// bootloader: `grub-bios`, `grub-efi` or `systemd-boot`.
-fn test_system_with(vm: &Vm, conf: &Path, work: &Path, tag: &str, bootloader: &str) -> String {
+fn test_system_with(vm: &Vm, work: &Path, tag: &str, bootloader: &str) -> String {
     let script = std::fs::read(fixtures().join("harvest.sh")).unwrap();
     let out = vm.ssh("sh -s", Some(&script)).unwrap();
     assert!(
@@ -119,7 +119,6 @@ fn test_system_with(vm: &Vm, conf: &Path, work: &Path, tag: &str, bootloader: &s
     let harvest = work.join("harvest.tar.gz");
     std::fs::write(&harvest, &out.stdout).unwrap();
     nix_build(
-        conf,
         &fixtures().join("system.nix"),
         &[
             ("busybox", "/bin/busybox"),
@@ -127,7 +126,7 @@ fn test_system_with(vm: &Vm, conf: &Path, work: &Path, tag: &str, bootloader: &s
             ("tag", tag),
             ("bootloader", bootloader),
         ],
-        &[("harvest", &harvest)],
+        &[("harvest", &harvest.display().to_string())],
     )
 }
 
@@ -304,7 +303,6 @@ fn needs(disks: &[&str]) -> Vec<DiskNeed> {
 }
 
 struct Run {
-    _conf: tempfile::TempDir,
     work: tempfile::TempDir,
     toplevel: String,
 }
@@ -314,15 +312,10 @@ fn prepare(vm: &Vm, tag: &str) -> Run {
 }
 
 fn prepare_with(vm: &Vm, tag: &str, bootloader: &str) -> Run {
-    let conf = nix_conf_dir();
-    std::env::set_var("NIX_CONF_DIR", conf.path());
+    nix_conf_dir();
     let work = tempfile::tempdir().unwrap();
-    let toplevel = test_system_with(vm, conf.path(), work.path(), tag, bootloader);
-    Run {
-        _conf: conf,
-        work,
-        toplevel,
-    }
+    let toplevel = test_system_with(vm, work.path(), tag, bootloader);
+    Run { work, toplevel }
 }
 
 fn node_spec(vm: &Vm, run: &Run, phases: &str, disk: Option<DiskSpec>) -> NodeSpec {
@@ -1121,14 +1114,16 @@ fn e2e_cli_killed_during_install_resumes_without_redoing_kexec_or_disk() {
     vm.ssh_ok("echo kept-5521 > /mnt/keep-me; umount -R /mnt")
         .expect("in the installer");
     let toplevel2 = nix_build(
-        run._conf.path(),
         &fixtures().join("system.nix"),
         &[
             ("busybox", "/bin/busybox"),
             ("device", "/dev/vda"),
             ("tag", "resume2"),
         ],
-        &[("harvest", &run.work.path().join("harvest.tar.gz"))],
+        &[(
+            "harvest",
+            &run.work.path().join("harvest.tar.gz").display().to_string(),
+        )],
     );
     let mut again: Vec<String> = args
         .iter()

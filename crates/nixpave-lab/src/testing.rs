@@ -299,6 +299,24 @@ impl LabHost {
         hosts::run_inside(&self.state, argv)
     }
 
+    /// Runs `script` with `sh -c` as root inside the host (no ssh) and returns its trimmed stdout;
+    /// panics when the host cannot be entered (test support). NixOS-shaped hosts keep their
+    /// tools only in `/run/current-system/sw/bin`, so that comes first on `PATH`.
+    pub fn sh(&self, script: &str) -> String {
+        let script = format!("PATH=/run/current-system/sw/bin:$PATH; {script}");
+        let out = self
+            .run_inside(&["sh", "-c", &script])
+            .unwrap_or_else(|e| panic!("cannot enter lab host {}: {e}", self.name()));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// The host's network interface (the one that is not `lo`).
+    pub fn interface(&self) -> String {
+        self.sh(
+            "ip -o link show | awk -F': ' '$2 != \"lo\" { sub(/@.*/, \"\", $2); print $2; exit }'",
+        )
+    }
+
     /// `nix --version` as an ssh session on the host sees it (the nix a deploy uses there).
     pub fn nix_version(&self) -> Result<String, TransportError> {
         use nixpave_remote::Transport;

@@ -373,3 +373,103 @@ pub fn mounts_lock() -> std::sync::MutexGuard<'static, ()> {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+/// The nix.conf of test builds: flakes on, no sandbox, no build users, no substituters (Debian's
+/// nix 2.8 as root, no binary cache on this machine).
+pub const TEST_NIX_CONF: &str =
+    "experimental-features = nix-command flakes\nbuild-users-group =\nsubstituters =\nsandbox = false\n";
+
+/// Writes [`TEST_NIX_CONF`] to `dir/nix.conf` (creating `dir`) and returns `dir`, a value for
+/// `NIX_CONF_DIR` (for a nix process of the test's own, e.g. a child the test starts).
+pub fn write_nix_conf(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    std::fs::write(dir.join("nix.conf"), TEST_NIX_CONF).expect("write nix.conf");
+    dir.to_path_buf()
+}
+
+/// This test process's `NIX_CONF_DIR` with [`TEST_NIX_CONF`]: made and exported once, before the
+/// first nix this process starts, and the same for every test of the binary (tests run on
+/// threads, so a per-test `set_var` would race).
+pub fn nix_conf_dir() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = write_nix_conf(
+            &std::env::temp_dir().join(format!("nixpave-test-nixconf-{}", std::process::id())),
+        );
+        std::env::set_var("NIX_CONF_DIR", &dir);
+        dir
+    })
+}
+
+/// `nix-build --no-out-link FILE` with `--argstr` pairs `strs` and `--arg` pairs `exprs` (nix
+/// expressions: `true`, a path), under [`nix_conf_dir`]; returns the out path.
+pub fn nix_build(file: &Path, strs: &[(&str, &str)], exprs: &[(&str, &str)]) -> String {
+    let mut cmd = Command::new("nix-build");
+    cmd.env("NIX_CONF_DIR", nix_conf_dir())
+        .arg("--no-out-link")
+        .arg(file);
+    for (k, v) in strs {
+        cmd.args(["--argstr", k, v]);
+    }
+    for (k, v) in exprs {
+        cmd.args(["--arg", k, v]);
+    }
+    let out = cmd.output().expect("nix-build runs");
+    assert!(
+        out.status.success(),
+        "nix-build {} failed: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// `nix-instantiate FILE` with `--argstr` pairs under [`nix_conf_dir`], without building:
+/// returns the derivation and its out path.
+pub fn nix_instantiate(file: &Path, strs: &[(&str, &str)]) -> (String, String) {
+    let mut cmd = Command::new("nix-instantiate");
+    cmd.env("NIX_CONF_DIR", nix_conf_dir()).arg(file);
+    for (k, v) in strs {
+        cmd.args(["--argstr", k, v]);
+    }
+    let out = cmd.output().expect("nix-instantiate runs");
+    assert!(
+        out.status.success(),
+        "nix-instantiate {} failed: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let drv = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let out_path = sh(&["nix-store", "-q", "--outputs", &drv])
+        .trim()
+        .to_string();
+    (drv, out_path)
+}
+
+/// Number of generations of a nix profile (`nix-env -p PROFILE --list-generations`).
+pub fn generation_count(profile: &Path) -> usize {
+    let out = Command::new("nix-env")
+        .arg("-p")
+        .arg(profile)
+        .arg("--list-generations")
+        .output()
+        .expect("nix-env runs");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+/// Where a symlink (a profile, a generation) finally points, if it resolves.
+pub fn resolve(path: &Path) -> Option<String> {
+    std::fs::canonicalize(path)
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
+}
+
+/// A tag unique to this moment (`PREFIX-<nanoseconds, hex>`), so each test builds store paths,
+/// lab names and generations of its own.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos();
+    format!("{prefix}-{nanos:x}")
+}

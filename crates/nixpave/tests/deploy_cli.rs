@@ -7,14 +7,7 @@ use std::process::{Command, Output, Stdio};
 use nixpave_lab::testing::Lab;
 
 fn nix_conf(dir: &Path) -> std::path::PathBuf {
-    let conf = dir.join("nixconf");
-    std::fs::create_dir_all(&conf).expect("conf dir");
-    std::fs::write(
-        conf.join("nix.conf"),
-        "experimental-features = nix-command flakes\nbuild-users-group =\nsubstituters =\nsandbox = false\n",
-    )
-    .expect("nix.conf");
-    conf
+    nixpave_testsupport::write_nix_conf(&dir.join("nixconf"))
 }
 
 /// A flake with nodes host1 and host2 (lab host names) on fixture systems tagged TAG; host2 fails if asked.

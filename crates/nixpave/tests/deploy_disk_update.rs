@@ -129,13 +129,7 @@ fn deploy_disk_update_adds_a_partition_and_refuses_a_destructive_layout() {
     })
     .expect("lab up");
     let dir = tempfile::tempdir().expect("tempdir");
-    let conf = dir.path().join("nixconf");
-    std::fs::create_dir_all(&conf).expect("conf dir");
-    std::fs::write(
-        conf.join("nix.conf"),
-        "experimental-features = nix-command flakes\nbuild-users-group =\nsubstituters =\nsandbox = false\n",
-    )
-    .expect("nix.conf");
+    let conf = nixpave_testsupport::write_nix_conf(&dir.path().join("nixconf"));
     let env = Env {
         lab,
         dir: tempfile::tempdir_in(dir.path()).expect("flake tempdir"),

@@ -37,13 +37,7 @@ impl Fleet {
             dir.path().join("system.nix"),
         )
         .expect("copy system");
-        let conf = dir.path().join("nixconf");
-        std::fs::create_dir_all(&conf).expect("conf dir");
-        std::fs::write(
-            conf.join("nix.conf"),
-            "experimental-features = nix-command flakes\nbuild-users-group =\nsubstituters =\nsandbox = false\n",
-        )
-        .expect("nix.conf");
+        let conf = nixpave_testsupport::write_nix_conf(&dir.path().join("nixconf"));
         Fleet { lab, dir, conf }
     }
 
@@ -53,7 +47,7 @@ impl Fleet {
             .lab
             .hosts()
             .iter()
-            .map(|h| (h.name().to_string(), interface_of(h).into()))
+            .map(|h| (h.name().to_string(), h.interface().into()))
             .collect();
         let fleet = serde_json::json!({
             "sshConfig": self.lab.ssh_config_path(),
@@ -81,22 +75,8 @@ impl Fleet {
     }
 }
 
-fn interface_of(h: &LabHost) -> String {
-    inside(
-        h,
-        "ip -o link show | awk -F': ' '$2 != \"lo\" { sub(/@.*/, \"\", $2); print $2; exit }'",
-    )
-}
-
-fn inside(h: &LabHost, cmd: &str) -> String {
-    // NixOS-shaped hosts keep their tools only there.
-    let cmd = format!("PATH=/run/current-system/sw/bin:$PATH; {cmd}");
-    let out = h.run_inside(&["sh", "-c", &cmd]).expect("nsenter");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 fn current_release(h: &LabHost) -> String {
-    inside(h, "cat /nix/var/nixpave-test/current 2>/dev/null")
+    h.sh("cat /nix/var/nixpave-test/current 2>/dev/null")
 }
 
 fn text(out: &Output) -> String {
@@ -183,7 +163,8 @@ fn deploy_rs_flake_with_ssh_config_fresh_noop_and_failing_releases_on_five_hosts
         assert_eq!(current_release(h), v1, "{}", h.name());
         // deploy-rs-activate ran switch-to-configuration through $PROFILE.
         assert!(
-            inside(h, "cat /nix/var/nixpave-test/activations").contains(&format!("{v1} switch")),
+            h.sh("cat /nix/var/nixpave-test/activations")
+                .contains(&format!("{v1} switch")),
             "{}",
             h.name()
         );
@@ -192,11 +173,11 @@ fn deploy_rs_flake_with_ssh_config_fresh_noop_and_failing_releases_on_five_hosts
     // host5 built v1 itself: the derivation came over; host1 got only the output.
     let drv = format!("activatable-nixpave-test-system-{v1}.drv");
     assert!(
-        inside(fleet.lab.host(4), "ls /nix/store").contains(&drv),
+        fleet.lab.host(4).sh("ls /nix/store").contains(&drv),
         "no {drv} on host5"
     );
     assert!(
-        !inside(fleet.lab.host(0), "ls /nix/store").contains(&drv),
+        !fleet.lab.host(0).sh("ls /nix/store").contains(&drv),
         "{drv} on host1"
     );
 
@@ -209,7 +190,7 @@ fn deploy_rs_flake_with_ssh_config_fresh_noop_and_failing_releases_on_five_hosts
 
     // v2 fails to activate on host2, hangs on host3 and cuts host4's network: those roll back by
     // themselves; host1 and host5 run v2.
-    let iface4 = interface_of(fleet.lab.host(3));
+    let iface4 = fleet.lab.host(3).interface();
     fleet.write(
         "v2",
         serde_json::json!({
@@ -396,9 +377,7 @@ fn deploy_rs_flake_on_nixos_shaped_hosts_and_the_booted_generation() {
 
     // host1 booted v1: the toplevel inside generation 1's activate.nixos wrapper, not the wrapper itself.
     let h1 = fleet.lab.host(0);
-    inside(
-        h1,
-        "top=$(dirname $(dirname $(readlink -f /nix/var/nix/profiles/system-1-link/bin/switch-to-configuration))); \
+    h1.sh("top=$(dirname $(dirname $(readlink -f /nix/var/nix/profiles/system-1-link/bin/switch-to-configuration))); \
          ln -sfn $top /run/booted-system",
     );
     let out = fleet.nixpave(&["status", &flake, "--state-dir", STATE_DIR, "--json"]);
@@ -461,7 +440,7 @@ fn deploy_local_activates_the_machine_it_runs_on_without_ssh() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(outcomes(&report(&out)), pairs(&[("me", "deployed")]));
     assert_eq!(
-        inside(h, "cat /nix/var/nixpave-test/current"),
+        h.sh("cat /nix/var/nixpave-test/current"),
         format!("{tag}-false")
     );
     // A failing release rolls back by itself here too.
@@ -470,7 +449,7 @@ fn deploy_local_activates_the_machine_it_runs_on_without_ssh() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert_eq!(outcomes(&report(&out)), pairs(&[("me", "rolled-back")]));
     assert_eq!(
-        inside(h, "cat /nix/var/nixpave-test/current"),
+        h.sh("cat /nix/var/nixpave-test/current"),
         format!("{tag}-false")
     );
     assert_eq!(h.accepted_logins(), 0, "no ssh at all");

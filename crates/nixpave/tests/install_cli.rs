@@ -64,11 +64,6 @@ fn install(host: &LabHost, work: &Path, phases: &str) -> Output {
         .expect("nixpave runs")
 }
 
-fn inside(host: &LabHost, script: &str) -> String {
-    let out = host.run_inside(&["sh", "-c", script]).expect("run inside");
-    text(&out.stdout).trim().to_string()
-}
-
 #[test]
 fn install_on_a_lab_host_is_refused_in_preflight_listing_what_is_missing() {
     let lab = Lab::with(LabOptions {
@@ -80,14 +75,11 @@ fn install_on_a_lab_host_is_refused_in_preflight_listing_what_is_missing() {
     let host = lab.host(0);
     // The host's tools live in /run/current-system/sw/bin (its own /run): take cpio away.
     assert_eq!(
-        inside(
-            host,
-            "rm /run/current-system/sw/bin/cpio && command -v cpio >/dev/null || echo gone"
-        ),
+        host.sh("rm /run/current-system/sw/bin/cpio && command -v cpio >/dev/null || echo gone"),
         "gone"
     );
     let clean = "ls -d /root/nixpave-kexec /tmp/nixpave-kexec-run-ran 2>/dev/null | wc -l";
-    assert_eq!(inside(host, clean), "0", "left over from an earlier run");
+    assert_eq!(host.sh(clean), "0", "left over from an earlier run");
     let work = tempfile::tempdir().expect("tempdir");
 
     let out = install(host, work.path(), "kexec,disk,install,reboot,verify");
@@ -107,7 +99,7 @@ fn install_on_a_lab_host_is_refused_in_preflight_listing_what_is_missing() {
             .unwrap_or(0)
             == 0
     );
-    assert_eq!(inside(host, clean), "0");
+    assert_eq!(host.sh(clean), "0");
 
     // Reboot alone is refused as well (an installed lab host would reboot this machine).
     let out = install(host, work.path(), "reboot,verify");
@@ -118,7 +110,7 @@ fn install_on_a_lab_host_is_refused_in_preflight_listing_what_is_missing() {
         !stderr.contains("lacks"),
         "tools only matter for kexec: {stderr}"
     );
-    assert_eq!(inside(host, clean), "0");
+    assert_eq!(host.sh(clean), "0");
 }
 
 /// An `askPassword` LUKS layout (disko's default): the passphrase is asked before anything runs.

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use nixpave_lab::testing::{Lab, LabHost};
+use nixpave_lab::testing::Lab;
 
 fn write_flake(dir: &Path, tag: &str, delay: u32) {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../nixpave-deploy/tests/fixtures");
@@ -29,21 +29,10 @@ fn text(out: &Output) -> String {
     )
 }
 
-fn inside(h: &LabHost, cmd: &str) -> String {
-    let out = h.run_inside(&["sh", "-c", cmd]).expect("nsenter");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 #[test]
 fn ctrl_c_during_rollback_leaves_the_rollback_running_on_the_host() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let conf = dir.path().join("nixconf");
-    std::fs::create_dir_all(&conf).expect("conf dir");
-    std::fs::write(
-        conf.join("nix.conf"),
-        "experimental-features = nix-command flakes\nbuild-users-group =\nsubstituters =\nsandbox = false\n",
-    )
-    .expect("nix.conf");
+    let conf = nixpave_testsupport::write_nix_conf(&dir.path().join("nixconf"));
     let flake = dir.path().join("flake");
     std::fs::create_dir_all(&flake).expect("flake dir");
     let lab = Lab::up(1).expect("lab up");
@@ -69,14 +58,17 @@ fn ctrl_c_during_rollback_leaves_the_rollback_running_on_the_host() {
     let out = nixpave(&["deploy"]).output().expect("deploy");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(
-        inside(host, "cat /nix/var/nixpave-test/current"),
+        host.sh("cat /nix/var/nixpave-test/current"),
         format!("{tag}-v2")
     );
 
     let child = nixpave(&["rollback"]).spawn().expect("rollback runs");
     let record = "/nix/var/nixpave/deploy/system.json";
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !inside(host, &format!("cat {record}")).contains("\"reason\":\"manual-rollback\"") {
+    while !host
+        .sh(&format!("cat {record}"))
+        .contains("\"reason\":\"manual-rollback\"")
+    {
         assert!(Instant::now() < deadline, "the rollback never started");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -90,22 +82,26 @@ fn ctrl_c_during_rollback_leaves_the_rollback_running_on_the_host() {
     let out = child.wait_with_output().expect("rollback exits");
     assert_eq!(out.status.code(), Some(130), "{}", text(&out));
     assert!(
-        inside(host, &format!("cat {record}")).contains("\"state\":\"activating\""),
+        host.sh(&format!("cat {record}"))
+            .contains("\"state\":\"activating\""),
         "Ctrl-C came before the rollback finished"
     );
 
     // The host finishes the rollback by itself.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !inside(host, &format!("cat {record}")).contains("\"state\":\"rolled-back\"") {
+    while !host
+        .sh(&format!("cat {record}"))
+        .contains("\"state\":\"rolled-back\"")
+    {
         assert!(
             Instant::now() < deadline,
             "{}",
-            inside(host, &format!("cat {record}"))
+            host.sh(&format!("cat {record}"))
         );
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(
-        inside(host, "cat /nix/var/nixpave-test/current"),
+        host.sh("cat /nix/var/nixpave-test/current"),
         format!("{tag}-v1")
     );
     let out = nixpave(&["status", "--json"]).output().expect("status");

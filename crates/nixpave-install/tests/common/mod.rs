@@ -1,49 +1,14 @@
-//! Helpers shared by the install tests: a nix configuration for test builds, the test system
-//! closure, hand-written disk plans, an event recorder, and VM sessions.
+//! What only nixpave-install's integration tests share: its fixtures, hand-written disk plans and
+//! an event recorder. Nix and lab helpers live in `nixpave-testsupport` and `nixpave_lab::testing`.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Mutex;
 
 use nixpave_disk::{Mode, Operation, Plan};
 use nixpave_install::Event;
-
-/// A nix.conf for test builds (no sandbox, no build users, no substituters), in a temp dir.
-pub fn nix_conf_dir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("nix.conf"),
-        "build-users-group =\nsandbox = false\nsubstituters =\nexperimental-features = nix-command flakes\n",
-    )
-    .unwrap();
-    dir
-}
-
-/// `nix-build` of a fixture with string arguments; returns the out path.
-pub fn nix_build(
-    conf: &Path,
-    file: &Path,
-    args: &[(&str, &str)],
-    path_args: &[(&str, &Path)],
-) -> String {
-    let mut cmd = Command::new("nix-build");
-    cmd.env("NIX_CONF_DIR", conf).arg("--no-out-link").arg(file);
-    for (k, v) in args {
-        cmd.args(["--argstr", k, v]);
-    }
-    for (k, v) in path_args {
-        cmd.args(["--arg", k, &v.display().to_string()]);
-    }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "nix-build failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
+pub use nixpave_testsupport::{nix_build, nix_conf_dir};
 
 /// The fixtures directory.
 pub fn fixtures() -> PathBuf {
