@@ -82,6 +82,29 @@ pub struct HostReport {
     pub log_tail: Vec<String>,
 }
 
+impl HostReport {
+    /// A report with only its outcome, wall time and message; the rest (generation, path,
+    /// failed phase, log tail) is filled in by whoever knows it.
+    pub fn new(
+        host: impl Into<String>,
+        outcome: Outcome,
+        duration_ms: u64,
+        message: String,
+    ) -> HostReport {
+        HostReport {
+            host: host.into(),
+            outcome,
+            duration_ms,
+            generation: None,
+            path: None,
+            failed_phase: None,
+            refused: false,
+            message,
+            log_tail: Vec::new(),
+        }
+    }
+}
+
 /// Something that happened during a deploy.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]

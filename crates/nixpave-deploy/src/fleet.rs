@@ -455,17 +455,7 @@ pub fn run_waves(
 
 /// A report of a host that has nothing to show but its outcome and why.
 fn bare_report(host: &Host, outcome: Outcome, message: String) -> HostReport {
-    HostReport {
-        host: host.name.clone(),
-        outcome,
-        duration_ms: 0,
-        generation: None,
-        path: None,
-        failed_phase: None,
-        refused: false,
-        message,
-        log_tail: Vec::new(),
-    }
+    HostReport::new(host.name.clone(), outcome, 0, message)
 }
 
 #[cfg(test)]

@@ -133,17 +133,8 @@ impl Run<'_> {
     }
 
     fn report(&self, outcome: Outcome, message: String) -> HostReport {
-        HostReport {
-            host: self.host.name.clone(),
-            outcome,
-            duration_ms: self.started.elapsed().as_millis() as u64,
-            generation: None,
-            path: None,
-            failed_phase: None,
-            refused: false,
-            message,
-            log_tail: Vec::new(),
-        }
+        let elapsed_ms = self.started.elapsed().as_millis() as u64;
+        HostReport::new(self.host.name.clone(), outcome, elapsed_ms, message)
     }
 }
 
