@@ -1,5 +1,9 @@
 //! Snapshots of what people see: `--help` of the fleet commands, a disk plan, and usage errors (exit codes
 //! included). A change in any of them shows up in review as a snapshot diff.
+//!
+//! The result tables have snapshots of their own: `deploy`'s and `rollback`'s and `status`'s from
+//! fixed reports next to their renderers (`src/cmd/deploy/{render,status}.rs`), `exec`'s from the
+//! real binary against lab hosts (`remote_cli.rs`).
 
 use std::process::Command;
 

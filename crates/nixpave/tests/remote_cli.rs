@@ -7,7 +7,8 @@ use nixpave_lab::testing::{Lab, LabOptions};
 
 fn nixpave(lab: &Lab) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_nixpave"));
-    cmd.env("NIXPAVE_LAB_DIR", lab.base_dir());
+    cmd.env("NIXPAVE_LAB_DIR", lab.base_dir())
+        .env("NO_COLOR", "1");
     cmd
 }
 
@@ -17,6 +18,24 @@ fn text(bytes: &[u8]) -> String {
 
 fn run(cmd: &mut Command) -> Output {
     cmd.stdin(Stdio::null()).output().expect("nixpave runs")
+}
+
+/// `0.12s` → `N.NNs`: wall times in a table, masked without changing the columns' widths.
+fn mask_times(text: &str) -> String {
+    text.lines()
+        .map(|line| {
+            line.split(' ')
+                .map(|w| match w.strip_suffix('s') {
+                    Some(n) if n.contains('.') && n.parse::<f64>().is_ok() => {
+                        w.replace(|c: char| c.is_ascii_digit(), "N")
+                    }
+                    _ => w.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[test]
@@ -81,6 +100,10 @@ fn exec_exit_status_is_partial_when_some_hosts_fail_and_failed_when_all_do() {
         stderr.contains("host3") && stderr.contains("Connection refused"),
         "{stderr}"
     );
+    insta::assert_snapshot!(
+        "exec-summary-one-host-down",
+        mask_times(&stderr).replace(lab.host(2).address(), "ADDRESS")
+    );
 
     let out = run(nixpave(&lab).args([
         "exec",
@@ -90,6 +113,8 @@ fn exec_exit_status_is_partial_when_some_hosts_fail_and_failed_when_all_do() {
     ]));
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("failed"));
+    // exec's summary table as a user sees it (no colour into a pipe; times masked, same width).
+    insta::assert_snapshot!("exec-summary-failed", mask_times(&text(&out.stderr)));
 
     // --json: one array with every host's result and output.
     let out = run(nixpave(&lab).args([

@@ -357,65 +357,71 @@ impl Renderer {
         }
         // On a terminal a large fleet is summed up: hosts that succeeded are counted, the others listed.
         let compact = self.multi.is_some() && report.hosts.len() > COMPACT_ABOVE;
-        if compact {
-            let mut by_outcome: Vec<(&str, usize)> = Vec::new();
-            for h in report.hosts.iter().filter(|h| ok(h)) {
-                match by_outcome.iter_mut().find(|(w, _)| *w == outcome_word(h)) {
-                    Some((_, n)) => *n += 1,
-                    None => by_outcome.push((outcome_word(h), 1)),
-                }
-            }
-            for (word, n) in by_outcome {
-                println!("{word}: {n} host(s)");
-            }
-        }
-        let rows: Vec<&HostReport> = report.hosts.iter().filter(|h| !compact || !ok(h)).collect();
-        if !rows.is_empty() {
-            let mut table =
-                crate::cmd::table::new(&["HOST", "RESULT", "TIME", "GENERATION", "detail"]);
-            for h in rows {
-                table.add_row(vec![
-                    h.host.clone(),
-                    crate::ui::status(outcome_word(h)),
-                    format!("{:.1}s", h.duration_ms as f64 / 1000.0),
-                    h.generation.map(|g| g.to_string()).unwrap_or("-".into()),
-                    h.message.clone(),
-                ]);
-            }
-            println!("{}", crate::cmd::table::render(table, &[2]));
-        }
-        for h in report
-            .hosts
-            .iter()
-            .filter(|h| !ok(h) && h.outcome != Outcome::Skipped && !h.log_tail.is_empty())
-        {
-            println!("\n--- {}: last log lines ---", h.host);
-            for l in &h.log_tail {
-                println!("  {l}");
-            }
-        }
-        let failed = report.hosts.iter().filter(|h| !ok(h)).count();
-        println!(
-            "\n{} of {} host(s) succeeded{}",
-            report.hosts.len() - failed,
-            report.hosts.len(),
-            if failed > 0 {
-                format!(
-                    "; not succeeded: {}",
-                    report
-                        .hosts
-                        .iter()
-                        .filter(|h| !ok(h))
-                        .map(|h| h.host.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            } else {
-                String::new()
-            }
-        );
+        print!("{}", summary(report, ok, compact));
         Ok(())
     }
+}
+
+/// The final result of a deploy or rollback as text: a table of the hosts (`compact`: only those
+/// that did not succeed, the others counted per outcome), the last log lines of each host that
+/// failed, and one line of totals. `ok` says which outcome counts as success.
+fn summary(report: &FleetReport, ok: fn(&HostReport) -> bool, compact: bool) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    if compact {
+        let mut by_outcome: Vec<(&str, usize)> = Vec::new();
+        for h in report.hosts.iter().filter(|h| ok(h)) {
+            match by_outcome.iter_mut().find(|(w, _)| *w == outcome_word(h)) {
+                Some((_, n)) => *n += 1,
+                None => by_outcome.push((outcome_word(h), 1)),
+            }
+        }
+        for (word, n) in by_outcome {
+            let _ = writeln!(out, "{word}: {n} host(s)");
+        }
+    }
+    let rows: Vec<&HostReport> = report.hosts.iter().filter(|h| !compact || !ok(h)).collect();
+    if !rows.is_empty() {
+        let mut table = crate::cmd::table::new(&["HOST", "RESULT", "TIME", "GENERATION", "detail"]);
+        for h in rows {
+            table.add_row(vec![
+                h.host.clone(),
+                crate::ui::status(outcome_word(h)),
+                format!("{:.1}s", h.duration_ms as f64 / 1000.0),
+                h.generation.map(|g| g.to_string()).unwrap_or("-".into()),
+                h.message.clone(),
+            ]);
+        }
+        let _ = writeln!(out, "{}", crate::cmd::table::render(table, &[2]));
+    }
+    for h in report
+        .hosts
+        .iter()
+        .filter(|h| !ok(h) && h.outcome != Outcome::Skipped && !h.log_tail.is_empty())
+    {
+        let _ = writeln!(out, "\n--- {}: last log lines ---", h.host);
+        for l in &h.log_tail {
+            let _ = writeln!(out, "  {l}");
+        }
+    }
+    let not_ok: Vec<&str> = report
+        .hosts
+        .iter()
+        .filter(|h| !ok(h))
+        .map(|h| h.host.as_str())
+        .collect();
+    let _ = writeln!(
+        out,
+        "\n{} of {} host(s) succeeded{}",
+        report.hosts.len() - not_ok.len(),
+        report.hosts.len(),
+        if not_ok.is_empty() {
+            String::new()
+        } else {
+            format!("; not succeeded: {}", not_ok.join(", "))
+        }
+    );
+    out
 }
 
 fn outcome_word(r: &HostReport) -> &'static str {
@@ -426,5 +432,156 @@ fn outcome_word(r: &HostReport) -> &'static str {
         Outcome::RolledBack => "rolled-back",
         Outcome::Failed => "FAILED",
         Outcome::Skipped => "skipped",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Snapshots of the final tables of `deploy` and `rollback`, from fixed reports (times and
+    //! generations fixed, no colour: the tests do not call `ui::init`).
+    use super::*;
+    use nixpave_deploy::Phase;
+
+    fn report(
+        host: &str,
+        outcome: Outcome,
+        ms: u64,
+        generation: Option<u64>,
+        message: &str,
+    ) -> HostReport {
+        let mut r = HostReport::new(host, outcome, ms, message.into());
+        r.generation = generation;
+        r
+    }
+
+    fn fleet(hosts: Vec<HostReport>) -> FleetReport {
+        FleetReport {
+            hosts,
+            handshakes: 0,
+        }
+    }
+
+    fn deploy_ok(h: &HostReport) -> bool {
+        h.outcome.is_success()
+    }
+
+    fn rollback_ok(h: &HostReport) -> bool {
+        h.outcome == Outcome::RolledBack
+    }
+
+    fn mixed_deploy() -> FleetReport {
+        let mut failed = report(
+            "db1",
+            Outcome::RolledBack,
+            48_250,
+            Some(7),
+            "health check `curl -f localhost` failed: rolled back to generation 7",
+        );
+        failed.failed_phase = Some(Phase::HealthCheck);
+        failed.log_tail = vec![
+            "activating the configuration...".into(),
+            "curl: (7) Failed to connect to localhost port 80".into(),
+        ];
+        let mut refused = report(
+            "db2",
+            Outcome::Failed,
+            2_100,
+            None,
+            "refused: the disk layout shrinks partition root",
+        );
+        refused.failed_phase = Some(Phase::Disk);
+        refused.refused = true;
+        fleet(vec![
+            report(
+                "web1",
+                Outcome::Deployed,
+                31_400,
+                Some(12),
+                "deployed generation 12",
+            ),
+            report(
+                "web2",
+                Outcome::Unchanged,
+                900,
+                Some(12),
+                "already on the wanted system",
+            ),
+            failed,
+            refused,
+            report(
+                "web3",
+                Outcome::Skipped,
+                0,
+                None,
+                "not started: the rollout stopped (max failures or failed canary)",
+            ),
+        ])
+    }
+
+    #[test]
+    fn deploy_summary_table() {
+        insta::assert_snapshot!("deploy-summary", summary(&mixed_deploy(), deploy_ok, false));
+    }
+
+    #[test]
+    fn deploy_summary_of_a_large_fleet_on_a_terminal_lists_only_failures() {
+        let mut hosts: Vec<HostReport> = (1..=27)
+            .map(|i| {
+                report(
+                    &format!("node{i:02}"),
+                    if i % 3 == 0 {
+                        Outcome::Unchanged
+                    } else {
+                        Outcome::Deployed
+                    },
+                    10_000 + i * 100,
+                    Some(3),
+                    "ok",
+                )
+            })
+            .collect();
+        let mut failed = report(
+            "node28",
+            Outcome::Failed,
+            5_000,
+            None,
+            "cannot connect to node28: Connection refused",
+        );
+        failed.failed_phase = Some(Phase::Connect);
+        hosts.push(failed);
+        insta::assert_snapshot!(
+            "deploy-summary-compact",
+            summary(&fleet(hosts), deploy_ok, true)
+        );
+    }
+
+    #[test]
+    fn rollback_table() {
+        let mut failed = report(
+            "db1",
+            Outcome::Failed,
+            3_300,
+            Some(4),
+            "no earlier generation to roll back to",
+        );
+        failed.log_tail = vec!["error: no generation older than 4".into()];
+        let report = fleet(vec![
+            report(
+                "web1",
+                Outcome::RolledBack,
+                6_800,
+                Some(11),
+                "rolled back to generation 11",
+            ),
+            report(
+                "web2",
+                Outcome::RolledBack,
+                7_150,
+                Some(11),
+                "rolled back to generation 11",
+            ),
+            failed,
+        ]);
+        insta::assert_snapshot!("rollback-summary", summary(&report, rollback_ok, false));
     }
 }
