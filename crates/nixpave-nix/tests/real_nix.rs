@@ -1,9 +1,8 @@
 //! nixpave-nix against the real nix first on `PATH`: Debian 12's 2.8 normally, current Nix (2.26) in the
 //! second pass of `scripts/test.sh` (`NIXPAVE_TEST_NIX=2.26`, which these tests check).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::OnceLock;
 
 use nixpave_nix::build::build_derivations;
 use nixpave_nix::copy::{copy_closure, CopyTo};
@@ -11,29 +10,7 @@ use nixpave_nix::flake::{eval_flake_json, flake_nix_config};
 use nixpave_nix::invoke::NixOptions;
 use nixpave_nix::{eval_file, eval_flake_attr, local_version, NixVersion};
 
-/// A NIX_CONF_DIR without build users, substituters or sandbox, set for the whole test process.
-fn conf() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("nixpave-nix-test-conf-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("conf dir");
-        std::fs::write(
-            dir.join("nix.conf"),
-            "experimental-features = nix-command flakes\nbuild-users-group =\nsubstituters =\nsandbox = false\n",
-        )
-        .expect("nix.conf");
-        std::env::set_var("NIX_CONF_DIR", &dir);
-        dir
-    })
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_nanos();
-    format!("{prefix}-{nanos:x}")
-}
+use nixpave_testsupport::{nix_conf_dir as conf, unique};
 
 /// Instantiates a derivation with outputs `out` and `dev` into the store.
 fn instantiate(dir: &Path, tag: &str) -> String {
@@ -46,16 +23,7 @@ fn instantiate(dir: &Path, tag: &str) -> String {
         ),
     )
     .expect("write");
-    let out = Command::new("nix-instantiate")
-        .arg(&file)
-        .output()
-        .expect("nix-instantiate");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    nixpave_testsupport::nix_instantiate(&file, &[]).0
 }
 
 #[test]
