@@ -1,6 +1,8 @@
 //! Test support shared by nixpave's test suites (a dev-dependency only, never published): real
 //! loop-device disks in a scratch directory, cleaned up even on panic; partition facts read
-//! with partx/blkid/findmnt; and the one skip rule (`NIXPAVE_REQUIRE_ALL=1` makes a skip fail).
+//! with partx/blkid/findmnt; the one skip rule (`NIXPAVE_REQUIRE_ALL=1` makes a skip fail); the
+//! test `nix.conf` and `nix-build`/`nix-instantiate` of fixtures; JSON shapes for snapshots. Lab
+//! helpers are `nixpave_lab::testing`'s.
 //!
 //! Everything is named uniquely (pid + counter) and only what this crate created is touched:
 //! other tests on the same machine use loop devices too.
