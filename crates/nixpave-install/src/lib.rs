@@ -6,6 +6,8 @@
 //!   `--resume` runs.
 //! - [`run::install_node`] / [`run::install_all`]: the orchestration over a [`nixpave_remote::Connection`],
 //!   reporting [`events::Event`]s.
+//! - [`prepare`]: an [`prepare::InstallRequest`] (the CLI's flags as values) → each node's
+//!   [`NodeSpec`] (target, system build, disk plan, resume login, substituters, connection).
 //! - [`steps`], [`kexec`]: the commands of each phase.
 //! - [`init`] (pure): a flake directory (flake.nix, disk.nix, hardware-configuration.nix)
 //!   proposed from a machine's facts, for `nixpave init`.
@@ -20,6 +22,7 @@ pub mod kexec;
 pub mod nix;
 pub mod phase;
 pub mod preflight;
+pub mod prepare;
 pub mod run;
 pub mod state;
 pub mod steps;

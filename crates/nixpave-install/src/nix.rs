@@ -41,6 +41,25 @@ pub fn toplevel_function(node: &str) -> String {
     )
 }
 
+/// The nix function that reads `deploy.nodes.NODE.hostname` from the flake's outputs (pure).
+pub fn hostname_function(node: &str) -> String {
+    format!("f: f.deploy.nodes.${{{}}}.hostname", nix_string(node))
+}
+
+/// Reads `deploy.nodes.NODE.hostname` of `flake` (one `nix eval`), where `nixpave install` goes
+/// without `--target`.
+pub fn eval_hostname(flake: &str, node: &str) -> Result<String, BuildError> {
+    let flake = nixpave_nix::flake::FlakeTarget::parse(flake).flake;
+    let v = eval_flake_json(&flake, &hostname_function(node), &options(&[]))?;
+    match v.as_str() {
+        Some(host) => Ok(host.trim().to_string()),
+        None => Err(BuildError::NotASystem {
+            node: node.to_string(),
+            value: v.to_string(),
+        }),
+    }
+}
+
 /// A node's toplevel, evaluated but not built.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EvaluatedSystem {
@@ -114,6 +133,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_hostname_function_quotes_the_node() {
+        assert_eq!(
+            hostname_function("web-1"),
+            "f: f.deploy.nodes.${\"web-1\"}.hostname"
+        );
+    }
+
+    #[test]
     fn the_toplevel_function_quotes_the_node() {
         assert_eq!(
             toplevel_function("web-1"),
@@ -130,7 +157,8 @@ mod tests {
             dir.path().join("flake.nix"),
             r#"{ outputs = { self }: { nixosConfigurations."web-1".config.system.build.toplevel =
                  builtins.derivation { name = "sys"; system = "x86_64-linux"; builder = "/bin/sh";
-                   args = [ "-c" "echo hi > $out" ]; }; }; }"#,
+                   args = [ "-c" "echo hi > $out" ]; };
+               deploy.nodes."web-1".hostname = "10.0.0.7"; }; }"#,
         )
         .unwrap();
         let conf = tempfile::tempdir().unwrap();
@@ -149,5 +177,12 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&built.toplevel).unwrap(), "hi\n");
         let err = build_toplevel(&dir.path().display().to_string(), "nope").unwrap_err();
         assert!(matches!(err, BuildError::Nix(_)), "{err}");
+        let flake = dir.path().display().to_string();
+        assert_eq!(eval_hostname(&flake, "web-1").unwrap(), "10.0.0.7");
+        let err = eval_hostname(&flake, "nope").unwrap_err();
+        assert!(
+            matches!(err, BuildError::Nix(NixError::Failed { .. })),
+            "{err}"
+        );
     }
 }

@@ -529,7 +529,7 @@ pub fn install_node(spec: &NodeSpec, inst: &Installer<'_>) -> Result<Summary, In
                 phase,
                 reason: "the target already runs a NixOS installer".into(),
             });
-            st.finish(phase, 0.0);
+            st.finish(phase, 0);
             inst.state.save(&st)?;
             skipped.push(phase);
             continue;
@@ -545,7 +545,7 @@ pub fn install_node(spec: &NodeSpec, inst: &Installer<'_>) -> Result<Summary, In
             .record_new_host_keys(phase, &st)
             .and_then(|()| ctx.run_phase(phase));
         let elapsed = t.elapsed();
-        let secs = elapsed.as_secs_f64();
+        let duration_ms = millis(elapsed);
         match result {
             Ok(()) => {
                 if phase == Phase::Install {
@@ -553,9 +553,8 @@ pub fn install_node(spec: &NodeSpec, inst: &Installer<'_>) -> Result<Summary, In
                         &mut *ctx.new_host_keys.lock().unwrap_or_else(|p| p.into_inner()),
                     );
                 }
-                st.finish(phase, secs);
+                st.finish(phase, duration_ms);
                 inst.state.save(&st)?;
-                let duration_ms = millis(elapsed);
                 timings.push(PhaseTiming { phase, duration_ms });
                 ctx.emit(Event::PhaseFinished {
                     host: node.clone(),
@@ -565,7 +564,7 @@ pub fn install_node(spec: &NodeSpec, inst: &Installer<'_>) -> Result<Summary, In
             }
             Err(error) => {
                 let message = error.to_string();
-                st.fail(phase, secs, &message);
+                st.fail(phase, duration_ms, &message);
                 inst.state.save(&st)?;
                 ctx.emit(Event::Failed {
                     host: node.clone(),

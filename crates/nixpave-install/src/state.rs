@@ -26,16 +26,45 @@ pub enum PhaseStatus {
 
 /// What happened in one phase.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "PhaseRecordFile")]
 pub struct PhaseRecord {
     /// The phase.
     pub phase: Phase,
     /// How it ended.
     pub status: PhaseStatus,
-    /// Wall-clock seconds it took (so far).
-    pub seconds: f64,
+    /// Wall-clock milliseconds it took (so far), as the JSON envelope carries times.
+    pub duration_ms: u64,
     /// The error, when it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// A phase record as files hold it: files written before times were integer milliseconds carry
+/// float `seconds` instead of `duration_ms`; both are read so a resume works across the upgrade.
+#[derive(Deserialize)]
+struct PhaseRecordFile {
+    phase: Phase,
+    status: PhaseStatus,
+    #[serde(default)]
+    duration_ms: Option<u64>,
+    #[serde(default)]
+    seconds: Option<f64>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+impl From<PhaseRecordFile> for PhaseRecord {
+    fn from(f: PhaseRecordFile) -> Self {
+        let legacy = f
+            .seconds
+            .map_or(0, |s| (s.max(0.0) * 1000.0).round() as u64);
+        PhaseRecord {
+            phase: f.phase,
+            status: f.status,
+            duration_ms: f.duration_ms.unwrap_or(legacy),
+            error: f.error,
+        }
+    }
 }
 
 /// Everything nixpave remembers about one node's install.
@@ -90,27 +119,27 @@ impl NodeState {
         self.set(PhaseRecord {
             phase,
             status: PhaseStatus::Running,
-            seconds: 0.0,
+            duration_ms: 0,
             error: None,
         });
     }
 
-    /// Records that `phase` finished successfully after `seconds`.
-    pub fn finish(&mut self, phase: Phase, seconds: f64) {
+    /// Records that `phase` finished successfully after `duration_ms`.
+    pub fn finish(&mut self, phase: Phase, duration_ms: u64) {
         self.set(PhaseRecord {
             phase,
             status: PhaseStatus::Done,
-            seconds,
+            duration_ms,
             error: None,
         });
     }
 
-    /// Records that `phase` failed after `seconds`.
-    pub fn fail(&mut self, phase: Phase, seconds: f64, error: &str) {
+    /// Records that `phase` failed after `duration_ms`.
+    pub fn fail(&mut self, phase: Phase, duration_ms: u64, error: &str) {
         self.set(PhaseRecord {
             phase,
             status: PhaseStatus::Failed,
-            seconds,
+            duration_ms,
             error: Some(error.to_string()),
         });
     }
@@ -320,7 +349,7 @@ mod tests {
         let mut s = NodeState::new("web1", "root@h");
         s.toplevel = Some("/nix/store/aaa-system".into());
         for p in done {
-            s.finish(*p, 1.0);
+            s.finish(*p, 1000);
         }
         if let Some(p) = running {
             s.start(p);
@@ -355,7 +384,7 @@ mod tests {
             &[Phase::Kexec, Phase::Disk, Phase::Install, Phase::Reboot],
             None,
         );
-        s.fail(Phase::Verify, 600.0, "timeout");
+        s.fail(Phase::Verify, 600_000, "timeout");
         assert_eq!(sched(Some(&s), true).unwrap(), vec![Phase::Verify]);
     }
 
@@ -395,7 +424,7 @@ mod tests {
         assert!(store.load("web/1").unwrap().is_none());
         let mut s = NodeState::new("web/1", "root@h");
         s.start(Phase::Kexec);
-        s.finish(Phase::Kexec, 2.5);
+        s.finish(Phase::Kexec, 2500);
         s.start(Phase::Disk);
         store.save(&s).unwrap();
         assert!(store.path("web/1").ends_with("web_1.json"));
@@ -406,6 +435,19 @@ mod tests {
             back.record(Phase::Disk).unwrap().status,
             PhaseStatus::Running
         );
+    }
+
+    #[test]
+    fn files_with_float_seconds_are_read_as_milliseconds() {
+        let old = r#"{"version":1,"node":"web","target":"root@h","phases":[
+            {"phase":"kexec","status":"done","seconds":2.5},
+            {"phase":"disk","status":"failed","seconds":0.0004,"error":"boom"}]}"#;
+        let s: NodeState = serde_json::from_str(old).unwrap();
+        assert_eq!(s.record(Phase::Kexec).unwrap().duration_ms, 2500);
+        assert_eq!(s.record(Phase::Disk).unwrap().duration_ms, 0);
+        let new = serde_json::to_value(&s).unwrap();
+        assert_eq!(new["phases"][0]["duration_ms"], 2500);
+        assert!(new["phases"][0].get("seconds").is_none());
     }
 
     #[test]

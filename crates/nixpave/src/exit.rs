@@ -42,11 +42,6 @@ impl CliError {
         Self::msg(USAGE, message)
     }
 
-    /// An operation failed (exit 1).
-    pub fn failed(message: impl std::fmt::Display) -> Self {
-        Self::msg(FAILED, message)
-    }
-
     /// A typed error, its sources kept for the report.
     pub fn from_error<E: std::error::Error + Send + Sync + 'static>(code: u8, error: E) -> Self {
         CliError {

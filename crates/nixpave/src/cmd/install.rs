@@ -1,7 +1,8 @@
 //! `nixpave install`: preflight → kexec → disk → install → reboot → verify, resumable.
 //!
-//! Only argument parsing, input gathering (build, layout, tarball) and rendering live here; the
-//! work is `nixpave_install`.
+//! Only argument parsing, confirmations and rendering live here: the flags become a
+//! [`InstallRequest`], and `nixpave_install::prepare` turns it into each node's spec (target, build,
+//! disk plan, connection); the work is `nixpave_install`.
 
 use super::connect::{AskPassword, ConnectArgs};
 use std::io::{BufRead, IsTerminal, Write};
@@ -10,22 +11,14 @@ use std::process::ExitCode;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use nixpave_disk::{LayoutSource, LoadOptions, Mode, Plan, PlanOptions};
+use nixpave_disk::{Mode, Plan};
 use nixpave_install::events::{render_line, Event};
-use nixpave_install::kexec::{self, KexecSource};
 use nixpave_install::phase::PhaseSet;
-use nixpave_install::preflight::{arch_of_system, min_disk_bytes, DiskNeed};
-use nixpave_install::run::{DiskSpec, KexecSpec, NodeSpec, Timeouts};
-use nixpave_install::state::StateStore;
-use nixpave_install::steps::{Chown, EncryptionKey, SubstituterSettings};
+use nixpave_install::prepare::{self, BuildOn, InstallRequest, PrepareError};
+use nixpave_install::run::Timeouts;
 use nixpave_install::{FailureKind, InstallError, Installer, Reporter};
-use nixpave_remote::SshConnection;
-use nixpave_remote::{SshOptions, SshTransport, Target};
 
 use crate::exit::{self, CliError};
-
-/// The toplevel of a node whose build waits for its hardware configuration.
-const DEFERRED_BUILD: &str = "(built after the hardware configuration is generated)";
 
 /// Arguments of `nixpave install`.
 #[derive(Debug, clap::Args)]
@@ -173,10 +166,6 @@ fn usage(message: impl std::fmt::Display) -> CliError {
     CliError::usage(message)
 }
 
-fn failed(message: impl std::fmt::Display) -> CliError {
-    CliError::failed(message)
-}
-
 /// Pairs of a `num_args = 2` option.
 fn pairs(values: &[String]) -> Vec<(String, String)> {
     values
@@ -186,56 +175,68 @@ fn pairs(values: &[String]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The target of each node from `--target` (pure): one bare target for a single node, else
-/// `NODE=TARGET` pairs. Nodes without one are `None` (looked up in the flake).
-fn targets_for(nodes: &[String], targets: &[String]) -> Result<Vec<Option<String>>, CliError> {
-    let bare: Vec<&String> = targets.iter().filter(|t| !t.contains('=')).collect();
-    if !bare.is_empty() && (nodes.len() > 1 || bare.len() > 1) {
-        return Err(usage(
-            "with several nodes, give targets as --target NODE=USER@HOST (one per node)",
-        ));
+/// `--generate-hardware-config KIND PATH`, checked (pure).
+fn hardware_config(
+    values: &[String],
+) -> Result<Option<(nixpave_install::hwconfig::Kind, PathBuf)>, CliError> {
+    match values {
+        [] => Ok(None),
+        [kind, path] => Ok(Some((
+            kind.parse()
+                .map_err(|e: String| usage(format!("--generate-hardware-config: {e}")))?,
+            PathBuf::from(path),
+        ))),
+        _ => Err(usage("--generate-hardware-config KIND PATH")),
     }
-    let mut out = Vec::new();
-    for node in nodes {
-        let named = targets
-            .iter()
-            .filter_map(|t| t.split_once('='))
-            .find(|(n, _)| n == node)
-            .map(|(_, t)| t.to_string());
-        out.push(named.or_else(|| bare.first().map(|t| t.to_string())));
-    }
-    for t in targets.iter().filter_map(|t| t.split_once('=')) {
-        if !nodes.iter().any(|n| n == t.0) {
-            return Err(usage(format!(
-                "--target {}={}: {} is not one of the nodes",
-                t.0, t.1, t.0
-            )));
-        }
-    }
-    Ok(out)
 }
 
-/// Reads `deploy.nodes.NODE.hostname` from the flake.
-fn flake_hostname(flake: &str, node: &str) -> Result<String, CliError> {
-    let out = std::process::Command::new("nix")
-        .args([
-            "--extra-experimental-features",
-            "nix-command flakes",
-            "eval",
-            "--raw",
-        ])
-        .arg(format!("{flake}#deploy.nodes.\"{node}\".hostname"))
-        .output()
-        .map_err(|e| failed(format!("cannot run nix: {e}")))?;
-    if !out.status.success() {
-        return Err(usage(format!(
-            "{node}: no --target given and the flake has no deploy.nodes.{node}.hostname"
-        )));
+/// The flags as the library's request (the installer tarball is fetched later, once the inputs
+/// are checked).
+fn request(args: &InstallArgs) -> Result<InstallRequest, CliError> {
+    Ok(InstallRequest {
+        flake: args.flake.clone(),
+        phases: args.phases.clone(),
+        disko_mode: args.disko_mode,
+        disk_overrides: args.disk.clone(),
+        disk_config: args.disk_config.clone(),
+        extra_files: args.extra_files.clone(),
+        chown: pairs(&args.chown),
+        disk_encryption_keys: pairs(&args.disk_encryption_keys),
+        copy_host_keys: !args.no_copy_host_keys,
+        build_on: BuildOn::from_name(&args.build_on),
+        substitute_on_destination: !args.no_substitute_on_destination,
+        force_kexec: args.force_kexec,
+        nix_options: pairs(&args.option),
+        print_build_logs: args.print_build_logs,
+        show_trace: args.show_trace,
+        system: args.system.clone(),
+        hardware_config: hardware_config(&args.generate_hardware_config)?,
+        resume: args.resume,
+        ssh_port: args.ssh_port,
+        post_kexec_host: args.post_kexec_host.clone(),
+        post_kexec_ssh_port: args.post_kexec_ssh_port,
+        state_dir: args.state_dir.clone(),
+        timeouts: Timeouts {
+            kexec_up: Duration::from_secs(args.kexec_timeout),
+            verify_up: Duration::from_secs(args.reboot_timeout),
+            ..Timeouts::default()
+        },
+        ssh: args.connect.ssh_options(AskPassword::Once),
+        kexec: None,
+    })
+}
+
+fn exit_code_of(kind: FailureKind) -> u8 {
+    match kind {
+        FailureKind::Usage => exit::USAGE,
+        FailureKind::Refused => exit::REFUSED,
+        FailureKind::Failed => exit::FAILED,
     }
-    Ok(format!(
-        "root@{}",
-        String::from_utf8_lossy(&out.stdout).trim()
-    ))
+}
+
+/// A preparation error with the exit code of its kind.
+fn prepare_error(e: PrepareError) -> CliError {
+    CliError::msg(exit_code_of(e.kind()), e)
 }
 
 /// Prints events as lines (stderr) or JSON lines (stdout).
@@ -291,195 +292,8 @@ fn ask_wipe(node: &str, plan: &Plan, lock: &Mutex<()>) -> bool {
     answer.trim() == node
 }
 
-struct Prepared {
-    spec: NodeSpec,
-}
-
-fn prepare(
-    args: &InstallArgs,
-    node: &str,
-    target: Option<String>,
-    kexec: Option<&KexecSpec>,
-) -> Result<Prepared, CliError> {
-    let target = match target {
-        Some(t) => t,
-        None => flake_hostname(&args.flake, node)?,
-    };
-    let mut target: Target = target
-        .parse()
-        .map_err(|e: nixpave_remote::TargetParseError| usage(e.to_string()))?;
-    if target.port.is_none() {
-        target.port = args.ssh_port;
-    }
-    let after_kexec_target = (args.post_kexec_host.is_some() || args.post_kexec_ssh_port.is_some())
-        .then(|| Target {
-            user: Some("root".into()),
-            host: args
-                .post_kexec_host
-                .clone()
-                .unwrap_or_else(|| target.host.clone()),
-            port: args.post_kexec_ssh_port.or(target.port),
-        });
-    let nix_args = nix_args(args);
-    let (toplevel, arch, drv) = match &args.system {
-        Some(path) => (path.clone(), std::env::consts::ARCH.to_string(), None),
-        // Built once the hardware configuration is written beside the flake (after kexec).
-        None if !args.generate_hardware_config.is_empty() => (
-            DEFERRED_BUILD.to_string(),
-            std::env::consts::ARCH.to_string(),
-            None,
-        ),
-        None => {
-            let built = build(args, node, &nix_args)?;
-            let remote = built.toplevel.is_empty();
-            (
-                if remote { built.out } else { built.toplevel },
-                arch_of_system(&built.system).to_string(),
-                remote.then_some(built.drv),
-            )
-        }
-    };
-    let disk = if args.phases.contains(nixpave_install::Phase::Disk)
-        || args.phases.contains(nixpave_install::Phase::Install)
-    {
-        let source = match &args.disk_config {
-            Some(f) => LayoutSource::File(f.clone()),
-            None => LayoutSource::Flake {
-                flake_ref: args.flake.clone(),
-                name: node.to_string(),
-            },
-        };
-        let options = LoadOptions {
-            args: Vec::new(),
-            disk_overrides: args.disk.clone(),
-        };
-        match nixpave_disk::load_layout(&source, &options) {
-            Ok(layout) => {
-                let plan_options = PlanOptions::default();
-                let plan = nixpave_disk::plan(&layout, args.disko_mode, &plan_options)
-                    .map_err(|e| usage(format!("{node}: {e}")))?;
-                let mount = nixpave_disk::plan(&layout, Mode::Mount, &plan_options).ok();
-                let keys = pairs(&args.disk_encryption_keys)
-                    .into_iter()
-                    .map(|(remote, local)| EncryptionKey {
-                        remote: remote.into(),
-                        local: local.into(),
-                    })
-                    .collect();
-                Some(DiskSpec {
-                    plan,
-                    mount_plan: mount,
-                    needs: layout
-                        .disks()
-                        .into_iter()
-                        .map(|d| DiskNeed {
-                            min_bytes: layout.disk.get(&d.name).map_or(0, min_disk_bytes),
-                            name: d.name,
-                            device: d.device,
-                        })
-                        .collect(),
-                    keys,
-                })
-            }
-            Err(e) if args.phases.contains(nixpave_install::Phase::Disk) => {
-                return Err(usage(format!("{node}: loading the disk layout: {e}")))
-            }
-            Err(_) => None,
-        }
-    } else {
-        None
-    };
-    let options = SshOptions {
-        name: Some(node.to_string()),
-        ..args.connect.ssh_options(AskPassword::Once)
-    };
-    // Resuming after kexec: the old system's login user is gone, the installer takes root's keys.
-    let state = StateStore::new(
-        args.state_dir
-            .clone()
-            .unwrap_or_else(StateStore::default_dir),
-    );
-    let after_kexec = args.resume
-        && matches!(state.load(node), Ok(Some(st)) if st.is_done(nixpave_install::Phase::Kexec));
-    let login = match (after_kexec, &after_kexec_target) {
-        (true, Some(after)) => after.clone(),
-        (true, None) => nixpave_remote::root_target(&target),
-        (false, _) => target.clone(),
-    };
-    let substituters = substituters(args, node)?;
-    let ssh = SshTransport::connect(&login, options.clone()).map_err(|e| {
-        CliError::msg(
-            super::connect::connect_exit_code(&e),
-            format!("{node}: {e}"),
-        )
-    })?;
-    Ok(Prepared {
-        spec: NodeSpec {
-            node: node.to_string(),
-            session: Box::new(SshConnection::with_login_after_kexec(
-                ssh,
-                options,
-                after_kexec_target,
-            )),
-            toplevel,
-            arch,
-            phases: args.phases.clone(),
-            resume: args.resume,
-            kexec: kexec.cloned(),
-            disk,
-            root: PathBuf::from("/mnt"),
-            extra_files: args.extra_files.clone(),
-            chown: pairs(&args.chown)
-                .into_iter()
-                .map(|(path, owner)| Chown { path, owner })
-                .collect(),
-            copy_host_keys: !args.no_copy_host_keys,
-            substitute_on_destination: !args.no_substitute_on_destination,
-            substituters,
-            build_on_target: drv,
-            force_kexec: args.force_kexec,
-            nix_args,
-            timeouts: Timeouts {
-                kexec_up: Duration::from_secs(args.kexec_timeout),
-                verify_up: Duration::from_secs(args.reboot_timeout),
-                ..Timeouts::default()
-            },
-            ram: Default::default(),
-        },
-    })
-}
-
-fn exit_code_of(kind: FailureKind) -> u8 {
-    match kind {
-        FailureKind::Usage => exit::USAGE,
-        FailureKind::Refused => exit::REFUSED,
-        FailureKind::Failed => exit::FAILED,
-    }
-}
-
 fn run_inner(args: InstallArgs) -> Result<u8, CliError> {
-    if let Some(dir) = &args.extra_files {
-        if !dir.is_dir() {
-            return Err(usage(format!(
-                "--extra-files {}: not a directory",
-                dir.display()
-            )));
-        }
-    }
-    for (_, local) in pairs(&args.disk_encryption_keys) {
-        if std::fs::metadata(&local).is_err() {
-            return Err(usage(format!(
-                "--disk-encryption-keys …: cannot read {local}"
-            )));
-        }
-    }
-    for (path, owner) in pairs(&args.chown) {
-        if !path.starts_with('/') || !owner.contains(':') {
-            return Err(usage(format!(
-                "--chown {path} {owner}: expected an absolute PATH and UID:GID"
-            )));
-        }
-    }
+    let mut request = request(&args)?;
     let nodes: Vec<String> = args
         .nodes
         .split(',')
@@ -487,38 +301,21 @@ fn run_inner(args: InstallArgs) -> Result<u8, CliError> {
         .filter(|n| !n.is_empty())
         .map(String::from)
         .collect();
-    if nodes.is_empty() {
-        return Err(usage("no node named"));
+    prepare::check_inputs(&request, &nodes).map_err(prepare_error)?;
+    let targets = prepare::targets_for(&nodes, &args.target).map_err(prepare_error)?;
+    if let Some(source) = &args.kexec {
+        request.kexec = Some(
+            prepare::kexec_spec(
+                source,
+                args.kexec_fetch_on_target,
+                args.kexec_extra_flags.clone(),
+            )
+            .map_err(prepare_error)?,
+        );
     }
-    let targets = targets_for(&nodes, &args.target)?;
-    let kexec_spec = match &args.kexec {
-        Some(src) => match (KexecSource::parse(src), args.kexec_fetch_on_target) {
-            (KexecSource::Url(url), true) => Some(KexecSpec {
-                tarball: None,
-                fetch_url: Some(url),
-                remote_dir: "/root/nixpave-kexec".into(),
-                extra_flags: args.kexec_extra_flags.clone(),
-            }),
-            (KexecSource::File(_), true) => {
-                return Err(usage("--kexec-fetch-on-target needs a --kexec URL"))
-            }
-            (source, false) => {
-                let local = kexec::fetch(&source, &kexec::default_cache_dir())
-                    .map_err(|e| usage(e.to_string()))?;
-                let tarball = kexec::inspect(&local).map_err(|e| usage(e.to_string()))?;
-                Some(KexecSpec {
-                    tarball: Some(tarball),
-                    fetch_url: None,
-                    remote_dir: "/root/nixpave-kexec".into(),
-                    extra_flags: args.kexec_extra_flags.clone(),
-                })
-            }
-        },
-        None => None,
-    };
     let mut specs = Vec::new();
     for (node, target) in nodes.iter().zip(targets) {
-        specs.push(prepare(&args, node, target, kexec_spec.as_ref())?.spec);
+        specs.push(prepare::prepare_node(&request, node, target).map_err(prepare_error)?);
     }
     let printer = Printer {
         json: args.json,
@@ -561,11 +358,7 @@ fn run_inner(args: InstallArgs) -> Result<u8, CliError> {
         secrets: nixpave_install::disk::Secrets::new(secrets),
     };
     let installer = Installer {
-        state: StateStore::new(
-            args.state_dir
-                .clone()
-                .unwrap_or_else(StateStore::default_dir),
-        ),
+        state: request.state_store(),
         reporter: &printer,
         disk_engine: &engine,
         confirm: &confirm,
@@ -596,15 +389,17 @@ fn run_inner(args: InstallArgs) -> Result<u8, CliError> {
         eprintln!("dry run: nothing was written");
         return Ok(worst);
     }
-    let results = match hardware_config(&args)? {
+    let results = match &request.hardware_config {
+        // One node (checked with the inputs).
         Some((kind, path)) => {
-            let spec = specs
-                .pop()
-                .filter(|_| nodes.len() == 1)
-                .ok_or_else(|| usage("--generate-hardware-config installs one node at a time"))?;
-            vec![install_with_hardware_config(
-                &args, spec, &installer, kind, &path,
-            )?]
+            let mut results = Vec::new();
+            for spec in specs {
+                results.push(
+                    prepare::install_with_hardware_config(&request, spec, &installer, *kind, path)
+                        .map_err(prepare_error)?,
+                );
+            }
+            results
         }
         None => nixpave_install::install_all(&specs, &installer, args.max_parallel),
     };
@@ -620,158 +415,6 @@ fn run_inner(args: InstallArgs) -> Result<u8, CliError> {
     })))
 }
 
-/// What the installer's nix substitutes from besides its defaults: the flake's `nixConfig` (when the
-/// system comes from the flake) and `--option` substituters; nothing with `--no-substitute-on-destination`.
-fn substituters(args: &InstallArgs, node: &str) -> Result<SubstituterSettings, CliError> {
-    if args.no_substitute_on_destination {
-        return Ok(SubstituterSettings::default());
-    }
-    let from_flake = if args.system.is_none() {
-        let flake = nixpave_nix::flake::FlakeTarget::parse(&args.flake).flake;
-        nixpave_nix::flake::flake_nix_config(&flake, &Default::default())
-            .map_err(|e| failed(format!("{node}: reading the flake's nixConfig: {e}")))?
-    } else {
-        Vec::new()
-    };
-    let options = pairs(&args.option);
-    Ok(SubstituterSettings::from_settings(
-        from_flake
-            .iter()
-            .chain(options.iter())
-            .map(|(n, v)| (n.as_str(), v.as_str())),
-    ))
-}
-
-/// The extra `nix` arguments of `--option`, `-L` and `--show-trace` (pure).
-fn nix_args(args: &InstallArgs) -> Vec<String> {
-    let mut v = Vec::new();
-    for (name, value) in pairs(&args.option) {
-        v.extend(["--option".to_string(), name, value]);
-    }
-    if args.print_build_logs {
-        v.push("-L".into());
-    }
-    if args.show_trace {
-        v.push("--show-trace".into());
-    }
-    v
-}
-
-/// A node's system: built here (`toplevel` set), or, to be built on the target, only evaluated
-/// (`toplevel` empty, `out` its output path).
-struct Built {
-    toplevel: String,
-    out: String,
-    drv: String,
-    system: String,
-}
-
-/// Evaluates the node's toplevel, then builds it here unless `--build-on` says remote (or auto and
-/// this machine does not build for the node's system).
-fn build(args: &InstallArgs, node: &str, nix_args: &[String]) -> Result<Built, CliError> {
-    let eval = nixpave_install::nix::eval_toplevel(&args.flake, node, nix_args)
-        .map_err(|e| failed(format!("{node}: evaluating the system: {e}")))?;
-    let here = std::env::consts::ARCH == arch_of_system(&eval.system);
-    let remote = match args.build_on.as_str() {
-        "remote" | "target" => true,
-        "auto" => !here,
-        _ => false,
-    };
-    if remote {
-        return Ok(Built {
-            toplevel: String::new(),
-            out: eval.out,
-            drv: eval.drv,
-            system: eval.system,
-        });
-    }
-    let built = nixpave_install::nix::build_evaluated(&eval, nix_args)
-        .map_err(|e| failed(format!("{node}: building the system: {e}")))?;
-    Ok(Built {
-        out: built.toplevel.clone(),
-        toplevel: built.toplevel,
-        drv: built.drv,
-        system: built.system,
-    })
-}
-
-/// `--generate-hardware-config KIND PATH`, checked (pure).
-fn hardware_config(
-    args: &InstallArgs,
-) -> Result<Option<(nixpave_install::hwconfig::Kind, PathBuf)>, CliError> {
-    match args.generate_hardware_config.as_slice() {
-        [] => Ok(None),
-        [kind, path] => Ok(Some((
-            kind.parse()
-                .map_err(|e: String| usage(format!("--generate-hardware-config: {e}")))?,
-            PathBuf::from(path),
-        ))),
-        _ => Err(usage("--generate-hardware-config KIND PATH")),
-    }
-}
-
-/// Preflight for every phase, then kexec alone, then the hardware configuration written to `path`,
-/// then (for a flake) the system build, then the remaining phases as a resumed run.
-fn install_with_hardware_config(
-    args: &InstallArgs,
-    spec: NodeSpec,
-    installer: &Installer<'_>,
-    kind: nixpave_install::hwconfig::Kind,
-    path: &std::path::Path,
-) -> Result<Result<nixpave_install::Summary, InstallError>, CliError> {
-    if let Err(e) = nixpave_install::preflight_node(&spec, installer) {
-        return Ok(Err(e));
-    }
-    let rest = spec.phases.clone();
-    let mut first = spec;
-    first.phases = PhaseSet::from_phases([nixpave_install::Phase::Kexec]);
-    if let Err(e) = nixpave_install::install_node(&first, installer) {
-        return Ok(Err(e));
-    }
-    let node = first.node.clone();
-    let (text, source) = nixpave_install::hwconfig::generate(
-        first.session.transport(),
-        kind,
-        first.disk.as_ref().map(|d| &d.plan),
-    )
-    .map_err(|e| {
-        failed(format!(
-            "{node}: generating the hardware configuration: {e}"
-        ))
-    })?;
-    std::fs::write(path, &text)
-        .map_err(|e| failed(format!("{node}: writing {}: {e}", path.display())))?;
-    installer
-        .reporter
-        .report(&nixpave_install::Event::Progress {
-            host: node.clone(),
-            phase: nixpave_install::Phase::Kexec,
-            message: format!(
-                "hardware configuration written to {} ({})",
-                path.display(),
-                match source {
-                    nixpave_install::hwconfig::Source::Tool => "by the installer's own tool",
-                    nixpave_install::hwconfig::Source::Nixpave =>
-                        "by nixpave from the machine's facts",
-                }
-            ),
-        });
-    let mut second = first;
-    if second.toplevel == DEFERRED_BUILD {
-        let built = build(args, &node, &second.nix_args)?;
-        second.arch = arch_of_system(&built.system).to_string();
-        second.build_on_target = built.toplevel.is_empty().then(|| built.drv.clone());
-        second.toplevel = if built.toplevel.is_empty() {
-            built.out
-        } else {
-            built.toplevel
-        };
-    }
-    second.phases = rest;
-    second.resume = true;
-    Ok(nixpave_install::install_node(&second, installer))
-}
-
 /// Runs `nixpave install`.
 pub fn run(args: InstallArgs) -> miette::Result<ExitCode> {
     match run_inner(args) {
@@ -783,18 +426,6 @@ pub fn run(args: InstallArgs) -> miette::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn targets_single_and_per_node() {
-        let one = targets_for(&["a".into()], &["root@h".into()]).ok().unwrap();
-        assert_eq!(one, vec![Some("root@h".to_string())]);
-        let two = targets_for(&["a".into(), "b".into()], &["b=root@hb".into()])
-            .ok()
-            .unwrap();
-        assert_eq!(two, vec![None, Some("root@hb".to_string())]);
-        assert!(targets_for(&["a".into(), "b".into()], &["root@h".into()]).is_err());
-        assert!(targets_for(&["a".into()], &["c=root@h".into()]).is_err());
-    }
 
     #[test]
     fn disk_overrides_and_pairs() {
@@ -812,7 +443,7 @@ mod tests {
     }
 
     #[test]
-    fn substituters_from_options_and_none_without_substitution() {
+    fn the_request_carries_options_and_substitution() {
         use clap::Parser;
         #[derive(clap::Parser)]
         struct Cli {
@@ -833,15 +464,35 @@ mod tests {
             "--option",
             "cores",
             "2",
+            "--build-on",
+            "target",
+            "--kexec-timeout",
+            "5",
         ];
         let cli = Cli::try_parse_from(base).ok().unwrap();
-        let s = substituters(&cli.args, "web1").ok().unwrap();
+        let r = request(&cli.args).ok().unwrap();
+        assert_eq!(r.build_on, BuildOn::Remote);
+        assert_eq!(r.timeouts.kexec_up, Duration::from_secs(5));
+        assert!(r.substitute_on_destination && r.copy_host_keys);
+        let s = prepare::substituters(&r, "web1").ok().unwrap();
         assert_eq!(s.substituters, ["https://c.example"]);
         assert_eq!(s.trusted_public_keys, ["c-1:CCC="]);
         let off = Cli::try_parse_from(base.iter().chain(&["--no-substitute-on-destination"]))
             .ok()
             .unwrap();
-        assert!(substituters(&off.args, "web1").ok().unwrap().is_empty());
+        let r = request(&off.args).ok().unwrap();
+        assert!(prepare::substituters(&r, "web1").ok().unwrap().is_empty());
+        let bad = Cli::try_parse_from(base.iter().chain(&[
+            "--generate-hardware-config",
+            "lshw",
+            "/tmp/h.nix",
+        ]))
+        .ok()
+        .unwrap();
+        assert_eq!(
+            request(&bad.args).err().map(|e| e.code()),
+            Some(exit::USAGE)
+        );
     }
 
     #[test]
