@@ -37,6 +37,15 @@ pub enum VmError {
         /// The end of its stderr.
         stderr_tail: String,
     },
+    /// An ssh login or a command over ssh failed (the transport says which and why).
+    #[error("VM {name}: {source}")]
+    Ssh {
+        /// The VM.
+        name: String,
+        /// What the ssh transport reported.
+        #[source]
+        source: Box<nixpave_remote::TransportError>,
+    },
     /// Building the images failed.
     #[error("building the lab images failed; the full log is {}:\n{tail}\nfix the cause and run again (finished steps are not cached, downloads are)", log.display())]
     ImageBuild {
@@ -112,10 +121,4 @@ impl VmError {
             source,
         }
     }
-}
-
-/// The last `lines` lines of `text`.
-pub(crate) fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }

@@ -4,8 +4,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use super::error::tail;
 use super::VmError;
+use nixpave_remote::last_lines;
 
 /// The build scripts, embedded so an installed `nixpave` can build the images without the source tree.
 const SCRIPTS: &[(&str, &str)] = &[
@@ -118,7 +118,7 @@ impl Images {
         if !status.success() || last.is_empty() {
             return Err(VmError::ImageBuild {
                 log: log_path,
-                tail: tail(&log_text, 15),
+                tail: last_lines(&log_text, 15),
             });
         }
         let images = Images {

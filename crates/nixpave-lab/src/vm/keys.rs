@@ -4,8 +4,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use super::error::tail;
 use super::VmError;
+use nixpave_remote::last_lines;
 
 /// Creates an ed25519 key pair at `path` (and `path.pub`) without a passphrase, unless it exists.
 pub(crate) fn ensure_keypair(path: &Path, comment: &str) -> Result<(), VmError> {
@@ -24,7 +24,7 @@ pub(crate) fn ensure_keypair(path: &Path, comment: &str) -> Result<(), VmError> 
         return Err(VmError::Command {
             command: format!("ssh-keygen -t ed25519 -f {}", path.display()),
             status: out.status.to_string(),
-            stderr_tail: tail(&String::from_utf8_lossy(&out.stderr), 5),
+            stderr_tail: last_lines(&String::from_utf8_lossy(&out.stderr), 5),
         });
     }
     Ok(())

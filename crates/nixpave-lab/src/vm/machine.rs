@@ -5,11 +5,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::error::tail;
 use super::images::{cache_dir, Images};
 use super::qemu::{Accel, QemuLayout};
 use super::registry::{self, Inventory};
 use super::{keys, VmError};
+use nixpave_remote::{
+    last_lines, HostKeyPolicy, SshOptions, SshTransport, Target, Transport, UploadSpec,
+};
 
 /// What VM to start. Defaults: 2 blank disks of 4 GiB, 2 GiB of memory, 1 CPU, 300 s to reach ssh.
 #[derive(Debug, Clone)]
@@ -316,7 +318,7 @@ impl Vm {
             if out.status.success() {
                 return Ok(port);
             }
-            last_error = tail(&String::from_utf8_lossy(&out.stderr), 5);
+            last_error = last_lines(&String::from_utf8_lossy(&out.stderr), 5);
             if !last_error.contains("forward") {
                 break;
             }
@@ -394,34 +396,52 @@ impl Vm {
         args
     }
 
+    /// Where to log in: `root@127.0.0.1` on the forwarded port.
+    pub fn target(&self) -> Target {
+        Target {
+            user: Some("root".into()),
+            host: "127.0.0.1".into(),
+            port: Some(self.port),
+        }
+    }
+
+    /// The connection settings for [`Vm::target`]: this VM's key, strict host-key checking against
+    /// [`Vm::known_hosts`], and keepalives that notice a VM gone (kexec, reboot) within ~30 s.
+    pub fn connection(&self) -> SshOptions {
+        SshOptions {
+            name: Some(self.name.clone()),
+            identity_file: Some(self.key()),
+            known_hosts: Some(self.known_hosts()),
+            host_key_policy: HostKeyPolicy::Strict,
+            connect_timeout: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(5),
+            keepalive_count_max: 6,
+            ..SshOptions::default()
+        }
+    }
+
+    /// Opens the one ssh transport of the workspace to the VM as root.
+    pub fn connect(&self) -> Result<SshTransport, VmError> {
+        self.connect_with(self.connection())
+    }
+
+    fn connect_with(&self, options: SshOptions) -> Result<SshTransport, VmError> {
+        SshTransport::connect(&self.target(), options).map_err(|source| VmError::Ssh {
+            name: self.name.clone(),
+            source: Box::new(source),
+        })
+    }
+
     /// Runs a shell command line as root in the VM, feeding `stdin` when given.
     pub fn ssh(&self, command: &str, stdin: Option<&[u8]>) -> Result<SshOutput, VmError> {
-        let mut cmd = Command::new("ssh");
-        cmd.args(self.ssh_args()).arg("--").arg(command);
-        cmd.stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(|source| VmError::Spawn {
-            program: "ssh".into(),
-            source,
-        })?;
-        if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            let data = data.to_vec();
-            // Written from a thread so a command that produces much output before reading cannot deadlock us.
-            std::thread::spawn(move || {
-                let _ = pipe.write_all(&data);
-            });
-        }
-        let out = child.wait_with_output().map_err(|source| VmError::Spawn {
-            program: "ssh".into(),
-            source,
+        let ssh = self.connect()?;
+        let argv = ["sh".to_string(), "-c".to_string(), command.to_string()];
+        let out = ssh.run(&argv, stdin).map_err(|source| VmError::Ssh {
+            name: self.name.clone(),
+            source: Box::new(source),
         })?;
         Ok(SshOutput {
-            status: out.status.code(),
+            status: out.status,
             stdout: out.stdout,
             stderr: out.stderr,
         })
@@ -436,36 +456,25 @@ impl Vm {
         Err(VmError::Command {
             command: format!("ssh {} {command}", self.name),
             status: format!("{:?}", out.status),
-            stderr_tail: tail(&String::from_utf8_lossy(&out.stderr), 10),
+            stderr_tail: last_lines(&String::from_utf8_lossy(&out.stderr), 10),
         })
     }
 
-    /// Copies a local file to `remote` in the VM (streamed over ssh's stdin, created with `mode`).
+    /// Copies a local file to `remote` in the VM (written to a temp file beside it, then renamed,
+    /// with `mode`).
     pub fn upload(&self, local: &Path, remote: &str, mode: u32) -> Result<(), VmError> {
-        let file = std::fs::File::open(local).map_err(|e| VmError::io("opening", local, e))?;
-        let quoted = shell_quote(remote);
-        let command =
-            format!("umask 077 && cat > {quoted}.part && chmod {mode:o} {quoted}.part && mv {quoted}.part {quoted}");
-        let out = Command::new("ssh")
-            .args(self.ssh_args())
-            .arg("--")
-            .arg(&command)
-            .stdin(file)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
-            .map_err(|source| VmError::Spawn {
-                program: "ssh".into(),
-                source,
-            })?;
-        if !out.status.success() {
-            return Err(VmError::Command {
-                command: format!("upload {} to {}:{remote}", local.display(), self.name),
-                status: out.status.to_string(),
-                stderr_tail: tail(&String::from_utf8_lossy(&out.stderr), 10),
-            });
-        }
-        Ok(())
+        let contents = std::fs::read(local).map_err(|e| VmError::io("reading", local, e))?;
+        let spec = UploadSpec {
+            dest: PathBuf::from(remote),
+            mode,
+            owner: None,
+        };
+        self.connect()?
+            .upload(&contents, &spec)
+            .map_err(|source| VmError::Ssh {
+                name: self.name.clone(),
+                source: Box::new(source),
+            })
     }
 
     /// Whether qemu still runs.
@@ -480,20 +489,13 @@ impl Vm {
             .and_then(|s| s.trim().parse().ok())
     }
 
-    /// Whether root can log in right now (one ssh attempt, at most ~5 s).
+    /// Whether root can log in right now (one login attempt, at most ~5 s).
     pub fn ssh_answers(&self) -> bool {
-        let mut args = self.ssh_args();
-        args.splice(0..0, ["-o".to_string(), "ConnectTimeout=5".to_string()]);
-        Command::new("timeout")
-            .arg("15")
-            .arg("ssh")
-            .args(args)
-            .arg("true")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+        let options = SshOptions {
+            connect_timeout: Duration::from_secs(5),
+            ..self.connection()
+        };
+        self.connect_with(options).is_ok()
     }
 
     /// Waits (bounded) until root can log in over ssh.
@@ -543,7 +545,7 @@ impl Vm {
     /// The last `lines` lines of the serial console.
     pub fn console_tail(&self, lines: usize) -> String {
         let bytes = std::fs::read(self.console_log()).unwrap_or_default();
-        tail(&String::from_utf8_lossy(&bytes), lines)
+        last_lines(&String::from_utf8_lossy(&bytes), lines)
     }
 
     fn died(&self, phase: &str) -> VmError {
@@ -654,15 +656,10 @@ fn run_tool(cmd: &mut Command) -> Result<(), VmError> {
         return Err(VmError::Command {
             command: format!("{program} {}", args.join(" ")),
             status: out.status.to_string(),
-            stderr_tail: tail(&String::from_utf8_lossy(&out.stderr), 5),
+            stderr_tail: last_lines(&String::from_utf8_lossy(&out.stderr), 5),
         });
     }
     Ok(())
-}
-
-/// Single-quotes a word for the remote shell.
-fn shell_quote(word: &str) -> String {
-    format!("'{}'", word.replace('\'', "'\\''"))
 }
 
 #[cfg(test)]
@@ -684,11 +681,17 @@ mod tests {
             args.contains("-o UserKnownHostsFile=/v/t/known_hosts -o StrictHostKeyChecking=yes")
         );
         assert!(args.ends_with("-p 40001 root@127.0.0.1"));
-    }
-
-    #[test]
-    fn quoting_survives_single_quotes() {
-        assert_eq!(shell_quote("/tmp/a b'c"), "'/tmp/a b'\\''c'");
+        assert_eq!(vm.target().to_string(), "root@127.0.0.1:40001");
+        let c = vm.connection();
+        assert_eq!(c.host_key_policy, HostKeyPolicy::Strict);
+        assert_eq!(
+            c.known_hosts.as_deref(),
+            Some(Path::new("/v/t/known_hosts"))
+        );
+        assert_eq!(
+            c.identity_file.as_deref(),
+            Some(Path::new("/v/t/id_ed25519"))
+        );
     }
 
     #[test]
