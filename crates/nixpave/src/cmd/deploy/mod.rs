@@ -213,6 +213,12 @@ pub fn run(args: DeployArgs) -> miette::Result<ExitCode> {
         remote_build: args.remote_build.then_some(true),
         ..Default::default()
     };
+    // The build asks `nix --version` (cached per process) first: ask it now, while the fleet evaluates, so that
+    // hosts waiting for their profile do not wait for it too. A failure shows where the build asks again.
+    if !args.build_on_target {
+        let nix = nix.clone();
+        std::thread::spawn(move || nixpave_nix::local_version(&nix));
+    }
     // Progress words: not in JSON mode, not with -q.
     let chatty = !args.fleet.json && !crate::ui::quiet();
     // On a terminal, one line that a fleet evaluated in chunks updates ("evaluating 100/200 nodes").
