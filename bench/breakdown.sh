@@ -8,6 +8,7 @@
 #
 #   bench/breakdown.sh                 # 20 hosts, release build
 #   HOSTS=5 PARALLEL=1 bench/breakdown.sh
+#   DEPLOY_ARGS="--ssh-opts '-o KexAlgorithms=curve25519-sha256'" bench/breakdown.sh   # extra deploy arguments
 #   ROUNDS=3 NIXPAVE="/tmp/nixpave-old target/release/nixpave" bench/breakdown.sh   # two builds, alternating
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,7 @@ cd "$(dirname "$0")/.."
 HOSTS=${HOSTS:-20}
 PARALLEL=${PARALLEL:-}
 ROUNDS=${ROUNDS:-1}
+eval "extra=(${DEPLOY_ARGS:-})"
 bench_setup nixpave-breakdown
 # NIXPAVE may name several binaries (before/after a change): the first one runs the lab.
 read -r -a BINARIES <<< "$NIXPAVE"
@@ -34,7 +36,7 @@ for round in $(seq "$ROUNDS"); do
     write_fleet_flake "$WORK/flake" "$HOSTS" "breakdown-$(date +%s%N)"
     for kind in fresh no-op; do
       t0=$(date +%s.%N)
-      NIXPAVE_LOG=nixpave::timing=info "$bin" deploy "path:$WORK/flake" --lab "$LAB" "${par[@]}" --json \
+      NIXPAVE_LOG=nixpave::timing=info "$bin" deploy "path:$WORK/flake" --lab "$LAB" "${par[@]}" "${extra[@]}" --json \
         > "$WORK/out.json" 2> "$WORK/out.log"
       t1=$(date +%s.%N)
       outcomes=$(tail -n 1 "$WORK/out.json" | jq -r '[.hosts[].outcome] | group_by(.) | map("\(.[0])=\(length)") | join(",")')

@@ -6,11 +6,13 @@
 #
 #   bench/deploy.sh            # all sizes
 #   SIZES="1 5" bench/deploy.sh
+#   DEPLOY_ARGS="--ssh-opts '-o KexAlgorithms=curve25519-sha256'" bench/deploy.sh   # extra deploy arguments
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/common.sh
 
 SIZES=${SIZES:-"1 5 20"}
+eval "extra=(${DEPLOY_ARGS:-})"
 bench_setup nixpave-bench
 
 now() { date +%s.%N; }
@@ -19,7 +21,7 @@ run() { # LABEL N PARALLEL FLAKE LAB
   t0=$(now)
   local par=()
   [ "$3" = default ] || par=(--parallel "$3")
-  report=$("$NIXPAVE" deploy "path:$4" --lab "$5" "${par[@]}" --json | tail -n 1)
+  report=$("$NIXPAVE" deploy "path:$4" --lab "$5" "${par[@]}" "${extra[@]}" --json | tail -n 1)
   t1=$(now)
   local failed hs outcomes
   failed=$(echo "$report" | jq .failed)

@@ -9,6 +9,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/common.sh
+for tool in tmux /usr/bin/time; do
+  command -v "$tool" >/dev/null || { echo "bench/scale.sh needs $tool (scripts/install-deps.sh installs it: apt-get install tmux time)" >&2; exit 1; }
+done
 
 HOSTS=${HOSTS:-200}
 PARALLEL=${PARALLEL-50}

@@ -3,7 +3,7 @@
 set -euo pipefail
 PKGS=(nix-bin openssh-server openssh-client gdisk parted fdisk util-linux dosfstools btrfs-progs xfsprogs
       e2fsprogs iproute2 kexec-tools cpio zstd kmod socat busybox-static debootstrap cryptsetup lvm2 mdadm
-      procps psmisc curl python3 jq sudo openssl bc patchelf git man-db ovmf)
+      procps psmisc curl python3 jq sudo openssl bc patchelf git man-db ovmf tmux time)
 missing=()
 for p in "${PKGS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p"); done
 export DEBIAN_FRONTEND=noninteractive

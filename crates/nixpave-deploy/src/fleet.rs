@@ -113,7 +113,8 @@ impl std::fmt::Debug for Builds {
 
 impl Builds {
     /// The build of every derivation of `hosts` (none with `build_on_target`, none of `remoteBuild` nodes).
-    /// Derivations whose output is already valid in the store count as built from the start.
+    /// Derivations whose output is already valid in the store count as built as soon as [`run`](Self::run)
+    /// has asked the store (its first step), before the build itself.
     pub fn new(hosts: &[Host], opts: &DeployOptions) -> Result<Builds, BuildError> {
         let outputs: std::collections::HashMap<String, String> = if opts.build_on_target {
             Default::default()
@@ -141,7 +142,6 @@ impl Builds {
             changed: std::sync::Condvar::new(),
             roots,
         };
-        builds.refresh(&opts.nix);
         Ok(builds)
     }
 
@@ -152,10 +152,30 @@ impl Builds {
         opts: &DeployOptions,
         progress: &(dyn Fn(u64, u64) + Sync),
     ) -> Result<usize, BuildError> {
+        // Asked here, on the build's thread, not before the hosts start: the store query is off the
+        // critical path (hosts connect and probe meanwhile; only a host that must push waits for it).
+        self.refresh(&opts.nix);
         let mut drvs: Vec<String> = self.outputs.keys().cloned().collect();
         drvs.sort();
         let result = match &self.roots {
-            None => Ok(Default::default()),
+            None => Ok(()),
+            // Every output already valid (a no-op redeploy): only GC roots are wanted, not a `nix build`
+            // (an evaluator start and `nix --version` on a busy machine: the deploy would wait for it at the
+            // end). Should a path have gone meanwhile, the build below makes it again.
+            Some(roots)
+                if self.all_built()
+                    && crate::timing::timed("-", "root", || {
+                        let outs: Vec<String> = self.outputs.values().cloned().collect();
+                        nixpave_nix::build::root_valid_paths(
+                            &outs,
+                            &opts.nix,
+                            &roots.path().join("valid"),
+                        )
+                    })
+                    .is_ok() =>
+            {
+                Ok(())
+            }
             Some(roots) => crate::timing::timed("-", "build", || {
                 nixpave_nix::build::build_derivations_streaming(
                     &drvs,
@@ -163,6 +183,7 @@ impl Builds {
                     &roots.path().join("result"),
                     &mut |event| self.heard(event, &opts.nix, progress),
                 )
+                .map(|_| ())
             }),
         };
         let mut state = self.lock();
@@ -228,6 +249,12 @@ impl Builds {
         );
         drop(state);
         self.changed.notify_all();
+    }
+
+    /// True when every derivation of the build counts as built.
+    fn all_built(&self) -> bool {
+        let state = self.lock();
+        self.outputs.keys().all(|d| state.built.contains(d))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BuildState> {

@@ -334,31 +334,36 @@ impl Inventory {
         selection: &Selection,
         opts: &nixpave_nix::invoke::NixOptions,
     ) -> Result<Inventory, InventoryError> {
-        Self::load_flake(flake, selection, false, opts)
+        Self::load_flake(flake, selection, false, opts, &|_, _| {})
     }
 
     /// [`from_flake`](Self::from_flake), also collecting the derivations of the flake's
     /// `checks.<current system>` in the same evaluation when `checks` is true. At most
-    /// [`eval_node_limit`] nodes are evaluated by one nix process.
+    /// [`eval_node_limit`] nodes are evaluated by one nix process; `progress` hears how far a chunked
+    /// evaluation is ([`EvalProgress`]).
     pub fn load_flake(
         flake: &str,
         selection: &Selection,
         checks: bool,
         opts: &nixpave_nix::invoke::NixOptions,
+        progress: EvalProgress<'_>,
     ) -> Result<Inventory, InventoryError> {
-        Self::load_flake_chunked(flake, selection, checks, eval_node_limit(), opts)
+        Self::load_flake_chunked(flake, selection, checks, eval_node_limit(), opts, progress)
     }
 
     /// [`load_flake`](Self::load_flake) with at most `limit` nodes per `nix eval` (colmena's
     /// `--eval-node-limit`): a fleet up to `limit` nodes is one evaluation; a larger one is first listed
     /// (names only: no system is evaluated), then evaluated `limit` nodes at a time, one process after the
     /// other, so the evaluator's memory stays that of `limit` systems whatever the fleet's size.
+    /// `progress` hears (nodes evaluated, nodes listed) once the nodes are listed and after every chunk; a
+    /// fleet evaluated in one go reports nothing.
     pub fn load_flake_chunked(
         flake: &str,
         selection: &Selection,
         checks: bool,
         limit: usize,
         opts: &nixpave_nix::invoke::NixOptions,
+        progress: EvalProgress<'_>,
     ) -> Result<Inventory, InventoryError> {
         let limit = limit.max(1);
         let eval = |function: String| {
@@ -382,6 +387,8 @@ impl Inventory {
             .iter()
             .filter_map(|n| n.as_str().map(String::from))
             .collect();
+        progress(0, names.len());
+        let mut evaluated = 0;
         let mut merged: Option<serde_json::Value> = None;
         for (i, chunk) in names.chunks(limit).enumerate() {
             let part = eval(eval_chunk_function(
@@ -390,6 +397,8 @@ impl Inventory {
                 Some(chunk),
                 limit,
             ))?;
+            evaluated += chunk.len();
+            progress(evaluated, names.len());
             match &mut merged {
                 None => merged = Some(part),
                 Some(all) => {
@@ -408,6 +417,10 @@ impl Inventory {
         )
     }
 }
+
+/// Hears how far a chunked evaluation is: (nodes evaluated, nodes listed), e.g. to show "evaluating 100/200
+/// nodes".
+pub type EvalProgress<'a> = &'a (dyn Fn(usize, usize) + Sync);
 
 /// The nix function (flake outputs → JSON) that extracts the selected nodes with their profiles' drvPath and
 /// outPath. Nodes without `profiles` get `nixosConfigurations.<n>.config.system.build.toplevel`; a flake without

@@ -7,7 +7,7 @@ use nixpave_nix::flake::FlakeTarget;
 use nixpave_nix::invoke::NixOptions;
 use nixpave_remote::InventoryHost;
 
-use crate::inventory::{Inventory, InventoryError};
+use crate::inventory::{EvalProgress, Inventory, InventoryError};
 use crate::select::{FragmentError, Selection};
 
 /// What an inventory file holds.
@@ -82,13 +82,15 @@ impl InventoryFile {
 }
 
 /// The hosts `on` selects: from `nodes` (a deploy-rs-shaped inventory, read with the first flake's fragment)
-/// if given, else from every flake (default `.`), merged. `checks` also evaluates the flakes' checks.
+/// if given, else from every flake (default `.`), merged. `checks` also evaluates the flakes' checks;
+/// `progress` hears how far a flake evaluated in chunks is.
 pub fn load_selected(
     flakes: &[&str],
     on: &Selection,
     nodes: Option<serde_json::Value>,
     checks: bool,
     nix: &NixOptions,
+    progress: EvalProgress<'_>,
 ) -> Result<Inventory, SourceError> {
     let flakes = if flakes.is_empty() {
         &["."][..]
@@ -110,6 +112,7 @@ pub fn load_selected(
                     &selection,
                     checks,
                     nix,
+                    progress,
                 )?)?;
             }
             all
@@ -183,6 +186,7 @@ mod tests {
             Some(nodes(&["a", "b1", "b2"])),
             false,
             &NixOptions::default(),
+            &|_, _| {},
         )
         .expect("valid");
         let names: Vec<&str> = inv.hosts.iter().map(|h| h.name.as_str()).collect();
@@ -194,6 +198,7 @@ mod tests {
             Some(nodes(&["a", "b1", "b2"])),
             false,
             &NixOptions::default(),
+            &|_, _| {},
         )
         .expect("valid");
         assert_eq!(inv.hosts.len(), 1);
@@ -203,8 +208,15 @@ mod tests {
     #[test]
     fn an_empty_selection_and_a_bad_fragment_are_usage_errors() {
         let on = Selection::parse_on(&["zzz".to_string()]);
-        let err = load_selected(&[], &on, Some(nodes(&["a"])), false, &NixOptions::default())
-            .unwrap_err();
+        let err = load_selected(
+            &[],
+            &on,
+            Some(nodes(&["a"])),
+            false,
+            &NixOptions::default(),
+            &|_, _| {},
+        )
+        .unwrap_err();
         assert!(matches!(err, SourceError::NoHost) && err.is_usage());
         let err = load_selected(
             &[".#\"a"],
@@ -212,6 +224,7 @@ mod tests {
             Some(nodes(&["a"])),
             false,
             &NixOptions::default(),
+            &|_, _| {},
         )
         .unwrap_err();
         assert!(matches!(err, SourceError::Fragment(_)) && err.is_usage());

@@ -185,8 +185,10 @@ pub fn state_script(profiles: &[(&str, &str, Option<&str>, &str)]) -> String {
             rec = shell_quote(&format!("{state_dir}/{name}.json")),
         ));
         if let Some(w) = wanted {
+            // A profile already on the wanted path (a no-op) proves it valid: a generation is a GC root, and
+            // nix only links valid paths. Only otherwise is a nix process started to ask the store.
             s.push_str(&format!(
-                "if [ -e {w} ] && nix-store --check-validity {w} >/dev/null 2>&1; then \
+                "if [ -e {w} ] && {{ [ \"$(r {p})\" = {w} ] || nix-store --check-validity {w} >/dev/null 2>&1; }}; then \
                  printf 'present\\t%s\\tyes\\n' {n}; printf 'wantedsys\\t%s\\t%s\\n' {n} \"$(sys {w})\"; fi\n",
                 w = shell_quote(w)
             ));

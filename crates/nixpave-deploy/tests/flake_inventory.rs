@@ -218,14 +218,20 @@ fn large_fleets_are_listed_without_evaluating_systems_then_evaluated_in_chunks()
     // One node per evaluation gives the same fleet as one evaluation of all.
     let fixtures = FlakeTarget::parse(&fixtures().display().to_string());
     let whole = eval(&Selection::default());
+    let heard = std::sync::Mutex::new(Vec::new());
     let chunked = Inventory::load_flake_chunked(
         &fixtures.flake,
         &Selection::default(),
         false,
         1,
         &NixOptions::default(),
+        &|done, total| heard.lock().expect("lock").push((done, total)),
     )
     .expect("evaluates in chunks");
+    // Progress: once the nodes are listed, then after every chunk (here one node each).
+    let n = whole.hosts.len();
+    let expected: Vec<(usize, usize)> = (0..=n).map(|done| (done, n)).collect();
+    assert_eq!(heard.into_inner().expect("lock"), expected);
     assert_eq!(
         serde_json::to_value(&chunked.hosts).expect("json"),
         serde_json::to_value(&whole.hosts).expect("json")

@@ -41,6 +41,33 @@ pub fn build_derivations_streaming(
     build_with(drv_paths, opts, Some(out_link), Some(on_event))
 }
 
+/// Keeps store paths that are already valid alive as indirect GC roots `out_link`, `out_link-2`, … (until those
+/// links are removed), with one `nix-store --realise --add-root`: no build, no evaluator start, no `nix
+/// --version`. Fails when a path is not valid (anymore); the caller then builds.
+pub fn root_valid_paths(
+    paths: &[String],
+    opts: &NixOptions,
+    out_link: &std::path::Path,
+) -> Result<(), NixError> {
+    if paths.is_empty() {
+        return Ok(());
+    }
+    let mut args = vec![
+        "--realise".to_string(),
+        "--add-root".into(),
+        out_link.display().to_string(),
+        "--indirect".into(),
+        // Never substitute or build here: a path that is gone is the caller's to build.
+        "--option".into(),
+        "substitute".into(),
+        "false".into(),
+        "--max-jobs".into(),
+        "0".into(),
+    ];
+    args.extend(paths.iter().cloned());
+    run_nix("nix-store", &args, opts, &[]).map(|_| ())
+}
+
 fn build(
     drv_paths: &[String],
     opts: &NixOptions,

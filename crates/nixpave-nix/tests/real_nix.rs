@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use nixpave_nix::build::build_derivations;
+use nixpave_nix::build::{build_derivations, root_valid_paths};
 use nixpave_nix::copy::{copy_closure, CopyTo};
 use nixpave_nix::flake::{eval_flake_json, flake_nix_config};
 use nixpave_nix::invoke::NixOptions;
@@ -87,6 +87,63 @@ fn builds_every_output_of_derivations_with_this_nix() {
     let again =
         build_derivations(std::slice::from_ref(&drv), &NixOptions::default()).expect("again");
     assert_eq!(&again[&drv], out);
+}
+
+fn outputs_of(drv: &str) -> Vec<String> {
+    let out = Command::new("nix-store")
+        .args(["-q", "--outputs", drv])
+        .output()
+        .expect("nix-store -q --outputs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+fn valid(path: &str) -> bool {
+    Command::new("nix-store")
+        .args(["--check-validity", path])
+        .output()
+        .expect("nix-store --check-validity")
+        .status
+        .success()
+}
+
+#[test]
+fn roots_valid_paths_without_building_and_refuses_invalid_ones() {
+    conf();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let built_drv = instantiate(dir.path(), &unique("r"));
+    build_derivations(std::slice::from_ref(&built_drv), &NixOptions::default()).expect("build");
+    let outs = outputs_of(&built_drv);
+    let link = dir.path().join("valid");
+    root_valid_paths(&outs, &NixOptions::default(), &link).expect("roots valid paths");
+    // One indirect root per path, each a GC root nix knows about.
+    for (i, out) in outs.iter().enumerate() {
+        let name = if i == 0 {
+            link.clone()
+        } else {
+            dir.path().join(format!("valid-{}", i + 1))
+        };
+        assert_eq!(
+            std::fs::read_link(&name).expect("root link"),
+            Path::new(out)
+        );
+        let roots = Command::new("nix-store")
+            .args(["-q", "--roots", out])
+            .output()
+            .expect("nix-store -q --roots");
+        assert!(
+            String::from_utf8_lossy(&roots.stdout).contains(&name.display().to_string()),
+            "{} is not a root of {out}",
+            name.display()
+        );
+    }
+    // A path that was never built: an error, and nothing is built behind the caller's back.
+    let other = tempfile::tempdir().expect("tempdir");
+    let unbuilt = outputs_of(&instantiate(other.path(), &unique("u")));
+    assert!(root_valid_paths(&unbuilt, &NixOptions::default(), &other.path().join("v")).is_err());
+    assert!(unbuilt.iter().all(|p| !valid(p)), "{unbuilt:?} got built");
 }
 
 #[test]

@@ -25,12 +25,13 @@ pub(super) fn usage(message: String) -> CliError {
 
 /// Loads the selected hosts and how to reach them. Errors in the inventory are usage errors (exit 2).
 /// `overrides` are command-line settings that beat every inventory level; `checks` also evaluates the flakes'
-/// checks.
+/// checks; `progress` hears how far a flake evaluated in chunks is (nodes evaluated, nodes listed).
 pub(super) fn load_fleet(
     args: &FleetArgs,
     mut overrides: GeneralSettings,
     checks: bool,
     nix: &NixOptions,
+    progress: nixpave_deploy::inventory::EvalProgress<'_>,
 ) -> Result<Fleet, CliError> {
     let flakes: Vec<&str> = args
         .flakes
@@ -64,8 +65,8 @@ pub(super) fn load_fleet(
         };
         known.extend(inv.hosts);
     }
-    let mut inventory =
-        source::load_selected(&flakes, &on, deploy_json, checks, nix).map_err(source_error)?;
+    let mut inventory = source::load_selected(&flakes, &on, deploy_json, checks, nix, progress)
+        .map_err(source_error)?;
     if args.lab.is_some() {
         nixpave_deploy::overrides::use_private_state_dir(&mut inventory.hosts, LAB_STATE_DIR);
     }
@@ -121,5 +122,6 @@ pub(super) fn load_fleet_as_it_is(args: &FleetArgs) -> Result<Fleet, CliError> {
         GeneralSettings::default(),
         false,
         &NixOptions::default(),
+        &|_, _| {},
     )
 }

@@ -213,12 +213,37 @@ pub fn run(args: DeployArgs) -> miette::Result<ExitCode> {
         remote_build: args.remote_build.then_some(true),
         ..Default::default()
     };
+    // The build asks `nix --version` (cached per process) first: ask it now, while the fleet evaluates, so that
+    // hosts waiting for their profile do not wait for it too. A failure shows where the build asks again.
+    if !args.build_on_target {
+        let nix = nix.clone();
+        std::thread::spawn(move || nixpave_nix::local_version(&nix));
+    }
     // Progress words: not in JSON mode, not with -q.
     let chatty = !args.fleet.json && !crate::ui::quiet();
-    if chatty && std::io::stderr().is_terminal() {
-        eprintln!("evaluating the fleet…");
+    // On a terminal, one line that a fleet evaluated in chunks updates ("evaluating 100/200 nodes").
+    let evaluating = (chatty && std::io::stderr().is_terminal()).then(|| {
+        let line = indicatif::ProgressBar::new_spinner();
+        line.set_message("evaluating the fleet…");
+        line.enable_steady_tick(Duration::from_millis(200));
+        line
+    });
+    let eval_progress = |done: usize, total: usize| {
+        if let Some(line) = &evaluating {
+            line.set_message(format!("evaluating {done}/{total} nodes"));
+        }
+    };
+    let loaded = load_fleet(
+        &args.fleet,
+        overrides,
+        !args.skip_checks,
+        &nix,
+        &eval_progress,
+    );
+    if let Some(line) = &evaluating {
+        line.finish_and_clear();
     }
-    let fleet = match load_fleet(&args.fleet, overrides, !args.skip_checks, &nix) {
+    let fleet = match loaded {
         Ok(f) => f,
         Err(e) => return Ok(e.exit()),
     };
