@@ -161,19 +161,13 @@ fn sudo_on_a_nixos_shaped_host_comes_from_run_wrappers() {
         "root\n/run/wrappers/bin/sudo\n/run/current-system/sw/bin/readlink"
     );
     // `nix copy` as alice: `sudo -n nix-store --serve` found through NixOS's session PATH.
-    let conf = lab.dir().join("local-nix");
-    std::fs::create_dir_all(&conf).expect("mkdir");
-    std::fs::write(
-        conf.join("nix.conf"),
-        "build-users-group =\nsubstituters =\nsandbox = false\n",
-    )
-    .expect("nix.conf");
+    let conf = nixpave_testsupport::nix_conf_dir();
     let file = lab.dir().join(format!("{}-nixos-copy", lab.name()));
     std::fs::write(&file, "copied to a NixOS-shaped host").expect("write");
     let added = Command::new("nix-store")
         .arg("--add")
         .arg(&file)
-        .env("NIX_CONF_DIR", &conf)
+        .env("NIX_CONF_DIR", conf)
         .output()
         .expect("nix-store --add");
     let path = stdout(&added);
@@ -187,7 +181,7 @@ fn sudo_on_a_nixos_shaped_host_comes_from_run_wrappers() {
         .arg(ssh.ssh_store_uri())
         .arg(&path)
         .envs(ssh.nix_env())
-        .env("NIX_CONF_DIR", &conf)
+        .env("NIX_CONF_DIR", conf)
         .output()
         .expect("nix copy");
     stdout(&copy);

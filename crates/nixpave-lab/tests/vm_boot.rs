@@ -5,9 +5,7 @@ use std::time::Instant;
 
 use nixpave_lab::vm::{Vm, VmSpec};
 
-fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", std::process::id())
-}
+use nixpave_testsupport::unique;
 
 #[test]
 #[ignore = "boots a qemu VM (about a minute under TCG); run by scripts/test-vm.sh"]

@@ -32,19 +32,13 @@ fn lab_with_users() -> Lab {
 
 /// Puts a small text file into this machine's store (no build needed) and returns its path.
 fn add_to_local_store(lab: &Lab, content: &str) -> String {
-    let conf = lab.dir().join("local-nix");
-    std::fs::create_dir_all(&conf).expect("mkdir");
-    std::fs::write(
-        conf.join("nix.conf"),
-        "build-users-group =\nsubstituters =\nsandbox = false\n",
-    )
-    .expect("nix.conf");
+    let conf = nixpave_testsupport::nix_conf_dir();
     let file = lab.dir().join(format!("{}-{content}", lab.name()));
     std::fs::write(&file, content).expect("write");
     let out = std::process::Command::new("nix-store")
         .arg("--add")
         .arg(&file)
-        .env("NIX_CONF_DIR", &conf)
+        .env("NIX_CONF_DIR", conf)
         .output()
         .expect("nix-store --add");
     assert!(
@@ -97,7 +91,7 @@ fn passwordless_sudo_runs_commands_uploads_and_nix_as_root() {
         .arg(ssh.ssh_store_uri())
         .arg(&path)
         .envs(ssh.nix_env())
-        .env("NIX_CONF_DIR", lab.dir().join("local-nix"))
+        .env("NIX_CONF_DIR", nixpave_testsupport::nix_conf_dir())
         .output()
         .expect("nix copy");
     assert!(

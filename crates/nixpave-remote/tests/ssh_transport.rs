@@ -448,13 +448,7 @@ fn one_handshake_per_host_carries_commands_uploads_and_nix_copy() {
     gather_facts(&ssh).expect("facts");
 
     // `nix copy` of a fresh tiny derivation through the master (NIX_SSHOPTS).
-    let conf = lab.dir().join("local-nix");
-    std::fs::create_dir_all(&conf).expect("mkdir");
-    std::fs::write(
-        conf.join("nix.conf"),
-        "build-users-group =\nsubstituters =\nsandbox = false\nexperimental-features = nix-command\n",
-    )
-    .expect("nix.conf");
+    let conf = nixpave_testsupport::nix_conf_dir();
     let expr = format!(
         "builtins.derivation {{ name = \"np-copy-test\"; system = \"{}-linux\"; builder = \"/bin/sh\"; \
          args = [ \"-c\" \"echo {} > $out\" ]; }}",
@@ -463,7 +457,7 @@ fn one_handshake_per_host_carries_commands_uploads_and_nix_copy() {
     );
     let build = std::process::Command::new("nix-build")
         .args(["--no-out-link", "-E", &expr])
-        .env("NIX_CONF_DIR", &conf)
+        .env("NIX_CONF_DIR", conf)
         .output()
         .expect("nix-build");
     assert!(
@@ -482,7 +476,7 @@ fn one_handshake_per_host_carries_commands_uploads_and_nix_copy() {
         .arg(ssh.ssh_store_uri())
         .arg(&path)
         .envs(ssh.nix_env())
-        .env("NIX_CONF_DIR", &conf)
+        .env("NIX_CONF_DIR", conf)
         .output()
         .expect("nix copy");
     assert!(
@@ -495,7 +489,7 @@ fn one_handshake_per_host_carries_commands_uploads_and_nix_copy() {
     // The path is in the lab host's own store; removing it here leaves it there.
     let delete = std::process::Command::new("nix-store")
         .args(["--delete", &path])
-        .env("NIX_CONF_DIR", &conf)
+        .env("NIX_CONF_DIR", conf)
         .output()
         .expect("nix-store --delete");
     assert!(
@@ -505,7 +499,7 @@ fn one_handshake_per_host_carries_commands_uploads_and_nix_copy() {
     );
     let here = std::process::Command::new("nix-store")
         .args(["--check-validity", &path])
-        .env("NIX_CONF_DIR", &conf)
+        .env("NIX_CONF_DIR", conf)
         .output()
         .expect("check here");
     assert!(!here.status.success(), "not in this machine's store");
