@@ -1,6 +1,7 @@
 //! End to end in lab VMs (slow, `#[ignore]`d; run by `scripts/test-install.sh`):
 //! any Linux → kexec into the test installer → real disk layouts (LUKS on LVM; mdadm raid1)
-//! → the test system with GRUB → reboot from its own disk → verify. Plus preflight refusals.
+//! → the test system with GRUB → reboot from its own disk → verify. Plus preflight refusals, and (after the
+//! CLI's resume and mount-mode reinstall) `nixpave deploy` and `nixpave rollback` on the installed system.
 
 mod common;
 
