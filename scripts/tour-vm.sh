@@ -77,6 +77,7 @@ cat "$work/deploy.json"
 run status --inventory deploy.json "${ssh_args[@]}"
 run deploy --inventory deploy.json "${ssh_args[@]}"
 run status --inventory deploy.json "${ssh_args[@]}"
-[ "$(current | tail -n 1)" = "$system2" ] || { echo "tour: the VM does not run $system2" >&2; exit 1; }
-current
+running=$(current)
+echo "$running"
+[ "$(echo "$running" | tail -n 1)" = "$system2" ] || { echo "tour: the VM does not run $system2" >&2; exit 1; }
 echo "tour: $(( $(now) - T0 )) s"
