@@ -4,7 +4,8 @@
 # with a password), GRUB-BIOS, and under UEFI (OVMF) systemd-boot and GRUB-EFI (the latter through the
 # test installer's nixos-install, the others through nixpave's own install steps), reboot, verify; preflight
 # refusals (RAM, disks, a missing tool, kexec disabled); kill + --resume and a --disko-mode mount reinstall
-# through the CLI; hardware configuration generated in the VMs. Prints the phase timings (TIMINGS lines).
+# through the CLI, then `nixpave deploy` of a further generation onto the installed system and `nixpave
+# rollback`; hardware configuration generated in the VMs. Prints the phase timings (TIMINGS lines).
 # Usage: scripts/test-install.sh [TEST_NAME_FILTER]   (as root on Debian 12; ~15-25 min under TCG)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,6 +1,7 @@
 //! End to end in lab VMs (slow, `#[ignore]`d; run by `scripts/test-install.sh`):
 //! any Linux → kexec into the test installer → real disk layouts (LUKS on LVM; mdadm raid1)
-//! → the test system with GRUB → reboot from its own disk → verify. Plus preflight refusals.
+//! → the test system with GRUB → reboot from its own disk → verify. Plus preflight refusals, and (after the
+//! CLI's resume and mount-mode reinstall) `nixpave deploy` and `nixpave rollback` on the installed system.
 
 mod common;
 
@@ -1119,6 +1120,7 @@ fn e2e_cli_killed_during_install_resumes_without_redoing_kexec_or_disk() {
             ("busybox", "/bin/busybox"),
             ("device", "/dev/vda"),
             ("tag", "resume2"),
+            ("nix", "/usr/bin/nix"),
         ],
         &[(
             "harvest",
@@ -1168,5 +1170,58 @@ fn e2e_cli_killed_during_install_resumes_without_redoing_kexec_or_disk() {
     eprintln!(
         "TIMINGS resume+mount-reinstall: {:?}",
         events.iter().find(|e| e["event"] == "finished")
+    );
+    deploy_then_rollback(&vm, &run, &toplevel2);
+}
+
+/// The installed system (with nix) is a deploy target: `nixpave deploy` of a new generation through a
+/// deploy-rs-shaped inventory makes it current (push, activation agent, new-login proof, confirm), and
+/// `nixpave rollback` activates `installed` again.
+fn deploy_then_rollback(vm: &Vm, run: &Run, installed: &str) {
+    let started = std::time::Instant::now();
+    let next = nix_build(
+        run._conf.path(),
+        &fixtures().join("system.nix"),
+        &[
+            ("busybox", "/bin/busybox"),
+            ("device", "/dev/vda"),
+            ("tag", "resume3"),
+            ("nix", "/usr/bin/nix"),
+        ],
+        &[("harvest", &run.work.path().join("harvest.tar.gz"))],
+    );
+    let inventory = run.work.path().join("deploy.json");
+    let nodes = serde_json::json!({ "nodes": { vm.name(): {
+        "hostname": "127.0.0.1", "sshUser": "root", "sshOpts": ["-p", vm.ssh_port().to_string()],
+        "profiles": { "system": { "user": "root", "path": next } } } } });
+    std::fs::write(&inventory, nodes.to_string()).unwrap();
+    let nixpave = |verb: &str| {
+        let out = std::process::Command::new(nixpave_bin())
+            .env("NIX_CONF_DIR", run._conf.path())
+            .args([verb, "--inventory"])
+            .arg(&inventory)
+            .arg("-i")
+            .arg(vm.key())
+            .arg("--known-hosts")
+            .arg(vm.known_hosts())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("{verb}:\n{text}");
+        assert!(out.status.success(), "nixpave {verb} failed:\n{text}");
+        vm.ssh_ok("readlink -f /run/current-system")
+            .expect("in the installed system")
+            .trim()
+            .to_string()
+    };
+    assert_eq!(nixpave("deploy"), next);
+    assert_eq!(nixpave("rollback"), installed);
+    eprintln!(
+        "TIMINGS deploy+rollback on the installed system: {:?}",
+        started.elapsed()
     );
 }
