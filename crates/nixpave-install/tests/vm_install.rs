@@ -1180,7 +1180,6 @@ fn e2e_cli_killed_during_install_resumes_without_redoing_kexec_or_disk() {
 fn deploy_then_rollback(vm: &Vm, run: &Run, installed: &str) {
     let started = std::time::Instant::now();
     let next = nix_build(
-        run._conf.path(),
         &fixtures().join("system.nix"),
         &[
             ("busybox", "/bin/busybox"),
@@ -1188,7 +1187,10 @@ fn deploy_then_rollback(vm: &Vm, run: &Run, installed: &str) {
             ("tag", "resume3"),
             ("nix", "/usr/bin/nix"),
         ],
-        &[("harvest", &run.work.path().join("harvest.tar.gz"))],
+        &[(
+            "harvest",
+            &run.work.path().join("harvest.tar.gz").display().to_string(),
+        )],
     );
     let inventory = run.work.path().join("deploy.json");
     let nodes = serde_json::json!({ "nodes": { vm.name(): {
@@ -1197,7 +1199,7 @@ fn deploy_then_rollback(vm: &Vm, run: &Run, installed: &str) {
     std::fs::write(&inventory, nodes.to_string()).unwrap();
     let nixpave = |verb: &str| {
         let out = std::process::Command::new(nixpave_bin())
-            .env("NIX_CONF_DIR", run._conf.path())
+            .env("NIX_CONF_DIR", nix_conf_dir())
             .args([verb, "--inventory"])
             .arg(&inventory)
             .arg("-i")
