@@ -66,6 +66,9 @@ struct Run<'a> {
     emit: EventSink<'a>,
     started: Instant,
     host_index: usize,
+    /// The phase last announced: waiting for the build and pushing are both `push`, and a phase
+    /// is announced once however many steps it has.
+    current: std::cell::Cell<Option<Phase>>,
 }
 
 /// Why a step failed.
@@ -90,6 +93,9 @@ impl StepError {
 
 impl Run<'_> {
     fn phase(&self, phase: Phase) {
+        if self.current.replace(Some(phase)) == Some(phase) {
+            return;
+        }
         (self.emit)(Event::Phase {
             host: self.host.name.clone(),
             phase,
@@ -117,6 +123,7 @@ impl Run<'_> {
             emit,
             started: Instant::now(),
             host_index,
+            current: std::cell::Cell::new(None),
         };
         run.phase(Phase::Connect);
         match timing::timed(&host.name, "connect", || connector.connect(host)) {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use nixpave_deploy::{
-    deploy_fleet, deploy_host, DeployOptions, Event, Goal, Host, Outcome, RolloutSettings,
+    deploy_fleet, deploy_host, DeployOptions, Event, Goal, Host, Outcome, Phase, RolloutSettings,
     SshConnector,
 };
 use nixpave_lab::testing::{Lab, LabHost};
@@ -725,13 +725,14 @@ fn a_host_pushes_as_soon_as_its_own_profile_is_built() {
     opts.builds = Some(std::sync::Arc::clone(&builds));
     let started = Instant::now();
     let finished: std::sync::Mutex<Vec<(String, Duration)>> = Default::default();
-    let sink = |e: Event| {
-        if let Event::Finished { report } = e {
-            finished
-                .lock()
-                .expect("lock")
-                .push((report.host, started.elapsed()));
-        }
+    let phases: std::sync::Mutex<Vec<(String, Phase)>> = Default::default();
+    let sink = |e: Event| match e {
+        Event::Finished { report } => finished
+            .lock()
+            .expect("lock")
+            .push((report.host, started.elapsed())),
+        Event::Phase { host, phase } => phases.lock().expect("lock").push((host, phase)),
+        _ => {}
     };
     let (report, built) = std::thread::scope(|s| {
         let build = s.spawn(|| builds.run(&opts, &|_, _| {}));
@@ -753,6 +754,20 @@ fn a_host_pushes_as_soon_as_its_own_profile_is_built() {
         "host1 waited for host2's build: {finished:?}"
     );
     assert!(at("host2") >= Duration::from_secs(6), "{finished:?}");
+    // Waiting for its build and pushing are one `push` phase: announced once, not twice.
+    let phases = phases.into_inner().expect("lock");
+    for host in ["host1", "host2"] {
+        let of: Vec<Phase> = phases
+            .iter()
+            .filter(|(h, _)| h == host)
+            .map(|(_, p)| *p)
+            .collect();
+        assert_eq!(
+            of.iter().filter(|p| **p == Phase::Push).count(),
+            1,
+            "{host}: {of:?}"
+        );
+    }
     assert_eq!(
         profile_of(&lab.hosts()[1]),
         slow["out"].as_str().expect("out")
