@@ -150,6 +150,13 @@ pub enum Event {
         /// The same, for machines.
         update: nixpave_disk::planner::update::UpdatePlan,
     },
+    /// A large flake evaluated in chunks (see [`crate::pipeline`]): `done` of `total` nodes are evaluated.
+    Evaluated {
+        /// Nodes evaluated so far.
+        done: usize,
+        /// Nodes listed.
+        total: usize,
+    },
     /// The host is done.
     Finished {
         /// Its report (its fields, `host` first among them, sit in the event itself).

@@ -402,7 +402,7 @@ pub fn revoke_succeeded(
 }
 
 impl FleetReport {
-    fn with_handshakes(mut self, n: usize) -> FleetReport {
+    pub(crate) fn with_handshakes(mut self, n: usize) -> FleetReport {
         self.handshakes = n;
         self
     }
@@ -415,16 +415,28 @@ pub fn run_waves(
     emit: EventSink<'_>,
     job: &(dyn Fn(&Host, usize) -> HostReport + Sync),
 ) -> FleetReport {
-    let reports: Mutex<Vec<Option<HostReport>>> = Mutex::new(vec![None; hosts.len()]);
+    let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
+    run_waves_named(&names, rollout, emit, &|index| job(&hosts[index], index))
+}
+
+/// [`run_waves`] over hosts known by name only (their settings may still be evaluating): `job` gets the
+/// host's index in `names`.
+pub fn run_waves_named(
+    names: &[String],
+    rollout: &RolloutSettings,
+    emit: EventSink<'_>,
+    job: &(dyn Fn(usize) -> HostReport + Sync),
+) -> FleetReport {
+    let reports: Mutex<Vec<Option<HostReport>>> = Mutex::new(vec![None; names.len()]);
     let failures = AtomicUsize::new(0);
     let mut stop = false;
-    for (number, wave) in plan_waves(hosts.len(), rollout).iter().enumerate() {
+    for (number, wave) in plan_waves(names.len(), rollout).iter().enumerate() {
         if stop {
             break;
         }
         emit(Event::Wave {
             number: number + 1,
-            hosts: wave.hosts.iter().map(|i| hosts[*i].name.clone()).collect(),
+            hosts: wave.hosts.iter().map(|i| names[*i].clone()).collect(),
             canary: wave.canary,
         });
         let before = failures.load(Ordering::SeqCst);
@@ -433,13 +445,14 @@ pub fn run_waves(
             rollout.parallelism(),
             || !may_start(failures.load(Ordering::SeqCst), rollout),
             |&index| {
-                let host = &hosts[index];
+                let name = &names[index];
                 // Caught here, not by the executor: a panicked host counts as a failure before
                 // the next host starts, and shows as a failed row like any other.
-                let report = nixpave_remote::parallel::catch_panic(|| job(host, index))
-                    .unwrap_or_else(|message| {
-                        bare_report(host, Outcome::Failed, format!("internal error: {message}"))
-                    });
+                let report = nixpave_remote::parallel::catch_panic(|| job(index)).unwrap_or_else(
+                    |message| {
+                        bare_report(name, Outcome::Failed, format!("internal error: {message}"))
+                    },
+                );
                 if !report.outcome.is_success() {
                     failures.fetch_add(1, Ordering::SeqCst);
                 }
@@ -458,15 +471,15 @@ pub fn run_waves(
     let reports = reports.into_inner().unwrap_or_default();
     let hosts = reports
         .into_iter()
-        .zip(hosts)
-        .map(|(r, h)| {
+        .zip(names)
+        .map(|(r, name)| {
             r.unwrap_or_else(|| {
                 let message = if nixpave_remote::cancel::is_cancelled() {
                     "not started: interrupted"
                 } else {
                     "not started: the rollout stopped (max failures or failed canary)"
                 };
-                let report = bare_report(h, Outcome::Skipped, message.into());
+                let report = bare_report(name, Outcome::Skipped, message.into());
                 emit(Event::Finished {
                     report: report.clone(),
                 });
@@ -481,8 +494,8 @@ pub fn run_waves(
 }
 
 /// A report of a host that has nothing to show but its outcome and why.
-fn bare_report(host: &Host, outcome: Outcome, message: String) -> HostReport {
-    HostReport::new(host.name.clone(), outcome, 0, message)
+pub(crate) fn bare_report(name: &str, outcome: Outcome, message: String) -> HostReport {
+    HostReport::new(name, outcome, 0, message)
 }
 
 #[cfg(test)]
@@ -506,7 +519,7 @@ mod tests {
     }
 
     fn report(host: &Host, outcome: Outcome) -> HostReport {
-        bare_report(host, outcome, String::new())
+        bare_report(&host.name, outcome, String::new())
     }
 
     fn outcomes(n: usize, rollout: &RolloutSettings, failing: &[usize]) -> Vec<Outcome> {

@@ -365,57 +365,109 @@ impl Inventory {
         opts: &nixpave_nix::invoke::NixOptions,
         progress: EvalProgress<'_>,
     ) -> Result<Inventory, InventoryError> {
+        let listed = match Self::list_flake(flake, selection, checks, limit, opts)? {
+            Listing::Evaluated(inventory) => return Ok(inventory),
+            Listing::Listed(listed) => listed,
+        };
+        progress(0, listed.names.len());
+        let mut all = listed.top.clone();
+        for chunk in listed.chunks() {
+            all.hosts.extend(listed.eval_chunk(chunk, opts)?.hosts);
+            progress(all.hosts.len(), listed.names.len());
+        }
+        Ok(all)
+    }
+
+    /// The first step of [`load_flake_chunked`](Self::load_flake_chunked): a fleet up to `limit` nodes is
+    /// evaluated whole; a larger one is only listed (its node names, top-level settings and checks), for
+    /// evaluating it chunk by chunk ([`Listed::eval_chunk`]), e.g. while the chunks before are deployed.
+    pub fn list_flake(
+        flake: &str,
+        selection: &Selection,
+        checks: bool,
+        limit: usize,
+        opts: &nixpave_nix::invoke::NixOptions,
+    ) -> Result<Listing, InventoryError> {
         let limit = limit.max(1);
-        let eval = |function: String| {
-            crate::timing::timed("-", "eval", || {
-                nixpave_nix::flake::eval_flake_json(flake, &function, opts)
-            })
-            .map_err(|source| InventoryError::Eval {
-                flake: flake.to_string(),
-                source,
-            })
-        };
-        let first = eval(eval_chunk_function(selection, checks, None, limit))?;
+        let mut first = eval_flake(
+            flake,
+            &eval_chunk_function(selection, checks, None, limit),
+            opts,
+        )?;
         let Some(names) = first
-            .get("_nixpaveNames")
-            .and_then(|n| n.as_array())
-            .cloned()
+            .as_object_mut()
+            .and_then(|o| o.remove("_nixpaveNames"))
+            .and_then(|n| n.as_array().cloned())
         else {
-            return Self::from_json(first, selection);
+            return Ok(Listing::Evaluated(Self::from_json(first, selection)?));
         };
-        let names: Vec<String> = names
+        let names = names
             .iter()
             .filter_map(|n| n.as_str().map(String::from))
             .collect();
-        progress(0, names.len());
-        let mut evaluated = 0;
-        let mut merged: Option<serde_json::Value> = None;
-        for (i, chunk) in names.chunks(limit).enumerate() {
-            let part = eval(eval_chunk_function(
-                selection,
-                checks && i == 0,
-                Some(chunk),
-                limit,
-            ))?;
-            evaluated += chunk.len();
-            progress(evaluated, names.len());
-            match &mut merged {
-                None => merged = Some(part),
-                Some(all) => {
-                    if let (Some(into), Some(from)) = (
-                        all.get_mut("nodes").and_then(|n| n.as_object_mut()),
-                        part.get("nodes").and_then(|n| n.as_object()),
-                    ) {
-                        into.extend(from.clone());
-                    }
-                }
-            }
-        }
-        Self::from_json(
-            merged.unwrap_or_else(|| serde_json::json!({ "nodes": {} })),
-            selection,
-        )
+        Ok(Listing::Listed(Listed {
+            flake: flake.to_string(),
+            selection: selection.clone(),
+            names,
+            limit,
+            top: Self::from_json(first, selection)?,
+        }))
     }
+}
+
+/// What [`Inventory::list_flake`] found.
+#[derive(Debug)]
+pub enum Listing {
+    /// The fleet was small enough to evaluate in one go.
+    Evaluated(Inventory),
+    /// The fleet is larger than one evaluation may be: only listed.
+    Listed(Listed),
+}
+
+/// A flake's fleet, listed but not evaluated: what its chunks are and what applies to all of them.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    /// The flake.
+    pub flake: String,
+    /// Which nodes and profiles are selected.
+    pub selection: Selection,
+    /// The selected nodes, in inventory order.
+    pub names: Vec<String>,
+    /// Nodes per evaluation.
+    pub limit: usize,
+    /// The top-level settings: rollout and checks, no hosts.
+    pub top: Inventory,
+}
+
+impl Listed {
+    /// The node names of each evaluation, in order.
+    pub fn chunks(&self) -> std::slice::Chunks<'_, String> {
+        self.names.chunks(self.limit.max(1))
+    }
+
+    /// Evaluates the nodes `chunk` (one of [`chunks`](Self::chunks)) in one `nix eval`.
+    pub fn eval_chunk(
+        &self,
+        chunk: &[String],
+        opts: &nixpave_nix::invoke::NixOptions,
+    ) -> Result<Inventory, InventoryError> {
+        let function = eval_chunk_function(&self.selection, false, Some(chunk), self.limit);
+        Inventory::from_json(eval_flake(&self.flake, &function, opts)?, &self.selection)
+    }
+}
+
+fn eval_flake(
+    flake: &str,
+    function: &str,
+    opts: &nixpave_nix::invoke::NixOptions,
+) -> Result<serde_json::Value, InventoryError> {
+    crate::timing::timed("-", "eval", || {
+        nixpave_nix::flake::eval_flake_json(flake, function, opts)
+    })
+    .map_err(|source| InventoryError::Eval {
+        flake: flake.to_string(),
+        source,
+    })
 }
 
 /// Hears how far a chunked evaluation is: (nodes evaluated, nodes listed), e.g. to show "evaluating 100/200
@@ -434,8 +486,15 @@ pub fn eval_apply_function(selection: &Selection, checks: bool) -> String {
 }
 
 /// Nodes one `nix eval` evaluates at most, as colmena's heuristic has it: the memory available now, less
-/// 1 GiB for the system, at 512 MiB per node (at least one node).
+/// 1 GiB for the system, at 512 MiB per node (at least one node). `NIXPAVE_EVAL_NODE_LIMIT` overrides it
+/// (colmena's `--eval-node-limit`), e.g. for tests with chunks of one node.
 pub fn eval_node_limit() -> usize {
+    if let Some(limit) = std::env::var("NIXPAVE_EVAL_NODE_LIMIT")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        return limit.max(1);
+    }
     let available_kib = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {
@@ -448,8 +507,8 @@ pub fn eval_node_limit() -> usize {
 }
 
 /// [`eval_apply_function`] for the nodes `only` (all selected ones when `None`); when more than `limit` nodes
-/// are selected and `only` is `None`, the function returns just `{ _nixpaveNames = [ … ]; }` (nothing else is
-/// forced), for evaluating them in chunks.
+/// are selected and `only` is `None`, the function returns the top-level settings, the checks and
+/// `_nixpaveNames = [ … ]` but no node (no system is forced), for evaluating them in chunks.
 pub fn eval_chunk_function(
     selection: &Selection,
     checks: bool,
@@ -489,10 +548,10 @@ let
   checks = if {checks}
     then builtins.mapAttrs (_: c: c.drvPath) (flake.checks.${{builtins.currentSystem}} or {{ }})
     else {{ }};
-in if only == null && builtins.length names > {limit} then {{ _nixpaveNames = names; }}
-else (builtins.removeAttrs deploy [ "nodes" ]) // {{
+  top = (builtins.removeAttrs deploy [ "nodes" ]) // {{ _nixpaveChecks = checks; }};
+in if only == null && builtins.length names > {limit} then top // {{ _nixpaveNames = names; }}
+else top // {{
   nodes = builtins.listToAttrs (map (n: {{ name = n; value = nodeInfo n deploy.nodes.${{n}}; }}) names);
-  _nixpaveChecks = checks;
 }}"#
     )
 }

@@ -3,7 +3,8 @@
 //! The pipeline: [`Inventory`] (deploy-rs schema from one flake evaluation, a JSON file, or the lab) →
 //! [`fleet::build_all`] (one `nix build`) → [`fleet::deploy_fleet`] (waves of hosts in parallel; per host
 //! [`host::deploy_host`]: probe, push, keys, activation by the detached on-target [`agent`], health checks,
-//! confirmation over a new connection, final status record).
+//! confirmation over a new connection, final status record). A flake too large for one evaluation is listed
+//! instead and deployed as its chunks evaluate ([`pipeline::deploy_listed`]).
 //!
 //! # Inventory schema
 //! deploy-rs's `deploy` output as is (`nodes.<n>.{hostname, profiles.<p>.{path, profilePath}, profilesOrder}` and
@@ -39,6 +40,7 @@ pub mod host;
 pub mod inventory;
 pub mod keys;
 pub mod overrides;
+pub mod pipeline;
 pub mod rollout;
 pub mod select;
 pub mod settings;

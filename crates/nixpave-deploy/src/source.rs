@@ -124,6 +124,43 @@ pub fn load_selected(
     Ok(inventory)
 }
 
+/// What [`list_selected`] found: the hosts, or a large flake only listed.
+#[derive(Debug)]
+pub enum Selected {
+    /// Every selected host, evaluated.
+    Hosts(Inventory),
+    /// One flake larger than one evaluation: listed, to be evaluated chunk by chunk as it deploys
+    /// ([`crate::pipeline::deploy_listed`]).
+    Listed(crate::inventory::Listed),
+}
+
+/// [`load_selected`], except that ONE flake (no inventory file) larger than [`eval_node_limit`] nodes is only
+/// listed. Several flakes and inventory files are evaluated whole.
+///
+/// [`eval_node_limit`]: crate::inventory::eval_node_limit
+pub fn list_selected(
+    flakes: &[&str],
+    on: &Selection,
+    nodes: Option<serde_json::Value>,
+    checks: bool,
+    nix: &NixOptions,
+    progress: EvalProgress<'_>,
+) -> Result<Selected, SourceError> {
+    if nodes.is_some() || flakes.len() > 1 {
+        return load_selected(flakes, on, nodes, checks, nix, progress).map(Selected::Hosts);
+    }
+    let target = FlakeTarget::parse(flakes.first().copied().unwrap_or("."));
+    let selection = selection_for(on, &target)?;
+    let limit = crate::inventory::eval_node_limit();
+    match Inventory::list_flake(&target.flake, &selection, checks, limit, nix)? {
+        crate::inventory::Listing::Listed(listed) => Ok(Selected::Listed(listed)),
+        crate::inventory::Listing::Evaluated(inventory) if inventory.hosts.is_empty() => {
+            Err(SourceError::NoHost)
+        }
+        crate::inventory::Listing::Evaluated(inventory) => Ok(Selected::Hosts(inventory)),
+    }
+}
+
 /// The hosts a flake argument selects: `on` plus its `#node.profile` fragment.
 pub fn selection_for(on: &Selection, target: &FlakeTarget) -> Result<Selection, FragmentError> {
     match &target.fragment {

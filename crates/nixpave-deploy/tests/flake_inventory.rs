@@ -212,7 +212,7 @@ fn large_fleets_are_listed_without_evaluating_systems_then_evaluated_in_chunks()
             .expect("listing forces no system");
     assert_eq!(
         listed,
-        serde_json::json!({ "_nixpaveNames": ["a", "b", "c"] })
+        serde_json::json!({ "_nixpaveNames": ["a", "b", "c"], "_nixpaveChecks": {} })
     );
 
     // One node per evaluation gives the same fleet as one evaluation of all.
@@ -237,4 +237,58 @@ fn large_fleets_are_listed_without_evaluating_systems_then_evaluated_in_chunks()
         serde_json::to_value(&whole.hosts).expect("json")
     );
     assert_eq!(chunked.checks, whole.checks);
+}
+
+#[test]
+fn a_chunk_that_fails_to_evaluate_counts_against_max_failures() {
+    // One node per evaluation, one host at a time, stop after one failure: the first node does not evaluate,
+    // so it fails and the rollout stops before the others start (nothing is deployed: no connection is made).
+    nix_conf_dir();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("flake.nix"),
+        r#"{ outputs = { self }: { deploy.rollout = { parallel = 1; maxFailures = 1; };
+             deploy.nodes = builtins.listToAttrs (map (n: { name = n;
+             value = { hostname = n; profiles.system.path = if n == "a" then throw "a is broken" else "/nix/store/x"; }; })
+             [ "a" "b" "c" ]); }; }"#,
+    )
+    .expect("flake");
+    let flake = format!("path:{}", dir.path().display());
+    let listed = match Inventory::list_flake(
+        &flake,
+        &Selection::default(),
+        false,
+        1,
+        &NixOptions::default(),
+    )
+    .expect("listed")
+    {
+        nixpave_deploy::inventory::Listing::Listed(listed) => listed,
+        other => panic!("listed: {other:?}"),
+    };
+    // The rollout settings come with the listing, before any node is evaluated.
+    assert_eq!(listed.top.rollout.max_failures, Some(1));
+    assert_eq!(listed.names, ["a", "b", "c"]);
+    let done = nixpave_deploy::pipeline::deploy_listed(
+        &listed,
+        &|_| {},
+        &nixpave_deploy::LocalConnector::default(),
+        &DeployOptions::default(),
+        &listed.top.rollout,
+        &|_| {},
+        &|_, _| {},
+    );
+    let outcomes: Vec<_> = done.report.hosts.iter().map(|r| r.outcome).collect();
+    use nixpave_deploy::Outcome::*;
+    assert_eq!(
+        outcomes,
+        [Failed, Skipped, Skipped],
+        "{:?}",
+        done.report.hosts
+    );
+    assert!(
+        done.report.hosts[0].message.contains("a is broken"),
+        "{}",
+        done.report.hosts[0].message
+    );
 }

@@ -905,3 +905,102 @@ fn through_a_signed_binary_cache_the_closure_is_uploaded_once_and_every_target_f
     addresses.sort();
     assert_eq!(peers, addresses);
 }
+
+#[test]
+fn a_large_flake_deploys_its_first_chunk_while_the_next_evaluates() {
+    // Chunks of one node. Evaluating host2 imports a derivation (import from derivation) whose build waits
+    // until host1 is deployed: host2 can only be evaluated, and deployed, if host1's deploy does not wait for
+    // the whole fleet's evaluation. host3 does not evaluate: it alone fails.
+    nix_conf_dir();
+    let lab = Lab::up(3).expect("lab up");
+    let conn = connector(&lab);
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(fixtures().join("system.nix"), dir.path().join("system.nix")).expect("copy");
+    let gate = dir.path().join("host1-deployed");
+    let tag = unique("pipeline");
+    std::fs::write(
+        dir.path().join("flake.nix"),
+        format!(
+            r#"{{ outputs = {{ self }}: let
+  sys = tag: import ./system.nix {{ inherit tag; }};
+  gate = builtins.derivation {{
+    name = "nixpave-test-gate-{tag}"; system = "x86_64-linux"; builder = "/bin/sh";
+    args = [ "-c" "i=0; while [ ! -e {gate} ]; do i=$((i+1)); [ $i -gt 600 ] && exit 1; /bin/sleep 0.1; done; echo true > $out" ];
+  }};
+in {{ deploy = {{ stateDir = "{STATE_DIR}"; confirmTimeout = 4; activationTimeout = 4; nodes = {{
+  host1 = {{ hostname = "host1"; profiles.system.path = sys "{tag}-1"; }};
+  host2 = {{ hostname = "host2"; profiles.system.path = if import gate then sys "{tag}-2" else null; }};
+  host3 = {{ hostname = "host3"; profiles.system.path = throw "host3 is broken on purpose"; }};
+}}; }}; }}; }}"#,
+            gate = gate.display()
+        ),
+    )
+    .expect("flake");
+    let flake = format!("path:{}", dir.path().display());
+    let opts = DeployOptions::default();
+    let listed = match nixpave_deploy::Inventory::list_flake(
+        &flake,
+        &nixpave_deploy::Selection::default(),
+        false,
+        1,
+        &opts.nix,
+    )
+    .expect("listed")
+    {
+        nixpave_deploy::inventory::Listing::Listed(listed) => listed,
+        other => panic!("three nodes, one per evaluation, are listed: {other:?}"),
+    };
+    let order: std::sync::Mutex<Vec<String>> = Default::default();
+    let sink = |e: Event| {
+        let seen = match &e {
+            Event::Evaluated { done, .. } => format!("evaluated {done}"),
+            Event::Finished { report } => {
+                if report.host == "host1" {
+                    std::fs::write(&gate, "").expect("open the gate");
+                }
+                format!("finished {}", report.host)
+            }
+            _ => return,
+        };
+        order.lock().expect("lock").push(seen);
+    };
+    let done = nixpave_deploy::pipeline::deploy_listed(
+        &listed,
+        &|_| {},
+        &conn,
+        &opts,
+        &RolloutSettings::default(),
+        &sink,
+        &|_, _| {},
+    );
+    let order = order.into_inner().expect("lock");
+    let rows: Vec<(&str, Outcome)> = done
+        .report
+        .hosts
+        .iter()
+        .map(|r| (r.host.as_str(), r.outcome))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("host1", Outcome::Deployed),
+            ("host2", Outcome::Deployed),
+            ("host3", Outcome::Failed)
+        ],
+        "{:?} {order:?}",
+        done.report.hosts
+    );
+    let at = |what: &str| order.iter().position(|e| e == what).expect(what);
+    assert!(
+        at("finished host1") < at("evaluated 2"),
+        "host1 waited for host2's evaluation: {order:?}"
+    );
+    let message = &done.report.hosts[2].message;
+    assert!(
+        message.contains("evaluating its chunk") && message.contains("broken on purpose"),
+        "{message}"
+    );
+    assert!(done.build_errors.is_empty());
+    assert_eq!(done.hosts.len(), 2);
+    assert!(profile_of(&lab.hosts()[1]).ends_with(&format!("{tag}-2")));
+}

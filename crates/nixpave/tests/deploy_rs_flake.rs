@@ -61,8 +61,14 @@ impl Fleet {
 
     /// `nixpave ARGS…` as a user runs it: no lab directory, no inventory, nothing but the flake.
     fn nixpave(&self, args: &[&str]) -> Output {
+        self.nixpave_with(args, &[])
+    }
+
+    /// [`nixpave`](Self::nixpave) with more environment variables.
+    fn nixpave_with(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_nixpave"))
             .args(args)
+            .envs(env.iter().copied())
             .env("NIX_CONF_DIR", &self.conf)
             .env_remove("NIXPAVE_LAB_DIR")
             .stdin(Stdio::null())
@@ -353,6 +359,78 @@ fn jump_host_quoted_node_names_overrides_and_rollback_succeeded() {
     let v1 = format!("v1-{}", std::process::id());
     assert_eq!(current_release(web), v1);
     assert_eq!(current_release(db), v1);
+}
+
+#[test]
+fn a_flake_evaluated_node_by_node_deploys_as_it_evaluates() {
+    // One node per evaluation: the fleet is listed, its checks built first, then each node evaluated and
+    // deployed in turn, with the command line's overrides (--state-dir) and --rollback-succeeded as usual.
+    let fleet = Fleet::new(3);
+    let flake = fleet.flake("");
+    let deploy = |extra: &[&str]| {
+        let mut args = vec!["deploy", &flake, "--state-dir", STATE_DIR, "--json"];
+        args.extend(extra);
+        fleet.nixpave_with(&args, &[("NIXPAVE_EVAL_NODE_LIMIT", "1")])
+    };
+    fleet.write("v1", all_hosts(&fleet.lab), true);
+    let out = deploy(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("schema check failed on purpose"),
+        "{}",
+        text(&out)
+    );
+    for h in fleet.lab.hosts() {
+        assert_eq!(h.accepted_logins(), 0, "{} was contacted", h.name());
+    }
+
+    fleet.write("v1", all_hosts(&fleet.lab), false);
+    let out = deploy(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let evaluated: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"] == "evaluated")
+        .map(|e| e["done"].clone())
+        .collect();
+    assert_eq!(evaluated, [1, 2, 3], "{}", text(&out));
+    assert_eq!(
+        outcomes(&report(&out)),
+        pairs(&[
+            ("host1", "deployed"),
+            ("host2", "deployed"),
+            ("host3", "deployed")
+        ])
+    );
+    let v1 = format!("v1-{}", std::process::id());
+    for h in fleet.lab.hosts() {
+        assert_eq!(current_release(h), v1, "{}", h.name());
+        // --state-dir reached every chunk's hosts.
+        assert!(
+            h.sh(&format!("cat {STATE_DIR}/system.json"))
+                .contains("confirmed"),
+            "{}",
+            h.name()
+        );
+    }
+
+    // v2 fails on host2; --rollback-succeeded takes host1 and host3 back to v1.
+    let mut hosts = all_hosts(&fleet.lab);
+    hosts["host2"] = serde_json::json!({ "break": { "fail": true } });
+    fleet.write("v2", hosts, false);
+    let out = deploy(&["--skip-checks", "--rollback-succeeded"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(
+        outcomes(&report(&out)),
+        pairs(&[
+            ("host1", "rolled-back"),
+            ("host2", "rolled-back"),
+            ("host3", "rolled-back")
+        ])
+    );
+    for h in fleet.lab.hosts() {
+        assert_eq!(current_release(h), v1, "{}", h.name());
+    }
 }
 
 #[test]

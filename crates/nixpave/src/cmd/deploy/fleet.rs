@@ -15,8 +15,34 @@ use crate::exit::{self, CliError};
 const LAB_STATE_DIR: &str = "/nix/var/nixpave/deploy";
 
 pub(super) struct Fleet {
+    /// The hosts; none yet when `listed` (its rollout and checks are there).
     pub(super) inventory: Inventory,
     pub(super) connector: SshConnector,
+    /// A large flake only listed (when the caller allowed it): its chunks evaluate as it deploys.
+    pub(super) listed: Option<nixpave_deploy::inventory::Listed>,
+    /// What the command line changes in the hosts (already applied to `inventory`).
+    pub(super) prepare: Prepare,
+}
+
+/// Command-line changes to evaluated hosts: lab state directory, setting overrides, `--hostname`.
+pub(super) struct Prepare {
+    lab: bool,
+    overrides: GeneralSettings,
+    hostname: Option<String>,
+}
+
+impl Prepare {
+    pub(super) fn apply(&self, hosts: &mut Vec<nixpave_deploy::Host>) {
+        if self.lab {
+            nixpave_deploy::overrides::use_private_state_dir(hosts, LAB_STATE_DIR);
+        }
+        nixpave_deploy::overrides::apply_overrides(hosts, &self.overrides);
+        if let Some(hostname) = &self.hostname {
+            for host in hosts {
+                host.hostname = hostname.clone();
+            }
+        }
+    }
 }
 
 pub(super) fn usage(message: String) -> CliError {
@@ -25,13 +51,15 @@ pub(super) fn usage(message: String) -> CliError {
 
 /// Loads the selected hosts and how to reach them. Errors in the inventory are usage errors (exit 2).
 /// `overrides` are command-line settings that beat every inventory level; `checks` also evaluates the flakes'
-/// checks; `progress` hears how far a flake evaluated in chunks is (nodes evaluated, nodes listed).
+/// checks; `progress` hears how far a flake evaluated in chunks is (nodes evaluated, nodes listed). With
+/// `list`, one flake larger than one evaluation is only listed ([`Fleet::listed`]).
 pub(super) fn load_fleet(
     args: &FleetArgs,
     mut overrides: GeneralSettings,
     checks: bool,
     nix: &NixOptions,
     progress: nixpave_deploy::inventory::EvalProgress<'_>,
+    list: bool,
 ) -> Result<Fleet, CliError> {
     let flakes: Vec<&str> = args
         .flakes
@@ -65,11 +93,18 @@ pub(super) fn load_fleet(
         };
         known.extend(inv.hosts);
     }
-    let mut inventory = source::load_selected(&flakes, &on, deploy_json, checks, nix, progress)
-        .map_err(source_error)?;
-    if args.lab.is_some() {
-        nixpave_deploy::overrides::use_private_state_dir(&mut inventory.hosts, LAB_STATE_DIR);
-    }
+    let (mut inventory, listed) = if list {
+        match source::list_selected(&flakes, &on, deploy_json, checks, nix, progress)
+            .map_err(source_error)?
+        {
+            source::Selected::Hosts(inventory) => (inventory, None),
+            source::Selected::Listed(listed) => (listed.top.clone(), Some(listed)),
+        }
+    } else {
+        let inventory = source::load_selected(&flakes, &on, deploy_json, checks, nix, progress)
+            .map_err(source_error)?;
+        (inventory, None)
+    };
     overrides.state_dir = args.state_dir.clone();
     overrides.ssh_user = args.ssh_user.clone();
     overrides.sudo = args.sudo.clone();
@@ -80,12 +115,12 @@ pub(super) fn load_fleet(
         overrides.ssh_opts = shlex::split(opts)
             .ok_or_else(|| usage(format!("--ssh-opts `{opts}`: unbalanced quotes")))?;
     }
-    nixpave_deploy::overrides::apply_overrides(&mut inventory.hosts, &overrides);
-    if let Some(hostname) = &args.hostname {
-        for host in &mut inventory.hosts {
-            host.hostname = hostname.clone();
-        }
-    }
+    let prepare = Prepare {
+        lab: args.lab.is_some(),
+        overrides,
+        hostname: args.hostname.clone(),
+    };
+    prepare.apply(&mut inventory.hosts);
     // The password goes only to hosts with `interactiveSudo` (the flag turned it on above).
     let base = SshOptions {
         sudo_password: None,
@@ -98,6 +133,8 @@ pub(super) fn load_fleet(
     Ok(Fleet {
         inventory,
         connector,
+        listed,
+        prepare,
     })
 }
 
@@ -123,5 +160,6 @@ pub(super) fn load_fleet_as_it_is(args: &FleetArgs) -> Result<Fleet, CliError> {
         false,
         &NixOptions::default(),
         &|_, _| {},
+        false,
     )
 }

@@ -233,12 +233,17 @@ pub fn run(args: DeployArgs) -> miette::Result<ExitCode> {
             line.set_message(format!("evaluating {done}/{total} nodes"));
         }
     };
+    // A large flake deploys as it evaluates (chunk by chunk, see nixpave_deploy::pipeline). A dry run, a local
+    // deploy (one host) and --disk-update (which reads every host's layout first) keep the simpler path:
+    // every chunk evaluated, then the deploy.
+    let pipeline = !args.dry_run && !args.local && !args.disk_update;
     let loaded = load_fleet(
         &args.fleet,
         overrides,
         !args.skip_checks,
         &nix,
         &eval_progress,
+        pipeline,
     );
     if let Some(line) = &evaluating {
         line.finish_and_clear();
@@ -302,7 +307,7 @@ pub fn run(args: DeployArgs) -> miette::Result<ExitCode> {
         }
     }
     let hosts = &fleet.inventory.hosts;
-    if chatty {
+    if chatty && fleet.listed.is_none() {
         eprintln!(
             "building {} profile(s) of {} host(s)…",
             hosts.iter().map(|h| h.profiles.len()).sum::<usize>(),
@@ -332,6 +337,37 @@ pub fn run(args: DeployArgs) -> miette::Result<ExitCode> {
     if let Err(e) = nixpave_remote::cancel::install_signal_handlers() {
         tracing::warn!("cannot install the Ctrl-C handler: {e}");
     }
+    if let Some(listed) = &fleet.listed {
+        if chatty {
+            eprintln!(
+                "deploying {} host(s) as they evaluate, {} node(s) per evaluation…",
+                listed.names.len(),
+                listed.limit
+            );
+        }
+        let renderer = Renderer::new(args.fleet.json, listed.names.iter().cloned());
+        let sink = |e: Event| renderer.event(e);
+        let progress = |done: u64, expected: u64| renderer.build_progress(done, expected);
+        let prepare = |hosts: &mut Vec<nixpave_deploy::Host>| fleet.prepare.apply(hosts);
+        let done = nixpave_deploy::pipeline::deploy_listed(
+            listed, &prepare, connector, &opts, &rollout, &sink, &progress,
+        );
+        for e in done.build_errors {
+            renderer.note(&format!("{:?}", miette::Report::from_err(e)));
+        }
+        let mut report = done.report;
+        if args.rollback_succeeded == Some(true) && goal != Goal::DryActivate {
+            report = nixpave_deploy::fleet::revoke_succeeded(
+                &done.hosts,
+                report,
+                connector,
+                goal,
+                &rollout,
+                &sink,
+            );
+        }
+        return finish(&renderer, &report);
+    }
     // Streaming: the build runs on its own thread while the hosts connect and probe; each host pushes as
     // soon as its own profiles are built. The outputs stay GC roots until the deploy has ended.
     let builds = match nixpave_deploy::fleet::Builds::new(hosts, &opts) {
@@ -357,11 +393,16 @@ pub fn run(args: DeployArgs) -> miette::Result<ExitCode> {
             hosts, report, connector, goal, &rollout, &sink,
         );
     }
-    renderer.finish(&report, |h| h.outcome.is_success())?;
+    finish(&renderer, &report)
+}
+
+/// Shows the summary; the exit code: interrupted, or the hosts' outcomes.
+fn finish(renderer: &Renderer, report: &FleetReport) -> miette::Result<ExitCode> {
+    renderer.finish(report, |h| h.outcome.is_success())?;
     if nixpave_remote::cancel::is_cancelled() {
         return Ok(exit::code(exit::INTERRUPTED));
     }
-    Ok(exit::code(fleet_exit(&report)))
+    Ok(exit::code(fleet_exit(report)))
 }
 
 /// `--disk-update`: the selected nodes' layouts, read from the flakes given (a dry activation

@@ -281,6 +281,10 @@ impl Renderer {
                     }
                 }
             }
+            Event::Evaluated { done, total } => {
+                // On a terminal only: a line per chunk would be a line per node with chunks of one.
+                self.update_summary(Some(&format!("evaluating {done}/{total} nodes")));
+            }
             Event::Finished { report } => {
                 let word = outcome_word(report);
                 let ok = report.outcome.is_success();

@@ -1,0 +1,267 @@
+//! Large flakes deployed as they evaluate: the fleet is listed (names only), the rollout starts from the list,
+//! and the hosts of a chunk connect, push and activate while the next chunk evaluates.
+//!
+//! Three threads share an [`Arrivals`] store: the evaluator evaluates the chunks one after the other (one
+//! `nix eval` of at most `limit` nodes at a time, so memory stays bounded) and hands each chunk's build to the
+//! builder, which runs the chunks' builds one after the other; the rollout ([`run_waves_named`]: canary,
+//! batches, max-failures by index, exactly as for a fleet evaluated in one go) starts every host's job, which
+//! waits for its chunk's hosts and build, then deploys as usual ([`deploy_host`]: same safety). A chunk whose
+//! evaluation fails fails its hosts (they count as failures for `maxFailures`); the others deploy.
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use crate::connection::Connector;
+use crate::event::{Event, EventSink, HostReport, Outcome};
+use crate::fleet::{bare_report, run_waves_named, BuildError, Builds, FleetReport};
+use crate::host::{deploy_host, DeployOptions};
+use crate::inventory::{Host, InventoryError, Listed};
+use crate::rollout::RolloutSettings;
+
+/// A chunk of the fleet could not be made ready to deploy: its hosts were not deployed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChunkError {
+    /// Its evaluation failed (or its nodes are invalid).
+    #[error(
+        "evaluating its chunk of the fleet ({first} and {more} other node(s)) failed: {source}"
+    )]
+    Eval {
+        /// The chunk's first node.
+        first: String,
+        /// How many other nodes the chunk has.
+        more: usize,
+        /// Why.
+        source: InventoryError,
+    },
+    /// Its evaluation gave other nodes than the listing (the flake changed meanwhile?).
+    #[error("its chunk's evaluation has no node `{node}` (did the flake change while deploying?)")]
+    Missing {
+        /// The node asked for.
+        node: String,
+    },
+    /// Its build could not be set up.
+    #[error("preparing its chunk's build failed: {0}")]
+    Build(#[source] BuildError),
+    /// The rollout stopped (max failures, failed canary or Ctrl-C), or the evaluator ended by an internal
+    /// error, before the chunk was evaluated.
+    #[error("not evaluated: the rollout stopped (or the evaluator ended by an internal error)")]
+    Stopped,
+}
+
+/// What [`deploy_listed`] did.
+#[derive(Debug)]
+pub struct ListedReport {
+    /// One row per listed host, in listing order.
+    pub report: FleetReport,
+    /// The hosts evaluated (for `--rollback-succeeded`).
+    pub hosts: Vec<Host>,
+    /// Failed builds (their hosts' rows say so too).
+    pub build_errors: Vec<BuildError>,
+}
+
+/// Where each host's job gets its host and its chunk's build, once its chunk is evaluated.
+struct Arrivals {
+    /// Host index → chunk number.
+    chunk_of: Vec<usize>,
+    state: Mutex<ArrivalState>,
+    changed: Condvar,
+}
+
+type Ready = Result<(Vec<Host>, Arc<Builds>), Arc<ChunkError>>;
+
+struct ArrivalState {
+    /// Per chunk: `Some` once evaluated (or failed).
+    chunks: Vec<Option<Ready>>,
+    /// The rollout has ended: evaluate nothing more.
+    stopped: bool,
+}
+
+impl Arrivals {
+    fn new(listed: &Listed) -> Arrivals {
+        let chunk_of = listed
+            .chunks()
+            .enumerate()
+            .flat_map(|(i, chunk)| std::iter::repeat_n(i, chunk.len()))
+            .collect();
+        Arrivals {
+            chunk_of,
+            state: Mutex::new(ArrivalState {
+                chunks: (0..listed.chunks().len()).map(|_| None).collect(),
+                stopped: false,
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ArrivalState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn arrive(&self, chunk: usize, ready: Ready) {
+        self.lock().chunks[chunk] = Some(ready);
+        self.changed.notify_all();
+    }
+
+    /// Fails every chunk not evaluated yet (the evaluator ended, normally or not).
+    fn fail_rest(&self) {
+        let mut state = self.lock();
+        for slot in state.chunks.iter_mut().filter(|c| c.is_none()) {
+            *slot = Some(Err(Arc::new(ChunkError::Stopped)));
+        }
+        drop(state);
+        self.changed.notify_all();
+    }
+
+    fn stop(&self) {
+        self.lock().stopped = true;
+    }
+
+    fn stopped(&self) -> bool {
+        self.lock().stopped || nixpave_remote::cancel::is_cancelled()
+    }
+
+    /// Waits for the chunk of host `index` (named `name`): its host and build, or why there are none. The
+    /// wait ends when the evaluator has dealt with the chunk: it always does (a failed, stopped or panicked
+    /// evaluator fails the chunks left), and Ctrl-C stops it between chunks.
+    fn wait(&self, index: usize, name: &str) -> Result<(Host, Arc<Builds>), Arc<ChunkError>> {
+        let chunk = self.chunk_of[index];
+        let mut state = self.lock();
+        loop {
+            match &state.chunks[chunk] {
+                Some(Ok((hosts, builds))) => {
+                    return hosts
+                        .iter()
+                        .find(|h| h.name == name)
+                        .map(|h| (h.clone(), Arc::clone(builds)))
+                        .ok_or_else(|| {
+                            Arc::new(ChunkError::Missing {
+                                node: name.to_string(),
+                            })
+                        })
+                }
+                Some(Err(e)) => return Err(Arc::clone(e)),
+                None => {}
+            }
+            state = self
+                .changed
+                .wait_timeout(state, Duration::from_millis(200))
+                .map(|(guard, _)| guard)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+}
+
+/// Fails the chunks left when the evaluator ends, also by a panic: no host waits forever.
+struct FailRest<'a>(&'a Arrivals);
+
+impl Drop for FailRest<'_> {
+    fn drop(&mut self) {
+        self.0.fail_rest();
+    }
+}
+
+/// Deploys a listed fleet ([`Listed`]) while it evaluates. `prepare` adjusts each chunk's hosts as the
+/// command line says (overrides) before they are built and deployed; `build_progress` hears each chunk's
+/// build (built, to build). The report has one row per listed host; a host of a chunk that failed to evaluate
+/// is a failed row whose message says why ([`ChunkError`]).
+pub fn deploy_listed(
+    listed: &Listed,
+    prepare: &(dyn Fn(&mut Vec<Host>) + Sync),
+    connector: &dyn Connector,
+    opts: &DeployOptions,
+    rollout: &RolloutSettings,
+    emit: EventSink<'_>,
+    build_progress: &(dyn Fn(u64, u64) + Sync),
+) -> ListedReport {
+    let arrivals = Arrivals::new(listed);
+    let evaluated: Mutex<Vec<Host>> = Mutex::new(Vec::new());
+    let build_errors: Mutex<Vec<BuildError>> = Mutex::new(Vec::new());
+    let total = listed.names.len();
+    let report = std::thread::scope(|scope| {
+        let (to_build, builds) = std::sync::mpsc::channel::<Arc<Builds>>();
+        // The builder: one chunk's `nix build` at a time, in chunk order (hosts wait in that order too).
+        scope.spawn(|| {
+            for chunk in builds {
+                if let Err(e) = chunk.run(opts, build_progress) {
+                    if let Ok(mut errors) = build_errors.lock() {
+                        errors.push(e);
+                    }
+                }
+            }
+        });
+        // The evaluator: one `nix eval` of one chunk at a time.
+        let arrivals = &arrivals;
+        let evaluated = &evaluated;
+        scope.spawn(move || {
+            // A panic fails the chunks left (the guard) and ends here: the hosts' rows still get reported.
+            let _fail_rest = FailRest(arrivals);
+            let _ = nixpave_remote::parallel::catch_panic(|| {
+                let mut done = 0;
+                for (i, names) in listed.chunks().enumerate() {
+                    if arrivals.stopped() {
+                        break;
+                    }
+                    let ready = listed
+                        .eval_chunk(names, &opts.nix)
+                        .map_err(|source| ChunkError::Eval {
+                            first: names[0].clone(),
+                            more: names.len() - 1,
+                            source,
+                        })
+                        .and_then(|mut inventory| {
+                            prepare(&mut inventory.hosts);
+                            let builds =
+                                Builds::new(&inventory.hosts, opts).map_err(ChunkError::Build)?;
+                            Ok((inventory.hosts, Arc::new(builds)))
+                        });
+                    done += names.len();
+                    emit(Event::Evaluated { done, total });
+                    match ready {
+                        Ok((hosts, builds)) => {
+                            if let Ok(mut all) = evaluated.lock() {
+                                all.extend(hosts.iter().cloned());
+                            }
+                            // The builder ends only when this thread drops the sender: it is alive.
+                            let _ = to_build.send(Arc::clone(&builds));
+                            arrivals.arrive(i, Ok((hosts, builds)));
+                        }
+                        Err(e) => arrivals.arrive(i, Err(Arc::new(e))),
+                    }
+                }
+            });
+        });
+        let report = run_waves_named(&listed.names, rollout, emit, &|index| {
+            let name = &listed.names[index];
+            match arrivals.wait(index, name) {
+                Ok((host, builds)) => {
+                    let opts = DeployOptions {
+                        builds: Some(builds),
+                        ..opts.clone()
+                    };
+                    deploy_host(&host, connector, &opts, emit, index)
+                }
+                Err(e) => failed(name, &e),
+            }
+        });
+        arrivals.stop();
+        report
+    });
+    ListedReport {
+        report: report.with_handshakes(connector.handshakes()),
+        hosts: evaluated.into_inner().unwrap_or_default(),
+        build_errors: build_errors.into_inner().unwrap_or_default(),
+    }
+}
+
+fn failed(name: &str, e: &ChunkError) -> HostReport {
+    let mut message = e.to_string();
+    if let ChunkError::Eval { source, .. } = e {
+        // The nix error's tail (what failed in the flake) is in its source chain.
+        let mut cause = std::error::Error::source(source);
+        while let Some(c) = cause {
+            message.push_str(&format!(": {c}"));
+            cause = c.source();
+        }
+    }
+    bare_report(name, Outcome::Failed, message)
+}
