@@ -348,7 +348,14 @@ impl Inventory {
         opts: &nixpave_nix::invoke::NixOptions,
         progress: EvalProgress<'_>,
     ) -> Result<Inventory, InventoryError> {
-        Self::load_flake_chunked(flake, selection, checks, eval_node_limit(), opts, progress)
+        Self::load_flake_chunked(
+            flake,
+            selection,
+            checks,
+            eval_node_limit(None),
+            opts,
+            progress,
+        )
     }
 
     /// [`load_flake`](Self::load_flake) with at most `limit` nodes per `nix eval` (colmena's
@@ -485,14 +492,15 @@ pub fn eval_apply_function(selection: &Selection, checks: bool) -> String {
     eval_chunk_function(selection, checks, None, usize::MAX)
 }
 
-/// Nodes one `nix eval` evaluates at most, as colmena's heuristic has it: the memory available now, less
-/// 1 GiB for the system, at 512 MiB per node (at least one node). `NIXPAVE_EVAL_NODE_LIMIT` overrides it
-/// (colmena's `--eval-node-limit`), e.g. for tests with chunks of one node.
-pub fn eval_node_limit() -> usize {
-    if let Some(limit) = std::env::var("NIXPAVE_EVAL_NODE_LIMIT")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-    {
+/// Nodes one `nix eval` evaluates at most: `requested` (`--eval-node-limit`, as colmena's), else
+/// `NIXPAVE_EVAL_NODE_LIMIT`, else colmena's heuristic: the memory available now, less 1 GiB for the
+/// system, at 512 MiB per node (at least one node).
+pub fn eval_node_limit(requested: Option<usize>) -> usize {
+    if let Some(limit) = requested.or_else(|| {
+        std::env::var("NIXPAVE_EVAL_NODE_LIMIT")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+    }) {
         return limit.max(1);
     }
     let available_kib = std::fs::read_to_string("/proc/meminfo")

@@ -83,13 +83,17 @@ impl InventoryFile {
 
 /// The hosts `on` selects: from `nodes` (a deploy-rs-shaped inventory, read with the first flake's fragment)
 /// if given, else from every flake (default `.`), merged. `checks` also evaluates the flakes' checks;
-/// `progress` hears how far a flake evaluated in chunks is.
+/// `limit` caps the nodes of one `nix eval` ([`eval_node_limit`]); `progress` hears how far a flake
+/// evaluated in chunks is.
+///
+/// [`eval_node_limit`]: crate::inventory::eval_node_limit
 pub fn load_selected(
     flakes: &[&str],
     on: &Selection,
     nodes: Option<serde_json::Value>,
     checks: bool,
     nix: &NixOptions,
+    limit: Option<usize>,
     progress: EvalProgress<'_>,
 ) -> Result<Inventory, SourceError> {
     let flakes = if flakes.is_empty() {
@@ -107,10 +111,11 @@ pub fn load_selected(
             for flake in flakes {
                 let target = FlakeTarget::parse(flake);
                 let selection = selection_for(on, &target)?;
-                all.merge(Inventory::load_flake(
+                all.merge(Inventory::load_flake_chunked(
                     &target.flake,
                     &selection,
                     checks,
+                    crate::inventory::eval_node_limit(limit),
                     nix,
                     progress,
                 )?)?;
@@ -144,14 +149,15 @@ pub fn list_selected(
     nodes: Option<serde_json::Value>,
     checks: bool,
     nix: &NixOptions,
+    limit: Option<usize>,
     progress: EvalProgress<'_>,
 ) -> Result<Selected, SourceError> {
     if nodes.is_some() || flakes.len() > 1 {
-        return load_selected(flakes, on, nodes, checks, nix, progress).map(Selected::Hosts);
+        return load_selected(flakes, on, nodes, checks, nix, limit, progress).map(Selected::Hosts);
     }
     let target = FlakeTarget::parse(flakes.first().copied().unwrap_or("."));
     let selection = selection_for(on, &target)?;
-    let limit = crate::inventory::eval_node_limit();
+    let limit = crate::inventory::eval_node_limit(limit);
     match Inventory::list_flake(&target.flake, &selection, checks, limit, nix)? {
         crate::inventory::Listing::Listed(listed) => Ok(Selected::Listed(listed)),
         crate::inventory::Listing::Evaluated(inventory) if inventory.hosts.is_empty() => {
@@ -215,6 +221,13 @@ mod tests {
     }
 
     #[test]
+    fn the_requested_eval_node_limit_wins_and_is_at_least_one() {
+        assert_eq!(crate::inventory::eval_node_limit(Some(7)), 7);
+        assert_eq!(crate::inventory::eval_node_limit(Some(0)), 1);
+        assert!(crate::inventory::eval_node_limit(None) >= 1);
+    }
+
+    #[test]
     fn nodes_are_selected_by_on_or_the_first_flakes_fragment() {
         let on = Selection::parse_on(&["b*".to_string()]);
         let inv = load_selected(
@@ -223,6 +236,7 @@ mod tests {
             Some(nodes(&["a", "b1", "b2"])),
             false,
             &NixOptions::default(),
+            None,
             &|_, _| {},
         )
         .expect("valid");
@@ -235,6 +249,7 @@ mod tests {
             Some(nodes(&["a", "b1", "b2"])),
             false,
             &NixOptions::default(),
+            None,
             &|_, _| {},
         )
         .expect("valid");
@@ -251,6 +266,7 @@ mod tests {
             Some(nodes(&["a"])),
             false,
             &NixOptions::default(),
+            None,
             &|_, _| {},
         )
         .unwrap_err();
@@ -261,6 +277,7 @@ mod tests {
             Some(nodes(&["a"])),
             false,
             &NixOptions::default(),
+            None,
             &|_, _| {},
         )
         .unwrap_err();

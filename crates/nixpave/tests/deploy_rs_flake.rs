@@ -367,10 +367,20 @@ fn a_flake_evaluated_node_by_node_deploys_as_it_evaluates() {
     // deployed in turn, with the command line's overrides (--state-dir) and --rollback-succeeded as usual.
     let fleet = Fleet::new(3);
     let flake = fleet.flake("");
+    // The chunk size from the flag (colmena's --eval-node-limit); the v2 deploy below sets it through
+    // NIXPAVE_EVAL_NODE_LIMIT instead.
     let deploy = |extra: &[&str]| {
         let mut args = vec!["deploy", &flake, "--state-dir", STATE_DIR, "--json"];
+        if !extra.contains(&"--rollback-succeeded") {
+            args.extend(["--eval-node-limit", "1"]);
+        }
         args.extend(extra);
-        fleet.nixpave_with(&args, &[("NIXPAVE_EVAL_NODE_LIMIT", "1")])
+        let env: &[(&str, &str)] = if extra.contains(&"--rollback-succeeded") {
+            &[("NIXPAVE_EVAL_NODE_LIMIT", "1")]
+        } else {
+            &[]
+        };
+        fleet.nixpave_with(&args, env)
     };
     fleet.write("v1", all_hosts(&fleet.lab), true);
     let out = deploy(&[]);
@@ -420,6 +430,11 @@ fn a_flake_evaluated_node_by_node_deploys_as_it_evaluates() {
     fleet.write("v2", hosts, false);
     let out = deploy(&["--skip-checks", "--rollback-succeeded"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(r#""event":"evaluated""#),
+        "NIXPAVE_EVAL_NODE_LIMIT=1 did not list the fleet: {}",
+        text(&out)
+    );
     assert_eq!(
         outcomes(&report(&out)),
         pairs(&[

@@ -93,16 +93,18 @@ pub(super) fn load_fleet(
         };
         known.extend(inv.hosts);
     }
+    let limit = args.eval_node_limit.map(|n| n as usize);
     let (mut inventory, listed) = if list {
-        match source::list_selected(&flakes, &on, deploy_json, checks, nix, progress)
+        match source::list_selected(&flakes, &on, deploy_json, checks, nix, limit, progress)
             .map_err(source_error)?
         {
             source::Selected::Hosts(inventory) => (inventory, None),
             source::Selected::Listed(listed) => (listed.top.clone(), Some(listed)),
         }
     } else {
-        let inventory = source::load_selected(&flakes, &on, deploy_json, checks, nix, progress)
-            .map_err(source_error)?;
+        let inventory =
+            source::load_selected(&flakes, &on, deploy_json, checks, nix, limit, progress)
+                .map_err(source_error)?;
         (inventory, None)
     };
     overrides.state_dir = args.state_dir.clone();

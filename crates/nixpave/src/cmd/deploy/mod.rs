@@ -62,6 +62,11 @@ pub struct FleetArgs {
     /// Directory of the status records on the targets.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<String>,
+    /// Nodes one `nix eval` evaluates at most (colmena's option); a larger flake is listed first and
+    /// deployed chunk by chunk as it evaluates. Default: available memory less 1 GiB, at 512 MiB a node
+    /// (or NIXPAVE_EVAL_NODE_LIMIT).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub eval_node_limit: Option<u32>,
     /// Machine-readable output: JSON events (one per line) and a final JSON report.
     #[arg(long)]
     pub json: bool,
