@@ -30,14 +30,7 @@ fn nixpave(state: &Path, args: &[&str]) -> Output {
         .expect("nixpave runs")
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use nixpave_testsupport::output_text as text;
 
 /// Removes the test's VM (and state directory) even when an assertion fails.
 struct Cleanup(PathBuf, &'static str);

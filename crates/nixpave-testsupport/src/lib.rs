@@ -103,6 +103,13 @@ impl Scratch {
         }
     }
 
+    /// Writes `text` to the file `name` in the scratch directory and returns its path.
+    pub fn write_file(&self, name: &str, text: &str) -> String {
+        let path = self.dir.join(name);
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        path.to_string_lossy().into_owned()
+    }
+
     /// The root mountpoint for layouts (created).
     pub fn root(&self) -> String {
         let root = self.dir.join("root");
@@ -474,4 +481,14 @@ pub fn unique(prefix: &str) -> String {
         .expect("clock after 1970")
         .as_nanos();
     format!("{prefix}-{nanos:x}")
+}
+
+/// A finished command's exit status, stdout and stderr as one text, for assertion messages.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }

@@ -53,13 +53,7 @@ impl Env {
     }
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use nixpave_testsupport::output_text as text;
 
 fn final_report(out: &Output) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&out.stdout);

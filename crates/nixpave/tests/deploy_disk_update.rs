@@ -12,14 +12,7 @@ use std::process::{Command, Output, Stdio};
 
 use nixpave_lab::testing::{Lab, LabHost, LabOptions};
 
-fn text(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use nixpave_testsupport::output_text as text;
 
 /// A layout on disk `main` at DEV with these gpt partitions (no mountpoints: the lab host shares
 /// this machine's filesystem tree).

@@ -85,13 +85,7 @@ fn current_release(h: &LabHost) -> String {
     h.sh("cat /nix/var/nixpave-test/current 2>/dev/null")
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use nixpave_testsupport::output_text as text;
 
 fn report(out: &Output) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -15,20 +15,7 @@ fn apply(args: &[&str]) -> Output {
     cmd.output().expect("run nixpave")
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn write_layout(scratch: &Scratch, name: &str, json: &str) -> String {
-    let path = scratch.dir.join(name);
-    std::fs::write(&path, json).expect("write layout");
-    path.to_string_lossy().into_owned()
-}
+use nixpave_testsupport::output_text as text;
 
 /// A scratch with one loop disk of `mib` MiB, its root mountpoint, and the layout `json` (its
 /// `DISK` replaced by the disk's device) written to `file`: `(scratch, disk, root, layout path)`.
@@ -36,7 +23,7 @@ fn one_disk(tag: &str, mib: u64, file: &str, json: &str) -> (Scratch, String, St
     let mut scratch = Scratch::new(tag);
     let disk = scratch.disk(mib);
     let root = scratch.root();
-    let layout = write_layout(&scratch, file, &json.replace("DISK", &disk));
+    let layout = scratch.write_file(file, &json.replace("DISK", &disk));
     (scratch, disk, root, layout)
 }
 
@@ -83,9 +70,7 @@ fn disk_apply_gpt_btrfs_xfs_swap_tmpfs_end_to_end() {
     // Every kind of content this kernel can run: vfat (formatted, not mounted: no vfat module
     // here), swap partition, a partition without content, xfs (>= 300 MB), btrfs with
     // subvolumes and a swap file, ext4 up to 16M before the end of the disk, tmpfs.
-    let layout = write_layout(
-        &scratch,
-        "layout.json",
+    let layout = scratch.write_file("layout.json",
         r#"{
  "disk": {"e2e": {"type": "disk", "device": "/dev/placeholder", "content": {"type": "gpt", "partitions": {
    "ESP": {"size": "64M", "type": "EF00", "content": {"type": "filesystem", "format": "vfat"}},
@@ -259,9 +244,7 @@ fn disk_apply_msdos_table_and_hybrid_mbr() {
     let mut scratch = Scratch::new("cli-msdos");
     let disk = scratch.disk(256);
     let root = scratch.root();
-    let msdos = write_layout(
-        &scratch,
-        "msdos.json",
+    let msdos = scratch.write_file("msdos.json",
         &r#"{"disk": {"legacy": {"type": "disk", "device": "DISK", "content": {"type": "table", "format": "msdos", "partitions": [
  {"name": "boot", "start": "1M", "end": "64M", "bootable": true, "content": {"type": "filesystem", "format": "vfat"}},
  {"name": "root", "start": "64M", "end": "-32M", "content": {"type": "filesystem", "format": "ext4", "mountpoint": "/"}},
@@ -305,9 +288,7 @@ fn disk_apply_msdos_table_and_hybrid_mbr() {
     );
 
     // The same disk re-laid out as GPT with a hybrid MBR: destroy,format,mount in one go.
-    let hybrid = write_layout(
-        &scratch,
-        "hybrid.json",
+    let hybrid = scratch.write_file("hybrid.json",
         &r#"{"disk": {"hyb": {"type": "disk", "device": "DISK", "content": {"type": "gpt", "partitions": {
  "boot": {"size": "1M", "type": "EF02", "priority": 1},
  "ESP": {"size": "32M", "type": "EF00", "hybrid": {"mbrPartitionType": "0x0c", "mbrBootableFlag": true},
@@ -371,9 +352,7 @@ fn disk_apply_dry_run_leaves_the_disk_unchanged() {
     let mut scratch = Scratch::new("cli-dry");
     let disk = scratch.disk(128);
     let root = scratch.root();
-    let layout = write_layout(
-        &scratch,
-        "small.json",
+    let layout = scratch.write_file("small.json",
         &r#"{"disk": {"dry": {"type": "disk", "device": "DISK", "content": {"type": "gpt", "partitions": {
  "root": {"size": "100%", "content": {"type": "filesystem", "format": "ext4", "mountpoint": "/",
    "extraArgs": ["-E", "lazy_itable_init=0,lazy_journal_init=0"]}}}}}}}"#
@@ -431,9 +410,7 @@ fn disk_apply_refuses_unsafe_disks_and_bad_input() {
     let mut scratch = Scratch::new("cli-refuse");
     let disk = scratch.disk(128);
     let root = scratch.root();
-    let layout = write_layout(
-        &scratch,
-        "busy.json",
+    let layout = scratch.write_file("busy.json",
         &r#"{"disk": {"busy": {"type": "disk", "device": "DISK", "content": {"type": "gpt", "partitions": {
  "root": {"size": "100%", "content": {"type": "filesystem", "format": "ext4", "mountpoint": "/",
    "extraArgs": ["-E", "lazy_itable_init=0,lazy_journal_init=0"]}}}}}}}"#
@@ -466,9 +443,7 @@ fn disk_apply_refuses_unsafe_disks_and_bad_input() {
     sh(&["umount", &elsewhere]);
 
     // Bad input: exit 2, disk untouched.
-    let bad = write_layout(
-        &scratch,
-        "bad.json",
+    let bad = scratch.write_file("bad.json",
         &r#"{"disk": {"bad": {"type": "disk", "device": "DISK", "content": {"type": "gpt", "partitions": {
  "root": {"sise": "100%", "content": {"type": "filesystem", "format": "ext4"}}}}}}}"#
             .replace("DISK", &disk),
@@ -577,9 +552,7 @@ fn disk_apply_over_ssh_to_a_lab_host() {
     let disk = host.disks()[0].clone();
     let scratch = Scratch::new("cli-ssh");
     let root = scratch.root();
-    let layout = write_layout(
-        &scratch,
-        "remote.json",
+    let layout = scratch.write_file("remote.json",
         &r#"{"disk": {"remote": {"type": "disk", "device": "DISK", "content": {"type": "gpt", "partitions": {
  "root": {"size": "100%", "content": {"type": "filesystem", "format": "ext4", "mountpoint": "/",
    "extraArgs": ["-E", "lazy_itable_init=0,lazy_journal_init=0"]}}}}}}}"#
@@ -651,9 +624,7 @@ fn disk_apply_destroy_asks_on_a_terminal() {
     let mut scratch = Scratch::new("cli-tty");
     let disk = scratch.disk(64);
     let root = scratch.root();
-    let layout = write_layout(
-        &scratch,
-        "tty.json",
+    let layout = scratch.write_file("tty.json",
         &r#"{"disk": {"tty": {"type": "disk", "device": "DISK", "content": {"type": "gpt", "partitions": {
  "root": {"size": "100%", "content": {"type": "filesystem", "format": "ext4"}}}}}}}"#
             .replace("DISK", &disk),
@@ -686,9 +657,7 @@ fn disk_apply_destroy_asks_on_a_terminal() {
 fn disk_apply_refuses_a_missing_disk() {
     let scratch = Scratch::new("cli-missing");
     let root = scratch.root();
-    let layout = write_layout(
-        &scratch,
-        "missing.json",
+    let layout = scratch.write_file("missing.json",
         r#"{"disk": {"gone": {"type": "disk", "device": "/dev/disk/by-id/nixpave-no-such-disk", "content": {"type": "gpt", "partitions": {
  "root": {"size": "100%", "content": {"type": "filesystem", "format": "ext4"}}}}}}}"#,
     );
@@ -720,9 +689,7 @@ fn disk_apply_interrupted_stops_between_steps_and_resumes() {
             )
         })
         .collect();
-    let layout = write_layout(
-        &scratch,
-        "int.json",
+    let layout = scratch.write_file("int.json",
         &format!(
             r#"{{"disk": {{"int": {{"type": "disk", "device": "{disk}", "content": {{"type": "gpt", "partitions": {{{}}}}}}}}}}}"#,
             parts.join(",")
@@ -803,9 +770,7 @@ fn disk_apply_refuses_the_running_root_disk() {
     };
     let scratch = Scratch::new("cli-rootdisk");
     let root = scratch.root();
-    let layout = write_layout(
-        &scratch,
-        "root.json",
+    let layout = scratch.write_file("root.json",
         &r#"{"disk": {"sys": {"type": "disk", "device": "DISK", "content": {"type": "gpt", "partitions": {
  "root": {"size": "100%", "content": {"type": "filesystem", "format": "ext4", "mountpoint": "/"}}}}}}}"#
             .replace("DISK", &disk),
@@ -860,9 +825,7 @@ fn quiet_apply_prints_the_wipe_summary_and_the_result_only() {
     support::require_loop_devices();
     let mut scratch = Scratch::new("cli-quiet");
     let disk = scratch.disk(64);
-    let layout = write_layout(
-        &scratch,
-        "layout.json",
+    let layout = scratch.write_file("layout.json",
         r#"{"disk": {"q": {"type": "disk", "device": "/dev/placeholder", "content": {"type": "gpt",
             "partitions": {"data": {"size": "100%", "content": {"type": "filesystem", "format": "ext4"}}}}}}}"#,
     );

@@ -17,20 +17,7 @@ fn nixpave(args: &[&str]) -> Output {
     cmd.output().expect("run nixpave")
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn write_layout(scratch: &Scratch, name: &str, json: &str) -> String {
-    let path = scratch.dir.join(name);
-    std::fs::write(&path, json).expect("write layout");
-    path.to_string_lossy().into_owned()
-}
+use nixpave_testsupport::output_text as text;
 
 /// A layout on one disk `main` (device given with --disk) with these partitions.
 fn gpt(partitions: &str) -> String {
@@ -103,7 +90,7 @@ fn update_adds_partitions_subvolumes_swap_mount_options_and_a_blank_disk_keeping
     let dev = scratch.disk(1200);
     let extra = scratch.disk(64);
     let root = scratch.root();
-    let a = write_layout(&scratch, "a.json", &gpt(LAYOUT_A));
+    let a = scratch.write_file("a.json", &gpt(LAYOUT_A));
     ok(disk("apply", &a, &dev, &root, &["--mode", "format,mount"]));
     std::fs::write(format!("{root}/data/keep"), "data of layout A").expect("write data");
     std::fs::write(format!("{root}/root-file"), "on the btrfs root").expect("write data");
@@ -127,7 +114,7 @@ fn update_adds_partitions_subvolumes_swap_mount_options_and_a_blank_disk_keeping
     "x": {{"size": "100%", "content": {{"type": "filesystem", "format": "ext4", "mountpoint": "/extra"}}}}}}}}}}
 }}}}"#
     );
-    let b = write_layout(&scratch, "b.json", &b_json);
+    let b = scratch.write_file("b.json", &b_json);
 
     // The plan groups by class and names every new object.
     let out = ok(disk("plan", &b, &dev, &root, &["--mode", "update"]));
@@ -328,9 +315,7 @@ fn grow_case(format: &str, mounted: bool) {
     } else {
         ""
     };
-    let layout = write_layout(
-        &scratch,
-        "layout.json",
+    let layout = scratch.write_file("layout.json",
         &gpt(&format!(
             r#""boot": {{"size": "32M", "content": {{"type": "filesystem", "format": "ext4"}}}},
                    "data": {{"size": "100%", "content": {{"type": "filesystem", "format": "{format}"{extra}{mountpoint}}}}}"#
@@ -408,7 +393,7 @@ fn update_refuses_destructive_changes_and_writes_nothing() {
     let mut scratch = Scratch::new("update-refuse");
     let dev = scratch.disk(600);
     let root = scratch.root();
-    let a = write_layout(&scratch, "a.json", &gpt(LAYOUT_A));
+    let a = scratch.write_file("a.json", &gpt(LAYOUT_A));
     ok(disk("apply", &a, &dev, &root, &["--mode", "format,mount"]));
     std::fs::write(format!("{root}/data/keep"), "kept").expect("write data");
     // Unmounted, so nothing but nixpave could change the image between the checksums.
@@ -416,9 +401,7 @@ fn update_refuses_destructive_changes_and_writes_nothing() {
     let before = scratch.checksum(0);
 
     // `data` shrunk and turned into xfs, `boot` gone; a new partition would fit.
-    let c = write_layout(
-        &scratch,
-        "c.json",
+    let c = scratch.write_file("c.json",
         &gpt(r#"
     "btr": {"size": "200M", "content": {"type": "btrfs", "extraArgs": ["-f"], "subvolumes": {
         "@root": {"mountpoint": "/"}}}},
@@ -501,16 +484,12 @@ fn update_over_ssh_to_a_lab_host() {
     let dev = host.disks()[0].clone();
     let scratch = Scratch::new("update-ssh");
     let root = scratch.root();
-    let a = write_layout(
-        &scratch,
-        "a.json",
+    let a = scratch.write_file("a.json",
         &gpt(
             r#""root": {"size": "48M", "content": {"type": "filesystem", "format": "ext4", "mountpoint": "/"}}"#,
         ),
     );
-    let b = write_layout(
-        &scratch,
-        "b.json",
+    let b = scratch.write_file("b.json",
         &gpt(
             r#""root": {"size": "48M", "content": {"type": "filesystem", "format": "ext4", "mountpoint": "/"}},
                "srv": {"size": "32M", "content": {"type": "filesystem", "format": "ext4", "mountpoint": "/srv"}}"#,

@@ -2,7 +2,7 @@
 //! interrupted command exits 130 and the host still ends on the previous generation.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nixpave_lab::testing::Lab;
@@ -21,13 +21,7 @@ fn write_flake(dir: &Path, tag: &str, delay: u32) {
     .expect("flake");
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use nixpave_testsupport::output_text as text;
 
 #[test]
 fn ctrl_c_during_rollback_leaves_the_rollback_running_on_the_host() {
