@@ -156,9 +156,12 @@ impl Activation {
                not_installed \"$np_dir is not a directory of $(id -un) (remove it, or set tempPath elsewhere)\"\n\
              fi\n\
              chmod 0700 \"$np_dir\" || not_installed \"cannot make $np_dir private\"\n\
-             np_tmp=$(mktemp \"$np_dir/.agent.XXXXXX\") || not_installed \"cannot create a file in $np_dir\"\n\
-             if ! cat > \"$np_tmp\" || ! mv -f \"$np_tmp\" \"$np_agent\"; then\n\
-               rm -f \"$np_tmp\"; not_installed \"cannot write $np_agent\"\n\
+             # Named by its content in a private directory: an agent already there is this one.\n\
+             if [ ! -f \"$np_agent\" ] || [ -h \"$np_agent\" ] || [ ! -O \"$np_agent\" ]; then\n\
+               np_tmp=$(mktemp \"$np_dir/.agent.XXXXXX\") || not_installed \"cannot create a file in $np_dir\"\n\
+               if ! cat > \"$np_tmp\" || ! mv -f \"$np_tmp\" \"$np_agent\"; then\n\
+                 rm -f \"$np_tmp\"; not_installed \"cannot write $np_agent\"\n\
+               fi\n\
              fi\n",
             code = EXIT_NOT_INSTALLED,
             state = shell_quote(&self.state_dir),
@@ -316,9 +319,12 @@ impl Activation {
         self.wait_argv("final", self.final_timeout())
     }
 
+    /// Writes this deploy's id into the agent's `.confirm`/`.reject` file, then wakes the waiting agent through
+    /// its FIFO (see agent.sh, "Waiting without polling"); no agent waiting, no wake-up, and still success.
     fn marker_script(&self, suffix: &str) -> String {
+        let fifo = shell_quote(&format!("{}/{}.agent.fifo", self.state_dir, self.name));
         format!(
-            "printf %s {} > {}",
+            "printf %s {} > {} && {{ {{ [ ! -p {fifo} ] || echo c 1<>{fifo}; }} 2>/dev/null || true; }}",
             shell_quote(&self.id),
             shell_quote(&format!("{}/{}.{suffix}", self.state_dir, self.name))
         )

@@ -37,7 +37,17 @@ REJECT_FILE=$STATEDIR/$NAME.reject
 LOCK=$STATEDIR/$NAME.lock
 PREV_PATH= PREV_GEN= NEW_GEN= FAILED_GEN= STARTED=$(date +%s)
 
+NL='
+'
 log() { echo "nixpave-agent: $*"; }
+
+# True when file $1 holds this deploy's id (read with a builtin: no process per look).
+holds_id() {
+  held=
+  [ -f "$1" ] || return 1
+  { IFS= read -r held <"$1" || :; } 2>/dev/null
+  [ "$held" = "$ID" ]
+}
 
 # The lock is a symlink to the holder's pid: `ln -s` creates it atomically, a dead holder's lock is stale.
 lock_holder() {
@@ -52,13 +62,17 @@ take_lock() {
 }
 release_lock() { [ "$(readlink "$LOCK" 2>/dev/null)" = "$$" ] && rm -f "$LOCK"; }
 
-# Generation number the profile symlink points at (PROFILE -> NAME-N-link), empty when there is none.
+# Sets GEN to the generation number the profile symlink $1 points at (PROFILE -> NAME-N-link), empty when
+# there is none. A variable, not output: no subshell per call.
 generation_of() {
+  GEN=
   link=$(readlink "$1" 2>/dev/null) || return 0
-  echo "$link" | sed -n 's/.*-\([0-9][0-9]*\)-link$/\1/p'
+  n=${link%-link}
+  [ "$n" != "$link" ] || return 0
+  n=${n##*-}
+  case $n in '' | *[!0-9]*) return 0 ;; esac
+  GEN=$n
 }
-
-json_or_null() { if [ -n "$1" ]; then echo "$1"; else echo null; fi; }
 
 # Writes the status record atomically (temp file + rename) so a reader never sees half a record.
 status() {
@@ -66,9 +80,60 @@ status() {
   tmp=$STATUS.tmp.$$
   printf '{"id":"%s","name":"%s","profile":"%s","path":"%s","goal":"%s","state":"%s","reason":"%s","previous_path":"%s","previous_generation":%s,"generation":%s,"failed_generation":%s,"started":%s,"updated":%s}\n' \
     "$ID" "$NAME" "$PROFILE" "$STOREPATH" "$GOAL" "$state" "$reason" "$PREV_PATH" \
-    "$(json_or_null "$PREV_GEN")" "$(json_or_null "$NEW_GEN")" "$(json_or_null "$FAILED_GEN")" \
+    "${PREV_GEN:-null}" "${NEW_GEN:-null}" "${FAILED_GEN:-null}" \
     "$STARTED" "$(date +%s)" >"$tmp" && mv -f "$tmp" "$STATUS"
   log "state=$state${reason:+ reason=$reason}"
+  notify
+}
+
+# Waiting without polling. A waiter (`wait`, or the agent waiting for its confirmation) reads lines from a FIFO
+# of its own on fd 9; whoever changes what it waits for writes a line into it (the agent after each record, the
+# confirmation and rejection commands), and a ticker writes "t" once a second: the clock for timeouts, and the
+# fallback should a wake-up be missed. Opened read-write, a FIFO never blocks its writers and never raises
+# SIGPIPE, whether or not its reader still lives. Without mkfifo the waiter falls back to sleeping a second.
+open_wakeups() {
+  WAKE=$1 TICKER=
+  rm -f "$WAKE"
+  if mkfifo -m 600 "$WAKE" 2>/dev/null && { command exec 9<>"$WAKE"; } 2>/dev/null; then
+    # $$ is the waiter (also in this subshell): the ticker ends with it, even when it was killed. It holds
+    # none of the waiter's own streams: an ssh session ends only once nothing holds them any more.
+    (while sleep 1 && kill -0 $$ 2>/dev/null; do echo t; done) </dev/null >&9 2>/dev/null &
+    TICKER=$!
+  else
+    rm -f "$WAKE"
+    WAKE=
+  fi
+}
+
+# Blocks until a wake-up line arrives (at most about a second); a tick counts one second in $secs.
+wake() {
+  if [ -n "$WAKE" ]; then IFS= read -r w <&9 || w=t; else sleep 1; w=t; fi
+  if [ "$w" = t ]; then secs=$((secs + 1)); fi
+}
+
+close_wakeups() {
+  if [ -n "${TICKER:-}" ]; then kill "$TICKER" 2>/dev/null; fi
+  if [ -n "${WAKE:-}" ]; then rm -f "$WAKE"; fi
+  TICKER= WAKE=
+}
+
+# Wakes every waiter of this profile (after the record changed). Builtins only.
+notify() {
+  for f in "$STATEDIR/$NAME".wait-*.fifo; do
+    if [ -p "$f" ]; then { echo s 1<>"$f"; } 2>/dev/null; fi
+  done
+  return 0
+}
+
+# Removes the FIFOs of waiters that died without cleaning up (killed with their ssh session).
+sweep_wakeups() {
+  for f in "$STATEDIR/$NAME".wait-*.fifo; do
+    [ -p "$f" ] || continue
+    pid=${f##*/"$NAME".wait-}
+    pid=${pid%.fifo}
+    case $pid in '' | *[!0-9]*) continue ;; esac
+    kill -0 "$pid" 2>/dev/null || rm -f "$f"
+  done
 }
 
 # Activates store path $1 for goal $2 according to what it contains.
@@ -87,25 +152,38 @@ activate() {
 }
 
 # Activates store path $1 for goal $2 in its own session (this script's `activate` mode), killing the whole
-# process group after $ACTIVATE seconds (exit 124).
+# process group after $ACTIVATE seconds (exit 124). A watchdog sleeps the timeout instead of the agent polling.
 with_timeout() {
   set -- /bin/sh "$0" activate -p "$PROFILE" -s "$1" -g "$2" -u "$RUNAS"
   if command -v setsid >/dev/null 2>&1; then setsid "$@" & else "$@" & fi
   pid=$!
-  ticks=0 limit=$((ACTIVATE * 20))
-  while kill -0 "$pid" 2>/dev/null; do
-    if [ "$ticks" -ge "$limit" ]; then
-      log "activation still running after ${ACTIVATE}s: killing it"
-      # A negative pid is the whole process group (dash's kill knows no `--`).
-      kill -TERM "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null
-      sleep 1
-      kill -KILL "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null
-      wait "$pid" 2>/dev/null
-      return 124
-    fi
-    nap
-  done
+  expired=$STATEDIR/$NAME.expired.$$
+  rm -f "$expired"
+  watchdog "$pid" "$expired" &
+  dog=$!
   wait "$pid"
+  rc=$?
+  kill "$dog" 2>/dev/null
+  wait "$dog" 2>/dev/null
+  if [ -e "$expired" ]; then
+    rm -f "$expired"
+    return 124
+  fi
+  return $rc
+}
+
+# Kills process group $1 (TERM, then KILL) after $ACTIVATE seconds and marks file $2; TERM ends it quietly.
+watchdog() {
+  trap 'kill "${nap_pid:-}" 2>/dev/null; exit 0' TERM
+  sleep "$ACTIVATE" &
+  nap_pid=$!
+  wait "$nap_pid" || exit 0
+  : >"$2"
+  log "activation still running after ${ACTIVATE}s: killing it"
+  # A negative pid is the whole process group (dash's kill knows no `--`).
+  kill -TERM "-$1" 2>/dev/null || kill -TERM "$1" 2>/dev/null
+  sleep 1
+  kill -KILL "-$1" 2>/dev/null || kill -KILL "$1" 2>/dev/null
 }
 
 # Obvious lockouts, checked right after activation (prints why and fails): the way the deployer came in
@@ -115,17 +193,24 @@ lockout() {
   set -- $CONN
   if [ $# -ge 4 ] && command -v ip >/dev/null 2>&1; then
     client=$1 server=$3 port=$4
-    dev=$(ip route get "$client" 2>/dev/null | sed -n 's/.* dev \([^ ]*\).*/\1/p' | head -n 1)
+    # Parsed with the shell's own pattern matching: one process per question.
+    route=$(ip route get "$client" 2>/dev/null) || route=
+    dev=
+    case $route in *" dev "*) dev=${route#* dev }; dev=${dev%%[ $NL]*} ;; esac
     if [ -z "$dev" ]; then echo "route: no route back to the deployer ($client)"; return 0; fi
-    if ! ip -o link show dev "$dev" 2>/dev/null | grep -q 'LOWER_UP'; then
-      echo "route: $dev, the interface to the deployer, is down"; return 0
-    fi
-    if ! ip -o addr show 2>/dev/null | grep -q " $server/"; then
-      echo "address: $server, the address the deployer came in on, is gone"; return 0
-    fi
-    hex=$(printf '%04X' "$port")
-    if [ -r /proc/net/tcp ] && ! cat /proc/net/tcp /proc/net/tcp6 2>/dev/null \
-        | awk -v p=":$hex" '$4 == "0A" && substr($2, length($2) - 4) == p { found = 1 } END { exit !found }'; then
+    case $(ip -o link show dev "$dev" 2>/dev/null) in
+      *LOWER_UP*) ;;
+      *) echo "route: $dev, the interface to the deployer, is down"; return 0 ;;
+    esac
+    case $(ip -o addr show 2>/dev/null) in
+      *" $server/"*) ;;
+      *) echo "address: $server, the address the deployer came in on, is gone"; return 0 ;;
+    esac
+    tables=/proc/net/tcp
+    if [ -r /proc/net/tcp6 ]; then tables="$tables /proc/net/tcp6"; fi
+    if [ -r /proc/net/tcp ] && ! awk -v port="$port" \
+        'BEGIN { p = sprintf(":%04X", port) } $4 == "0A" && substr($2, length($2) - 4) == p { found = 1 } END { exit !found }' \
+        $tables 2>/dev/null; then
       echo "sshd: nothing listens on port $port any more"; return 0
     fi
   fi
@@ -155,7 +240,8 @@ rollback() {
       nix-env -p "$PROFILE" --set "$PREV_PATH" || { status rollback-failed "$reason"; return 1; }
     fi
   fi
-  NEW_GEN=$(generation_of "$PROFILE")
+  generation_of "$PROFILE"
+  NEW_GEN=$GEN
   if with_timeout "$PREV_PATH" "$GOAL"; then
     status rolled-back "$reason"
   else
@@ -171,12 +257,14 @@ do_run() {
     log "deploy $ID refused: another deploy of $NAME is running (agent pid $(readlink "$LOCK"))"
     exit 75
   fi
-  trap release_lock EXIT
+  trap 'close_wakeups; release_lock' EXIT
   log "deploy $ID: $STOREPATH -> $PROFILE (goal $GOAL, confirm ${CONFIRM}s, activation ${ACTIVATE}s)"
   rm -f "$CONFIRM_FILE" "$REJECT_FILE"
   PREV_PATH=$([ -e "$PROFILE" ] && readlink -f "$PROFILE" 2>/dev/null || true)
-  PREV_GEN=$(generation_of "$PROFILE")
+  generation_of "$PROFILE"
+  PREV_GEN=$GEN
   NEW_GEN=$PREV_GEN
+  sweep_wakeups
   status activating
   if [ "$GOAL" = dry-activate ]; then
     if with_timeout "$STOREPATH" dry-activate; then status dry-activated; else status failed activation-failed; fi
@@ -188,7 +276,8 @@ do_run() {
     if [ "$PREV_PATH" != "$STOREPATH" ]; then
       nix-env -p "$PROFILE" --set "$STOREPATH" || { status failed profile-set-failed; return 1; }
     fi
-    NEW_GEN=$(generation_of "$PROFILE")
+    generation_of "$PROFILE"
+    NEW_GEN=$GEN
   fi
   with_timeout "$STOREPATH" "$GOAL"
   rc=$?
@@ -209,33 +298,29 @@ do_run() {
     rollback "lockout-${why%%:*}"
     return 0
   fi
+  # The confirmation and rejection commands write their file, then wake the agent through its FIFO.
+  open_wakeups "$STATEDIR/$NAME.agent.fifo"
   status waiting-confirmation
-  # Time is counted in 50 ms units: `nap` polls every 50 ms for the first seconds (when the confirmation
-  # comes), then every 200 ms.
-  ticks=0 limit=$((CONFIRM * 20))
-  while [ "$ticks" -lt "$limit" ]; do
-    if [ -f "$CONFIRM_FILE" ] && [ "$(cat "$CONFIRM_FILE" 2>/dev/null)" = "$ID" ]; then
+  secs=0
+  while [ "$secs" -lt "$CONFIRM" ]; do
+    if holds_id "$CONFIRM_FILE"; then
       status confirmed
       return 0
     fi
-    if [ -f "$REJECT_FILE" ] && [ "$(cat "$REJECT_FILE" 2>/dev/null)" = "$ID" ]; then
+    if holds_id "$REJECT_FILE"; then
+      close_wakeups
       if [ "$MAGIC" = 1 ] || [ "$AUTO" = 1 ]; then rollback health-check-failed; else status failed health-check-failed; fi
       return 0
     fi
-    nap
+    wake
   done
+  close_wakeups
   if [ "$MAGIC" = 1 ]; then
     rollback no-confirmation
   else
     log "no verdict from the deployer's health checks in time; magic rollback is off: keeping the new generation"
     status confirmed
   fi
-}
-
-# Sleeps one poll interval and counts it in $ticks (50 ms units): 50 ms for the first 3 s, then 200 ms. Short
-# waits (a confirmation, a quick activation) end within 50 ms of the event; long ones cost few wake-ups.
-nap() {
-  if [ "$ticks" -lt 60 ]; then sleep 0.05; ticks=$((ticks + 1)); else sleep 0.2; ticks=$((ticks + 4)); fi
 }
 
 # Reads the status record into $REC, $REC_ID and $REC_STATE with shell builtins only (no fork per poll).
@@ -256,9 +341,12 @@ follow_log() {
   fi
 }
 
-# Blocks until this deploy's record reaches the wanted stage, then prints it.
+# Blocks until this deploy's record reaches the wanted stage, then prints it. The FIFO is in place before the
+# record is first read, so a change after that read always wakes the loop.
 do_wait() {
-  ticks=0 limit=$((TIMEOUT * 20))
+  secs=0
+  open_wakeups "$STATEDIR/$NAME.wait-$$.fifo"
+  trap close_wakeups EXIT
   while :; do
     follow_log
     read_record
@@ -271,16 +359,16 @@ do_wait() {
       esac
     fi
     # The record is not ours yet and no agent holds the lock: it died (or never started).
-    if [ "$REC_ID" != "$ID" ] && [ "$ticks" -ge 100 ] && ! lock_holder >/dev/null; then
+    if [ "$REC_ID" != "$ID" ] && [ "$secs" -ge 5 ] && ! lock_holder >/dev/null; then
       echo "nixpave-agent: the agent of deploy $ID is not running; see $LOG" >&2
       return 4
     fi
-    if [ "$ticks" -ge "$limit" ]; then
+    if [ "$secs" -ge "$TIMEOUT" ]; then
       echo "nixpave-agent: no answer from deploy $ID after ${TIMEOUT}s; last record:" >&2
       cat "$STATUS" >&2 2>/dev/null
       return 3
     fi
-    nap
+    wake
   done
 }
 
@@ -294,7 +382,8 @@ do_rollback() {
   fi
   trap release_lock EXIT
   log "manual rollback $ID of $PROFILE"
-  PREV_GEN=$(generation_of "$PROFILE")
+  generation_of "$PROFILE"
+  PREV_GEN=$GEN
   NEW_GEN=$PREV_GEN
   STOREPATH=$([ -e "$PROFILE" ] && readlink -f "$PROFILE" 2>/dev/null || true)
   target=$(nix-env -p "$PROFILE" --list-generations | awk -v cur="$PREV_GEN" '$1 < cur { g = $1 } END { print g }')

@@ -163,24 +163,29 @@ fn key_state_script(keys: &[(&str, &std::path::Path)]) -> String {
 pub fn state_script(profiles: &[(&str, &str, Option<&str>, &str)]) -> String {
     // A system is named by its resolved `bin/switch-to-configuration`, so that a deploy-rs `activate.nixos`
     // wrapper (a profile linking to the toplevel's files) and the toplevel it wraps compare equal.
+    // Few processes per probe (it runs on every host of every deploy): `r` sets R and forks only for a path
+    // that exists; files are read with the shell's `read`.
     let mut s = String::from(
-        "r() { [ -e \"$1\" ] && readlink -f \"$1\" 2>/dev/null || true; }\n\
-         sys() { r \"$1/bin/switch-to-configuration\"; }\n\
-         booted_sys=$(sys /run/booted-system)\n\
-         printf 'boot\\t-\\t%s\\n' \"$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)\"\n\
-         printf 'current\\t-\\t%s\\n' \"$(r /run/current-system)\"\n\
-         printf 'currentsys\\t-\\t%s\\n' \"$(sys /run/current-system)\"\n\
-         printf 'booted\\t-\\t%s\\n' \"$(r /run/booted-system)\"\n",
+        "r() { R=; if [ -e \"$1\" ]; then R=$(readlink -f \"$1\" 2>/dev/null) || R=; fi; }\n\
+         r /run/booted-system/bin/switch-to-configuration; booted_sys=$R\n\
+         boot=; { read -r boot </proc/sys/kernel/random/boot_id; } 2>/dev/null\n\
+         printf 'boot\\t-\\t%s\\n' \"$boot\"\n\
+         r /run/current-system; printf 'current\\t-\\t%s\\n' \"$R\"\n\
+         r /run/current-system/bin/switch-to-configuration; printf 'currentsys\\t-\\t%s\\n' \"$R\"\n\
+         r /run/booted-system; printf 'booted\\t-\\t%s\\n' \"$R\"\n",
     );
     for (name, profile_path, wanted, state_dir) in profiles {
         let n = shell_quote(name);
         let p = shell_quote(profile_path);
         s.push_str(&format!(
-            "printf 'profile\\t%s\\t%s\\n' {n} \"$(r {p})\"\n\
-             printf 'link\\t%s\\t%s\\n' {n} \"$(readlink {p} 2>/dev/null)\"\n\
-             printf 'record\\t%s\\t%s\\n' {n} \"$(cat {rec} 2>/dev/null | head -n 1)\"\n\
+            "r {p}; cur=$R; printf 'profile\\t%s\\t%s\\n' {n} \"$cur\"\n\
+             link=; if [ -h {p} ]; then link=$(readlink {p} 2>/dev/null) || link=; fi\n\
+             printf 'link\\t%s\\t%s\\n' {n} \"$link\"\n\
+             rec=; {{ IFS= read -r rec <{rec}; }} 2>/dev/null\n\
+             printf 'record\\t%s\\t%s\\n' {n} \"$rec\"\n\
              if [ -n \"$booted_sys\" ]; then for g in {p}-*-link; do \
-               if [ \"$(sys \"$g\")\" = \"$booted_sys\" ]; then printf 'bootedgen\\t%s\\t%s\\n' {n} \"${{g##*/}}\"; fi; \
+               r \"$g/bin/switch-to-configuration\"; \
+               if [ \"$R\" = \"$booted_sys\" ]; then printf 'bootedgen\\t%s\\t%s\\n' {n} \"${{g##*/}}\"; fi; \
              done; fi\n",
             rec = shell_quote(&format!("{state_dir}/{name}.json")),
         ));
@@ -188,8 +193,9 @@ pub fn state_script(profiles: &[(&str, &str, Option<&str>, &str)]) -> String {
             // A profile already on the wanted path (a no-op) proves it valid: a generation is a GC root, and
             // nix only links valid paths. Only otherwise is a nix process started to ask the store.
             s.push_str(&format!(
-                "if [ -e {w} ] && {{ [ \"$(r {p})\" = {w} ] || nix-store --check-validity {w} >/dev/null 2>&1; }}; then \
-                 printf 'present\\t%s\\tyes\\n' {n}; printf 'wantedsys\\t%s\\t%s\\n' {n} \"$(sys {w})\"; fi\n",
+                "if [ -e {w} ] && {{ [ \"$cur\" = {w} ] || nix-store --check-validity {w} >/dev/null 2>&1; }}; then \
+                 printf 'present\\t%s\\tyes\\n' {n}; r {w}/bin/switch-to-configuration; \
+                 printf 'wantedsys\\t%s\\t%s\\n' {n} \"$R\"; fi\n",
                 w = shell_quote(w)
             ));
         }

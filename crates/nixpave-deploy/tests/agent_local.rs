@@ -373,3 +373,113 @@ fn a_profile_another_tool_deployed_on_the_wanted_path_is_a_no_op_unless_its_syst
         "the agent ran"
     );
 }
+
+/// Waiting is event-driven (FIFOs and a once-a-second ticker, see agent.sh): nothing of it may outlive the
+/// wait. An ssh session ends only when no process holds its output any more, so a ticker (or its `sleep`)
+/// still holding the waiter's stdout or stderr would hold up every deploy's round trip; and no FIFO is left behind.
+#[test]
+fn waiting_leaves_no_process_holding_the_sessions_output_and_no_fifo() {
+    let sb = Sandbox::new();
+    let good = build_system(&[("tag", &unique("good"))]);
+    let host = sb.host(&good, serde_json::json!({}));
+    assert_eq!(deploy(&host, Goal::Switch).outcome, Outcome::Deployed);
+    let state = sb.dir.path().join("state");
+    let fifos = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .expect("state dir")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".fifo"))
+            .collect()
+    };
+    assert_eq!(fifos(&state), Vec::<String>::new(), "after a deploy");
+
+    // A wait as the deployer's sessions run it, with stdout on a pipe of our own, for a record that is not
+    // final yet: the waiter blocks (its FIFO appears, its ticker runs) until the record is final and the
+    // waiter is woken the way the agent wakes it.
+    let record_path = state.join("system.json");
+    let record = std::fs::read_to_string(&record_path).expect("record");
+    let id = serde_json::from_str::<serde_json::Value>(&record).expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let waiting = record.replace(
+        "\"state\":\"confirmed\"",
+        "\"state\":\"waiting-confirmation\"",
+    );
+    assert_ne!(waiting, record);
+    std::fs::write(&record_path, &waiting).expect("write record");
+    let agent = std::fs::read_dir(sb.dir.path().join("tmp/nixpave-agent"))
+        .expect("agent dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "sh"))
+        .expect("installed agent");
+    let (mut reader, writer) = std::io::pipe().expect("pipe");
+    let (mut err_reader, err_writer) = std::io::pipe().expect("pipe");
+    use std::os::fd::AsRawFd;
+    let link = |fd: i32| std::fs::read_link(format!("/proc/self/fd/{fd}")).expect("fd link");
+    let pipes = [link(writer.as_raw_fd()), link(err_writer.as_raw_fd())];
+    let mut waiter = std::process::Command::new("sh")
+        .arg(&agent)
+        .args(["wait", "-n", "system", "-d"])
+        .arg(&state)
+        .args(["-i", &id, "-w", "final", "-t", "30"])
+        .stdout(writer)
+        .stderr(err_writer)
+        .spawn()
+        .expect("run the waiter");
+    let fifo = state.join(format!("system.wait-{}.fifo", waiter.id()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !fifo.exists() {
+        assert!(Instant::now() < deadline, "the waiter never made {fifo:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Let the ticker get into its second `sleep 1`, then finish the record and wake the waiter.
+    std::thread::sleep(Duration::from_millis(1500));
+    std::fs::write(&record_path, &record).expect("write record");
+    let mut wake = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .expect("open the waiter's FIFO");
+    std::io::Write::write_all(&mut wake, b"s\n").expect("wake the waiter");
+    let status = waiter.wait().expect("waiter");
+    assert!(status.success());
+    // The waiter is gone; whatever still holds the pipe's write end would keep an ssh session open.
+    let holders: Vec<String> = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter(|e| e.file_name().to_string_lossy() != std::process::id().to_string())
+        .filter(|e| {
+            std::fs::read_dir(e.path().join("fd"))
+                .map(|fds| {
+                    fds.filter_map(|f| f.ok())
+                        .any(|f| std::fs::read_link(f.path()).is_ok_and(|l| pipes.contains(&l)))
+                })
+                .unwrap_or(false)
+        })
+        .map(|e| {
+            std::fs::read_to_string(e.path().join("cmdline"))
+                .unwrap_or_default()
+                .replace('\0', " ")
+        })
+        .collect();
+    assert_eq!(
+        holders,
+        Vec::<String>::new(),
+        "processes holding the waiter's output"
+    );
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut reader, &mut out).expect("read");
+    assert!(out.contains(&id), "{out}");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut err_reader, &mut err).expect("read");
+    assert_eq!(fifos(&state), Vec::<String>::new(), "after a wait");
+}
