@@ -174,23 +174,25 @@ pub fn build_parallelism() -> usize {
         .clamp(2, 4)
 }
 
-/// The fleet's build progress from its chunks' builds: each chunk's latest (built, to build), summed over
-/// the chunks heard so far, so that the counter line counts up across chunks instead of starting again
-/// with each chunk.
+/// The fleet's build progress from its chunks' builds: each chunk's latest built and most to build,
+/// summed over the chunks heard so far, so that the counter line counts up across chunks instead of
+/// starting again with each chunk.
 #[derive(Debug, Default)]
 pub struct BuildTally {
-    /// Chunk number → its latest (built, to build); chunks not heard yet are (0, 0).
+    /// Chunk number → its latest built and its most to build; chunks not heard yet are (0, 0).
     chunks: Vec<(u64, u64)>,
 }
 
 impl BuildTally {
     /// Records that chunk `chunk`'s build has built `done` of `expected` derivations; returns the fleet's
-    /// (built, to build).
+    /// (built, to build). A chunk's count to build never shrinks: nix's last count of a failed build leaves
+    /// the failed derivation out, and the line would then read as complete.
     pub fn heard(&mut self, chunk: usize, done: u64, expected: u64) -> (u64, u64) {
         if self.chunks.len() <= chunk {
             self.chunks.resize(chunk + 1, (0, 0));
         }
-        self.chunks[chunk] = (done, expected);
+        let most = self.chunks[chunk].1.max(expected);
+        self.chunks[chunk] = (done, most);
         self.chunks
             .iter()
             .fold((0, 0), |(d, e), (cd, ce)| (d + cd, e + ce))
@@ -356,6 +358,9 @@ mod tests {
         assert_eq!(tally.heard(1, 5, 5), (11, 15));
         assert_eq!(tally.heard(2, 4, 4), (14, 15));
         assert_eq!(tally.heard(0, 6, 6), (15, 15));
+        // A failed build's last count leaves its failed derivation out: the fleet still has it to build.
+        assert_eq!(tally.heard(3, 0, 2), (15, 17));
+        assert_eq!(tally.heard(3, 1, 1), (16, 17));
     }
 
     #[test]

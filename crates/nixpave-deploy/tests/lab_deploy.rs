@@ -1009,9 +1009,9 @@ in {{ deploy = {{ stateDir = "{STATE_DIR}"; confirmTimeout = 4; activationTimeou
 fn two_chunks_build_at_once() {
     // Chunks of one node. host1's build (chunk 1) waits until host2's build (chunk 2) has started: it
     // creates a marker as it starts. Built one chunk after the other, host1's build gives up after 60 s
-    // and host1 fails; built at once, both deploy.
+    // and host1 fails; built at once, both deploy. host3's build (chunk 3) fails: it alone fails.
     nix_conf_dir();
-    let lab = Lab::up(2).expect("lab up");
+    let lab = Lab::up(3).expect("lab up");
     let conn = connector(&lab);
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::copy(fixtures().join("system.nix"), dir.path().join("system.nix")).expect("copy");
@@ -1024,6 +1024,7 @@ fn two_chunks_build_at_once() {
   deploy = {{ stateDir = "{STATE_DIR}"; confirmTimeout = 4; activationTimeout = 4; nodes = {{
     host1 = {{ hostname = "host1"; profiles.system.path = sys {{ tag = "{tag}-1"; buildWaitFor = "{marker}"; }}; }};
     host2 = {{ hostname = "host2"; profiles.system.path = sys {{ tag = "{tag}-2"; buildMark = "{marker}"; }}; }};
+    host3 = {{ hostname = "host3"; profiles.system.path = sys {{ tag = "{tag}-3"; buildFail = true; }}; }};
 }}; }}; }}; }}"#,
             marker = marker.display()
         ),
@@ -1041,7 +1042,7 @@ fn two_chunks_build_at_once() {
     .expect("listed")
     {
         nixpave_deploy::inventory::Listing::Listed(listed) => listed,
-        other => panic!("two nodes, one per evaluation, are listed: {other:?}"),
+        other => panic!("three nodes, one per evaluation, are listed: {other:?}"),
     };
     let heard: std::sync::Mutex<Vec<(u64, u64)>> = Default::default();
     let events = Events::default();
@@ -1063,17 +1064,27 @@ fn two_chunks_build_at_once() {
         .collect();
     assert_eq!(
         rows,
-        [("host1", Outcome::Deployed), ("host2", Outcome::Deployed)],
+        [
+            ("host1", Outcome::Deployed),
+            ("host2", Outcome::Deployed),
+            ("host3", Outcome::Failed)
+        ],
         "the chunks' builds did not overlap: {:?} {:?}",
         done.report.hosts,
         done.build_errors
     );
-    assert!(done.build_errors.is_empty());
-    // The progress heard is the fleet's: both chunks' derivations, counted up across them.
+    let message = &done.report.hosts[2].message;
+    assert!(
+        message.contains("building its profile failed")
+            && message.contains(&format!("{tag}-3.drv")),
+        "{message}"
+    );
+    assert_eq!(done.build_errors.len(), 1, "{:?}", done.build_errors);
+    // The progress heard is the fleet's: the chunks' derivations, counted up across them.
     let heard = heard.into_inner().expect("lock");
     assert!(
-        heard.iter().any(|&(d, e)| e == 2 && d < 2),
-        "both chunks counted while building: {heard:?}"
+        heard.iter().any(|&(d, e)| e >= 2 && d < 2),
+        "two chunks counted while building: {heard:?}"
     );
     assert!(
         heard.windows(2).all(|w| w[1].1 >= w[0].1),
