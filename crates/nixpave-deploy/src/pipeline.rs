@@ -1,9 +1,9 @@
 //! Large flakes deployed as they evaluate: the fleet is listed (names only), the rollout starts from the list,
 //! and the hosts of a chunk connect, push and activate while the next chunk evaluates.
 //!
-//! Three threads share an [`Arrivals`] store: the evaluator evaluates the chunks one after the other (one
-//! `nix eval` of at most `limit` nodes at a time, so memory stays bounded) and hands each chunk's build to the
-//! builders, which run up to [`build_parallelism`] chunks' builds at once, in chunk order of starting (a
+//! The evaluator, the builders and the rollout share an `Arrivals` store: the evaluator evaluates the chunks
+//! one after the other (one `nix eval` of at most `limit` nodes at a time, so memory stays bounded) and hands
+//! each chunk's build to the builders, which run up to [`build_parallelism`] chunks' builds at once, in chunk order of starting (a
 //! chunk's slow build does not hold back the next chunk's); the rollout ([`run_waves_named`]: canary,
 //! batches, max-failures by index, exactly as for a fleet evaluated in one go) starts every host's job, which
 //! waits for its chunk's hosts and build, then deploys as usual ([`deploy_host`]: same safety). A chunk whose
@@ -215,8 +215,9 @@ impl Drop for Abandon<'_> {
 
 /// Deploys a listed fleet ([`Listed`]) while it evaluates. `prepare` adjusts each chunk's hosts as the
 /// command line says (overrides) before they are built and deployed; `build_progress` hears the fleet's
-/// build (built, to build), summed over the chunks' builds so far ([`BuildTally`]). The report has one row per listed host; a host of a chunk that failed to evaluate
-/// is a failed row whose message says why ([`ChunkError`]).
+/// build (built, to build), summed over the chunks' builds so far ([`BuildTally`]). The report has one row
+/// per listed host; a host of a chunk that failed to evaluate is a failed row whose message says why
+/// ([`ChunkError`]).
 pub fn deploy_listed(
     listed: &Listed,
     prepare: &(dyn Fn(&mut Vec<Host>) + Sync),
