@@ -251,6 +251,17 @@ impl Builds {
         self.changed.notify_all();
     }
 
+    /// Ends a build that will not run (or whose run panicked) with `why`, so that no host waits for it
+    /// forever; a build that has ended already keeps its result.
+    pub(crate) fn abandon(&self, why: &str) {
+        let mut state = self.lock();
+        if state.ended.is_none() {
+            state.ended = Some(Err(why.to_string()));
+        }
+        drop(state);
+        self.changed.notify_all();
+    }
+
     /// True when every derivation of the build counts as built.
     fn all_built(&self) -> bool {
         let state = self.lock();

@@ -1,12 +1,14 @@
 //! Large flakes deployed as they evaluate: the fleet is listed (names only), the rollout starts from the list,
 //! and the hosts of a chunk connect, push and activate while the next chunk evaluates.
 //!
-//! Three threads share an [`Arrivals`] store: the evaluator evaluates the chunks one after the other (one
-//! `nix eval` of at most `limit` nodes at a time, so memory stays bounded) and hands each chunk's build to the
-//! builder, which runs the chunks' builds one after the other; the rollout ([`run_waves_named`]: canary,
+//! The evaluator, the builders and the rollout share an `Arrivals` store: the evaluator evaluates the chunks
+//! one after the other (one `nix eval` of at most `limit` nodes at a time, so memory stays bounded) and hands
+//! each chunk's build to the builders, which run up to [`build_parallelism`] chunks' builds at once, in chunk order of starting (a
+//! chunk's slow build does not hold back the next chunk's); the rollout ([`run_waves_named`]: canary,
 //! batches, max-failures by index, exactly as for a fleet evaluated in one go) starts every host's job, which
 //! waits for its chunk's hosts and build, then deploys as usual ([`deploy_host`]: same safety). A chunk whose
-//! evaluation fails fails its hosts (they count as failures for `maxFailures`); the others deploy.
+//! evaluation or build fails fails its hosts (they count as failures for `maxFailures`); the others deploy.
+//! The build progress heard is the fleet's: summed over the chunks' builds ([`BuildTally`]).
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -160,10 +162,62 @@ impl Drop for FailRest<'_> {
     }
 }
 
+/// How many chunks' `nix build`s run at once: the cores, at least 2 and at most 4.
+///
+/// Each `nix build` runs its own builders (nix's `max-jobs`), so builds are bounded like the evaluator: a few
+/// processes, not one per chunk. Two at least, so that one chunk's slow tail (its last derivation, nix's
+/// start and store queries) does not hold back the next chunk's build, also on one core; four at most, as
+/// more concurrent builds only compete for the same cores and store.
+pub fn build_parallelism() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(2, 4)
+}
+
+/// The fleet's build progress from its chunks' builds: each chunk's latest built and most to build,
+/// summed over the chunks heard so far, so that the counter line counts up across chunks instead of
+/// starting again with each chunk.
+#[derive(Debug, Default)]
+pub struct BuildTally {
+    /// Chunk number → its latest built and its most to build; chunks not heard yet are (0, 0).
+    chunks: Vec<(u64, u64)>,
+}
+
+impl BuildTally {
+    /// Records that chunk `chunk`'s build has built `done` of `expected` derivations; returns the fleet's
+    /// (built, to build). A chunk's count to build never shrinks: nix's last count of a failed build leaves
+    /// the failed derivation out, and the line would then read as complete.
+    pub fn heard(&mut self, chunk: usize, done: u64, expected: u64) -> (u64, u64) {
+        if self.chunks.len() <= chunk {
+            self.chunks.resize(chunk + 1, (0, 0));
+        }
+        let most = self.chunks[chunk].1.max(expected);
+        self.chunks[chunk] = (done, most);
+        self.chunks
+            .iter()
+            .fold((0, 0), |(d, e), (cd, ce)| (d + cd, e + ce))
+    }
+}
+
+/// Why a chunk's build ended without running.
+const NOT_BUILT: &str =
+    "its chunk's build did not run (the rollout stopped, Ctrl-C or an internal error)";
+
+/// Ends a chunk's build when its builder is done with it, also by a panic or without running it: no host
+/// waits for a build that never ends.
+struct Abandon<'a>(&'a Builds);
+
+impl Drop for Abandon<'_> {
+    fn drop(&mut self) {
+        self.0.abandon(NOT_BUILT);
+    }
+}
+
 /// Deploys a listed fleet ([`Listed`]) while it evaluates. `prepare` adjusts each chunk's hosts as the
-/// command line says (overrides) before they are built and deployed; `build_progress` hears each chunk's
-/// build (built, to build). The report has one row per listed host; a host of a chunk that failed to evaluate
-/// is a failed row whose message says why ([`ChunkError`]).
+/// command line says (overrides) before they are built and deployed; `build_progress` hears the fleet's
+/// build (built, to build), summed over the chunks' builds so far ([`BuildTally`]). The report has one row
+/// per listed host; a host of a chunk that failed to evaluate is a failed row whose message says why
+/// ([`ChunkError`]).
 pub fn deploy_listed(
     listed: &Listed,
     prepare: &(dyn Fn(&mut Vec<Host>) + Sync),
@@ -177,20 +231,37 @@ pub fn deploy_listed(
     let evaluated: Mutex<Vec<Host>> = Mutex::new(Vec::new());
     let build_errors: Mutex<Vec<BuildError>> = Mutex::new(Vec::new());
     let total = listed.names.len();
+    let tally = Mutex::new(BuildTally::default());
+    let (to_build, builds) = std::sync::mpsc::channel::<(usize, Arc<Builds>)>();
+    let builds = Mutex::new(builds);
     let report = std::thread::scope(|scope| {
-        let (to_build, builds) = std::sync::mpsc::channel::<Arc<Builds>>();
-        // The builder: one chunk's `nix build` at a time, in chunk order (hosts wait in that order too).
-        scope.spawn(|| {
-            for chunk in builds {
-                if let Err(e) = chunk.run(opts, build_progress) {
+        let (arrivals, tally, build_errors, builds) = (&arrivals, &tally, &build_errors, &builds);
+        // The builders: up to `build_parallelism()` chunks' `nix build`s at once, started in chunk order.
+        // Each takes the next chunk as it is free; they end when the evaluator has ended (its sender gone).
+        for _ in 0..build_parallelism() {
+            scope.spawn(move || loop {
+                // One idle builder waits on the channel, the others on the lock.
+                let next = builds.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                let Ok((chunk, build)) = next else { break };
+                let _abandon = Abandon(&build);
+                if arrivals.stopped() {
+                    continue;
+                }
+                let progress = |done: u64, expected: u64| {
+                    // Heard under the lock: the sums shown only grow, whichever builder spoke last.
+                    let mut tally = tally.lock().unwrap_or_else(|p| p.into_inner());
+                    let (done, expected) = tally.heard(chunk, done, expected);
+                    build_progress(done, expected);
+                };
+                let ran = nixpave_remote::parallel::catch_panic(|| build.run(opts, &progress));
+                if let Ok(Err(e)) = ran {
                     if let Ok(mut errors) = build_errors.lock() {
                         errors.push(e);
                     }
                 }
-            }
-        });
+            });
+        }
         // The evaluator: one `nix eval` of one chunk at a time.
-        let arrivals = &arrivals;
         let evaluated = &evaluated;
         scope.spawn(move || {
             // A panic fails the chunks left (the guard) and ends here: the hosts' rows still get reported.
@@ -221,8 +292,11 @@ pub fn deploy_listed(
                             if let Ok(mut all) = evaluated.lock() {
                                 all.extend(hosts.iter().cloned());
                             }
-                            // The builder ends only when this thread drops the sender: it is alive.
-                            let _ = to_build.send(Arc::clone(&builds));
+                            // The builders end only when this thread drops the sender: they are alive.
+                            // Should none be (a bug), the build ends unrun rather than be waited for.
+                            if let Err(unsent) = to_build.send((i, Arc::clone(&builds))) {
+                                unsent.0 .1.abandon(NOT_BUILT);
+                            }
                             arrivals.arrive(i, Ok((hosts, builds)));
                         }
                         Err(e) => arrivals.arrive(i, Err(Arc::new(e))),
@@ -264,4 +338,35 @@ fn failed(name: &str, e: &ChunkError) -> HostReport {
         }
     }
     bare_report(name, Outcome::Failed, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_progress_is_summed_over_the_chunks_heard_so_far() {
+        let mut tally = BuildTally::default();
+        // Chunk 0 starts: its own counts.
+        assert_eq!(tally.heard(0, 0, 5), (0, 5));
+        assert_eq!(tally.heard(0, 2, 5), (2, 5));
+        // Chunk 2 is heard before chunk 1 (parallel builds): both count, chunk 1 not yet.
+        assert_eq!(tally.heard(2, 1, 4), (3, 9));
+        // Chunk 1 starts while the others build: the line counts on, it does not start again at 0/n.
+        assert_eq!(tally.heard(1, 0, 5), (3, 14));
+        // A chunk's later count replaces its earlier one (nix may expect more as it goes).
+        assert_eq!(tally.heard(0, 5, 6), (6, 15));
+        assert_eq!(tally.heard(1, 5, 5), (11, 15));
+        assert_eq!(tally.heard(2, 4, 4), (14, 15));
+        assert_eq!(tally.heard(0, 6, 6), (15, 15));
+        // A failed build's last count leaves its failed derivation out: the fleet still has it to build.
+        assert_eq!(tally.heard(3, 0, 2), (15, 17));
+        assert_eq!(tally.heard(3, 1, 1), (16, 17));
+    }
+
+    #[test]
+    fn builds_run_a_few_at_a_time_never_none() {
+        let k = build_parallelism();
+        assert!((2..=4).contains(&k), "{k}");
+    }
 }

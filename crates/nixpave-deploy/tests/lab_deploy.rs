@@ -1004,3 +1004,92 @@ in {{ deploy = {{ stateDir = "{STATE_DIR}"; confirmTimeout = 4; activationTimeou
     assert_eq!(done.hosts.len(), 2);
     assert!(profile_of(&lab.hosts()[1]).ends_with(&format!("{tag}-2")));
 }
+
+#[test]
+fn two_chunks_build_at_once() {
+    // Chunks of one node. host1's build (chunk 1) waits until host2's build (chunk 2) has started: it
+    // creates a marker as it starts. Built one chunk after the other, host1's build gives up after 60 s
+    // and host1 fails; built at once, both deploy. host3's build (chunk 3) fails: it alone fails.
+    nix_conf_dir();
+    let lab = Lab::up(3).expect("lab up");
+    let conn = connector(&lab);
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(fixtures().join("system.nix"), dir.path().join("system.nix")).expect("copy");
+    let marker = dir.path().join("chunk2-building");
+    let tag = unique("parallel-builds");
+    std::fs::write(
+        dir.path().join("flake.nix"),
+        format!(
+            r#"{{ outputs = {{ self }}: let sys = import ./system.nix; in {{
+  deploy = {{ stateDir = "{STATE_DIR}"; confirmTimeout = 4; activationTimeout = 4; nodes = {{
+    host1 = {{ hostname = "host1"; profiles.system.path = sys {{ tag = "{tag}-1"; buildWaitFor = "{marker}"; }}; }};
+    host2 = {{ hostname = "host2"; profiles.system.path = sys {{ tag = "{tag}-2"; buildMark = "{marker}"; }}; }};
+    host3 = {{ hostname = "host3"; profiles.system.path = sys {{ tag = "{tag}-3"; buildFail = true; }}; }};
+}}; }}; }}; }}"#,
+            marker = marker.display()
+        ),
+    )
+    .expect("flake");
+    let flake = format!("path:{}", dir.path().display());
+    let opts = DeployOptions::default();
+    let listed = match nixpave_deploy::Inventory::list_flake(
+        &flake,
+        &nixpave_deploy::Selection::default(),
+        false,
+        1,
+        &opts.nix,
+    )
+    .expect("listed")
+    {
+        nixpave_deploy::inventory::Listing::Listed(listed) => listed,
+        other => panic!("three nodes, one per evaluation, are listed: {other:?}"),
+    };
+    let heard: std::sync::Mutex<Vec<(u64, u64)>> = Default::default();
+    let events = Events::default();
+    let sink = events.sink();
+    let done = nixpave_deploy::pipeline::deploy_listed(
+        &listed,
+        &|_| {},
+        &conn,
+        &opts,
+        &RolloutSettings::default(),
+        &sink,
+        &|d, e| heard.lock().expect("lock").push((d, e)),
+    );
+    let rows: Vec<(&str, Outcome)> = done
+        .report
+        .hosts
+        .iter()
+        .map(|r| (r.host.as_str(), r.outcome))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("host1", Outcome::Deployed),
+            ("host2", Outcome::Deployed),
+            ("host3", Outcome::Failed)
+        ],
+        "the chunks' builds did not overlap: {:?} {:?}",
+        done.report.hosts,
+        done.build_errors
+    );
+    let message = &done.report.hosts[2].message;
+    assert!(
+        message.contains("building its profile failed")
+            && message.contains(&format!("{tag}-3.drv")),
+        "{message}"
+    );
+    assert_eq!(done.build_errors.len(), 1, "{:?}", done.build_errors);
+    // The progress heard is the fleet's: the chunks' derivations, counted up across them.
+    let heard = heard.into_inner().expect("lock");
+    assert!(
+        heard.iter().any(|&(d, e)| e >= 2 && d < 2),
+        "two chunks counted while building: {heard:?}"
+    );
+    assert!(
+        heard.windows(2).all(|w| w[1].1 >= w[0].1),
+        "the fleet's count to build only grows: {heard:?}"
+    );
+    assert!(profile_of(&lab.hosts()[0]).ends_with(&format!("{tag}-1")));
+    assert!(profile_of(&lab.hosts()[1]).ends_with(&format!("{tag}-2")));
+}
