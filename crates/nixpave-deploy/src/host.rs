@@ -658,7 +658,7 @@ fn activate_profile(
 }
 
 /// How long the confirmation login waits for the agent's final record before the wait moves to the master
-/// connection (the agent sees the confirmation within 50 ms; a rollback it starts instead takes longer).
+/// connection (the confirmation wakes the agent at once; a rollback it starts instead takes longer).
 const CONFIRM_WAIT_SECONDS: u64 = 20;
 
 /// Waits (retrying over a lost connection) until the agent's record is final.
