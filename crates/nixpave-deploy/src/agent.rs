@@ -150,8 +150,9 @@ impl Activation {
         format!(
             "np_state={state} np_temp={temp} np_dir={dir} np_agent={agent}\n\
              not_installed() {{ echo \"cannot install the deploy agent: $*\" >&2; exit {code}; }}\n\
-             mkdir -p \"$np_state\" \"$np_temp\" || not_installed \"cannot create $np_state and $np_temp\"\n\
-             mkdir \"$np_dir\" 2>/dev/null || true\n\
+             {{ [ -d \"$np_state\" ] && [ -d \"$np_temp\" ]; }} || mkdir -p \"$np_state\" \"$np_temp\" \\\n\
+               || not_installed \"cannot create $np_state and $np_temp\"\n\
+             [ -d \"$np_dir\" ] || mkdir \"$np_dir\" 2>/dev/null || true\n\
              if [ -h \"$np_dir\" ] || [ ! -d \"$np_dir\" ] || [ ! -O \"$np_dir\" ]; then\n\
                not_installed \"$np_dir is not a directory of $(id -un) (remove it, or set tempPath elsewhere)\"\n\
              fi\n\
@@ -286,7 +287,7 @@ impl Activation {
         };
         format!(
             "set -e\numask 077\n{install}\
-             holder=$(readlink {lock} 2>/dev/null || true)\n\
+             holder=; if [ -h {lock} ]; then holder=$(readlink {lock} 2>/dev/null || true); fi\n\
              if [ -n \"$holder\" ] && kill -0 \"$holder\" 2>/dev/null; then\n\
                echo \"another deploy of profile {name_text} is still running on this host (agent pid $holder)\" >&2\n\
                exit {busy}\n\
@@ -366,7 +367,7 @@ impl Activation {
 pub fn manual_rollback_script(a: &Activation) -> String {
     format!(
         "set -e\numask 077\n{install}\
-         holder=$(readlink {lock} 2>/dev/null || true)\n\
+         holder=; if [ -h {lock} ]; then holder=$(readlink {lock} 2>/dev/null || true); fi\n\
          if [ -n \"$holder\" ] && kill -0 \"$holder\" 2>/dev/null; then\n\
            echo \"a deploy of profile {name_text} is running on this host (agent pid $holder); try again later\" >&2\n\
            exit {busy}\n\

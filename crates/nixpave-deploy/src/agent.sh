@@ -35,11 +35,18 @@ LOG=$STATEDIR/$NAME.log
 CONFIRM_FILE=$STATEDIR/$NAME.confirm
 REJECT_FILE=$STATEDIR/$NAME.reject
 LOCK=$STATEDIR/$NAME.lock
-PREV_PATH= PREV_GEN= NEW_GEN= FAILED_GEN= STARTED=$(date +%s)
+PREV_PATH= PREV_GEN= NEW_GEN= FAILED_GEN= STARTED=
 
 NL='
 '
 log() { echo "nixpave-agent: $*"; }
+
+# Removes the files that exist (every deploy of every host runs this agent: no process for nothing).
+remove() {
+  for f; do
+    if [ -e "$f" ] || [ -h "$f" ]; then rm -f "$f"; fi
+  done
+}
 
 # True when file $1 holds this deploy's id (read with a builtin: no process per look).
 holds_id() {
@@ -93,7 +100,7 @@ status() {
 # SIGPIPE, whether or not its reader still lives. Without mkfifo the waiter falls back to sleeping a second.
 open_wakeups() {
   WAKE=$1 TICKER=
-  rm -f "$WAKE"
+  remove "$WAKE"
   if mkfifo -m 600 "$WAKE" 2>/dev/null && { command exec 9<>"$WAKE"; } 2>/dev/null; then
     # $$ is the waiter (also in this subshell): the ticker ends with it, even when it was killed. It holds
     # none of the waiter's own streams: an ssh session ends only once nothing holds them any more.
@@ -158,7 +165,7 @@ with_timeout() {
   if command -v setsid >/dev/null 2>&1; then setsid "$@" & else "$@" & fi
   pid=$!
   expired=$STATEDIR/$NAME.expired.$$
-  rm -f "$expired"
+  remove "$expired"
   watchdog "$pid" "$expired" &
   dog=$!
   wait "$pid"
@@ -265,7 +272,8 @@ rollback() {
 }
 
 do_run() {
-  mkdir -p "$STATEDIR"
+  [ -d "$STATEDIR" ] || mkdir -p "$STATEDIR"
+  STARTED=$(date +%s)
   exec >>"$LOG" 2>&1
   if ! take_lock; then
     log "deploy $ID refused: another deploy of $NAME is running (agent pid $(readlink "$LOCK"))"
@@ -273,7 +281,7 @@ do_run() {
   fi
   trap 'close_wakeups; release_lock' EXIT
   log "deploy $ID: $STOREPATH -> $PROFILE (goal $GOAL, confirm ${CONFIRM}s, activation ${ACTIVATE}s)"
-  rm -f "$CONFIRM_FILE" "$REJECT_FILE"
+  remove "$CONFIRM_FILE" "$REJECT_FILE"
   PREV_PATH=$([ -e "$PROFILE" ] && readlink -f "$PROFILE" 2>/dev/null || true)
   generation_of "$PROFILE"
   PREV_GEN=$GEN
@@ -400,7 +408,8 @@ do_wait() {
 
 # Manual rollback (`nixpave rollback`): previous generation of the profile, re-activated.
 do_rollback() {
-  mkdir -p "$STATEDIR"
+  [ -d "$STATEDIR" ] || mkdir -p "$STATEDIR"
+  STARTED=$(date +%s)
   exec 3>&1 >>"$LOG" 2>&1
   if ! take_lock; then
     echo "nixpave-agent: a deploy of $NAME is running (agent pid $(readlink "$LOCK")); try again later" >&3
