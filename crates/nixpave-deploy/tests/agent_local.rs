@@ -392,6 +392,13 @@ fn waiting_leaves_no_process_holding_the_sessions_output_and_no_fifo() {
             .filter(|n| n.ends_with(".fifo"))
             .collect()
     };
+    // The deploy ends on the agent's final record; the agent itself exits just after, its FIFO removed
+    // before it lets go of its lock.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while state.join("system.lock").symlink_metadata().is_ok() {
+        assert!(Instant::now() < deadline, "the agent still holds its lock");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(fifos(&state), Vec::<String>::new(), "after a deploy");
 
     // A wait as the deployer's sessions run it, with stdout on a pipe of our own, for a record that is not
