@@ -36,14 +36,17 @@ pub enum NixError {
         source: std::io::Error,
     },
     /// The command exited with a failure.
-    #[error("`{command}` failed (exit {status:?}):\n{stderr}")]
+    #[error("`{command}` failed (exit {status:?}):\n{stderr}{}", shown_builds(.builds))]
     Failed {
         /// The command line (never contains secrets: nixpave passes them on stdin).
         command: String,
         /// Exit status, `None` when killed by a signal.
         status: Option<i32>,
-        /// The last lines of its standard error.
+        /// The last lines of its standard error (of a `nix build`: nix's error messages).
         stderr: String,
+        /// Of a failed `nix build`: the log tails of the derivations it did not build (the failed one, and
+        /// those it stopped when that one failed), in the order they started. Empty for other commands.
+        builds: Vec<crate::progress::BuildLog>,
     },
     /// The command did not finish within [`NixOptions::timeout`] and was killed.
     #[error("`{command}` did not finish within {seconds} s and was stopped")]
@@ -67,6 +70,25 @@ pub enum NixError {
         /// What was wrong.
         message: String,
     },
+}
+
+/// How many builds' logs an error shows (all are in [`NixError::Failed::builds`]).
+const SHOWN_BUILDS: usize = 3;
+
+/// The `builds` of [`NixError::Failed`] as the error shows them: each log tail on lines of its own.
+fn shown_builds(builds: &[crate::progress::BuildLog]) -> String {
+    let mut text: String = builds
+        .iter()
+        .take(SHOWN_BUILDS)
+        .map(|b| format!("\n{b}"))
+        .collect();
+    if builds.len() > SHOWN_BUILDS {
+        text.push_str(&format!(
+            "\n(and {} more unfinished builds)",
+            builds.len() - SHOWN_BUILDS
+        ));
+    }
+    text
 }
 
 /// Output of a successful nix command.
@@ -136,6 +158,7 @@ fn run_nix_inner(
             command,
             status: out.status,
             stderr: tail(&stderr, 20),
+            builds: Vec::new(),
         });
     }
     Ok(NixOutput { stdout, stderr })
