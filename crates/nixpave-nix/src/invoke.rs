@@ -36,7 +36,7 @@ pub enum NixError {
         source: std::io::Error,
     },
     /// The command exited with a failure.
-    #[error("`{command}` failed (exit {status:?}):\n{stderr}{}", shown_builds(.builds))]
+    #[error("{}{}", failed_head(command, *status, stderr), shown_builds(.builds))]
     Failed {
         /// The command line (never contains secrets: nixpave passes them on stdin).
         command: String,
@@ -70,6 +70,35 @@ pub enum NixError {
         /// What was wrong.
         message: String,
     },
+}
+
+impl NixError {
+    /// Of a failed `nix build`: the log tails of the derivations it did not build (see
+    /// [`NixError::Failed::builds`]); empty otherwise.
+    pub fn build_logs(&self) -> &[crate::progress::BuildLog] {
+        match self {
+            NixError::Failed { builds, .. } => builds,
+            _ => &[],
+        }
+    }
+
+    /// The error's message without the build logs, for a place that shows only some of them.
+    pub fn without_build_logs(&self) -> String {
+        match self {
+            NixError::Failed {
+                command,
+                status,
+                stderr,
+                ..
+            } => failed_head(command, *status, stderr),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// The message of [`NixError::Failed`] before its build logs.
+fn failed_head(command: &str, status: Option<i32>, stderr: &str) -> String {
+    format!("`{command}` failed (exit {status:?}):\n{stderr}")
 }
 
 /// How many builds' logs an error shows (all are in [`NixError::Failed::builds`]).

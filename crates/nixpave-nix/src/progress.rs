@@ -44,9 +44,10 @@ impl std::fmt::Display for BuildLog {
             return write!(f, "the build of {} printed nothing", self.drv);
         }
         let more = if self.earlier > 0 { "last " } else { "" };
+        let s = if self.lines.len() == 1 { "" } else { "s" };
         write!(
             f,
-            "{more}{} log lines of the build of {}:",
+            "{more}{} log line{s} of the build of {}:",
             self.lines.len(),
             self.drv
         )?;
