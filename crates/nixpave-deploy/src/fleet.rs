@@ -100,7 +100,38 @@ pub struct Builds {
 struct BuildState {
     built: std::collections::HashSet<String>,
     /// `Some` once the nix build ended: `Err` with why it failed.
-    ended: Option<Result<(), String>>,
+    ended: Option<Result<(), Failure>>,
+}
+
+/// Why a build ended without building everything, kept for the hosts waiting on it.
+struct Failure {
+    /// nix's error without the builds' logs (or why the build did not run).
+    message: String,
+    /// The log tails of the derivations not built.
+    logs: Vec<nixpave_nix::progress::BuildLog>,
+}
+
+impl Failure {
+    /// The failure as `wanted`'s host sees it: the logs of its own derivations; the others only named (every
+    /// host of a build would repeat them; the build's own error has them all).
+    fn for_host(&self, wanted: &[&str]) -> String {
+        let (own, others): (Vec<_>, Vec<_>) = self
+            .logs
+            .iter()
+            .partition(|l| wanted.contains(&l.drv.as_str()));
+        let mut text = self.message.clone();
+        for log in own {
+            text.push_str(&format!("\n{log}"));
+        }
+        if !others.is_empty() {
+            let names: Vec<&str> = others.iter().map(|l| l.drv.as_str()).collect();
+            text.push_str(&format!(
+                "\nnot built: {} (their logs are in the build's error)",
+                names.join(", ")
+            ));
+        }
+        text
+    }
 }
 
 impl std::fmt::Debug for Builds {
@@ -192,7 +223,12 @@ impl Builds {
                 state.built.extend(drvs.iter().cloned());
                 state.ended = Some(Ok(()));
             }
-            Err(e) => state.ended = Some(Err(e.to_string())),
+            Err(e) => {
+                state.ended = Some(Err(Failure {
+                    message: e.without_build_logs(),
+                    logs: e.build_logs().to_vec(),
+                }))
+            }
         }
         drop(state);
         self.changed.notify_all();
@@ -256,7 +292,10 @@ impl Builds {
     pub(crate) fn abandon(&self, why: &str) {
         let mut state = self.lock();
         if state.ended.is_none() {
-            state.ended = Some(Err(why.to_string()));
+            state.ended = Some(Err(Failure {
+                message: why.to_string(),
+                logs: Vec::new(),
+            }));
         }
         drop(state);
         self.changed.notify_all();
@@ -287,7 +326,10 @@ impl Builds {
                 return Ok(());
             }
             if let Some(Err(e)) = &state.ended {
-                return Err(format!("building its profile failed: {e}"));
+                return Err(format!(
+                    "building its profile failed: {}",
+                    e.for_host(&wanted)
+                ));
             }
             if state.ended.is_some() {
                 return Err("the build ended without building its profile".into());
@@ -622,5 +664,34 @@ mod tests {
         let mut seen = finished.into_inner().expect("lock");
         seen.sort();
         assert_eq!(seen, ["h00", "h01", "h02", "h03"]);
+    }
+
+    #[test]
+    fn a_host_sees_the_logs_of_its_own_failed_builds_and_the_names_of_the_others() {
+        let log = |drv: &str, line: &str| nixpave_nix::progress::BuildLog {
+            drv: drv.into(),
+            lines: vec![line.into()],
+            earlier: 0,
+        };
+        let failure = Failure {
+            message:
+                "`nix build` failed (exit Some(1)):\nerror: builder for '/nix/store/a-x.drv' failed"
+                    .into(),
+            logs: vec![
+                log("/nix/store/a-x.drv", "x broke"),
+                log("/nix/store/b-y.drv", "y stopped"),
+            ],
+        };
+        assert_eq!(
+            failure.for_host(&["/nix/store/a-x.drv"]),
+            "`nix build` failed (exit Some(1)):\nerror: builder for '/nix/store/a-x.drv' failed\n\
+             1 log line of the build of /nix/store/a-x.drv:\n> x broke\n\
+             not built: /nix/store/b-y.drv (their logs are in the build's error)"
+        );
+        assert_eq!(
+            failure.for_host(&["/nix/store/c-z.drv"]),
+            "`nix build` failed (exit Some(1)):\nerror: builder for '/nix/store/a-x.drv' failed\n\
+             not built: /nix/store/a-x.drv, /nix/store/b-y.drv (their logs are in the build's error)"
+        );
     }
 }

@@ -32,8 +32,8 @@ pub enum ChunkError {
         first: String,
         /// How many other nodes the chunk has.
         more: usize,
-        /// Why.
-        source: InventoryError,
+        /// Why (boxed: the error is large, the chunk's rows only read it).
+        source: Box<InventoryError>,
     },
     /// Its evaluation gave other nodes than the listing (the flake changed meanwhile?).
     #[error("its chunk's evaluation has no node `{node}` (did the flake change while deploying?)")]
@@ -277,7 +277,7 @@ pub fn deploy_listed(
                         .map_err(|source| ChunkError::Eval {
                             first: names[0].clone(),
                             more: names.len() - 1,
-                            source,
+                            source: Box::new(source),
                         })
                         .and_then(|mut inventory| {
                             prepare(&mut inventory.hosts);

@@ -1073,13 +1073,31 @@ fn two_chunks_build_at_once() {
         done.report.hosts,
         done.build_errors
     );
+    // host3's row and the build's error show what its builder printed (`buildFail`'s line), named.
+    let drv3 = format!("-nixpave-test-system-{tag}-3.drv");
     let message = &done.report.hosts[2].message;
     assert!(
         message.contains("building its profile failed")
-            && message.contains(&format!("{tag}-3.drv")),
+            && message.contains(&format!("{drv3}' failed with exit code 1"))
+            && message.contains(&format!("{drv3}:\n> build failed on purpose")),
         "{message}"
     );
     assert_eq!(done.build_errors.len(), 1, "{:?}", done.build_errors);
+    let logs = done.build_errors[0].0.build_logs();
+    assert!(
+        logs.len() == 1
+            && logs[0].drv.ends_with(&drv3)
+            && logs[0].lines == ["build failed on purpose"],
+        "{logs:?}"
+    );
+    assert!(
+        done.build_errors[0]
+            .0
+            .to_string()
+            .ends_with("\n> build failed on purpose"),
+        "{}",
+        done.build_errors[0].0
+    );
     // The progress heard is the fleet's: the chunks' derivations, counted up across them.
     let heard = heard.into_inner().expect("lock");
     assert!(

@@ -95,10 +95,22 @@ fn build_with(
             );
         }
     }
-    let out = match on_event {
-        None => run_nix("nix", &args, opts, &[])?,
-        Some(on_event) => crate::progress::run_with_log(&args, opts, &[], on_event)?,
-    };
+    // Always with nix's JSON log: a failure then names the derivations not built with their log tails.
+    let out = crate::progress::run_with_log(&args, opts, &[], on_event.unwrap_or(&mut |_| {}))
+        .map_err(|e| match e {
+            NixError::Failed {
+                command,
+                status,
+                stderr,
+                builds,
+            } => NixError::Failed {
+                command,
+                status,
+                stderr,
+                builds: not_built(builds, opts),
+            },
+            other => other,
+        })?;
     let built = parse_build_json(&out.stdout)?;
     if let Some(missing) = drv_paths.iter().find(|d| !built.contains_key(*d)) {
         return Err(NixError::BadOutput {
@@ -107,6 +119,61 @@ fn build_with(
         });
     }
     Ok(built)
+}
+
+/// The builds of `logs` whose outputs are not all valid in the store: the failed ones (and those nix stopped
+/// when one failed), not those that succeeded (nix logs no end of a build; nix 2.8 and 2.26 end a build's
+/// activity only when the whole `nix build` ends). One `nix-store` call; should it fail, all are kept.
+fn not_built(
+    logs: Vec<crate::progress::BuildLog>,
+    opts: &NixOptions,
+) -> Vec<crate::progress::BuildLog> {
+    let outputs: Vec<Option<Vec<String>>> = logs
+        .iter()
+        .map(|l| {
+            std::fs::read_to_string(&l.drv)
+                .ok()
+                .and_then(|text| drv_output_paths(&text))
+        })
+        .collect();
+    let mut args = vec![
+        "--check-validity".to_string(),
+        "--print-invalid".to_string(),
+    ];
+    args.extend(outputs.iter().flatten().flatten().cloned());
+    if args.len() == 2 {
+        return logs;
+    }
+    let Ok(out) = run_nix("nix-store", &args, opts, &[]) else {
+        return logs;
+    };
+    let invalid: std::collections::HashSet<&str> = out.stdout.lines().map(str::trim).collect();
+    logs.into_iter()
+        .zip(outputs)
+        .filter(|(_, outs)| match outs {
+            Some(outs) => outs.iter().any(|o| invalid.contains(o.as_str())),
+            // Outputs unknown (not a plain .drv, or content-addressed): cannot tell, keep it.
+            None => true,
+        })
+        .map(|(log, _)| log)
+        .collect()
+}
+
+/// The output paths a `.drv` file (nix's ATerm `Derive([("out","/nix/store/…","",""),…],…)`) names, `None`
+/// when it is not of that form or an output has no path yet (content-addressed). Pure.
+pub fn drv_output_paths(drv: &str) -> Option<Vec<String>> {
+    let list = drv.strip_prefix("Derive([")?;
+    // Output names, paths and hashes hold no `]`: the list ends at the first one.
+    let list = &list[..list.find(']')?];
+    // Each output is four strings (name, path, hash algorithm, hash); quotes are the only delimiters.
+    let strings: Vec<&str> = list.split('"').skip(1).step_by(2).collect();
+    if strings.is_empty() || !strings.len().is_multiple_of(4) {
+        return None;
+    }
+    strings
+        .chunks(4)
+        .map(|o| (o[1].starts_with('/')).then(|| o[1].to_string()))
+        .collect()
 }
 
 /// The `nix` arguments that build all outputs of `drv_paths` with nix `version` (pure).
@@ -237,6 +304,26 @@ mod tests {
         let map = parse_build_json(json).expect("valid");
         assert_eq!(map.len(), 1);
         assert_eq!(map["/nix/store/a.drv"], "/nix/store/a-bin");
+    }
+
+    #[test]
+    fn reads_output_paths_of_a_drv() {
+        // A .drv written by nix 2.8 (shortened after the outputs).
+        let drv = r#"Derive([("dev","/nix/store/gf343rkdnlbz0qyyd9y3g0bfj67blp1m-m-dev","",""),("out","/nix/store/r4wbbmzlq67y5dnhv5y0dn3vvdh6qdb9-m","","")],[],[],"x86_64-linux","/bin/sh",["-c","exit 1"],[("name","m")])"#;
+        assert_eq!(
+            drv_output_paths(drv),
+            Some(vec![
+                "/nix/store/gf343rkdnlbz0qyyd9y3g0bfj67blp1m-m-dev".to_string(),
+                "/nix/store/r4wbbmzlq67y5dnhv5y0dn3vvdh6qdb9-m".into()
+            ])
+        );
+        // Content-addressed (no path yet) and not a derivation: unknown.
+        assert_eq!(
+            drv_output_paths(r#"Derive([("out","","r:sha256","")],[])"#),
+            None
+        );
+        assert_eq!(drv_output_paths("DrvWithVersion(\"xp-dyn-drv\",[])"), None);
+        assert_eq!(drv_output_paths(""), None);
     }
 
     #[test]

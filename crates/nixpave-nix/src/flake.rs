@@ -77,10 +77,16 @@ pub fn eval_flake_json(
     let shown = format!("nix eval --impure --json (fleet of flake {flake})");
     // The generated expression is long and says nothing to the user: show a short command instead.
     let out = run_nix("nix", &args, opts, &[]).map_err(|e| match e {
-        NixError::Failed { status, stderr, .. } => NixError::Failed {
+        NixError::Failed {
+            status,
+            stderr,
+            builds,
+            ..
+        } => NixError::Failed {
             command: shown.clone(),
             status,
             stderr,
+            builds,
         },
         NixError::Spawn { source, .. } => NixError::Spawn {
             command: shown.clone(),

@@ -36,14 +36,17 @@ pub enum NixError {
         source: std::io::Error,
     },
     /// The command exited with a failure.
-    #[error("`{command}` failed (exit {status:?}):\n{stderr}")]
+    #[error("{}{}", failed_head(command, *status, stderr), shown_builds(.builds))]
     Failed {
         /// The command line (never contains secrets: nixpave passes them on stdin).
         command: String,
         /// Exit status, `None` when killed by a signal.
         status: Option<i32>,
-        /// The last lines of its standard error.
+        /// The last lines of its standard error (of a `nix build`: nix's error messages).
         stderr: String,
+        /// Of a failed `nix build`: the log tails of the derivations it did not build (the failed one, and
+        /// those it stopped when that one failed), in the order they started. Empty for other commands.
+        builds: Vec<crate::progress::BuildLog>,
     },
     /// The command did not finish within [`NixOptions::timeout`] and was killed.
     #[error("`{command}` did not finish within {seconds} s and was stopped")]
@@ -67,6 +70,54 @@ pub enum NixError {
         /// What was wrong.
         message: String,
     },
+}
+
+impl NixError {
+    /// Of a failed `nix build`: the log tails of the derivations it did not build (see
+    /// [`NixError::Failed::builds`]); empty otherwise.
+    pub fn build_logs(&self) -> &[crate::progress::BuildLog] {
+        match self {
+            NixError::Failed { builds, .. } => builds,
+            _ => &[],
+        }
+    }
+
+    /// The error's message without the build logs, for a place that shows only some of them.
+    pub fn without_build_logs(&self) -> String {
+        match self {
+            NixError::Failed {
+                command,
+                status,
+                stderr,
+                ..
+            } => failed_head(command, *status, stderr),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// The message of [`NixError::Failed`] before its build logs.
+fn failed_head(command: &str, status: Option<i32>, stderr: &str) -> String {
+    format!("`{command}` failed (exit {status:?}):\n{stderr}")
+}
+
+/// How many builds' logs an error shows (all are in [`NixError::Failed::builds`]).
+const SHOWN_BUILDS: usize = 3;
+
+/// The `builds` of [`NixError::Failed`] as the error shows them: each log tail on lines of its own.
+fn shown_builds(builds: &[crate::progress::BuildLog]) -> String {
+    let mut text: String = builds
+        .iter()
+        .take(SHOWN_BUILDS)
+        .map(|b| format!("\n{b}"))
+        .collect();
+    if builds.len() > SHOWN_BUILDS {
+        text.push_str(&format!(
+            "\n(and {} more unfinished builds)",
+            builds.len() - SHOWN_BUILDS
+        ));
+    }
+    text
 }
 
 /// Output of a successful nix command.
@@ -136,6 +187,7 @@ fn run_nix_inner(
             command,
             status: out.status,
             stderr: tail(&stderr, 20),
+            builds: Vec::new(),
         });
     }
     Ok(NixOutput { stdout, stderr })

@@ -2,9 +2,14 @@
 //! the counters nix keeps for builds and copies (paths done / expected, bytes done / expected).
 //!
 //! Each line is `@nix {json}`: `start` of an activity (its id, type and fields), `stop` of an id, `result`
-//! of an id (progress numbers), `msg` (what nix would have printed).
+//! of an id (progress numbers, or a line a builder printed), `msg` (what nix would have printed).
+//!
+//! Builders' output comes as `result`s of type `resBuildLogLine` of their `actBuild` activity (nix 2.8 to
+//! 2.26 alike), and nix leaves it out of its own error message in this format (its JSON logger counts as
+//! verbose). The reader keeps the last [`BUILD_LOG_LINES`] of each build, for the error of a failed build
+//! ([`crate::invoke::NixError::Failed`]); they are no [`LogEvent`]s, so no progress view shows them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 /// Activity types of nix's logger (`ActivityType` in nix's `logging.hh`, the same from 2.8 to 2.26).
 const ACT_COPY_PATH: u64 = 100;
@@ -14,6 +19,88 @@ const ACT_BUILD: u64 = 105;
 /// Result types: `resProgress` (done, expected, running, failed) and `resSetExpected` (activity type, n).
 const RES_PROGRESS: u64 = 105;
 const RES_SET_EXPECTED: u64 = 106;
+/// Result type `resBuildLogLine`: one line a builder printed (stdout and stderr alike), in `fields[0]`.
+const RES_BUILD_LOG_LINE: u64 = 101;
+
+/// How many of a build's last log lines are kept (nix's own error shows 10 by default).
+pub const BUILD_LOG_LINES: usize = 20;
+/// Longer log lines are cut to this many characters (a builder may print anything).
+const LOG_LINE_CHARS: usize = 300;
+
+/// The end of one derivation's build log, as nix passed it on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildLog {
+    /// The derivation built (`/nix/store/…-NAME.drv`).
+    pub drv: String,
+    /// Its last lines (at most [`BUILD_LOG_LINES`]), oldest first, without terminal escapes.
+    pub lines: Vec<String>,
+    /// How many lines it printed before those.
+    pub earlier: usize,
+}
+
+impl std::fmt::Display for BuildLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.lines.is_empty() {
+            return write!(f, "the build of {} printed nothing", self.drv);
+        }
+        let more = if self.earlier > 0 { "last " } else { "" };
+        let s = if self.lines.len() == 1 { "" } else { "s" };
+        write!(
+            f,
+            "{more}{} log line{s} of the build of {}:",
+            self.lines.len(),
+            self.drv
+        )?;
+        for line in &self.lines {
+            write!(f, "\n> {line}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The log tail of one build while it runs.
+#[derive(Debug, Default)]
+struct Tail {
+    lines: VecDeque<String>,
+    earlier: usize,
+}
+
+impl Tail {
+    fn push(&mut self, line: &str) {
+        if self.lines.len() == BUILD_LOG_LINES {
+            self.lines.pop_front();
+            self.earlier += 1;
+        }
+        let mut line = strip_escapes(line);
+        if let Some((cut, _)) = line.char_indices().nth(LOG_LINE_CHARS) {
+            line.truncate(cut);
+            line.push('…');
+        }
+        self.lines.push_back(line);
+    }
+}
+
+/// `text` without terminal escape sequences (CSI: `ESC [ … final`), which nix and builders use for colour.
+pub fn strip_escapes(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\u{1b}' {
+            out.push(c);
+            continue;
+        }
+        // ESC [ parameters… final byte in '@'..='~'; a lone ESC (or another escape) is dropped.
+        if chars.clone().next() == Some('[') {
+            chars.next();
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) {
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
 
 /// What one log line told.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +144,10 @@ pub enum LogEvent {
 #[derive(Debug, Default)]
 pub struct LogReader {
     activities: HashMap<u64, (u64, Option<String>)>,
+    /// The log tail of every derivation built, in the order the builds started.
+    builds: Vec<(String, Tail)>,
+    /// Build activity id → its index in `builds`.
+    build_of: HashMap<u64, usize>,
 }
 
 impl LogReader {
@@ -78,6 +169,17 @@ impl LogReader {
                     .and_then(|f| f.get(0))
                     .and_then(|v| v.as_str())
                     .map(String::from);
+                if let (ACT_BUILD, Some(drv)) = (kind, &first) {
+                    // A derivation built again in one run (`--rounds`) keeps one log.
+                    let at = match self.builds.iter().position(|(d, _)| d == drv) {
+                        Some(at) => at,
+                        None => {
+                            self.builds.push((drv.clone(), Tail::default()));
+                            self.builds.len() - 1
+                        }
+                    };
+                    self.build_of.insert(id?, at);
+                }
                 self.activities.insert(id?, (kind, first));
                 None
             }
@@ -105,6 +207,12 @@ impl LogReader {
                     _ => None,
                 }
             }
+            "result" if json.get("type")?.as_u64()? == RES_BUILD_LOG_LINE => {
+                let line = json.get("fields")?.get(0)?.as_str()?;
+                let at = *self.build_of.get(&id?)?;
+                self.builds.get_mut(at)?.1.push(line);
+                None
+            }
             "result"
                 if json.get("type")?.as_u64()? == RES_SET_EXPECTED
                     && num(0) == ACT_COPY_PATH
@@ -113,15 +221,29 @@ impl LogReader {
                 Some(LogEvent::CopyBytesExpected(num(1)))
             }
             "msg" if json.get("level")?.as_u64()? <= 1 => {
-                Some(LogEvent::Message(json.get("msg")?.as_str()?.to_string()))
+                Some(LogEvent::Message(strip_escapes(json.get("msg")?.as_str()?)))
             }
             _ => None,
         }
     }
+
+    /// The log tails of the derivations built so far (also those that succeeded), in the order their
+    /// builds started.
+    pub fn build_logs(&self) -> Vec<BuildLog> {
+        self.builds
+            .iter()
+            .map(|(drv, tail)| BuildLog {
+                drv: drv.clone(),
+                lines: tail.lines.iter().cloned().collect(),
+                earlier: tail.earlier,
+            })
+            .collect()
+    }
 }
 
 /// Runs `nix ARGS` (ARGS starting with [`crate::invoke::experimental_args`]) with its log as JSON, handing
-/// every event to `on_event`. A failure carries nix's error messages as text, not the JSON log.
+/// every event to `on_event`. A failure carries nix's error messages as text, not the JSON log, and the log
+/// tails of the derivations it built ([`LogReader::build_logs`]: all of them, the caller knows which failed).
 pub fn run_with_log(
     args: &[String],
     opts: &crate::invoke::NixOptions,
@@ -153,6 +275,7 @@ pub fn run_with_log(
             command,
             status,
             stderr: crate::invoke::tail(&messages.join("\n"), 20),
+            builds: reader.build_logs(),
         }),
         other => other,
     }
@@ -248,6 +371,92 @@ not json at all"#;
                     "error: builder for '/nix/store/x.drv' failed with exit code 1".into()
                 ),
             ]
+        );
+    }
+
+    /// A failed `nix build` of three derivations (`tests/fixtures/build-log.nix`: one built, one failing after
+    /// 27 log lines, one stopped) recorded from nix 2.8.0 and 2.26.3.
+    const FAILED_2_8: &str = include_str!("../tests/fixtures/build-fail-2.8.log");
+    const FAILED_2_26: &str = include_str!("../tests/fixtures/build-fail-2.26.log");
+
+    #[test]
+    fn keeps_the_last_log_lines_of_each_build_of_both_versions() {
+        for (log, tag) in [(FAILED_2_8, "v28"), (FAILED_2_26, "v226")] {
+            let mut reader = LogReader::default();
+            let events: Vec<LogEvent> = log.lines().filter_map(|l| reader.line(l)).collect();
+            let logs = reader.build_logs();
+            let names: Vec<&str> = logs
+                .iter()
+                .map(|l| l.drv.rsplit_once('-').map_or("", |(_, t)| t))
+                .collect();
+            assert_eq!(logs.len(), 3, "{tag}: {logs:?}");
+            let bad = logs
+                .iter()
+                .find(|l| l.drv.ends_with(&format!("-nixpave-log-bad-{tag}.drv")))
+                .unwrap_or_else(|| panic!("{tag}: no log of the failed build in {names:?}"));
+            // 28 lines printed: "bad starting", 25 steps, a coloured one, the failure; the last 20 kept.
+            assert_eq!(bad.lines.len(), BUILD_LOG_LINES, "{tag}");
+            assert_eq!(bad.earlier, 8, "{tag}");
+            assert_eq!(bad.lines[0], "step 8", "{tag}");
+            assert_eq!(bad.lines[18], "red", "{tag}: escapes are dropped");
+            assert_eq!(bad.lines[19], "build failed on purpose: 42", "{tag}");
+            let ok = logs
+                .iter()
+                .find(|l| l.drv.contains("-nixpave-log-ok-"))
+                .expect("ok");
+            assert_eq!(ok.lines, ["ok building"], "{tag}");
+            let shown = bad.to_string();
+            assert!(
+                shown.starts_with(&format!(
+                    "last 20 log lines of the build of {}:\n> step 8\n",
+                    bad.drv
+                )) && shown.ends_with("\n> build failed on purpose: 42"),
+                "{tag}: {shown}"
+            );
+            // Log lines are no events (the progress view never sees them); nix's error is one, without escapes.
+            assert!(
+                !events.iter().any(|e| matches!(e, LogEvent::Message(m) if m.contains("step ") || m.contains("on purpose"))),
+                "{tag}: {events:?}"
+            );
+            let errors: Vec<&String> = events
+                .iter()
+                .filter_map(|e| match e {
+                    LogEvent::Message(m) => Some(m),
+                    _ => None,
+                })
+                .collect();
+            assert!(
+                errors[0].starts_with("error: builder for '/nix/store/")
+                    && errors[0].ends_with(&format!(
+                        "-nixpave-log-bad-{tag}.drv' failed with exit code 1"
+                    )),
+                "{tag}: {errors:?}"
+            );
+            assert!(events.contains(&LogEvent::Builds {
+                done: 1,
+                expected: 2,
+                running: 1,
+                failed: 1
+            }));
+        }
+    }
+
+    #[test]
+    fn long_lines_and_escapes() {
+        assert_eq!(strip_escapes("\u{1b}[31;1merror:\u{1b}[0m x"), "error: x");
+        assert_eq!(strip_escapes("a\u{1b}b\u{1b}"), "ab");
+        let mut tail = Tail::default();
+        tail.push(&"é".repeat(LOG_LINE_CHARS + 5));
+        assert_eq!(tail.lines[0].chars().count(), LOG_LINE_CHARS + 1);
+        assert!(tail.lines[0].ends_with('…'));
+        let empty = BuildLog {
+            drv: "/nix/store/a-x.drv".into(),
+            lines: Vec::new(),
+            earlier: 0,
+        };
+        assert_eq!(
+            empty.to_string(),
+            "the build of /nix/store/a-x.drv printed nothing"
         );
     }
 }

@@ -146,37 +146,85 @@ fn roots_valid_paths_without_building_and_refuses_invalid_ones() {
     assert!(unbuilt.iter().all(|p| !valid(p)), "{unbuilt:?} got built");
 }
 
-#[test]
-fn a_failing_build_is_a_typed_error_with_stderr() {
-    conf();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("fail.nix");
-    let tag = unique("f");
+/// A derivation that fails after its builder printed 30 lines, the last to stderr, and depends on one that
+/// builds (first: nix 2.8 ends the finished build's activity only with the whole run). Returns its `.drv`.
+fn instantiate_failing(dir: &Path, tag: &str) -> String {
+    let file = dir.join("fail.nix");
     std::fs::write(
         &file,
-        format!(r#"builtins.derivation {{ name = "nixpave-fail-{tag}"; system = "x86_64-linux"; builder = "/bin/sh"; args = [ "-c" "echo broken-on-purpose >&2; exit 3" ]; }}"#),
+        format!(
+            r#"let ok = builtins.derivation {{ name = "nixpave-fail-dep-{tag}"; system = "x86_64-linux"; builder = "/bin/sh";
+                    args = [ "-c" "echo dependency built; echo ok > $out" ]; }};
+               in builtins.derivation {{ name = "nixpave-fail-{tag}"; system = "x86_64-linux"; builder = "/bin/sh"; inherit ok;
+                    args = [ "-c" "i=1; while [ $i -le 29 ]; do echo line $i; i=$((i+1)); done; echo 'build failed on purpose: 42' >&2; exit 3" ]; }}"#
+        ),
     )
     .expect("write");
-    let drv = Command::new("nix-instantiate")
-        .arg(&file)
-        .output()
-        .expect("nix-instantiate");
-    let drv = String::from_utf8_lossy(&drv.stdout).trim().to_string();
-    let err = build_derivations(&[drv], &NixOptions::default()).unwrap_err();
-    match &err {
-        nixpave_nix::invoke::NixError::Failed {
-            command, stderr, ..
-        } => {
-            assert!(
-                command.starts_with("nix ") && command.contains("build"),
-                "{command}"
-            );
-            assert!(
-                stderr.contains("broken-on-purpose") || stderr.contains("nixpave-fail"),
-                "{stderr}"
-            );
+    nixpave_testsupport::nix_instantiate(&file, &[]).0
+}
+
+#[test]
+fn a_failing_build_is_a_typed_error_with_its_log_tail() {
+    conf();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let links = tempfile::tempdir().expect("tempdir");
+    for streaming in [false, true] {
+        let drv = instantiate_failing(dir.path(), &unique("f"));
+        let mut heard = Vec::new();
+        let err = if streaming {
+            nixpave_nix::build::build_derivations_streaming(
+                std::slice::from_ref(&drv),
+                &NixOptions::default(),
+                &links.path().join("result"),
+                &mut |e| heard.push(e),
+            )
+        } else {
+            build_derivations(std::slice::from_ref(&drv), &NixOptions::default())
         }
-        other => panic!("expected Failed, got {other:?}"),
+        .unwrap_err();
+        let nixpave_nix::invoke::NixError::Failed {
+            command,
+            stderr,
+            builds,
+            ..
+        } = &err
+        else {
+            panic!("expected Failed, got {err:?}");
+        };
+        assert!(
+            command.starts_with("nix ") && command.contains("build"),
+            "{command}"
+        );
+        // nix's own error, without terminal escapes, names the derivation.
+        assert!(
+            stderr.contains(&format!("builder for '{drv}' failed with exit code 3"))
+                && !stderr.contains('\u{1b}'),
+            "{stderr}"
+        );
+        // Only the failed build's log (the dependency was built), its last 20 lines.
+        assert_eq!(builds.len(), 1, "{builds:?}");
+        assert_eq!(builds[0].drv, drv);
+        assert_eq!(builds[0].lines.len(), 20, "{builds:?}");
+        assert_eq!(builds[0].earlier, 10, "{builds:?}");
+        assert_eq!(builds[0].lines[0], "line 11");
+        assert_eq!(
+            builds[0].lines.last().map(String::as_str),
+            Some("build failed on purpose: 42")
+        );
+        // The message shows it, named.
+        let shown = err.to_string();
+        assert!(
+            shown.contains(&format!(
+                "last 20 log lines of the build of {drv}:\n> line 11\n"
+            )) && shown.ends_with("> build failed on purpose: 42")
+                && !shown.contains("dependency built"),
+            "{shown}"
+        );
+        // The events a progress view hears carry no log lines.
+        assert!(
+            !heard.iter().any(|e| format!("{e:?}").contains("line 1")),
+            "{heard:?}"
+        );
     }
 }
 

@@ -241,3 +241,51 @@ fn ctrl_c_before_confirmation_leaves_the_hosts_to_roll_back() {
         );
     }
 }
+
+/// host2's system fails to build (`buildFail`): the deploy names the derivation and shows what its builder
+/// printed, in the build's error and in host2's row, not more often.
+#[test]
+fn a_failed_build_shows_its_builder_s_output() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env = Env {
+        lab: Lab::up(2).expect("lab up"),
+        conf: nix_conf(dir.path()),
+        dir,
+    };
+    let lab = env.lab.name().to_string();
+    let tag = format!("buildlog-{}", std::process::id());
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../nixpave-deploy/tests/fixtures");
+    std::fs::copy(
+        fixtures.join("system.nix"),
+        env.dir.path().join("system.nix"),
+    )
+    .expect("copy");
+    std::fs::write(
+        env.dir.path().join("flake.nix"),
+        format!(
+            r#"{{ outputs = {{ self }}: {{
+  deploy.nodes.host1 = {{ hostname = "host1"; profiles.system.path = import ./system.nix {{ tag = "{tag}-1"; }}; }};
+  deploy.nodes.host2 = {{ hostname = "host2"; profiles.system.path = import ./system.nix {{ tag = "{tag}-2"; buildFail = true; }}; }};
+}}; }}"#
+        ),
+    )
+    .expect("flake");
+    let out = env.nixpave(&["deploy", &env.flake(), "--lab", &lab]);
+    let shown = text(&out);
+    assert_ne!(out.status.code(), Some(0), "{shown}");
+    let drv = format!("-nixpave-test-system-{tag}-2.drv");
+    assert!(
+        shown.contains(&format!("{drv}' failed with exit code 1"))
+            && shown.contains(&format!("{drv}:"))
+            && shown.contains("1 log line of the build of /nix/store/"),
+        "{shown}"
+    );
+    // The table and the error indent it. Once in the build's error, once in host2's row (host1's row at most
+    // names the derivation).
+    assert_eq!(
+        shown.matches("> build failed on purpose").count(),
+        2,
+        "{shown}"
+    );
+    assert!(!shown.contains('\u{1b}'), "no terminal escapes: {shown}");
+}
