@@ -37,9 +37,9 @@ sample() { # PIDFILE OUT
     tries=$((tries + 1))
     sleep 0.05
   done
-  while [ -d "/proc/$pid" ]; do
+  while [ -n "$pid" ] && [ -d "/proc/$pid" ]; do
     t=$(awk '/^Threads:/ { print $2 }' "/proc/$pid/status" 2>/dev/null || echo 0)
-    f=$(ls "/proc/$pid/fd" 2>/dev/null | wc -l)
+    f=$(ls "/proc/$pid/fd" 2>/dev/null | wc -l || true) # the process may be gone by now
     [ "${t:-0}" -gt "$threads" ] && threads=$t
     [ "$f" -gt "$fds" ] && fds=$f
     sleep 0.1
