@@ -938,18 +938,7 @@ in {{ deploy = {{ stateDir = "{STATE_DIR}"; confirmTimeout = 4; activationTimeou
     .expect("flake");
     let flake = format!("path:{}", dir.path().display());
     let opts = DeployOptions::default();
-    let listed = match nixpave_deploy::Inventory::list_flake(
-        &flake,
-        &nixpave_deploy::Selection::default(),
-        false,
-        1,
-        &opts.nix,
-    )
-    .expect("listed")
-    {
-        nixpave_deploy::inventory::Listing::Listed(listed) => listed,
-        other => panic!("three nodes, one per evaluation, are listed: {other:?}"),
-    };
+    let listed = listed_node_by_node(&flake, &opts);
     let order: std::sync::Mutex<Vec<String>> = Default::default();
     let sink = |e: Event| {
         let seen = match &e {
@@ -1032,18 +1021,7 @@ fn two_chunks_build_at_once() {
     .expect("flake");
     let flake = format!("path:{}", dir.path().display());
     let opts = DeployOptions::default();
-    let listed = match nixpave_deploy::Inventory::list_flake(
-        &flake,
-        &nixpave_deploy::Selection::default(),
-        false,
-        1,
-        &opts.nix,
-    )
-    .expect("listed")
-    {
-        nixpave_deploy::inventory::Listing::Listed(listed) => listed,
-        other => panic!("three nodes, one per evaluation, are listed: {other:?}"),
-    };
+    let listed = listed_node_by_node(&flake, &opts);
     let heard: std::sync::Mutex<Vec<(u64, u64)>> = Default::default();
     let events = Events::default();
     let sink = events.sink();
@@ -1110,4 +1088,20 @@ fn two_chunks_build_at_once() {
     );
     assert!(profile_of(&lab.hosts()[0]).ends_with(&format!("{tag}-1")));
     assert!(profile_of(&lab.hosts()[1]).ends_with(&format!("{tag}-2")));
+}
+
+/// Lists the flake's nodes for an evaluation of one node at a time (the chunk pipeline's input).
+fn listed_node_by_node(flake: &str, opts: &DeployOptions) -> nixpave_deploy::inventory::Listed {
+    match nixpave_deploy::Inventory::list_flake(
+        flake,
+        &nixpave_deploy::Selection::default(),
+        false,
+        1,
+        &opts.nix,
+    )
+    .expect("listed")
+    {
+        nixpave_deploy::inventory::Listing::Listed(listed) => listed,
+        other => panic!("three nodes, one per evaluation, are listed: {other:?}"),
+    }
 }

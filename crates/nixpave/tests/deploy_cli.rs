@@ -39,6 +39,16 @@ struct Env {
 }
 
 impl Env {
+    /// A lab of these hosts, with a scratch directory and its nix.conf.
+    fn new(lab: Lab) -> Env {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Env {
+            lab,
+            conf: nix_conf(dir.path()),
+            dir,
+        }
+    }
+
     fn nixpave(&self, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_nixpave"))
             .args(args)
@@ -93,12 +103,7 @@ fn deploy_status_rollback_through_the_cli_on_nixos_shaped_hosts() {
 
 /// Deploy (fresh, no-op, dry run, a failing host), `status`, `rollback` and `status` again through the CLI.
 fn deploy_status_rollback(lab: Lab, tag: &str) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let env = Env {
-        lab,
-        conf: nix_conf(dir.path()),
-        dir,
-    };
+    let env = Env::new(lab);
     let lab = env.lab.name().to_string();
     let flake = env.flake();
     let tag = format!("{tag}-{}", std::process::id());
@@ -174,12 +179,7 @@ fn deploy_status_rollback(lab: Lab, tag: &str) {
 
 #[test]
 fn ctrl_c_before_confirmation_leaves_the_hosts_to_roll_back() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let env = Env {
-        lab: Lab::up(2).expect("lab up"),
-        conf: nix_conf(dir.path()),
-        dir,
-    };
+    let env = Env::new(Lab::up(2).expect("lab up"));
     let lab = env.lab.name().to_string();
     let flake = env.flake();
     let tag = format!("int-{}", std::process::id());
@@ -246,12 +246,7 @@ fn ctrl_c_before_confirmation_leaves_the_hosts_to_roll_back() {
 /// printed, in the build's error and in host2's row, not more often.
 #[test]
 fn a_failed_build_shows_its_builder_s_output() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let env = Env {
-        lab: Lab::up(2).expect("lab up"),
-        conf: nix_conf(dir.path()),
-        dir,
-    };
+    let env = Env::new(Lab::up(2).expect("lab up"));
     let lab = env.lab.name().to_string();
     let tag = format!("buildlog-{}", std::process::id());
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../nixpave-deploy/tests/fixtures");
