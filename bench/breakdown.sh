@@ -24,7 +24,7 @@ read -r -a BINARIES <<< "$NIXPAVE"
 NIXPAVE=${BINARIES[0]}
 LAB=bd$$
 LABS+=("$LAB")
-"$NIXPAVE" lab up --name "$LAB" --hosts "$HOSTS" >/dev/null
+"$NIXPAVE" lab up --name "$LAB" --hosts "$HOSTS" "${LAB_UP_ARGS[@]}" >/dev/null
 
 par=()
 [ -z "$PARALLEL" ] || par=(--parallel "$PARALLEL")

@@ -20,7 +20,7 @@ LABS+=("$LAB")
 SERVER=
 bench_extra_cleanup() { [ -z "$SERVER" ] || kill "$SERVER" 2>/dev/null; }
 # One host more than the targets: the last one serves the cache.
-"$NIXPAVE" lab up --name "$LAB" --hosts "$((HOSTS + 1))" >/dev/null
+"$NIXPAVE" lab up --name "$LAB" --hosts "$((HOSTS + 1))" "${LAB_UP_ARGS[@]}" >/dev/null
 bridge=$(jq -r .bridge "$NIXPAVE_LAB_DIR/$LAB/state.json")
 cache_ns=$(jq -r ".hosts[$HOSTS].netns" "$NIXPAVE_LAB_DIR/$LAB/inventory.json")
 cache_ip=$(jq -r ".hosts[$HOSTS].host" "$NIXPAVE_LAB_DIR/$LAB/inventory.json")

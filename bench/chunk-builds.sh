@@ -20,7 +20,7 @@ read -r -a BINARIES <<< "$NIXPAVE"
 NIXPAVE=${BINARIES[0]}
 LAB=cb$$
 LABS+=("$LAB")
-"$NIXPAVE" lab up --name "$LAB" --hosts "$HOSTS" >/dev/null
+"$NIXPAVE" lab up --name "$LAB" --hosts "$HOSTS" "${LAB_UP_ARGS[@]}" >/dev/null
 
 write_distinct_flake() { # DIR N TAG: like write_fleet_flake, but a system of its own per node
   mkdir -p "$1"

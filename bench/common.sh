@@ -1,8 +1,11 @@
 # Shared by the lab benchmarks (sourced, from the repository's top directory).
 #
 # bench_setup PREFIX: NIXPAVE (default: a fresh release build), WORK (a directory under /var/tmp, not /tmp:
-# lab hosts get a private /tmp) with its own lab directory and nix.conf, and an EXIT trap that takes down
-# the labs named in LABS, calls bench_extra_cleanup when defined, and removes WORK.
+# lab hosts get a private /tmp) with its own lab directory and nix.conf, the OpenSSH SSH asks for, and an
+# EXIT trap that takes down the labs named in LABS, calls bench_extra_cleanup when defined, and removes WORK.
+# SSH=current: current OpenSSH (10, from scripts/openssh-current.sh) on both ends: its ssh first on PATH
+# (nixpave and nix run `ssh` by name) and its sshd on the lab hosts (LAB_UP_ARGS, for `nixpave lab up`).
+# SSH=system (default): this machine's OpenSSH on both ends (9.2 on Debian 12).
 # write_fleet_flake DIR N TAG: a deploy-rs flake of nodes host1..hostN, all on one test system tagged TAG.
 
 bench_setup() {
@@ -20,6 +23,22 @@ bench_setup() {
     > "$NIX_CONF_DIR/nix.conf"
   LABS=()
   trap bench_cleanup EXIT
+  bench_ssh
+}
+
+bench_ssh() {
+  LAB_UP_ARGS=()
+  case "${SSH:-system}" in
+    system) ;;
+    current)
+      local bin
+      bin=$(bash scripts/openssh-current.sh)
+      export PATH="$bin:$PATH"
+      LAB_UP_ARGS=(--sshd "$(dirname "$bin")/sbin/sshd")
+      ;;
+    *) echo "SSH must be \`system\` or \`current\`, not \`$SSH\`" >&2; exit 2 ;;
+  esac
+  echo "ssh: $(ssh -V 2>&1)${LAB_UP_ARGS[*]:+; lab hosts: ${LAB_UP_ARGS[*]}}" >&2
 }
 
 bench_cleanup() {

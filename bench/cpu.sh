@@ -8,6 +8,7 @@
 #   bench/cpu.sh                                     # 20 hosts, release build, 2 rounds
 #   HOSTS=1 ROUNDS=3 NIXPAVE="/tmp/nixpave-old target/release/nixpave" bench/cpu.sh
 #   DEPLOY_ARGS="--ssh-opts '-o KexAlgorithms=curve25519-sha256'" bench/cpu.sh
+#   SSH=current bench/cpu.sh   # OpenSSH 10 on both ends (bench/common.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/common.sh
@@ -37,7 +38,7 @@ bench_extra_cleanup() {
 }
 LAB=cpu$$
 LABS+=("$LAB")
-( echo "$BASHPID" > "$CG/$LAB_CG/cgroup.procs"; exec "$NIXPAVE" lab up --name "$LAB" --hosts "$HOSTS" >/dev/null )
+( echo "$BASHPID" > "$CG/$LAB_CG/cgroup.procs"; exec "$NIXPAVE" lab up --name "$LAB" --hosts "$HOSTS" "${LAB_UP_ARGS[@]}" >/dev/null )
 
 seconds() { awk -v ns="$1" 'BEGIN { printf "%.2f", ns / 1e9 }'; }
 for round in $(seq "$ROUNDS"); do

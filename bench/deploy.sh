@@ -7,6 +7,7 @@
 #   bench/deploy.sh            # all sizes
 #   SIZES="1 5" bench/deploy.sh
 #   DEPLOY_ARGS="--ssh-opts '-o KexAlgorithms=curve25519-sha256'" bench/deploy.sh   # extra deploy arguments
+#   SSH=current bench/deploy.sh   # OpenSSH 10 on both ends (bench/common.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/common.sh
@@ -34,7 +35,7 @@ run() { # LABEL N PARALLEL FLAKE LAB
 for n in $SIZES; do
   lab=bench$n
   LABS+=("$lab")
-  "$NIXPAVE" lab up --name "$lab" --hosts "$n" >/dev/null
+  "$NIXPAVE" lab up --name "$lab" --hosts "$n" "${LAB_UP_ARGS[@]}" >/dev/null
   for par in 1 default; do
     flake=$WORK/flake-$n-$par
     write_fleet_flake "$flake" "$n" "bench-$n-$par-$(date +%s%N)"

@@ -21,7 +21,7 @@ NIXPAVE=$(realpath "$NIXPAVE")
 LAB=sc$$
 LABS+=("$LAB")
 t0=$(date +%s.%N)
-"$NIXPAVE" lab up --name "$LAB" --hosts "$HOSTS" >/dev/null
+"$NIXPAVE" lab up --name "$LAB" --hosts "$HOSTS" "${LAB_UP_ARGS[@]}" >/dev/null
 echo "lab up: $HOSTS hosts in $(echo "$(date +%s.%N) - $t0" | bc) s"
 
 flake=$WORK/flake

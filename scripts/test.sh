@@ -3,7 +3,8 @@
 # need, checks formatting and lints, runs the whole test suite, the disko conformance check and
 # the qemu VM tests (disk engine in a VM, kexec, install end to end; ~20 min under TCG).
 # The nix-facing tests run twice: with Debian 12's nix 2.8, then with current Nix (2.26, from
-# scripts/nix-current.sh) on the deployer (scripts/test-nix-current.sh).
+# scripts/nix-current.sh) on the deployer (scripts/test-nix-current.sh). Current OpenSSH (10, from
+# scripts/openssh-current.sh, the same trixie root) is provided for the tests that deploy with it on both ends.
 # NIXPAVE_SKIP_VM=1 leaves the VM tests out for a quick local run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +38,10 @@ cargo build --workspace
 step "current Nix (2.26) for the nix-version tests"
 NIXPAVE_TEST_NIX_CURRENT_BIN=$(bash scripts/nix-current.sh)
 export NIXPAVE_TEST_NIX_CURRENT_BIN
+
+step "current OpenSSH (10) for the tests with it on both ends"
+NIXPAVE_TEST_OPENSSH_CURRENT_BIN=$(bash scripts/openssh-current.sh)
+export NIXPAVE_TEST_OPENSSH_CURRENT_BIN
 
 step "test suite (real loop devices, sshd, nix 2.8)"
 # The version tests check that the deployer's nix really is Debian 12's.

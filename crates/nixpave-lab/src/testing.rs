@@ -49,6 +49,9 @@ pub struct LabOptions {
     pub flavour: Flavour,
     /// The nix the hosts run (see [`LabNix`]).
     pub nix: LabNix,
+    /// The sshd the hosts run (see [`crate::hosts::LabSpec::sshd`]), e.g. [`OpensshCurrent::sshd`];
+    /// `None`: this machine's.
+    pub sshd: Option<PathBuf>,
 }
 
 /// Which nix lab hosts run.
@@ -84,6 +87,37 @@ pub fn current_nix_bin() -> Result<PathBuf, LabError> {
     }
 }
 
+/// A current OpenSSH (10) for tests, from `scripts/openssh-current.sh`.
+#[derive(Debug, Clone)]
+pub struct OpensshCurrent {
+    /// The client's directory (`ssh`, `ssh-keygen`): first on the deployer's `PATH`.
+    pub bin: PathBuf,
+    /// The server, its helpers `sshd-session` and `sshd-auth` beside it: [`LabOptions::sshd`].
+    pub sshd: PathBuf,
+}
+
+/// Current OpenSSH for tests: the `bin/` directory in `NIXPAVE_TEST_OPENSSH_CURRENT_BIN`, else the cache
+/// `scripts/openssh-current.sh` fills (`/var/cache/nixpave/openssh-current/bin`), and its sibling
+/// `sbin/sshd`. An error (for the caller to skip with, never a silent fallback to this machine's OpenSSH)
+/// when they are not there.
+pub fn current_openssh() -> Result<OpensshCurrent, LabError> {
+    let bin = std::env::var_os("NIXPAVE_TEST_OPENSSH_CURRENT_BIN")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/nixpave/openssh-current/bin"));
+    let sshd = bin.with_file_name("sbin").join("sshd");
+    if bin.join("ssh").is_file() && sshd.is_file() {
+        Ok(OpensshCurrent { bin, sshd })
+    } else {
+        Err(LabError::Spec(format!(
+            "this test needs current OpenSSH (10) and it is not provided: no ssh in {} or no {} \
+             (run `bash scripts/openssh-current.sh`, or set NIXPAVE_TEST_OPENSSH_CURRENT_BIN; scripts/test.sh does both)",
+            bin.display(),
+            sshd.display()
+        )))
+    }
+}
+
 /// The nix version the test run's own nix (first on `PATH`) is meant to be: `NIXPAVE_TEST_NIX`
 /// (`2.26` in the second pass of `scripts/test.sh`), `None` when unset (Debian's nix).
 pub fn expected_local_nix() -> Option<String> {
@@ -113,6 +147,7 @@ impl Default for LabOptions {
             users: Vec::new(),
             flavour: Flavour::Debian,
             nix: LabNix::System,
+            sshd: None,
         }
     }
 }
@@ -148,6 +183,7 @@ impl Lab {
             users: options.users.clone(),
             flavour: options.flavour,
             nix_bin: options.nix.bin_dir()?,
+            sshd: options.sshd.clone(),
         };
         let state = hosts::up(&spec)?;
         let hosts = state
@@ -334,6 +370,12 @@ impl LabHost {
     /// How many ssh logins (handshakes with successful authentication) the host has accepted.
     pub fn accepted_logins(&self) -> usize {
         self.sshd_log().matches("Accepted publickey").count()
+    }
+
+    /// The key exchange algorithm of every ssh handshake the host has accepted so far, in order (e.g.
+    /// `mlkem768x25519-sha256`), from its sshd log.
+    pub fn key_exchanges(&self) -> Vec<String> {
+        crate::hosts::key_exchanges(&self.sshd_log())
     }
 
     /// Stops the host's sshd (the host stays; connections to it are then refused).

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use nixpave_lab::testing::Lab;
+use nixpave_lab::testing::{Lab, LabOptions};
 
 fn nix_conf(dir: &Path) -> std::path::PathBuf {
     nixpave_testsupport::write_nix_conf(&dir.join("nixconf"))
@@ -36,6 +36,8 @@ struct Env {
     lab: Lab,
     dir: tempfile::TempDir,
     conf: std::path::PathBuf,
+    /// A directory put first on nixpave's `PATH` (the `ssh` it and nix run by name), if any.
+    path_first: Option<std::path::PathBuf>,
 }
 
 impl Env {
@@ -46,12 +48,18 @@ impl Env {
             lab,
             conf: nix_conf(dir.path()),
             dir,
+            path_first: None,
         }
     }
 
     fn nixpave(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_nixpave"))
-            .args(args)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nixpave"));
+        if let Some(dir) = &self.path_first {
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            let dirs = std::iter::once(dir.clone()).chain(std::env::split_paths(&path));
+            cmd.env("PATH", std::env::join_paths(dirs).expect("PATH"));
+        }
+        cmd.args(args)
             .env("NIXPAVE_LAB_DIR", self.lab.base_dir())
             .env("NIX_CONF_DIR", &self.conf)
             .stdin(Stdio::null())
@@ -82,7 +90,49 @@ fn outcomes(report: &serde_json::Value) -> Vec<String> {
 
 #[test]
 fn deploy_status_rollback_through_the_cli() {
-    deploy_status_rollback(Lab::up(2).expect("lab up"), "cli");
+    deploy_status_rollback(Env::new(Lab::up(2).expect("lab up")), "cli");
+}
+
+/// The same with current OpenSSH (10, `scripts/openssh-current.sh`) on both ends, as users of current
+/// distributions have it: the lab hosts run its sshd, nixpave (and nix) its ssh. Every master connection
+/// negotiated OpenSSH 10's default post-quantum key exchange, which OpenSSH 9.2 (Debian 12) lacks on
+/// either end, so this fails if either side is the old one.
+#[test]
+fn deploy_status_rollback_through_the_cli_with_openssh_10_on_both_ends() {
+    let openssh = match nixpave_lab::testing::current_openssh() {
+        Ok(openssh) => openssh,
+        Err(e) => return nixpave_testsupport::skip(&e.to_string()),
+    };
+    let version = Command::new(openssh.bin.join("ssh"))
+        .arg("-V")
+        .output()
+        .expect("ssh -V");
+    let version = String::from_utf8_lossy(&version.stderr);
+    assert!(version.starts_with("OpenSSH_10."), "{version}");
+    let lab = Lab::with(LabOptions {
+        hosts: 2,
+        sshd: Some(openssh.sshd.clone()),
+        ..LabOptions::default()
+    })
+    .expect("lab up");
+    let mut env = Env::new(lab);
+    env.path_first = Some(openssh.bin.clone());
+    let env = deploy_status_rollback(env, "ssh10");
+    for h in env.lab.hosts() {
+        let kex = h.key_exchanges();
+        // Masters keep ssh's default; nixpave's fresh-login proofs ask for curve25519 first.
+        assert!(
+            kex.iter().any(|k| k == "mlkem768x25519-sha256"),
+            "{}: {kex:?}",
+            h.name()
+        );
+        assert!(
+            kex.iter()
+                .all(|k| k == "mlkem768x25519-sha256" || k == "curve25519-sha256"),
+            "{}: {kex:?}",
+            h.name()
+        );
+    }
 }
 
 /// The same on NixOS-shaped hosts: no tools at FHS paths, nix only in the default profile, NixOS's PATH.
@@ -98,12 +148,12 @@ fn deploy_status_rollback_through_the_cli_on_nixos_shaped_hosts() {
             "/nix/var/nix/profiles/default/bin/nix-env\n3\n"
         );
     }
-    deploy_status_rollback(lab, "clinx");
+    deploy_status_rollback(Env::new(lab), "clinx");
 }
 
-/// Deploy (fresh, no-op, dry run, a failing host), `status`, `rollback` and `status` again through the CLI.
-fn deploy_status_rollback(lab: Lab, tag: &str) {
-    let env = Env::new(lab);
+/// Deploy (fresh, no-op, dry run, a failing host), `status`, `rollback` and `status` again through the CLI;
+/// gives the environment back for more checks.
+fn deploy_status_rollback(env: Env, tag: &str) -> Env {
     let lab = env.lab.name().to_string();
     let flake = env.flake();
     let tag = format!("{tag}-{}", std::process::id());
@@ -175,6 +225,7 @@ fn deploy_status_rollback(lab: Lab, tag: &str) {
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
     assert_eq!(rows[0]["profiles"][0]["generation"], 1);
     assert_eq!(rows[0]["profiles"][0]["last"]["reason"], "manual-rollback");
+    env
 }
 
 #[test]

@@ -7,7 +7,8 @@ use nixpave_remote::{Inventory, InventoryHost};
 use super::state::{HostState, LabState};
 
 /// `sshd_config` of a lab host: root login by key only, verbose log (so tests can count
-/// handshakes); sessions per connection stay at sshd's default (10), like real servers.
+/// handshakes), plus the key exchange each handshake negotiated (`LogVerbose` of the one debug line that
+/// names it, in OpenSSH 8.5 and later); sessions per connection stay at sshd's default (10), like real servers.
 pub fn sshd_config(host: &HostState) -> String {
     // NixOS-shaped hosts: NixOS's session PATH for every session, as NixOS gives root.
     let path = match host.flavour {
@@ -26,6 +27,7 @@ pub fn sshd_config(host: &HostState) -> String {
          UsePAM no\n\
          StrictModes no\n\
          LogLevel VERBOSE\n\
+         LogVerbose {kex_line}\n\
          MaxStartups 100:30:200\n\
          PidFile {pid}\n\
          SetEnv NIX_CONF_DIR={root}/etc-nix{path}\n\
@@ -35,33 +37,68 @@ pub fn sshd_config(host: &HostState) -> String {
         address = host.address,
         pid = host.pid_file().display(),
         root = host.root.display(),
+        kex_line = KEX_LOG_PATTERN,
     )
 }
 
-/// `config` (an sshd_config) with `nix_bin` first on the `PATH` of every session, so the host runs that
-/// nix: `SetEnv` overrides sshd's default `PATH`, but sshd only honours the first `SetEnv` line, so the
-/// variable joins that line (or a new one when there is none).
-pub fn sshd_config_with_nix_path(config: &str, nix_bin: &std::path::Path) -> String {
-    let path = format!(
-        "PATH={}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        nix_bin.display()
-    );
-    let mut done = false;
-    let mut out = String::with_capacity(config.len() + path.len() + 8);
-    for line in config.lines() {
-        out.push_str(line);
-        if !done && line.split_whitespace().next() == Some("SetEnv") {
-            out.push(' ');
-            out.push_str(&path);
-            done = true;
-        }
-        out.push('\n');
-    }
-    if !done {
-        let _ = writeln!(out, "SetEnv {path}");
+/// What `LogVerbose` matches: OpenSSH's `kex: algorithm: NAME` line (file, function, any line number).
+const KEX_LOG_PATTERN: &str = "kex.c:choose_kex():*";
+
+/// The key exchange algorithms an sshd log of a lab host shows, one per handshake, in order.
+pub fn key_exchanges(sshd_log: &str) -> Vec<String> {
+    sshd_log
+        .lines()
+        .filter_map(|l| {
+            l.split_once("kex: algorithm: ")?
+                .1
+                .split_whitespace()
+                .next()
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// `config` (an sshd_config) naming the helper programs an sshd that is not this machine's runs:
+/// OpenSSH 9.8 and later start `sshd-session` (10.0 also `sshd-auth`) by a path compiled in, unless
+/// `SshdSessionPath` (`SshdAuthPath`) names another. `helpers` pairs each option with its program.
+pub fn sshd_config_with_helpers(config: &str, helpers: &[(&str, std::path::PathBuf)]) -> String {
+    let mut out = config.to_string();
+    for (option, path) in helpers {
+        let _ = writeln!(out, "{option} {}", path.display());
     }
     out
 }
+
+/// `config` (an sshd_config) with `dirs` first on the `PATH` of every session, so the host runs those
+/// programs (a chosen nix, a chosen sshd for `sshd -t`): `SetEnv` overrides sshd's default `PATH`, but
+/// sshd only honours the first `SetEnv` line, and the first value of a variable in it, so the directories
+/// go in front of that line's `PATH` (or a `PATH` joins that line, or a new line, with root's default).
+pub fn sshd_config_with_path_first(config: &str, dirs: &[&std::path::Path]) -> String {
+    let first: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+    let first = first.join(":");
+    let mut done = false;
+    let mut out = String::with_capacity(config.len() + first.len() + 64);
+    for line in config.lines() {
+        if !done && line.split_whitespace().next() == Some("SetEnv") {
+            done = true;
+            if let Some((before, rest)) = line.split_once(" PATH=") {
+                let _ = writeln!(out, "{before} PATH={first}:{rest}");
+                continue;
+            }
+            let _ = writeln!(out, "{line} PATH={first}:{ROOT_PATH}");
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    if !done {
+        let _ = writeln!(out, "SetEnv PATH={first}:{ROOT_PATH}");
+    }
+    out
+}
+
+/// sshd's default `PATH` for root on Debian.
+const ROOT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Lines appended to the host's private copies of `/etc/passwd`, `/etc/group`, `/etc/shadow`
 /// and its sudoers file, for `users` (uids from 2001). `password_hashes` pairs with `users`
@@ -236,7 +273,7 @@ mod tests {
     #[test]
     fn nix_bin_joins_the_first_setenv_line() {
         let bin = std::path::Path::new("/opt/nix/bin");
-        let text = sshd_config_with_nix_path(&sshd_config(&state().hosts[0]), bin);
+        let text = sshd_config_with_path_first(&sshd_config(&state().hosts[0]), &[bin]);
         let setenv: Vec<&str> = text.lines().filter(|l| l.starts_with("SetEnv")).collect();
         assert_eq!(
             setenv,
@@ -246,8 +283,45 @@ mod tests {
             ]
         );
         assert_eq!(
-            sshd_config_with_nix_path("Port 22\n", bin),
+            sshd_config_with_path_first("Port 22\n", &[bin]),
             "Port 22\nSetEnv PATH=/opt/nix/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
+        );
+        // A PATH already on the line (NixOS-shaped hosts) gets the directories in front.
+        let sbin = std::path::Path::new("/opt/ssh/sbin");
+        assert_eq!(
+            sshd_config_with_path_first("SetEnv A=1 PATH=/run/x/bin B=2\n", &[bin, sbin]),
+            "SetEnv A=1 PATH=/opt/nix/bin:/opt/ssh/sbin:/run/x/bin B=2\n"
+        );
+    }
+
+    #[test]
+    fn another_sshd_gets_its_helpers_and_logs_its_key_exchanges() {
+        let sbin = std::path::Path::new("/opt/ssh/sbin");
+        let text = sshd_config_with_helpers(
+            &sshd_config(&state().hosts[0]),
+            &[
+                ("SshdSessionPath", sbin.join("sshd-session")),
+                ("SshdAuthPath", sbin.join("sshd-auth")),
+            ],
+        );
+        assert!(
+            text.ends_with(
+                "SshdSessionPath /opt/ssh/sbin/sshd-session\nSshdAuthPath /opt/ssh/sbin/sshd-auth\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nLogVerbose kex.c:choose_kex():*\n"),
+            "{text}"
+        );
+        // As OpenSSH 10.0 (sshd-auth) and 9.2 log them.
+        let log = "Server listening on 10.77.42.11 port 22.\n\
+            debug1: kex.c:choose_kex():867 (bin=sshd-auth, pid=25001): kex: algorithm: mlkem768x25519-sha256 [preauth]\n\
+            Accepted publickey for root from 10.77.42.1 port 4242 ssh2: ED25519 SHA256:x\n\
+            debug1: kex.c:choose_kex():929 (pid=25590): kex: algorithm: sntrup761x25519-sha512 [preauth]\n";
+        assert_eq!(
+            key_exchanges(log),
+            ["mlkem768x25519-sha256", "sntrup761x25519-sha512"]
         );
     }
 

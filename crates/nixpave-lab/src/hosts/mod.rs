@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use error::LabError;
-pub use files::{inventory, ssh_config};
+pub use files::{inventory, key_exchanges, ssh_config};
 pub use nixos::{Flavour, HIDDEN_DIR, NIX_PROFILE_BIN, SESSION_PATH, SW_BIN};
 pub use state::{HostState, LabState, LoopDisk};
 pub use teardown::down;
@@ -92,6 +92,11 @@ pub struct LabSpec {
     /// A directory with the `nix` programs the hosts run (first on their `PATH`), e.g. a current Nix
     /// from `scripts/nix-current.sh`; `None`: whatever nix is on this machine's `PATH` (Debian's).
     pub nix_bin: Option<PathBuf>,
+    /// The sshd the hosts run (an absolute path), e.g. OpenSSH 10 from `scripts/openssh-current.sh`; `None`:
+    /// this machine's. Its helpers `sshd-session` and `sshd-auth`, when next to it, are named in sshd_config
+    /// (`SshdSessionPath`, `SshdAuthPath`), and its directory comes first on sessions' `PATH`, so that
+    /// `sshd -t` on the host checks the configuration with that sshd. Nothing else of the host changes.
+    pub sshd: Option<PathBuf>,
 }
 
 /// A non-root login user on every lab host, allowed to use sudo; it logs in with the lab key.
@@ -115,6 +120,7 @@ impl LabSpec {
             users: Vec::new(),
             flavour: Flavour::Debian,
             nix_bin: None,
+            sshd: None,
         }
     }
 
@@ -160,7 +166,12 @@ impl LabSpec {
             }
         }
         if let Some(bin) = &self.nix_bin {
-            validate_nix_bin(bin)?;
+            validate_host_path(bin, "the nix bin directory")?;
+            validate_executable(&bin.join("nix"), "an executable nix")?;
+        }
+        if let Some(sshd) = &self.sshd {
+            validate_host_path(sshd, "the sshd")?;
+            validate_executable(sshd, "an executable sshd")?;
         }
         if self.disks > 8 {
             return Err(LabError::Spec("at most 8 disks per host".into()));
@@ -172,23 +183,27 @@ impl LabSpec {
     }
 }
 
-/// Checks a `--nix-bin` directory: absolute, holding an executable `nix`, and without characters
-/// that sshd_config's `SetEnv` or PATH cannot carry.
-fn validate_nix_bin(bin: &Path) -> Result<(), LabError> {
-    use std::os::unix::fs::PermissionsExt;
-    let text = bin.to_string_lossy();
-    if !bin.is_absolute() || text.contains(|c: char| c.is_whitespace() || "\"':".contains(c)) {
+/// Checks a path the hosts' sshd_config and `PATH` carry (`--nix-bin DIR`, `--sshd PATH`): absolute, and
+/// without characters that `SetEnv`, sshd_config paths or `PATH` cannot carry. `what` names it.
+fn validate_host_path(path: &Path, what: &str) -> Result<(), LabError> {
+    let text = path.to_string_lossy();
+    if !path.is_absolute() || text.contains(|c: char| c.is_whitespace() || "\"':".contains(c)) {
         return Err(LabError::Spec(format!(
-            "the nix bin directory {text} must be an absolute path without spaces, quotes or `:`"
+            "{what} {text} must be an absolute path without spaces, quotes or `:`"
         )));
     }
-    let nix = bin.join("nix");
-    let executable =
-        std::fs::metadata(&nix).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    Ok(())
+}
+
+/// Fails unless `program` is an executable file; `kind` says what it should be.
+fn validate_executable(program: &Path, kind: &str) -> Result<(), LabError> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = std::fs::metadata(program)
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
     if !executable {
         return Err(LabError::Spec(format!(
-            "{} is not an executable nix",
-            nix.display()
+            "{} is not {kind}",
+            program.display()
         )));
     }
     Ok(())
@@ -329,5 +344,12 @@ mod tests {
         assert!(err.contains("not an executable nix"), "{err}");
         spec.nix_bin = Some("relative/bin".into());
         assert!(spec.validate().is_err());
+        spec.nix_bin = None;
+        spec.sshd = Some("/nonexistent/sbin/sshd".into());
+        let err = spec.validate().unwrap_err().to_string();
+        assert!(err.contains("not an executable sshd"), "{err}");
+        spec.sshd = Some("sbin/sshd".into());
+        let err = spec.validate().unwrap_err().to_string();
+        assert!(err.contains("must be an absolute path"), "{err}");
     }
 }

@@ -204,8 +204,13 @@ fn bring_up_host(
         &root.join("etc-ssh/ssh_host_ed25519_key"),
     )?;
     let mut sshd_config = files::sshd_config(host);
-    if let Some(bin) = &spec.nix_bin {
-        sshd_config = files::sshd_config_with_nix_path(&sshd_config, bin);
+    let mut path_first: Vec<&Path> = spec.nix_bin.iter().map(|b| b.as_path()).collect();
+    if let Some(sshd) = &spec.sshd {
+        sshd_config = files::sshd_config_with_helpers(&sshd_config, &sshd_helpers(sshd));
+        path_first.extend(sshd.parent());
+    }
+    if !path_first.is_empty() {
+        sshd_config = files::sshd_config_with_path_first(&sshd_config, &path_first);
     }
     write(&root.join("etc-ssh/sshd_config"), &sshd_config, 0o644)?;
     // Tells `nixpave facts` (and install preflight) that this "machine" shares our kernel.
@@ -225,6 +230,22 @@ fn bring_up_host(
     let pid = start_sshd(spec, host, layout)?;
     shared.update(|s| s.hosts[index].sshd_pid = Some(pid))?;
     Ok(())
+}
+
+/// The helper programs next to a chosen sshd, with the sshd_config options that name them (an sshd
+/// other than this machine's would look for them where its own build put them).
+fn sshd_helpers(sshd: &Path) -> Vec<(&'static str, std::path::PathBuf)> {
+    let Some(dir) = sshd.parent() else {
+        return Vec::new();
+    };
+    [
+        ("SshdSessionPath", "sshd-session"),
+        ("SshdAuthPath", "sshd-auth"),
+    ]
+    .into_iter()
+    .map(|(option, name)| (option, dir.join(name)))
+    .filter(|(_, path)| path.is_file())
+    .collect()
 }
 
 /// The host's own passwd, group, shadow and sudoers.d: this machine's, plus the lab users,
@@ -349,7 +370,7 @@ fn start_sshd(spec: &LabSpec, host: &HostState, layout: Option<&Layout>) -> Resu
     // `ip netns exec`, `unshare` and `sh` all exec, so the pid sshd writes is the launcher's.
     // Slave propagation: the host's later unmounts reach the lab host too (a private copy would
     // keep filesystems busy that the host has unmounted), while the lab's binds stay inside.
-    // NixOS-shaped hosts hide /usr/bin and /usr/sbin last; sshd then runs by its hidden path.
+    // NixOS-shaped hosts hide /usr/bin and /usr/sbin last; this machine's sshd then runs by its hidden path.
     let (nixos_lines, sshd) = match layout {
         Some(layout) => (
             nixos::mount_lines(&root, layout),
@@ -357,6 +378,7 @@ fn start_sshd(spec: &LabSpec, host: &HostState, layout: Option<&Layout>) -> Resu
         ),
         None => (String::new(), sys::tool("sshd")),
     };
+    let sshd = spec.sshd.clone().unwrap_or(sshd);
     let script = format!(
         "set -e\n\
          mount --bind {nix} /nix\n\

@@ -55,6 +55,11 @@ pub enum LabCommand {
         /// from `scripts/nix-current.sh`; default: this machine's nix.
         #[arg(long, value_name = "DIR")]
         nix_bin: Option<std::path::PathBuf>,
+        /// The sshd the hosts run (an absolute path), e.g. OpenSSH 10's `sbin/sshd` from
+        /// `scripts/openssh-current.sh`; its helpers sshd-session and sshd-auth beside it are named in
+        /// sshd_config (SshdSessionPath, SshdAuthPath); default: this machine's sshd.
+        #[arg(long, value_name = "PATH")]
+        sshd: Option<std::path::PathBuf>,
     },
     /// Show the lab's hosts and whether they answer.
     Status {
@@ -96,6 +101,7 @@ pub fn run(command: LabCommand) -> miette::Result<ExitCode> {
             flavour,
             json,
             nix_bin,
+            sshd,
         } => flavour.parse().and_then(|flavour| {
             let spec = LabSpec {
                 name: lab.name,
@@ -112,6 +118,7 @@ pub fn run(command: LabCommand) -> miette::Result<ExitCode> {
                     .collect(),
                 flavour,
                 nix_bin,
+                sshd,
             };
             up(&spec, json)
         }),
