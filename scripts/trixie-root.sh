@@ -102,7 +102,7 @@ trixie_add_packages() {
   unshare --mount --propagation private sh -euc '
     root=$1; shift
     mount -t proc proc "$root/proc"
-    mount --bind /dev "$root/dev"
+    mount --rbind /dev "$root/dev"
     mount --bind /etc/resolv.conf "$root/etc/resolv.conf"
     export DEBIAN_FRONTEND=noninteractive
     chroot "$root" apt-get update -qq
