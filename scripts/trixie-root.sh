@@ -77,7 +77,7 @@ ensure_trixie_root() {
   mirror=$(debian_mirror)
   tmp=$(mktemp -d "$cache/.trixie-nix.XXXXXX")
   chmod 755 "$tmp"
-  log "bootstrapping a trixie root with ${TRIXIE_PACKAGES[*]} from $mirror (once, ~45 s)"
+  log "bootstrapping a trixie root with ${TRIXIE_PACKAGES[*]} from $mirror (once, ~40 s)"
   if ! debootstrap --variant=minbase --include="$(IFS=,; echo "${TRIXIE_PACKAGES[*]}")" \
       trixie "$tmp" "$mirror" >"$cache/debootstrap.log" 2>&1; then
     rm -rf "$tmp"
@@ -93,7 +93,7 @@ ensure_trixie_root() {
 # (an sshd started in the chroot would listen on this machine's network).
 trixie_add_packages() {
   local apt_log=$cache/apt-trixie.log
-  log "adding $* to the trixie root $root (once, ~20 s)"
+  log "adding $* to the trixie root $root (once, ~5 s)"
   printf '#!/bin/sh\nexit 101\n' > "$root/usr/sbin/policy-rc.d"
   chmod 755 "$root/usr/sbin/policy-rc.d"
   [ -f "$root/etc/resolv.conf" ] && [ ! -L "$root/etc/resolv.conf" ] || {
