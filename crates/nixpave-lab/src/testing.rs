@@ -372,7 +372,7 @@ impl LabHost {
         self.sshd_log().matches("Accepted publickey").count()
     }
 
-    /// The key exchange algorithm of every ssh handshake the host has accepted so far, in order (e.g.
+    /// The key exchange algorithm each ssh handshake with the host negotiated so far, in order (e.g.
     /// `mlkem768x25519-sha256`), from its sshd log.
     pub fn key_exchanges(&self) -> Vec<String> {
         crate::hosts::key_exchanges(&self.sshd_log())
