@@ -94,33 +94,36 @@ status() {
 }
 
 # Waiting without polling. A waiter (`wait`, or the agent waiting for its confirmation) reads lines from a FIFO
-# of its own on fd 9; whoever changes what it waits for writes a line into it (the agent after each record, the
-# confirmation and rejection commands), and a ticker writes "t" once a second: the clock for timeouts, and the
-# fallback should a wake-up be missed. Opened read-write, a FIFO never blocks its writers and never raises
-# SIGPIPE, whether or not its reader still lives. Without mkfifo the waiter falls back to sleeping a second.
+# on fd 9 (one per role, made once and kept: STATEDIR/NAME.wait-ready.fifo, .wait-final.fifo, .agent.fifo);
+# whoever changes what it waits for writes a line into it (the agent after each record, the confirmation and
+# rejection commands), and a ticker writes "t<waiter's pid>" once a second: the clock for its timeouts, and
+# the fallback should a wake-up be missed or go to another waiter of the same role. Opened read-write, a FIFO
+# never blocks its writers and never raises SIGPIPE, whether or not a reader still lives; what nobody holds
+# open is dropped. Without a FIFO the waiter falls back to sleeping a second.
 open_wakeups() {
   WAKE=$1 TICKER=
-  remove "$WAKE"
-  if mkfifo -m 600 "$WAKE" 2>/dev/null && { command exec 9<>"$WAKE"; } 2>/dev/null; then
-    # $$ is the waiter (also in this subshell): the ticker ends with it, even when it was killed. It holds
-    # none of the waiter's own streams: an ssh session ends only once nothing holds them any more.
-    (while sleep 1 && kill -0 $$ 2>/dev/null; do echo t; done) </dev/null >&9 2>/dev/null &
+  if { [ -p "$WAKE" ] || { remove "$WAKE"; mkfifo -m 600 "$WAKE" 2>/dev/null; }; } \
+      && { command exec 9<>"$WAKE"; } 2>/dev/null; then
+    # $$ is the waiter (also in this subshell): the ticker ends with it, even when it was killed. Neither it
+    # nor its `sleep` holds the waiter's own streams (an ssh session ends only once nothing holds them), and
+    # the `sleep` does not hold the FIFO either.
+    (while sleep 1 </dev/null >/dev/null 2>&1 9>&- && kill -0 $$ 2>/dev/null; do echo "t$$"; done) \
+      </dev/null >&9 2>/dev/null 9>&- &
     TICKER=$!
   else
-    rm -f "$WAKE"
     WAKE=
   fi
 }
 
-# Blocks until a wake-up line arrives (at most about a second); a tick counts one second in $secs.
+# Blocks until a wake-up line arrives (at most about a second); its own tick counts one second in $secs.
 wake() {
-  if [ -n "$WAKE" ]; then IFS= read -r w <&9 || w=t; else sleep 1; w=t; fi
-  if [ "$w" = t ]; then secs=$((secs + 1)); fi
+  if [ -n "$WAKE" ]; then IFS= read -r w <&9 || w=t$$; else sleep 1; w=t$$; fi
+  if [ "$w" = "t$$" ]; then secs=$((secs + 1)); fi
 }
 
 close_wakeups() {
   if [ -n "${TICKER:-}" ]; then kill "$TICKER" 2>/dev/null; fi
-  if [ -n "${WAKE:-}" ]; then rm -f "$WAKE"; fi
+  if [ -n "${WAKE:-}" ]; then exec 9>&-; fi
   TICKER= WAKE=
 }
 
@@ -132,15 +135,17 @@ notify() {
   return 0
 }
 
-# Removes the FIFOs of waiters that died without cleaning up (killed with their ssh session).
-sweep_wakeups() {
-  for f in "$STATEDIR/$NAME".wait-*.fifo; do
-    [ -p "$f" ] || continue
-    pid=${f##*/"$NAME".wait-}
-    pid=${pid%.fifo}
-    case $pid in '' | *[!0-9]*) continue ;; esac
-    kill -0 "$pid" 2>/dev/null || rm -f "$f"
-  done
+# True when this shell runs as user $1 (root is told from /proc with builtins, without `id`).
+runs_as() {
+  if [ "$1" = root ] && [ -r /proc/self/status ]; then
+    while IFS=':	 ' read -r key uid _; do
+      if [ "$key" = Uid ]; then
+        [ "$uid" = 0 ]
+        return
+      fi
+    done </proc/self/status
+  fi
+  [ "$1" = "$(id -un)" ]
 }
 
 # Activates store path $1 for goal $2 according to what it contains.
@@ -193,10 +198,11 @@ watchdog() {
   kill -KILL "-$1" 2>/dev/null || kill -KILL "$1" 2>/dev/null
 }
 
-# Obvious lockouts, checked right after activation (prints why and fails): the way the deployer came in
+# Obvious lockouts, checked right after activation (succeeds with why in LOCKOUT): the way the deployer came in
 # must still work, so a broken network or sshd rolls back at once instead of after the confirm timeout.
 # CONN is the deploy session's SSH_CONNECTION (client address, client port, server address, server port).
 lockout() {
+  LOCKOUT=
   set -- $CONN
   if [ $# -ge 4 ] && command -v ip >/dev/null 2>&1; then
     client=$1 server=$3 port=$4
@@ -204,21 +210,21 @@ lockout() {
     route=$(ip route get "$client" 2>/dev/null) || route=
     dev=
     case $route in *" dev "*) dev=${route#* dev }; dev=${dev%%[ $NL]*} ;; esac
-    if [ -z "$dev" ]; then echo "route: no route back to the deployer ($client)"; return 0; fi
+    if [ -z "$dev" ]; then LOCKOUT="route: no route back to the deployer ($client)"; return 0; fi
     case $(ip -o link show dev "$dev" 2>/dev/null) in
       *LOWER_UP*) ;;
-      *) echo "route: $dev, the interface to the deployer, is down"; return 0 ;;
+      *) LOCKOUT="route: $dev, the interface to the deployer, is down"; return 0 ;;
     esac
     case $(ip -o addr show 2>/dev/null) in
       *" $server/"*) ;;
-      *) echo "address: $server, the address the deployer came in on, is gone"; return 0 ;;
+      *) LOCKOUT="address: $server, the address the deployer came in on, is gone"; return 0 ;;
     esac
     tables=/proc/net/tcp
     if [ -r /proc/net/tcp6 ]; then tables="$tables /proc/net/tcp6"; fi
     if [ -r /proc/net/tcp ] && ! awk -v port="$port" \
         'BEGIN { p = sprintf(":%04X", port) } $4 == "0A" && substr($2, length($2) - 4) == p { found = 1 } END { exit !found }' \
         $tables 2>/dev/null; then
-      echo "sshd: nothing listens on port $port any more"; return 0
+      LOCKOUT="sshd: nothing listens on port $port any more"; return 0
     fi
   fi
   return 1
@@ -226,9 +232,11 @@ lockout() {
 
 # What sshd reads, by content (one process, where `sshd -t` costs ten times more): when the activation left
 # it alone, sshd's verdict on it did not change either, and `sshd -t` need not run at all.
+# Sets FP.
 sshd_fingerprint() {
+  FP=
   if command -v sshd >/dev/null 2>&1 && [ -r /etc/ssh/sshd_config ]; then
-    cksum /etc/ssh/* /etc/ssh/sshd_config.d/* 2>/dev/null
+    FP=$(cksum /etc/ssh/* /etc/ssh/sshd_config.d/* 2>/dev/null)
   fi
   return 0
 }
@@ -282,11 +290,11 @@ do_run() {
   trap 'close_wakeups; release_lock' EXIT
   log "deploy $ID: $STOREPATH -> $PROFILE (goal $GOAL, confirm ${CONFIRM}s, activation ${ACTIVATE}s)"
   remove "$CONFIRM_FILE" "$REJECT_FILE"
-  PREV_PATH=$([ -e "$PROFILE" ] && readlink -f "$PROFILE" 2>/dev/null || true)
+  PREV_PATH=
+  if [ -e "$PROFILE" ]; then PREV_PATH=$(readlink -f "$PROFILE" 2>/dev/null) || PREV_PATH=; fi
   generation_of "$PROFILE"
   PREV_GEN=$GEN
   NEW_GEN=$PREV_GEN
-  sweep_wakeups
   status activating
   if [ "$GOAL" = dry-activate ]; then
     if with_timeout "$STOREPATH" dry-activate; then status dry-activated; else status failed activation-failed; fi
@@ -294,8 +302,9 @@ do_run() {
   fi
   LOCKOUT_BEFORE= SSHD_BEFORE=
   if [ "$MAGIC" = 1 ]; then
-    LOCKOUT_BEFORE=$(lockout) || LOCKOUT_BEFORE=
-    SSHD_BEFORE=$(sshd_fingerprint)
+    if lockout; then LOCKOUT_BEFORE=$LOCKOUT; fi
+    sshd_fingerprint
+    SSHD_BEFORE=$FP
   fi
   if [ "$GOAL" = switch ] || [ "$GOAL" = boot ]; then
     if [ "$PREV_PATH" != "$STOREPATH" ]; then
@@ -322,9 +331,11 @@ do_run() {
   # lockout of this deploy.
   if [ "$MAGIC" = 1 ]; then
     why=
-    if ! why=$(lockout) || [ "$why" = "$LOCKOUT_BEFORE" ]; then
-      why=
-      if [ "$(sshd_fingerprint)" != "$SSHD_BEFORE" ]; then why=$(sshd_rejects) || why=; fi
+    if lockout && [ "$LOCKOUT" != "$LOCKOUT_BEFORE" ]; then
+      why=$LOCKOUT
+    else
+      sshd_fingerprint
+      if [ "$FP" != "$SSHD_BEFORE" ]; then why=$(sshd_rejects) || why=; fi
     fi
     if [ -n "$why" ]; then
       log "lockout after activation: $why; rolling back now"
@@ -379,7 +390,7 @@ follow_log() {
 # record is first read, so a change after that read always wakes the loop.
 do_wait() {
   secs=0
-  open_wakeups "$STATEDIR/$NAME.wait-$$.fifo"
+  open_wakeups "$STATEDIR/$NAME.wait-$WAITFOR.fifo"
   trap close_wakeups EXIT
   while :; do
     follow_log
@@ -443,7 +454,7 @@ case $MODE in
   rollback) do_rollback ;;
   activate)
     # deploy-rs's `user`: the profile's activation runs as its owner (the agent itself stays root).
-    if [ -n "$RUNAS" ] && [ "$RUNAS" != "$(id -un)" ]; then
+    if [ -n "$RUNAS" ] && ! runs_as "$RUNAS"; then
       if command -v runuser >/dev/null 2>&1; then AS="runuser -u $RUNAS --"
       elif command -v sudo >/dev/null 2>&1; then AS="sudo -n -u $RUNAS --"
       else log "cannot run the activation as $RUNAS: neither runuser nor sudo is available"; exit 1

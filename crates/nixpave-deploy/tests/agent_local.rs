@@ -376,34 +376,42 @@ fn a_profile_another_tool_deployed_on_the_wanted_path_is_a_no_op_unless_its_syst
 
 /// Waiting is event-driven (FIFOs and a once-a-second ticker, see agent.sh): nothing of it may outlive the
 /// wait. An ssh session ends only when no process holds its output any more, so a ticker (or its `sleep`)
-/// still holding the waiter's stdout or stderr would hold up every deploy's round trip; and no FIFO is left behind.
+/// still holding the waiter's stdout or stderr would hold up every deploy's round trip; and a ticker left
+/// running would hold the waiter's FIFO (the FIFOs themselves are kept, one per role).
 #[test]
-fn waiting_leaves_no_process_holding_the_sessions_output_and_no_fifo() {
+fn waiting_leaves_no_process_behind_holding_the_sessions_output_or_its_fifo() {
     let sb = Sandbox::new();
     let good = build_system(&[("tag", &unique("good"))]);
     let host = sb.host(&good, serde_json::json!({}));
     assert_eq!(deploy(&host, Goal::Switch).outcome, Outcome::Deployed);
     let state = sb.dir.path().join("state");
-    let fifos = |dir: &Path| -> Vec<String> {
-        std::fs::read_dir(dir)
-            .expect("state dir")
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".fifo"))
-            .collect()
+    let fifos: Vec<std::path::PathBuf> = std::fs::read_dir(&state)
+        .expect("state dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "fifo"))
+        .collect();
+    let wait_fifo = state.join("system.wait-final.fifo");
+    assert!(fifos.contains(&wait_fifo), "{fifos:?}");
+    assert!(
+        fifos.contains(&state.join("system.agent.fifo")),
+        "{fifos:?}"
+    );
+    let until = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     };
-    // The deploy ends on the agent's final record; the agent itself exits just after, its FIFO removed
-    // before it lets go of its lock.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while state.join("system.lock").symlink_metadata().is_ok() {
-        assert!(Instant::now() < deadline, "the agent still holds its lock");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(fifos(&state), Vec::<String>::new(), "after a deploy");
+    // The deploy ends on the agent's final record; the agent and the tickers exit just after.
+    until("processes still hold the FIFOs after the deploy", &|| {
+        holders(&fifos).is_empty()
+    });
 
-    // A wait as the deployer's sessions run it, with stdout on a pipe of our own, for a record that is not
-    // final yet: the waiter blocks (its FIFO appears, its ticker runs) until the record is final and the
-    // waiter is woken the way the agent wakes it.
+    // A wait as the deployer's sessions run it, with stdout and stderr on pipes of our own, for a record
+    // that is not final yet: the waiter blocks (its ticker runs) until the record is final and the waiter
+    // is woken the way the agent wakes it.
     let record_path = state.join("system.json");
     let record = std::fs::read_to_string(&record_path).expect("record");
     let id = serde_json::from_str::<serde_json::Value>(&record).expect("json")["id"]
@@ -436,25 +444,40 @@ fn waiting_leaves_no_process_holding_the_sessions_output_and_no_fifo() {
         .stderr(err_writer)
         .spawn()
         .expect("run the waiter");
-    let fifo = state.join(format!("system.wait-{}.fifo", waiter.id()));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !fifo.exists() {
-        assert!(Instant::now() < deadline, "the waiter never made {fifo:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    until("the waiter never opened its FIFO", &|| {
+        !holders(std::slice::from_ref(&wait_fifo)).is_empty()
+    });
     // Let the ticker get into its second `sleep 1`, then finish the record and wake the waiter.
     std::thread::sleep(Duration::from_millis(1500));
     std::fs::write(&record_path, &record).expect("write record");
     let mut wake = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .open(&fifo)
+        .open(&wait_fifo)
         .expect("open the waiter's FIFO");
     std::io::Write::write_all(&mut wake, b"s\n").expect("wake the waiter");
+    drop(wake);
     let status = waiter.wait().expect("waiter");
     assert!(status.success());
-    // The waiter is gone; whatever still holds the pipe's write end would keep an ssh session open.
-    let holders: Vec<String> = std::fs::read_dir("/proc")
+    // The waiter is gone; whatever still holds the pipes' write ends would keep an ssh session open.
+    assert_eq!(
+        holders(&pipes),
+        Vec::<String>::new(),
+        "processes holding the waiter's output"
+    );
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut reader, &mut out).expect("read");
+    assert!(out.contains(&id), "{out}");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut err_reader, &mut err).expect("read");
+    until("the waiter's ticker still holds its FIFO", &|| {
+        holders(std::slice::from_ref(&wait_fifo)).is_empty()
+    });
+}
+
+/// Command lines of the other processes that have one of `files` open (pipes as `pipe:[inode]`).
+fn holders(files: &[std::path::PathBuf]) -> Vec<String> {
+    std::fs::read_dir("/proc")
         .expect("/proc")
         .filter_map(|e| e.ok())
         .filter(|e| {
@@ -468,7 +491,7 @@ fn waiting_leaves_no_process_holding_the_sessions_output_and_no_fifo() {
             std::fs::read_dir(e.path().join("fd"))
                 .map(|fds| {
                     fds.filter_map(|f| f.ok())
-                        .any(|f| std::fs::read_link(f.path()).is_ok_and(|l| pipes.contains(&l)))
+                        .any(|f| std::fs::read_link(f.path()).is_ok_and(|l| files.contains(&l)))
                 })
                 .unwrap_or(false)
         })
@@ -477,16 +500,5 @@ fn waiting_leaves_no_process_holding_the_sessions_output_and_no_fifo() {
                 .unwrap_or_default()
                 .replace('\0', " ")
         })
-        .collect();
-    assert_eq!(
-        holders,
-        Vec::<String>::new(),
-        "processes holding the waiter's output"
-    );
-    let mut out = String::new();
-    std::io::Read::read_to_string(&mut reader, &mut out).expect("read");
-    assert!(out.contains(&id), "{out}");
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut err_reader, &mut err).expect("read");
-    assert_eq!(fifos(&state), Vec::<String>::new(), "after a wait");
+        .collect()
 }
