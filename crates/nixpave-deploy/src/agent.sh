@@ -35,7 +35,7 @@ LOG=$STATEDIR/$NAME.log
 CONFIRM_FILE=$STATEDIR/$NAME.confirm
 REJECT_FILE=$STATEDIR/$NAME.reject
 LOCK=$STATEDIR/$NAME.lock
-PREV_PATH= PREV_GEN= NEW_GEN= FAILED_GEN= STARTED=
+PREV_PATH= PREV_GEN= NEW_GEN= FAILED_GEN= STARTED= UP0= NOW=
 
 NL='
 '
@@ -46,6 +46,19 @@ remove() {
   for f; do
     if [ -e "$f" ] || [ -h "$f" ]; then rm -f "$f"; fi
   done
+}
+
+# The clock: one `date` when the agent starts, then the kernel's uptime (read with a builtin) for each record.
+clock_start() {
+  STARTED=$(date +%s)
+  { read -r up _ </proc/uptime; } 2>/dev/null && UP0=${up%%.*}
+}
+clock_now() {
+  if [ -n "$UP0" ] && { read -r up _ </proc/uptime; } 2>/dev/null; then
+    NOW=$((STARTED + ${up%%.*} - UP0))
+  else
+    NOW=$(date +%s)
+  fi
 }
 
 # True when file $1 holds this deploy's id (read with a builtin: no process per look).
@@ -67,7 +80,8 @@ take_lock() {
   rm -f "$LOCK"
   ln -s "$$" "$LOCK" 2>/dev/null
 }
-release_lock() { [ "$(readlink "$LOCK" 2>/dev/null)" = "$$" ] && rm -f "$LOCK"; }
+# Only set as a trap once take_lock succeeded, and a live holder's lock is never taken over: it is ours.
+release_lock() { rm -f "$LOCK"; }
 
 # Sets GEN to the generation number the profile symlink $1 points at (PROFILE -> NAME-N-link), empty when
 # there is none. A variable, not output: no subshell per call.
@@ -85,10 +99,11 @@ generation_of() {
 status() {
   state=$1 reason=${2:-}
   tmp=$STATUS.tmp.$$
+  clock_now
   printf '{"id":"%s","name":"%s","profile":"%s","path":"%s","goal":"%s","state":"%s","reason":"%s","previous_path":"%s","previous_generation":%s,"generation":%s,"failed_generation":%s,"started":%s,"updated":%s}\n' \
     "$ID" "$NAME" "$PROFILE" "$STOREPATH" "$GOAL" "$state" "$reason" "$PREV_PATH" \
     "${PREV_GEN:-null}" "${NEW_GEN:-null}" "${FAILED_GEN:-null}" \
-    "$STARTED" "$(date +%s)" >"$tmp" && mv -f "$tmp" "$STATUS"
+    "$STARTED" "$NOW" >"$tmp" && mv -f "$tmp" "$STATUS"
   log "state=$state${reason:+ reason=$reason}"
   notify
 }
@@ -281,7 +296,7 @@ rollback() {
 
 do_run() {
   [ -d "$STATEDIR" ] || mkdir -p "$STATEDIR"
-  STARTED=$(date +%s)
+  clock_start
   exec >>"$LOG" 2>&1
   if ! take_lock; then
     log "deploy $ID refused: another deploy of $NAME is running (agent pid $(readlink "$LOCK"))"
@@ -420,7 +435,7 @@ do_wait() {
 # Manual rollback (`nixpave rollback`): previous generation of the profile, re-activated.
 do_rollback() {
   [ -d "$STATEDIR" ] || mkdir -p "$STATEDIR"
-  STARTED=$(date +%s)
+  clock_start
   exec 3>&1 >>"$LOG" 2>&1
   if ! take_lock; then
     echo "nixpave-agent: a deploy of $NAME is running (agent pid $(readlink "$LOCK")); try again later" >&3
