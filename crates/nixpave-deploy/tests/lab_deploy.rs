@@ -915,12 +915,12 @@ fn a_large_flake_deploys_its_first_chunk_while_the_next_evaluates() {
     let lab = Lab::up(3).expect("lab up");
     let conn = connector(&lab);
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::copy(fixtures().join("system.nix"), dir.path().join("system.nix")).expect("copy");
     let gate = dir.path().join("host1-deployed");
     let tag = unique("pipeline");
-    std::fs::write(
-        dir.path().join("flake.nix"),
-        format!(
+    let opts = DeployOptions::default();
+    let listed = listed_node_by_node(
+        dir.path(),
+        &format!(
             r#"{{ outputs = {{ self }}: let
   sys = tag: import ./system.nix {{ inherit tag; }};
   gate = builtins.derivation {{
@@ -934,11 +934,8 @@ in {{ deploy = {{ stateDir = "{STATE_DIR}"; confirmTimeout = 4; activationTimeou
 }}; }}; }}; }}"#,
             gate = gate.display()
         ),
-    )
-    .expect("flake");
-    let flake = format!("path:{}", dir.path().display());
-    let opts = DeployOptions::default();
-    let listed = listed_node_by_node(&flake, &opts);
+        &opts,
+    );
     let order: std::sync::Mutex<Vec<String>> = Default::default();
     let sink = |e: Event| {
         let seen = match &e {
@@ -1003,12 +1000,12 @@ fn two_chunks_build_at_once() {
     let lab = Lab::up(3).expect("lab up");
     let conn = connector(&lab);
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::copy(fixtures().join("system.nix"), dir.path().join("system.nix")).expect("copy");
     let marker = dir.path().join("chunk2-building");
     let tag = unique("parallel-builds");
-    std::fs::write(
-        dir.path().join("flake.nix"),
-        format!(
+    let opts = DeployOptions::default();
+    let listed = listed_node_by_node(
+        dir.path(),
+        &format!(
             r#"{{ outputs = {{ self }}: let sys = import ./system.nix; in {{
   deploy = {{ stateDir = "{STATE_DIR}"; confirmTimeout = 4; activationTimeout = 4; nodes = {{
     host1 = {{ hostname = "host1"; profiles.system.path = sys {{ tag = "{tag}-1"; buildWaitFor = "{marker}"; }}; }};
@@ -1017,11 +1014,8 @@ fn two_chunks_build_at_once() {
 }}; }}; }}; }}"#,
             marker = marker.display()
         ),
-    )
-    .expect("flake");
-    let flake = format!("path:{}", dir.path().display());
-    let opts = DeployOptions::default();
-    let listed = listed_node_by_node(&flake, &opts);
+        &opts,
+    );
     let heard: std::sync::Mutex<Vec<(u64, u64)>> = Default::default();
     let events = Events::default();
     let sink = events.sink();
@@ -1090,10 +1084,17 @@ fn two_chunks_build_at_once() {
     assert!(profile_of(&lab.hosts()[1]).ends_with(&format!("{tag}-2")));
 }
 
-/// Lists the flake's nodes for an evaluation of one node at a time (the chunk pipeline's input).
-fn listed_node_by_node(flake: &str, opts: &DeployOptions) -> nixpave_deploy::inventory::Listed {
+/// Writes `flake_nix` as the flake of `dir`, with the test system beside it, and lists its nodes for an
+/// evaluation of one node at a time (the chunk pipeline's input).
+fn listed_node_by_node(
+    dir: &std::path::Path,
+    flake_nix: &str,
+    opts: &DeployOptions,
+) -> nixpave_deploy::inventory::Listed {
+    std::fs::copy(fixtures().join("system.nix"), dir.join("system.nix")).expect("copy");
+    std::fs::write(dir.join("flake.nix"), flake_nix).expect("flake");
     match nixpave_deploy::Inventory::list_flake(
-        flake,
+        &format!("path:{}", dir.display()),
         &nixpave_deploy::Selection::default(),
         false,
         1,

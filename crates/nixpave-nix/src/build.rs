@@ -97,19 +97,11 @@ fn build_with(
     }
     // Always with nix's JSON log: a failure then names the derivations not built with their log tails.
     let out = crate::progress::run_with_log(&args, opts, &[], on_event.unwrap_or(&mut |_| {}))
-        .map_err(|e| match e {
-            NixError::Failed {
-                command,
-                status,
-                stderr,
-                builds,
-            } => NixError::Failed {
-                command,
-                status,
-                stderr,
-                builds: not_built(builds, opts),
-            },
-            other => other,
+        .map_err(|mut e| {
+            if let NixError::Failed { builds, .. } = &mut e {
+                *builds = not_built(std::mem::take(builds), opts);
+            }
+            e
         })?;
     let built = parse_build_json(&out.stdout)?;
     if let Some(missing) = drv_paths.iter().find(|d| !built.contains_key(*d)) {
