@@ -292,21 +292,19 @@ impl Activation {
                echo \"another deploy of profile {name_text} is still running on this host (agent pid $holder)\" >&2\n\
                exit {busy}\n\
              fi\n\
-             lines=$(wc -l 2>/dev/null < {log} || echo 0)\n\
              # The transport tags a command's processes to stop them on Ctrl-C: the agent must outlive that.\n\
              unset NIXPAVE_RUN\n\
-             # systemd-run only when systemd is PID 1 in our own mount and network namespaces.\n\
+             # systemd-run only when systemd is PID 1 in our own mount and network namespaces (`-ef`: the\n\
+             # same namespace is the same file; the shell's `test` compares them without a process).\n\
              if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1 \\\n\
-                && [ \"$(readlink /proc/1/ns/mnt)\" = \"$(readlink /proc/self/ns/mnt)\" ] \\\n\
-                && [ \"$(readlink /proc/1/ns/net)\" = \"$(readlink /proc/self/ns/net)\" ]; then\n\
+                && [ /proc/1/ns/mnt -ef /proc/self/ns/mnt ] && [ /proc/1/ns/net -ef /proc/self/ns/net ]; then\n\
                {systemd} -C \"${{SSH_CONNECTION:-}}\"\n\
              else\n\
                {setsid} -C \"${{SSH_CONNECTION:-}}\" </dev/null >/dev/null 2>&1 &\n\
              fi\n\
-             exec {wait} -l \"$lines\"\n",
+             exec {wait} -l 1\n",
             install = self.install_lines(),
             lock = shell_quote(&format!("{}/{}.lock", self.state_dir, self.name)),
-            log = shell_quote(&format!("{}/{}.log", self.state_dir, self.name)),
             name_text = self.name,
             busy = EXIT_BUSY,
             systemd = q(self.systemd_run_argv()),

@@ -9,7 +9,8 @@
 # deployer's confirmation file. Without it, or when activation fails or hangs, it switches the profile back to
 # the previous generation and re-activates that. Generations are never deleted. Every step is recorded in
 # STATEDIR/NAME.json (one line of JSON) so the deployer can find out what happened even after losing the
-# connection; the agent's own output goes to STATEDIR/NAME.log.
+# connection. A deploy's or rollback's output (the agent's and the activation's) goes to STATEDIR/NAME.run.log,
+# which the deployer follows while it runs; when it ends it is appended to STATEDIR/NAME.log, the history.
 #
 # It may start with an empty environment (`env -i`, systemd-run's minimal one) on any Linux, NixOS included:
 # the line below becomes nixpave's PATH for targets (nixpave_remote::TARGET_PATH) when the agent is uploaded.
@@ -19,7 +20,7 @@ set -u
 MODE=${1:-}
 [ $# -gt 0 ] && shift
 NAME=system PROFILE= STOREPATH= GOAL=switch CONFIRM=30 ACTIVATE=240 MAGIC=1 AUTO=1 STATEDIR=/var/lib/nixpave/deploy
-ID= WAITFOR=final TIMEOUT=300 FOLLOW= RUNAS= AS= CHECKS=0 CONN=
+ID= WAITFOR=final TIMEOUT=300 FOLLOW= RUNAS= AS= CHECKS=0 CONN= LOG_OPEN=
 while getopts n:p:s:g:c:a:m:r:d:i:w:t:l:u:k:C: opt; do
   case $opt in
     n) NAME=$OPTARG ;; p) PROFILE=$OPTARG ;; s) STOREPATH=$OPTARG ;; g) GOAL=$OPTARG ;;
@@ -35,6 +36,7 @@ LOG=$STATEDIR/$NAME.log
 CONFIRM_FILE=$STATEDIR/$NAME.confirm
 REJECT_FILE=$STATEDIR/$NAME.reject
 LOCK=$STATEDIR/$NAME.lock
+RUN_LOG=$STATEDIR/$NAME.run.log
 PREV_PATH= PREV_GEN= NEW_GEN= FAILED_GEN= STARTED= UP0= NOW=
 
 NL='
@@ -95,17 +97,50 @@ generation_of() {
   GEN=$n
 }
 
-# Writes the status record atomically (temp file + rename) so a reader never sees half a record.
+# Sets R to what `readlink -f $1` prints (empty when $1 does not exist), as the deployer's probe does: a
+# directory (a system, a profile's generation) and a file that is no symlink are resolved by the shell itself
+# (`cd -P`), only a symlink to a file costs a process. The agent's working directory is / again afterwards.
+resolve() {
+  R=
+  [ -e "$1" ] || return 0
+  if [ -d "$1" ] && cd -P "$1" 2>/dev/null; then R=$PWD
+  elif [ ! -h "$1" ] && [ "${1%/*}" != "$1" ] && cd -P "${1%/*}/" 2>/dev/null; then R=${PWD%/}/${1##*/}
+  else R=$(readlink -f "$1" 2>/dev/null) || R=
+  fi
+  cd / || :
+}
+
+# Writes the status record atomically (temp file + rename) so a reader never sees half a record. Its log line
+# comes first, and a final state first puts the run log into the history: whoever sees the record sees both.
 status() {
   state=$1 reason=${2:-}
+  log "state=$state${reason:+ reason=$reason}"
+  case $state in confirmed | rolled-back | failed | rollback-failed | dry-activated) keep_history ;; esac
   tmp=$STATUS.tmp.$$
   clock_now
   printf '{"id":"%s","name":"%s","profile":"%s","path":"%s","goal":"%s","state":"%s","reason":"%s","previous_path":"%s","previous_generation":%s,"generation":%s,"failed_generation":%s,"started":%s,"updated":%s}\n' \
     "$ID" "$NAME" "$PROFILE" "$STOREPATH" "$GOAL" "$state" "$reason" "$PREV_PATH" \
     "${PREV_GEN:-null}" "${NEW_GEN:-null}" "${FAILED_GEN:-null}" \
     "$STARTED" "$NOW" >"$tmp" && mv -f "$tmp" "$STATUS"
-  log "state=$state${reason:+ reason=$reason}"
   notify
+}
+
+# This run's output (RUN_LOG) and the history (LOG). start_run_log takes the lock holder's run log afresh,
+# after saving what an agent that died before its end left in it (a run log newer than the history);
+# keep_history appends it to the history when the run is over, and sends whatever follows there directly.
+start_run_log() {
+  if [ -s "$RUN_LOG" ] && { [ "$RUN_LOG" -nt "$LOG" ] || [ ! -e "$LOG" ]; }; then
+    cat "$RUN_LOG" >>"$LOG" 2>/dev/null
+  fi
+  exec >"$RUN_LOG" 2>&1
+  KEPT=
+}
+keep_history() {
+  if [ -z "$KEPT" ]; then
+    cat "$RUN_LOG" >>"$LOG" 2>/dev/null
+    exec >>"$LOG" 2>&1
+    KEPT=1
+  fi
 }
 
 # Waiting without polling. A waiter (`wait`, or the agent waiting for its confirmation) reads lines from a FIFO
@@ -219,30 +254,45 @@ watchdog() {
 lockout() {
   LOCKOUT=
   set -- $CONN
-  if [ $# -ge 4 ] && command -v ip >/dev/null 2>&1; then
-    client=$1 server=$3 port=$4
-    # Parsed with the shell's own pattern matching: one process per question.
-    route=$(ip route get "$client" 2>/dev/null) || route=
-    dev=
-    case $route in *" dev "*) dev=${route#* dev }; dev=${dev%%[ $NL]*} ;; esac
-    if [ -z "$dev" ]; then LOCKOUT="route: no route back to the deployer ($client)"; return 0; fi
-    case $(ip -o link show dev "$dev" 2>/dev/null) in
-      *LOWER_UP*) ;;
-      *) LOCKOUT="route: $dev, the interface to the deployer, is down"; return 0 ;;
-    esac
+  [ $# -ge 4 ] && command -v ip >/dev/null 2>&1 || return 1
+  client=$1 server=$3 port=$4
+  # Over IPv4 one `ip` answers two questions: with `from` an address that is no longer local the kernel
+  # refuses the lookup, so a route found is a route back from the address the deployer came in on. Only
+  # when it fails, or over IPv6 (whose lookups accept any source), is the address looked up on its own.
+  # Output is parsed with the shell's own pattern matching.
+  dev=
+  case $server in
+    *:*) ;;
+    *) route=$(ip route get "$client" from "$server" 2>/dev/null) && route_dev ;;
+  esac
+  if [ -z "$dev" ]; then
     case $(ip -o addr show 2>/dev/null) in
       *" $server/"*) ;;
       *) LOCKOUT="address: $server, the address the deployer came in on, is gone"; return 0 ;;
     esac
-    tables=/proc/net/tcp
-    if [ -r /proc/net/tcp6 ]; then tables="$tables /proc/net/tcp6"; fi
-    if [ -r /proc/net/tcp ] && ! awk -v port="$port" \
-        'BEGIN { p = sprintf(":%04X", port) } $4 == "0A" && substr($2, length($2) - 4) == p { found = 1 } END { exit !found }' \
-        $tables 2>/dev/null; then
-      LOCKOUT="sshd: nothing listens on port $port any more"; return 0
-    fi
+    route=$(ip route get "$client" 2>/dev/null) && route_dev
+    if [ -z "$dev" ]; then LOCKOUT="route: no route back to the deployer ($client)"; return 0; fi
+  fi
+  # The kernel's carrier flag (ip's LOWER_UP): unreadable while the interface is down, 0 without a link.
+  carrier=
+  { read -r carrier <"/sys/class/net/$dev/carrier"; } 2>/dev/null || carrier=
+  if [ "$carrier" != 1 ] && [ -e "/sys/class/net/$dev" ]; then
+    LOCKOUT="route: $dev, the interface to the deployer, is down"; return 0
+  fi
+  tables=/proc/net/tcp
+  if [ -r /proc/net/tcp6 ]; then tables="$tables /proc/net/tcp6"; fi
+  if [ -r /proc/net/tcp ] && ! awk -v port="$port" \
+      'BEGIN { p = sprintf(":%04X", port) } $4 == "0A" && substr($2, length($2) - 4) == p { found = 1 } END { exit !found }' \
+      $tables 2>/dev/null; then
+    LOCKOUT="sshd: nothing listens on port $port any more"; return 0
   fi
   return 1
+}
+
+# Sets dev to the interface of the route `ip route get` printed into $route.
+route_dev() {
+  dev=
+  case $route in *" dev "*) dev=${route#* dev }; dev=${dev%%[ $NL]*} ;; esac
 }
 
 # What sshd reads, by content (one process, where `sshd -t` costs ten times more): when the activation left
@@ -296,17 +346,22 @@ rollback() {
 
 do_run() {
   [ -d "$STATEDIR" ] || mkdir -p "$STATEDIR"
+  # Nothing here uses relative paths; / keeps the agent from holding the login's directory busy.
+  cd / || :
   clock_start
+  # Until it holds the lock the agent writes to the history (a refusal, or why it could not take the lock);
+  # then this deploy's output starts the run log afresh (the deployer follows it) and joins the history at the end.
   exec >>"$LOG" 2>&1
   if ! take_lock; then
     log "deploy $ID refused: another deploy of $NAME is running (agent pid $(readlink "$LOCK"))"
     exit 75
   fi
+  start_run_log
   trap 'close_wakeups; release_lock' EXIT
   log "deploy $ID: $STOREPATH -> $PROFILE (goal $GOAL, confirm ${CONFIRM}s, activation ${ACTIVATE}s)"
   remove "$CONFIRM_FILE" "$REJECT_FILE"
-  PREV_PATH=
-  if [ -e "$PROFILE" ]; then PREV_PATH=$(readlink -f "$PROFILE" 2>/dev/null) || PREV_PATH=; fi
+  resolve "$PROFILE"
+  PREV_PATH=$R
   generation_of "$PROFILE"
   PREV_GEN=$GEN
   NEW_GEN=$PREV_GEN
@@ -391,14 +446,28 @@ read_record() {
   case $REC in *'"state":"'*) REC_STATE=${REC#*\"state\":\"}; REC_STATE=${REC_STATE%%\"*} ;; esac
 }
 
-# With -l N: copies the agent log's lines after line N to stderr as they appear (progress for the deployer).
+# With -l 1: copies this deploy's output (RUN_LOG) to stderr as it grows: progress for the deployer. Read
+# through fd 8 with the shell's `read`, so following costs no process. The agent starts the file afresh once
+# it holds the lock; until then it may still hold an earlier deploy's output, recognised by its first line
+# (the agent's "deploy ID:" line) and opened again on the next wake-up. A line still being written is kept
+# until its end arrives.
 follow_log() {
-  [ -n "$FOLLOW" ] || return 0
-  total=$(wc -l 2>/dev/null < "$LOG" || echo 0)
-  if [ "$total" -gt "$FOLLOW" ]; then
-    sed -n "$((FOLLOW + 1)),${total}p" "$LOG" >&2
-    FOLLOW=$total
+  [ "$FOLLOW" = 1 ] || return 0
+  if [ -z "$LOG_OPEN" ]; then
+    [ -f "$RUN_LOG" ] && { command exec 8<"$RUN_LOG"; } 2>/dev/null || return 0
+    LOG_OPEN=1 LOG_FIRST=1 LOG_PART=
   fi
+  while IFS= read -r line <&8; do
+    line=$LOG_PART$line LOG_PART=
+    if [ -n "$LOG_FIRST" ]; then
+      case $line in
+        "nixpave-agent: deploy $ID: "*) LOG_FIRST= ;;
+        *) exec 8<&-; LOG_OPEN=; return 0 ;;
+      esac
+    fi
+    printf '%s\n' "$line" >&2
+  done
+  LOG_PART=$LOG_PART$line
 }
 
 # Blocks until this deploy's record reaches the wanted stage, then prints it. The FIFO is in place before the
@@ -414,6 +483,7 @@ do_wait() {
       case $WAITFOR:$REC_STATE in
         ready:waiting-confirmation | *:confirmed | *:rolled-back | *:failed | *:rollback-failed | *:dry-activated)
           follow_log
+          if [ -n "${LOG_PART:-}" ]; then printf '%s\n' "$LOG_PART" >&2; fi
           echo "$REC"
           return 0 ;;
       esac
@@ -435,18 +505,22 @@ do_wait() {
 # Manual rollback (`nixpave rollback`): previous generation of the profile, re-activated.
 do_rollback() {
   [ -d "$STATEDIR" ] || mkdir -p "$STATEDIR"
+  cd / || :
   clock_start
   exec 3>&1 >>"$LOG" 2>&1
   if ! take_lock; then
     echo "nixpave-agent: a deploy of $NAME is running (agent pid $(readlink "$LOCK")); try again later" >&3
     exit 75
   fi
+  # Like a deploy's: the run log holds the last operation's output, the history gets it at the end.
+  start_run_log
   trap release_lock EXIT
   log "manual rollback $ID of $PROFILE"
   generation_of "$PROFILE"
   PREV_GEN=$GEN
   NEW_GEN=$PREV_GEN
-  STOREPATH=$([ -e "$PROFILE" ] && readlink -f "$PROFILE" 2>/dev/null || true)
+  resolve "$PROFILE"
+  STOREPATH=$R
   target=$(nix-env -p "$PROFILE" --list-generations | awk -v cur="$PREV_GEN" '$1 < cur { g = $1 } END { print g }')
   if [ -z "$target" ]; then
     status failed no-previous-generation
@@ -458,7 +532,8 @@ do_rollback() {
   nix-env -p "$PROFILE" --switch-generation "$target" || { status rollback-failed manual-rollback; cat "$STATUS" >&3; return 1; }
   NEW_GEN=$target
   PREV_PATH=$STOREPATH
-  STOREPATH=$(readlink -f "$PROFILE")
+  resolve "$PROFILE"
+  STOREPATH=$R
   if with_timeout "$STOREPATH" "$GOAL"; then status rolled-back manual-rollback; else status rollback-failed manual-rollback; fi
   cat "$STATUS" >&3
 }

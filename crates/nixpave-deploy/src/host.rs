@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use nixpave_nix::copy::CopyTo;
 use nixpave_nix::invoke::NixOptions;
-use nixpave_remote::{OutputStream, Transport, TransportError};
+use nixpave_remote::{shell_quote, OutputStream, Transport, TransportError};
 
 use crate::agent::{
     manual_rollback_script, new_deploy_id, Activation, Goal, AGENT_SCRIPT, EXIT_AGENT_GONE,
@@ -713,9 +713,16 @@ fn wait_final(
     })
 }
 
+/// The end of the agent's last run: its run log (the history, `NAME.log`, gets it only when the run ends),
+/// or the history when there is no run log.
 fn agent_log_tail(t: &dyn Transport, profile: &Profile) -> Vec<String> {
-    let log = format!("{}/{}.log", profile.settings.state_dir, profile.name);
-    match t.run(&["tail".into(), "-n".into(), "60".into(), log], None) {
+    let base = format!("{}/{}", profile.settings.state_dir, profile.name);
+    let script = format!(
+        "tail -n 60 {} 2>/dev/null || tail -n 60 {}",
+        shell_quote(&format!("{base}.run.log")),
+        shell_quote(&format!("{base}.log"))
+    );
+    match t.run(&["sh".into(), "-c".into(), script], None) {
         Ok(out) => last_deploy_lines(&out.stdout_str(), 15),
         Err(_) => Vec::new(),
     }

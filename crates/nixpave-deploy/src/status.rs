@@ -159,15 +159,23 @@ fn key_state_script(keys: &[(&str, &std::path::Path)]) -> String {
     s
 }
 
+/// The probe's `r PATH`: sets R to what `readlink -f PATH` prints (empty when PATH does not exist).
+const RESOLVE: &str = "r() { R=; [ -e \"$1\" ] || return 0; \
+    if [ -d \"$1\" ] && cd -P \"$1\" 2>/dev/null; then R=$PWD; \
+    elif [ ! -h \"$1\" ] && [ \"${1%/*}\" != \"$1\" ] && cd -P \"${1%/*}/\" 2>/dev/null; then R=${PWD%/}/${1##*/}; \
+    else R=$(readlink -f \"$1\" 2>/dev/null) || R=; fi; }";
+
 /// The shell script of [`read_state`]: one line per fact, `KEY<TAB>PROFILE<TAB>VALUE`.
 pub fn state_script(profiles: &[(&str, &str, Option<&str>, &str)]) -> String {
     // A system is named by its resolved `bin/switch-to-configuration`, so that a deploy-rs `activate.nixos`
     // wrapper (a profile linking to the toplevel's files) and the toplevel it wraps compare equal.
-    // Few processes per probe (it runs on every host of every deploy): `r` sets R and forks only for a path
-    // that exists; files are read with the shell's `read`.
-    let mut s = String::from(
-        "r() { R=; if [ -e \"$1\" ]; then R=$(readlink -f \"$1\" 2>/dev/null) || R=; fi; }\n\
-         r /run/booted-system/bin/switch-to-configuration; booted_sys=$R\n\
+    // Few processes per probe (it runs on every host of every deploy, and looks at every generation of a
+    // NixOS host): `r` sets R to what `readlink -f` prints, resolving directories with `cd -P` and a file that
+    // is no symlink through its directory, so only a symlink to a file costs a process; files are read with
+    // the shell's `read`.
+    let mut s = format!("{RESOLVE}\n");
+    s.push_str(
+        "r /run/booted-system/bin/switch-to-configuration; booted_sys=$R\n\
          boot=; { read -r boot </proc/sys/kernel/random/boot_id; } 2>/dev/null\n\
          printf 'boot\\t-\\t%s\\n' \"$boot\"\n\
          r /run/current-system; printf 'current\\t-\\t%s\\n' \"$R\"\n\
@@ -316,6 +324,71 @@ pub fn read_state_with_keys(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The probe's `r` and the agent's `resolve` print what `readlink -f` prints, in dash and bash:
+    /// directories, files, symlinks to either (chains, relative ones, through a linked directory), `/`, and
+    /// paths that do not exist.
+    #[test]
+    fn the_shell_resolvers_agree_with_readlink_f() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let run = |shell: &str, script: &str| {
+            let out = std::process::Command::new(shell)
+                .args(["-c", script])
+                .output()
+                .expect("sh");
+            assert!(out.status.success(), "{out:?}");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let sh = |script: &str| run("sh", script);
+        sh(&format!(
+            "set -e; cd {d}; mkdir -p store/sys/bin real; echo x > store/sys/bin/stc; echo y > real/file; \
+             ln -s store/sys gen-1-link; ln -s gen-1-link profile; ln -s ../../../real/file store/sys/bin/link; \
+             ln -s real linked-dir; ln -s missing dangling",
+            d = d.display()
+        ));
+        let agent = crate::agent::AGENT_SCRIPT.as_str();
+        let start = agent.find("\nresolve() {").expect("resolve() in agent.sh");
+        let len = agent[start..].find("\n}\n").expect("end of resolve()");
+        let resolve = &agent[start..start + len + 3];
+        let paths = [
+            "profile",
+            "profile/bin/stc",
+            "gen-1-link/bin/link",
+            "store/sys/bin/stc",
+            "linked-dir/file",
+            "linked-dir",
+            "dangling",
+            "nothing/here",
+            "profile/bin/nothing",
+        ]
+        .map(|p| d.join(p).display().to_string());
+        let mut all = paths.to_vec();
+        all.push("/".into());
+        let mut resolved = 0;
+        for path in &all {
+            let q = shell_quote(path);
+            let expected = sh(&format!(
+                "R=; [ ! -e {q} ] || R=$(readlink -f {q}); echo \"$R\""
+            ));
+            // NixOS's `sh` is bash.
+            for shell in ["sh", "bash"] {
+                let probe = run(shell, &format!("{RESOLVE}\nr {q}; echo \"$R\""));
+                let agent = run(
+                    shell,
+                    &format!("{resolve}\ncd /; resolve {q}; echo \"$R\"; pwd"),
+                );
+                assert_eq!(probe, expected, "{shell}: the probe's r {path}");
+                assert_eq!(
+                    agent,
+                    format!("{expected}/\n"),
+                    "{shell}: the agent's resolve {path}"
+                );
+            }
+            resolved += usize::from(expected != "\n");
+        }
+        assert_eq!(resolved, 7, "paths that exist");
+    }
 
     #[test]
     fn parses_probe_output() {

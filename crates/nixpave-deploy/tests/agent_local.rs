@@ -502,3 +502,107 @@ fn holders(files: &[std::path::PathBuf]) -> Vec<String> {
         })
         .collect()
 }
+
+/// The log lines the events carry.
+fn logged(events: &Events) -> Vec<String> {
+    events
+        .0
+        .lock()
+        .expect("events")
+        .iter()
+        .filter_map(|e| match e {
+            nixpave_deploy::Event::Log { line, .. } => Some(line.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A deploy's output reaches the deployer while it runs, and only that deploy's: the run log may still hold an
+/// earlier deploy's output when the waiter opens it. The history keeps every run, also one whose agent died
+/// before its end.
+#[test]
+fn the_deployer_hears_only_this_deploy_s_output_and_the_history_keeps_every_run() {
+    let sb = Sandbox::new();
+    let state = sb.dir.path().join("state");
+    let tags = [unique("first"), unique("second"), unique("third")];
+    let mut heard = Vec::new();
+    for (i, tag) in tags.iter().enumerate() {
+        if i == 2 {
+            // What an agent killed half way leaves: its output in the run log only, newer than the history.
+            std::thread::sleep(Duration::from_millis(20));
+            let mut run_log = std::fs::OpenOptions::new()
+                .append(true)
+                .open(state.join("system.run.log"))
+                .expect("run log");
+            std::io::Write::write_all(
+                &mut run_log,
+                b"nixpave-agent: deploy killed: half way\nleft by an agent that died\n",
+            )
+            .expect("write");
+        }
+        let system = build_system(&[("tag", tag)]);
+        let events = Events::default();
+        let report = deploy_host(
+            &sb.host(&system, serde_json::json!({})),
+            &LocalConnector::default(),
+            &DeployOptions::default(),
+            &events.sink(),
+            1,
+        );
+        assert_eq!(report.outcome, Outcome::Deployed, "{report:?}");
+        heard.push(logged(&events));
+    }
+    for (i, tag) in tags.iter().enumerate() {
+        let own = format!("test system {tag}: switch");
+        assert!(heard[i].iter().any(|l| l.contains(&own)), "{:?}", heard[i]);
+        for (j, other) in tags.iter().enumerate().filter(|(j, _)| *j != i) {
+            assert!(
+                !heard[i].iter().any(|l| l.contains(other.as_str())),
+                "deploy {i} heard deploy {j}'s output: {:?}",
+                heard[i]
+            );
+        }
+    }
+    let history = std::fs::read_to_string(state.join("system.log")).expect("history");
+    let at = |what: &str| {
+        history
+            .find(what)
+            .unwrap_or_else(|| panic!("{what} is not in the history: {history}"))
+    };
+    assert!(at(&tags[0]) < at(&tags[1]));
+    assert!(at(&tags[1]) < at("left by an agent that died"));
+    assert!(at("left by an agent that died") < at(&tags[2]));
+
+    // The waiter itself, on a run log still holding another deploy's output: it skips that, and prints its
+    // own deploy's lines, an unfinished last line included, once the record is final.
+    let record = std::fs::read_to_string(state.join("system.json")).expect("record");
+    let id = serde_json::from_str::<serde_json::Value>(&record).expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let agent = std::fs::read_dir(sb.dir.path().join("tmp/nixpave-agent"))
+        .expect("agent dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "sh"))
+        .expect("installed agent");
+    let wait = |run_log: &str| {
+        std::fs::write(state.join("system.run.log"), run_log).expect("run log");
+        let out = std::process::Command::new("sh")
+            .arg(&agent)
+            .args(["wait", "-n", "system", "-d"])
+            .arg(&state)
+            .args(["-i", &id, "-w", "final", "-t", "10", "-l", "1"])
+            .output()
+            .expect("run the waiter");
+        assert!(out.status.success(), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains(&id));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = wait("nixpave-agent: deploy other: a -> b\nanother deploy's line\n");
+    assert!(!err.contains("another deploy's line"), "{err}");
+    let err = wait(&format!(
+        "nixpave-agent: deploy {id}: a -> b\nour line\nan unfinished line"
+    ));
+    assert!(err.contains("our line\nan unfinished line\n"), "{err}");
+}
