@@ -330,7 +330,8 @@ impl LabHost {
         self.state.disks.iter().map(|d| d.device.clone()).collect()
     }
 
-    /// Runs `argv` as root inside the host (its network and mount namespaces), without ssh.
+    /// Runs `argv` as root inside the host (its network and mount namespaces), without ssh; also after
+    /// its sshd has stopped, as long as some process of the host lives on.
     pub fn run_inside(&self, argv: &[&str]) -> Result<std::process::Output, LabError> {
         hosts::run_inside(&self.state, argv)
     }

@@ -56,6 +56,11 @@ impl Events {
 
 /// A connector that reaches the lab's hosts by their names (`hostname = "host1"`), as root with the lab key.
 pub fn connector(lab: &Lab) -> SshConnector {
+    connector_with(lab, &[])
+}
+
+/// [`connector`] with further `-o Key=Value` ssh options (e.g. `BindAddress=…`) on every connection.
+pub fn connector_with(lab: &Lab, extra_options: &[&str]) -> SshConnector {
     let hosts = lab
         .hosts()
         .iter()
@@ -70,6 +75,7 @@ pub fn connector(lab: &Lab) -> SshConnector {
         .collect();
     let base = SshOptions {
         connect_timeout: std::time::Duration::from_secs(5),
+        extra_options: extra_options.iter().map(|o| o.to_string()).collect(),
         ..lab.host(0).ssh_options()
     };
     SshConnector::new(base, hosts)

@@ -13,6 +13,7 @@ pub(crate) mod sys;
 mod teardown;
 mod up;
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -272,11 +273,10 @@ pub fn status(state: &LabState) -> Vec<HostStatus> {
 }
 
 /// Runs `argv` as root inside a lab host (its network and mount namespaces), without ssh, with the
-/// `PATH` a session on the host gets (NixOS's on NixOS-shaped hosts).
+/// `PATH` a session on the host gets (NixOS's on NixOS-shaped hosts). Needs a live process of the host
+/// to enter: its sshd, or once that has stopped, any process left in it.
 pub fn run_inside(host: &HostState, argv: &[&str]) -> Result<std::process::Output, LabError> {
-    let pid = host
-        .sshd_pid
-        .filter(|p| sys::alive(*p))
+    let pid = entry_pid(host)
         .ok_or_else(|| LabError::Spec(format!("lab host {} is not running", host.name)))?;
     let pid = pid.to_string();
     let mut cmd = std::process::Command::new(sys::tool("nsenter"));
@@ -289,6 +289,32 @@ pub fn run_inside(host: &HostState, argv: &[&str]) -> Result<std::process::Outpu
     }
     cmd.output()
         .map_err(LabError::io("running nsenter for", &host.root))
+}
+
+/// A live process whose namespaces are the host's: its sshd, or once that is gone (stopped by a test, or by
+/// an activation), any process left in its network namespace. Either must see the host's private `/nix`
+/// (which also rules out a reused pid). The host's mounts live as long as one of its processes does.
+fn entry_pid(host: &HostState) -> Option<i32> {
+    let store = std::fs::metadata(host.root.join("nix")).ok()?;
+    let inside = |pid: &i32| {
+        // Through /proc/PID/root paths resolve in that process's mount namespace.
+        sys::alive(*pid)
+            && std::fs::metadata(format!("/proc/{pid}/root/nix"))
+                .is_ok_and(|m| m.dev() == store.dev() && m.ino() == store.ino())
+    };
+    if let Some(pid) = host.sshd_pid.filter(inside) {
+        return Some(pid);
+    }
+    let listed = sys::run(
+        "listing host processes",
+        "ip",
+        &["netns", "pids", &host.netns],
+    )
+    .ok()?;
+    listed
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+        .find(inside)
 }
 
 /// True when `address:port` accepts a TCP connection within `timeout`.
