@@ -413,9 +413,85 @@ pub fn new_deploy_id(index: usize) -> String {
     format!("{:x}{:x}{index:x}", nanos, std::process::id())
 }
 
+/// The text of shell function `name` in the agent, for tests that run one function on its own.
+#[cfg(test)]
+pub(crate) fn agent_function(name: &str) -> &'static str {
+    let agent = AGENT_SCRIPT.as_str();
+    let start = agent
+        .find(&format!("\n{name}() {{\n"))
+        .unwrap_or_else(|| panic!("{name}() in agent.sh"));
+    let len = agent[start..]
+        .find("\n}\n")
+        .unwrap_or_else(|| panic!("the end of {name}()"));
+    &agent[start..start + len + 3]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The lockout check with this machine's tools, through `ss` and, without it, /proc/net/tcp: a port
+    /// something listens on, one nothing listens on, and an address that is not this machine's.
+    #[test]
+    fn lockout_finds_a_stopped_listener_and_a_lost_address_with_or_without_ss() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+        let open = listener.local_addr().expect("addr").port();
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+            l.local_addr().expect("addr").port()
+        };
+        let functions = format!(
+            "NL='\n'\n{}{}",
+            agent_function("lockout"),
+            agent_function("route_dev")
+        );
+        let tool = |name: &str| {
+            ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+                .iter()
+                .map(|d| std::path::Path::new(d).join(name))
+                .find(|p| p.exists())
+                .unwrap_or_else(|| panic!("{name} on this machine"))
+        };
+        // A PATH of ip and awk only: no ss.
+        let without_ss = tempfile::tempdir().expect("tempdir");
+        for name in ["ip", "awk"] {
+            std::os::unix::fs::symlink(tool(name), without_ss.path().join(name)).expect("link");
+        }
+        let system_path = std::env::var("PATH").unwrap_or_default();
+        let check = |path: &str, conn: &str| {
+            let script = format!(
+                "{functions}\nCONN='{conn}'\nif lockout; then echo \"$LOCKOUT\"; else echo none; fi"
+            );
+            let out = std::process::Command::new("/bin/sh")
+                .args(["-c", &script])
+                .env("PATH", path)
+                .output()
+                .expect("sh");
+            assert!(out.status.success(), "{out:?}");
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        for path in [
+            system_path.as_str(),
+            &without_ss.path().display().to_string(),
+        ] {
+            assert_eq!(
+                check(path, &format!("127.0.0.1 40000 127.0.0.1 {open}")),
+                "none",
+                "{path}"
+            );
+            assert_eq!(
+                check(path, &format!("127.0.0.1 40000 127.0.0.1 {closed}")),
+                format!("sshd: nothing listens on port {closed} any more"),
+                "{path}"
+            );
+            assert_eq!(
+                check(path, &format!("127.0.0.1 40000 192.0.2.77 {open}")),
+                "address: 192.0.2.77, the address the deployer came in on, is gone",
+                "{path}"
+            );
+        }
+        drop(listener);
+    }
 
     fn activation() -> Activation {
         Activation {

@@ -279,14 +279,21 @@ lockout() {
   if [ "$carrier" != 1 ] && [ -e "/sys/class/net/$dev" ]; then
     LOCKOUT="route: $dev, the interface to the deployer, is down"; return 0
   fi
-  tables=/proc/net/tcp
-  if [ -r /proc/net/tcp6 ]; then tables="$tables /proc/net/tcp6"; fi
-  if [ -r /proc/net/tcp ] && ! awk -v port="$port" \
-      'BEGIN { p = sprintf(":%04X", port) } $4 == "0A" && substr($2, length($2) - 4) == p { found = 1 } END { exit !found }' \
-      $tables 2>/dev/null; then
-    LOCKOUT="sshd: nothing listens on port $port any more"; return 0
+  # The listening sockets, from `ss -l` (netlink: the kernel looks at listeners only); /proc/net/tcp, which the
+  # kernel makes by walking every connection of the machine, only when ss is missing or fails.
+  if listeners=$(ss -ltn "sport = :$port" 2>/dev/null); then
+    case $listeners in *LISTEN*) return 1 ;; esac
+  else
+    tables=/proc/net/tcp
+    if [ -r /proc/net/tcp6 ]; then tables="$tables /proc/net/tcp6"; fi
+    if [ ! -r /proc/net/tcp ] || ! command -v awk >/dev/null 2>&1 || awk -v port="$port" \
+        'BEGIN { p = sprintf(":%04X", port) } $4 == "0A" && substr($2, length($2) - 4) == p { found = 1 } END { exit !found }' \
+        $tables 2>/dev/null; then
+      return 1
+    fi
   fi
-  return 1
+  LOCKOUT="sshd: nothing listens on port $port any more"
+  return 0
 }
 
 # Sets dev to the interface of the route `ip route get` printed into $route.

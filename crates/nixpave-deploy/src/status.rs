@@ -347,10 +347,7 @@ mod tests {
              ln -s real linked-dir; ln -s missing dangling",
             d = d.display()
         ));
-        let agent = crate::agent::AGENT_SCRIPT.as_str();
-        let start = agent.find("\nresolve() {").expect("resolve() in agent.sh");
-        let len = agent[start..].find("\n}\n").expect("end of resolve()");
-        let resolve = &agent[start..start + len + 3];
+        let resolve = crate::agent::agent_function("resolve");
         let paths = [
             "profile",
             "profile/bin/stc",
