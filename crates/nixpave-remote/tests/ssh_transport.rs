@@ -529,8 +529,22 @@ fn dropping_the_transport_closes_the_master() {
     let socket = ssh.control_path().to_path_buf();
     assert!(socket.exists());
     let pattern = socket.display().to_string();
+    // The master answers over its control socket with its pid: the ssh process holding that socket.
+    let pid = ssh.master_pid().expect("the master answers");
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("the master's cmdline");
+    assert!(
+        String::from_utf8_lossy(&cmdline).contains(&pattern),
+        "{}",
+        String::from_utf8_lossy(&cmdline)
+    );
     drop(ssh);
     assert!(!socket.exists());
+    // Asked over the socket to exit (no `ssh -O exit`), it has closed its end: it is exiting or gone.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty()) {
+        assert!(Instant::now() < deadline, "the master {pid} did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let ps = std::process::Command::new("pgrep")
         .args(["-f", &pattern])
         .output()

@@ -51,7 +51,10 @@ impl SshTransport {
 
 impl Drop for SshTransport {
     fn drop(&mut self) {
-        if self.control_path.exists() {
+        // Asked over the control socket; `ssh -O exit` only when that did not work.
+        if self.control_path.exists()
+            && !super::mux::terminate(&self.control_path, Duration::from_secs(5))
+        {
             let mut cmd = Command::new("ssh");
             cmd.arg("-S")
                 .arg(&self.control_path)

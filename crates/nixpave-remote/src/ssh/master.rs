@@ -111,17 +111,13 @@ impl SshTransport {
     }
 
     pub(super) fn master_alive(&self) -> bool {
-        Command::new("ssh")
-            .arg("-S")
-            .arg(&self.control_path)
-            .args(self.common_args())
-            .args(["-O", "check"])
-            .arg(&self.target.host)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+        self.master_pid().is_some()
+    }
+
+    /// The pid of this host's master connection, asked over its control socket; `None` when no master
+    /// answers there.
+    pub fn master_pid(&self) -> Option<u32> {
+        super::mux::alive(&self.control_path, Duration::from_secs(5))
     }
 
     /// Waits for a free session on the master (cancellable).

@@ -13,6 +13,7 @@ mod cleanup;
 mod escalation;
 mod host_key;
 mod master;
+mod mux;
 mod options;
 
 use std::path::{Path, PathBuf};
