@@ -9,6 +9,7 @@
 #   HOSTS=1 ROUNDS=3 NIXPAVE="/tmp/nixpave-old target/release/nixpave" bench/cpu.sh
 #   DEPLOY_ARGS="--ssh-opts '-o KexAlgorithms=curve25519-sha256'" bench/cpu.sh
 #   SSH=current bench/cpu.sh   # OpenSSH 10 on both ends (bench/common.sh)
+#   BUSY=1 bench/cpu.sh        # also how busy the machine's CPUs were in each 100 ms of each deploy
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/common.sh
@@ -41,20 +42,40 @@ LABS+=("$LAB")
 ( echo "$BASHPID" > "$CG/$LAB_CG/cgroup.procs"; exec "$NIXPAVE" lab up --name "$LAB" --hosts "$HOSTS" "${LAB_UP_ARGS[@]}" >/dev/null )
 
 seconds() { awk -v ns="$1" 'BEGIN { printf "%.2f", ns / 1e9 }'; }
+# BUSY=1: samples /proc/stat's first line every 100 ms until file $1 exists, then prints busy % per sample.
+busy_sampler() {
+  local done=$1 prev_total=0 prev_idle=0 line=() total idle out=()
+  while :; do
+    read -r -a line < /proc/stat
+    total=0; for v in "${line[@]:1}"; do total=$((total + v)); done
+    idle=$((line[4] + line[5]))
+    if [ "$prev_total" -gt 0 ] && [ "$total" -gt "$prev_total" ]; then
+      out+=($((100 - 100 * (idle - prev_idle) / (total - prev_total))))
+    fi
+    prev_total=$total prev_idle=$idle
+    [ -e "$done" ] && break
+    sleep 0.1
+  done
+  echo "  busy % per 100 ms: ${out[*]}"
+}
 for round in $(seq "$ROUNDS"); do
   for bin in "${BINARIES[@]}"; do
     rm -rf "$WORK/flake"
     write_fleet_flake "$WORK/flake" "$HOSTS" "cpu-$(date +%s%N)"
     for kind in fresh no-op; do
+      rm -f "$WORK/deployed"
+      if [ -n "${BUSY:-}" ]; then busy_sampler "$WORK/deployed" > "$WORK/busy.txt" & fi
       l0=$(usage "$LAB_CG"); d0=$(usage "$DEPLOY_CG"); t0=$(date +%s%N)
       ( echo "$BASHPID" > "$CG/$DEPLOY_CG/cgroup.procs"
         exec "$bin" deploy "path:$WORK/flake" --lab "$LAB" "${extra[@]}" --json > "$WORK/out.json" )
       t1=$(date +%s%N)
+      touch "$WORK/deployed"
       sleep 0.5 # the targets' last processes (the agent's exit) are counted too
       l1=$(usage "$LAB_CG"); d1=$(usage "$DEPLOY_CG")
       outcomes=$(tail -n 1 "$WORK/out.json" | jq -r '[.hosts[].outcome] | group_by(.) | map("\(.[0])=\(length)") | join(",")')
       printf 'round %s %-14s %-6s wall %5s s  deployer cpu %5s s  targets cpu %5s s  %s\n' "$round" \
         "$(basename "$bin")" "$kind" "$(seconds $((t1 - t0)))" "$(seconds $((d1 - d0)))" "$(seconds $((l1 - l0)))" "$outcomes"
+      if [ -n "${BUSY:-}" ]; then wait; cat "$WORK/busy.txt"; fi
     done
   done
 done

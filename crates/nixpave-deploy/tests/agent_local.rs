@@ -24,6 +24,15 @@ impl Sandbox {
             dir: tempfile::tempdir().expect("tempdir"),
         }
     }
+    /// The agent the deploys installed in the sandbox's temp directory.
+    fn installed_agent(&self) -> std::path::PathBuf {
+        std::fs::read_dir(self.dir.path().join("tmp/nixpave-agent"))
+            .expect("agent dir")
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "sh"))
+            .expect("installed agent")
+    }
     fn profile(&self) -> std::path::PathBuf {
         self.dir.path().join("profiles/system")
     }
@@ -424,12 +433,7 @@ fn waiting_leaves_no_process_behind_holding_the_sessions_output_or_its_fifo() {
     );
     assert_ne!(waiting, record);
     std::fs::write(&record_path, &waiting).expect("write record");
-    let agent = std::fs::read_dir(sb.dir.path().join("tmp/nixpave-agent"))
-        .expect("agent dir")
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "sh"))
-        .expect("installed agent");
+    let agent = sb.installed_agent();
     let (mut reader, writer) = std::io::pipe().expect("pipe");
     let (mut err_reader, err_writer) = std::io::pipe().expect("pipe");
     use std::os::fd::AsRawFd;
@@ -580,12 +584,7 @@ fn the_deployer_hears_only_this_deploy_s_output_and_the_history_keeps_every_run(
         .as_str()
         .expect("id")
         .to_string();
-    let agent = std::fs::read_dir(sb.dir.path().join("tmp/nixpave-agent"))
-        .expect("agent dir")
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "sh"))
-        .expect("installed agent");
+    let agent = sb.installed_agent();
     let wait = |run_log: &str| {
         std::fs::write(state.join("system.run.log"), run_log).expect("run log");
         let out = std::process::Command::new("sh")
