@@ -431,7 +431,8 @@ mod tests {
     use super::*;
 
     /// The lockout check with this machine's tools, through `ss` and, without it, /proc/net/tcp: a port
-    /// something listens on, one nothing listens on, and an address that is not this machine's.
+    /// something listens on, one nothing listens on, one something listens on at another address than the
+    /// deployer's, and an address that is not this machine's.
     #[test]
     fn lockout_finds_a_stopped_listener_and_a_lost_address_with_or_without_ss() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
@@ -440,6 +441,9 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
             l.local_addr().expect("addr").port()
         };
+        // Something listens on the port, but at another address than the deployer came in on.
+        let elsewhere = std::net::TcpListener::bind("127.0.0.2:0").expect("listen on 127.0.0.2");
+        let other = elsewhere.local_addr().expect("addr").port();
         let functions = format!(
             "NL='\n'\n{}{}",
             agent_function("lockout"),
@@ -485,12 +489,22 @@ mod tests {
                 "{path}"
             );
             assert_eq!(
+                check(path, &format!("127.0.0.1 40000 127.0.0.1 {other}")),
+                format!("sshd: nothing listens on port {other} any more"),
+                "{path}"
+            );
+            assert_eq!(
+                check(path, &format!("127.0.0.1 40000 127.0.0.2 {other}")),
+                "none",
+                "{path}"
+            );
+            assert_eq!(
                 check(path, &format!("127.0.0.1 40000 192.0.2.77 {open}")),
                 "address: 192.0.2.77, the address the deployer came in on, is gone",
                 "{path}"
             );
         }
-        drop(listener);
+        drop((listener, elsewhere));
     }
 
     fn activation() -> Activation {

@@ -279,16 +279,29 @@ lockout() {
   if [ "$carrier" != 1 ] && [ -e "/sys/class/net/$dev" ]; then
     LOCKOUT="route: $dev, the interface to the deployer, is down"; return 0
   fi
-  # The listening sockets, from `ss -l` (netlink: the kernel looks at listeners only); /proc/net/tcp, which the
-  # kernel makes by walking every connection of the machine, only when ss is missing or fails.
+  # Something must listen on the port at the deployer's address or at every address. The listening sockets
+  # come from `ss -l` (netlink: the kernel looks at listeners only); /proc/net/tcp, which the kernel makes by
+  # walking every connection of the machine, only when ss is missing or fails (its IPv4 addresses are hex in
+  # the machine's byte order: little-endian assumed; an IPv6 address only by its port).
   if listeners=$(ss -ltn "sport = :$port" 2>/dev/null); then
-    case $listeners in *LISTEN*) return 1 ;; esac
+    while read -r state _ _ local _; do
+      [ "$state" = LISTEN ] || continue
+      addr=${local%:*}; addr=${addr#\[}; addr=${addr%\]}; addr=${addr%%%*}
+      case $addr in "$server" | 0.0.0.0 | '*' | ::) return 1 ;; esac
+    done <<LISTENERS
+$listeners
+LISTENERS
   else
     tables=/proc/net/tcp
     if [ -r /proc/net/tcp6 ]; then tables="$tables /proc/net/tcp6"; fi
-    if [ ! -r /proc/net/tcp ] || ! command -v awk >/dev/null 2>&1 || awk -v port="$port" \
-        'BEGIN { p = sprintf(":%04X", port) } $4 == "0A" && substr($2, length($2) - 4) == p { found = 1 } END { exit !found }' \
-        $tables 2>/dev/null; then
+    if [ ! -r /proc/net/tcp ] || ! command -v awk >/dev/null 2>&1 || awk -v port="$port" -v server="$server" '
+        BEGIN { p = sprintf(":%04X", port); n = split(server, o, ".")
+                mine = n == 4 ? sprintf("%02X%02X%02X%02X", o[4], o[3], o[2], o[1]) : "" }
+        $4 == "0A" && substr($2, length($2) - 4) == p {
+          a = substr($2, 1, length($2) - 5)
+          if (a ~ /^0+$/ || a == mine || mine == "") found = 1
+        }
+        END { exit !found }' $tables 2>/dev/null; then
       return 1
     fi
   fi
