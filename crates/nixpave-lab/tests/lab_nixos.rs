@@ -42,6 +42,15 @@ fn nixos_shaped_host_has_no_fhs_tools_and_still_runs_sshd_and_nix() {
     assert_eq!(stdout(&ssh(&lab, host, "echo \"$PATH\"")), SESSION_PATH);
     assert_eq!(stdout(&ssh(&lab, host, "ls /usr/bin")), "bash\nenv\nsh");
     assert_eq!(stdout(&ssh(&lab, host, "ls /bin")), "bash\nenv\nsh");
+    // `sh` is bash in its POSIX mode, as on NixOS.
+    assert_eq!(
+        stdout(&ssh(
+            &lab,
+            host,
+            "/bin/sh -c 'echo ${BASH_VERSION:+bash}; case :$SHELLOPTS: in *:posix:*) echo posix;; esac'"
+        )),
+        "bash\nposix"
+    );
     assert_eq!(
         stdout(&ssh(&lab, host, "ls /usr/sbin /sbin")),
         "/sbin:\n\n/usr/sbin:"

@@ -157,6 +157,15 @@ pub fn layout(login_shell: &str) -> Result<Layout, LabError> {
         links.sort();
         layout.libexec_nix = Some(links);
     }
+    // NixOS's `sh` is bash (`environment.binsh`, and `sh` in the system's `sw/bin`): scripts run by `sh`
+    // there run in bash's POSIX mode, so they do here too.
+    if let Some((_, bash)) = layout.sw_bin.iter().find(|(n, _)| n == "bash").cloned() {
+        for (name, target) in layout.usr_bin.iter_mut().chain(layout.sw_bin.iter_mut()) {
+            if name == "sh" {
+                *target = bash.clone();
+            }
+        }
+    }
     for needed in ["env", "sh"] {
         if !layout.usr_bin.iter().any(|(n, _)| n == needed) {
             return Err(LabError::Spec(format!(
@@ -367,6 +376,9 @@ mod tests {
         let mut kept: Vec<&str> = layout.usr_bin.iter().map(|(n, _)| n.as_str()).collect();
         kept.sort();
         assert_eq!(kept, ["bash", "env", "sh"]);
+        // `sh` is bash, as on NixOS.
+        assert_eq!(find(&layout.usr_bin, "sh"), find(&layout.usr_bin, "bash"));
+        assert_eq!(find(&layout.sw_bin, "sh"), find(&layout.sw_bin, "bash"));
         if let Some(helpers) = &layout.libexec_nix {
             for (name, target) in helpers {
                 assert!(
