@@ -6,6 +6,7 @@
 # SSH=current: current OpenSSH (10, from scripts/openssh-current.sh) on both ends: its ssh first on PATH
 # (nixpave and nix run `ssh` by name) and its sshd on the lab hosts (LAB_UP_ARGS, for `nixpave lab up`).
 # SSH=system (default): this machine's OpenSSH on both ends (9.2 on Debian 12).
+# FLAVOUR=nixos: NixOS-shaped lab hosts (`nixpave lab up --flavour nixos`: NixOS's PATH, sh is bash).
 # write_fleet_flake DIR N TAG: a deploy-rs flake of nodes host1..hostN, all on one test system tagged TAG.
 
 bench_setup() {
@@ -37,6 +38,11 @@ bench_ssh() {
       LAB_UP_ARGS=(--sshd "$(dirname "$bin")/sbin/sshd")
       ;;
     *) echo "SSH must be \`system\` or \`current\`, not \`$SSH\`" >&2; exit 2 ;;
+  esac
+  case "${FLAVOUR:-debian}" in
+    debian) ;;
+    nixos) LAB_UP_ARGS+=(--flavour nixos) ;;
+    *) echo "FLAVOUR must be \`debian\` or \`nixos\`, not \`$FLAVOUR\`" >&2; exit 2 ;;
   esac
   echo "ssh: $(ssh -V 2>&1)${LAB_UP_ARGS[*]:+; lab hosts: ${LAB_UP_ARGS[*]}}" >&2
 }
