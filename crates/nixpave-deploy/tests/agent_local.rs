@@ -147,16 +147,22 @@ fn hanging_activation_times_out_and_rolls_back() {
     );
     assert!(t0.elapsed() < Duration::from_secs(20));
     assert_eq!(resolve(&sb.profile()).as_deref(), Some(good.as_str()));
-    // The whole hanging activation was killed, not only its first process.
-    let left = std::process::Command::new("pgrep")
-        .args(["-f", &hang])
-        .output()
-        .expect("pgrep");
-    assert!(
-        left.stdout.is_empty(),
-        "left running: {}",
-        String::from_utf8_lossy(&left.stdout)
-    );
+    // The whole hanging activation was killed, not only its first process. The agent itself (its command line
+    // names the path too) exits just after writing its final record: give it a moment; the activation's
+    // processes would hang on for an hour.
+    let running = || {
+        let out = std::process::Command::new("pgrep")
+            .args(["-a", "-f", &hang])
+            .output()
+            .expect("pgrep");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !running().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left = running();
+    assert!(left.is_empty(), "left running: {left}");
 }
 
 /// A connection whose fresh logins fail: what the deployer sees when new ssh logins are broken.
