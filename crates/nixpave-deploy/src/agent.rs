@@ -19,9 +19,19 @@ const AGENT_TEMPLATE: &str = include_str!("agent.sh");
 /// Placeholder line of `agent.sh` that becomes [`path_prelude`].
 const PATH_PLACEHOLDER: &str = "# @NIXPAVE_PATH_PRELUDE@";
 
-/// The agent's source, as uploaded: `agent.sh` with its `PATH` line filled in.
-pub static AGENT_SCRIPT: LazyLock<String> =
-    LazyLock::new(|| AGENT_TEMPLATE.replacen(PATH_PLACEHOLDER, &path_prelude(), 1));
+/// Placeholder line of `agent.sh` that becomes [`RESOLVE_FUNCTION`].
+const RESOLVE_PLACEHOLDER: &str = "# @NIXPAVE_RESOLVE@";
+
+/// `resolve PATH`, the shell function the agent and the deployer's probe share: `R` becomes what
+/// `readlink -f PATH` prints, mostly without starting a process.
+pub(crate) const RESOLVE_FUNCTION: &str = include_str!("resolve.sh");
+
+/// The agent's source, as uploaded: `agent.sh` with its `PATH` line and `resolve` function filled in.
+pub static AGENT_SCRIPT: LazyLock<String> = LazyLock::new(|| {
+    AGENT_TEMPLATE
+        .replacen(PATH_PLACEHOLDER, &path_prelude(), 1)
+        .replacen(RESOLVE_PLACEHOLDER, RESOLVE_FUNCTION, 1)
+});
 
 /// Exit status of the launch script and the agent when another deploy of the profile is still running.
 pub const EXIT_BUSY: i32 = 75;
@@ -588,6 +598,8 @@ mod tests {
         let prelude = nixpave_remote::path_prelude();
         assert_eq!(AGENT_SCRIPT.matches(&prelude).count(), 1);
         assert!(!AGENT_SCRIPT.contains(PATH_PLACEHOLDER));
+        assert_eq!(AGENT_SCRIPT.matches(RESOLVE_FUNCTION).count(), 1);
+        assert!(!AGENT_SCRIPT.contains(RESOLVE_PLACEHOLDER));
         // Before the first command the agent runs.
         let at = AGENT_SCRIPT.find(&prelude).unwrap_or(usize::MAX);
         assert!(

@@ -97,18 +97,9 @@ generation_of() {
   GEN=$n
 }
 
-# Sets R to what `readlink -f $1` prints (empty when $1 does not exist), as the deployer's probe does: a
-# directory (a system, a profile's generation) and a file that is no symlink are resolved by the shell itself
-# (`cd -P`), only a symlink to a file costs a process. The agent's working directory is / again afterwards.
-resolve() {
-  R=
-  [ -e "$1" ] || return 0
-  if [ -d "$1" ] && cd -P "$1" 2>/dev/null; then R=$PWD
-  elif [ ! -h "$1" ] && [ "${1%/*}" != "$1" ] && cd -P "${1%/*}/" 2>/dev/null; then R=${PWD%/}/${1##*/}
-  else R=$(readlink -f "$1" 2>/dev/null) || R=
-  fi
-  cd / || :
-}
+# resolve PATH: R = what `readlink -f PATH` prints, mostly without a process (resolve.sh, shared with the
+# deployer's probe).
+# @NIXPAVE_RESOLVE@
 
 # Writes the status record atomically (temp file + rename) so a reader never sees half a record. Its log line
 # comes first, and a final state first puts the run log into the history: whoever sees the record sees both.

@@ -159,40 +159,33 @@ fn key_state_script(keys: &[(&str, &std::path::Path)]) -> String {
     s
 }
 
-/// The probe's `r PATH`: sets R to what `readlink -f PATH` prints (empty when PATH does not exist).
-const RESOLVE: &str = "r() { R=; [ -e \"$1\" ] || return 0; \
-    if [ -d \"$1\" ] && cd -P \"$1\" 2>/dev/null; then R=$PWD; \
-    elif [ ! -h \"$1\" ] && [ \"${1%/*}\" != \"$1\" ] && cd -P \"${1%/*}/\" 2>/dev/null; then R=${PWD%/}/${1##*/}; \
-    else R=$(readlink -f \"$1\" 2>/dev/null) || R=; fi; }";
-
 /// The shell script of [`read_state`]: one line per fact, `KEY<TAB>PROFILE<TAB>VALUE`.
 pub fn state_script(profiles: &[(&str, &str, Option<&str>, &str)]) -> String {
     // A system is named by its resolved `bin/switch-to-configuration`, so that a deploy-rs `activate.nixos`
     // wrapper (a profile linking to the toplevel's files) and the toplevel it wraps compare equal.
     // Few processes per probe (it runs on every host of every deploy, and looks at every generation of a
-    // NixOS host): `r` sets R to what `readlink -f` prints, resolving directories with `cd -P` and a file that
-    // is no symlink through its directory, so only a symlink to a file costs a process; files are read with
-    // the shell's `read`.
-    let mut s = format!("{RESOLVE}\n");
+    // NixOS host): the agent's `resolve` sets R to what `readlink -f` prints, mostly without a process;
+    // files are read with the shell's `read`.
+    let mut s = String::from(crate::agent::RESOLVE_FUNCTION);
     s.push_str(
-        "r /run/booted-system/bin/switch-to-configuration; booted_sys=$R\n\
+        "resolve /run/booted-system/bin/switch-to-configuration; booted_sys=$R\n\
          boot=; { read -r boot </proc/sys/kernel/random/boot_id; } 2>/dev/null\n\
          printf 'boot\\t-\\t%s\\n' \"$boot\"\n\
-         r /run/current-system; printf 'current\\t-\\t%s\\n' \"$R\"\n\
-         r /run/current-system/bin/switch-to-configuration; printf 'currentsys\\t-\\t%s\\n' \"$R\"\n\
-         r /run/booted-system; printf 'booted\\t-\\t%s\\n' \"$R\"\n",
+         resolve /run/current-system; printf 'current\\t-\\t%s\\n' \"$R\"\n\
+         resolve /run/current-system/bin/switch-to-configuration; printf 'currentsys\\t-\\t%s\\n' \"$R\"\n\
+         resolve /run/booted-system; printf 'booted\\t-\\t%s\\n' \"$R\"\n",
     );
     for (name, profile_path, wanted, state_dir) in profiles {
         let n = shell_quote(name);
         let p = shell_quote(profile_path);
         s.push_str(&format!(
-            "r {p}; cur=$R; printf 'profile\\t%s\\t%s\\n' {n} \"$cur\"\n\
+            "resolve {p}; cur=$R; printf 'profile\\t%s\\t%s\\n' {n} \"$cur\"\n\
              link=; if [ -h {p} ]; then link=$(readlink {p} 2>/dev/null) || link=; fi\n\
              printf 'link\\t%s\\t%s\\n' {n} \"$link\"\n\
              rec=; {{ IFS= read -r rec <{rec}; }} 2>/dev/null\n\
              printf 'record\\t%s\\t%s\\n' {n} \"$rec\"\n\
              if [ -n \"$booted_sys\" ]; then for g in {p}-*-link; do \
-               r \"$g/bin/switch-to-configuration\"; \
+               resolve \"$g/bin/switch-to-configuration\"; \
                if [ \"$R\" = \"$booted_sys\" ]; then printf 'bootedgen\\t%s\\t%s\\n' {n} \"${{g##*/}}\"; fi; \
              done; fi\n",
             rec = shell_quote(&format!("{state_dir}/{name}.json")),
@@ -202,7 +195,7 @@ pub fn state_script(profiles: &[(&str, &str, Option<&str>, &str)]) -> String {
             // nix only links valid paths. Only otherwise is a nix process started to ask the store.
             s.push_str(&format!(
                 "if [ -e {w} ] && {{ [ \"$cur\" = {w} ] || nix-store --check-validity {w} >/dev/null 2>&1; }}; then \
-                 printf 'present\\t%s\\tyes\\n' {n}; r {w}/bin/switch-to-configuration; \
+                 printf 'present\\t%s\\tyes\\n' {n}; resolve {w}/bin/switch-to-configuration; \
                  printf 'wantedsys\\t%s\\t%s\\n' {n} \"$R\"; fi\n",
                 w = shell_quote(w)
             ));
@@ -325,11 +318,11 @@ pub fn read_state_with_keys(
 mod tests {
     use super::*;
 
-    /// The probe's `r` and the agent's `resolve` print what `readlink -f` prints, in dash and bash:
-    /// directories, files, symlinks to either (chains, relative ones, through a linked directory), `/`, and
-    /// paths that do not exist.
+    /// The `resolve` the agent and the probe share prints what `readlink -f` prints, in dash and bash (NixOS's
+    /// `sh`): directories, files, symlinks to either (chains, relative ones, through a linked directory),
+    /// `/`, and paths that do not exist; and leaves the working directory at `/`.
     #[test]
-    fn the_shell_resolvers_agree_with_readlink_f() {
+    fn resolve_agrees_with_readlink_f() {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
         let run = |shell: &str, script: &str| {
@@ -347,7 +340,6 @@ mod tests {
              ln -s real linked-dir; ln -s missing dangling",
             d = d.display()
         ));
-        let resolve = crate::agent::agent_function("resolve");
         let paths = [
             "profile",
             "profile/bin/stc",
@@ -368,18 +360,19 @@ mod tests {
             let expected = sh(&format!(
                 "R=; [ ! -e {q} ] || R=$(readlink -f {q}); echo \"$R\""
             ));
-            // NixOS's `sh` is bash.
             for shell in ["sh", "bash"] {
-                let probe = run(shell, &format!("{RESOLVE}\nr {q}; echo \"$R\""));
-                let agent = run(
+                let resolved_here = run(
                     shell,
-                    &format!("{resolve}\ncd /; resolve {q}; echo \"$R\"; pwd"),
+                    &format!(
+                        "{}\ncd {}; resolve {q}; echo \"$R\"; pwd",
+                        crate::agent::RESOLVE_FUNCTION,
+                        shell_quote(&d.display().to_string())
+                    ),
                 );
-                assert_eq!(probe, expected, "{shell}: the probe's r {path}");
                 assert_eq!(
-                    agent,
+                    resolved_here,
                     format!("{expected}/\n"),
-                    "{shell}: the agent's resolve {path}"
+                    "{shell}: resolve {path}"
                 );
             }
             resolved += usize::from(expected != "\n");
