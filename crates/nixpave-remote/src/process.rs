@@ -1,9 +1,9 @@
-//! The one way nixpave runs a local child process (ssh, nix, a local command): streamed
-//! output, stdin written while the output is read (no pipe deadlock), a deadline and
+//! The one way nixpave runs a local child process (ssh, nix, a local command) or a session on an ssh
+//! master: streamed output, stdin written while the output is read (no pipe deadlock), a deadline and
 //! cancellation through [`crate::cancel`].
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::cancel;
@@ -26,6 +26,37 @@ pub struct ChildRun<'a> {
     pub cancellable: bool,
 }
 
+/// Something started that runs on pipes of ours: a local process, or a session that an ssh master runs for
+/// us (`ssh::mux`).
+pub(crate) trait Running: Send {
+    /// Its exit code once it has ended (`None` inside: ended by a signal); `None` while it runs.
+    fn try_wait(&mut self) -> io::Result<Option<Option<i32>>>;
+    /// Stops it; one that already ended is fine.
+    fn kill(&mut self);
+    /// Waits for its end; its exit code (`None`: ended by a signal).
+    fn wait(&mut self) -> io::Result<Option<i32>>;
+}
+
+impl Running for std::process::Child {
+    fn try_wait(&mut self) -> io::Result<Option<Option<i32>>> {
+        Ok(std::process::Child::try_wait(self)?.map(|s| s.code()))
+    }
+    fn kill(&mut self) {
+        let _ = std::process::Child::kill(self);
+    }
+    fn wait(&mut self) -> io::Result<Option<i32>> {
+        Ok(std::process::Child::wait(self)?.code())
+    }
+}
+
+/// A started child and our ends of its pipes (stdin only when it was given bytes).
+pub(crate) struct Started {
+    pub(crate) child: Box<dyn Running>,
+    pub(crate) stdin: Option<Box<dyn Write + Send>>,
+    pub(crate) stdout: Box<dyn Read + Send>,
+    pub(crate) stderr: Box<dyn Read + Send>,
+}
+
 /// Spawns `cmd` and waits for it, streaming output lines (without their line ending) to
 /// `on_line` and collecting them in the returned [`CommandOutput`].
 ///
@@ -34,15 +65,15 @@ pub struct ChildRun<'a> {
 /// [`TransportError::Timeout`] returned; when `run.cancellable` and [`crate::cancel`] was
 /// requested, it is killed and [`TransportError::Interrupted`] returned.
 pub fn run_child(
-    mut cmd: Command,
+    cmd: Command,
     run: ChildRun<'_>,
     on_line: &mut dyn FnMut(OutputStream, &str),
 ) -> Result<CommandOutput, TransportError> {
-    if run.cancellable && cancel::is_cancelled() {
-        return Err(TransportError::Interrupted {
-            host: run.host.into(),
-        });
-    }
+    run_started(|| spawn(cmd, &run), &run, on_line)
+}
+
+/// Spawns `cmd` with piped output (and stdin when `run` has bytes for it).
+pub(crate) fn spawn(mut cmd: Command, run: &ChildRun<'_>) -> Result<Started, TransportError> {
     cmd.stdin(if run.stdin.is_some() {
         Stdio::piped()
     } else {
@@ -56,11 +87,50 @@ pub fn run_child(
         program,
         source,
     })?;
+    let stdin = child
+        .stdin
+        .take()
+        .map(|p| Box::new(p) as Box<dyn Write + Send>);
+    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(TransportError::Io {
+            host: run.host.into(),
+            what: format!("starting `{}`", run.shown),
+            source: io::Error::other("no output pipes"),
+        });
+    };
+    Ok(Started {
+        child: Box::new(child),
+        stdin,
+        stdout: Box::new(stdout),
+        stderr: Box::new(stderr),
+    })
+}
+
+/// Starts something with `start` (unless cancelled already) and then serves it as [`run_child`] serves a
+/// process: stdin written, output streamed and collected, deadline and cancellation.
+pub(crate) fn run_started(
+    start: impl FnOnce() -> Result<Started, TransportError>,
+    run: &ChildRun<'_>,
+    on_line: &mut dyn FnMut(OutputStream, &str),
+) -> Result<CommandOutput, TransportError> {
+    if run.cancellable && cancel::is_cancelled() {
+        return Err(TransportError::Interrupted {
+            host: run.host.into(),
+        });
+    }
+    let Started {
+        mut child,
+        stdin,
+        stdout,
+        stderr,
+    } = start()?;
     let started = Instant::now();
-    // Readers and the stdin writer are detached threads, not scoped ones: an ssh mux client
-    // hands its pipes to the master, so after we kill the client they stay open until the
-    // master lets go, and a stopped command must not wait for that.
-    if let (Some(data), Some(mut pipe)) = (run.stdin, child.stdin.take()) {
+    // Readers and the stdin writer are detached threads, not scoped ones: an ssh master holds the pipes
+    // of its sessions, so after we stop one (or kill its mux client) they stay open until the master
+    // lets go, and a stopped command must not wait for that.
+    if let (Some(data), Some(mut pipe)) = (run.stdin, stdin) {
         let data = data.to_vec();
         std::thread::spawn(move || {
             // A command that exits without reading all its input is not an error of ours.
@@ -68,24 +138,11 @@ pub fn run_child(
         });
     }
     let (tx, rx) = std::sync::mpsc::channel::<(OutputStream, Vec<u8>)>();
-    let pipes: [(OutputStream, Option<Box<dyn Read + Send>>); 2] = [
-        (
-            OutputStream::Stdout,
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        ),
-        (
-            OutputStream::Stderr,
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        ),
+    let pipes = [
+        (OutputStream::Stdout, stdout),
+        (OutputStream::Stderr, stderr),
     ];
     for (which, pipe) in pipes {
-        let Some(pipe) = pipe else { continue };
         let tx = tx.clone();
         std::thread::spawn(move || {
             let mut reader = BufReader::new(pipe);
@@ -132,7 +189,7 @@ pub fn run_child(
             });
         }
         if stopped.is_some() {
-            kill(&mut child);
+            child.kill();
         }
     }
     let status = child.wait().map_err(|source| TransportError::Io {
@@ -143,11 +200,6 @@ pub fn run_child(
     if let Some(err) = stopped {
         return Err(err);
     }
-    out.status = status.code();
+    out.status = status;
     Ok(out)
-}
-
-/// Kills a child; an already exited one is fine.
-fn kill(child: &mut Child) {
-    let _ = child.kill();
 }

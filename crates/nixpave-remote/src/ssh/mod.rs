@@ -2,12 +2,14 @@
 //!
 //! Because it is plain `ssh`, `~/.ssh/config`, the agent, ProxyJump, certificates and FIDO keys
 //! work as they do on the command line. One master connection (authenticated once) carries every
-//! command, upload and `nix copy` (through [`SshTransport::nix_sshopts`]).
-
+//! command, upload and `nix copy` (through [`SshTransport::nix_sshopts`]). nixpave asks the master for a
+//! command's session itself, over its control socket (`mux`), rather than starting an `ssh` client for
+//! each; should the master not open one, an `ssh` client runs the command.
 //!
-//! Split along its seams: `options` (what a connection is opened with), `master` (the
-//! ControlMaster and its sessions), `escalation` (sudo/doas/run0), `host_key` (diagnosing a
-//! failed connection) and `cleanup` (stopping commands, closing the master, control dirs).
+//! Split along its seams: `options` (what a connection is opened with), `master` (the ControlMaster
+//! and its sessions), `mux` (the protocol of its control socket), `escalation` (sudo/doas/run0),
+//! `host_key` (diagnosing a failed connection) and `cleanup` (stopping commands, closing the master,
+//! control dirs).
 
 mod cleanup;
 mod escalation;
@@ -21,7 +23,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
-use crate::process::{run_child, ChildRun};
+use crate::process::{run_child, run_started, spawn, ChildRun};
 use crate::target::Target;
 use crate::transport::{
     shell_join, shell_quote, CommandOutput, OutputStream, Transport, TransportError, UploadSpec,
@@ -298,24 +300,44 @@ impl SshTransport {
         let tag = run_tag();
         let mut tagged = vec!["env".to_string(), tag.clone()];
         tagged.extend(argv.iter().cloned());
-        let mut cmd = Command::new("ssh");
-        cmd.args(self.mux_args())
-            .args(self.common_args())
-            .arg("-T")
-            .arg(&self.target.host)
-            .arg(shell_join(&escalation.wrap(&tagged)));
+        let command = shell_join(&escalation.wrap(&tagged));
         let stdin = escalation.stdin(stdin);
-        let result = run_child(
-            cmd,
-            ChildRun {
-                host: &self.name,
-                shown: &shown,
-                stdin: stdin.as_deref(),
-                timeout: self.options.command_timeout,
-                cancellable: true,
-            },
-            on_line,
-        );
+        let run = ChildRun {
+            host: &self.name,
+            shown: &shown,
+            stdin: stdin.as_deref(),
+            timeout: self.options.command_timeout,
+            cancellable: true,
+        };
+        let open = || {
+            match mux::open_session(
+            &self.control_path,
+            &command,
+            stdin.is_some(),
+            self.options.connect_timeout * 2,
+        ) {
+            Ok(session) => Ok(session),
+            // Nothing ran: an `ssh` mux client does the same the long way (and reports what is wrong).
+            Err(mux::OpenError::Refused(e)) => {
+                tracing::debug!(host = %self.name, error = %e, "no session from the master itself; using ssh");
+                let mut cmd = Command::new("ssh");
+                cmd.args(self.mux_args())
+                    .args(self.common_args())
+                    .arg("-T")
+                    .arg(&self.target.host)
+                    .arg(&command);
+                spawn(cmd, &run)
+            }
+            Err(mux::OpenError::Unknown(source)) => Err(TransportError::Io {
+                host: self.name.clone(),
+                what: format!(
+                    "opening a session on the ssh master for `{shown}` (the command may have started)"
+                ),
+                source,
+            }),
+        }
+        };
+        let result = run_started(open, &run, on_line);
         if let Err(TransportError::Interrupted { .. } | TransportError::Timeout { .. }) = &result {
             self.kill_remote(&tag, escalation);
         }
