@@ -30,10 +30,41 @@ pub fn path_prelude() -> String {
 /// `argv` run with [`TARGET_PATH`] on its `PATH` (after the inherited one): `/bin/sh -c 'PATH=…; export PATH; exec "$@"'
 /// sh ARGV…`, so even `argv[0]` is looked up in it.
 pub fn with_target_path(argv: &[String]) -> Vec<String> {
+    with_target_env(argv, &[])
+}
+
+/// [`with_target_path`], with the variables `NAME=value` of `env` exported as well. A script given as
+/// `sh -c SCRIPT [ARG0 ARGS…]` runs in the shell that sets the `PATH` (after it, on its own line) instead
+/// of a second shell: a shell fewer per command on the host.
+pub fn with_target_env(argv: &[String], env: &[&str]) -> Vec<String> {
+    let mut prelude = path_prelude();
+    for assignment in env {
+        if let Some((name, value)) = assignment.split_once('=') {
+            prelude.push_str(&format!(
+                "; {name}={}; export {name}",
+                crate::shell_quote(value)
+            ));
+        }
+    }
+    if let [sh, c, script, rest @ ..] = argv {
+        if sh == "sh" && c == "-c" {
+            let mut wrapped = vec![
+                TARGET_SHELL.to_string(),
+                "-c".to_string(),
+                format!("{prelude}\n{script}"),
+            ];
+            // `$0` stays what `sh -c SCRIPT` gave it.
+            if rest.is_empty() {
+                wrapped.push("sh".to_string());
+            }
+            wrapped.extend(rest.iter().cloned());
+            return wrapped;
+        }
+    }
     let mut wrapped = vec![
         TARGET_SHELL.to_string(),
         "-c".to_string(),
-        format!("{}; exec \"$@\"", path_prelude()),
+        format!("{prelude}; exec \"$@\""),
         "sh".to_string(),
     ];
     wrapped.extend(argv.iter().cloned());
@@ -89,5 +120,33 @@ mod tests {
         let (path, args) = text.split_once('\n').expect("two lines");
         assert!(path.ends_with(TARGET_PATH), "{path}");
         assert_eq!(args, "a b|$HOME|");
+    }
+
+    #[test]
+    fn exported_variables_reach_scripts_and_programs_with_arguments_unchanged() {
+        let run = |argv: Vec<String>| {
+            let out = std::process::Command::new("env")
+                .arg("-i")
+                .args(&argv)
+                .output()
+                .expect("env -i runs");
+            assert!(out.status.success(), "{out:?}");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let env = ["NIXPAVE_RUN=123-4", "OTHER=it's"];
+        let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // A script runs inline, in the shell that sets the environment, with `$0` and its arguments as
+        // `sh -c` gives them.
+        let script = "set -eu; printf '%s|' \"$0\" \"$@\" \"$NIXPAVE_RUN\" \"$OTHER\"";
+        let inline = with_target_env(&words(&["sh", "-c", script]), &env);
+        assert_eq!(inline.len(), 4, "one shell, not two: {inline:?}");
+        assert_eq!(run(inline), "sh|123-4|it's|");
+        let inline = with_target_env(&words(&["sh", "-c", script, "zero", "a b", "$HOME"]), &env);
+        assert_eq!(run(inline), "zero|a b|$HOME|123-4|it's|");
+        // Any other program is exec'd, and sees the variables.
+        let program = with_target_env(&words(&["env"]), &env);
+        let text = run(program);
+        assert!(text.lines().any(|l| l == "NIXPAVE_RUN=123-4"), "{text}");
+        assert!(text.lines().any(|l| l == "OTHER=it's"), "{text}");
     }
 }

@@ -24,7 +24,13 @@ impl Escalation {
     /// The command line for `argv`: escalated, and under [`TARGET_PATH`](crate::TARGET_PATH)
     /// both before escalation (finding `sudo` on NixOS) and after it (sudo may reset `PATH`).
     pub(super) fn wrap(&self, argv: &[String]) -> Vec<String> {
-        let argv = crate::with_target_path(argv);
+        self.wrap_with_env(argv, &[])
+    }
+
+    /// [`wrap`](Self::wrap), with the variables `NAME=value` of `env` set for `argv` (after the
+    /// escalation, which may reset the environment).
+    pub(super) fn wrap_with_env(&self, argv: &[String], env: &[&str]) -> Vec<String> {
+        let argv = crate::target_env::with_target_env(argv, env);
         let prefix: &[&str] = match self {
             Escalation::Direct => &[],
             Escalation::SudoNoPassword => &["sudo", "-n", "--"],

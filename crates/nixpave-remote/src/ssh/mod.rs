@@ -298,9 +298,7 @@ impl SshTransport {
         tracing::debug!(host = %self.name, command = %shown, "run over ssh");
         // The tag lets a stopped command's whole process tree be found and killed on the host.
         let tag = run_tag();
-        let mut tagged = vec!["env".to_string(), tag.clone()];
-        tagged.extend(argv.iter().cloned());
-        let command = shell_join(&escalation.wrap(&tagged));
+        let command = shell_join(&escalation.wrap_with_env(argv, &[&tag]));
         let stdin = escalation.stdin(stdin);
         let run = ChildRun {
             host: &self.name,
