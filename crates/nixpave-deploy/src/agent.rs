@@ -440,6 +440,68 @@ pub(crate) fn agent_function(name: &str) -> &'static str {
 mod tests {
     use super::*;
 
+    /// Waiting for a wake-up in dash (a ticker process counts the seconds) and in bash, NixOS's sh (`read -t`
+    /// and the kernel's uptime, no ticker): a wake-up line ends the wait at once, and without one the
+    /// seconds still pass.
+    #[test]
+    fn waiters_wake_at_once_and_count_seconds_with_and_without_a_ticker() {
+        let functions: String = [
+            "remove",
+            "open_wakeups",
+            "uptime_cs",
+            "wake",
+            "close_wakeups",
+        ]
+        .iter()
+        .map(|f| agent_function(f))
+        .collect();
+        for (shell, clock) in [("dash", false), ("bash", true)] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let fifo = dir.path().join("w.fifo");
+            let script = format!(
+                "set -u\nWAKE= TICKER= T0=\n{functions}\nsecs=0\nopen_wakeups '{fifo}'\n\
+                 echo \"ticker=${{TICKER:+yes}} clock=${{T0:+yes}}\"\n\
+                 wake\necho \"woken by $w\"\n\
+                 secs=0; T0=${{T0:+$CS}}\nwhile [ \"$secs\" -lt 2 ]; do wake; done\nclose_wakeups\necho done",
+                fifo = fifo.display()
+            );
+            let started = std::time::Instant::now();
+            let child = std::process::Command::new("timeout")
+                .args(["10", shell, "-c", &script])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("shell");
+            // The waiter makes the FIFO; a wake-up line once it is there.
+            while !fifo.exists() {
+                assert!(started.elapsed() < std::time::Duration::from_secs(5));
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let woken_at = started.elapsed();
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&fifo)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, b"s\n"))
+                .expect("wake-up line");
+            let out = child.wait_with_output().expect("waits");
+            let elapsed = started.elapsed();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{shell}: {out:?}");
+            let (ticker, uptime) = if clock { ("", "yes") } else { ("yes", "") };
+            assert_eq!(
+                text,
+                format!("ticker={ticker} clock={uptime}\nwoken by s\ndone\n"),
+                "{shell}"
+            );
+            // Two seconds waited after the wake-up, give or take one.
+            assert!(
+                elapsed >= woken_at + std::time::Duration::from_secs(1)
+                    && elapsed < woken_at + std::time::Duration::from_secs(4),
+                "{shell}: {elapsed:?}"
+            );
+        }
+    }
+
     /// The lockout check with this machine's tools, through `ss` and, without it, /proc/net/tcp: a port
     /// something listens on, one nothing listens on, one something listens on at another address than the
     /// deployer's, and an address that is not this machine's.

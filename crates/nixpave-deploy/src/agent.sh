@@ -37,7 +37,7 @@ CONFIRM_FILE=$STATEDIR/$NAME.confirm
 REJECT_FILE=$STATEDIR/$NAME.reject
 LOCK=$STATEDIR/$NAME.lock
 RUN_LOG=$STATEDIR/$NAME.run.log
-PREV_PATH= PREV_GEN= NEW_GEN= FAILED_GEN= STARTED= UP0= NOW= KEPT=
+PREV_PATH= PREV_GEN= NEW_GEN= FAILED_GEN= STARTED= UP0= NOW= KEPT= WAKE= TICKER= T0=
 
 NL='
 '
@@ -138,26 +138,48 @@ keep_history() {
 # on fd 9 (one per role, made once and kept: STATEDIR/NAME.wait-ready.fifo, .wait-final.fifo, .agent.fifo);
 # whoever changes what it waits for writes a line into it (the agent after each record, the confirmation and
 # rejection commands), and a ticker writes "t<waiter's pid>" once a second: the clock for its timeouts, and
-# the fallback should a wake-up be missed or go to another waiter of the same role. Opened read-write, a FIFO
+# the fallback should a wake-up be missed or go to another waiter of the same role (bash needs no ticker:
+# its `read -t` gives up after a second by itself). Opened read-write, a FIFO
 # never blocks its writers and never raises SIGPIPE, whether or not a reader still lives; what nobody holds
 # open is dropped. Without a FIFO the waiter falls back to sleeping a second.
 open_wakeups() {
-  WAKE=$1 TICKER=
+  WAKE=$1 TICKER= T0=
   if { [ -p "$WAKE" ] || { remove "$WAKE"; mkfifo -m 600 "$WAKE" 2>/dev/null; }; } \
       && { command exec 9<>"$WAKE"; } 2>/dev/null; then
-    # $$ is the waiter (also in this subshell): the ticker ends with it, even when it was killed. Neither it
-    # nor its `sleep` holds the waiter's own streams (an ssh session ends only once nothing holds them), and
-    # the `sleep` does not hold the FIFO either.
-    (while sleep 1 </dev/null >/dev/null 2>&1 9>&- && kill -0 $$ 2>/dev/null; do echo "t$$"; done) \
-      </dev/null >&9 2>/dev/null 9>&- &
-    TICKER=$!
+    if [ -n "${BASH_VERSION:-}" ] && uptime_cs; then
+      # bash (NixOS's sh) reads with a time limit itself, and the kernel's uptime is the clock: no ticker.
+      T0=$CS
+    else
+      # $$ is the waiter (also in this subshell): the ticker ends with it, even when it was killed. Neither
+      # it nor its `sleep` holds the waiter's own streams (an ssh session ends only once nothing holds them),
+      # and the `sleep` does not hold the FIFO either.
+      (while sleep 1 </dev/null >/dev/null 2>&1 9>&- && kill -0 $$ 2>/dev/null; do echo "t$$"; done) \
+        </dev/null >&9 2>/dev/null 9>&- &
+      TICKER=$!
+    fi
   else
     WAKE=
   fi
 }
 
-# Blocks until a wake-up line arrives (at most about a second); its own tick counts one second in $secs.
+# Sets CS to the kernel's uptime in hundredths of a second, with builtins; fails when it cannot be read.
+uptime_cs() {
+  CS=
+  { read -r up _ </proc/uptime; } 2>/dev/null || return 1
+  case $up in *[0-9].[0-9][0-9]) CS=${up%.*}${up#*.} ;; *) return 1 ;; esac
+  # No leading zeros: the shell's arithmetic would read them as octal.
+  CS=${CS#"${CS%%[!0]*}"}
+  CS=${CS:-0}
+}
+
+# Blocks until a wake-up line arrives (at most about a second) and keeps $secs, the seconds waited: by the
+# clock with bash, else one second per tick of the ticker.
 wake() {
+  if [ -n "$T0" ]; then
+    IFS= read -r -t 1 w <&9 || w=
+    if uptime_cs; then secs=$(((CS - T0) / 100)); else secs=$((secs + 1)); fi
+    return 0
+  fi
   if [ -n "$WAKE" ]; then IFS= read -r w <&9 || w=t$$; else sleep 1; w=t$$; fi
   if [ "$w" = "t$$" ]; then secs=$((secs + 1)); fi
 }
@@ -165,7 +187,7 @@ wake() {
 close_wakeups() {
   if [ -n "${TICKER:-}" ]; then kill "$TICKER" 2>/dev/null; fi
   if [ -n "${WAKE:-}" ]; then exec 9>&-; fi
-  TICKER= WAKE=
+  TICKER= WAKE= T0=
 }
 
 # Wakes every waiter of this profile (after the record changed). Builtins only.
