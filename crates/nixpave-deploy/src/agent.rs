@@ -3,7 +3,7 @@
 //! The agent is uploaded (not through the nix store) into a directory of the target's temp path that only root
 //! can reach (`TEMPPATH/nixpave-agent`, mode 0700, checked to be root's own and not a symlink before anything is
 //! written to it) and started detached from the ssh session: as a transient systemd unit when systemd is PID 1
-//! in the same namespaces, else with `setsid nohup … &`. Dropping the connection or killing the deployer cannot
+//! in the same namespaces, else with `setsid … &` (the agent ignores hangups itself). Dropping the connection or killing the deployer cannot
 //! stop it halfway. It sets its own `PATH` ([`nixpave_remote::TARGET_PATH`]), so it works on NixOS and under
 //! systemd's minimal environment or an empty one.
 
@@ -246,7 +246,6 @@ impl Activation {
     pub fn setsid_argv(&self) -> Vec<String> {
         let mut argv = vec![
             "setsid".to_string(),
-            "nohup".to_string(),
             TARGET_SHELL.to_string(),
             self.agent_path(),
         ];
@@ -381,7 +380,7 @@ pub fn manual_rollback_script(a: &Activation) -> String {
            exit {busy}\n\
          fi\n\
          unset NIXPAVE_RUN\n\
-         setsid nohup {shell} {agent} rollback -n {name} -p {profile} -g {goal} -a {act} -d {state} -i {id} -u {user} \
+         setsid {shell} {agent} rollback -n {name} -p {profile} -g {goal} -a {act} -d {state} -i {id} -u {user} \
            </dev/null >/dev/null 2>&1 &\n\
          exec {wait}\n",
         install = a.install_lines(),
@@ -650,7 +649,7 @@ mod tests {
     fn launch_script_detaches_and_waits() {
         let script = activation().launch_script();
         assert!(script.contains("systemd-run --unit nixpave-deploy-system-42 --collect"));
-        assert!(script.contains("setsid nohup /bin/sh /tmp/nixpave-agent/agent-"));
+        assert!(script.contains("setsid /bin/sh /tmp/nixpave-agent/agent-"));
         assert!(script.contains("</dev/null >/dev/null 2>&1 &"));
         assert!(script.contains(" wait -n system -d /var/lib/nixpave/deploy -i 42 -w ready -t 490"));
     }

@@ -571,10 +571,12 @@ do_rollback() {
   cat "$STATUS" >&3
 }
 
+# A deploy or rollback outlives the ssh session that started it (`setsid`, or a systemd unit): no hangup stops
+# it, nor the activation it runs.
 case $MODE in
-  run) do_run ;;
+  run) trap '' HUP; do_run ;;
   wait) do_wait ;;
-  rollback) do_rollback ;;
+  rollback) trap '' HUP; do_rollback ;;
   activate)
     # deploy-rs's `user`: the profile's activation runs as its owner (the agent itself stays root).
     if [ -n "$RUNAS" ] && ! runs_as "$RUNAS"; then

@@ -203,11 +203,30 @@ fn no_confirmation_rolls_back_by_itself() {
         Outcome::Deployed
     );
     let next = build_system(&[("tag", &unique("next"))]);
+    // A hangup for the agent's whole process group while it waits (the lock names its pid): it is detached
+    // from the session that started it, and ignores hangups, so it goes on to roll back.
+    let lock = sb.dir.path().join("state/system.lock");
+    let hangup = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(pid) = std::fs::read_link(&lock) {
+                std::thread::sleep(Duration::from_millis(300));
+                let group = format!("-{}", pid.display());
+                return std::process::Command::new("kill")
+                    .args(["-HUP", "--", &group])
+                    .status()
+                    .is_ok_and(|s| s.success());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    });
     let report = deploy_with(
         &sb.host(&next, serde_json::json!({})),
         Goal::Switch,
         &NoNewLogins,
     );
+    assert!(hangup.join().expect("hangup thread"), "no agent to hang up");
     assert_eq!(report.outcome, Outcome::RolledBack, "{report:?}");
     assert!(
         report.message.contains("no confirmation"),
