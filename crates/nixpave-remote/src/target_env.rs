@@ -100,6 +100,17 @@ mod tests {
         assert!(dirs.iter().all(|d| d.starts_with('/') && !d.is_empty()));
     }
 
+    /// Runs `argv` here with an empty environment (`env -i`); its stdout, once it succeeded.
+    fn run_with_empty_env(argv: &[String]) -> String {
+        let out = std::process::Command::new("env")
+            .arg("-i")
+            .args(argv)
+            .output()
+            .expect("env -i runs");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     #[test]
     fn wrapped_command_finds_tools_with_an_empty_environment() {
         let argv = with_target_path(&[
@@ -110,13 +121,7 @@ mod tests {
             "a b".into(),
             "$HOME".into(),
         ]);
-        let out = std::process::Command::new("env")
-            .arg("-i")
-            .args(&argv)
-            .output()
-            .expect("env -i runs");
-        assert!(out.status.success(), "{out:?}");
-        let text = String::from_utf8_lossy(&out.stdout);
+        let text = run_with_empty_env(&argv);
         let (path, args) = text.split_once('\n').expect("two lines");
         assert!(path.ends_with(TARGET_PATH), "{path}");
         assert_eq!(args, "a b|$HOME|");
@@ -124,15 +129,7 @@ mod tests {
 
     #[test]
     fn exported_variables_reach_scripts_and_programs_with_arguments_unchanged() {
-        let run = |argv: Vec<String>| {
-            let out = std::process::Command::new("env")
-                .arg("-i")
-                .args(&argv)
-                .output()
-                .expect("env -i runs");
-            assert!(out.status.success(), "{out:?}");
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        };
+        let run = |argv: Vec<String>| run_with_empty_env(&argv);
         let env = ["NIXPAVE_RUN=123-4", "OTHER=it's"];
         let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         // A script runs inline, in the shell that sets the environment, with `$0` and its arguments as
