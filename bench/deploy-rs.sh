@@ -81,6 +81,7 @@ NIX
   nix flake lock "path:$1" 2>/dev/null
 }
 
+declare -A wall # "TOOL LABEL [PARALLEL]" -> seconds, this round
 now() { date +%s.%N; }
 elapsed() { echo "$2 - $1" | bc; }
 
@@ -113,7 +114,8 @@ deploy_rs() { # LABEL FLAKE TAG
   [ "$confirmed" = "$HOSTS" ] || { echo "deploy-rs $1: $confirmed of $HOSTS hosts confirmed" >&2; tail -n 40 "$log" >&2; exit 1; }
   path=$(nix eval --raw "path:$2#deploy.nodes.host1.profiles.system.path")
   check_hosts "$3" "$path"
-  printf '%-9s %-8s hosts=%-3s parallel=%-7s wall=%6.2fs\n' deploy-rs "$1" "$HOSTS" 1 "$(elapsed "$t0" "$t1")"
+  wall["deploy-rs $1"]=$(elapsed "$t0" "$t1")
+  printf '%-9s %-8s hosts=%-3s parallel=%-7s wall=%6.2fs\n' deploy-rs "$1" "$HOSTS" 1 "${wall["deploy-rs $1"]}"
 }
 
 run_nixpave() { # LABEL FLAKE PARALLEL
@@ -122,12 +124,13 @@ run_nixpave() { # LABEL FLAKE PARALLEL
   t0=$(now)
   report=$("$NIXPAVE" deploy "path:$2" --lab "$lab" "${par[@]}" --json | tail -n 1)
   t1=$(now)
+  wall["nixpave $1 $3"]=$(elapsed "$t0" "$t1")
   local failed hs outcomes
   failed=$(echo "$report" | jq .failed)
   hs=$(echo "$report" | jq .ssh_handshakes)
   outcomes=$(echo "$report" | jq -r '[.hosts[].outcome] | group_by(.) | map("\(.[0])=\(length)") | join(",")')
   printf '%-9s %-8s hosts=%-3s parallel=%-7s wall=%6.2fs  handshakes/host=%s  %s  failed=%s\n' \
-    nixpave "$1" "$HOSTS" "$3" "$(elapsed "$t0" "$t1")" "$(echo "scale=1; $hs / $HOSTS" | bc)" "$outcomes" "$failed"
+    nixpave "$1" "$HOSTS" "$3" "${wall["nixpave $1 $3"]}" "$(echo "scale=1; $hs / $HOSTS" | bc)" "$outcomes" "$failed"
   [ "$failed" = 0 ]
 }
 
@@ -143,5 +146,10 @@ for round in $(seq 1 "$ROUNDS"); do
     write_fleet_flake "$flake" "$HOSTS" "np-$round-$par-$(date +%s%N)"
     run_nixpave fresh "$flake" "$par"
     run_nixpave no-op "$flake" "$par"
+  done
+  for kind in fresh no-op; do
+    printf 'ratio    %-8s nixpave/deploy-rs: --parallel 1 %.2fx, default %.2fx\n' "$kind" \
+      "$(echo "scale=4; ${wall["nixpave $kind 1"]} / ${wall["deploy-rs $kind"]}" | bc)" \
+      "$(echo "scale=4; ${wall["nixpave $kind default"]} / ${wall["deploy-rs $kind"]}" | bc)"
   done
 done
