@@ -3,7 +3,8 @@
 # /nix), in one run. Each round, in this order, each deploy on a fresh generation (a new tag):
 #   deploy-rs fresh, deploy-rs no-op (the same flake again),
 #   nixpave --parallel 1 fresh and no-op, nixpave default fresh and no-op.
-# Prints one line per deploy. Needs root.
+# Prints one line per deploy (deploy-rs's with its phases: eval, build, copy, activate, from the time stamps
+# of its output lines) and the ratios of each round. Needs root.
 #
 #   bench/deploy-rs.sh                     # 20 hosts, one round
 #   HOSTS=2 ROUNDS=2 bench/deploy-rs.sh
@@ -26,6 +27,9 @@
 #                      to confirm it), auto rollback on, confirm timeout 30 s, temp path /tmp, no
 #                      fast-connection (so `nix copy --substitute-on-destination`), no signature checks,
 #                      hosts one after the other (build all, copy to each, activate each)
+# So deploy-rs logs in 4 times per host (nix copy's `nix-store --serve`, activate, wait, confirm), fresh and
+# no-op alike: it has no no-op (the same profile is set and activated again). After each deploy-rs run the
+# script checks, untimed, that every host confirmed and runs the wanted generation.
 # nixpave runs as bench/deploy.sh runs it (`deploy path:FLAKE --lab LAB [--parallel 1] --json`) on the test
 # system that bench/deploy.sh deploys; both tools' activation is that system's `switch-to-configuration`.
 set -euo pipefail
@@ -82,7 +86,7 @@ NIX
 }
 
 declare -A wall # "TOOL LABEL [PARALLEL]" -> seconds, this round
-now() { date +%s.%N; }
+now() { echo "$EPOCHREALTIME"; }
 elapsed() { echo "$2 - $1" | bc; }
 
 # Every host's test system reports TAG as its current generation and its system profile is PATH.
@@ -100,13 +104,16 @@ check_hosts() { # TAG PATH
 
 deploy_rs() { # LABEL FLAKE TAG
   local t0 t1 log=$WORK/deploy-rs-$3-$1.log path
-  t0=$(now)
-  if ! "$DEPLOY_RS_BIN/deploy" --skip-checks "${dr_extra[@]}" "path:$2" >"$log" 2>&1; then
+  t0=$EPOCHREALTIME
+  # Each output line stamped with bash's clock (no process per line), for the phases below.
+  "$DEPLOY_RS_BIN/deploy" --skip-checks "${dr_extra[@]}" "path:$2" 2>&1 |
+    while IFS= read -r line; do printf '%s %s\n' "$EPOCHREALTIME" "$line"; done >"$log"
+  if [ "${PIPESTATUS[0]}" != 0 ]; then
     echo "deploy-rs $1 failed; its output:" >&2
     tail -n 40 "$log" >&2
     exit 1
   fi
-  t1=$(now)
+  t1=$EPOCHREALTIME
   [ -z "${VERBOSE:-}" ] || cat "$log" >&2
   # Magic rollback: every host's activation was confirmed (deploy-rs logs one line per confirmation).
   local confirmed
@@ -115,7 +122,19 @@ deploy_rs() { # LABEL FLAKE TAG
   path=$(nix eval --raw "path:$2#deploy.nodes.host1.profiles.system.path")
   check_hosts "$3" "$path"
   wall["deploy-rs $1"]=$(elapsed "$t0" "$t1")
-  printf '%-9s %-8s hosts=%-3s parallel=%-7s wall=%6.2fs\n' deploy-rs "$1" "$HOSTS" 1 "${wall["deploy-rs $1"]}"
+  # deploy-rs's phases, one after the other: evaluation (and its flake support check), building every
+  # profile, copying to each host, activating each host (activate, wait and confirm logins).
+  local build copy activate
+  build=$(first_stamp 'Building profile' "$log")
+  copy=$(first_stamp 'Copying profile' "$log")
+  activate=$(first_stamp 'Activating profile' "$log")
+  printf '%-9s %-8s hosts=%-3s parallel=%-7s wall=%6.2fs  eval=%.2f build=%.2f copy=%.2f activate=%.2f\n' \
+    deploy-rs "$1" "$HOSTS" 1 "${wall["deploy-rs $1"]}" "$(elapsed "$t0" "$build")" \
+    "$(elapsed "$build" "$copy")" "$(elapsed "$copy" "$activate")" "$(elapsed "$activate" "$t1")"
+}
+
+first_stamp() { # TEXT LOG: the time stamp of the first line of LOG with TEXT
+  grep -m 1 -F "$1" "$2" | cut -d' ' -f1
 }
 
 run_nixpave() { # LABEL FLAKE PARALLEL
