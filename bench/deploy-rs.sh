@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # deploy-rs against nixpave, side by side on the same lab hosts (network namespaces with their own sshd and
-# /nix), in one run. Each round, in this order, each deploy on a fresh generation (a new tag):
+# /nix), in one run. Each round, each deploy on a fresh generation (a new tag):
 #   deploy-rs fresh, deploy-rs no-op (the same flake again),
-#   nixpave --parallel 1 fresh and no-op, nixpave default fresh and no-op.
+#   nixpave --parallel 1 fresh and no-op, nixpave default fresh and no-op;
+# odd rounds in this order, even rounds nixpave first (so drift of the shared machine hits both).
 # Prints one line per deploy (deploy-rs's with its phases: eval, build, copy, activate, from the time stamps
 # of its output lines) and the ratios of each round. Needs root.
 #
@@ -55,10 +56,12 @@ pkg=$WORK/source
 mkdir -p "$pkg"
 cp "$DEPLOY_RS_BIN/deploy" "$DEPLOY_RS_BIN/activate" "$pkg/"
 pkg_path=$(nix-store --add "$pkg")
+pids=()
 for i in $(seq 1 "$HOSTS"); do
-  NIX_SSHOPTS="-F $ssh_config" nix copy --no-check-sigs --to "ssh://root@host$i" "$pkg_path" &
+  NIX_SSHOPTS="-F $ssh_config" nix copy --no-check-sigs --to "ssh://root@host$i" "$pkg_path" 2>/dev/null &
+  pids+=($!)
 done
-wait
+for pid in "${pids[@]}"; do wait "$pid" || { echo "copying $pkg_path to a lab host failed" >&2; exit 1; }; done
 
 write_deploy_rs_flake() { # DIR TAG
   mkdir -p "$1"
@@ -82,7 +85,7 @@ write_deploy_rs_flake() { # DIR TAG
 }
 NIX
   # A deploy-rs user's flake has its lock file (untimed).
-  nix flake lock "path:$1" 2>/dev/null
+  nix flake lock "path:$1" 2>"$1.lock.log" || { cat "$1.lock.log" >&2; exit 1; }
 }
 
 declare -A wall # "TOOL LABEL [PARALLEL]" -> seconds, this round
@@ -155,16 +158,23 @@ run_nixpave() { # LABEL FLAKE PARALLEL
 
 for round in $(seq 1 "$ROUNDS"); do
   echo "round $round, load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-  tag=dr-$round-$(date +%s%N)
-  flake=$WORK/deploy-rs-$tag
-  write_deploy_rs_flake "$flake" "$tag"
-  deploy_rs fresh "$flake" "$tag"
-  deploy_rs no-op "$flake" "$tag"
-  for par in 1 default; do
-    flake=$WORK/nixpave-$round-$par
-    write_fleet_flake "$flake" "$HOSTS" "np-$round-$par-$(date +%s%N)"
-    run_nixpave fresh "$flake" "$par"
-    run_nixpave no-op "$flake" "$par"
+  # Odd rounds start with deploy-rs, even rounds with nixpave.
+  if [ $((round % 2)) = 1 ]; then order="deploy-rs nixpave"; else order="nixpave deploy-rs"; fi
+  for tool in $order; do
+    if [ "$tool" = deploy-rs ]; then
+      tag=dr-$round-$(date +%s%N)
+      flake=$WORK/deploy-rs-$tag
+      write_deploy_rs_flake "$flake" "$tag"
+      deploy_rs fresh "$flake" "$tag"
+      deploy_rs no-op "$flake" "$tag"
+    else
+      for par in 1 default; do
+        flake=$WORK/nixpave-$round-$par
+        write_fleet_flake "$flake" "$HOSTS" "np-$round-$par-$(date +%s%N)"
+        run_nixpave fresh "$flake" "$par"
+        run_nixpave no-op "$flake" "$par"
+      done
+    fi
   done
   for kind in fresh no-op; do
     printf 'ratio    %-8s nixpave/deploy-rs: --parallel 1 %.2fx, default %.2fx\n' "$kind" \
