@@ -28,7 +28,7 @@ pub fn path_prelude() -> String {
 }
 
 /// `argv` run with [`TARGET_PATH`] on its `PATH` (after the inherited one): `/bin/sh -c 'PATH=…; export PATH; exec "$@"'
-/// sh ARGV…`, so even `argv[0]` is looked up in it.
+/// sh ARGV…`, so even `argv[0]` is looked up in it (a `sh -c SCRIPT` runs inline, see [`with_target_env`]).
 pub fn with_target_path(argv: &[String]) -> Vec<String> {
     with_target_env(argv, &[])
 }

@@ -23,7 +23,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
-use crate::process::{run_child, run_started, spawn, ChildRun};
+use crate::process::{run_child, run_started, spawn, ChildRun, Started};
 use crate::target::Target;
 use crate::transport::{
     shell_join, shell_quote, CommandOutput, OutputStream, Transport, TransportError, UploadSpec,
@@ -35,7 +35,8 @@ pub use options::{HostKeyPolicy, PasswordPrompt, Privilege, SshOptions};
 
 /// A host reached through the system OpenSSH client and one shared master connection.
 ///
-/// Dropping it closes the master connection (`ssh -O exit`) and removes its control socket.
+/// Dropping it closes the master connection (asked over its control socket; `ssh -O exit` when that
+/// fails) and removes its control socket.
 pub struct SshTransport {
     target: Target,
     options: SshOptions,
@@ -307,35 +308,7 @@ impl SshTransport {
             timeout: self.options.command_timeout,
             cancellable: true,
         };
-        let open = || {
-            match mux::open_session(
-            &self.control_path,
-            &command,
-            stdin.is_some(),
-            self.options.connect_timeout * 2,
-        ) {
-            Ok(session) => Ok(session),
-            // Nothing ran: an `ssh` mux client does the same the long way (and reports what is wrong).
-            Err(mux::OpenError::Refused(e)) => {
-                tracing::debug!(host = %self.name, error = %e, "no session from the master itself; using ssh");
-                let mut cmd = Command::new("ssh");
-                cmd.args(self.mux_args())
-                    .args(self.common_args())
-                    .arg("-T")
-                    .arg(&self.target.host)
-                    .arg(&command);
-                spawn(cmd, &run)
-            }
-            Err(mux::OpenError::Unknown(source)) => Err(TransportError::Io {
-                host: self.name.clone(),
-                what: format!(
-                    "opening a session on the ssh master for `{shown}` (the command may have started)"
-                ),
-                source,
-            }),
-        }
-        };
-        let result = run_started(open, &run, on_line);
+        let result = run_started(|| self.open_session(&command, &run), &run, on_line);
         if let Err(TransportError::Interrupted { .. } | TransportError::Timeout { .. }) = &result {
             self.kill_remote(&tag, escalation);
         }
@@ -346,6 +319,33 @@ impl SshTransport {
             return Err(self.classify_failure(&stderr, Phase::Command(&shown)));
         }
         Ok(out)
+    }
+
+    /// Starts `command` (a remote command line) as a session the master opens for us; when the master
+    /// refuses before anything ran, through an `ssh` mux client instead (which also reports what is wrong).
+    fn open_session(&self, command: &str, run: &ChildRun<'_>) -> Result<Started, TransportError> {
+        let timeout = self.options.connect_timeout * 2;
+        match mux::open_session(&self.control_path, command, run.stdin.is_some(), timeout) {
+            Ok(session) => Ok(session),
+            Err(mux::OpenError::Refused(e)) => {
+                tracing::debug!(host = %self.name, error = %e, "no session from the master; using ssh");
+                let mut cmd = Command::new("ssh");
+                cmd.args(self.mux_args())
+                    .args(self.common_args())
+                    .arg("-T")
+                    .arg(&self.target.host)
+                    .arg(command);
+                spawn(cmd, run)
+            }
+            Err(mux::OpenError::Unknown(source)) => Err(TransportError::Io {
+                host: self.name.clone(),
+                what: format!(
+                    "opening a session on the ssh master for `{}` (the command may have started)",
+                    run.shown
+                ),
+                source,
+            }),
+        }
     }
 
     fn failed(&self, command: String, out: &CommandOutput) -> TransportError {
