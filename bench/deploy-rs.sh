@@ -12,6 +12,10 @@
 #   SSH=current bench/deploy-rs.sh         # OpenSSH 10 on both ends (bench/common.sh)
 #   DEPLOY_RS_ARGS='--debug-logs' bench/deploy-rs.sh   # extra arguments for deploy-rs's `deploy`
 #   VERBOSE=1 bench/deploy-rs.sh           # print deploy-rs's output
+#   PERSIST=120 ROUNDS=2 bench/deploy-rs.sh  # connections kept open between runs, for both tools: deploy-rs
+#                                          # through ssh_config (ControlMaster auto, ControlPersist 120),
+#                                          # nixpave through --ssh-persist 120; a tool's first run in the
+#                                          # lab opens them, so look at the later rounds
 #
 # deploy-rs is built by bench/deploy-rs-build.sh (cached). Its flake is in deploy-rs's schema:
 #   deploy.sshUser = "root"; deploy.user = "root"   root logs in and owns the profile (no sudo), as nixpave
@@ -49,6 +53,15 @@ LABS+=("$lab")
 "$NIXPAVE" lab up --name "$lab" --hosts "$HOSTS" "${LAB_UP_ARGS[@]}" >/dev/null
 ssh_config=$NIXPAVE_LAB_DIR/$lab/ssh_config
 [ -f "$ssh_config" ] || { echo "no ssh_config at $ssh_config" >&2; exit 1; }
+
+# PERSIST: the lab's ssh_config plus ssh's connection sharing, as a deploy-rs user would set it up.
+nixpave_persist=()
+if [ -n "${PERSIST:-}" ]; then
+  printf 'Include %s\nHost *\n  ControlMaster auto\n  ControlPath %s/cm-%%C\n  ControlPersist %s\n' \
+    "$ssh_config" "$WORK" "$PERSIST" > "$WORK/ssh_config"
+  ssh_config=$WORK/ssh_config
+  nixpave_persist=(--ssh-persist "$PERSIST")
+fi
 
 # deploy-rs's package as a host that deploy-rs deployed before already has it (untimed).
 # Named `source` as nix names a flake input's copy, so that the copy sent here is the input's store path.
@@ -144,7 +157,7 @@ run_nixpave() { # LABEL FLAKE PARALLEL
   local t0 t1 report par=()
   [ "$3" = default ] || par=(--parallel "$3")
   t0=$(now)
-  report=$("$NIXPAVE" deploy "path:$2" --lab "$lab" "${par[@]}" --json | tail -n 1)
+  report=$("$NIXPAVE" deploy "path:$2" --lab "$lab" "${par[@]}" "${nixpave_persist[@]}" --json | tail -n 1)
   t1=$(now)
   wall["nixpave $1 $3"]=$(elapsed "$t0" "$t1")
   local failed hs outcomes

@@ -104,8 +104,12 @@ pub fn privilege_of(sudo: &str) -> Privilege {
 impl Connector for SshConnector {
     fn connect(&self, host: &Host) -> Result<Box<dyn Connection>, TransportError> {
         let (target, opts) = self.target_for(host);
-        self.handshakes.fetch_add(1, Ordering::Relaxed);
-        let transport = SshTransport::connect(&target, opts)?;
+        let transport = SshTransport::connect(&target, opts);
+        // A persistent master that an earlier run left open costs no handshake; a failed attempt does.
+        if !transport.as_ref().is_ok_and(SshTransport::reused_master) {
+            self.handshakes.fetch_add(1, Ordering::Relaxed);
+        }
+        let transport = transport?;
         Ok(Box::new(
             SshConnection::new(transport).counting_logins(Arc::clone(&self.handshakes)),
         ))

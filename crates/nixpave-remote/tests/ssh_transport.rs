@@ -641,3 +641,127 @@ fn a_host_that_accepts_tcp_but_never_speaks_ssh_fails_within_the_timeout() {
         "{err}"
     );
 }
+
+/// How many processes have `pattern` (a regular expression) in their command line.
+fn processes_matching(pattern: &str) -> usize {
+    let ps = std::process::Command::new("pgrep")
+        .args(["-f", pattern])
+        .output()
+        .expect("pgrep");
+    String::from_utf8_lossy(&ps.stdout).lines().count()
+}
+
+/// Waits until no process has `pattern` in its command line.
+fn wait_gone(pattern: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while processes_matching(pattern) > 0 {
+        assert!(Instant::now() < deadline, "still running: {pattern}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_persistent_master_outlives_its_run_and_later_runs_reuse_it_without_logging_in() {
+    let lab = Lab::up(1).expect("lab up");
+    let host = lab.host(0);
+    let persist = SshOptions {
+        persist: Some(Duration::from_secs(60)),
+        ..host.ssh_options()
+    };
+    let connect = |options: &SshOptions| {
+        SshTransport::connect(&host.target(), options.clone()).expect("connect")
+    };
+
+    let first = connect(&persist);
+    assert!(!first.reused_master());
+    let socket = first.control_path().to_path_buf();
+    let pid = first.master_pid().expect("the master answers");
+    assert_eq!(sh(&first, "echo one"), "one\n");
+    drop(first);
+    assert!(socket.exists(), "the master stays open for the next run");
+
+    // Later runs, four at once: each reuses that master, and no one logs in again.
+    let runs: Vec<SshTransport> = std::thread::scope(|s| {
+        let started: Vec<_> = (0..4).map(|_| s.spawn(|| connect(&persist))).collect();
+        started
+            .into_iter()
+            .map(|h| h.join().expect("join"))
+            .collect()
+    });
+    for run in &runs {
+        assert!(run.reused_master());
+        assert_eq!(run.control_path(), socket);
+        assert_eq!(run.master_pid(), Some(pid));
+        assert_eq!(sh(run, "echo two"), "two\n");
+    }
+    assert_eq!(host.accepted_logins(), 1, "{}", host.sshd_log());
+    // The proof of a magic rollback is still a brand-new login.
+    assert!(runs[0]
+        .run_fresh_login(&argv(&["true"]))
+        .expect("fresh login")
+        .success());
+    assert_eq!(host.accepted_logins(), 2);
+    drop(runs);
+
+    // Other options are another connection: never a master opened with different settings.
+    let other = connect(&SshOptions {
+        connect_timeout: Duration::from_secs(7),
+        ..persist.clone()
+    });
+    assert!(!other.reused_master());
+    assert_ne!(other.control_path(), socket);
+    assert_eq!(host.accepted_logins(), 3);
+    let other_socket = other.control_path().to_path_buf();
+    other.close_master();
+    wait_gone(&other_socket.display().to_string());
+
+    // A master killed hard leaves its socket behind; the next run starts a new one there.
+    let kill = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    wait_gone(&format!("^ssh .*{}", socket.display()));
+    assert!(socket.exists(), "a killed master cannot remove its socket");
+    let again = connect(&persist);
+    assert!(!again.reused_master());
+    assert_ne!(again.master_pid(), Some(pid));
+    assert_eq!(sh(&again, "echo three"), "three\n");
+    assert_eq!(host.accepted_logins(), 4);
+    again.close_master();
+    wait_gone(&socket.display().to_string());
+    assert!(!socket.exists());
+}
+
+#[test]
+fn runs_that_open_a_persistent_master_at_once_start_only_one() {
+    let lab = Lab::up(1).expect("lab up");
+    let host = lab.host(0);
+    let persist = SshOptions {
+        persist: Some(Duration::from_secs(60)),
+        ..host.ssh_options()
+    };
+    let runs: Vec<SshTransport> = std::thread::scope(|s| {
+        let started: Vec<_> = (0..6)
+            .map(|_| {
+                s.spawn(|| SshTransport::connect(&host.target(), persist.clone()).expect("connect"))
+            })
+            .collect();
+        started
+            .into_iter()
+            .map(|h| h.join().expect("join"))
+            .collect()
+    });
+    let opened = runs.iter().filter(|r| !r.reused_master()).count();
+    assert_eq!(opened, 1, "exactly one run logs in");
+    let socket = runs[0].control_path().to_path_buf();
+    assert_eq!(
+        processes_matching(&socket.display().to_string()),
+        1,
+        "one master process"
+    );
+    assert_eq!(host.accepted_logins(), 1, "{}", host.sshd_log());
+    let mut runs = runs.into_iter();
+    runs.next().expect("a run").close_master();
+    wait_gone(&socket.display().to_string());
+}

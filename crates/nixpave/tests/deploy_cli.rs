@@ -228,6 +228,64 @@ fn deploy_status_rollback(env: Env, tag: &str) -> Env {
     env
 }
 
+/// `--ssh-persist`: each host's master connection stays open after the run, and the next runs (deploy, no-op,
+/// status) log in no more; the proof of a magic rollback is still a new login every time.
+#[test]
+fn persistent_connections_carry_the_next_runs_without_new_logins() {
+    let env = Env::new(Lab::up(2).expect("lab up"));
+    let lab = env.lab.name().to_string();
+    let flake = env.flake();
+    let tag = format!("persist-{}", std::process::id());
+    let logins = || -> usize { env.lab.hosts().iter().map(|h| h.accepted_logins()).sum() };
+    let deploy = || {
+        let out = env.nixpave(&[
+            "deploy",
+            &flake,
+            "--lab",
+            &lab,
+            "--json",
+            "--ssh-persist",
+            "120",
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        final_report(&out)
+    };
+
+    write_flake(env.dir.path(), &format!("{tag}-a"), false);
+    let report = deploy();
+    assert_eq!(outcomes(&report), ["deployed", "deployed"]);
+    assert_eq!(report["ssh_handshakes"], 4, "a master and a proof per host");
+    assert_eq!(logins(), 4);
+
+    let report = deploy();
+    assert_eq!(outcomes(&report), ["unchanged", "unchanged"]);
+    assert_eq!(report["ssh_handshakes"], 0, "the masters are still open");
+    assert_eq!(logins(), 4);
+
+    write_flake(env.dir.path(), &format!("{tag}-b"), false);
+    let report = deploy();
+    assert_eq!(outcomes(&report), ["deployed", "deployed"]);
+    assert_eq!(report["ssh_handshakes"], 2, "only the proofs log in");
+    assert_eq!(logins(), 6);
+
+    let status = |persist: &str| {
+        let out = env.nixpave(&[
+            "status",
+            &flake,
+            "--lab",
+            &lab,
+            "--json",
+            "--ssh-persist",
+            persist,
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    };
+    status("120");
+    assert_eq!(logins(), 6, "status reuses the masters too");
+    status("0");
+    assert_eq!(logins(), 8, "without it, a run opens its own");
+}
+
 #[test]
 fn ctrl_c_before_confirmation_leaves_the_hosts_to_roll_back() {
     let env = Env::new(Lab::up(2).expect("lab up"));

@@ -51,7 +51,18 @@ impl SshTransport {
 
 impl Drop for SshTransport {
     fn drop(&mut self) {
-        // Asked over the control socket; `ssh -O exit` only when that did not work.
+        // A persistent master outlives this transport: ssh ends it after `ControlPersist` idle.
+        if self.persistent {
+            return;
+        }
+        self.terminate_master();
+        let _ = std::fs::remove_dir_all(&self.control_dir);
+    }
+}
+
+impl SshTransport {
+    /// Asks the master to exit over its control socket; `ssh -O exit` only when that did not work.
+    pub(super) fn terminate_master(&self) {
         if self.control_path.exists()
             && !super::mux::terminate(&self.control_path, Duration::from_secs(5))
         {
@@ -73,7 +84,6 @@ impl Drop for SshTransport {
                 &mut |_, _| {},
             );
         }
-        let _ = std::fs::remove_dir_all(&self.control_dir);
     }
 }
 
@@ -94,6 +104,38 @@ pub(super) fn make_control_dir() -> std::io::Result<PathBuf> {
             Err(e) => return Err(e),
         }
     }
+}
+
+/// The control socket of a persistent master (`key`: everything ssh is given for the host), in a directory
+/// private to this user that later nixpave runs find again: `/tmp/nixpave-persist-UID/HASH`. Refuses a
+/// directory that is not this user's own and private (another user could then reach the hosts through it).
+pub(super) fn persistent_control_path(key: &str) -> std::io::Result<(PathBuf, PathBuf)> {
+    use std::hash::{Hash, Hasher};
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    // /proc/self belongs to the process's effective uid.
+    let uid = std::fs::metadata("/proc/self")?.uid();
+    let dir = PathBuf::from(format!("/tmp/nixpave-persist-{uid}"));
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let meta = std::fs::symlink_metadata(&dir)?;
+    if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o077 != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is not a directory private to uid {uid} (owner {}, mode {:o}); remove it",
+                dir.display(),
+                meta.uid(),
+                meta.mode() & 0o7777
+            ),
+        ));
+    }
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut hasher);
+    let socket = dir.join(format!("{:016x}", hasher.finish()));
+    Ok((dir, socket))
 }
 
 /// Removes control directories of nixpave processes that died without cleaning up (killed

@@ -37,17 +37,20 @@ impl SshTransport {
 
     /// Starts the master (`ssh -M -N -f`, backgrounded by ssh itself once authenticated).
     pub(super) fn start_master(&self) -> Result<(), TransportError> {
-        let log = self.control_dir.join("master.log");
+        // Next to the socket: a persistent master shares its directory with other hosts' masters.
+        let log = self.control_path.with_extension("log");
         let stderr = std::fs::File::create(&log).map_err(|source| TransportError::Io {
             host: self.name.clone(),
             what: format!("creating {}", log.display()),
             source,
         })?;
+        // A persistent master idles that long for the next run; otherwise a safety net: a master orphaned
+        // by a killed nixpave exits after being idle.
+        let persist = self.options.persist.map_or(600, |d| d.as_secs().max(1));
         let mut cmd = Command::new("ssh");
         cmd.args(["-M", "-N", "-f", "-S"])
             .arg(&self.control_path)
-            // A safety net: a master orphaned by a killed nixpave exits after being idle.
-            .args(["-o", "ControlPersist=600"])
+            .args(["-o", &format!("ControlPersist={persist}")])
             .args(self.common_args())
             .arg(&self.target.host)
             .stdin(Stdio::null())
@@ -59,8 +62,7 @@ impl SshTransport {
             program: "ssh".into(),
             source,
         })?;
-        // ConnectTimeout covers TCP and the banner; authentication gets some more time.
-        let limit = self.options.connect_timeout * 2 + Duration::from_secs(10);
+        let limit = self.connect_limit();
         let started = Instant::now();
         let status = loop {
             match child.try_wait() {
@@ -100,6 +102,64 @@ impl SshTransport {
         Err(self.classify_failure(&stderr, Phase::Connect))
     }
 
+    /// How long opening a master may take: ConnectTimeout covers TCP and the banner; authentication
+    /// gets some more time.
+    fn connect_limit(&self) -> Duration {
+        self.options.connect_timeout * 2 + Duration::from_secs(10)
+    }
+
+    /// A persistent master: reuses the one that answers on the shared control socket, or starts it there.
+    /// nixpave processes reaching the same host take turns through a lock file next to the socket, so two
+    /// runs never start two masters on one socket (the second would stay behind as a plain connection).
+    /// Returns whether an open master was reused.
+    pub(super) fn open_shared_master(&self) -> Result<bool, TransportError> {
+        let lock_path = self.control_path.with_extension("lock");
+        let io = |what: &str| {
+            let what = format!("{what} {}", lock_path.display());
+            let host = self.name.clone();
+            move |source| TransportError::Io { host, what, source }
+        };
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io("opening"))?;
+        let limit = self.connect_limit();
+        let started = Instant::now();
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) => {}
+                Err(std::fs::TryLockError::Error(e)) => return Err(io("locking")(e)),
+            }
+            if crate::cancel::is_cancelled() {
+                return Err(TransportError::Interrupted {
+                    host: self.name.clone(),
+                });
+            }
+            if started.elapsed() > limit {
+                return Err(TransportError::Connection {
+                    host: self.name.clone(),
+                    message: format!(
+                        "another nixpave has been opening the shared ssh connection for {} s \
+                         ({} is locked); nothing was changed",
+                        limit.as_secs(),
+                        lock_path.display()
+                    ),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if super::mux::alive(&self.control_path, Duration::from_secs(5)).is_some() {
+            tracing::debug!(host = %self.name, "reusing the persistent ssh master connection");
+            return Ok(true);
+        }
+        // A master that died without cleaning up leaves its socket; ssh would not listen over it.
+        let _ = std::fs::remove_file(&self.control_path);
+        self.start_master().map(|()| false)
+    }
+
     /// Restarts the master when its socket vanished (it was killed, or idled out).
     pub(super) fn ensure_master(&self) -> Result<(), TransportError> {
         let _guard = self.master.lock().unwrap_or_else(|p| p.into_inner());
@@ -107,7 +167,11 @@ impl SshTransport {
             return Ok(());
         }
         tracing::info!(host = %self.name, "ssh master connection is gone; reconnecting");
-        self.start_master()
+        if self.persistent {
+            self.open_shared_master().map(|_| ())
+        } else {
+            self.start_master()
+        }
     }
 
     pub(super) fn master_alive(&self) -> bool {

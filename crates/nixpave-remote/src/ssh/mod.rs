@@ -28,7 +28,7 @@ use crate::target::Target;
 use crate::transport::{
     shell_join, shell_quote, CommandOutput, OutputStream, Transport, TransportError, UploadSpec,
 };
-use cleanup::{make_control_dir, run_tag};
+use cleanup::{make_control_dir, persistent_control_path, run_tag};
 use escalation::Escalation;
 use host_key::Phase;
 pub use options::{HostKeyPolicy, PasswordPrompt, Privilege, SshOptions};
@@ -36,7 +36,8 @@ pub use options::{HostKeyPolicy, PasswordPrompt, Privilege, SshOptions};
 /// A host reached through the system OpenSSH client and one shared master connection.
 ///
 /// Dropping it closes the master connection (asked over its control socket; `ssh -O exit` when that
-/// fails) and removes its control socket.
+/// fails) and removes its control socket; a persistent master ([`SshOptions::persist`]) stays open for the
+/// next run.
 pub struct SshTransport {
     target: Target,
     options: SshOptions,
@@ -48,6 +49,10 @@ pub struct SshTransport {
     master: Mutex<()>,
     /// Sessions open on the master right now (see `master::MAX_SESSIONS`).
     sessions: (Mutex<usize>, Condvar),
+    /// The master is shared with later runs (`SshOptions::persist`): dropping the transport leaves it open.
+    persistent: bool,
+    /// This transport found a persistent master already open and did not log in itself.
+    reused: bool,
 }
 
 impl std::fmt::Debug for SshTransport {
@@ -81,22 +86,45 @@ impl SshTransport {
     /// and refuses unknown or changed host keys unless the options allow it.
     pub fn connect(target: &Target, options: SshOptions) -> Result<Self, TransportError> {
         let name = options.name.clone().unwrap_or_else(|| target.to_string());
-        let control_dir = make_control_dir().map_err(|source| TransportError::Io {
-            host: name.clone(),
-            what: "creating the ssh control directory under /tmp".into(),
-            source,
-        })?;
+        let persistent = options.persist.is_some();
         let mut transport = SshTransport {
             target: target.clone(),
             options,
             name,
-            control_path: control_dir.join("master"),
-            control_dir,
+            control_path: PathBuf::new(),
+            control_dir: PathBuf::new(),
             escalation: Escalation::Direct,
             master: Mutex::new(()),
             sessions: (Mutex::new(0), Condvar::new()),
+            persistent,
+            reused: false,
         };
-        transport.start_master()?;
+        if persistent {
+            // Keyed by everything ssh is given for the host, so only an identical connection is reused.
+            let key = format!(
+                "{}\0{}",
+                transport.target.host,
+                transport.common_args().join("\0")
+            );
+            let (dir, socket) =
+                persistent_control_path(&key).map_err(|source| TransportError::Io {
+                    host: transport.name.clone(),
+                    what: "preparing the persistent ssh control directory under /tmp".into(),
+                    source,
+                })?;
+            transport.control_dir = dir;
+            transport.control_path = socket;
+            transport.reused = transport.open_shared_master()?;
+        } else {
+            let dir = make_control_dir().map_err(|source| TransportError::Io {
+                host: transport.name.clone(),
+                what: "creating the ssh control directory under /tmp".into(),
+                source,
+            })?;
+            transport.control_path = dir.join("master");
+            transport.control_dir = dir;
+            transport.start_master()?;
+        }
         transport.escalation = transport.decide_escalation()?;
         Ok(transport)
     }
@@ -114,6 +142,11 @@ impl SshTransport {
     /// The control socket of the master connection.
     pub fn control_path(&self) -> &Path {
         &self.control_path
+    }
+
+    /// Whether this transport reused a persistent master that an earlier run left open (no handshake).
+    pub fn reused_master(&self) -> bool {
+        self.reused
     }
 
     /// ssh options that make any `ssh` invocation reuse the master connection, in the form
@@ -266,8 +299,13 @@ impl SshTransport {
             .unwrap_or_else(|| self.target.host.clone())
     }
 
-    /// Closes the master connection now (also done on drop).
+    /// Closes the master connection now (also done on drop), unless it is persistent.
     pub fn close(self) {}
+
+    /// Closes the master connection now, persistent or not (a persistent one's control socket goes with it).
+    pub fn close_master(self) {
+        self.terminate_master();
+    }
 
     /// Runs `argv` through the master with the given escalation.
     fn run_raw(

@@ -65,6 +65,10 @@ pub struct SshOptions {
     /// nixpave starts for the host. They stand before nixpave's own options, so they win: ssh keeps the
     /// first value it sees. Only the connection-sharing options (`ControlMaster`, `ControlPath`) come first.
     pub user_args: Vec<String>,
+    /// Keep the host's master connection open this long after the last use, for later runs with the same
+    /// target and options to reuse without a new handshake (ssh's `ControlPersist`). `None`: the master is
+    /// this transport's own and closes with it.
+    pub persist: Option<Duration>,
 }
 
 impl Default for SshOptions {
@@ -83,6 +87,7 @@ impl Default for SshOptions {
             command_timeout: None,
             extra_options: Vec::new(),
             user_args: Vec::new(),
+            persist: None,
         }
     }
 }
@@ -104,6 +109,7 @@ impl std::fmt::Debug for SshOptions {
             .field("command_timeout", &self.command_timeout)
             .field("extra_options", &self.extra_options)
             .field("user_args", &self.user_args)
+            .field("persist", &self.persist)
             .finish()
     }
 }

@@ -44,6 +44,17 @@ pub struct ConnectArgs {
     /// `interactiveSudo` for deploy, status and rollback).
     #[arg(help_heading = HEADING, long)]
     pub ask_sudo_password: bool,
+    /// Keep each host's ssh connection open SECS after the run, for the next run to reuse without
+    /// logging in again (ssh's ControlPersist; 0: close at exit). The proof of a magic rollback is
+    /// always a new login. Not for install, whose machine kexecs and reboots.
+    #[arg(
+        help_heading = HEADING,
+        long,
+        value_name = "SECS",
+        env = "NIXPAVE_SSH_PERSIST",
+        default_value_t = 0
+    )]
+    pub ssh_persist: u64,
     /// Directory of `nixpave lab` labs (a lab's name and `LAB:HOST` become targets; `deploy --lab`).
     #[arg(
         long,
@@ -105,6 +116,7 @@ impl ConnectArgs {
                 AskPassword::Once => password_once(),
             }),
             extra_options: self.ssh_option.clone(),
+            persist: (self.ssh_persist > 0).then(|| Duration::from_secs(self.ssh_persist)),
             ..SshOptions::default()
         }
     }

@@ -221,7 +221,12 @@ fn request(args: &InstallArgs) -> Result<InstallRequest, CliError> {
             verify_up: Duration::from_secs(args.reboot_timeout),
             ..Timeouts::default()
         },
-        ssh: args.connect.ssh_options(AskPassword::Once),
+        // Never a persistent master: the machine kexecs and reboots under it, and a later login with the same
+        // options would find the dead connection still listening until its keepalives ran out.
+        ssh: nixpave_remote::SshOptions {
+            persist: None,
+            ..args.connect.ssh_options(AskPassword::Once)
+        },
         kexec: None,
     })
 }
