@@ -6,6 +6,8 @@
 #
 #   bench/scale.sh
 #   HOSTS=50 PARALLEL= bench/scale.sh
+#   DEPLOY_ARGS="--ssh-persist 300" KINDS="fresh no-op fresh-again no-op" TTY=/dev/null bench/scale.sh
+#     (extra deploy arguments; fresh-again deploys a new generation, here over the masters kept open)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/common.sh
@@ -29,6 +31,7 @@ write_fleet_flake "$flake" "$HOSTS" "scale-$(date +%s%N)"
 
 par=()
 [ -z "$PARALLEL" ] || par=(--parallel "$PARALLEL")
+eval "par+=(${DEPLOY_ARGS:-})"
 # Peak threads and fds of the nixpave process, sampled while it runs.
 sample() { # PIDFILE OUT
   local pid= threads=0 fds=0 t f tries=0
@@ -46,7 +49,8 @@ sample() { # PIDFILE OUT
   done
   echo "$threads $fds" > "$2"
 }
-for kind in fresh no-op; do
+for kind in ${KINDS:-fresh no-op}; do
+  [ "$kind" != fresh-again ] || write_fleet_flake "$flake" "$HOSTS" "scale-$(date +%s%N)"
   # GNU time around nixpave, in a detached tmux window (so nixpave sees a 120x50 terminal); the pane is
   # captured every second: the screenshots of the TTY view.
   rm -f "$WORK/pid" "$WORK/time"
@@ -54,7 +58,7 @@ for kind in fresh no-op; do
   cat > "$WORK/run.sh" <<RUN
 #!/bin/sh
 echo \$\$ > $WORK/pid
-exec /usr/bin/time -f '%e %M' -o $WORK/time $NIXPAVE deploy path:$flake --lab $LAB ${par[*]}
+exec /usr/bin/time -f '%e %M' -o $WORK/time $NIXPAVE deploy path:$flake --lab $LAB ${par[*]@Q}
 RUN
   chmod +x "$WORK/run.sh"
   tmux new-session -d -s "$LAB" -x 120 -y 50 "$WORK/run.sh; sleep 3"
