@@ -60,6 +60,8 @@ impl Env {
             cmd.env("PATH", std::env::join_paths(dirs).expect("PATH"));
         }
         cmd.args(args)
+            // Logins are counted: a developer's kept connections must not carry over.
+            .env_remove("NIXPAVE_SSH_PERSIST")
             .env("NIXPAVE_LAB_DIR", self.lab.base_dir())
             .env("NIX_CONF_DIR", &self.conf)
             .stdin(Stdio::null())

@@ -71,6 +71,8 @@ impl Fleet {
             .envs(env.iter().copied())
             .env("NIX_CONF_DIR", &self.conf)
             .env_remove("NIXPAVE_LAB_DIR")
+            // Logins are counted: a developer's kept connections must not carry over.
+            .env_remove("NIXPAVE_SSH_PERSIST")
             .stdin(Stdio::null())
             .output()
             .expect("nixpave runs")
