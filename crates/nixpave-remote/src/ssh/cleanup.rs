@@ -52,7 +52,7 @@ impl SshTransport {
 impl Drop for SshTransport {
     fn drop(&mut self) {
         // A persistent master outlives this transport: ssh ends it after `ControlPersist` idle.
-        if self.persistent {
+        if self.persistent() {
             return;
         }
         self.terminate_master();

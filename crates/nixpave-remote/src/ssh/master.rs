@@ -167,7 +167,7 @@ impl SshTransport {
             return Ok(());
         }
         tracing::info!(host = %self.name, "ssh master connection is gone; reconnecting");
-        if self.persistent {
+        if self.persistent() {
             self.open_shared_master().map(|_| ())
         } else {
             self.start_master()

@@ -49,8 +49,6 @@ pub struct SshTransport {
     master: Mutex<()>,
     /// Sessions open on the master right now (see `master::MAX_SESSIONS`).
     sessions: (Mutex<usize>, Condvar),
-    /// The master is shared with later runs (`SshOptions::persist`): dropping the transport leaves it open.
-    persistent: bool,
     /// This transport found a persistent master already open and did not log in itself.
     reused: bool,
 }
@@ -86,7 +84,6 @@ impl SshTransport {
     /// and refuses unknown or changed host keys unless the options allow it.
     pub fn connect(target: &Target, options: SshOptions) -> Result<Self, TransportError> {
         let name = options.name.clone().unwrap_or_else(|| target.to_string());
-        let persistent = options.persist.is_some();
         let mut transport = SshTransport {
             target: target.clone(),
             options,
@@ -96,10 +93,9 @@ impl SshTransport {
             escalation: Escalation::Direct,
             master: Mutex::new(()),
             sessions: (Mutex::new(0), Condvar::new()),
-            persistent,
             reused: false,
         };
-        if persistent {
+        if transport.persistent() {
             // Keyed by everything ssh is given for the host, so only an identical connection is reused.
             let key = format!(
                 "{}\0{}",
@@ -142,6 +138,11 @@ impl SshTransport {
     /// The control socket of the master connection.
     pub fn control_path(&self) -> &Path {
         &self.control_path
+    }
+
+    /// The master is shared with later runs ([`SshOptions::persist`]): dropping the transport leaves it open.
+    fn persistent(&self) -> bool {
+        self.options.persist.is_some()
     }
 
     /// Whether this transport reused a persistent master that an earlier run left open (no handshake).
